@@ -1,0 +1,197 @@
+//! Exchange and queue names, and their idempotent declaration at start.
+//!
+//! ```text
+//!  publishers ──refund.request──▶ [refunds] (topic) ──▶ refund.commands (quorum)
+//!                                    │   └─refund.status.*──▶ your consumers' queues
+//!                                    └─unroutable──▶ [refunds.unrouted] ──▶ refunds.unrouted
+//!  worker / broker ──dead letters──▶ [refunds.dlx] (direct) ──▶ refund.commands.dlq
+//! ```
+//!
+//! Every queue is a quorum queue (replicated, `x-delivery-limit` supported). The command
+//! queue dead-letters into `refunds.dlx` once a message has been delivered
+//! `x-delivery-limit` times, so a message that crashes workers cannot loop forever. The
+//! `refunds` exchange has an alternate exchange, so a publish that no queue is bound for
+//! (an event nobody subscribed to yet, a command with a mistyped routing key) is kept in
+//! `refunds.unrouted` instead of vanishing.
+
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+/// Routing key of refund commands.
+pub const COMMAND_ROUTING_KEY: &str = "refund.request";
+/// Binding that matches every status event.
+pub const STATUS_BINDING: &str = "refund.status.#";
+/// Deliveries of one command before the broker dead-letters it.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// Names of everything the worker declares. `with_prefix("")` is the production contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Topic exchange for commands and events: `refunds`.
+    pub exchange: String,
+    /// Command queue: `refund.commands`.
+    pub commands_queue: String,
+    /// Dead-letter exchange: `refunds.dlx`.
+    pub dlx: String,
+    /// Dead-letter queue of commands: `refund.commands.dlq`.
+    pub commands_dlq: String,
+    /// Alternate exchange and queue for unroutable publishes: `refunds.unrouted`.
+    pub unrouted: String,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::with_prefix("")
+    }
+}
+
+impl Topology {
+    /// All names with `prefix` in front (tests isolate themselves on a shared broker this way).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            exchange: format!("{prefix}refunds"),
+            commands_queue: format!("{prefix}refund.commands"),
+            dlx: format!("{prefix}refunds.dlx"),
+            commands_dlq: format!("{prefix}refund.commands.dlq"),
+            unrouted: format!("{prefix}refunds.unrouted"),
+        }
+    }
+
+    /// Declares everything; safe to run on every start and from many workers at once.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                &self.unrouted,
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        self.quorum_queue(channel, &self.unrouted, FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(
+                &self.unrouted,
+                &self.unrouted,
+                "",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        let mut args = FieldTable::default();
+        args.insert("alternate-exchange".into(), long_string(&self.unrouted));
+        channel
+            .exchange_declare(&self.exchange, ExchangeKind::Topic, durable, args)
+            .await?;
+        channel
+            .exchange_declare(
+                &self.dlx,
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+
+        self.quorum_queue(channel, &self.commands_dlq, FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(
+                &self.commands_dlq,
+                &self.dlx,
+                &self.commands_dlq,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        let mut args = FieldTable::default();
+        args.insert("x-dead-letter-exchange".into(), long_string(&self.dlx));
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(&self.commands_dlq),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        self.quorum_queue(channel, &self.commands_queue, args)
+            .await?;
+        channel
+            .queue_bind(
+                &self.commands_queue,
+                &self.exchange,
+                COMMAND_ROUTING_KEY,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes everything `declare` made (tests and the demo clean up after themselves).
+    pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        for q in [&self.commands_queue, &self.commands_dlq, &self.unrouted] {
+            channel
+                .queue_delete(q, QueueDeleteOptions::default())
+                .await?;
+        }
+        for e in [&self.exchange, &self.dlx, &self.unrouted] {
+            channel
+                .exchange_delete(e, ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn quorum_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        mut args: FieldTable,
+    ) -> Result<(), lapin::Error> {
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel.queue_declare(name, options, args).await.map(|_| ())
+    }
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// Reads a string header from a message's headers.
+pub fn header_str(headers: &Option<FieldTable>, name: &str) -> Option<String> {
+    let value = headers.as_ref()?.inner().get(&ShortString::from(name))?;
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_are_the_contract() {
+        let t = Topology::default();
+        assert_eq!(t.exchange, "refunds");
+        assert_eq!(t.commands_queue, "refund.commands");
+        assert_eq!(t.dlx, "refunds.dlx");
+        assert_eq!(t.commands_dlq, "refund.commands.dlq");
+        assert_eq!(COMMAND_ROUTING_KEY, "refund.request");
+    }
+}

@@ -1,0 +1,132 @@
+//! The `refund-worker` command line: one binary for every role.
+
+mod demo;
+mod refunds;
+mod sandbox;
+mod submit;
+
+use crate::config::Config;
+use crate::pipeline::{worker, Context};
+use crate::providers::Providers;
+use crate::{http, store};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Moves refunds through payment providers: RabbitMQ commands in, provider calls out,
+/// PostgreSQL as the source of truth. Configuration comes from environment variables
+/// (see README.md); every one has a local default.
+#[derive(Debug, Parser)]
+#[command(name = "refund-worker", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the worker: command consumer, dispatcher, outbox relay and /healthz /readyz.
+    Run,
+    /// Create the database if needed and apply migrations.
+    Migrate,
+    /// Run the provider sandbox (a local simulator of the providers' APIs).
+    Sandbox(sandbox::SandboxArgs),
+    /// Publish a refund command (from a JSON file or flags) with publisher confirms.
+    Submit(submit::SubmitArgs),
+    /// Inspect refunds.
+    Refunds {
+        #[command(subcommand)]
+        command: refunds::RefundsCommand,
+    },
+    /// Start the sandbox and a worker in-process, push refunds through them, print their
+    /// journeys and a summary, and exit (non-zero if any refund ended unexpectedly).
+    Demo(demo::DemoArgs),
+}
+
+/// Parses the command line and runs the chosen command.
+pub async fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run => run(Config::from_env()?).await.map(|()| ExitCode::SUCCESS),
+        Command::Migrate => {
+            let config = Config::from_env()?;
+            migrate(&config).await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sandbox(args) => sandbox::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Submit(args) => submit::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Refunds { command } => refunds::run(command).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+/// Creates the database if it is missing, connects, and migrates.
+pub async fn migrate(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    store::ensure_database(&config.database_url)
+        .await
+        .context("creating the database")?;
+    let pool = store::connect(&config.database_url, config.database_max_connections)
+        .await
+        .context("connecting to PostgreSQL")?;
+    store::migrate(&pool).await.context("applying migrations")?;
+    Ok(pool)
+}
+
+/// `run`: the worker and its HTTP endpoints until SIGTERM or ctrl-c.
+async fn run(config: Config) -> anyhow::Result<()> {
+    let pool = migrate(&config).await?;
+    let shutdown = CancellationToken::new();
+    let grace = config.shutdown_grace;
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
+    tracing::info!(addr = %config.http_addr, providers = ?config.providers.keys().collect::<Vec<_>>(), "refund-worker starting");
+    let providers = Providers::from_config(&config);
+    let ctx = Context::new(pool.clone(), config, providers);
+    let status = Arc::new(worker::Status::default());
+
+    let server = {
+        let app = http::router(pool, status.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        })
+    };
+    let work = tokio::spawn(worker::run(ctx, status, shutdown.clone()));
+
+    wait_for_signal().await;
+    tracing::info!(?grace, "shutting down: draining in-flight work");
+    shutdown.cancel();
+    match tokio::time::timeout(grace, work).await {
+        Ok(_) => tracing::info!("drained"),
+        Err(_) => tracing::warn!(
+            "drain took longer than SHUTDOWN_GRACE_SECS; unacked commands will be redelivered"
+        ),
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

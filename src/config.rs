@@ -1,0 +1,241 @@
+//! Configuration from environment variables, validated once at start.
+//!
+//! Every setting has a default that works on a local machine with PostgreSQL and RabbitMQ
+//! on their standard ports, so `refund-worker run` needs no setup. Provider secrets are
+//! wrapped in [`secrecy::SecretString`]: `Debug` prints `[REDACTED]`, and the only way to
+//! the value is an explicit `expose_secret()` at the point of signing.
+
+use crate::domain::ProviderName;
+use crate::retry::RetryPolicy;
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Default PostgreSQL URL: the local server, database `refund_worker` (created by `migrate`).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/refund_worker";
+/// Default RabbitMQ URL: the local broker, default vhost.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A configuration problem, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Connection settings for one provider.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// API base URL, e.g. `https://api.provider.example` or the sandbox's address.
+    pub base_url: url::Url,
+    /// API key (VA Services: the bearer token).
+    pub api_key: SecretString,
+    /// API secret used for request signing, where the provider signs requests.
+    pub api_secret: Option<SecretString>,
+    /// Secret (or public key) for verifying the provider's webhooks.
+    pub webhook_secret: Option<SecretString>,
+    /// Whole-request timeout for one provider call.
+    pub timeout: Duration,
+    /// Connect timeout (a connect failure is certain not to have reached the provider).
+    pub connect_timeout: Duration,
+    /// Zone of the provider's zone-less timestamps (VA Services).
+    pub timezone: chrono_tz::Tz,
+}
+
+/// Everything the worker needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// `DATABASE_MAX_CONNECTIONS`.
+    pub database_max_connections: u32,
+    /// `AMQP_URL`.
+    pub amqp_url: String,
+    /// `AMQP_NAME_PREFIX`: prefixed to every exchange and queue name (empty in production;
+    /// tests use it to isolate themselves on a shared broker).
+    pub amqp_name_prefix: String,
+    /// `HTTP_ADDR`: health endpoints.
+    pub http_addr: SocketAddr,
+    /// `PREFETCH`: unacknowledged commands in flight per worker.
+    pub prefetch: u16,
+    /// `DISPATCH_BATCH`: due refunds claimed per scheduler step.
+    pub dispatch_batch: i64,
+    /// `DISPATCH_CONCURRENCY`: provider calls in flight per worker.
+    pub dispatch_concurrency: usize,
+    /// `IDLE_POLL_MS`: how often idle loops look for work they were not woken for.
+    pub idle_poll: Duration,
+    /// `CLAIM_LEASE_SECS`: how long a claimed refund is reserved for one worker.
+    pub claim_lease: Duration,
+    /// Retry schedule for failed provider calls (`RETRY_*`, `MAX_SUBMIT_ATTEMPTS`).
+    pub retry: RetryPolicy,
+    /// Status polling schedule for accepted refunds (`POLL_*`).
+    pub poll: RetryPolicy,
+    /// `SHUTDOWN_GRACE_SECS`: how long in-flight work may take to drain on SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Configured providers; a command for any other provider fails `INVALID_COMMAND`.
+    pub providers: BTreeMap<ProviderName, ProviderSettings>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// Reads settings through `get` (the environment, or a map in tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let num = |key: &str, default: u64| -> Result<u64, ConfigError> {
+            match get(key) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| ConfigError(format!("{key} must be a whole number, got `{v}`"))),
+            }
+        };
+        let ms = |key: &str, default: u64| num(key, default).map(Duration::from_millis);
+
+        let mut providers = BTreeMap::new();
+        for name in ProviderName::ALL {
+            let prefix = format!("PROVIDER_{}", name.as_str().to_ascii_uppercase());
+            let Some(base) = get(&format!("{prefix}_BASE_URL")) else {
+                continue;
+            };
+            let base_url = url::Url::parse(&base)
+                .map_err(|e| ConfigError(format!("{prefix}_BASE_URL is not a URL: {e}")))?;
+            let api_key = get(&format!("{prefix}_API_KEY")).ok_or_else(|| {
+                ConfigError(format!(
+                    "{prefix}_API_KEY is required with {prefix}_BASE_URL"
+                ))
+            })?;
+            let tz_name =
+                get(&format!("{prefix}_TIMEZONE")).unwrap_or_else(|| "Africa/Lagos".into());
+            let timezone = tz_name.parse().map_err(|_| {
+                ConfigError(format!("{prefix}_TIMEZONE `{tz_name}` is not an IANA zone"))
+            })?;
+            providers.insert(
+                name,
+                ProviderSettings {
+                    base_url,
+                    api_key: api_key.into(),
+                    api_secret: get(&format!("{prefix}_API_SECRET")).map(Into::into),
+                    webhook_secret: get(&format!("{prefix}_WEBHOOK_SECRET")).map(Into::into),
+                    timeout: ms(&format!("{prefix}_TIMEOUT_MS"), 10_000)?,
+                    connect_timeout: ms(&format!("{prefix}_CONNECT_TIMEOUT_MS"), 3_000)?,
+                    timezone,
+                },
+            );
+        }
+
+        let http_addr = get("HTTP_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
+        let config = Config {
+            database_url: get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            database_max_connections: num("DATABASE_MAX_CONNECTIONS", 10)? as u32,
+            amqp_url: get("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into()),
+            amqp_name_prefix: get("AMQP_NAME_PREFIX").unwrap_or_default(),
+            http_addr: http_addr
+                .parse()
+                .map_err(|_| ConfigError(format!("HTTP_ADDR `{http_addr}` is not host:port")))?,
+            prefetch: u16::try_from(num("PREFETCH", 64)?)
+                .map_err(|_| ConfigError("PREFETCH must be at most 65535".into()))?,
+            dispatch_batch: num("DISPATCH_BATCH", 32)? as i64,
+            dispatch_concurrency: num("DISPATCH_CONCURRENCY", 32)? as usize,
+            idle_poll: ms("IDLE_POLL_MS", 250)?,
+            claim_lease: Duration::from_secs(num("CLAIM_LEASE_SECS", 60)?),
+            retry: RetryPolicy {
+                initial: ms("RETRY_INITIAL_MS", 1_000)?,
+                max: ms("RETRY_MAX_MS", 300_000)?,
+                multiplier: 2.0,
+                max_attempts: num("MAX_SUBMIT_ATTEMPTS", 8)? as u32,
+            },
+            poll: RetryPolicy {
+                initial: ms("POLL_INITIAL_MS", 2_000)?,
+                max: ms("POLL_MAX_MS", 60_000)?,
+                multiplier: 1.5,
+                max_attempts: u32::MAX,
+            },
+            shutdown_grace: Duration::from_secs(num("SHUTDOWN_GRACE_SECS", 25)?),
+            providers,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field checks: settings that are fine alone but wrong together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.prefetch == 0 || self.dispatch_batch <= 0 || self.dispatch_concurrency == 0 {
+            return Err(ConfigError(
+                "PREFETCH, DISPATCH_BATCH and DISPATCH_CONCURRENCY must be at least 1".into(),
+            ));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(ConfigError("MAX_SUBMIT_ATTEMPTS must be at least 1".into()));
+        }
+        for (name, p) in &self.providers {
+            // A lease shorter than a call would let a second worker claim the refund
+            // while the first is still waiting for the provider.
+            if p.timeout + Duration::from_secs(5) > self.claim_lease {
+                return Err(ConfigError(format!(
+                    "CLAIM_LEASE_SECS ({}s) must exceed the {name} timeout ({:?}) by at least 5s",
+                    self.claim_lease.as_secs(),
+                    p.timeout
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings for a provider, if configured.
+    pub fn provider(&self, name: ProviderName) -> Option<&ProviderSettings> {
+        self.providers.get(&name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_work_locally() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert!(c.providers.is_empty());
+        assert_eq!(c.http_addr.port(), 8080);
+    }
+
+    #[test]
+    fn provider_secrets_never_show_in_debug() {
+        let c = from(&[
+            ("PROVIDER_VA_SERVICES_BASE_URL", "http://127.0.0.1:1"),
+            ("PROVIDER_VA_SERVICES_API_KEY", "super-secret-key-123"),
+            ("PROVIDER_VA_SERVICES_API_SECRET", "another-secret-456"),
+        ])
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("super-secret-key-123"));
+        assert!(!dbg.contains("another-secret-456"));
+        assert!(c.provider(ProviderName::VaServices).is_some());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = from(&[("PREFETCH", "lots")]).unwrap_err();
+        assert!(e.to_string().contains("PREFETCH must be a whole number"));
+        let e = from(&[("PROVIDER_BVNK_BASE_URL", "http://x")]).unwrap_err();
+        assert!(e.to_string().contains("PROVIDER_BVNK_API_KEY is required"));
+        let e = from(&[
+            ("PROVIDER_BPN_BASE_URL", "http://x"),
+            ("PROVIDER_BPN_API_KEY", "k"),
+            ("PROVIDER_BPN_TIMEOUT_MS", "90000"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("CLAIM_LEASE_SECS"));
+    }
+}

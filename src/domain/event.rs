@@ -1,0 +1,85 @@
+//! Status events published on the `refunds` exchange.
+
+use super::command::ProviderName;
+use super::refund::{FailureReason, RefundStatus};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+use uuid::Uuid;
+
+/// A refund status event, exactly as published (camelCase JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundEvent {
+    /// Unique per event; a redelivered event keeps its id, so consumers dedupe on it.
+    pub event_id: Uuid,
+    /// The refund's reference.
+    pub refund_reference: String,
+    /// The provider's wire name. A string, because an `INVALID_COMMAND` event may carry a
+    /// provider name we do not know.
+    pub provider: Option<String>,
+    /// The original payment.
+    pub transaction_reference: Option<String>,
+    /// The provider's id for the refund, once known.
+    pub provider_reference: Option<String>,
+    /// Exact amount as a string; null only for an invalid command without a usable amount.
+    pub amount: Option<String>,
+    /// Currency code.
+    pub currency: Option<String>,
+    /// New status.
+    pub status: RefundStatus,
+    /// Why it failed (`REFUND_FAIL` only).
+    pub failure_reason: Option<FailureReason>,
+    /// Provider submit attempts so far.
+    pub attempts: i32,
+    /// When the status changed, RFC 3339 UTC.
+    #[serde(serialize_with = "rfc3339_utc")]
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl RefundEvent {
+    /// The routing key this event is published with.
+    pub fn routing_key(&self) -> &'static str {
+        self.status.routing_key()
+    }
+
+    /// Whether the provider named is one we know.
+    pub fn provider_name(&self) -> Option<ProviderName> {
+        self.provider.as_deref().and_then(ProviderName::parse)
+    }
+}
+
+fn rfc3339_utc<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::FailureCode;
+
+    #[test]
+    fn event_json_matches_the_contract() {
+        let e = RefundEvent {
+            event_id: Uuid::nil(),
+            refund_reference: "rf-1".into(),
+            provider: Some("va_services".into()),
+            transaction_reference: Some("t1".into()),
+            provider_reference: None,
+            amount: Some("25.17".into()),
+            currency: Some("NGN".into()),
+            status: RefundStatus::RefundFail,
+            failure_reason: Some(FailureReason::new(FailureCode::InvalidCommand, "bad")),
+            attempts: 0,
+            occurred_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["status"], "REFUND_FAIL");
+        assert_eq!(v["failureReason"]["code"], "INVALID_COMMAND");
+        assert_eq!(v["occurredAt"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(v["amount"], "25.17");
+        assert!(v["providerReference"].is_null());
+        assert_eq!(e.routing_key(), "refund.status.refund_fail");
+        let back: RefundEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+}

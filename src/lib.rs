@@ -1,0 +1,27 @@
+//! refund-worker: moves refunds through payment providers, driven by RabbitMQ commands.
+//!
+//! The pieces, in the order data flows through them:
+//!
+//! - [`broker`]: RabbitMQ topology, the command consumer, publishing with confirms.
+//! - [`domain`]: pure rules: exact money, command validation, the refund state machine.
+//! - [`store`]: PostgreSQL, the source of truth: refunds, history, attempts, the outbox.
+//! - [`pipeline`]: the loops that move work: intake (command -> row), dispatch (row ->
+//!   provider -> row), relay (outbox -> broker), each a step function plus a thin loop.
+//! - [`providers`]: one adapter per payment provider behind the [`providers::Provider`] trait.
+//! - [`retry`]: the one retry policy (exponential backoff, full jitter).
+//! - [`http`]: health and readiness endpoints.
+//! - [`sandbox`]: a local simulator of the providers' APIs, for the demo and the tests.
+//! - [`cli`]: the `refund-worker` command line.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod pipeline;
+pub mod providers;
+pub mod retry;
+pub mod sandbox;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,102 @@
+//! The worker: runs intake, dispatch and relay together, reconnects to RabbitMQ after it
+//! restarts, and drains in order on shutdown.
+//!
+//! Shutdown order matters for "nothing lost": stop taking commands and finish the ones in
+//! flight (they are acked after their commit), let the dispatcher finish its step, then let
+//! the relay publish everything committed meanwhile, then close the connection.
+
+use super::{dispatch, intake, relay, Context};
+use crate::broker::{self, Publisher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Live status, for readiness checks.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Connected to the broker with the topology declared.
+    pub broker_ready: AtomicBool,
+}
+
+/// Runs the worker until `shutdown` is cancelled and everything has drained.
+pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken) {
+    let dispatch_done = CancellationToken::new();
+    let dispatcher = {
+        let (ctx, shutdown, done) = (ctx.clone(), shutdown.clone(), dispatch_done.clone());
+        tokio::spawn(async move {
+            let _done = done.drop_guard();
+            dispatch::run(&ctx, &shutdown).await;
+        })
+    };
+
+    let mut failures = 0u32;
+    loop {
+        match session(&ctx, &status, &shutdown, &dispatch_done).await {
+            Ok(()) => break,
+            Err(e) => {
+                status.broker_ready.store(false, Ordering::SeqCst);
+                failures += 1;
+                let delay = ctx
+                    .config
+                    .retry
+                    .delay(failures.min(5), None)
+                    .max(Duration::from_millis(200));
+                tracing::warn!(error = %e, ?delay, "broker session ended; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => {
+                        // No broker to drain into: the outbox keeps the events for next time.
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    status.broker_ready.store(false, Ordering::SeqCst);
+    let _ = dispatcher.await;
+}
+
+/// One broker connection's life: declare, consume and relay until shutdown or failure.
+async fn session(
+    ctx: &Context,
+    status: &Status,
+    shutdown: &CancellationToken,
+    dispatch_done: &CancellationToken,
+) -> Result<(), anyhow::Error> {
+    let connection = tokio::select! {
+        c = broker::connect(&ctx.config.amqp_url, "refund-worker") => c?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    {
+        let channel = connection.create_channel().await?;
+        ctx.topology.declare(&channel).await?;
+        let _ = channel.close(200, "declared").await;
+    }
+    let publisher = Publisher::open(&connection).await?;
+    status.broker_ready.store(true, Ordering::SeqCst);
+    tracing::info!(queue = %ctx.topology.commands_queue, "connected to the broker, consuming");
+
+    let relay_stop = CancellationToken::new();
+    let relay_run = relay::run(ctx, &publisher, &relay_stop);
+    tokio::pin!(relay_run);
+    let consume = intake::consume(ctx, &connection, shutdown);
+    tokio::pin!(consume);
+    let result = tokio::select! {
+        r = &mut consume => match r {
+            Ok(()) => {
+                // Commands drained; wait for the dispatcher's last step, then flush events.
+                dispatch_done.cancelled().await;
+                relay_stop.cancel();
+                relay_run.await.map_err(anyhow::Error::from)
+            }
+            Err(e) => Err(e.into()),
+        },
+        r = &mut relay_run => match r {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.into()),
+        },
+    };
+    let _ = connection.close(200, "bye").await;
+    result
+}

@@ -1,0 +1,382 @@
+//! VA Services (Transaction Point virtual accounts) refund adapter.
+//!
+//! - Initiate: `POST /va/refunds/initiate-refund`; our `refundReference` is their refund
+//!   reference, so a resubmit after a confirmed "not found" reuses the same key.
+//! - Status: `GET /va/refunds/{refundReference}` (the docs name "Get Refund Status" without a
+//!   path; this one is our assumption and is configurable through the base URL only).
+//! - Envelope: `{requestSuccessful, responseMessage, responseCode ("0" = success),
+//!   responseBody}`; `requestSuccessful: false` or a non-"0" code is a final rejection
+//!   carrying their message and code.
+//! - Auth is not documented: we send the API key as a bearer token.
+//! - Dates (`25/01/2024 01:35:27 AM`) carry no zone: read in the configured zone
+//!   (default Africa/Lagos) and converted to UTC.
+//! - Status words: `COMPLETED` is success; `FAILED`-like words are final failures; anything
+//!   else (`PENDING`, unknown words) is still in progress. Compared case-insensitively.
+
+use super::{classify_send_error, classify_status, http_client, Provider, RefundRequest};
+use crate::config::ProviderSettings;
+use crate::domain::money::json_number;
+use crate::domain::{FailureCode, FailureReason, ProviderName, ProviderOutcome};
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// VA's date format: day/month/year, 12-hour clock.
+pub const DATE_FORMAT: &str = "%d/%m/%Y %I:%M:%S %p";
+
+/// The VA Services adapter.
+pub struct VaServices {
+    settings: ProviderSettings,
+    client: reqwest::Client,
+}
+
+/// VA's response envelope.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    /// Whether the request was processed.
+    pub request_successful: Option<bool>,
+    /// Their message.
+    pub response_message: Option<String>,
+    /// "0" on success.
+    pub response_code: Option<String>,
+    /// The payload.
+    pub response_body: Option<Value>,
+}
+
+/// A refund as VA Services describes it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VaRefund {
+    /// The original payment.
+    pub transaction_reference: Option<String>,
+    /// The refund's reference (ours).
+    pub refund_reference: Option<String>,
+    /// `PENDING`, `COMPLETED`...
+    pub refund_status: Option<String>,
+    /// `PARTIAL_REFUND` or a full refund.
+    pub refund_type: Option<String>,
+    /// Their comment on the status.
+    pub comment: Option<String>,
+    /// When it completed, in VA's date format.
+    pub completed_on: Option<String>,
+    /// When it was created, in VA's date format.
+    pub created_on: Option<String>,
+}
+
+impl VaServices {
+    /// Creates the adapter.
+    pub fn new(settings: ProviderSettings) -> Self {
+        let client = http_client(&settings);
+        Self { settings, client }
+    }
+
+    fn url(&self, segments: &[&str]) -> reqwest::Url {
+        let mut url = self.settings.base_url.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// The initiate-refund body, amount as an exact JSON number.
+    pub fn initiate_body(refund: &RefundRequest) -> Value {
+        let mut body = json!({
+            "transactionReference": refund.transaction_reference,
+            "refundReference": refund.refund_reference,
+            "refundAmount": json_number(refund.amount),
+            "refundReason": refund.reason,
+        });
+        if let Some(note) = &refund.customer_note {
+            body["customerNote"] = json!(note);
+        }
+        if let Some(d) = &refund.destination {
+            body["destinationAccountNumber"] = json!(d.account_number);
+            body["destinationAccountBankCode"] = json!(d.bank_code);
+        }
+        body
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder, submit: bool) -> ProviderOutcome {
+        let response = match request
+            .bearer_auth(self.settings.api_key.expose_secret())
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return classify_send_error(&e),
+        };
+        let status = response.status();
+        if let Some(outcome) = classify_status(status, response.headers()) {
+            return outcome;
+        }
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return classify_send_error(&e),
+        };
+        interpret(status, &bytes, submit, self.settings.timezone)
+    }
+}
+
+/// Maps one VA response (status code and body) to an outcome.
+pub fn interpret(
+    status: reqwest::StatusCode,
+    body: &[u8],
+    submit: bool,
+    zone: chrono_tz::Tz,
+) -> ProviderOutcome {
+    if !submit && status == reqwest::StatusCode::NOT_FOUND {
+        return ProviderOutcome::NotFound;
+    }
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return ProviderOutcome::Failed(FailureReason::new(
+            FailureCode::ProviderRejected,
+            format!("VA Services refused our credentials (HTTP {status}); check PROVIDER_VA_SERVICES_API_KEY"),
+        ));
+    }
+    let envelope: Envelope = match serde_json::from_slice(body) {
+        Ok(e) => e,
+        // A 2xx we cannot read may still mean the refund was created.
+        Err(e) if status.is_success() => {
+            return ProviderOutcome::Unknown {
+                reason: format!("unreadable VA Services response (HTTP {status}): {e}"),
+            }
+        }
+        Err(_) => {
+            return ProviderOutcome::Failed(FailureReason::new(
+                FailureCode::ProviderRejected,
+                format!("VA Services answered HTTP {status} without an envelope"),
+            ))
+        }
+    };
+    let code = envelope.response_code.clone().unwrap_or_default();
+    let message = envelope
+        .response_message
+        .clone()
+        .unwrap_or_else(|| "no message".into());
+    if envelope.request_successful != Some(true) || code != "0" || !status.is_success() {
+        return ProviderOutcome::Failed(FailureReason::new(
+            FailureCode::ProviderRejected,
+            format!(
+                "VA Services rejected the refund: {message} (responseCode {code}, HTTP {})",
+                status.as_u16()
+            ),
+        ));
+    }
+    let refund: VaRefund = match envelope
+        .response_body
+        .map(serde_json::from_value)
+        .transpose()
+    {
+        Ok(Some(r)) => r,
+        Ok(None) | Err(_) => {
+            return ProviderOutcome::Unknown {
+                reason: "VA Services answered success without a refund body".into(),
+            }
+        }
+    };
+    outcome_of(&refund, zone)
+}
+
+/// Maps a VA refund's status word to an outcome.
+pub fn outcome_of(refund: &VaRefund, zone: chrono_tz::Tz) -> ProviderOutcome {
+    let word = refund
+        .refund_status
+        .clone()
+        .unwrap_or_else(|| "UNKNOWN".into());
+    let provider_reference = refund.refund_reference.clone();
+    match word.to_ascii_uppercase().as_str() {
+        "COMPLETED" | "SUCCESS" | "SUCCESSFUL" => {
+            if let Some(at) = refund.completed_on.as_deref() {
+                if parse_date(at, zone).is_none() {
+                    tracing::warn!(
+                        completed_on = at,
+                        "VA Services completedOn in an unexpected format"
+                    );
+                }
+            }
+            ProviderOutcome::Succeeded {
+                provider_reference,
+                provider_status: word,
+            }
+        }
+        "FAILED" | "FAILURE" | "REJECTED" | "DECLINED" | "CANCELLED" | "CANCELED" | "REVERSED" => {
+            ProviderOutcome::Failed(FailureReason::new(
+                FailureCode::ProviderRejected,
+                format!(
+                    "VA Services reports the refund {word}: {}",
+                    refund.comment.as_deref().unwrap_or("no comment")
+                ),
+            ))
+        }
+        _ => ProviderOutcome::Accepted {
+            provider_reference,
+            provider_status: word,
+        },
+    }
+}
+
+/// Parses VA's zone-less date in `zone`, returning UTC.
+pub fn parse_date(text: &str, zone: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+    let naive = NaiveDateTime::parse_from_str(text.trim(), DATE_FORMAT).ok()?;
+    zone.from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+#[async_trait]
+impl Provider for VaServices {
+    fn name(&self) -> ProviderName {
+        ProviderName::VaServices
+    }
+
+    async fn submit(&self, refund: &RefundRequest) -> ProviderOutcome {
+        let url = self.url(&["va", "refunds", "initiate-refund"]);
+        let request = self.client.post(url).json(&Self::initiate_body(refund));
+        self.call(request, true).await
+    }
+
+    async fn status(&self, refund: &RefundRequest) -> ProviderOutcome {
+        let url = self.url(&["va", "refunds", &refund.refund_reference]);
+        self.call(self.client.get(url), false).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    const LAGOS: chrono_tz::Tz = chrono_tz::Africa::Lagos;
+
+    /// The "Initiate Refund" response example, verbatim from the provider's docs.
+    const DOC_INITIATE_RESPONSE: &str = r#"{
+    "requestSuccessful": true,
+    "responseMessage": "success",
+    "responseCode": "0",
+    "responseBody": {
+        "transactionReference": "000012240124191535300537886000",
+        "refundReference": "909090911",
+        "refundAmount": 10,
+        "refundReason": "Order cancelled!",
+        "customerNote": "An optional note",
+        "refundType": "PARTIAL_REFUND",
+        "refundStatus": "PENDING",
+        "refundStrategy": "MERCHANT_WALLET",
+        "comment": "Transaction refund is in progress.",
+        "completedOn": null,
+        "createdOn": "25/01/2024 01:35:27 AM"
+    }
+}"#;
+
+    #[test]
+    fn documented_initiate_response_is_accepted() {
+        let o = interpret(
+            StatusCode::OK,
+            DOC_INITIATE_RESPONSE.as_bytes(),
+            true,
+            LAGOS,
+        );
+        assert_eq!(
+            o,
+            ProviderOutcome::Accepted {
+                provider_reference: Some("909090911".into()),
+                provider_status: "PENDING".into()
+            }
+        );
+    }
+
+    #[test]
+    fn completed_status_succeeds_case_insensitively() {
+        let body = DOC_INITIATE_RESPONSE
+            .replace("\"PENDING\"", "\"completed\"")
+            .replace(
+                "\"completedOn\": null",
+                "\"completedOn\": \"25/01/2024 01:39:13 AM\"",
+            );
+        assert!(matches!(
+            interpret(StatusCode::OK, body.as_bytes(), false, LAGOS),
+            ProviderOutcome::Succeeded { .. }
+        ));
+        let failed = DOC_INITIATE_RESPONSE.replace("\"PENDING\"", "\"FAILED\"");
+        assert!(matches!(
+            interpret(StatusCode::OK, failed.as_bytes(), false, LAGOS),
+            ProviderOutcome::Failed(r) if r.code == FailureCode::ProviderRejected
+        ));
+        let odd = DOC_INITIATE_RESPONSE.replace("\"PENDING\"", "\"IN_REVIEW\"");
+        assert!(matches!(
+            interpret(StatusCode::OK, odd.as_bytes(), false, LAGOS),
+            ProviderOutcome::Accepted { .. }
+        ));
+    }
+
+    #[test]
+    fn rejections_keep_the_message_and_code() {
+        let body = br#"{"requestSuccessful":false,"responseMessage":"Refund amount exceeds refundable amount","responseCode":"99","responseBody":null}"#;
+        match interpret(StatusCode::OK, body, true, LAGOS) {
+            ProviderOutcome::Failed(r) => {
+                assert_eq!(r.code, FailureCode::ProviderRejected);
+                assert!(r
+                    .message
+                    .contains("Refund amount exceeds refundable amount"));
+                assert!(r.message.contains("responseCode 99"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // responseCode != "0" even with requestSuccessful true is a rejection.
+        let body = br#"{"requestSuccessful":true,"responseMessage":"odd","responseCode":"12","responseBody":null}"#;
+        assert!(matches!(
+            interpret(StatusCode::OK, body, true, LAGOS),
+            ProviderOutcome::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn not_found_and_unreadable() {
+        assert_eq!(
+            interpret(StatusCode::NOT_FOUND, b"{}", false, LAGOS),
+            ProviderOutcome::NotFound
+        );
+        assert!(matches!(
+            interpret(StatusCode::OK, b"<html>", true, LAGOS),
+            ProviderOutcome::Unknown { .. }
+        ));
+        assert!(matches!(
+            interpret(StatusCode::UNAUTHORIZED, b"", true, LAGOS),
+            ProviderOutcome::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn dates_are_read_in_the_configured_zone() {
+        let t = parse_date("25/01/2024 01:35:27 AM", LAGOS).unwrap();
+        assert_eq!(t.to_rfc3339(), "2024-01-25T00:35:27+00:00");
+        let pm = parse_date("25/01/2024 01:35:27 PM", chrono_tz::UTC).unwrap();
+        assert_eq!(pm.to_rfc3339(), "2024-01-25T13:35:27+00:00");
+        assert!(parse_date("2024-01-25", LAGOS).is_none());
+    }
+
+    #[test]
+    fn initiate_body_matches_the_docs_and_keeps_2517_exact() {
+        let r = RefundRequest {
+            refund_reference: "909090911".into(),
+            transaction_reference: "000012240124191535300537886000".into(),
+            amount: rust_decimal::Decimal::from_str_exact("25.17").unwrap(),
+            currency: "NGN".into(),
+            reason: "Order cancelled!".into(),
+            customer_note: Some("An optional note".into()),
+            destination: Some(crate::domain::Destination {
+                account_number: "0040088210".into(),
+                bank_code: "000012".into(),
+            }),
+            provider_reference: None,
+            metadata: None,
+        };
+        let body = VaServices::initiate_body(&r).to_string();
+        assert!(body.contains(r#""refundAmount":25.17"#), "{body}");
+        assert!(body.contains(r#""destinationAccountBankCode":"000012""#));
+        assert!(body.contains(r#""customerNote":"An optional note""#));
+    }
+}

@@ -1,0 +1,65 @@
+//! PostgreSQL: the source of truth and the idempotency guard.
+//!
+//! Every state change is one transaction that also writes the transition history and the
+//! outbox event, so a crash can never leave a status change without its event or history.
+//! No transaction is ever held open across a provider call: the dispatcher claims work
+//! (short transaction), calls the provider, then records the result (short transaction).
+
+pub mod outbox;
+pub mod refunds;
+
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::time::Duration;
+
+pub use refunds::{
+    CallRecord, ClaimedRefund, Intake, RefundRow, RefundView, StoreUpdate, TransitionRow,
+};
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A database error.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row does not hold what the schema promises.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (see [`crate::error`]).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Database(e) => crate::error::sqlx_is_retryable(e),
+            Self::Migrate(_) | Self::Corrupt(_) => false,
+        }
+    }
+}
+
+/// Opens a connection pool. Connections are made lazily and re-made after the server
+/// restarts, so a pool survives PostgreSQL restarts on its own.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?)
+}
+
+/// Creates the database if it does not exist (local setups and tests).
+pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
+    if !sqlx::Postgres::database_exists(url).await? {
+        sqlx::Postgres::create_database(url).await?;
+    }
+    Ok(())
+}
+
+/// Applies the migrations in `migrations/` (embedded at build time).
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}

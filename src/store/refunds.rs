@@ -1,0 +1,690 @@
+//! Refund rows: intake of commands (idempotent, with the over-refund guard), claiming due
+//! work, recording provider outcomes, and the operator's view of one refund.
+
+use super::{outbox, StoreError};
+use crate::domain::{
+    transition, FailureCode, FailureReason, Phase, RefundCommand, RefundEvent, RefundStatus,
+    Transition,
+};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What happened to an incoming command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intake {
+    /// A new refund was stored; its first event is in the outbox.
+    Created(RefundEvent),
+    /// The same command was seen before: nothing changed.
+    Duplicate,
+    /// The reference exists with a different command body: refused.
+    Conflict {
+        /// Status of the existing refund.
+        existing_status: String,
+    },
+}
+
+/// A refund row as stored.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundRow {
+    /// Reference.
+    pub refund_reference: String,
+    /// Provider wire name.
+    pub provider: Option<String>,
+    /// Original payment.
+    pub transaction_reference: Option<String>,
+    /// Exact amount.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub amount: Option<Decimal>,
+    /// Currency.
+    pub currency: Option<String>,
+    /// PENDING, COMPLETED, REFUND_FAIL.
+    pub status: String,
+    /// What we know of the provider's side.
+    pub phase: String,
+    /// Provider's id.
+    pub provider_reference: Option<String>,
+    /// Provider's last status word.
+    pub provider_status: Option<String>,
+    /// Failure code, when failed.
+    pub failure_code: Option<String>,
+    /// Failure message, when failed.
+    pub failure_message: Option<String>,
+    /// Provider submits made.
+    pub attempts: i32,
+    /// Consecutive failed calls.
+    pub failures: i32,
+    /// Status polls made.
+    pub polls: i32,
+    /// Next scheduled look (pending only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the command was accepted.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When it became final.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One row of a refund's transition history.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionRow {
+    /// Previous status (none for the first).
+    pub from_status: Option<String>,
+    /// New status.
+    pub to_status: String,
+    /// What caused it.
+    pub cause: String,
+    /// Details (failure message, provider status).
+    pub detail: Option<String>,
+    /// The event published for it.
+    pub event_id: Option<Uuid>,
+    /// When.
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// One provider call as recorded.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRow {
+    /// `submit` or `status`.
+    pub call: String,
+    /// Classified outcome.
+    pub outcome: String,
+    /// Details.
+    pub detail: Option<String>,
+    /// When the call started.
+    pub started_at: DateTime<Utc>,
+    /// How long it took.
+    pub latency_ms: i32,
+}
+
+/// Everything an operator wants to see about one refund.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundView {
+    /// The refund.
+    pub refund: RefundRow,
+    /// Its status history.
+    pub transitions: Vec<TransitionRow>,
+    /// Its provider calls.
+    pub attempts: Vec<AttemptRow>,
+}
+
+/// A refund claimed by one dispatcher for one step.
+#[derive(Debug, Clone)]
+pub struct ClaimedRefund {
+    /// The row after claiming.
+    pub row: RefundRow,
+    /// The phase before claiming (a `NotSubmitted` refund is moved to `Submitting` by the
+    /// claim itself, so a crash during the call is known to be an unknown outcome).
+    pub phase_before: Phase,
+    /// The command as received.
+    pub command: Value,
+    /// The claim's token; results are recorded only under it.
+    pub token: Uuid,
+}
+
+/// One provider call, for the attempts log.
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    /// `submit` or `status`.
+    pub call: &'static str,
+    /// Classified outcome label.
+    pub outcome: String,
+    /// Details.
+    pub detail: Option<String>,
+    /// Start time.
+    pub started_at: DateTime<Utc>,
+    /// Duration.
+    pub latency: Duration,
+}
+
+/// The change a dispatcher step makes to a claimed refund.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreUpdate {
+    /// Becomes final.
+    Finish {
+        /// COMPLETED or REFUND_FAIL.
+        status: RefundStatus,
+        /// For REFUND_FAIL.
+        failure: Option<FailureReason>,
+        /// Provider's id.
+        provider_reference: Option<String>,
+        /// Provider's status word.
+        provider_status: Option<String>,
+    },
+    /// Stays pending.
+    Reschedule {
+        /// Phase to record.
+        phase: Phase,
+        /// Delay before the next look.
+        delay: Duration,
+        /// Whether this step failed (grows the backoff) or made progress (resets it).
+        failed: bool,
+        /// Whether this was a status poll.
+        polled: bool,
+        /// Provider's id, if learned.
+        provider_reference: Option<String>,
+        /// Provider's status word, if learned.
+        provider_status: Option<String>,
+    },
+}
+
+const ROW_COLUMNS: &str =
+    "refund_reference, provider, transaction_reference, amount, currency, status, phase,
+    provider_reference, provider_status, failure_code, failure_message, attempts, failures, polls,
+    next_attempt_at, created_at, updated_at, finished_at";
+
+/// Stores a validated command: a new `PENDING` refund, or a `REFUND_FAIL` when the
+/// over-refund guard or configuration refuses it. Idempotent per `refundReference`.
+///
+/// The guard locks the payment's row, so concurrent commands for the same payment (on any
+/// number of workers) are checked one after the other against committed refunds.
+pub async fn intake(
+    pool: &PgPool,
+    cmd: &RefundCommand,
+    raw: &Value,
+    command_hash: &str,
+    exchange: &str,
+    provider_configured: bool,
+) -> Result<Intake, StoreError> {
+    if let Some(existing) = existing(pool, &cmd.refund_reference, command_hash).await? {
+        return Ok(existing);
+    }
+    let mut tx = pool.begin().await?;
+    let refusal = if provider_configured {
+        over_refund_check(&mut tx, cmd).await?
+    } else {
+        Some(FailureReason::new(
+            FailureCode::InvalidCommand,
+            format!("provider {} is not configured", cmd.provider),
+        ))
+    };
+    let (status, phase, next) = match &refusal {
+        None => (RefundStatus::Pending, Phase::NotSubmitted, Some(Utc::now())),
+        Some(_) => (RefundStatus::RefundFail, Phase::Final, None),
+    };
+    let inserted = sqlx::query_scalar::<_, DateTime<Utc>>(
+        "INSERT INTO refunds (refund_reference, provider, transaction_reference, amount, currency,
+             status, phase, failure_code, failure_message, next_attempt_at, command, command_hash,
+             finished_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+             CASE WHEN $6 = 'PENDING' THEN NULL ELSE now() END)
+         ON CONFLICT (refund_reference) DO NOTHING
+         RETURNING created_at",
+    )
+    .bind(&cmd.refund_reference)
+    .bind(cmd.provider.as_str())
+    .bind(&cmd.transaction_reference)
+    .bind(cmd.amount)
+    .bind(&cmd.currency)
+    .bind(status.as_str())
+    .bind(phase.as_str())
+    .bind(refusal.as_ref().map(|r| r.code.as_str()))
+    .bind(refusal.as_ref().map(|r| r.message.as_str()))
+    .bind(next)
+    .bind(raw)
+    .bind(command_hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(created_at) = inserted else {
+        // Another worker stored the same reference between our check and insert.
+        tx.rollback().await?;
+        return existing(pool, &cmd.refund_reference, command_hash)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("refund vanished after a conflict".into()));
+    };
+    let event = RefundEvent {
+        event_id: Uuid::new_v4(),
+        refund_reference: cmd.refund_reference.clone(),
+        provider: Some(cmd.provider.as_str().into()),
+        transaction_reference: Some(cmd.transaction_reference.clone()),
+        provider_reference: None,
+        amount: Some(crate::domain::money::format_amount(cmd.amount)),
+        currency: Some(cmd.currency.clone()),
+        status,
+        failure_reason: refusal,
+        attempts: 0,
+        occurred_at: created_at,
+    };
+    record_transition(&mut tx, None, &event, "command received", exchange).await?;
+    tx.commit().await?;
+    Ok(Intake::Created(event))
+}
+
+/// Stores a command that failed validation as a `REFUND_FAIL`/`INVALID_COMMAND` refund, so
+/// a redelivery is recognised as a duplicate and the failure is visible in `refunds show`.
+pub async fn intake_invalid(
+    pool: &PgPool,
+    refund_reference: &str,
+    raw: &Value,
+    command_hash: &str,
+    message: &str,
+    exchange: &str,
+) -> Result<Intake, StoreError> {
+    if let Some(existing) = existing(pool, refund_reference, command_hash).await? {
+        return Ok(existing);
+    }
+    let text = |k: &str| raw.get(k).and_then(Value::as_str).map(str::to_owned);
+    // Keep whatever usable amount the command had, so the event says what was asked.
+    let amount = raw
+        .get("amount")
+        .and_then(|a| crate::domain::parse_amount(a).ok())
+        .filter(|a| *a > Decimal::ZERO);
+    let failure = FailureReason::new(FailureCode::InvalidCommand, message);
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query_scalar::<_, DateTime<Utc>>(
+        "INSERT INTO refunds (refund_reference, provider, transaction_reference, amount, currency,
+             status, phase, failure_code, failure_message, next_attempt_at, command, command_hash,
+             finished_at)
+         VALUES ($1, $2, $3, $4, $5, 'REFUND_FAIL', 'FINAL', 'INVALID_COMMAND', $6, NULL, $7, $8, now())
+         ON CONFLICT (refund_reference) DO NOTHING
+         RETURNING created_at",
+    )
+    .bind(refund_reference)
+    .bind(text("provider"))
+    .bind(text("transactionReference"))
+    .bind(amount)
+    .bind(text("currency"))
+    .bind(message)
+    .bind(raw)
+    .bind(command_hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(created_at) = inserted else {
+        tx.rollback().await?;
+        return existing(pool, refund_reference, command_hash)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("refund vanished after a conflict".into()));
+    };
+    let event = RefundEvent {
+        event_id: Uuid::new_v4(),
+        refund_reference: refund_reference.to_owned(),
+        provider: text("provider"),
+        transaction_reference: text("transactionReference"),
+        provider_reference: None,
+        amount: amount.map(crate::domain::money::format_amount),
+        currency: text("currency"),
+        status: RefundStatus::RefundFail,
+        failure_reason: Some(failure),
+        attempts: 0,
+        occurred_at: created_at,
+    };
+    record_transition(&mut tx, None, &event, "invalid command", exchange).await?;
+    tx.commit().await?;
+    Ok(Intake::Created(event))
+}
+
+/// Duplicate detection: same reference and same canonical body is a duplicate.
+async fn existing(
+    pool: &PgPool,
+    refund_reference: &str,
+    command_hash: &str,
+) -> Result<Option<Intake>, StoreError> {
+    let row: Option<(String, String)> =
+        sqlx::query_as("SELECT command_hash, status FROM refunds WHERE refund_reference = $1")
+            .bind(refund_reference)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(hash, status)| {
+        if hash == command_hash {
+            Intake::Duplicate
+        } else {
+            Intake::Conflict {
+                existing_status: status,
+            }
+        }
+    }))
+}
+
+/// The over-refund guard. Runs inside the intake transaction and holds the payment's row
+/// lock until commit. Returns the refusal, if any.
+async fn over_refund_check(
+    tx: &mut Transaction<'_, Postgres>,
+    cmd: &RefundCommand,
+) -> Result<Option<FailureReason>, StoreError> {
+    let provider = cmd.provider.as_str();
+    sqlx::query(
+        "INSERT INTO payments (provider, transaction_reference, payment_amount, currency, amount_source)
+         VALUES ($1, $2, $3, $4, CASE WHEN $3::numeric IS NULL THEN NULL ELSE 'command' END)
+         ON CONFLICT (provider, transaction_reference) DO NOTHING",
+    )
+    .bind(provider)
+    .bind(&cmd.transaction_reference)
+    .bind(cmd.payment_amount)
+    .bind(&cmd.currency)
+    .execute(&mut **tx)
+    .await?;
+    let (known, currency): (Option<Decimal>, Option<String>) = sqlx::query_as(
+        "SELECT payment_amount, currency FROM payments
+         WHERE provider = $1 AND transaction_reference = $2 FOR UPDATE",
+    )
+    .bind(provider)
+    .bind(&cmd.transaction_reference)
+    .fetch_one(&mut **tx)
+    .await?;
+
+    if let Some(c) = currency.as_deref().filter(|c| *c != cmd.currency) {
+        return Ok(Some(FailureReason::new(
+            FailureCode::InvalidCommand,
+            format!(
+                "currency {} differs from the currency {c} of payment {}",
+                cmd.currency, cmd.transaction_reference
+            ),
+        )));
+    }
+    let payment_amount = match (known, cmd.payment_amount) {
+        (Some(k), Some(given)) if k != given => {
+            return Ok(Some(FailureReason::new(
+                FailureCode::InvalidCommand,
+                format!(
+                    "paymentAmount {given} differs from the known amount {k} of payment {}",
+                    cmd.transaction_reference
+                ),
+            )))
+        }
+        (Some(k), _) => Some(k),
+        (None, Some(given)) => {
+            sqlx::query(
+                "UPDATE payments SET payment_amount = $3, currency = $4, amount_source = 'command',
+                     updated_at = now()
+                 WHERE provider = $1 AND transaction_reference = $2",
+            )
+            .bind(provider)
+            .bind(&cmd.transaction_reference)
+            .bind(given)
+            .bind(&cmd.currency)
+            .execute(&mut **tx)
+            .await?;
+            Some(given)
+        }
+        (None, None) => None,
+    };
+    let Some(payment_amount) = payment_amount else {
+        // Unknown payment amount: the provider's own balance check is the guard.
+        return Ok(None);
+    };
+    let refunded: Decimal = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(amount), 0) FROM refunds
+         WHERE provider = $1 AND transaction_reference = $2 AND status <> 'REFUND_FAIL'",
+    )
+    .bind(provider)
+    .bind(&cmd.transaction_reference)
+    .fetch_one(&mut **tx)
+    .await?;
+    if refunded + cmd.amount > payment_amount {
+        let left = (payment_amount - refunded).max(Decimal::ZERO);
+        return Ok(Some(FailureReason::new(
+            FailureCode::AmountExceedsRefundable,
+            format!(
+                "refund of {} {} exceeds what is left to refund on payment {}: {left} of {payment_amount} ({refunded} already refunded or in progress)",
+                cmd.amount, cmd.currency, cmd.transaction_reference
+            ),
+        )));
+    }
+    Ok(None)
+}
+
+/// Writes the history row and the outbox event of a status change.
+async fn record_transition(
+    tx: &mut Transaction<'_, Postgres>,
+    from: Option<RefundStatus>,
+    event: &RefundEvent,
+    cause: &str,
+    exchange: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO refund_transitions (refund_reference, from_status, to_status, cause, detail, event_id, occurred_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&event.refund_reference)
+    .bind(from.map(RefundStatus::as_str))
+    .bind(event.status.as_str())
+    .bind(cause)
+    .bind(event.failure_reason.as_ref().map(|r| r.message.as_str()))
+    .bind(event.event_id)
+    .bind(event.occurred_at)
+    .execute(&mut **tx)
+    .await?;
+    outbox::enqueue(tx, exchange, event).await
+}
+
+/// Claims up to `limit` due refunds for one dispatcher, reserving them for `lease`.
+///
+/// A refund that was `NOT_SUBMITTED` becomes `SUBMITTING` (and counts an attempt) in the
+/// same statement, before the provider is called: if this worker dies mid-call, whoever
+/// claims it next asks the provider for its status instead of sending it again.
+pub async fn claim_due(
+    pool: &PgPool,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<ClaimedRefund>, StoreError> {
+    let token = Uuid::new_v4();
+    let rows: Vec<(String, String, Value)> = sqlx::query_as(
+        "WITH due AS (
+             SELECT refund_reference, phase AS phase_before FROM refunds
+             WHERE status = 'PENDING' AND next_attempt_at <= now()
+             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         UPDATE refunds r SET
+             next_attempt_at = now() + make_interval(secs => $2),
+             claim_token = $3,
+             phase = CASE WHEN r.phase = 'NOT_SUBMITTED' THEN 'SUBMITTING' ELSE r.phase END,
+             attempts = r.attempts + CASE WHEN r.phase = 'NOT_SUBMITTED' THEN 1 ELSE 0 END,
+             updated_at = now()
+         FROM due WHERE r.refund_reference = due.refund_reference
+         RETURNING r.refund_reference, due.phase_before, r.command",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .bind(token)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let refs: Vec<&str> = rows.iter().map(|(r, _, _)| r.as_str()).collect();
+    let full: Vec<RefundRow> = sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM refunds WHERE refund_reference = ANY($1)"
+    ))
+    .bind(&refs)
+    .fetch_all(pool)
+    .await?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for (reference, phase_before, command) in rows {
+        let row = full
+            .iter()
+            .find(|r| r.refund_reference == reference)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("claimed refund {reference} not found")))?;
+        let phase_before = Phase::parse(&phase_before)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown phase {phase_before}")))?;
+        claimed.push(ClaimedRefund {
+            row,
+            phase_before,
+            command,
+            token,
+        });
+    }
+    Ok(claimed)
+}
+
+/// Records the result of a dispatcher step on a claimed refund, with its provider calls,
+/// and (for a final status) the transition and its outbox event, in one transaction.
+///
+/// Returns the event when one was produced, or `None` when the claim was lost (the lease
+/// expired and another worker took over) or nothing changed.
+pub async fn record_step(
+    pool: &PgPool,
+    claimed: &ClaimedRefund,
+    extra_submits: i32,
+    calls: &[CallRecord],
+    update: StoreUpdate,
+    exchange: &str,
+) -> Result<Option<RefundEvent>, StoreError> {
+    let reference = &claimed.row.refund_reference;
+    let mut tx = pool.begin().await?;
+    let event = match update {
+        StoreUpdate::Reschedule {
+            phase,
+            delay,
+            failed,
+            polled,
+            provider_reference,
+            provider_status,
+        } => {
+            let done = sqlx::query(
+                "UPDATE refunds SET phase = $3, next_attempt_at = now() + make_interval(secs => $4),
+                     claim_token = NULL, attempts = attempts + $5,
+                     failures = CASE WHEN $6 THEN failures + 1 ELSE 0 END,
+                     polls = polls + CASE WHEN $7 THEN 1 ELSE 0 END,
+                     provider_reference = COALESCE($8, provider_reference),
+                     provider_status = COALESCE($9, provider_status), updated_at = now()
+                 WHERE refund_reference = $1 AND claim_token = $2 AND status = 'PENDING'",
+            )
+            .bind(reference)
+            .bind(claimed.token)
+            .bind(phase.as_str())
+            .bind(delay.as_secs_f64())
+            .bind(extra_submits)
+            .bind(failed)
+            .bind(polled)
+            .bind(provider_reference)
+            .bind(provider_status)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+            None
+        }
+        StoreUpdate::Finish {
+            status,
+            failure,
+            provider_reference,
+            provider_status,
+        } => {
+            let current: Option<String> = sqlx::query_scalar(
+                "SELECT status FROM refunds WHERE refund_reference = $1 AND claim_token = $2 FOR UPDATE",
+            )
+            .bind(reference)
+            .bind(claimed.token)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(current) = current.as_deref().and_then(RefundStatus::parse) else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
+            match transition(current, status) {
+                Transition::Apply => {}
+                Transition::Unchanged | Transition::Stale | Transition::Contradiction => {
+                    tracing::warn!(refund_reference = %reference, from = %current, to = %status,
+                        "status change not applied");
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+            }
+            let row: RefundRow = sqlx::query_as(&format!(
+                "UPDATE refunds SET status = $3, phase = 'FINAL', next_attempt_at = NULL, claim_token = NULL,
+                     failure_code = $4, failure_message = $5, attempts = attempts + $6,
+                     provider_reference = COALESCE($7, provider_reference),
+                     provider_status = COALESCE($8, provider_status),
+                     updated_at = now(), finished_at = now()
+                 WHERE refund_reference = $1 AND claim_token = $2 AND status = 'PENDING'
+                 RETURNING {ROW_COLUMNS}"
+            ))
+            .bind(reference)
+            .bind(claimed.token)
+            .bind(status.as_str())
+            .bind(failure.as_ref().map(|f| f.code.as_str()))
+            .bind(failure.as_ref().map(|f| f.message.as_str()))
+            .bind(extra_submits)
+            .bind(provider_reference)
+            .bind(provider_status)
+            .fetch_one(&mut *tx)
+            .await?;
+            let event = event_for(&row, status, failure)?;
+            let cause = match status {
+                RefundStatus::Completed => "provider confirmed the refund",
+                _ => "provider outcome",
+            };
+            record_transition(&mut tx, Some(current), &event, cause, exchange).await?;
+            Some(event)
+        }
+    };
+    for call in calls {
+        sqlx::query(
+            "INSERT INTO provider_attempts (refund_reference, call, outcome, detail, started_at, latency_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(reference)
+        .bind(call.call)
+        .bind(&call.outcome)
+        .bind(&call.detail)
+        .bind(call.started_at)
+        .bind(i32::try_from(call.latency.as_millis()).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(event)
+}
+
+/// Builds the status event for a refund row.
+fn event_for(
+    row: &RefundRow,
+    status: RefundStatus,
+    failure: Option<FailureReason>,
+) -> Result<RefundEvent, StoreError> {
+    Ok(RefundEvent {
+        event_id: Uuid::new_v4(),
+        refund_reference: row.refund_reference.clone(),
+        provider: row.provider.clone(),
+        transaction_reference: row.transaction_reference.clone(),
+        provider_reference: row.provider_reference.clone(),
+        amount: row.amount.map(crate::domain::money::format_amount),
+        currency: row.currency.clone(),
+        status,
+        failure_reason: failure,
+        attempts: row.attempts,
+        occurred_at: row.finished_at.unwrap_or(row.updated_at),
+    })
+}
+
+/// The operator's view of one refund: row, history, provider calls.
+pub async fn show(pool: &PgPool, refund_reference: &str) -> Result<Option<RefundView>, StoreError> {
+    let refund: Option<RefundRow> = sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM refunds WHERE refund_reference = $1"
+    ))
+    .bind(refund_reference)
+    .fetch_optional(pool)
+    .await?;
+    let Some(refund) = refund else {
+        return Ok(None);
+    };
+    let transitions = sqlx::query_as(
+        "SELECT from_status, to_status, cause, detail, event_id, occurred_at
+         FROM refund_transitions WHERE refund_reference = $1 ORDER BY id",
+    )
+    .bind(refund_reference)
+    .fetch_all(pool)
+    .await?;
+    let attempts = sqlx::query_as(
+        "SELECT call, outcome, detail, started_at, latency_ms
+         FROM provider_attempts WHERE refund_reference = $1 ORDER BY id",
+    )
+    .bind(refund_reference)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(RefundView {
+        refund,
+        transitions,
+        attempts,
+    }))
+}
