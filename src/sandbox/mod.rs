@@ -1,41 +1,842 @@
-//! Provider sandbox (placeholder until the simulator lands).
-#![allow(missing_docs, dead_code, clippy::all)]
+//! Local simulator of the refund providers' HTTP APIs (the "sandbox").
+//!
+//! It owns an in-memory picture of everything a provider saw: payments, refunds, the raw
+//! request that created each refund, and counters per kind of call. Tests and the demo point
+//! refund-worker at it instead of the real provider, so they can check the property that
+//! matters most for a refund service, "the provider saw refund X exactly once", and drive
+//! the failure modes that make that hard: errors before acceptance, timeouts *after*
+//! acceptance, business rejections and replays.
+//!
+//! Layout: this file holds what every provider shares (config, the one state mutex, fault
+//! injection, latency, the `/sandbox/*` admin API, serving). Each provider lives in a sibling
+//! file that owns its sub-state in `State` and adds its own routes; `va_services.rs` is the
+//! first. BPN, Binance Pay and BVNK are meant to follow the same pattern.
+//!
+//! Admin API (JSON, camelCase, never subject to faults or latency): `GET /sandbox/health`,
+//! `GET /sandbox/ledger` ([`Ledger`]), `POST /sandbox/faults` ([`Faults`], answers the pending
+//! faults), `POST /sandbox/payments` ([`Payment`]) and
+//! `POST /sandbox/va_services/refunds/{refundReference}/outcome` ([`ForcedOutcome`]).
+//!
+//! Concurrency: one `std::sync::Mutex` guards all state. Handlers decide everything under the
+//! lock in one synchronous step, release it, and only then sleep (latency, hangs), so the
+//! lock is never held across an `.await` and replays racing each other see one consistent
+//! order.
+
+mod va_services;
+
+use std::fmt;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State as AxumState;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use rust_decimal::Decimal;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use tokio::sync::Notify;
+
+/// How the simulated providers behave. Every knob has a harmless default, so
+/// `SandboxConfig::default()` is a well-behaved provider.
+#[derive(Clone)]
 pub struct SandboxConfig {
+    /// Bearer token the VA API expects (`Authorization: Bearer <key>`).
     pub va_api_key: String,
+    /// Added to every provider API response (never to `/sandbox/*`).
     pub latency: Duration,
+    /// Share (0..1) of provider API calls answered with HTTP 500 at random, before any work.
     pub error_rate: f64,
+    /// Share (0..1) of accepted initiate calls that are recorded but then hang for `hang`:
+    /// the "unknown outcome" a worker must resolve by querying before resubmitting.
     pub timeout_rate: f64,
+    /// How long a "timeout after accept" hangs before answering.
     pub hang: Duration,
+    /// A refund reads COMPLETED (or its forced outcome) once this long after creation.
     pub completion_delay: Duration,
-    pub default_payment_amount: rust_decimal::Decimal,
+    /// Balance of a payment the sandbox has not been told about, so tests need no setup.
+    pub default_payment_amount: Decimal,
+    /// Zone of VA Services' zone-less dates (their docs leave it open).
     pub zone: chrono_tz::Tz,
 }
+
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
-            va_api_key: String::new(),
+            va_api_key: "sandbox-va-key".to_owned(),
             latency: Duration::ZERO,
             error_rate: 0.0,
             timeout_rate: 0.0,
-            hang: Duration::ZERO,
-            completion_delay: Duration::ZERO,
-            default_payment_amount: rust_decimal::Decimal::ZERO,
-            zone: chrono_tz::UTC,
+            hang: Duration::from_secs(30),
+            completion_delay: Duration::from_millis(200),
+            default_payment_amount: Decimal::from(1_000_000),
+            zone: chrono_tz::Africa::Lagos,
         }
     }
 }
-#[derive(Clone)]
-pub struct Sandbox;
-impl Sandbox {
-    pub fn new(_c: SandboxConfig) -> Self {
-        Sandbox
+
+// Written by hand so the API key never reaches a log through `{:?}`.
+impl fmt::Debug for SandboxConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxConfig")
+            .field("va_api_key", &"<redacted>")
+            .field("latency", &self.latency)
+            .field("error_rate", &self.error_rate)
+            .field("timeout_rate", &self.timeout_rate)
+            .field("hang", &self.hang)
+            .field("completion_delay", &self.completion_delay)
+            .field("default_payment_amount", &self.default_payment_amount)
+            .field("zone", &self.zone)
+            .finish()
     }
+}
+
+/// Which simulated provider a payment or refund belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// VA Services (Transaction Point), served under `/va/...`.
+    VaServices,
+}
+
+/// Deterministic faults, consumed one per matching provider call. They are added to what is
+/// already pending, so two tests' worth of faults queue up instead of overwriting each other.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Faults {
+    /// The next N provider calls (any endpoint) answer HTTP `failStatus` with the provider's
+    /// error envelope, before any work: nothing is recorded.
+    pub fail_next: u32,
+    /// Status for `failNext` answers; 500 when unset (or not an HTTP status). Replaces the
+    /// pending value when given.
+    pub fail_status: Option<u16>,
+    /// The next N successful initiate calls record the refund, then hang for `hang`.
+    pub timeout_after_accept_next: u32,
+    /// The next N valid initiate calls are declined (HTTP 200, `requestSuccessful: false`,
+    /// code "99") without recording anything.
+    pub reject_next: u32,
+    /// Overrides the configured latency (ms) from now on; replaces the pending value.
+    pub latency_ms: Option<u64>,
+}
+
+impl Faults {
+    fn add(&mut self, more: Faults) {
+        self.fail_next = self.fail_next.saturating_add(more.fail_next);
+        self.timeout_after_accept_next = self
+            .timeout_after_accept_next
+            .saturating_add(more.timeout_after_accept_next);
+        self.reject_next = self.reject_next.saturating_add(more.reject_next);
+        if more.fail_status.is_some() {
+            self.fail_status = more.fail_status;
+        }
+        if more.latency_ms.is_some() {
+            self.latency_ms = more.latency_ms;
+        }
+    }
+}
+
+/// A payment the provider knows, i.e. the upper bound for its refunds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Payment {
+    /// Provider holding the payment.
+    pub provider: Provider,
+    /// The provider's reference of the original transaction.
+    pub transaction_reference: String,
+    /// Paid amount; accepted as a JSON number or string, written back as a string.
+    #[serde(deserialize_with = "decimal_from_json")]
+    pub amount: Decimal,
+    /// ISO currency code; informational only (VA Services does not echo it).
+    #[serde(default = "default_currency")]
+    pub currency: String,
+}
+
+fn default_currency() -> String {
+    "NGN".to_owned()
+}
+
+/// Final status a test wants a refund to reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutcomeStatus {
+    /// The refund completes (the default when nothing is forced).
+    Completed,
+    /// The refund fails at the bank; its amount stops counting against the payment.
+    Failed,
+}
+
+/// Forces how a refund ends. It takes effect when `completion_delay` has passed (the refund
+/// reads PENDING until then) and may be set before the refund exists, so a test can arrange
+/// the failure of a refund the worker has not submitted yet. Set after the delay, it
+/// rewrites the status at once (COMPLETED can turn FAILED), which a real provider would not
+/// do; it is allowed so a late reversal can be simulated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForcedOutcome {
+    /// The status the refund ends with.
+    pub status: OutcomeStatus,
+}
+
+/// One refund as the provider recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerRefund {
+    /// Provider that recorded the refund.
+    pub provider: Provider,
+    /// Our idempotency key, as sent.
+    pub refund_reference: String,
+    /// The refunded payment, as sent.
+    pub transaction_reference: String,
+    /// The amount exactly as its text arrived (`25.17` stays "25.17").
+    pub refund_amount: String,
+    /// The raw body of the initiate call that created the refund, byte for byte.
+    pub request_body: String,
+    /// Status a status query would answer now, e.g. "PENDING".
+    pub status: String,
+    /// Initiate calls that named this refund, the creating one and replays included.
+    pub submit_count: u32,
+    /// Replays whose transaction reference or amount differed from the accepted call: a
+    /// worker bug a real provider might reject, counted so tests can catch it.
+    pub mismatched_replays: u32,
+    /// Outcome forced by a test, if any.
+    pub forced_outcome: Option<OutcomeStatus>,
+    /// When the provider accepted the refund.
+    pub created_at: DateTime<Utc>,
+    /// When the refund completed; `None` while pending and for failed refunds.
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Snapshot of everything the providers saw, for assertions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ledger {
+    /// Recorded refunds in creation order.
+    pub refunds: Vec<LedgerRefund>,
+    /// Known payments (told or seen first in a refund).
+    pub payments: Vec<Payment>,
+    /// Authenticated initiate calls, whatever their answer.
+    pub submit_calls: u64,
+    /// Authenticated refund status queries.
+    pub status_calls: u64,
+    /// Authenticated refund list queries.
+    pub list_calls: u64,
+    /// Authenticated refund details queries (by transaction).
+    pub details_calls: u64,
+    /// Calls refused for a missing or wrong credential (counted nowhere else).
+    pub rejected_auth: u64,
+    /// Calls answered with an injected HTTP error (`failNext` or `error_rate`).
+    pub injected_failures: u64,
+    /// Initiate calls declined by `rejectNext`.
+    pub injected_rejects: u64,
+    /// Accepted initiate calls that were made to hang.
+    pub injected_timeouts: u64,
+    /// Deterministic faults not consumed yet.
+    pub pending_faults: Faults,
+}
+
+impl Ledger {
+    /// The refund with this reference, if the provider recorded it.
+    pub fn refund(&self, refund_reference: &str) -> Option<&LedgerRefund> {
+        self.refunds
+            .iter()
+            .find(|r| r.refund_reference == refund_reference)
+    }
+}
+
+/// The simulator: cheap to clone, all clones share one state.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: SandboxConfig,
+    state: Mutex<State>,
+    /// Woken when a server spawned by [`Sandbox::spawn`] shuts down, so hanging handlers
+    /// answer at once instead of holding the graceful drain for `hang`.
+    shutdown: Notify,
+}
+
+/// Kinds of provider calls, for the counters.
+#[derive(Debug, Clone, Copy)]
+enum CallKind {
+    Submit,
+    Status,
+    List,
+    Details,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    submit_calls: u64,
+    status_calls: u64,
+    list_calls: u64,
+    details_calls: u64,
+    rejected_auth: u64,
+    injected_failures: u64,
+    injected_rejects: u64,
+    injected_timeouts: u64,
+}
+
+/// Everything behind the mutex: shared counters and faults, plus one sub-state per provider.
+#[derive(Default)]
+struct State {
+    counters: Counters,
+    faults: Faults,
+    va: va_services::VaState,
+}
+
+impl State {
+    fn count(&mut self, kind: CallKind) {
+        let c = &mut self.counters;
+        match kind {
+            CallKind::Submit => c.submit_calls += 1,
+            CallKind::Status => c.status_calls += 1,
+            CallKind::List => c.list_calls += 1,
+            CallKind::Details => c.details_calls += 1,
+        }
+    }
+
+    /// An injected HTTP error for this call, if one is due: deterministic first, then random.
+    fn take_failure(&mut self, config: &SandboxConfig) -> Option<StatusCode> {
+        let status = if self.faults.fail_next > 0 {
+            self.faults.fail_next -= 1;
+            self.faults
+                .fail_status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        } else if roll(config.error_rate) {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            return None;
+        };
+        self.counters.injected_failures += 1;
+        Some(status)
+    }
+
+    /// Whether this valid initiate call is to be declined.
+    fn take_reject(&mut self) -> bool {
+        if self.faults.reject_next == 0 {
+            return false;
+        }
+        self.faults.reject_next -= 1;
+        self.counters.injected_rejects += 1;
+        true
+    }
+
+    /// How long this accepted initiate call hangs before answering, if it does.
+    fn take_timeout(&mut self, config: &SandboxConfig) -> Option<Duration> {
+        if self.faults.timeout_after_accept_next > 0 {
+            self.faults.timeout_after_accept_next -= 1;
+        } else if !roll(config.timeout_rate) {
+            return None;
+        }
+        self.counters.injected_timeouts += 1;
+        Some(config.hang)
+    }
+}
+
+/// True with probability `p`. Written without `gen_bool`, which panics outside 0..=1 (and on
+/// NaN); a misconfigured rate here just means "never" or "always".
+fn roll(p: f64) -> bool {
+    p > 0.0 && rand::thread_rng().gen::<f64>() < p
+}
+
+/// A provider's answer, decided under the lock, plus how long to hang before sending it.
+struct Reply {
+    response: Response,
+    hang: Option<Duration>,
+}
+
+impl Reply {
+    fn now(response: Response) -> Self {
+        Self {
+            response,
+            hang: None,
+        }
+    }
+}
+
+impl Sandbox {
+    /// A sandbox with empty state.
+    pub fn new(config: SandboxConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                state: Mutex::new(State::default()),
+                shutdown: Notify::new(),
+            }),
+        }
+    }
+
+    /// Provider APIs (`/va/...`) and the admin API (`/sandbox/...`) in one router.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/sandbox/health", get(health))
+            .route("/sandbox/ledger", get(ledger_route))
+            .route("/sandbox/faults", post(faults_route))
+            .route("/sandbox/payments", post(payments_route))
+            .merge(va_services::routes())
+            .with_state(self.clone())
+    }
+
+    /// Binds 127.0.0.1:port (0 = any), serves until `shutdown` resolves; returns the bound
+    /// address immediately. Binding before returning means a test can call the address at
+    /// once, with no race against the server starting.
     pub async fn spawn(
         &self,
-        _port: u16,
-        _s: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-        Err(std::io::Error::other("placeholder"))
+        port: u16,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        let addr = listener.local_addr()?;
+        let router = self.router();
+        let inner = Arc::clone(&self.inner);
+        let handle = tokio::spawn(async move {
+            let signal = async move {
+                shutdown.await;
+                // Hanging handlers would otherwise hold the graceful drain for `hang`.
+                inner.shutdown.notify_waiters();
+            };
+            if let Err(err) = axum::serve(listener, router)
+                .with_graceful_shutdown(signal)
+                .await
+            {
+                tracing::error!(error = %err, "sandbox server stopped with an error");
+            }
+        });
+        tracing::info!(%addr, "sandbox listening");
+        Ok((addr, handle))
+    }
+
+    /// Snapshot of what the providers saw, for in-process tests.
+    pub fn ledger(&self) -> Ledger {
+        let config = &self.inner.config;
+        let state = self.lock();
+        let c = state.counters;
+        let (refunds, payments) = state.va.ledger(config);
+        Ledger {
+            refunds,
+            payments,
+            submit_calls: c.submit_calls,
+            status_calls: c.status_calls,
+            list_calls: c.list_calls,
+            details_calls: c.details_calls,
+            rejected_auth: c.rejected_auth,
+            injected_failures: c.injected_failures,
+            injected_rejects: c.injected_rejects,
+            injected_timeouts: c.injected_timeouts,
+            pending_faults: state.faults.clone(),
+        }
+    }
+
+    /// Adds to the pending deterministic faults.
+    pub fn inject(&self, faults: Faults) {
+        self.lock().faults.add(faults);
+    }
+
+    /// Tells the provider about a payment (replacing an earlier one with the same reference).
+    pub fn add_payment(&self, p: Payment) {
+        let mut state = self.lock();
+        match p.provider {
+            Provider::VaServices => state.va.add_payment(p),
+        }
+    }
+
+    /// Makes a VA Services refund end COMPLETED or FAILED (see [`ForcedOutcome`]).
+    pub fn set_outcome(&self, refund_reference: &str, outcome: ForcedOutcome) {
+        self.lock().va.set_outcome(refund_reference, outcome.status);
+    }
+
+    fn config(&self) -> &SandboxConfig {
+        &self.inner.config
+    }
+
+    // A panic while holding the lock cannot leave the state half-written in a way that
+    // matters to a simulator, so a poisoned lock is simply taken over.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one provider call's decision under the lock.
+    fn decide(&self, f: impl FnOnce(&mut State, &SandboxConfig) -> Reply) -> Reply {
+        let mut state = self.lock();
+        f(&mut state, &self.inner.config)
+    }
+
+    /// Sends a decided reply after its hang and the latency, with the lock released.
+    async fn deliver(&self, reply: Reply) -> Response {
+        if let Some(hang) = reply.hang {
+            self.pause(hang).await;
+        }
+        let latency = match self.lock().faults.latency_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => self.config().latency,
+        };
+        if !latency.is_zero() {
+            self.pause(latency).await;
+        }
+        reply.response
+    }
+
+    /// Sleeps, cut short when a spawned server shuts down.
+    async fn pause(&self, duration: Duration) {
+        let woken = self.inner.shutdown.notified();
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => {}
+            _ = woken => {}
+        }
+    }
+}
+
+/// Parses an amount's text exactly: plain decimals keep their scale ("25.170" stays
+/// 25.170); exponent forms ("1e3") are accepted too since JSON allows them.
+fn parse_decimal_text(text: &str) -> Option<Decimal> {
+    Decimal::from_str_exact(text)
+        .or_else(|_| Decimal::from_scientific(text))
+        .ok()
+}
+
+/// A JSON number or string as an exact decimal, and the text it came from.
+fn decimal_and_text(value: &serde_json::Value) -> Option<(Decimal, String)> {
+    let text = match value {
+        // With `arbitrary_precision` a number's Display is its original text, not an f64.
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        _ => return None,
+    };
+    parse_decimal_text(&text).map(|d| (d, text))
+}
+
+/// Writes a decimal as a JSON number with exactly its digits (never through `f64`).
+fn decimal_to_json(d: Decimal) -> serde_json::Value {
+    let text = d.to_string();
+    match text.parse::<serde_json::Number>() {
+        Ok(n) => serde_json::Value::Number(n),
+        Err(_) => serde_json::Value::String(text),
+    }
+}
+
+fn decimal_from_json<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    decimal_and_text(&value)
+        .map(|(d, _)| d)
+        .ok_or_else(|| serde::de::Error::custom("amount must be a decimal number or string"))
+}
+
+/// Admin API errors are plain `{"error": "..."}`; they are ours, not a provider's.
+fn admin_error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": message.into() });
+    (status, Json(body)).into_response()
+}
+
+/// Parses an admin body ourselves so every mistake is a 400 with a JSON reason, whatever the
+/// content type (curl users forget it).
+fn parse_admin<T: DeserializeOwned>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ledger_route(AxumState(sandbox): AxumState<Sandbox>) -> Json<Ledger> {
+    Json(sandbox.ledger())
+}
+
+async fn faults_route(AxumState(sandbox): AxumState<Sandbox>, body: Bytes) -> Response {
+    let faults: Faults = match parse_admin(&body) {
+        Ok(f) => f,
+        Err(message) => return admin_error(StatusCode::BAD_REQUEST, message),
+    };
+    if let Some(status) = faults.fail_status {
+        if StatusCode::from_u16(status).is_err() {
+            return admin_error(StatusCode::BAD_REQUEST, "failStatus is not an HTTP status");
+        }
+    }
+    sandbox.inject(faults);
+    Json(sandbox.ledger().pending_faults).into_response()
+}
+
+async fn payments_route(AxumState(sandbox): AxumState<Sandbox>, body: Bytes) -> Response {
+    let payment: Payment = match parse_admin(&body) {
+        Ok(p) => p,
+        Err(message) => return admin_error(StatusCode::BAD_REQUEST, message),
+    };
+    if payment.transaction_reference.trim().is_empty() {
+        return admin_error(StatusCode::BAD_REQUEST, "transactionReference is required");
+    }
+    if payment.amount <= Decimal::ZERO {
+        return admin_error(StatusCode::BAD_REQUEST, "amount must be greater than zero");
+    }
+    sandbox.add_payment(payment.clone());
+    Json(payment).into_response()
+}
+
+/// Shared by the tests of this module and of each provider file.
+#[cfg(test)]
+mod test_support {
+    use super::{Sandbox, SandboxConfig};
+    use serde_json::Value;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    pub(super) struct TestServer {
+        pub base: String,
+        pub sandbox: Sandbox,
+        pub client: reqwest::Client,
+        pub key: String,
+        stop: oneshot::Sender<()>,
+        handle: JoinHandle<()>,
+    }
+
+    pub(super) async fn start(config: SandboxConfig) -> TestServer {
+        let key = config.va_api_key.clone();
+        let sandbox = Sandbox::new(config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (addr, handle) = sandbox
+            .spawn(0, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        TestServer {
+            base: format!("http://{addr}"),
+            sandbox,
+            client: reqwest::Client::new(),
+            key,
+            stop,
+            handle,
+        }
+    }
+
+    impl TestServer {
+        pub fn url(&self, path: &str) -> String {
+            format!("{}{path}", self.base)
+        }
+
+        /// Authenticated initiate call: status, raw body text, parsed body.
+        pub async fn initiate(&self, body: &str) -> (u16, String, Value) {
+            let response = self
+                .client
+                .post(self.url("/va/refunds/initiate-refund"))
+                .bearer_auth(&self.key)
+                .header("content-type", "application/json")
+                .body(body.to_owned())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            let json = serde_json::from_str(&text).unwrap();
+            (status, text, json)
+        }
+
+        /// Authenticated VA GET.
+        pub async fn get(&self, path: &str) -> (u16, Value) {
+            let response = self
+                .client
+                .get(self.url(path))
+                .bearer_auth(&self.key)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.json().await.unwrap())
+        }
+
+        pub async fn admin_post(&self, path: &str, body: Value) -> (u16, Value) {
+            let response = self
+                .client
+                .post(self.url(path))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.json().await.unwrap())
+        }
+
+        /// Stops the server and waits for it, failing if the drain takes longer than `within`.
+        pub async fn stop(self, within: std::time::Duration) {
+            let _ = self.stop.send(());
+            tokio::time::timeout(within, self.handle)
+                .await
+                .expect("server did not stop in time")
+                .unwrap();
+        }
+    }
+
+    /// An initiate body in the documented shape.
+    pub(super) fn refund_body(transaction: &str, reference: &str, amount: &str) -> String {
+        format!(
+            r#"{{"transactionReference":"{transaction}","refundReference":"{reference}","refundAmount":{amount},"refundReason":"Order cancelled!","destinationAccountNumber":"0040088210","destinationAccountBankCode":"000012"}}"#
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{refund_body, start};
+    use super::*;
+    use serde_json::json;
+    use std::time::Instant;
+
+    #[test]
+    fn faults_add_up_and_overrides_replace() {
+        let mut pending = Faults {
+            fail_next: 1,
+            fail_status: Some(503),
+            ..Faults::default()
+        };
+        pending.add(Faults {
+            fail_next: 2,
+            reject_next: 1,
+            latency_ms: Some(5),
+            ..Faults::default()
+        });
+        assert_eq!(pending.fail_next, 3);
+        assert_eq!(pending.fail_status, Some(503));
+        assert_eq!(pending.reject_next, 1);
+        assert_eq!(pending.latency_ms, Some(5));
+    }
+
+    #[test]
+    fn decimals_round_trip_exactly() {
+        let value: serde_json::Value = serde_json::from_str(r#"{"a": 25.170}"#).unwrap();
+        let (d, text) = decimal_and_text(&value["a"]).unwrap();
+        assert_eq!(text, "25.170");
+        assert_eq!(decimal_to_json(d).to_string(), "25.170");
+        assert_eq!(parse_decimal_text("1e3"), Some(Decimal::from(1000)));
+        assert_eq!(parse_decimal_text("abc"), None);
+        assert!(!roll(f64::NAN) && !roll(-1.0) && roll(2.0));
+    }
+
+    #[test]
+    fn config_debug_hides_the_key() {
+        let text = format!("{:?}", SandboxConfig::default());
+        assert!(!text.contains("sandbox-va-key"));
+    }
+
+    #[tokio::test]
+    async fn admin_routes_drive_the_provider() {
+        let server = start(SandboxConfig::default()).await;
+        let (status, body) = server
+            .admin_post(
+                "/sandbox/faults",
+                json!({ "failNext": 1, "failStatus": 503 }),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["failNext"], json!(1));
+        let (_, body) = server
+            .admin_post("/sandbox/faults", json!({ "failNext": 1, "rejectNext": 1 }))
+            .await;
+        assert_eq!(body["failNext"], json!(2));
+        assert_eq!(body["failStatus"], json!(503));
+
+        // Parsed from text: `json!` would turn 250.50 into an f64 and drop the zero.
+        let payment = serde_json::from_str(
+            r#"{"provider": "va_services", "transactionReference": "tx-1", "amount": 250.50, "currency": "NGN"}"#,
+        )
+        .unwrap();
+        let (status, _) = server.admin_post("/sandbox/payments", payment).await;
+        assert_eq!(status, 200);
+
+        for _ in 0..2 {
+            let (status, _, body) = server.initiate(&refund_body("tx-1", "r-1", "300")).await;
+            assert_eq!(status, 503);
+            assert_eq!(body["responseCode"], "503");
+        }
+        let (_, _, body) = server.initiate(&refund_body("tx-1", "r-1", "300")).await;
+        assert_eq!(
+            body["responseCode"], "99",
+            "rejectNext comes after the failures"
+        );
+        let (_, _, body) = server.initiate(&refund_body("tx-1", "r-1", "300")).await;
+        assert_eq!(
+            body["responseMessage"],
+            "Refund amount exceeds refundable amount. Refundable amount: 250.50"
+        );
+
+        let ledger: Ledger = server
+            .client
+            .get(server.url("/sandbox/ledger"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ledger.payments[0].amount.to_string(), "250.50");
+        assert!(ledger.refunds.is_empty());
+        assert_eq!(
+            (
+                ledger.submit_calls,
+                ledger.injected_failures,
+                ledger.injected_rejects
+            ),
+            (4, 2, 1)
+        );
+        assert_eq!(ledger.pending_faults.fail_next, 0);
+
+        let (status, body) = server
+            .admin_post("/sandbox/faults", json!({ "failnext": 1 }))
+            .await;
+        assert_eq!(status, 400, "typos are refused, not ignored");
+        assert!(body["error"].as_str().unwrap().contains("failnext"));
+        let (status, _) = server
+            .admin_post(
+                "/sandbox/payments",
+                json!({ "provider": "nope", "transactionReference": "t", "amount": 1 }),
+            )
+            .await;
+        assert_eq!(status, 400);
+
+        let health: serde_json::Value = server
+            .client
+            .get(server.url("/sandbox/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health, json!({ "status": "ok" }));
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn random_errors_and_latency_spare_the_admin_api() {
+        let server = start(SandboxConfig {
+            error_rate: 1.0,
+            latency: Duration::from_millis(300),
+            ..SandboxConfig::default()
+        })
+        .await;
+        let started = Instant::now();
+        let (status, _, body) = server.initiate(&refund_body("tx", "r", "1")).await;
+        assert_eq!(status, 500);
+        assert_eq!(body["requestSuccessful"], json!(false));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        let started = Instant::now();
+        let response = server
+            .client
+            .get(server.url("/sandbox/ledger"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(started.elapsed() < Duration::from_millis(300));
+        assert!(server.sandbox.ledger().refunds.is_empty());
+        server.stop(Duration::from_secs(2)).await;
     }
 }

@@ -1,0 +1,404 @@
+//! Test harness: spawns an isolated app (database, topology, sandbox, worker).
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use refund_worker::broker::publisher::json_properties;
+use refund_worker::broker::{self, topology, Publisher, Topology, ERROR_HEADER};
+use refund_worker::config::Config;
+use refund_worker::domain::{RefundEvent, RefundStatus};
+use refund_worker::pipeline::{worker, Context};
+use refund_worker::providers::Providers;
+use refund_worker::sandbox::{Faults, Sandbox, SandboxConfig};
+use refund_worker::store;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// PostgreSQL server for tests (a database per test is created on it).
+pub fn pg_server() -> String {
+    std::env::var("TEST_DATABASE_SERVER")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// RabbitMQ for tests.
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| refund_worker::config::DEFAULT_AMQP_URL.into())
+}
+
+/// How long a test waits for something that should happen within a second or two.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A running, isolated refund-worker.
+pub struct TestApp {
+    pub ctx: Context,
+    pub pool: PgPool,
+    pub sandbox: Sandbox,
+    pub topology: Topology,
+    pub connection: lapin::Connection,
+    pub publisher: Publisher,
+    events: lapin::Consumer,
+    /// Events received so far, by refund.
+    pub seen: Vec<RefundEvent>,
+    db_name: String,
+    sandbox_stop: CancellationToken,
+    worker: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+/// Settings tweaks for one test.
+pub struct Options {
+    pub sandbox: SandboxConfig,
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            sandbox: SandboxConfig {
+                completion_delay: Duration::from_millis(150),
+                hang: Duration::from_secs(3),
+                ..SandboxConfig::default()
+            },
+            env: Vec::new(),
+        }
+    }
+}
+
+impl TestApp {
+    /// Spawns with default options.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    /// Creates a database and topology, starts the sandbox; the worker is not started.
+    pub async fn spawn_with(options: Options) -> Self {
+        let _ = tracing_subscriber_init();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("rw_test_{}", &id[..16]);
+        let database_url = format!("{}/{db_name}", pg_server());
+        store::ensure_database(&database_url)
+            .await
+            .expect("create test database");
+
+        let sandbox_stop = CancellationToken::new();
+        let sandbox = Sandbox::new(options.sandbox);
+        let stop = sandbox_stop.clone();
+        let (addr, _) = sandbox
+            .spawn(0, async move { stop.cancelled().await })
+            .await
+            .expect("sandbox");
+
+        let mut env: HashMap<&str, String> = HashMap::from([
+            ("DATABASE_URL", database_url),
+            ("AMQP_URL", amqp_url()),
+            ("AMQP_NAME_PREFIX", format!("test-{}.", &id[..12])),
+            ("PROVIDER_VA_SERVICES_BASE_URL", format!("http://{addr}")),
+            ("PROVIDER_VA_SERVICES_API_KEY", "sandbox-va-key".into()),
+            ("PROVIDER_VA_SERVICES_TIMEOUT_MS", "1000".into()),
+            ("CLAIM_LEASE_SECS", "10".into()),
+            ("RETRY_INITIAL_MS", "50".into()),
+            ("RETRY_MAX_MS", "400".into()),
+            ("POLL_INITIAL_MS", "60".into()),
+            ("POLL_MAX_MS", "300".into()),
+            ("IDLE_POLL_MS", "50".into()),
+            ("MAX_SUBMIT_ATTEMPTS", "5".into()),
+            ("PREFETCH", "16".into()),
+        ]);
+        for (k, v) in options.env {
+            env.insert(k, v);
+        }
+        let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
+        let pool = store::connect(&config.database_url, 10)
+            .await
+            .expect("connect");
+        store::migrate(&pool).await.expect("migrate");
+        let providers = Providers::from_config(&config);
+        let ctx = Context::new(pool.clone(), config, providers);
+        let topology = ctx.topology.clone();
+
+        let connection = broker::connect(&amqp_url(), "refund-worker-tests")
+            .await
+            .expect("amqp");
+        let channel = connection.create_channel().await.expect("channel");
+        topology.declare(&channel).await.expect("declare");
+        // Our own subscriber to status events, like any downstream consumer.
+        let events_queue = format!("{}events", ctx.config.amqp_name_prefix);
+        channel
+            .queue_declare(
+                &events_queue,
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("events queue");
+        channel
+            .queue_bind(
+                &events_queue,
+                &topology.exchange,
+                topology::STATUS_BINDING,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+        let events = channel
+            .basic_consume(
+                &events_queue,
+                "tests",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume events");
+        let publisher = Publisher::open(&connection).await.expect("publisher");
+        Self {
+            ctx,
+            pool,
+            sandbox,
+            topology,
+            connection,
+            publisher,
+            events,
+            seen: Vec::new(),
+            db_name,
+            sandbox_stop,
+            worker: None,
+        }
+    }
+
+    /// Starts the worker (consumer, dispatcher, relay) in-process.
+    pub fn start_worker(&mut self) {
+        assert!(self.worker.is_none(), "worker already running");
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(worker::run(
+            self.ctx.clone(),
+            Arc::new(worker::Status::default()),
+            stop.clone(),
+        ));
+        self.worker = Some((stop, handle));
+    }
+
+    /// Starts a second, independent worker on the same database and queue.
+    pub fn spawn_extra_worker(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let stop = CancellationToken::new();
+        let ctx = Context::new(
+            self.pool.clone(),
+            (*self.ctx.config).clone(),
+            self.ctx.providers.clone(),
+        );
+        let handle = tokio::spawn(worker::run(
+            ctx,
+            Arc::new(worker::Status::default()),
+            stop.clone(),
+        ));
+        (stop, handle)
+    }
+
+    /// Stops the worker gracefully (drains in-flight work).
+    pub async fn stop_worker(&mut self) {
+        if let Some((stop, handle)) = self.worker.take() {
+            stop.cancel();
+            tokio::time::timeout(WAIT, handle)
+                .await
+                .expect("worker drains in time")
+                .expect("worker task");
+        }
+    }
+
+    /// Kills the worker abruptly (like SIGKILL: no drain, no flush).
+    pub fn kill_worker(&mut self) {
+        if let Some((_, handle)) = self.worker.take() {
+            handle.abort();
+        }
+    }
+
+    /// Publishes a command (JSON) to `refunds` with `refund.request`.
+    pub async fn publish(&self, command: &Value) {
+        self.publish_raw(command.to_string().as_bytes()).await;
+    }
+
+    /// Publishes raw bytes as a command.
+    pub async fn publish_raw(&self, body: &[u8]) {
+        self.publisher
+            .publish(broker::publisher::Outgoing {
+                exchange: &self.topology.exchange,
+                routing_key: topology::COMMAND_ROUTING_KEY,
+                payload: body,
+                properties: json_properties(&uuid::Uuid::new_v4().to_string()),
+            })
+            .await
+            .expect("publish confirmed");
+    }
+
+    /// Waits for the next status event.
+    pub async fn next_event(&mut self) -> RefundEvent {
+        let delivery = tokio::time::timeout(WAIT, self.events.next())
+            .await
+            .expect("an event within the wait")
+            .expect("events stream open")
+            .expect("event delivery");
+        let event: RefundEvent =
+            serde_json::from_slice(&delivery.data).expect("event JSON matches the contract");
+        assert_eq!(
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string()),
+            Some(event.event_id.to_string()),
+            "message_id is the eventId"
+        );
+        self.seen.push(event.clone());
+        event
+    }
+
+    /// Waits until `reference` has an event with `status`, returning it.
+    pub async fn wait_for(&mut self, reference: &str, status: RefundStatus) -> RefundEvent {
+        if let Some(e) = self
+            .seen
+            .iter()
+            .find(|e| e.refund_reference == reference && e.status == status)
+        {
+            return e.clone();
+        }
+        loop {
+            let e = self.next_event().await;
+            if e.refund_reference == reference && e.status == status {
+                return e;
+            }
+        }
+    }
+
+    /// Waits until `reference` reaches a final status, returning that event.
+    pub async fn wait_final(&mut self, reference: &str) -> RefundEvent {
+        loop {
+            if let Some(e) = self
+                .seen
+                .iter()
+                .find(|e| e.refund_reference == reference && e.status.is_final())
+            {
+                return e.clone();
+            }
+            self.next_event().await;
+        }
+    }
+
+    /// Events seen for `reference`, in arrival order.
+    pub fn events_for(&self, reference: &str) -> Vec<RefundEvent> {
+        self.seen
+            .iter()
+            .filter(|e| e.refund_reference == reference)
+            .cloned()
+            .collect()
+    }
+
+    /// Takes one message from the command DLQ: (body, reason header).
+    pub async fn dlq_get(&self) -> Option<(Vec<u8>, String)> {
+        let channel = self.connection.create_channel().await.expect("channel");
+        for _ in 0..100 {
+            if let Some(msg) = channel
+                .basic_get(&self.topology.commands_dlq, BasicGetOptions::default())
+                .await
+                .expect("basic_get")
+            {
+                let reason = topology::header_str(msg.delivery.properties.headers(), ERROR_HEADER)
+                    .unwrap_or_default();
+                msg.delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .expect("ack");
+                return Some((msg.delivery.data, reason));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// Injects sandbox faults.
+    pub fn faults(&self, faults: Faults) {
+        self.sandbox.inject(faults);
+    }
+
+    /// The refund's status in the database.
+    pub async fn db_status(&self, reference: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT status FROM refunds WHERE refund_reference = $1")
+            .bind(reference)
+            .fetch_optional(&self.pool)
+            .await
+            .expect("query")
+    }
+
+    /// Polls `check` until it is true or the wait runs out.
+    pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    /// Stops everything and drops the database and topology.
+    pub async fn cleanup(mut self) {
+        self.stop_worker().await;
+        self.sandbox_stop.cancel();
+        if let Ok(channel) = self.connection.create_channel().await {
+            let _ = self.topology.delete(&channel).await;
+        }
+        let _ = self.connection.close(200, "done").await;
+        self.pool.close().await;
+        if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_server())).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            ))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
+
+/// A valid VA Services command.
+pub fn va_command(reference: &str, amount: &str) -> Value {
+    json!({
+        "refundReference": reference,
+        "provider": "va_services",
+        "transactionReference": format!("txn-{reference}"),
+        "amount": amount,
+        "currency": "NGN",
+        "reason": "Order cancelled!",
+        "customerNote": "An optional note",
+        "destination": {"accountNumber": "0040088210", "bankCode": "000012"}
+    })
+}
+
+/// A unique reference.
+pub fn reference(tag: &str) -> String {
+    format!("{tag}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn tracing_subscriber_init() -> Result<(), ()> {
+    if std::env::var("TEST_LOG").is_ok() {
+        refund_worker::telemetry::init();
+    }
+    Ok(())
+}

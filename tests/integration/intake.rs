@@ -1,0 +1,276 @@
+//! Commands in: validation, dead letters, duplicates, the over-refund guard.
+
+use crate::helpers::*;
+use refund_worker::domain::{FailureCode, RefundStatus};
+use refund_worker::pipeline::intake::{self, IntakeOutcome};
+use rust_decimal::Decimal;
+use serde_json::json;
+use std::str::FromStr;
+
+#[tokio::test]
+async fn malformed_messages_go_to_the_dlq_with_a_reason() {
+    let mut app = TestApp::spawn().await;
+    app.start_worker();
+
+    app.publish_raw(b"{not json").await;
+    let (body, reason) = app.dlq_get().await.expect("dead letter");
+    assert_eq!(body, b"{not json");
+    assert!(
+        reason.starts_with("message is not a JSON object"),
+        "{reason}"
+    );
+
+    app.publish(&json!({"amount": "10.00", "provider": "va_services"}))
+        .await;
+    let (_, reason) = app.dlq_get().await.expect("dead letter");
+    assert_eq!(
+        reason,
+        "message has no usable refundReference: refundReference is missing"
+    );
+
+    app.publish(&json!({"refundReference": "x".repeat(10_000)}))
+        .await;
+    let (_, reason) = app.dlq_get().await.expect("dead letter");
+    assert!(
+        reason.contains("10000 characters long, at most 128"),
+        "{reason}"
+    );
+
+    app.publish_raw(&vec![b' '; intake::MAX_COMMAND_BYTES + 1])
+        .await;
+    let (_, reason) = app.dlq_get().await.expect("dead letter");
+    assert!(reason.contains("at most 262144 are accepted"), "{reason}");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn invalid_commands_become_refund_fail_invalid_command() {
+    let mut app = TestApp::spawn().await;
+    app.start_worker();
+    let cases = [
+        (
+            "amount",
+            json!("-5"),
+            "amount must be greater than zero, got -5",
+        ),
+        (
+            "amount",
+            json!(0),
+            "amount must be greater than zero, got 0",
+        ),
+        (
+            "amount",
+            json!("10.001"),
+            "amount 10.001 has more than the 2 decimal places NGN allows",
+        ),
+        (
+            "amount",
+            serde_json::from_str("1e5").unwrap(),
+            "is not a plain decimal number",
+        ),
+        ("provider", json!("paypal"), "provider `paypal` is unknown"),
+        ("currency", json!(null), "currency is missing"),
+    ];
+    for (i, (field, value, expected)) in cases.iter().enumerate() {
+        let r = reference(&format!("invalid{i}"));
+        let mut cmd = va_command(&r, "10.00");
+        cmd[*field] = value.clone();
+        app.publish(&cmd).await;
+        let e = app.wait_for(&r, RefundStatus::RefundFail).await;
+        let failure = e.failure_reason.expect("failure reason");
+        assert_eq!(failure.code, FailureCode::InvalidCommand);
+        assert!(
+            failure.message.contains(expected),
+            "{field}: {} does not contain {expected}",
+            failure.message
+        );
+        assert_eq!(e.attempts, 0);
+    }
+    // Nothing reached the provider.
+    assert_eq!(app.sandbox.ledger().submit_calls, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_provider_that_is_not_configured_fails_clearly() {
+    let mut app = TestApp::spawn().await;
+    app.start_worker();
+    let r = reference("bvnk");
+    let mut cmd = va_command(&r, "10.00");
+    cmd["provider"] = json!("bvnk");
+    app.publish(&cmd).await;
+    let e = app.wait_for(&r, RefundStatus::RefundFail).await;
+    let f = e.failure_reason.expect("reason");
+    assert_eq!(f.code, FailureCode::InvalidCommand);
+    assert_eq!(f.message, "provider bvnk is not configured");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn duplicates_are_acknowledged_once_and_conflicts_are_dead_lettered() {
+    let mut app = TestApp::spawn().await;
+    app.start_worker();
+    let r = reference("dup");
+    let cmd = va_command(&r, "10.00");
+    // The same command three times, once with its keys in another order.
+    app.publish(&cmd).await;
+    app.publish(&cmd).await;
+    let reordered: serde_json::Map<String, serde_json::Value> =
+        cmd.as_object().unwrap().clone().into_iter().rev().collect();
+    app.publish(&serde_json::Value::Object(reordered)).await;
+    app.wait_for(&r, RefundStatus::Completed).await;
+
+    // Same reference, different body: refused, the original refund untouched.
+    app.publish(&va_command(&r, "11.00")).await;
+    let (_, reason) = app.dlq_get().await.expect("dead letter");
+    assert!(
+        reason.contains("already exists with a different command (status COMPLETED)"),
+        "{reason}"
+    );
+
+    let ledger = app.sandbox.ledger();
+    assert_eq!(
+        ledger.refund(&r).expect("refund at provider").submit_count,
+        1
+    );
+    assert_eq!(ledger.submit_calls, 1);
+    let statuses: Vec<_> = app.events_for(&r).iter().map(|e| e.status).collect();
+    assert_eq!(
+        statuses,
+        vec![RefundStatus::Pending, RefundStatus::Completed]
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn redelivered_commands_do_not_create_a_second_refund() {
+    // A redelivery reaches intake again after the first delivery was stored (the ack was
+    // lost): intake must see it as a duplicate.
+    let app = TestApp::spawn().await;
+    let r = reference("redeliver");
+    let body = va_command(&r, "5.00").to_string();
+    let first = intake::handle(&app.ctx, body.as_bytes())
+        .await
+        .expect("intake");
+    assert!(matches!(first, IntakeOutcome::Stored(e) if e.status == RefundStatus::Pending));
+    let again = intake::handle(&app.ctx, body.as_bytes())
+        .await
+        .expect("intake");
+    assert_eq!(again, IntakeOutcome::Duplicate);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "one event only");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn racing_workers_never_refund_more_than_the_payment() {
+    let mut app = TestApp::spawn().await;
+    // Two workers on the same queue and database, each with a prefetch of 16.
+    app.start_worker();
+    let (stop2, worker2) = app.spawn_extra_worker();
+    let payment = "txn-shared-payment";
+    let mut refs = Vec::new();
+    for i in 0..24 {
+        let r = reference(&format!("race{i}"));
+        let mut cmd = va_command(&r, "10.00");
+        cmd["transactionReference"] = json!(payment);
+        cmd["paymentAmount"] = json!("100.00");
+        refs.push(r);
+        app.publish(&cmd).await;
+    }
+    let mut completed = 0;
+    let mut refused = 0;
+    for r in &refs {
+        // Each refund ends COMPLETED or REFUND_FAIL/AMOUNT_EXCEEDS_REFUNDABLE.
+        let e = app.wait_final(r).await;
+        match e.status {
+            RefundStatus::Completed => completed += 1,
+            _ => {
+                assert_eq!(
+                    e.failure_reason.as_ref().unwrap().code,
+                    FailureCode::AmountExceedsRefundable
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((completed, refused), (10, 14));
+    let at_provider: Decimal = app
+        .sandbox
+        .ledger()
+        .refunds
+        .iter()
+        .filter(|r| r.transaction_reference == payment)
+        .map(|r| Decimal::from_str(&r.refund_amount).unwrap())
+        .sum();
+    assert_eq!(at_provider, Decimal::from(100));
+    stop2.cancel();
+    worker2.await.unwrap();
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_guard_holds_under_direct_concurrency() {
+    // 40 intakes at once on one payment of 100.00, amounts 7.50: at most 13 fit.
+    let app = TestApp::spawn().await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let ctx = app.ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut cmd = va_command(&format!("direct-{i}"), "7.50");
+            cmd["transactionReference"] = json!("txn-direct");
+            cmd["paymentAmount"] = json!(100);
+            intake::handle(&ctx, cmd.to_string().as_bytes())
+                .await
+                .expect("intake")
+        }));
+    }
+    let mut pending = 0;
+    for t in tasks {
+        if let IntakeOutcome::Stored(e) = t.await.unwrap() {
+            if e.status == RefundStatus::Pending {
+                pending += 1;
+            }
+        }
+    }
+    assert_eq!(pending, 13);
+    let sum: Decimal =
+        sqlx::query_scalar("SELECT SUM(amount) FROM refunds WHERE status <> 'REFUND_FAIL'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(sum, Decimal::from_str("97.50").unwrap());
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_different_payment_amount_for_a_known_payment_is_refused() {
+    let app = TestApp::spawn().await;
+    let mut a = va_command("pa-1", "10.00");
+    a["transactionReference"] = json!("txn-pa");
+    a["paymentAmount"] = json!("100.00");
+    intake::handle(&app.ctx, a.to_string().as_bytes())
+        .await
+        .unwrap();
+    let mut b = va_command("pa-2", "10.00");
+    b["transactionReference"] = json!("txn-pa");
+    b["paymentAmount"] = json!("500.00");
+    match intake::handle(&app.ctx, b.to_string().as_bytes())
+        .await
+        .unwrap()
+    {
+        IntakeOutcome::Stored(e) => {
+            let f = e.failure_reason.expect("refused");
+            assert_eq!(f.code, FailureCode::InvalidCommand);
+            assert_eq!(
+                f.message,
+                "paymentAmount 500.00 differs from the known amount 100.00 of payment txn-pa"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    app.cleanup().await;
+}

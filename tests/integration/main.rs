@@ -1,0 +1,9 @@
+//! Integration tests: real PostgreSQL and RabbitMQ, providers played by the sandbox.
+//!
+//! One test binary (faster to build and link than one per file). Every test gets its own
+//! database and its own prefixed exchanges and queues, so tests run in parallel.
+
+mod helpers;
+mod intake;
+mod pipeline;
+mod resilience;
