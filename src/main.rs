@@ -2,7 +2,6 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    refund_worker::telemetry::init();
     match refund_worker::cli::main().await {
         Ok(code) => code,
         Err(e) => {

@@ -3,10 +3,14 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber (once; later calls are no-ops).
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,lapin=warn,hyper=warn"));
+/// Default filter for services: our info logs, libraries' warnings.
+pub const SERVICE_FILTER: &str = "info,sqlx=warn,lapin=warn,hyper=warn";
+
+/// Installs the global subscriber (once; later calls are no-ops). `RUST_LOG` overrides
+/// `default_filter`.
+pub fn init(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,8 +1,514 @@
-//! demo placeholder
+//! `refund-worker demo`: a guided tour on the local machine.
+//!
+//! Starts the provider sandbox and a worker in-process (against the configured PostgreSQL
+//! and RabbitMQ, under a throw-away exchange/queue prefix), pushes a scripted set of
+//! refunds through every path (success, partial refunds, the over-refund guard, duplicates,
+//! provider errors and timeouts, invalid input, dead letters), prints each refund's journey
+//! and a summary, cleans up, and exits non-zero if any refund ended unexpectedly, so the
+//! demo doubles as a smoke test.
+
+use crate::broker::publisher::json_properties;
+use crate::broker::{self, topology, Publisher, Topology, ERROR_HEADER};
+use crate::config::Config;
+use crate::domain::{FailureCode, RefundEvent, RefundStatus};
+use crate::pipeline::{worker, Context};
+use crate::providers::Providers;
+use crate::sandbox::{Faults, ForcedOutcome, OutcomeStatus, Sandbox, SandboxConfig};
+use anyhow::Context as _;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
 /// Flags of `demo`.
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// How long to wait for one refund to reach a final status, in seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
+}
+
+/// What a scenario expects.
+enum Expect {
+    Final(RefundStatus, Option<FailureCode>),
+    Duplicate,
+    DeadLetter,
+}
+
+/// Prepares the sandbox for a scenario (faults, forced outcomes), given the refund reference.
+type Setup = Box<dyn Fn(&Sandbox, &str) + Send>;
+
+struct Scenario {
+    title: &'static str,
+    command: Value,
+    setup: Option<Setup>,
+    expect: Expect,
+}
+
+struct Row {
+    title: &'static str,
+    reference: String,
+    outcome: String,
+    attempts: String,
+    provider_submits: String,
+    ok: bool,
+}
+
 /// Runs the demo.
-pub async fn run(_args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("demo is being written")
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let sandbox = Sandbox::new(SandboxConfig {
+        completion_delay: Duration::from_millis(400),
+        hang: Duration::from_millis(2_500),
+        ..SandboxConfig::default()
+    });
+    let sandbox_stop = CancellationToken::new();
+    let stop = sandbox_stop.clone();
+    let (addr, _) = sandbox
+        .spawn(0, async move { stop.cancelled().await })
+        .await?;
+
+    // The environment decides where PostgreSQL and RabbitMQ are; the demo decides the rest.
+    let overrides: HashMap<&str, String> = HashMap::from([
+        ("AMQP_NAME_PREFIX", format!("demo-{run_id}.")),
+        ("PROVIDER_VA_SERVICES_BASE_URL", format!("http://{addr}")),
+        ("PROVIDER_VA_SERVICES_API_KEY", "sandbox-va-key".into()),
+        ("PROVIDER_VA_SERVICES_TIMEOUT_MS", "1000".into()),
+        ("RETRY_INITIAL_MS", "200".into()),
+        ("RETRY_MAX_MS", "1000".into()),
+        ("POLL_INITIAL_MS", "250".into()),
+        ("POLL_MAX_MS", "500".into()),
+        ("IDLE_POLL_MS", "100".into()),
+    ]);
+    let config = Config::from_lookup(|k| {
+        overrides.get(k).cloned().or_else(|| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty() && !k.starts_with("PROVIDER_"))
+        })
+    })?;
+    println!("refund-worker demo (run {run_id})");
+    println!("  provider sandbox  http://{addr}  (VA Services)");
+    println!("  database          {}", redact_url(&config.database_url));
+    println!(
+        "  broker            {}  (exchanges and queues prefixed `demo-{run_id}.`)\n",
+        redact_url(&config.amqp_url)
+    );
+
+    let pool = super::migrate(&config).await?;
+    let ctx = Context::new(
+        pool.clone(),
+        config.clone(),
+        Providers::from_config(&config),
+    );
+    let topology = ctx.topology.clone();
+    let connection = broker::connect(&config.amqp_url, "refund-worker-demo")
+        .await
+        .context("connecting to RabbitMQ (is it running? see README)")?;
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    let events_queue = format!("{}events", config.amqp_name_prefix);
+    channel
+        .queue_declare(
+            &events_queue,
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            &events_queue,
+            &topology.exchange,
+            topology::STATUS_BINDING,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut events = channel
+        .basic_consume(
+            &events_queue,
+            "demo",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let publisher = Publisher::open(&connection).await?;
+
+    let worker_stop = CancellationToken::new();
+    let worker_task = tokio::spawn(worker::run(
+        ctx,
+        Arc::new(worker::Status::default()),
+        worker_stop.clone(),
+    ));
+
+    let mut rows = Vec::new();
+    let mut seen: Vec<RefundEvent> = Vec::new();
+    let wait = Duration::from_secs(args.timeout_secs);
+    for (i, scenario) in scenarios(&run_id).into_iter().enumerate() {
+        let reference = scenario
+            .command
+            .get("refundReference")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string();
+        println!("{:>2}. {}", i + 1, scenario.title);
+        if let Some(setup) = &scenario.setup {
+            setup(&sandbox, &reference);
+        }
+        let body = match &scenario.command {
+            Value::String(raw) => raw.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        };
+        let started = Instant::now();
+        publisher
+            .publish(broker::publisher::Outgoing {
+                exchange: &topology.exchange,
+                routing_key: topology::COMMAND_ROUTING_KEY,
+                payload: &body,
+                properties: json_properties(&uuid::Uuid::new_v4().to_string()),
+            })
+            .await
+            .context("publishing a command")?;
+        let row = match scenario.expect {
+            Expect::Final(status, code) => {
+                let journey = follow(&mut events, &mut seen, &reference, started, wait).await;
+                let last = journey.last();
+                let ok = last.is_some_and(|e| {
+                    e.status == status && e.failure_reason.as_ref().map(|f| f.code) == code
+                });
+                let submits = sandbox
+                    .ledger()
+                    .refund(&reference)
+                    .map(|r| r.submit_count)
+                    .unwrap_or(0);
+                Row {
+                    title: scenario.title,
+                    reference: reference.clone(),
+                    outcome: last
+                        .map(outcome_text)
+                        .unwrap_or_else(|| "no final event".into()),
+                    attempts: last.map(|e| e.attempts.to_string()).unwrap_or_default(),
+                    provider_submits: submits.to_string(),
+                    ok,
+                }
+            }
+            Expect::Duplicate => {
+                // Give the worker time to (not) act on it, then check nothing happened.
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                while let Ok(Some(Ok(d))) =
+                    tokio::time::timeout(Duration::from_millis(100), events.next()).await
+                {
+                    if let Ok(e) = serde_json::from_slice::<RefundEvent>(&d.data) {
+                        seen.push(e);
+                    }
+                }
+                let new_events = seen
+                    .iter()
+                    .filter(|e| {
+                        e.refund_reference == reference
+                            && e.occurred_at
+                                > chrono::Utc::now() - chrono::Duration::milliseconds(1_600)
+                    })
+                    .count();
+                let submits = sandbox
+                    .ledger()
+                    .refund(&reference)
+                    .map(|r| r.submit_count)
+                    .unwrap_or(0);
+                println!("      acknowledged as a duplicate: no new event, the provider saw the refund {submits} time(s)");
+                Row {
+                    title: scenario.title,
+                    reference: reference.clone(),
+                    outcome: "duplicate, acknowledged".into(),
+                    attempts: "-".into(),
+                    provider_submits: submits.to_string(),
+                    ok: new_events == 0 && submits == 1,
+                }
+            }
+            Expect::DeadLetter => {
+                let reason = dead_letter(&connection, &topology).await?;
+                println!(
+                    "      dead-lettered to {} with {ERROR_HEADER}: {}",
+                    topology.commands_dlq,
+                    reason.as_deref().unwrap_or("(none)")
+                );
+                Row {
+                    title: scenario.title,
+                    reference: "-".into(),
+                    outcome: "dead letter".into(),
+                    attempts: "-".into(),
+                    provider_submits: "0".into(),
+                    ok: reason.is_some(),
+                }
+            }
+        };
+        rows.push(row);
+        println!();
+    }
+
+    worker_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker_task).await;
+    let _ = topology.delete(&channel).await;
+    let _ = connection.close(200, "demo done").await;
+    sandbox_stop.cancel();
+
+    print_summary(&rows);
+    let failed = rows.iter().filter(|r| !r.ok).count();
+    let ledger = sandbox.ledger();
+    println!(
+        "\nprovider ledger: {} refunds recorded, {} refund calls, {} status calls, {} injected failures",
+        ledger.refunds.len(),
+        ledger.submit_calls,
+        ledger.status_calls,
+        ledger.injected_failures + ledger.injected_rejects + ledger.injected_timeouts
+    );
+    println!("inspect any refund with: refund-worker refunds show <refundReference>");
+    if failed == 0 {
+        println!("\nall {} scenarios ended as expected", rows.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("\n{failed} scenario(s) did not end as expected");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Prints events of `reference` as they arrive, until a final one (or the wait ends).
+async fn follow(
+    events: &mut lapin::Consumer,
+    seen: &mut Vec<RefundEvent>,
+    reference: &str,
+    started: Instant,
+    wait: Duration,
+) -> Vec<RefundEvent> {
+    let deadline = started + wait;
+    let mut journey = Vec::new();
+    loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            println!("      (no final status within {wait:?})");
+            return journey;
+        };
+        let Ok(Some(Ok(delivery))) = tokio::time::timeout(left, events.next()).await else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_slice::<RefundEvent>(&delivery.data) else {
+            continue;
+        };
+        seen.push(event.clone());
+        if event.refund_reference != reference {
+            continue;
+        }
+        println!(
+            "      {:>6} ms  {}",
+            started.elapsed().as_millis(),
+            outcome_text(&event)
+        );
+        let done = event.status.is_final();
+        journey.push(event);
+        if done {
+            return journey;
+        }
+    }
+}
+
+fn outcome_text(e: &RefundEvent) -> String {
+    match &e.failure_reason {
+        Some(f) => format!("{} {}: {}", e.status, f.code.as_str(), f.message),
+        None => format!(
+            "{} {} {} (attempts {})",
+            e.status,
+            e.amount.as_deref().unwrap_or("-"),
+            e.currency.as_deref().unwrap_or(""),
+            e.attempts
+        ),
+    }
+}
+
+async fn dead_letter(
+    connection: &lapin::Connection,
+    topology: &Topology,
+) -> anyhow::Result<Option<String>> {
+    let channel = connection.create_channel().await?;
+    for _ in 0..50 {
+        if let Some(msg) = channel
+            .basic_get(&topology.commands_dlq, BasicGetOptions::default())
+            .await?
+        {
+            msg.delivery.ack(BasicAckOptions::default()).await?;
+            return Ok(topology::header_str(
+                msg.delivery.properties.headers(),
+                ERROR_HEADER,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(None)
+}
+
+fn print_summary(rows: &[Row]) {
+    println!("summary");
+    println!(
+        "  {:<2} {:<44} {:<34} {:>8} {:>8}  outcome",
+        "", "scenario", "refundReference", "attempts", "provider"
+    );
+    for r in rows {
+        let mut outcome = r.outcome.clone();
+        if outcome.chars().count() > 60 {
+            outcome = format!("{}...", outcome.chars().take(57).collect::<String>());
+        }
+        println!(
+            "  {:<2} {:<44} {:<34} {:>8} {:>8}  {}",
+            if r.ok { "ok" } else { "!!" },
+            r.title,
+            r.reference,
+            r.attempts,
+            r.provider_submits,
+            outcome
+        );
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(unparseable URL)".into(),
+    }
+}
+
+fn scenarios(run: &str) -> Vec<Scenario> {
+    let payment = format!("demo-{run}-payment");
+    let va = |n: u32, amount: Value| {
+        json!({
+            "refundReference": format!("demo-{run}-{n}"),
+            "provider": "va_services",
+            "transactionReference": payment,
+            "amount": amount,
+            "currency": "NGN",
+            "reason": "Order cancelled!",
+            "customerNote": "An optional note",
+            "destination": {"accountNumber": "0040088210", "bankCode": "000012"},
+            "paymentAmount": "100.00"
+        })
+    };
+    let other = |n: u32, amount: &str| {
+        let mut c = va(n, json!(amount));
+        c["transactionReference"] = json!(format!("demo-{run}-payment-{n}"));
+        c.as_object_mut().map(|o| o.remove("paymentAmount"));
+        c
+    };
+    let exact: Value = serde_json::from_str("25.17").unwrap_or(Value::Null);
+    let completed = Expect::Final(RefundStatus::Completed, None);
+    let fails = |code| Expect::Final(RefundStatus::RefundFail, Some(code));
+    vec![
+        Scenario {
+            title: "refund of 25.17 (a JSON number) completes",
+            command: va(1, exact.clone()),
+            setup: None,
+            expect: completed,
+        },
+        Scenario {
+            title: "second partial refund on the same payment",
+            command: va(2, json!("50.00")),
+            setup: None,
+            expect: Expect::Final(RefundStatus::Completed, None),
+        },
+        Scenario {
+            title: "third refund would exceed the payment",
+            command: va(3, json!("30.00")),
+            setup: None,
+            expect: fails(FailureCode::AmountExceedsRefundable),
+        },
+        Scenario {
+            title: "the first command again (redelivery)",
+            command: va(1, exact),
+            setup: None,
+            expect: Expect::Duplicate,
+        },
+        Scenario {
+            title: "provider answers HTTP 500 twice, then accepts",
+            command: other(5, "10.00"),
+            setup: Some(Box::new(|s, _| {
+                s.inject(Faults {
+                    fail_next: 2,
+                    ..Faults::default()
+                })
+            })),
+            expect: Expect::Final(RefundStatus::Completed, None),
+        },
+        Scenario {
+            title: "provider accepts, then times out",
+            command: other(6, "10.00"),
+            setup: Some(Box::new(|s, _| {
+                s.inject(Faults {
+                    timeout_after_accept_next: 1,
+                    ..Faults::default()
+                })
+            })),
+            expect: Expect::Final(RefundStatus::Completed, None),
+        },
+        Scenario {
+            title: "provider declines the refund",
+            command: other(7, "10.00"),
+            setup: Some(Box::new(|s, _| {
+                s.inject(Faults {
+                    reject_next: 1,
+                    ..Faults::default()
+                })
+            })),
+            expect: fails(FailureCode::ProviderRejected),
+        },
+        Scenario {
+            title: "refund fails at the bank after acceptance",
+            command: other(8, "10.00"),
+            setup: Some(Box::new(|s, r| {
+                s.set_outcome(
+                    r,
+                    ForcedOutcome {
+                        status: OutcomeStatus::Failed,
+                    },
+                )
+            })),
+            expect: fails(FailureCode::ProviderRejected),
+        },
+        Scenario {
+            title: "invalid command (negative amount)",
+            command: other(9, "-5"),
+            setup: None,
+            expect: fails(FailureCode::InvalidCommand),
+        },
+        Scenario {
+            title: "provider that is not configured (bvnk)",
+            command: {
+                let mut c = other(10, "10.00");
+                c["provider"] = json!("bvnk");
+                c
+            },
+            setup: None,
+            expect: fails(FailureCode::InvalidCommand),
+        },
+        Scenario {
+            title: "a message that is not JSON",
+            command: Value::String("{\"refundReference\": oops".into()),
+            setup: None,
+            expect: Expect::DeadLetter,
+        },
+    ]
 }

@@ -48,6 +48,12 @@ enum Command {
 /// Parses the command line and runs the chosen command.
 pub async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // The demo prints its own narrative; worker logs would drown it (RUST_LOG=info shows them).
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => crate::telemetry::SERVICE_FILTER,
+    };
+    crate::telemetry::init(default_filter);
     match cli.command {
         Command::Run => run(Config::from_env()?).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate => {

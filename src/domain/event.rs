@@ -21,7 +21,8 @@ pub struct RefundEvent {
     pub transaction_reference: Option<String>,
     /// The provider's id for the refund, once known.
     pub provider_reference: Option<String>,
-    /// Exact amount as a string; null only for an invalid command without a usable amount.
+    /// Exact amount as a string, with the scale the command used (`50.00` stays `50.00`);
+    /// null only for an invalid command without a usable amount.
     pub amount: Option<String>,
     /// Currency code.
     pub currency: Option<String>,

@@ -112,10 +112,8 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
     let outcome = timed(provider.as_ref(), call, &request, &mut calls).await;
     let mut decision = decide(c.phase_before, call, outcome, attempts, max);
     let mut extra_submits = 0;
-    let mut last_call = call;
     if decision == Decision::Submit {
         extra_submits = 1;
-        last_call = CallKind::Submit;
         let outcome = timed(provider.as_ref(), CallKind::Submit, &request, &mut calls).await;
         decision = decide(
             Phase::Submitting,
@@ -146,7 +144,6 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
             phase: Phase::Submitting,
             delay: ctx.config.retry.delay(1, None),
             failed: true,
-            polled: false,
             provider_reference: None,
             provider_status: None,
         },
@@ -170,7 +167,6 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
                 phase,
                 delay,
                 failed,
-                polled: last_call == CallKind::Status,
                 provider_reference,
                 provider_status,
             }

@@ -167,8 +167,6 @@ pub enum StoreUpdate {
         delay: Duration,
         /// Whether this step failed (grows the backoff) or made progress (resets it).
         failed: bool,
-        /// Whether this was a status poll.
-        polled: bool,
         /// Provider's id, if learned.
         provider_reference: Option<String>,
         /// Provider's status word, if learned.
@@ -246,7 +244,7 @@ pub async fn intake(
         provider: Some(cmd.provider.as_str().into()),
         transaction_reference: Some(cmd.transaction_reference.clone()),
         provider_reference: None,
-        amount: Some(crate::domain::money::format_amount(cmd.amount)),
+        amount: Some(cmd.amount.to_string()),
         currency: Some(cmd.currency.clone()),
         status,
         failure_reason: refusal,
@@ -309,7 +307,7 @@ pub async fn intake_invalid(
         provider: text("provider"),
         transaction_reference: text("transactionReference"),
         provider_reference: None,
-        amount: amount.map(crate::domain::money::format_amount),
+        amount: amount.map(|a| a.to_string()),
         currency: text("currency"),
         status: RefundStatus::RefundFail,
         failure_reason: Some(failure),
@@ -528,13 +526,14 @@ pub async fn record_step(
     exchange: &str,
 ) -> Result<Option<RefundEvent>, StoreError> {
     let reference = &claimed.row.refund_reference;
+    let polls =
+        i32::try_from(calls.iter().filter(|c| c.call == "status").count()).unwrap_or(i32::MAX);
     let mut tx = pool.begin().await?;
     let event = match update {
         StoreUpdate::Reschedule {
             phase,
             delay,
             failed,
-            polled,
             provider_reference,
             provider_status,
         } => {
@@ -542,7 +541,7 @@ pub async fn record_step(
                 "UPDATE refunds SET phase = $3, next_attempt_at = now() + make_interval(secs => $4),
                      claim_token = NULL, attempts = attempts + $5,
                      failures = CASE WHEN $6 THEN failures + 1 ELSE 0 END,
-                     polls = polls + CASE WHEN $7 THEN 1 ELSE 0 END,
+                     polls = polls + $7,
                      provider_reference = COALESCE($8, provider_reference),
                      provider_status = COALESCE($9, provider_status), updated_at = now()
                  WHERE refund_reference = $1 AND claim_token = $2 AND status = 'PENDING'",
@@ -553,7 +552,7 @@ pub async fn record_step(
             .bind(delay.as_secs_f64())
             .bind(extra_submits)
             .bind(failed)
-            .bind(polled)
+            .bind(polls)
             .bind(provider_reference)
             .bind(provider_status)
             .execute(&mut *tx)
@@ -592,7 +591,7 @@ pub async fn record_step(
             }
             let row: RefundRow = sqlx::query_as(&format!(
                 "UPDATE refunds SET status = $3, phase = 'FINAL', next_attempt_at = NULL, claim_token = NULL,
-                     failure_code = $4, failure_message = $5, attempts = attempts + $6,
+                     failure_code = $4, failure_message = $5, attempts = attempts + $6, polls = polls + $9,
                      provider_reference = COALESCE($7, provider_reference),
                      provider_status = COALESCE($8, provider_status),
                      updated_at = now(), finished_at = now()
@@ -607,6 +606,7 @@ pub async fn record_step(
             .bind(extra_submits)
             .bind(provider_reference)
             .bind(provider_status)
+            .bind(polls)
             .fetch_one(&mut *tx)
             .await?;
             let event = event_for(&row, status, failure)?;
@@ -648,7 +648,7 @@ fn event_for(
         provider: row.provider.clone(),
         transaction_reference: row.transaction_reference.clone(),
         provider_reference: row.provider_reference.clone(),
-        amount: row.amount.map(crate::domain::money::format_amount),
+        amount: row.amount.map(|a| a.to_string()),
         currency: row.currency.clone(),
         status,
         failure_reason: failure,

@@ -398,7 +398,7 @@ pub fn reference(tag: &str) -> String {
 
 fn tracing_subscriber_init() -> Result<(), ()> {
     if std::env::var("TEST_LOG").is_ok() {
-        refund_worker::telemetry::init();
+        refund_worker::telemetry::init(refund_worker::telemetry::SERVICE_FILTER);
     }
     Ok(())
 }
