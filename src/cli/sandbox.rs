@@ -6,7 +6,10 @@ use std::time::Duration;
 /// Flags of `sandbox`.
 #[derive(Debug, clap::Args)]
 pub struct SandboxArgs {
-    /// Port on 127.0.0.1 (0 = any free port).
+    /// Address to listen on (0.0.0.0 in containers).
+    #[arg(long, env = "SANDBOX_BIND", default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Port (0 = any free port).
     #[arg(long, env = "SANDBOX_PORT", default_value_t = 8090)]
     port: u16,
     /// Bearer token the simulated VA Services API expects.
@@ -54,7 +57,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         completion_delay: Duration::from_millis(args.completion_delay_ms),
         ..SandboxConfig::default()
     });
-    let (addr, handle) = sandbox.spawn(args.port, super::wait_for_signal()).await?;
+    let (addr, handle) = sandbox.spawn_on((args.bind, args.port).into(), super::wait_for_signal()).await?;
     println!("provider sandbox listening on http://{addr}");
     println!("  VA Services: PROVIDER_VA_SERVICES_BASE_URL=http://{addr} PROVIDER_VA_SERVICES_API_KEY=<--va-api-key>");
     println!("  ledger:      curl http://{addr}/sandbox/ledger");

@@ -394,7 +394,17 @@ impl Sandbox {
         port: u16,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        self.spawn_on(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), shutdown)
+            .await
+    }
+
+    /// Like [`Sandbox::spawn`], on any address (containers bind `0.0.0.0`).
+    pub async fn spawn_on(
+        &self,
+        addr: SocketAddr,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let router = self.router();
         let inner = Arc::clone(&self.inner);
