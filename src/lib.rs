@@ -12,7 +12,9 @@
 //! - [`http`]: health and readiness endpoints.
 //! - [`sandbox`]: a local simulator of the providers' APIs, for the demo and the tests.
 //! - [`cli`]: the `refund-worker` command line.
+//! - [`bench`]: the benchmark (`refund-worker bench`).
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -40,6 +40,8 @@ enum Command {
         #[command(subcommand)]
         command: refunds::RefundsCommand,
     },
+    /// Measure throughput and latency: the raw broker/database bound and the worker end to end.
+    Bench(crate::bench::BenchArgs),
     /// Start the sandbox and a worker in-process, push refunds through them, print their
     /// journeys and a summary, and exit (non-zero if any refund ended unexpectedly).
     Demo(demo::DemoArgs),
@@ -50,7 +52,7 @@ pub async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     // The demo prints its own narrative; worker logs would drown it (RUST_LOG=info shows them).
     let default_filter = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Bench(_) => "warn",
         _ => crate::telemetry::SERVICE_FILTER,
     };
     crate::telemetry::init(default_filter);
@@ -66,6 +68,7 @@ pub async fn main() -> anyhow::Result<ExitCode> {
         Command::Submit(args) => submit::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Refunds { command } => refunds::run(command).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }
 
