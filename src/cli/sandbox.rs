@@ -57,7 +57,9 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         completion_delay: Duration::from_millis(args.completion_delay_ms),
         ..SandboxConfig::default()
     });
-    let (addr, handle) = sandbox.spawn_on((args.bind, args.port).into(), super::wait_for_signal()).await?;
+    let (addr, handle) = sandbox
+        .spawn_on((args.bind, args.port).into(), super::wait_for_signal())
+        .await?;
     println!("provider sandbox listening on http://{addr}");
     println!("  VA Services: PROVIDER_VA_SERVICES_BASE_URL=http://{addr} PROVIDER_VA_SERVICES_API_KEY=<--va-api-key>");
     println!("  ledger:      curl http://{addr}/sandbox/ledger");
