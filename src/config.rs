@@ -41,6 +41,23 @@ pub struct ProviderSettings {
     pub timezone: chrono_tz::Tz,
 }
 
+/// Outbound merchant webhooks.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `WEBHOOK_DEFAULT_URL`: endpoint for refunds whose command has no `callbackUrl`.
+    pub default_url: Option<String>,
+    /// `WEBHOOK_SIGNING_SECRET` (`whsec_...`). Without it deliveries stay queued, unsent.
+    pub signing_key: Option<crate::webhooks::signing::SigningKey>,
+    /// `WEBHOOK_RETRY_SCHEDULE`, e.g. `0s,5s,5m,30m,2h,5h,10h,10h`.
+    pub schedule: crate::webhooks::schedule::Schedule,
+    /// `WEBHOOK_TIMEOUT_MS`: one delivery attempt.
+    pub timeout: Duration,
+    /// `WEBHOOK_ALLOW_NETWORKS`: internal networks callbacks may reach (default none).
+    pub network_policy: crate::webhooks::ssrf::NetworkPolicy,
+    /// `WEBHOOK_CONCURRENCY`: deliveries in flight per worker.
+    pub concurrency: usize,
+}
+
 /// Everything the worker needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -73,6 +90,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Configured providers; a command for any other provider fails `INVALID_COMMAND`.
     pub providers: BTreeMap<ProviderName, ProviderSettings>,
+    /// Outbound merchant webhooks.
+    pub webhooks: WebhookSettings,
+    /// `ADMIN_TOKEN`: bearer token of the admin API; the admin routes are off without it.
+    pub admin_token: Option<SecretString>,
 }
 
 impl Config {
@@ -125,6 +146,30 @@ impl Config {
             );
         }
 
+        let webhooks = WebhookSettings {
+            default_url: get("WEBHOOK_DEFAULT_URL"),
+            signing_key: get("WEBHOOK_SIGNING_SECRET")
+                .map(|s| {
+                    crate::webhooks::signing::SigningKey::from_secret(&s)
+                        .map_err(|e| ConfigError(format!("WEBHOOK_SIGNING_SECRET: {e}")))
+                })
+                .transpose()?,
+            schedule: crate::webhooks::schedule::Schedule::parse(
+                &get("WEBHOOK_RETRY_SCHEDULE")
+                    .unwrap_or_else(|| crate::webhooks::schedule::DEFAULT.into()),
+            )
+            .map_err(|e| ConfigError(format!("WEBHOOK_RETRY_SCHEDULE: {e}")))?,
+            timeout: ms("WEBHOOK_TIMEOUT_MS", 10_000)?,
+            network_policy: crate::webhooks::ssrf::NetworkPolicy::parse(
+                &get("WEBHOOK_ALLOW_NETWORKS").unwrap_or_default(),
+            )
+            .map_err(|e| ConfigError(format!("WEBHOOK_ALLOW_NETWORKS: {e}")))?,
+            concurrency: num("WEBHOOK_CONCURRENCY", 16)? as usize,
+        };
+        if let Some(url) = &webhooks.default_url {
+            url::Url::parse(url)
+                .map_err(|e| ConfigError(format!("WEBHOOK_DEFAULT_URL is not a URL: {e}")))?;
+        }
         let http_addr = get("HTTP_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
         let config = Config {
             database_url: get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
@@ -154,6 +199,8 @@ impl Config {
             },
             shutdown_grace: Duration::from_secs(num("SHUTDOWN_GRACE_SECS", 25)?),
             providers,
+            webhooks,
+            admin_token: get("ADMIN_TOKEN").map(Into::into),
         };
         config.validate()?;
         Ok(config)
@@ -165,6 +212,15 @@ impl Config {
             return Err(ConfigError(
                 "PREFETCH, DISPATCH_BATCH and DISPATCH_CONCURRENCY must be at least 1".into(),
             ));
+        }
+        if self.webhooks.concurrency == 0 {
+            return Err(ConfigError("WEBHOOK_CONCURRENCY must be at least 1".into()));
+        }
+        if self.webhooks.timeout + Duration::from_secs(5) > self.claim_lease {
+            return Err(ConfigError(format!(
+                "CLAIM_LEASE_SECS ({}s) must exceed WEBHOOK_TIMEOUT_MS by at least 5s",
+                self.claim_lease.as_secs()
+            )));
         }
         if self.retry.max_attempts == 0 {
             return Err(ConfigError("MAX_SUBMIT_ATTEMPTS must be at least 1".into()));
@@ -216,11 +272,18 @@ mod tests {
             ("PROVIDER_VA_SERVICES_BASE_URL", "http://127.0.0.1:1"),
             ("PROVIDER_VA_SERVICES_API_KEY", "super-secret-key-123"),
             ("PROVIDER_VA_SERVICES_API_SECRET", "another-secret-456"),
+            ("ADMIN_TOKEN", "admin-token-789"),
+            (
+                "WEBHOOK_SIGNING_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
         ])
         .unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("super-secret-key-123"));
         assert!(!dbg.contains("another-secret-456"));
+        assert!(!dbg.contains("admin-token-789"));
+        assert!(!dbg.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
         assert!(c.provider(ProviderName::VaServices).is_some());
     }
 

@@ -9,6 +9,7 @@
 //!   provider -> row), relay (outbox -> broker), each a step function plus a thin loop.
 //! - [`providers`]: one adapter per payment provider behind the [`providers::Provider`] trait.
 //! - [`retry`]: the one retry policy (exponential backoff, full jitter).
+//! - [`webhooks`]: outbound merchant webhooks (signing, delivery, network policy).
 //! - [`http`]: health and readiness endpoints.
 //! - [`sandbox`]: a local simulator of the providers' APIs, for the demo and the tests.
 //! - [`cli`]: the `refund-worker` command line.
@@ -27,3 +28,4 @@ pub mod retry;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

@@ -182,18 +182,11 @@ async fn record(
     calls: &[CallRecord],
     update: StoreUpdate,
 ) -> Result<(), StoreError> {
-    let event = store::refunds::record_step(
-        &ctx.pool,
-        c,
-        extra_submits,
-        calls,
-        update,
-        &ctx.topology.exchange,
-    )
-    .await?;
+    let event =
+        store::refunds::record_step(&ctx.pool, c, extra_submits, calls, update, &ctx.sink).await?;
     if let Some(event) = event {
         tracing::info!(status = %event.status, failure = ?event.failure_reason, "refund finished");
-        ctx.relay_wakeup.notify_one();
+        ctx.event_committed();
     }
     Ok(())
 }

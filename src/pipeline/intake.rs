@@ -52,31 +52,24 @@ pub async fn handle(ctx: &Context, body: &[u8]) -> Result<IntakeOutcome, StoreEr
     let hash = hex::encode(Sha256::digest(
         RefundCommand::canonical_json(&raw).as_bytes(),
     ));
-    let exchange = &ctx.topology.exchange;
+    let sink = &ctx.sink;
     let result = match RefundCommand::from_value(raw.clone()) {
         Ok(cmd) => {
             let configured = ctx.providers.get(cmd.provider).is_some();
-            store::refunds::intake(&ctx.pool, &cmd, &raw, &hash, exchange, configured).await
+            store::refunds::intake(&ctx.pool, &cmd, &raw, &hash, sink, configured).await
         }
         Err(e @ (CommandError::NotJson(_) | CommandError::NoReference(_))) => {
             return Ok(IntakeOutcome::DeadLetter(e.to_string()))
         }
         Err(e @ CommandError::Invalid { .. }) => {
             let reference = command::reference_of(&raw).unwrap_or_default();
-            store::refunds::intake_invalid(
-                &ctx.pool,
-                &reference,
-                &raw,
-                &hash,
-                &e.message(),
-                exchange,
-            )
-            .await
+            store::refunds::intake_invalid(&ctx.pool, &reference, &raw, &hash, &e.message(), sink)
+                .await
         }
     };
     match result {
         Ok(Intake::Created(event)) => {
-            ctx.relay_wakeup.notify_one();
+            ctx.event_committed();
             if !event.status.is_final() {
                 ctx.dispatch_wakeup.notify_one();
             }

@@ -31,29 +31,47 @@ pub struct Context {
     pub providers: Providers,
     /// Exchange and queue names.
     pub topology: Topology,
+    /// Where status changes' events and webhooks go.
+    pub sink: crate::store::EventSink,
     /// Wakes the relay when an event was committed.
     pub relay_wakeup: Arc<Notify>,
     /// Wakes the dispatcher when a refund became due.
     pub dispatch_wakeup: Arc<Notify>,
+    /// Wakes the webhook deliverer when a delivery was queued.
+    pub delivery_wakeup: Arc<Notify>,
 }
 
 impl Context {
     /// Builds the shared context.
     pub fn new(pool: PgPool, config: Config, providers: Providers) -> Self {
         let topology = Topology::with_prefix(&config.amqp_name_prefix);
+        let sink = crate::store::EventSink {
+            exchange: topology.exchange.clone(),
+            webhook_default_url: config.webhooks.default_url.clone(),
+        };
         Self {
+            sink,
             pool,
             config: Arc::new(config),
             providers,
             topology,
             relay_wakeup: Arc::new(Notify::new()),
             dispatch_wakeup: Arc::new(Notify::new()),
+            delivery_wakeup: Arc::new(Notify::new()),
         }
     }
 }
 
+impl Context {
+    /// Wakes the loops that act on a newly committed event (relay and webhook delivery).
+    pub fn event_committed(&self) {
+        self.relay_wakeup.notify_one();
+        self.delivery_wakeup.notify_one();
+    }
+}
+
 /// Sleeps for `idle` unless `wakeup` fires or shutdown is requested first.
-pub(crate) async fn idle(
+pub async fn idle(
     wakeup: &Notify,
     idle: std::time::Duration,
     shutdown: &tokio_util::sync::CancellationToken,

@@ -30,6 +30,27 @@ pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken)
         })
     };
 
+    // Webhook delivery needs only the database, like the dispatcher.
+    let deliverer = match crate::webhooks::delivery::Deliverer::new(
+        ctx.pool.clone(),
+        &ctx.config.webhooks,
+        ctx.config.claim_lease,
+    ) {
+        Some(d) => {
+            let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                d.run(&ctx.delivery_wakeup, ctx.config.idle_poll, &shutdown)
+                    .await;
+            }))
+        }
+        None => {
+            tracing::warn!(
+                "WEBHOOK_SIGNING_SECRET is not set: merchant webhooks are queued but not sent"
+            );
+            None
+        }
+    };
+
     let mut failures = 0u32;
     loop {
         match session(&ctx, &status, &shutdown, &dispatch_done).await {
@@ -55,6 +76,9 @@ pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken)
     }
     status.broker_ready.store(false, Ordering::SeqCst);
     let _ = dispatcher.await;
+    if let Some(d) = deliverer {
+        let _ = d.await;
+    }
 }
 
 /// One broker connection's life: declare, consume and relay until shutdown or failure.

@@ -7,6 +7,7 @@
 
 pub mod outbox;
 pub mod refunds;
+pub mod webhooks;
 
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -15,6 +16,16 @@ use std::time::Duration;
 pub use refunds::{
     CallRecord, ClaimedRefund, Intake, RefundRow, RefundView, StoreUpdate, TransitionRow,
 };
+
+/// Where a status change's side effects go: the exchange its event is published on, and
+/// the merchant endpoint used when a command has no `callbackUrl`.
+#[derive(Debug, Clone, Default)]
+pub struct EventSink {
+    /// Exchange of status events.
+    pub exchange: String,
+    /// Default merchant webhook endpoint.
+    pub webhook_default_url: Option<String>,
+}
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +70,12 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
 }
 
 /// Applies the migrations in `migrations/` (embedded at build time).
+///
+/// Migrations newer than this binary are tolerated, so the previous release can still
+/// start during a rollback (migrations are additive; see docs/operations.md).
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::migrate!("./migrations").run(pool).await?;
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Refund rows: intake of commands (idempotent, with the over-refund guard), claiming due
 //! work, recording provider outcomes, and the operator's view of one refund.
 
-use super::{outbox, StoreError};
+use super::{outbox, webhooks, EventSink, StoreError};
 use crate::domain::{
     transition, FailureCode, FailureReason, Phase, RefundCommand, RefundEvent, RefundStatus,
     Transition,
@@ -189,7 +189,7 @@ pub async fn intake(
     cmd: &RefundCommand,
     raw: &Value,
     command_hash: &str,
-    exchange: &str,
+    sink: &EventSink,
     provider_configured: bool,
 ) -> Result<Intake, StoreError> {
     if let Some(existing) = existing(pool, &cmd.refund_reference, command_hash).await? {
@@ -251,7 +251,7 @@ pub async fn intake(
         attempts: 0,
         occurred_at: created_at,
     };
-    record_transition(&mut tx, None, &event, "command received", exchange).await?;
+    record_transition(&mut tx, None, &event, "command received", sink).await?;
     tx.commit().await?;
     Ok(Intake::Created(event))
 }
@@ -264,7 +264,7 @@ pub async fn intake_invalid(
     raw: &Value,
     command_hash: &str,
     message: &str,
-    exchange: &str,
+    sink: &EventSink,
 ) -> Result<Intake, StoreError> {
     if let Some(existing) = existing(pool, refund_reference, command_hash).await? {
         return Ok(existing);
@@ -314,7 +314,7 @@ pub async fn intake_invalid(
         attempts: 0,
         occurred_at: created_at,
     };
-    record_transition(&mut tx, None, &event, "invalid command", exchange).await?;
+    record_transition(&mut tx, None, &event, "invalid command", sink).await?;
     tx.commit().await?;
     Ok(Intake::Created(event))
 }
@@ -435,7 +435,7 @@ async fn record_transition(
     from: Option<RefundStatus>,
     event: &RefundEvent,
     cause: &str,
-    exchange: &str,
+    sink: &EventSink,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO refund_transitions (refund_reference, from_status, to_status, cause, detail, event_id, occurred_at)
@@ -450,7 +450,8 @@ async fn record_transition(
     .bind(event.occurred_at)
     .execute(&mut **tx)
     .await?;
-    outbox::enqueue(tx, exchange, event).await
+    outbox::enqueue(tx, &sink.exchange, event).await?;
+    webhooks::enqueue(tx, event, sink.webhook_default_url.as_deref()).await
 }
 
 /// Claims up to `limit` due refunds for one dispatcher, reserving them for `lease`.
@@ -523,7 +524,7 @@ pub async fn record_step(
     extra_submits: i32,
     calls: &[CallRecord],
     update: StoreUpdate,
-    exchange: &str,
+    sink: &EventSink,
 ) -> Result<Option<RefundEvent>, StoreError> {
     let reference = &claimed.row.refund_reference;
     let polls =
@@ -614,7 +615,7 @@ pub async fn record_step(
                 RefundStatus::Completed => "provider confirmed the refund",
                 _ => "provider outcome",
             };
-            record_transition(&mut tx, Some(current), &event, cause, exchange).await?;
+            record_transition(&mut tx, Some(current), &event, cause, sink).await?;
             Some(event)
         }
     };

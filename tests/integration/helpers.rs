@@ -35,6 +35,9 @@ pub fn amqp_url() -> String {
 /// How long a test waits for something that should happen within a second or two.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The merchant webhook signing secret used by tests.
+pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
 /// A running, isolated refund-worker.
 pub struct TestApp {
     pub ctx: Context,
@@ -109,6 +112,11 @@ impl TestApp {
             ("IDLE_POLL_MS", "50".into()),
             ("MAX_SUBMIT_ATTEMPTS", "5".into()),
             ("PREFETCH", "16".into()),
+            ("WEBHOOK_TIMEOUT_MS", "1000".into()),
+            ("WEBHOOK_SIGNING_SECRET", WEBHOOK_SECRET.into()),
+            ("WEBHOOK_RETRY_SCHEDULE", "0s,100ms,200ms,300ms".into()),
+            // Merchant endpoints in tests are on loopback: allowed explicitly.
+            ("WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8".into()),
         ]);
         for (k, v) in options.env {
             env.insert(k, v);

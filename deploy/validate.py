@@ -1,0 +1,669 @@
+#!/usr/bin/env python3
+"""Static checks of refund-worker's deployment files, against each other and the code.
+
+    python3 deploy/validate.py [--overlay deploy/overlays/example] [--no-compose-tool]
+
+Needs python3 with PyYAML, and kubectl (or kustomize) to render the overlay; both work
+offline. Optional: docker-compose (1.29) and/or `docker compose` (v2) to validate
+docker-compose.yml for real; without them a structural check is done instead (it is also
+done with them, because it checks intent the tools cannot know).
+
+What is checked (each line printed as `ok` or `FAIL`):
+
+- Kubernetes (the rendered overlay): every document has apiVersion, kind and metadata.name,
+  and no two share kind/namespace/name; the Deployment runs `run`, probes /healthz
+  (liveness) and /readyz (readiness) on the port HTTP_ADDR binds on 0.0.0.0,
+  terminationGracePeriodSeconds > SHUTDOWN_GRACE_SECS (and > 25), runs as non-root with a
+  read-only root filesystem (init container too), an init container runs `migrate` with the
+  same image and DATABASE_URL; DATABASE_URL and AMQP_URL come from Secrets; every provider
+  key/secret is an optional secretKeyRef to refund-worker-providers; every enabled provider
+  (BASE_URL) has its API key and a timeout the claim lease covers (the start-up check in
+  src/config.rs); every environment variable set is one the code reads; the Service and
+  PodDisruptionBudget select the pods; the ScaledObject targets the Deployment by name,
+  scales on queue `refund.commands` (rabbitmq trigger, QueueLength) through an existing
+  TriggerAuthentication, never to zero and with at least 2 pods for the budget, and its
+  maximum fits PostgreSQL's max_connections; the Policy matches refund.commands only and
+  names DLX `refunds.dlx`, routing key `refund.commands.dlq` and delivery-limit 20 (the
+  values in src/broker/topology.rs); the RabbitmqCluster and CloudNativePG Cluster have 3
+  members.
+- docker-compose.yml: `config -q` with each compose tool found; structurally, the five
+  services, an image or build each, healthchecks where depends_on waits for health,
+  depends_on targets that exist, a one-shot `migrate`, the worker wired to the sandbox (which
+  binds 0.0.0.0) with matching API key, HTTP_ADDR on 0.0.0.0, a stop grace period longer
+  than SHUTDOWN_GRACE_SECS, the RabbitMQ config mounted and setting quorum as default.
+- Dockerfile and .dockerignore: the build command, a non-root numeric USER, EXPOSE 8080,
+  HTTP_ADDR, ENTRYPOINT/CMD, no HEALTHCHECK in a distroless image; target/ and .git ignored.
+
+Exits 1 listing every failure, 0 when all checks pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+try:
+    import yaml
+except ImportError:  # pragma: no cover - the one hard dependency
+    sys.exit("validate.py needs PyYAML (pip install pyyaml / apt-get install python3-yaml)")
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOYMENT = "refund-worker"
+CONTAINER = "refund-worker"
+PROVIDER_SECRET = "refund-worker-providers"
+PROVIDER_SUFFIXES_SECRET = ("API_KEY", "API_SECRET", "WEBHOOK_SECRET")
+DEFAULT_SHUTDOWN_GRACE = 25  # src/config.rs
+DEFAULT_CLAIM_LEASE = 60  # src/config.rs
+DEFAULT_PROVIDER_TIMEOUT_MS = 10_000  # src/config.rs
+DEFAULT_DB_MAX_CONNECTIONS = 10  # src/config.rs
+SANDBOX_DEFAULT_KEY = "sandbox-va-key"  # src/cli/sandbox.rs
+
+
+class Report:
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.passed = 0
+        self.section = ""
+
+    def start(self, title: str) -> None:
+        self.section = title
+        print(f"\n== {title}")
+
+    def check(self, condition: bool, what: str, why: str = "") -> bool:
+        if condition:
+            self.passed += 1
+            print(f"  ok    {what}")
+        else:
+            msg = f"{what}: {why}" if why else what
+            self.failures.append(f"[{self.section}] {msg}")
+            print(f"  FAIL  {msg}")
+        return condition
+
+    def note(self, text: str) -> None:
+        print(f"  note  {text}")
+
+
+# --------------------------------------------------------------------------------------------
+# What the code says (so the manifests are checked against it, not against a copy in here)
+# --------------------------------------------------------------------------------------------
+
+
+def read_src(rel: str) -> str | None:
+    p = ROOT / rel
+    return p.read_text(encoding="utf-8") if p.is_file() else None
+
+
+def code_facts(rep: Report) -> dict:
+    """Names and numbers the deployment files must agree with, read from src/."""
+    facts: dict = {
+        "providers": ["VA_SERVICES", "BPN", "BINANCE_PAY", "BVNK"],
+        "env": None,  # None: unknown (src/ missing), skip the env-name check
+        "queue": "refund.commands",
+        "dlx": "refunds.dlx",
+        "dlq": "refund.commands.dlq",
+        "delivery_limit": 20,
+    }
+    cmd = read_src("src/domain/command.rs")
+    if cmd:
+        m = re.search(r"impl ProviderName\s*\{.*?fn as_str\(self\).*?\{(.*?)\n\s*\}\n\s*\}", cmd, re.S)
+        names = re.findall(r'=>\s*"([a-z_]+)"', m.group(1)) if m else []
+        if names:
+            facts["providers"] = [n.upper() for n in names]
+    topo = read_src("src/broker/topology.rs")
+    if topo:
+        for key, field in (("queue", "commands_queue"), ("dlx", "dlx"), ("dlq", "commands_dlq")):
+            m = re.search(rf'{field}:\s*format!\("\{{prefix\}}([^"]+)"\)', topo)
+            if m:
+                facts[key] = m.group(1)
+        m = re.search(r"pub const DELIVERY_LIMIT:\s*i64\s*=\s*(\d+)", topo)
+        if m:
+            facts["delivery_limit"] = int(m.group(1))
+    config = read_src("src/config.rs")
+    if config:
+        env = set(re.findall(r'\b(?:get|num|ms)\("([A-Z][A-Z0-9_]+)"', config))
+        suffixes = set(re.findall(r'format!\("\{prefix\}_([A-Z_]+)"\)', config))
+        for p in facts["providers"]:
+            env |= {f"PROVIDER_{p}_{s}" for s in suffixes}
+        for rel in ("src/telemetry.rs", "src/cli/sandbox.rs", "src/main.rs", "src/lib.rs"):
+            text = read_src(rel) or ""
+            env |= set(re.findall(r'env::var\("([A-Z][A-Z0-9_]+)"\)', text))
+            env |= set(re.findall(r'env\s*=\s*"([A-Z][A-Z0-9_]+)"', text))
+            if "try_from_default_env" in text:
+                env.add("RUST_LOG")  # tracing-subscriber's EnvFilter default variable
+        facts["env"] = env
+    rep.note(
+        "from src/: providers " + ", ".join(facts["providers"])
+        + f"; queue {facts['queue']}, DLX {facts['dlx']}, DLQ {facts['dlq']},"
+        f" delivery limit {facts['delivery_limit']}; "
+        + (f"{len(facts['env'])} known environment variables" if facts["env"] else "src/ not found, env names unchecked")
+    )
+    return facts
+
+
+# --------------------------------------------------------------------------------------------
+# Kubernetes
+# --------------------------------------------------------------------------------------------
+
+
+def render(overlay: Path, rep: Report) -> list[dict] | None:
+    kubectl = os.environ.get("KUBECTL") or shutil.which("kubectl")
+    if kubectl:
+        cmd = [kubectl, "kustomize", str(overlay)]
+    elif shutil.which("kustomize"):
+        cmd = ["kustomize", "build", str(overlay)]
+    else:
+        rep.check(False, "render the overlay", "neither kubectl nor kustomize is on PATH")
+        return None
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if not rep.check(proc.returncode == 0, f"render: {' '.join(cmd)}", proc.stderr.strip()):
+        return None
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d is not None]
+    rep.note(f"{len(docs)} documents: " + ", ".join(sorted({d.get('kind', '?') for d in docs if isinstance(d, dict)})))
+    return docs
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if isinstance(d, dict) and d.get("kind") == kind]
+
+
+def name_of(doc: dict) -> str:
+    return (doc.get("metadata") or {}).get("name", "")
+
+
+def dig(obj, *path, default=None):
+    for key in path:
+        if isinstance(obj, dict) and key in obj:
+            obj = obj[key]
+        elif isinstance(obj, list) and isinstance(key, int) and key < len(obj):
+            obj = obj[key]
+        else:
+            return default
+    return obj
+
+
+def to_int(value, default=None):
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return default
+
+
+def selector_matches(selector: dict | None, labels: dict | None) -> bool:
+    sel = (selector or {}).get("matchLabels", selector or {})
+    labels = labels or {}
+    return bool(sel) and all(labels.get(k) == v for k, v in sel.items())
+
+
+def effective_env(container: dict, configmaps: dict[str, dict]) -> tuple[dict, list[str]]:
+    """The container's environment: literal values, or ('secret', name, key, optional)."""
+    env: dict = {}
+    missing: list[str] = []
+    for src in container.get("envFrom") or []:
+        ref = src.get("configMapRef")
+        if ref:
+            cm = configmaps.get(ref.get("name"))
+            if cm is None:
+                if not ref.get("optional"):
+                    missing.append(ref.get("name"))
+                continue
+            env.update({k: str(v) for k, v in (cm.get("data") or {}).items()})
+    for item in container.get("env") or []:
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        elif "valueFrom" in item:
+            sk = item["valueFrom"].get("secretKeyRef")
+            cmk = item["valueFrom"].get("configMapKeyRef")
+            if sk:
+                env[item["name"]] = ("secret", sk.get("name"), sk.get("key"), bool(sk.get("optional")))
+            elif cmk:
+                cm = configmaps.get(cmk.get("name")) or {}
+                env[item["name"]] = str((cm.get("data") or {}).get(cmk.get("key"), ""))
+            else:
+                env[item["name"]] = ("other",)
+        else:
+            env[item["name"]] = ""
+    return env, missing
+
+
+def port_number(port, container: dict):
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports") or []:
+        if p.get("name") == port:
+            return p.get("containerPort")
+    return to_int(port)
+
+
+def check_kubernetes(docs: list[dict], facts: dict, rep: Report) -> None:
+    rep.start("Kubernetes: every document")
+    seen: dict[tuple, int] = {}
+    bad = []
+    for i, d in enumerate(docs):
+        if not isinstance(d, dict):
+            bad.append(f"document {i} is not a mapping")
+            continue
+        for field in ("apiVersion", "kind"):
+            if not isinstance(d.get(field), str) or not d.get(field):
+                bad.append(f"document {i} ({d.get('kind', '?')}) has no {field}")
+        if not name_of(d):
+            bad.append(f"document {i} ({d.get('kind', '?')}) has no metadata.name")
+        key = (d.get("kind"), dig(d, "metadata", "namespace"), name_of(d))
+        seen[key] = seen.get(key, 0) + 1
+    dupes = [f"{k[0]}/{k[2]}" for k, n in seen.items() if n > 1]
+    rep.check(not bad, f"{len(docs)} documents have apiVersion, kind and metadata.name", "; ".join(bad))
+    rep.check(not dupes, "no duplicate kind/namespace/name", ", ".join(dupes))
+
+    configmaps = {name_of(c): c for c in by_kind(docs, "ConfigMap")}
+    deps = [d for d in by_kind(docs, "Deployment") if name_of(d) == DEPLOYMENT]
+
+    rep.start(f"Kubernetes: Deployment {DEPLOYMENT}")
+    if not rep.check(len(deps) == 1, f"exactly one Deployment named {DEPLOYMENT}", f"found {len(deps)}"):
+        return
+    dep = deps[0]
+    pod = dig(dep, "spec", "template", "spec", default={})
+    pod_labels = dig(dep, "spec", "template", "metadata", "labels", default={})
+    rep.check(
+        selector_matches(dig(dep, "spec", "selector"), pod_labels),
+        "spec.selector matches the pod template labels",
+    )
+    containers = pod.get("containers") or []
+    main = next((c for c in containers if c.get("name") == CONTAINER), None)
+    if not rep.check(main is not None, f"container {CONTAINER} exists"):
+        return
+    cmdline = (main.get("command") or []) + (main.get("args") or [])
+    rep.check(cmdline in (["run"], ["refund-worker", "run"]), "the container runs `run`", f"got {cmdline}")
+
+    env, missing_cms = effective_env(main, configmaps)
+    rep.check(not missing_cms, "every envFrom ConfigMap is in the rendered output", f"missing: {missing_cms}")
+
+    # Probes and the address they reach.
+    http_addr = env.get("HTTP_ADDR")
+    addr_ok = isinstance(http_addr, str) and re.fullmatch(r"0\.0\.0\.0:\d+", http_addr or "")
+    rep.check(bool(addr_ok), "HTTP_ADDR binds 0.0.0.0 (the code's default 127.0.0.1 is unreachable for the kubelet)", f"HTTP_ADDR={http_addr!r}")
+    listen_port = to_int(http_addr.rsplit(":", 1)[1]) if addr_ok else 8080
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = dig(main, probe, "httpGet")
+        if rep.check(isinstance(get, dict), f"{probe} is an httpGet probe"):
+            rep.check(get.get("path") == path, f"{probe} path is {path}", f"got {get.get('path')!r}")
+            port = port_number(get.get("port"), main)
+            rep.check(port == listen_port, f"{probe} port is the HTTP_ADDR port {listen_port}", f"got {get.get('port')!r} -> {port}")
+    startup = dig(main, "startupProbe", "httpGet", "path")
+    if startup is not None:
+        rep.check(startup == "/healthz", "startupProbe uses /healthz (readiness depends on the broker)", f"got {startup!r}")
+
+    # Shutdown.
+    grace = to_int(env.get("SHUTDOWN_GRACE_SECS") if isinstance(env.get("SHUTDOWN_GRACE_SECS"), str) else None, DEFAULT_SHUTDOWN_GRACE)
+    tgps = to_int(pod.get("terminationGracePeriodSeconds"), 30)  # Kubernetes default 30
+    rep.check(
+        tgps > max(grace, DEFAULT_SHUTDOWN_GRACE),
+        f"terminationGracePeriodSeconds ({tgps}) > SHUTDOWN_GRACE_SECS ({grace}) and > {DEFAULT_SHUTDOWN_GRACE}",
+    )
+
+    # Security context, per container (container settings override the pod's).
+    pod_sc = pod.get("securityContext") or {}
+    inits = pod.get("initContainers") or []
+    for c in containers + inits:
+        sc = c.get("securityContext") or {}
+        non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+        rep.check(non_root is True, f"{c.get('name')}: runAsNonRoot", f"effective value {non_root!r}")
+        rep.check(uid is None or (isinstance(uid, int) and uid > 0), f"{c.get('name')}: runAsUser is not 0", f"got {uid!r}")
+        rep.check(sc.get("readOnlyRootFilesystem") is True, f"{c.get('name')}: readOnlyRootFilesystem")
+        rep.check(sc.get("allowPrivilegeEscalation") is False, f"{c.get('name')}: allowPrivilegeEscalation false")
+        lim = dig(c, "resources", "limits", "memory")
+        req = dig(c, "resources", "requests", "memory")
+        rep.check(bool(lim and req), f"{c.get('name')}: memory request and limit set", f"requests={req!r} limits={lim!r}")
+
+    # The migrate init container.
+    migrate = [c for c in inits if (c.get("command") or []) + (c.get("args") or []) in (["migrate"], ["refund-worker", "migrate"])]
+    if rep.check(len(migrate) == 1, "one initContainer runs `migrate`", f"initContainers: {[(c.get('name'), c.get('args')) for c in inits]}"):
+        m = migrate[0]
+        rep.check(m.get("image") == main.get("image"), "the migrate init container uses the worker's image", f"{m.get('image')} vs {main.get('image')}")
+        menv, _ = effective_env(m, configmaps)
+        rep.check("DATABASE_URL" in menv, "the migrate init container gets DATABASE_URL")
+        stray = sorted(k for k in menv if k.startswith("PROVIDER_") and k.endswith("_BASE_URL") and f"{k[:-9]}_API_KEY" not in menv)
+        rep.check(not stray, "the migrate init container has no provider BASE_URL without its API key (it would fail config validation)", ", ".join(stray))
+
+    # Where the connection strings come from.
+    for var in ("DATABASE_URL", "AMQP_URL"):
+        v = env.get(var)
+        rep.check(isinstance(v, tuple) and v[0] == "secret", f"{var} comes from a Secret", f"got {v!r}")
+
+    # Provider credentials.
+    bad = []
+    for p in facts["providers"]:
+        for s in PROVIDER_SUFFIXES_SECRET:
+            var = f"PROVIDER_{p}_{s}"
+            v = env.get(var)
+            if not (isinstance(v, tuple) and v[0] == "secret" and v[1] == PROVIDER_SECRET and v[3]):
+                bad.append(f"{var} ({v!r})")
+    rep.check(
+        not bad,
+        f"all {len(facts['providers']) * 3} provider keys/secrets are optional secretKeyRefs to {PROVIDER_SECRET}",
+        "; ".join(bad),
+    )
+    lease = to_int(env.get("CLAIM_LEASE_SECS") if isinstance(env.get("CLAIM_LEASE_SECS"), str) else None, DEFAULT_CLAIM_LEASE)
+    enabled = [p for p in facts["providers"] if isinstance(env.get(f"PROVIDER_{p}_BASE_URL"), str) and env.get(f"PROVIDER_{p}_BASE_URL")]
+    rep.note("providers enabled by a BASE_URL: " + (", ".join(enabled) or "none"))
+    for p in enabled:
+        base = env[f"PROVIDER_{p}_BASE_URL"]
+        rep.check(bool(re.match(r"^https?://[^/\s]+", base)), f"PROVIDER_{p}_BASE_URL is an http(s) URL", base)
+        rep.check(f"PROVIDER_{p}_API_KEY" in env, f"PROVIDER_{p}_API_KEY is provided with its BASE_URL (required at start)")
+        t = env.get(f"PROVIDER_{p}_TIMEOUT_MS")
+        timeout = to_int(t if isinstance(t, str) else None, DEFAULT_PROVIDER_TIMEOUT_MS)
+        rep.check(
+            timeout / 1000 + 5 <= lease,
+            f"CLAIM_LEASE_SECS ({lease}) exceeds the {p} timeout ({timeout} ms) by at least 5 s (src/config.rs refuses to start otherwise)",
+        )
+    numeric = ("DATABASE_MAX_CONNECTIONS", "PREFETCH", "DISPATCH_BATCH", "DISPATCH_CONCURRENCY", "CLAIM_LEASE_SECS", "SHUTDOWN_GRACE_SECS", "IDLE_POLL_MS")
+    bad_num = [f"{k}={env[k]!r}" for k in numeric if isinstance(env.get(k), str) and to_int(env[k]) is None]
+    rep.check(not bad_num, "numeric settings are whole numbers", ", ".join(bad_num))
+    if facts["env"] is not None:
+        names = set(env)
+        for c in inits:
+            names |= set(effective_env(c, configmaps)[0])
+        unknown = sorted(n for n in names if n not in facts["env"])
+        rep.check(not unknown, "every environment variable set is one the code reads (src/config.rs, src/telemetry.rs)", f"unknown: {unknown}")
+
+    # Replicas, disruption budget, Service.
+    replicas = dig(dep, "spec", "replicas")
+    scaled = by_kind(docs, "ScaledObject")
+    pdbs = [p for p in by_kind(docs, "PodDisruptionBudget") if selector_matches(dig(p, "spec", "selector"), pod_labels)]
+
+    rep.start("Kubernetes: Service and PodDisruptionBudget")
+    svcs = [s for s in by_kind(docs, "Service") if selector_matches({"matchLabels": dig(s, "spec", "selector", default={})}, pod_labels)]
+    if rep.check(len(svcs) >= 1, "a Service selects the worker pods"):
+        ports = dig(svcs[0], "spec", "ports", default=[])
+        targets = [port_number(p.get("targetPort", p.get("port")), main) for p in ports]
+        rep.check(listen_port in targets, f"the Service targets port {listen_port}", f"targets {targets}")
+    if rep.check(len(pdbs) == 1, "one PodDisruptionBudget selects the worker pods", f"found {len(pdbs)}"):
+        rep.check(to_int(dig(pdbs[0], "spec", "minAvailable")) == 1, "PodDisruptionBudget minAvailable is 1", f"got {dig(pdbs[0], 'spec', 'minAvailable')!r}")
+    if not scaled:
+        rep.check(replicas is not None and to_int(replicas, 0) >= 2, "without a ScaledObject, replicas >= 2 (or the budget blocks every drain)", f"replicas={replicas!r}")
+
+    # Autoscaling.
+    if scaled:
+        rep.start("Kubernetes: KEDA ScaledObject")
+        rep.check(replicas is None, "the Deployment leaves `replicas` to the autoscaler", f"replicas={replicas!r}")
+        so = [s for s in scaled if dig(s, "spec", "scaleTargetRef", "name") == DEPLOYMENT]
+        if rep.check(len(so) == 1 and len(scaled) == 1, f"the ScaledObject targets Deployment {DEPLOYMENT} by name",
+                     f"targets: {[dig(s, 'spec', 'scaleTargetRef', 'name') for s in scaled]}"):
+            s = so[0]
+            kind = dig(s, "spec", "scaleTargetRef", "kind", default="Deployment")
+            rep.check(kind == "Deployment", "scaleTargetRef kind is Deployment", f"got {kind}")
+            mn = to_int(dig(s, "spec", "minReplicaCount"), 0)
+            mx = to_int(dig(s, "spec", "maxReplicaCount"), 100)  # KEDA's default maximum
+            rep.check(mn >= 2, f"minReplicaCount ({mn}) >= 2: never zero (polls, retries and the outbox need a pod), and the budget can evict one", "")
+            rep.check(mx >= mn, f"maxReplicaCount ({mx}) >= minReplicaCount ({mn})")
+            triggers = dig(s, "spec", "triggers", default=[])
+            rabbit = [t for t in triggers if t.get("type") == "rabbitmq"]
+            if rep.check(len(rabbit) >= 1, "a rabbitmq trigger"):
+                t = rabbit[0]
+                md = t.get("metadata") or {}
+                rep.check(md.get("queueName") == facts["queue"], f"trigger queueName is {facts['queue']}", f"got {md.get('queueName')!r}")
+                rep.check(md.get("mode") == "QueueLength", "trigger mode is QueueLength", f"got {md.get('mode')!r}")
+                try:
+                    value_ok = float(md.get("value")) > 0
+                except (TypeError, ValueError):
+                    value_ok = False
+                rep.check(value_ok, "trigger value is a positive number", f"got {md.get('value')!r}")
+                auth = dig(t, "authenticationRef", "name")
+                tas = {name_of(a): a for a in by_kind(docs, "TriggerAuthentication")}
+                if rep.check(auth in tas, "authenticationRef names a rendered TriggerAuthentication", f"got {auth!r}"):
+                    params = [r.get("parameter") for r in dig(tas[auth], "spec", "secretTargetRef", default=[])]
+                    rep.check("host" in params or "host" in md or "hostFromEnv" in md, "the trigger gets its `host` (URL with credentials) from somewhere", f"secretTargetRef parameters {params}")
+            pool = to_int(env.get("DATABASE_MAX_CONNECTIONS") if isinstance(env.get("DATABASE_MAX_CONNECTIONS"), str) else None, DEFAULT_DB_MAX_CONNECTIONS)
+            pg = by_kind(docs, "Cluster")
+            maxconn = to_int(dig(pg[0], "spec", "postgresql", "parameters", "max_connections")) if pg else None
+            if maxconn:
+                surge = 1
+                need = (mx + surge) * pool
+                rep.check(need < maxconn, f"(maxReplicaCount {mx} + surge {surge}) x DATABASE_MAX_CONNECTIONS {pool} = {need} < PostgreSQL max_connections {maxconn}")
+
+    # RabbitMQ.
+    policies = by_kind(docs, "Policy")
+    clusters = by_kind(docs, "RabbitmqCluster")
+    if policies or clusters:
+        rep.start("Kubernetes: RabbitMQ")
+        cluster_names = {name_of(c) for c in clusters}
+        for c in clusters:
+            rep.check(to_int(dig(c, "spec", "replicas")) == 3, f"RabbitmqCluster {name_of(c)} has 3 replicas", f"got {dig(c, 'spec', 'replicas')!r}")
+        vhosts = {dig(v, "spec", "name") for v in by_kind(docs, "Vhost")}
+        matching = []
+        for p in policies:
+            pattern = dig(p, "spec", "pattern", default="")
+            try:
+                rx = re.compile(pattern)
+            except re.error as e:
+                rep.check(False, f"Policy {name_of(p)} pattern compiles", str(e))
+                continue
+            if rx.search(facts["queue"]):
+                matching.append((p, rx))
+        if rep.check(len(matching) >= 1, f"a Policy matches queue {facts['queue']}"):
+            matching.sort(key=lambda pr: -to_int(dig(pr[0], "spec", "priority"), 0))
+            p, rx = matching[0]
+            d = dig(p, "spec", "definition", default={})
+            rep.check(not rx.search(facts["dlq"]), f"the Policy does not also match the DLQ {facts['dlq']}", f"pattern {rx.pattern!r}")
+            rep.check(d.get("dead-letter-exchange") == facts["dlx"], f"the Policy names the DLX {facts['dlx']}", f"got {d.get('dead-letter-exchange')!r}")
+            rep.check(d.get("dead-letter-routing-key") == facts["dlq"], f"the Policy dead-letters with routing key {facts['dlq']}", f"got {d.get('dead-letter-routing-key')!r}")
+            rep.check(to_int(d.get("delivery-limit")) == facts["delivery_limit"], f"the Policy's delivery-limit is {facts['delivery_limit']}", f"got {d.get('delivery-limit')!r}")
+            apply_to = dig(p, "spec", "applyTo", default="all")
+            rep.check(apply_to in ("queues", "quorum_queues", "all"), "the Policy applies to (quorum) queues", f"got {apply_to!r}")
+            if vhosts:
+                rep.check(dig(p, "spec", "vhost", default="/") in vhosts, "the Policy's vhost is a rendered Vhost", f"got {dig(p, 'spec', 'vhost')!r}, vhosts {sorted(vhosts)}")
+        refs = [(o.get("kind"), name_of(o), dig(o, "spec", "rabbitmqClusterReference", "name"))
+                for o in docs if isinstance(o, dict) and dig(o, "spec", "rabbitmqClusterReference") is not None]
+        dangling = [f"{k}/{n} -> {r}" for k, n, r in refs if r not in cluster_names]
+        rep.check(not dangling, "every topology object references a rendered RabbitmqCluster", ", ".join(dangling))
+
+    # PostgreSQL.
+    pgs = by_kind(docs, "Cluster")
+    if pgs:
+        rep.start("Kubernetes: CloudNativePG")
+        for c in pgs:
+            rep.check(to_int(dig(c, "spec", "instances")) == 3, f"Cluster {name_of(c)} has 3 instances", f"got {dig(c, 'spec', 'instances')!r}")
+            owner = dig(c, "spec", "bootstrap", "initdb", "owner")
+            db_secret = env.get("DATABASE_URL")
+            if owner and isinstance(db_secret, tuple):
+                rep.check(db_secret[1] == f"{name_of(c)}-app" and db_secret[2] == "uri",
+                          f"DATABASE_URL reads the Secret CloudNativePG writes ({name_of(c)}-app, key uri)", f"got {db_secret[1]}/{db_secret[2]}")
+
+
+# --------------------------------------------------------------------------------------------
+# docker-compose.yml
+# --------------------------------------------------------------------------------------------
+
+
+def compose_tools() -> list[list[str]]:
+    tools = []
+    if shutil.which("docker-compose"):
+        tools.append(["docker-compose"])
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            tools.append(["docker", "compose"])
+    return tools
+
+
+def duration_secs(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    total, matched = 0.0, False
+    for num, unit in re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", str(value)):
+        matched = True
+        total += float(num) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}[unit]
+    return total if matched else None
+
+
+def env_dict(service: dict) -> dict:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return {k: (None if v is None else str(v)) for k, v in env.items()}
+
+
+def check_compose(facts: dict, use_tools: bool, rep: Report) -> None:
+    path = ROOT / "docker-compose.yml"
+    rep.start("docker-compose.yml")
+    if not rep.check(path.is_file(), "docker-compose.yml exists"):
+        return
+    tools = compose_tools() if use_tools else []
+    for tool in tools:
+        proc = subprocess.run(tool + ["-f", str(path), "config", "-q"], capture_output=True, text=True, cwd=ROOT)
+        version = subprocess.run(tool + ["version", "--short"], capture_output=True, text=True).stdout.strip()
+        rep.check(proc.returncode == 0, f"`{' '.join(tool)} config -q` accepts it ({version or 'version unknown'})", (proc.stderr or proc.stdout).strip())
+    if not tools:
+        rep.note("compose tool skipped (--no-compose-tool): structural checks only" if not use_tools
+                 else "no compose tool found (docker-compose or `docker compose`): structural checks only")
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        rep.check(False, "docker-compose.yml parses as YAML", str(e))
+        return
+    services = doc.get("services") or {}
+    expected = {"postgres", "rabbitmq", "migrate", "worker", "sandbox"}
+    rep.check(expected <= set(services), "services postgres, rabbitmq, migrate, worker, sandbox", f"missing {sorted(expected - set(services))}")
+    for name, svc in services.items():
+        rep.check(bool(svc.get("image") or svc.get("build")), f"{name}: has an image or a build")
+        deps = svc.get("depends_on") or {}
+        if isinstance(deps, list):
+            deps = {d: {"condition": "service_started"} for d in deps}
+        for target, spec in deps.items():
+            if not rep.check(target in services, f"{name}: depends_on {target} exists"):
+                continue
+            cond = (spec or {}).get("condition", "service_started")
+            rep.check(cond in ("service_started", "service_healthy", "service_completed_successfully"), f"{name}: depends_on {target} condition {cond} is valid")
+            if cond == "service_healthy":
+                rep.check(bool(services[target].get("healthcheck")), f"{name}: waits for {target} healthy, and {target} has a healthcheck")
+            if cond == "service_completed_successfully":
+                rep.check(str(services[target].get("restart", "no")) == "no", f"{name}: waits for {target} to complete, and {target} is one-shot (restart \"no\")")
+    if expected - set(services):
+        return
+
+    pg, rmq, mig, wk, sb = (services[n] for n in ("postgres", "rabbitmq", "migrate", "worker", "sandbox"))
+    rep.check("pg_isready" in str(dig(pg, "healthcheck", "test")), "postgres: healthcheck uses pg_isready")
+    rep.check("rabbitmq-diagnostics" in str(dig(rmq, "healthcheck", "test")) and "ping" in str(dig(rmq, "healthcheck", "test")), "rabbitmq: healthcheck is rabbitmq-diagnostics ping")
+    rep.check(any("15672" in str(p) for p in rmq.get("ports") or []), "rabbitmq: the management port 15672 is published")
+    mounts = [str(v) for v in rmq.get("volumes") or []]
+    conf = [m for m in mounts if "deploy/rabbitmq/rabbitmq.conf" in m]
+    if rep.check(bool(conf), "rabbitmq: deploy/rabbitmq/rabbitmq.conf is mounted"):
+        target = conf[0].split(":")[1] if ":" in conf[0] else ""
+        rep.check(target.startswith("/etc/rabbitmq/"), "rabbitmq: mounted under /etc/rabbitmq/", f"target {target!r}")
+        text = (ROOT / "deploy/rabbitmq/rabbitmq.conf").read_text(encoding="utf-8") if (ROOT / "deploy/rabbitmq/rabbitmq.conf").is_file() else ""
+        rep.check(re.search(r"^\s*default_queue_type\s*=\s*quorum\s*$", text, re.M) is not None, "rabbitmq.conf sets default_queue_type = quorum")
+    rep.check(mig.get("command") == ["migrate"], "migrate: command is [\"migrate\"]", f"got {mig.get('command')!r}")
+    rep.check(str(mig.get("restart", "no")) == "no", "migrate: restart \"no\"")
+    rep.check(wk.get("command") == ["run"], "worker: command is [\"run\"]", f"got {wk.get('command')!r}")
+    wdeps = wk.get("depends_on") or {}
+    rep.check(isinstance(wdeps, dict) and dig(wdeps, "migrate", "condition") == "service_completed_successfully", "worker: waits for migrate to complete successfully")
+    rep.check(isinstance(wdeps, dict) and dig(wdeps, "rabbitmq", "condition") == "service_healthy", "worker: waits for rabbitmq to be healthy")
+    rep.check(isinstance(mig.get("depends_on"), dict) and dig(mig, "depends_on", "postgres", "condition") == "service_healthy", "migrate: waits for postgres to be healthy")
+
+    wenv = env_dict(wk)
+    for var in ("DATABASE_URL", "AMQP_URL", "HTTP_ADDR", "PROVIDER_VA_SERVICES_BASE_URL", "PROVIDER_VA_SERVICES_API_KEY"):
+        rep.check(bool(wenv.get(var)), f"worker: {var} is set")
+    rep.check(bool(re.fullmatch(r"0\.0\.0\.0:\d+", wenv.get("HTTP_ADDR") or "")), "worker: HTTP_ADDR binds 0.0.0.0", f"got {wenv.get('HTTP_ADDR')!r}")
+    rep.check("@postgres:" in (wenv.get("DATABASE_URL") or "") and "@postgres:" in (env_dict(mig).get("DATABASE_URL") or ""), "worker and migrate reach PostgreSQL by its service name")
+    rep.check("@rabbitmq:" in (wenv.get("AMQP_URL") or ""), "worker reaches RabbitMQ by its service name")
+
+    sb_cmd = [str(x) for x in sb.get("command") or []]
+    rep.check(sb_cmd[:1] == ["sandbox"], "sandbox: command starts with `sandbox`", f"got {sb_cmd}")
+    bind = sb_cmd[sb_cmd.index("--bind") + 1] if "--bind" in sb_cmd[:-1] else env_dict(sb).get("SANDBOX_BIND")
+    rep.check(bind == "0.0.0.0", "sandbox: binds 0.0.0.0 (127.0.0.1 is unreachable from the worker's container)", f"got {bind!r}")
+    sb_port = sb_cmd[sb_cmd.index("--port") + 1] if "--port" in sb_cmd[:-1] else (env_dict(sb).get("SANDBOX_PORT") or "8090")
+    base = wenv.get("PROVIDER_VA_SERVICES_BASE_URL") or ""
+    rep.check(re.fullmatch(rf"https?://sandbox:{re.escape(str(sb_port))}/?", base) is not None,
+              f"worker: PROVIDER_VA_SERVICES_BASE_URL points at the sandbox service, port {sb_port}", f"got {base!r}")
+    sb_key = env_dict(sb).get("SANDBOX_VA_API_KEY") or (sb_cmd[sb_cmd.index("--va-api-key") + 1] if "--va-api-key" in sb_cmd[:-1] else SANDBOX_DEFAULT_KEY)
+    rep.check(wenv.get("PROVIDER_VA_SERVICES_API_KEY") == sb_key, "worker: its VA API key is the one the sandbox expects")
+    grace = to_int(wenv.get("SHUTDOWN_GRACE_SECS"), DEFAULT_SHUTDOWN_GRACE)
+    sgp = duration_secs(wk.get("stop_grace_period")) or 10.0  # compose's default
+    rep.check(sgp > grace, f"worker: stop_grace_period ({sgp:g} s) > SHUTDOWN_GRACE_SECS ({grace} s)")
+    if facts["env"] is not None:
+        unknown = sorted({k for n in ("worker", "migrate", "sandbox") for k in env_dict(services[n]) if k not in facts["env"]})
+        rep.check(not unknown, "worker/migrate/sandbox set only environment variables the code reads", f"unknown: {unknown}")
+
+
+# --------------------------------------------------------------------------------------------
+# Dockerfile
+# --------------------------------------------------------------------------------------------
+
+
+def check_dockerfile(rep: Report) -> None:
+    rep.start("Dockerfile and .dockerignore")
+    path = ROOT / "Dockerfile"
+    if not rep.check(path.is_file(), "Dockerfile exists"):
+        return
+    # Join continuation lines, drop comments.
+    lines, buf = [], ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        if raw.lstrip().startswith("#"):
+            continue
+        buf += raw.rstrip("\\").strip() + " " if raw.rstrip().endswith("\\") else raw.strip()
+        if not raw.rstrip().endswith("\\"):
+            if buf.strip():
+                lines.append(buf.strip())
+            buf = ""
+    instr = [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "") for ln in lines]
+    froms = [a for i, a in instr if i == "FROM"]
+    rep.check(len(froms) >= 2, "multi-stage build", f"FROM lines: {froms}")
+    rep.check(bool(froms) and froms[0].startswith("rust:1-bookworm"), "builder is rust:1-bookworm", f"got {froms[:1]}")
+    final = froms[-1].split()[0] if froms else ""
+    rep.check(final.startswith(("gcr.io/distroless/cc-debian12", "debian:bookworm-slim")), "runtime is distroless cc-debian12 or debian:bookworm-slim", f"got {final}")
+    runs = " ".join(a for i, a in instr if i == "RUN")
+    rep.check("cargo build --release --locked" in runs, "builds with cargo build --release --locked")
+    rep.check("type=cache" in runs, "uses BuildKit cache mounts")
+    last_stage = instr[max(i for i, (k, _) in enumerate(instr) if k == "FROM"):]
+    users = [a for i, a in last_stage if i == "USER"]
+    rep.check(bool(users) and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1].strip()) is not None, "runtime USER is a numeric non-root UID (runAsNonRoot can verify it)", f"got {users}")
+    rep.check(any(i == "EXPOSE" and "8080" in a.split() for i, a in last_stage), "EXPOSE 8080")
+    rep.check(any(i == "ENV" and re.search(r"HTTP_ADDR=0\.0\.0\.0:8080", a) for i, a in last_stage), "ENV HTTP_ADDR=0.0.0.0:8080")
+    rep.check(any(i == "ENTRYPOINT" and re.fullmatch(r'\[\s*"refund-worker"\s*\]', a.strip()) for i, a in last_stage), 'ENTRYPOINT ["refund-worker"]')
+    rep.check(any(i == "CMD" and re.fullmatch(r'\[\s*"run"\s*\]', a.strip()) for i, a in last_stage), 'CMD ["run"]')
+    has_hc = any(i == "HEALTHCHECK" and not a.strip().upper().startswith("NONE") for i, a in last_stage)
+    if "distroless" in final:
+        rep.check(not has_hc, "no HEALTHCHECK in a distroless image (no tool in it could run one)")
+    ignore = ROOT / ".dockerignore"
+    if rep.check(ignore.is_file(), ".dockerignore exists"):
+        entries = {ln.strip().rstrip("/") for ln in ignore.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")}
+        rep.check({"target", ".git"} <= entries, ".dockerignore excludes target/ and .git", f"entries {sorted(entries)}")
+        needed = [p for p in ("src", "migrations", "Cargo.toml", "Cargo.lock") if p in entries]
+        rep.check(not needed, ".dockerignore keeps what the build needs (src, migrations, Cargo.toml, Cargo.lock)", f"excluded: {needed}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--overlay", default=str(ROOT / "deploy/overlays/example"), help="kustomize overlay to render and check")
+    ap.add_argument("--no-compose-tool", action="store_true", help="skip `config -q` even if a compose tool is installed")
+    args = ap.parse_args()
+
+    rep = Report()
+    rep.start("what the code says")
+    facts = code_facts(rep)
+    rep.start(f"Kubernetes: render {args.overlay}")
+    docs = render(Path(args.overlay), rep)
+    if docs is not None:
+        check_kubernetes(docs, facts, rep)
+    check_compose(facts, not args.no_compose_tool, rep)
+    check_dockerfile(rep)
+
+    print()
+    if rep.failures:
+        print(f"{len(rep.failures)} check(s) FAILED ({rep.passed} passed):")
+        for f in rep.failures:
+            print(f"  - {f}")
+        return 1
+    print(f"all {rep.passed} checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

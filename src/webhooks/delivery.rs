@@ -1,0 +1,231 @@
+//! Delivery of merchant webhooks: claim due deliveries, POST the signed event, record the
+//! attempt, schedule the next one. Written as a step function (`Deliverer::step`) with a
+//! thin loop around it, like the other pipeline loops.
+
+use super::schedule::Schedule;
+use super::signing::SigningKey;
+use super::ssrf::{GuardedResolver, NetworkPolicy, PolicyRefusal};
+use crate::config::WebhookSettings;
+use crate::store::webhooks::{self, AttemptResult, ClaimedDelivery, Next};
+use crate::store::StoreError;
+use chrono::Utc;
+use futures::StreamExt;
+use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use sqlx::PgPool;
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes of a merchant's response kept in the attempt log.
+pub const EXCERPT_BYTES: usize = 512;
+
+/// What one delivery step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Deliveries were attempted.
+    Attempted(usize),
+    /// Nothing was due.
+    Idle,
+}
+
+/// Sends webhooks.
+pub struct Deliverer {
+    pool: PgPool,
+    client: reqwest::Client,
+    key: SigningKey,
+    schedule: Schedule,
+    policy: Arc<NetworkPolicy>,
+    concurrency: usize,
+    lease: Duration,
+}
+
+impl Deliverer {
+    /// A deliverer, or `None` when no signing secret is configured (deliveries then stay
+    /// queued until one is: nothing is sent unsigned, nothing is dropped).
+    pub fn new(pool: PgPool, settings: &WebhookSettings, lease: Duration) -> Option<Self> {
+        let key = settings.signing_key.clone()?;
+        let policy = Arc::new(settings.network_policy.clone());
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            // A redirect could lead to an internal address; merchants must give the final URL.
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
+            .user_agent(concat!(
+                "refund-worker-webhooks/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .ok()?;
+        Some(Self {
+            pool,
+            client,
+            key,
+            schedule: settings.schedule.clone(),
+            policy,
+            concurrency: settings.concurrency,
+            lease,
+        })
+    }
+
+    /// Claims due deliveries and attempts each once.
+    pub async fn step(&self) -> Result<DeliveryOutcome, StoreError> {
+        let claimed =
+            webhooks::claim_due(&self.pool, self.concurrency as i64 * 2, self.lease).await?;
+        if claimed.is_empty() {
+            return Ok(DeliveryOutcome::Idle);
+        }
+        let n = claimed.len();
+        futures::stream::iter(claimed)
+            .for_each_concurrent(self.concurrency, |d| async move {
+                let result = self.attempt(&d).await;
+                tracing::info!(event_id = %d.event_id, status = ?result.status_code, next = ?result.next,
+                    error = result.error.as_deref().unwrap_or(""), "webhook attempt");
+                if let Err(e) = webhooks::record_attempt(&self.pool, &d, &result).await {
+                    // The lease expires and the delivery is attempted again: at least once.
+                    tracing::warn!(event_id = %d.event_id, error = %e, "recording a webhook attempt failed");
+                }
+            })
+            .await;
+        Ok(DeliveryOutcome::Attempted(n))
+    }
+
+    /// Runs [`Deliverer::step`] until shutdown.
+    pub async fn run(&self, wakeup: &Notify, idle: Duration, shutdown: &CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.step().await {
+                Ok(DeliveryOutcome::Attempted(_)) => failures = 0,
+                Ok(DeliveryOutcome::Idle) => crate::pipeline::idle(wakeup, idle, shutdown).await,
+                Err(e) => {
+                    failures += 1;
+                    let delay = Duration::from_millis(200 * u64::from(failures.min(25)));
+                    tracing::warn!(error = %e, ?delay, "webhook delivery step failed");
+                    tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => {} }
+                }
+            }
+        }
+    }
+
+    /// One HTTP attempt, classified.
+    async fn attempt(&self, d: &ClaimedDelivery) -> AttemptResult {
+        let attempted_at = Utc::now();
+        let start = Instant::now();
+        let made = usize::try_from(d.round_attempts).unwrap_or(0) + 1;
+        let retry_or_fail = |retry_after: Option<Duration>| match self.schedule.next_delay(made) {
+            Some(delay) => Next::Retry(delay.max(retry_after.unwrap_or_default())),
+            None => Next::Fail,
+        };
+        let fail_now = |error: String| AttemptResult {
+            attempted_at,
+            status_code: None,
+            latency: start.elapsed(),
+            response_excerpt: None,
+            error: Some(error),
+            next: Next::Fail,
+        };
+
+        let url = match reqwest::Url::parse(&d.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            _ => return fail_now(format!("callback URL `{}` is not an http(s) URL", d.url)),
+        };
+        // Literal IPs never reach the resolver, so they are checked here.
+        if let Some(ip) = literal_ip(&url) {
+            if let Err(why) = self.policy.check(ip) {
+                return fail_now(why);
+            }
+        }
+        let body = match serde_json::to_vec(&d.payload) {
+            Ok(b) => b,
+            Err(e) => return fail_now(format!("event does not serialize: {e}")),
+        };
+        let id = d.event_id.to_string();
+        let ts = attempted_at.timestamp();
+        let signature = self.key.sign(&id, ts, &body);
+        let request = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body);
+        match request.send().await {
+            Err(e) => {
+                let refused = std::iter::successors(e.source(), |s| (*s).source())
+                    .find_map(|s| s.downcast_ref::<PolicyRefusal>())
+                    .map(|r| r.0.clone());
+                match refused {
+                    Some(why) => fail_now(why),
+                    None => AttemptResult {
+                        attempted_at,
+                        status_code: None,
+                        latency: start.elapsed(),
+                        response_excerpt: None,
+                        error: Some(describe(&e)),
+                        next: retry_or_fail(None),
+                    },
+                }
+            }
+            Ok(mut response) => {
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let mut excerpt = Vec::new();
+                while excerpt.len() < EXCERPT_BYTES {
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => excerpt.extend_from_slice(
+                            &chunk[..chunk.len().min(EXCERPT_BYTES - excerpt.len())],
+                        ),
+                        _ => break,
+                    }
+                }
+                let next = if status.is_success() {
+                    Next::Delivered
+                } else if status == reqwest::StatusCode::GONE {
+                    // The merchant says the endpoint is gone for good: stop retrying.
+                    Next::Fail
+                } else {
+                    retry_or_fail(retry_after)
+                };
+                AttemptResult {
+                    attempted_at,
+                    status_code: Some(status.as_u16()),
+                    latency: start.elapsed(),
+                    response_excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
+                    error: (!status.is_success()).then(|| format!("HTTP {status}")),
+                    next,
+                }
+            }
+        }
+    }
+}
+
+fn literal_ip(url: &reqwest::Url) -> Option<std::net::IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(ip) => Some(ip.into()),
+        url::Host::Ipv6(ip) => Some(ip.into()),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// A transport error without the URL (which may carry a merchant's token in its query).
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    match e.source() {
+        Some(src) => format!("{kind}: {src}"),
+        None => kind.into(),
+    }
+}

@@ -1,0 +1,82 @@
+//! The delivery retry schedule: a list of delays, like Svix's (immediately, 5 s, 5 min,
+//! 30 min, 2 h, 5 h, 10 h, 10 h), each jittered by +-20% so that deliveries that failed
+//! together do not retry together.
+
+use std::time::Duration;
+
+/// The default schedule.
+pub const DEFAULT: &str = "0s,5s,5m,30m,2h,5h,10h,10h";
+
+/// Delays before each attempt of a round; attempt 1 waits `delays[0]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    delays: Vec<Duration>,
+}
+
+impl Schedule {
+    /// Parses `0s,5s,5m,30m,2h` (units `ms`, `s`, `m`, `h`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let delays = text
+            .split(',')
+            .map(|part| parse_duration(part.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if delays.is_empty() {
+            return Err("the schedule needs at least one delay".into());
+        }
+        Ok(Self { delays })
+    }
+
+    /// Attempts in one round.
+    pub fn attempts(&self) -> usize {
+        self.delays.len()
+    }
+
+    /// Delay before attempt `n + 1` once `n` attempts of the round were made, or `None`
+    /// when the round is over (the delivery has failed).
+    pub fn next_delay(&self, attempts_made: usize) -> Option<Duration> {
+        let base = *self.delays.get(attempts_made)?;
+        let factor = 0.8 + 0.4 * rand::random::<f64>();
+        Some(base.mul_f64(factor))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 5s, 5m or 2h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("`{s}` has an unknown unit (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_schedule_is_svix_like() {
+        let s = Schedule::parse(DEFAULT).unwrap();
+        assert_eq!(s.attempts(), 8);
+        assert_eq!(s.next_delay(0), Some(Duration::ZERO));
+        let d = s.next_delay(2).unwrap();
+        assert!(
+            d >= Duration::from_secs(240) && d <= Duration::from_secs(360),
+            "{d:?}"
+        );
+        assert_eq!(s.next_delay(8), None);
+    }
+
+    #[test]
+    fn bad_schedules_are_named() {
+        assert!(Schedule::parse("5x").unwrap_err().contains("unknown unit"));
+        assert!(Schedule::parse("soon")
+            .unwrap_err()
+            .contains("not a duration"));
+    }
+}
