@@ -200,7 +200,12 @@ impl Config {
             shutdown_grace: Duration::from_secs(num("SHUTDOWN_GRACE_SECS", 25)?),
             providers,
             webhooks,
-            admin_token: get("ADMIN_TOKEN").map(Into::into),
+            admin_token: match get("ADMIN_TOKEN").filter(|t| !t.is_empty()) {
+                Some(t) if t.chars().count() < 16 => {
+                    return Err(ConfigError("ADMIN_TOKEN must be at least 16 characters (or unset to disable the admin API)".into()))
+                }
+                t => t.map(Into::into),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -272,7 +277,7 @@ mod tests {
             ("PROVIDER_VA_SERVICES_BASE_URL", "http://127.0.0.1:1"),
             ("PROVIDER_VA_SERVICES_API_KEY", "super-secret-key-123"),
             ("PROVIDER_VA_SERVICES_API_SECRET", "another-secret-456"),
-            ("ADMIN_TOKEN", "admin-token-789"),
+            ("ADMIN_TOKEN", "admin-token-789-long-enough"),
             (
                 "WEBHOOK_SIGNING_SECRET",
                 "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
@@ -291,6 +296,11 @@ mod tests {
     fn bad_values_are_named() {
         let e = from(&[("PREFETCH", "lots")]).unwrap_err();
         assert!(e.to_string().contains("PREFETCH must be a whole number"));
+        let e = from(&[("ADMIN_TOKEN", "short")]).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("ADMIN_TOKEN must be at least 16 characters"));
+        assert!(from(&[("ADMIN_TOKEN", "")]).unwrap().admin_token.is_none());
         let e = from(&[("PROVIDER_BVNK_BASE_URL", "http://x")]).unwrap_err();
         assert!(e.to_string().contains("PROVIDER_BVNK_API_KEY is required"));
         let e = from(&[

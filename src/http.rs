@@ -1,31 +1,167 @@
-//! HTTP endpoints served by `run`: liveness and readiness for orchestrators.
+//! HTTP served by `run`: health for orchestrators, and the admin API for operators.
+//!
+//! The admin routes (`/v1/...`) exist only when `ADMIN_TOKEN` is set, and answer 401
+//! without `Authorization: Bearer <ADMIN_TOKEN>` (compared in constant time). Errors are
+//! JSON `{"error": {"code", "message"}}`; internal causes are logged, never returned.
 
+use crate::broker::{self, dlq, topology::COMMAND_ROUTING_KEY, Topology};
+use crate::config::Config;
 use crate::pipeline::worker::Status;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use crate::store::{self, webhooks::ResendFilter, StoreError};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
+/// The OpenAPI document of these routes (kept in the repository at `docs/openapi.json`).
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+
+/// Every route, as (method, path) in OpenAPI notation; a test checks the document covers them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/openapi.json"),
+    ("get", "/v1/refunds"),
+    ("get", "/v1/refunds/{refundReference}"),
+    ("post", "/v1/webhooks/resend"),
+    ("get", "/v1/webhooks/failed"),
+    ("get", "/v1/dlq/{queue}"),
+    ("post", "/v1/dlq/{queue}/replay"),
+];
+
+/// Largest admin request body.
+const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+/// What the handlers share.
 #[derive(Clone)]
-struct AppState {
-    pool: PgPool,
-    status: Arc<Status>,
+pub struct AppState {
+    /// Database.
+    pub pool: PgPool,
+    /// Worker status (readiness).
+    pub status: Arc<Status>,
+    /// Settings (admin token, broker URL for DLQ operations).
+    pub config: Arc<Config>,
+    /// Queue names.
+    pub topology: Topology,
 }
 
-/// The router: `GET /healthz` (the process is alive) and `GET /readyz` (database reachable
-/// and broker connected, so it can take work).
-pub fn router(pool: PgPool, status: Arc<Status>) -> Router {
-    Router::new()
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let public = Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { pool, status })
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        );
+    let admin = Router::new()
+        .route("/v1/refunds", get(list_refunds))
+        .route("/v1/refunds/{refundReference}", get(get_refund))
+        .route("/v1/webhooks/resend", post(resend_webhooks))
+        .route("/v1/webhooks/failed", get(failed_webhooks))
+        .route("/v1/dlq/{queue}", get(list_dlq))
+        .route("/v1/dlq/{queue}/replay", post(replay_dlq))
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let router = if state.config.admin_token.is_some() {
+        public.merge(admin)
+    } else {
+        public
+    };
+    router.with_state(state)
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+/// An API error: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "admin API internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the worker's logs",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(m) => Self::new(StatusCode::BAD_REQUEST, "bad_request", m),
+            other => Self::internal(other),
+        }
+    }
+}
+
+async fn require_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = &state.config.admin_token else {
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "admin API disabled")
+            .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Hash both sides so the comparison is constant-time whatever their lengths.
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.expose_secret().as_bytes());
+    if bool::from(a.ct_eq(&b)) {
+        next.run(request).await
+    } else {
+        let mut response = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        )
+        .into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        response
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
     let broker = state.status.broker_ready.load(Ordering::SeqCst);
     let code = if database && broker {
@@ -34,4 +170,222 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(json!({"database": database, "broker": broker})))
+}
+
+async fn get_refund(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let view = store::refunds::show(&state.pool, &reference)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no refund with refundReference `{reference}`"),
+            )
+        })?;
+    let deliveries = store::webhooks::for_refund(&state.pool, &reference).await?;
+    let mut body = serde_json::to_value(&view).map_err(ApiError::internal)?;
+    body["deliveries"] = serde_json::to_value(deliveries).map_err(ApiError::internal)?;
+    Ok(Json(body))
+}
+
+async fn list_refunds(
+    State(state): State<AppState>,
+    Query(filter): Query<store::refunds::ListFilter>,
+) -> Result<Json<store::refunds::RefundPage>, ApiError> {
+    if let Some(s) = &filter.status {
+        if crate::domain::RefundStatus::parse(s).is_none() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("status `{s}` is not PENDING, COMPLETED or REFUND_FAIL"),
+            ));
+        }
+    }
+    Ok(Json(store::refunds::list(&state.pool, &filter).await?))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResendBody {
+    #[serde(flatten)]
+    filter: ResendFilter,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn resend_webhooks(
+    State(state): State<AppState>,
+    body: Result<Json<ResendBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    body.filter
+        .validate()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
+    if body.dry_run {
+        let n = store::webhooks::count_resendable(&state.pool, &body.filter).await?;
+        return Ok(Json(json!({"dryRun": true, "wouldQueue": n})));
+    }
+    let mut queued = Vec::new();
+    loop {
+        let batch = store::webhooks::resend(&state.pool, &body.filter, 500).await?;
+        let done = batch.len() < 500;
+        queued.extend(batch);
+        if done {
+            break;
+        }
+    }
+    Ok(Json(json!({"queued": queued.len(), "eventIds": queued})))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LimitQuery {
+    limit: Option<i64>,
+}
+
+async fn failed_webhooks(
+    State(state): State<AppState>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let rows =
+        store::webhooks::list_failed(&state.pool, q.limit.unwrap_or(100).clamp(1, 1000)).await?;
+    Ok(Json(json!({"items": rows})))
+}
+
+/// The dead-letter queues operators may touch, with where their messages go back to.
+fn dlq_target(state: &AppState, queue: &str) -> Result<(String, String), ApiError> {
+    if queue == state.topology.commands_dlq {
+        return Ok((
+            state.topology.exchange.clone(),
+            COMMAND_ROUTING_KEY.to_owned(),
+        ));
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "`{queue}` is not a dead-letter queue of this worker (known: {})",
+            state.topology.commands_dlq
+        ),
+    ))
+}
+
+async fn broker_connection(state: &AppState) -> Result<lapin::Connection, ApiError> {
+    broker::connect(&state.config.amqp_url, "refund-worker-admin")
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "admin API could not reach the broker");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                "the broker is not reachable; try again",
+            )
+        })
+}
+
+async fn list_dlq(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    dlq_target(&state, &queue)?;
+    let connection = broker_connection(&state).await?;
+    let depth = dlq::depth(&connection, &queue).await.map_err(dlq_error)?;
+    let items = dlq::list(
+        &connection,
+        &queue,
+        q.limit.unwrap_or(100).clamp(1, 1000) as usize,
+    )
+    .await
+    .map_err(dlq_error)?;
+    let _ = connection.close(200, "done").await;
+    Ok(Json(
+        json!({"queue": queue, "depth": depth, "items": items}),
+    ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplayBody {
+    #[serde(flatten)]
+    filter: dlq::ReplayFilter,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn replay_dlq(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    body: Result<Json<ReplayBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<dlq::ReplayReport>, ApiError> {
+    let Json(body) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    body.filter
+        .validate()
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
+    let (exchange, routing_key) = dlq_target(&state, &queue)?;
+    let connection = broker_connection(&state).await?;
+    let report = dlq::replay(
+        &connection,
+        &queue,
+        &body.filter,
+        (&exchange, &routing_key),
+        body.dry_run,
+        |_, _| {},
+    )
+    .await
+    .map_err(dlq_error)?;
+    let _ = connection.close(200, "done").await;
+    Ok(Json(report))
+}
+
+fn dlq_error(e: dlq::DlqError) -> ApiError {
+    match e {
+        dlq::DlqError::NoQueue(q) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("queue `{q}` does not exist"),
+        ),
+        dlq::DlqError::Amqp(e) => {
+            tracing::warn!(error = %e, "dead-letter operation failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                "the broker operation failed; try again",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_covers_every_route() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3."));
+        for (method, path) in ROUTES {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} missing from docs/openapi.json"
+            );
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .map(|p| {
+                p.values()
+                    .map(|m| m.as_object().map_or(0, |o| o.len()))
+                    .sum()
+            })
+            .unwrap_or(0);
+        assert_eq!(
+            documented,
+            ROUTES.len(),
+            "docs/openapi.json documents routes the server does not have"
+        );
+    }
 }

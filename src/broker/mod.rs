@@ -1,5 +1,6 @@
 //! RabbitMQ: topology, publishing with confirms, consuming with manual acks.
 
+pub mod dlq;
 pub mod publisher;
 pub mod topology;
 

@@ -1,9 +1,11 @@
 //! The `refund-worker` command line: one binary for every role.
 
 mod demo;
+mod dlq;
 mod refunds;
 mod sandbox;
 mod submit;
+mod webhooks;
 
 use crate::config::Config;
 use crate::pipeline::{worker, Context};
@@ -42,6 +44,16 @@ enum Command {
     },
     /// Measure throughput and latency: the raw broker/database bound and the worker end to end.
     Bench(crate::bench::BenchArgs),
+    /// Merchant webhooks: list failed deliveries, resend them.
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
+    },
+    /// Dead letters: list, show, replay.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// Start the sandbox and a worker in-process, push refunds through them, print their
     /// journeys and a summary, and exit (non-zero if any refund ended unexpectedly).
     Demo(demo::DemoArgs),
@@ -68,6 +80,8 @@ pub async fn main() -> anyhow::Result<ExitCode> {
         Command::Submit(args) => submit::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Refunds { command } => refunds::run(command).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Webhooks { command } => webhooks::run(command).await,
+        Command::Dlq { command } => dlq::run(command).await,
         Command::Bench(args) => crate::bench::run(args).await,
     }
 }
@@ -98,7 +112,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let status = Arc::new(worker::Status::default());
 
     let server = {
-        let app = http::router(pool, status.clone());
+        let app = http::router(http::AppState {
+            pool,
+            status: status.clone(),
+            config: ctx.config.clone(),
+            topology: ctx.topology.clone(),
+        });
         let stop = shutdown.clone();
         tokio::spawn(async move {
             axum::serve(listener, app)

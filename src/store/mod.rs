@@ -39,6 +39,9 @@ pub enum StoreError {
     /// A row does not hold what the schema promises.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The caller's input cannot be used (e.g. a pagination cursor we did not issue).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl StoreError {
@@ -46,7 +49,7 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Database(e) => crate::error::sqlx_is_retryable(e),
-            Self::Migrate(_) | Self::Corrupt(_) => false,
+            Self::Migrate(_) | Self::Corrupt(_) | Self::Invalid(_) => false,
         }
     }
 }

@@ -689,3 +689,82 @@ pub async fn show(pool: &PgPool, refund_reference: &str) -> Result<Option<Refund
         attempts,
     }))
 }
+
+/// Which refunds to list.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListFilter {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this provider.
+    pub provider: Option<String>,
+    /// Only refunds created at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Page size (1 to 500, default 50).
+    pub limit: Option<i64>,
+    /// Continue after this cursor (from the previous page's `nextCursor`).
+    pub cursor: Option<String>,
+}
+
+/// A page of refunds, newest first.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundPage {
+    /// The refunds.
+    pub items: Vec<RefundRow>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Lists refunds with keyset pagination on (created_at, refund_reference), so pages stay
+/// stable while new refunds arrive.
+pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<RefundPage, StoreError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let limit = f.limit.unwrap_or(50).clamp(1, 500);
+    let after: Option<(DateTime<Utc>, String)> = match &f.cursor {
+        None => None,
+        Some(c) => {
+            let bad = || StoreError::Invalid(format!("cursor `{c}` is not one this API issued"));
+            let text = b64
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(bad)?;
+            let (micros, reference) = text.split_once('|').ok_or_else(bad)?;
+            let micros: i64 = micros.parse().map_err(|_| bad())?;
+            Some((
+                DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
+                reference.to_owned(),
+            ))
+        }
+    };
+    let mut items: Vec<RefundRow> = sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM refunds
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR provider = $2)
+           AND ($3::timestamptz IS NULL OR created_at >= $3)
+           AND ($4::timestamptz IS NULL OR (created_at, refund_reference) < ($4, $5))
+         ORDER BY created_at DESC, refund_reference DESC LIMIT $6"
+    ))
+    .bind(&f.status)
+    .bind(&f.provider)
+    .bind(f.since)
+    .bind(after.as_ref().map(|a| a.0))
+    .bind(after.as_ref().map(|a| a.1.as_str()))
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|r| {
+            b64.encode(format!(
+                "{}|{}",
+                r.created_at.timestamp_micros(),
+                r.refund_reference
+            ))
+        })
+    } else {
+        None
+    };
+    Ok(RefundPage { items, next_cursor })
+}

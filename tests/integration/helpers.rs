@@ -38,6 +38,9 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// The merchant webhook signing secret used by tests.
 pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// The admin API token used by tests.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// A running, isolated refund-worker.
 pub struct TestApp {
     pub ctx: Context,
@@ -117,6 +120,7 @@ impl TestApp {
             ("WEBHOOK_RETRY_SCHEDULE", "0s,100ms,200ms,300ms".into()),
             // Merchant endpoints in tests are on loopback: allowed explicitly.
             ("WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8".into()),
+            ("ADMIN_TOKEN", ADMIN_TOKEN.into()),
         ]);
         for (k, v) in options.env {
             env.insert(k, v);
@@ -363,6 +367,32 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("timed out waiting for: {what}");
+    }
+
+    /// Serves the HTTP API (health and admin) on a free port; returns its base URL.
+    pub async fn serve_http(&self) -> String {
+        let router = refund_worker::http::router(refund_worker::http::AppState {
+            pool: self.pool.clone(),
+            status: Arc::new(worker::Status::default()),
+            config: self.ctx.config.clone(),
+            topology: self.topology.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    }
+
+    /// Deliveries of a refund as the admin API shows them.
+    pub async fn deliveries(
+        &self,
+        reference: &str,
+    ) -> Vec<refund_worker::store::webhooks::DeliveryRow> {
+        refund_worker::store::webhooks::for_refund(&self.pool, reference)
+            .await
+            .expect("deliveries")
     }
 
     /// Stops everything and drops the database and topology.

@@ -3,7 +3,9 @@
 //! One test binary (faster to build and link than one per file). Every test gets its own
 //! database and its own prefixed exchanges and queues, so tests run in parallel.
 
+mod admin;
 mod helpers;
 mod intake;
 mod pipeline;
 mod resilience;
+mod webhooks;

@@ -203,7 +203,12 @@ async fn the_database_refuses_to_move_a_final_refund() {
 async fn readiness_follows_the_broker_connection() {
     let app = TestApp::spawn().await;
     let status = Arc::new(worker::Status::default());
-    let router = refund_worker::http::router(app.pool.clone(), status.clone());
+    let router = refund_worker::http::router(refund_worker::http::AppState {
+        pool: app.pool.clone(),
+        status: status.clone(),
+        config: app.ctx.config.clone(),
+        topology: app.topology.clone(),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });

@@ -1,0 +1,292 @@
+//! Dead-letter queues for operators: list, show, replay.
+//!
+//! Listing reads messages without acknowledging them and closes the channel, which returns
+//! them to the queue. Replay republishes a dead letter to where it came from (with
+//! confirms) and only then removes it from the dead-letter queue. One replay run looks at
+//! each message present at its start at most once, so a message that is still bad and is
+//! dead-lettered again by the worker is not replayed in a loop.
+
+use super::publisher::{Outgoing, Publisher};
+use super::topology::header_str;
+use super::ERROR_HEADER;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection};
+
+/// Header counting how many times a message was replayed.
+pub const REPLAYED_HEADER: &str = "x-refund-worker-replayed";
+
+/// One dead letter.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// Position in the queue when listed (1-based).
+    pub position: usize,
+    /// AMQP `message_id`, if the publisher set one.
+    pub message_id: Option<String>,
+    /// Why it was dead-lettered (`x-refund-worker-error`, or the broker's `x-death` reason).
+    pub reason: Option<String>,
+    /// Exchange it was first published to.
+    pub original_exchange: Option<String>,
+    /// Routing key it was first published with.
+    pub original_routing_key: Option<String>,
+    /// Times replayed before.
+    pub replayed: i64,
+    /// Body as text (lossy UTF-8).
+    pub body: String,
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplayFilter {
+    /// Only the message with this `message_id`.
+    pub message_id: Option<String>,
+    /// Only the message at this position (as `list` shows it).
+    pub position: Option<usize>,
+    /// Only messages whose reason contains this text.
+    pub reason_contains: Option<String>,
+    /// Every message (required when no other filter is given).
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl ReplayFilter {
+    /// A replay must say what it replays; "everything" must be asked for.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.all
+            && self.message_id.is_none()
+            && self.position.is_none()
+            && self.reason_contains.is_none()
+        {
+            return Err("say what to replay: messageId, position, reasonContains, or all".into());
+        }
+        Ok(())
+    }
+
+    fn matches(&self, d: &DeadLetter) -> bool {
+        self.message_id
+            .as_ref()
+            .is_none_or(|id| d.message_id.as_ref() == Some(id))
+            && self.position.is_none_or(|p| p == d.position)
+            && self
+                .reason_contains
+                .as_ref()
+                .is_none_or(|r| d.reason.as_deref().unwrap_or("").contains(r.as_str()))
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayReport {
+    /// Messages looked at.
+    pub examined: usize,
+    /// Messages that matched the filter.
+    pub matched: usize,
+    /// Republished (confirmed) and removed from the dead-letter queue.
+    pub replayed: usize,
+    /// Matched but could not be republished (left in the dead-letter queue).
+    pub failed: usize,
+    /// Whether this was a dry run (nothing republished or removed).
+    pub dry_run: bool,
+    /// The matched messages.
+    pub messages: Vec<DeadLetter>,
+}
+
+/// Errors of dead-letter operations.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    /// Broker.
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The queue does not exist.
+    #[error("queue `{0}` does not exist")]
+    NoQueue(String),
+}
+
+/// Number of messages in `queue`.
+pub async fn depth(connection: &Connection, queue: &str) -> Result<u32, DlqError> {
+    let channel = connection.create_channel().await?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let q = channel
+        .queue_declare(queue, options, FieldTable::default())
+        .await
+        .map_err(|_| DlqError::NoQueue(queue.to_owned()))?;
+    let _ = channel.close(200, "depth").await;
+    Ok(q.message_count())
+}
+
+/// Reads up to `limit` dead letters without removing them.
+pub async fn list(
+    connection: &Connection,
+    queue: &str,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, DlqError> {
+    let total = depth(connection, queue).await? as usize;
+    let channel = connection.create_channel().await?;
+    let mut out = Vec::new();
+    for position in 1..=total.min(limit) {
+        let Some(msg) = channel.basic_get(queue, BasicGetOptions::default()).await? else {
+            break;
+        };
+        out.push(describe(
+            position,
+            &msg.delivery.properties,
+            &msg.delivery.data,
+        ));
+    }
+    // Closing the channel returns every unacknowledged message to the queue.
+    let _ = channel.close(200, "listed").await;
+    Ok(out)
+}
+
+/// Replays the dead letters matching `filter` to where they came from (`fallback` when a
+/// message does not say: the broker's own dead-lettering does not record it).
+pub async fn replay(
+    connection: &Connection,
+    queue: &str,
+    filter: &ReplayFilter,
+    fallback: (&str, &str),
+    dry_run: bool,
+    on_progress: impl Fn(usize, usize),
+) -> Result<ReplayReport, DlqError> {
+    let total = depth(connection, queue).await? as usize;
+    let channel = connection.create_channel().await?;
+    let publisher = Publisher::open(connection).await?;
+    let mut report = ReplayReport {
+        dry_run,
+        ..Default::default()
+    };
+    let mut keep = Vec::new();
+    for position in 1..=total {
+        let Some(msg) = channel.basic_get(queue, BasicGetOptions::default()).await? else {
+            break;
+        };
+        report.examined += 1;
+        on_progress(position, total);
+        let d = describe(position, &msg.delivery.properties, &msg.delivery.data);
+        if !filter.matches(&d) {
+            keep.push(msg.delivery);
+            continue;
+        }
+        report.matched += 1;
+        report.messages.push(d.clone());
+        if dry_run {
+            keep.push(msg.delivery);
+            continue;
+        }
+        let exchange = d
+            .original_exchange
+            .clone()
+            .unwrap_or_else(|| fallback.0.to_owned());
+        let routing_key = d
+            .original_routing_key
+            .clone()
+            .unwrap_or_else(|| fallback.1.to_owned());
+        let properties = replay_properties(&msg.delivery.properties, d.replayed + 1);
+        let sent = publisher
+            .publish(Outgoing {
+                exchange: &exchange,
+                routing_key: &routing_key,
+                payload: &msg.delivery.data,
+                properties,
+            })
+            .await;
+        match sent {
+            Ok(()) => {
+                // Removed only now that the broker confirmed the republished copy.
+                msg.delivery.ack(BasicAckOptions::default()).await?;
+                report.replayed += 1;
+            }
+            Err(e) => {
+                tracing::warn!(position, error = %e, "replay failed; the dead letter stays");
+                report.failed += 1;
+                keep.push(msg.delivery);
+            }
+        }
+    }
+    for delivery in keep {
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await?;
+    }
+    let _ = channel.close(200, "replayed").await;
+    let _ = publisher.channel().close(200, "replayed").await;
+    Ok(report)
+}
+
+fn describe(position: usize, props: &BasicProperties, body: &[u8]) -> DeadLetter {
+    let headers = props.headers();
+    let replayed = headers
+        .as_ref()
+        .and_then(|h| h.inner().get(REPLAYED_HEADER).cloned())
+        .and_then(|v| match v {
+            AMQPValue::LongLongInt(n) => Some(n),
+            AMQPValue::LongInt(n) => Some(n.into()),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    if text.len() > 4096 {
+        let cut = (0..=4096)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    DeadLetter {
+        position,
+        message_id: props.message_id().as_ref().map(|m| m.to_string()),
+        reason: header_str(headers, ERROR_HEADER).or_else(|| death_reason(headers)),
+        original_exchange: header_str(headers, "x-original-exchange"),
+        original_routing_key: header_str(headers, "x-original-routing-key"),
+        replayed,
+        body: text,
+    }
+}
+
+/// The broker's own reason (`x-death[0].reason`, e.g. `delivery_limit`).
+fn death_reason(headers: &Option<FieldTable>) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = headers.as_ref()?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
+        return None;
+    };
+    match first.inner().get("reason")? {
+        AMQPValue::LongString(s) => Some(format!(
+            "broker dead-lettered it: {}",
+            String::from_utf8_lossy(s.as_bytes())
+        )),
+        AMQPValue::ShortString(s) => Some(format!("broker dead-lettered it: {}", s.as_str())),
+        _ => None,
+    }
+}
+
+fn replay_properties(original: &BasicProperties, replayed: i64) -> BasicProperties {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    // The old reason moves aside: if the worker dead-letters it again, the new reason shows.
+    if let Some(reason) = headers.inner().get(ERROR_HEADER).cloned() {
+        headers.insert("x-refund-worker-previous-error".into(), reason);
+    }
+    let mut cleaned = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if k.as_str() != ERROR_HEADER && k.as_str() != "x-death" {
+            cleaned.insert(k.clone(), v.clone());
+        }
+    }
+    cleaned.insert(REPLAYED_HEADER.into(), AMQPValue::LongLongInt(replayed));
+    cleaned.insert(
+        "x-refund-worker-replayed-by".into(),
+        AMQPValue::LongString(LongString::from("refund-worker dlq replay")),
+    );
+    original.clone().with_headers(cleaned)
+}

@@ -1,0 +1,157 @@
+//! `refund-worker dlq`: list, show and replay dead letters.
+
+use crate::broker::{self, dlq, topology::COMMAND_ROUTING_KEY, Topology};
+use crate::config::Config;
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::process::ExitCode;
+
+/// Subcommands of `dlq`.
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters (they stay in the queue).
+    List {
+        /// Dead-letter queue (default: refund.commands.dlq).
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one dead letter in full, by position (from `list`) or message id.
+    Show {
+        /// Position (1-based) or AMQP message id.
+        which: String,
+        /// Dead-letter queue (default: refund.commands.dlq).
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// Republish dead letters to where they came from; each is removed from the dead-letter
+    /// queue only after the broker confirmed its copy.
+    Replay {
+        /// Dead-letter queue (default: refund.commands.dlq).
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only the message with this AMQP message id.
+        #[arg(long)]
+        id: Option<String>,
+        /// Only the message at this position.
+        #[arg(long)]
+        position: Option<usize>,
+        /// Only messages whose reason contains this text.
+        #[arg(long)]
+        reason_contains: Option<String>,
+        /// Every message in the queue.
+        #[arg(long)]
+        all: bool,
+        /// Show what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Runs `dlq ...`.
+pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::from_env()?;
+    let topology = Topology::with_prefix(&config.amqp_name_prefix);
+    let connection = broker::connect(&config.amqp_url, "refund-worker-dlq")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let queue_or_default = |q: Option<String>| q.unwrap_or_else(|| topology.commands_dlq.clone());
+    let code = match command {
+        DlqCommand::List { queue, limit } => {
+            let queue = queue_or_default(queue);
+            let depth = dlq::depth(&connection, &queue).await?;
+            let items = dlq::list(&connection, &queue, limit).await?;
+            println!("{queue}: {depth} dead letter(s)");
+            for d in items {
+                println!(
+                    "{:>4}  {}  replayed {}  {}",
+                    d.position,
+                    d.message_id.as_deref().unwrap_or("-"),
+                    d.replayed,
+                    d.reason.as_deref().unwrap_or("(no reason header)")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        DlqCommand::Show { which, queue } => {
+            let queue = queue_or_default(queue);
+            let items = dlq::list(&connection, &queue, usize::MAX).await?;
+            let found = items.into_iter().find(|d| {
+                which.parse::<usize>().ok() == Some(d.position)
+                    || d.message_id.as_deref() == Some(which.as_str())
+            });
+            match found {
+                Some(d) => {
+                    println!("{}", serde_json::to_string_pretty(&d)?);
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    eprintln!("no dead letter `{which}` in {queue}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        DlqCommand::Replay {
+            queue,
+            id,
+            position,
+            reason_contains,
+            all,
+            dry_run,
+        } => {
+            let queue = queue_or_default(queue);
+            let filter = dlq::ReplayFilter {
+                message_id: id,
+                position,
+                reason_contains,
+                all,
+            };
+            filter.validate().map_err(anyhow::Error::msg)?;
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} examined")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let report = dlq::replay(
+                &connection,
+                &queue,
+                &filter,
+                (&topology.exchange, COMMAND_ROUTING_KEY),
+                dry_run,
+                |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )
+            .await?;
+            bar.finish_and_clear();
+            if dry_run {
+                println!(
+                    "dry run: {} of {} dead letters match and would be replayed",
+                    report.matched, report.examined
+                );
+                for d in &report.messages {
+                    println!(
+                        "  {:>4}  {}",
+                        d.position,
+                        d.reason.as_deref().unwrap_or("-")
+                    );
+                }
+            } else {
+                println!(
+                    "replayed {}, failed {} (of {} matching, {} examined)",
+                    report.replayed, report.failed, report.matched, report.examined
+                );
+            }
+            if report.failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    };
+    let _ = connection.close(200, "bye").await;
+    Ok(code)
+}

@@ -1,0 +1,113 @@
+//! `refund-worker webhooks`: failed merchant webhooks, and resending them.
+
+use crate::config::Config;
+use crate::store::{self, webhooks::ResendFilter};
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::process::ExitCode;
+
+/// Subcommands of `webhooks`.
+#[derive(Debug, clap::Subcommand)]
+pub enum WebhooksCommand {
+    /// List webhook deliveries that failed (retry schedule exhausted, 410 Gone, or refused).
+    List {
+        /// Only failed deliveries (the only listing for now; kept for clarity in scripts).
+        #[arg(long)]
+        failed: bool,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Re-queue failed deliveries for a new round of attempts (idempotent).
+    Resend {
+        /// Resend the delivery of this event (repeatable).
+        #[arg(long = "event", conflicts_with_all = ["since", "until"])]
+        events: Vec<uuid::Uuid>,
+        /// Resend failed deliveries of events queued at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// ... and before this time.
+        #[arg(long, requires = "since")]
+        until: Option<DateTime<Utc>>,
+        /// Only this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only events with this status (PENDING, COMPLETED, REFUND_FAIL).
+        #[arg(long)]
+        status: Option<String>,
+        /// Count what would be resent; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Runs `webhooks ...`.
+pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::from_env()?;
+    let pool = store::connect(&config.database_url, 2)
+        .await
+        .context("connecting to PostgreSQL")?;
+    match command {
+        WebhooksCommand::List { failed: _, limit } => {
+            let rows = store::webhooks::list_failed(&pool, limit).await?;
+            if rows.is_empty() {
+                println!("no failed webhook deliveries");
+            }
+            for r in rows {
+                println!(
+                    "{}  {}  {:<11} {:<28} attempts {:>2}  last {}  {}",
+                    r.event_id,
+                    r.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    r.event_status,
+                    r.refund_reference,
+                    r.attempts,
+                    r.last_status_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    r.last_error.unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WebhooksCommand::Resend {
+            events,
+            since,
+            until,
+            provider,
+            status,
+            dry_run,
+        } => {
+            let filter = ResendFilter {
+                event_ids: (!events.is_empty()).then_some(events),
+                since,
+                until,
+                provider,
+                status,
+            };
+            filter.validate().map_err(anyhow::Error::msg)?;
+            let total = store::webhooks::count_resendable(&pool, &filter).await?;
+            if dry_run {
+                println!("dry run: {total} failed deliveries would be queued");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let bar = ProgressBar::new(total.max(0) as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} queued {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let mut queued = 0usize;
+            loop {
+                let batch = store::webhooks::resend(&pool, &filter, 200).await?;
+                queued += batch.len();
+                bar.inc(batch.len() as u64);
+                if batch.len() < 200 {
+                    break;
+                }
+            }
+            bar.finish_and_clear();
+            println!("queued {queued} failed deliveries (of {total} matching); deliveries already queued were left as they are");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

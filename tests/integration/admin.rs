@@ -1,0 +1,258 @@
+//! The admin API: token, refunds, dead-letter replay.
+
+use crate::helpers::*;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use refund_worker::broker::publisher::{json_properties, Outgoing};
+use refund_worker::broker::{dlq, ERROR_HEADER};
+use refund_worker::domain::RefundStatus;
+use refund_worker::pipeline::intake;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn admin_routes_require_the_token_and_vanish_without_one() {
+    let app = TestApp::spawn().await;
+    let base = app.serve_http().await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/refunds");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    let wrong = client.get(&url).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(wrong.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        client
+            .get(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let doc: Value = client
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/v1/dlq/{queue}/replay"]["post"].is_object());
+    app.cleanup().await;
+
+    let off = TestApp::spawn_with(Options {
+        env: vec![("ADMIN_TOKEN", String::new())],
+        ..Options::default()
+    })
+    .await;
+    let base = off.serve_http().await;
+    let r = client
+        .get(format!("{base}/v1/refunds"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "admin API disabled without ADMIN_TOKEN");
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    off.cleanup().await;
+}
+
+#[tokio::test]
+async fn refunds_are_listed_page_by_page_and_shown_with_deliveries() {
+    let app = TestApp::spawn().await;
+    for i in 0..3 {
+        let cmd = va_command(&format!("page-{i}"), "1.00");
+        intake::handle(&app.ctx, cmd.to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+    let base = app.serve_http().await;
+    let client = reqwest::Client::new();
+    let get = |q: String| {
+        client
+            .get(format!("{base}/v1/refunds{q}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    let p1: Value = get("?limit=2&status=PENDING".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p1["items"].as_array().unwrap().len(), 2);
+    let cursor = p1["nextCursor"].as_str().expect("more pages").to_string();
+    let p2: Value = get(format!("?limit=2&status=PENDING&cursor={cursor}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p2["items"].as_array().unwrap().len(), 1);
+    assert!(p2["nextCursor"].is_null());
+    let mut all: Vec<String> = p1["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(p2["items"].as_array().unwrap())
+        .map(|r| r["refundReference"].as_str().unwrap().to_string())
+        .collect();
+    all.sort();
+    assert_eq!(all, vec!["page-0", "page-1", "page-2"]);
+    assert_eq!(get("?cursor=garbage".into()).await.unwrap().status(), 400);
+    assert_eq!(get("?status=DONE".into()).await.unwrap().status(), 400);
+
+    let one: Value = client
+        .get(format!("{base}/v1/refunds/page-1"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["refund"]["status"], "PENDING");
+    assert_eq!(one["transitions"][0]["toStatus"], "PENDING");
+    assert!(
+        one["deliveries"].as_array().unwrap().is_empty(),
+        "no callbackUrl, no default endpoint"
+    );
+    let missing = client
+        .get(format!("{base}/v1/refunds/nope"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn replaying_dead_letters_fixes_what_can_be_fixed_and_returns_the_rest_once() {
+    let mut app = TestApp::spawn().await;
+    app.start_worker();
+    // A bad message, dead-lettered by the worker.
+    app.publish_raw(b"not json at all").await;
+    app.eventually("dead-lettered", || async {
+        let c = refund_worker::broker::connect(&amqp_url(), "t")
+            .await
+            .unwrap();
+        dlq::depth(&c, &app.topology.commands_dlq).await.unwrap() == 1
+    })
+    .await;
+    // A good command sitting in the DLQ (e.g. dead-lettered during an outage).
+    let r = reference("replayed");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ERROR_HEADER.into(),
+        AMQPValue::LongString(LongString::from("database was down")),
+    );
+    app.publisher
+        .publish(Outgoing {
+            exchange: &app.topology.dlx,
+            routing_key: &app.topology.commands_dlq,
+            payload: va_command(&r, "3.00").to_string().as_bytes(),
+            properties: json_properties("good-one").with_headers(headers),
+        })
+        .await
+        .unwrap();
+
+    let base = app.serve_http().await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/dlq/{}", app.topology.commands_dlq);
+    let listed: Value = client
+        .get(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["depth"], 2);
+    assert!(listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["reason"] == "database was down"));
+
+    let dry: Value = client
+        .post(format!("{url}/replay"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"all": true, "dryRun": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (dry["matched"].as_u64(), dry["replayed"].as_u64()),
+        (Some(2), Some(0))
+    );
+
+    let report: Value = client
+        .post(format!("{url}/replay"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["replayed"], 2, "{report}");
+    assert_eq!(report["failed"], 0);
+    // The good command goes through; the bad one is back in the DLQ once, marked replayed.
+    app.wait_for(&r, RefundStatus::Completed).await;
+    app.eventually("bad message back in the DLQ", || async {
+        let c = refund_worker::broker::connect(&amqp_url(), "t")
+            .await
+            .unwrap();
+        dlq::depth(&c, &app.topology.commands_dlq).await.unwrap() == 1
+    })
+    .await;
+    let listed: Value = client
+        .get(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let item = &listed["items"][0];
+    assert_eq!(item["replayed"], 1);
+    assert!(
+        item["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("message is not a JSON object"),
+        "{item}"
+    );
+    assert_eq!(listed["depth"], 1);
+
+    let unknown = client
+        .get(format!("{base}/v1/dlq/some.other.queue"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let vague = client
+        .post(format!("{url}/replay"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(vague.status(), 400);
+    app.cleanup().await;
+}
