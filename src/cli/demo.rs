@@ -75,6 +75,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .spawn(0, async move { stop.cancelled().await })
         .await?;
 
+    // A merchant endpoint on loopback that checks every webhook's signature.
+    let webhook_secret = crate::webhooks::signing::SigningKey::generate_secret();
+    let merchant = Merchant::start(&webhook_secret).await?;
+
     // The environment decides where PostgreSQL and RabbitMQ are; the demo decides the rest.
     let overrides: HashMap<&str, String> = HashMap::from([
         ("AMQP_NAME_PREFIX", format!("demo-{run_id}.")),
@@ -86,6 +90,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ("POLL_INITIAL_MS", "250".into()),
         ("POLL_MAX_MS", "500".into()),
         ("IDLE_POLL_MS", "100".into()),
+        ("WEBHOOK_SIGNING_SECRET", webhook_secret.clone()),
+        ("WEBHOOK_DEFAULT_URL", merchant.url.clone()),
+        ("WEBHOOK_TIMEOUT_MS", "2000".into()),
+        // The merchant endpoint is on loopback, which callbacks may not reach by default.
+        ("WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8".into()),
     ]);
     let config = Config::from_lookup(|k| {
         overrides.get(k).cloned().or_else(|| {
@@ -96,6 +105,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     })?;
     println!("refund-worker demo (run {run_id})");
     println!("  provider sandbox  http://{addr}  (VA Services)");
+    println!(
+        "  merchant endpoint {}  (verifies every webhook signature)",
+        merchant.url
+    );
     println!("  database          {}", redact_url(&config.database_url));
     println!(
         "  broker            {}  (exchanges and queues prefixed `demo-{run_id}.`)\n",
@@ -260,8 +273,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!();
     }
 
+    // Every status event is also a signed merchant webhook.
+    let events: std::collections::HashSet<_> = seen.iter().map(|e| e.event_id).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while merchant.verified_events() < events.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (verified, rejected) = (merchant.verified_events(), merchant.rejected());
+    println!(
+        "merchant webhooks: {verified} of {} events delivered with a valid signature, {rejected} rejected\n",
+        events.len()
+    );
+    rows.push(Row {
+        title: "every event delivered as a signed webhook",
+        reference: "-".into(),
+        outcome: format!("{verified}/{} verified", events.len()),
+        attempts: "-".into(),
+        provider_submits: "-".into(),
+        ok: verified == events.len() && rejected == 0,
+    });
+
     worker_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), worker_task).await;
+    merchant.stop.cancel();
     let _ = topology.delete(&channel).await;
     let _ = connection.close(200, "demo done").await;
     sandbox_stop.cancel();
@@ -511,4 +545,79 @@ fn scenarios(run: &str) -> Vec<Scenario> {
             expect: Expect::DeadLetter,
         },
     ]
+}
+
+/// A merchant's webhook endpoint for the demo: verifies signatures, counts events.
+struct Merchant {
+    url: String,
+    state: Arc<std::sync::Mutex<MerchantState>>,
+    stop: CancellationToken,
+}
+
+#[derive(Default)]
+struct MerchantState {
+    verified: std::collections::HashSet<String>,
+    rejected: usize,
+}
+
+impl Merchant {
+    async fn start(secret: &str) -> anyhow::Result<Self> {
+        use axum::http::{HeaderMap, StatusCode};
+        let key = crate::webhooks::signing::SigningKey::from_secret(secret)?;
+        let state = Arc::new(std::sync::Mutex::new(MerchantState::default()));
+        let shared = state.clone();
+        let app = axum::Router::new().route(
+            "/webhooks/refunds",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let (key, state) = (key.clone(), shared.clone());
+                async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    let ok = key
+                        .verify(
+                            &h("webhook-id"),
+                            &h("webhook-timestamp"),
+                            &h("webhook-signature"),
+                            &body,
+                            chrono::Utc::now().timestamp(),
+                            300,
+                        )
+                        .is_ok();
+                    let Ok(mut s) = state.lock() else {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    };
+                    if ok {
+                        s.verified.insert(h("webhook-id"));
+                        StatusCode::NO_CONTENT
+                    } else {
+                        s.rejected += 1;
+                        StatusCode::UNAUTHORIZED
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/webhooks/refunds", listener.local_addr()?);
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(until.cancelled_owned())
+                .await;
+        });
+        Ok(Self { url, state, stop })
+    }
+
+    fn verified_events(&self) -> usize {
+        self.state.lock().map(|s| s.verified.len()).unwrap_or(0)
+    }
+
+    fn rejected(&self) -> usize {
+        self.state.lock().map(|s| s.rejected).unwrap_or(0)
+    }
 }
