@@ -10,7 +10,8 @@
 //! - [`providers`]: one adapter per payment provider behind the [`providers::Provider`] trait.
 //! - [`retry`]: the one retry policy (exponential backoff, full jitter).
 //! - [`webhooks`]: outbound merchant webhooks (signing, delivery, network policy).
-//! - [`http`]: health and readiness endpoints.
+//! - [`http`]: health, readiness, metrics and the admin API.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`sandbox`]: a local simulator of the providers' APIs, for the demo and the tests.
 //! - [`cli`]: the `refund-worker` command line.
 //! - [`bench`]: the benchmark (`refund-worker bench`).
@@ -22,6 +23,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod providers;
 pub mod retry;

@@ -108,6 +108,14 @@ pub enum DlqError {
 /// Number of messages in `queue`.
 pub async fn depth(connection: &Connection, queue: &str) -> Result<u32, DlqError> {
     let channel = connection.create_channel().await?;
+    let depth = depth_on(&channel, queue).await;
+    // A passive declare of a missing queue closes the channel; closing it again is harmless.
+    let _ = channel.close(200, "depth").await;
+    depth
+}
+
+/// Number of messages in `queue`, asked on an existing channel.
+pub async fn depth_on(channel: &lapin::Channel, queue: &str) -> Result<u32, DlqError> {
     let options = QueueDeclareOptions {
         passive: true,
         ..Default::default()
@@ -116,7 +124,6 @@ pub async fn depth(connection: &Connection, queue: &str) -> Result<u32, DlqError
         .queue_declare(queue, options, FieldTable::default())
         .await
         .map_err(|_| DlqError::NoQueue(queue.to_owned()))?;
-    let _ = channel.close(200, "depth").await;
     Ok(q.message_count())
 }
 

@@ -125,6 +125,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .await
         })
     };
+    crate::metrics::handle();
+    tokio::spawn(crate::metrics::sample(
+        ctx.pool.clone(),
+        std::time::Duration::from_secs(15),
+        shutdown.clone(),
+    ));
     let work = tokio::spawn(worker::run(ctx, status, shutdown.clone()));
 
     wait_for_signal().await;

@@ -109,6 +109,7 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
         Phase::NotSubmitted => CallKind::Submit,
         Phase::Submitting | Phase::Accepted | Phase::Final => CallKind::Status,
     };
+    let provider_name = cmd.provider.as_str();
     let outcome = timed(provider.as_ref(), call, &request, &mut calls).await;
     let mut decision = decide(c.phase_before, call, outcome, attempts, max);
     let mut extra_submits = 0;
@@ -153,6 +154,13 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
             provider_reference,
             provider_status,
         } => {
+            crate::metrics::retry_scheduled(
+                provider_name,
+                match wait {
+                    Wait::Backoff { .. } => "backoff",
+                    Wait::Poll => "poll",
+                },
+            );
             let (delay, failed) = match wait {
                 Wait::Backoff { retry_after } => {
                     let n = u32::try_from(c.row.failures).unwrap_or(0) + 1;
@@ -185,6 +193,7 @@ async fn record(
     let event =
         store::refunds::record_step(&ctx.pool, c, extra_submits, calls, update, &ctx.sink).await?;
     if let Some(event) = event {
+        crate::metrics::refund_event(&event);
         tracing::info!(status = %event.status, failure = ?event.failure_reason, "refund finished");
         ctx.event_committed();
     }
@@ -205,12 +214,14 @@ async fn timed(
         CallKind::Status => provider.status(request).await,
     };
     let (label, detail) = describe(&outcome);
+    let call_name = match call {
+        CallKind::Submit => "submit",
+        CallKind::Status => "status",
+    };
+    crate::metrics::provider_call(provider.name().as_str(), call_name, label, start.elapsed());
     tracing::info!(call = ?call, outcome = label, detail = detail.as_deref().unwrap_or(""), "provider call");
     calls.push(CallRecord {
-        call: match call {
-            CallKind::Submit => "submit",
-            CallKind::Status => "status",
-        },
+        call: call_name,
         outcome: label.to_string(),
         detail,
         started_at,

@@ -130,9 +130,13 @@ pub async fn consume(
             break Ok(());
         };
         let (ctx, publisher, shutdown) = (ctx.clone(), publisher.clone(), shutdown.clone());
+        let in_flight = permits.clone();
+        let prefetch = usize::from(ctx.config.prefetch);
+        crate::metrics::commands_in_flight(prefetch - in_flight.available_permits());
         tasks.spawn(async move {
             process_delivery(&ctx, &publisher, delivery, &shutdown).await;
             drop(permit);
+            crate::metrics::commands_in_flight(prefetch - in_flight.available_permits());
         });
         while tasks.try_join_next().is_some() {}
     };
@@ -174,6 +178,14 @@ async fn process_delivery(
             }
         }
     };
+    crate::metrics::command(match &outcome {
+        IntakeOutcome::Stored(e) => {
+            crate::metrics::refund_event(e);
+            "stored"
+        }
+        IntakeOutcome::Duplicate => "duplicate",
+        IntakeOutcome::DeadLetter(_) => "dead_letter",
+    });
     match &outcome {
         IntakeOutcome::Stored(event) => tracing::info!(
             refund_reference = %event.refund_reference, status = %event.status,

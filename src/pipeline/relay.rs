@@ -73,6 +73,7 @@ pub async fn step(ctx: &Context, publisher: &Publisher) -> Result<RelayOutcome, 
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     outbox::mark_published(&mut tx, &ids).await?;
     tx.commit().await?;
+    crate::metrics::events_published(rows.len());
     Ok(RelayOutcome::Published(rows.len()))
 }
 

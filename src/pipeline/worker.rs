@@ -101,6 +101,23 @@ async fn session(
     status.broker_ready.store(true, Ordering::SeqCst);
     tracing::info!(queue = %ctx.topology.commands_queue, "connected to the broker, consuming");
 
+    // Queue depths for /metrics, sampled on this connection while it lives.
+    let depth_stop = CancellationToken::new();
+    {
+        let channel = connection.create_channel().await?;
+        let (topology, stop) = (ctx.topology.clone(), depth_stop.clone());
+        tokio::spawn(async move {
+            loop {
+                for q in [&topology.commands_queue, &topology.commands_dlq] {
+                    if let Ok(d) = crate::broker::dlq::depth_on(&channel, q).await {
+                        crate::metrics::queue_depth(q, d);
+                    }
+                }
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(15)) => {}, _ = stop.cancelled() => return }
+            }
+        });
+    }
+    let _depth_guard = depth_stop.drop_guard();
     let relay_stop = CancellationToken::new();
     let relay_run = relay::run(ctx, &publisher, &relay_stop);
     tokio::pin!(relay_run);

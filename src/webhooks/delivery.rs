@@ -81,6 +81,14 @@ impl Deliverer {
         futures::stream::iter(claimed)
             .for_each_concurrent(self.concurrency, |d| async move {
                 let result = self.attempt(&d).await;
+                crate::metrics::webhook_attempt(
+                    match result.next {
+                        Next::Delivered => "delivered",
+                        Next::Retry(_) => "retry",
+                        Next::Fail => "failed",
+                    },
+                    result.latency,
+                );
                 tracing::info!(event_id = %d.event_id, status = ?result.status_code, next = ?result.next,
                     error = result.error.as_deref().unwrap_or(""), "webhook attempt");
                 if let Err(e) = webhooks::record_attempt(&self.pool, &d, &result).await {

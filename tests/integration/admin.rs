@@ -256,3 +256,30 @@ async fn replaying_dead_letters_fixes_what_can_be_fixed_and_returns_the_rest_onc
     assert_eq!(vague.status(), 400);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn metrics_are_exposed_for_prometheus() {
+    let mut app = TestApp::spawn().await;
+    app.start_worker();
+    let r = reference("metrics");
+    app.publish(&va_command(&r, "2.00")).await;
+    app.wait_for(&r, RefundStatus::Completed).await;
+    let base = app.serve_http().await;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        "refund_worker_commands_total{outcome=\"stored\"}",
+        "refund_worker_refund_events_total{",
+        "refund_worker_provider_call_seconds_bucket{",
+        "refund_worker_provider_calls_total{provider=\"va_services\",call=\"submit\",outcome=\"accepted\"}",
+        "refund_worker_retries_scheduled_total{provider=\"va_services\",kind=\"poll\"}",
+        "refund_worker_events_published_total",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+    app.cleanup().await;
+}

@@ -85,6 +85,7 @@ impl TestApp {
     /// Creates a database and topology, starts the sandbox; the worker is not started.
     pub async fn spawn_with(options: Options) -> Self {
         let _ = tracing_subscriber_init();
+        refund_worker::metrics::handle();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("rw_test_{}", &id[..16]);
         let database_url = format!("{}/{db_name}", pg_server());

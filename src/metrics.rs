@@ -1,0 +1,190 @@
+//! Prometheus metrics, served at `/metrics`.
+//!
+//! Counters and histograms are recorded where things happen (intake, dispatch, delivery);
+//! gauges that describe stored state (refunds by status, outbox lag, queue depths) are
+//! sampled periodically by [`sample`] so that a scrape never runs heavy queries.
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the global recorder once and returns its handle (`None` if another recorder
+/// was installed first, e.g. by an embedding application).
+pub fn handle() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let latency = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ];
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+/// The metrics, for the `/metrics` endpoint.
+pub fn render() -> String {
+    handle().map(|h| h.render()).unwrap_or_default()
+}
+
+fn describe() {
+    describe_counter!(
+        "refund_worker_commands_total",
+        "Commands consumed, by outcome (stored, duplicate, dead_letter)."
+    );
+    describe_counter!(
+        "refund_worker_refund_events_total",
+        "Status changes (events), by provider, status and failure code."
+    );
+    describe_gauge!(
+        "refund_worker_refunds",
+        "Refunds stored, by provider and status (sampled)."
+    );
+    describe_histogram!(
+        "refund_worker_provider_call_seconds",
+        Unit::Seconds,
+        "Provider call latency, by provider, call and outcome class."
+    );
+    describe_counter!(
+        "refund_worker_provider_calls_total",
+        "Provider calls, by provider, call and outcome class."
+    );
+    describe_counter!("refund_worker_retries_scheduled_total", "Refunds rescheduled, by provider and kind (backoff after a failure, poll of an accepted refund).");
+    describe_gauge!(
+        "refund_worker_outbox_pending",
+        "Events committed but not yet published (sampled)."
+    );
+    describe_gauge!(
+        "refund_worker_outbox_lag_seconds",
+        "Age of the oldest unpublished event (sampled)."
+    );
+    describe_counter!(
+        "refund_worker_events_published_total",
+        "Events published with a broker confirm."
+    );
+    describe_counter!(
+        "refund_worker_webhook_attempts_total",
+        "Merchant webhook attempts, by result (delivered, retry, failed)."
+    );
+    describe_histogram!(
+        "refund_worker_webhook_attempt_seconds",
+        Unit::Seconds,
+        "Merchant webhook attempt latency."
+    );
+    describe_gauge!(
+        "refund_worker_webhook_deliveries",
+        "Merchant webhook deliveries, by state (sampled)."
+    );
+    describe_gauge!(
+        "refund_worker_queue_depth",
+        "Messages in the command queue and its dead-letter queue (sampled)."
+    );
+    describe_gauge!(
+        "refund_worker_commands_in_flight",
+        "Commands being processed (bounded by PREFETCH)."
+    );
+}
+
+/// Counts a consumed command by outcome.
+pub fn command(outcome: &'static str) {
+    counter!("refund_worker_commands_total", "outcome" => outcome).increment(1);
+}
+
+/// Counts a status change.
+pub fn refund_event(e: &crate::domain::RefundEvent) {
+    let code = e
+        .failure_reason
+        .as_ref()
+        .map(|f| f.code.as_str())
+        .unwrap_or("");
+    counter!("refund_worker_refund_events_total",
+        "provider" => e.provider.clone().unwrap_or_default(), "status" => e.status.as_str(), "failure_code" => code)
+    .increment(1);
+}
+
+/// Records one provider call.
+pub fn provider_call(provider: &str, call: &'static str, outcome: &'static str, elapsed: Duration) {
+    let labels = [
+        ("provider", provider.to_owned()),
+        ("call", call.to_owned()),
+        ("outcome", outcome.to_owned()),
+    ];
+    histogram!("refund_worker_provider_call_seconds", &labels).record(elapsed.as_secs_f64());
+    counter!("refund_worker_provider_calls_total", &labels).increment(1);
+}
+
+/// Counts a rescheduled refund.
+pub fn retry_scheduled(provider: &str, kind: &'static str) {
+    counter!("refund_worker_retries_scheduled_total", "provider" => provider.to_owned(), "kind" => kind).increment(1);
+}
+
+/// Counts published events.
+pub fn events_published(n: usize) {
+    counter!("refund_worker_events_published_total").increment(n as u64);
+}
+
+/// Records one webhook attempt.
+pub fn webhook_attempt(result: &'static str, elapsed: Duration) {
+    counter!("refund_worker_webhook_attempts_total", "result" => result).increment(1);
+    histogram!("refund_worker_webhook_attempt_seconds").record(elapsed.as_secs_f64());
+}
+
+/// Sets the number of commands in flight.
+pub fn commands_in_flight(n: usize) {
+    gauge!("refund_worker_commands_in_flight").set(n as f64);
+}
+
+/// Sets a queue's depth.
+pub fn queue_depth(queue: &str, depth: u32) {
+    gauge!("refund_worker_queue_depth", "queue" => queue.to_owned()).set(f64::from(depth));
+}
+
+/// Samples the database gauges and runs the exporter's upkeep, every `every`, until
+/// `shutdown`.
+pub async fn sample(pool: PgPool, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        if let Some(h) = handle() {
+            h.run_upkeep();
+        }
+        if let Err(e) = sample_once(&pool).await {
+            tracing::debug!(error = %e, "metrics sampling failed");
+        }
+        tokio::select! { _ = tokio::time::sleep(every) => {}, _ = shutdown.cancelled() => return }
+    }
+}
+
+async fn sample_once(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let rows: Vec<(Option<String>, String, i64)> =
+        sqlx::query_as("SELECT provider, status, count(*) FROM refunds GROUP BY provider, status")
+            .fetch_all(pool)
+            .await?;
+    for (provider, status, n) in rows {
+        gauge!("refund_worker_refunds", "provider" => provider.unwrap_or_default(), "status" => status).set(n as f64);
+    }
+    let (pending, lag): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    gauge!("refund_worker_outbox_pending").set(pending as f64);
+    gauge!("refund_worker_outbox_lag_seconds").set(lag.unwrap_or(0.0));
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM webhook_deliveries GROUP BY state")
+            .fetch_all(pool)
+            .await?;
+    for (state, n) in states {
+        gauge!("refund_worker_webhook_deliveries", "state" => state).set(n as f64);
+    }
+    Ok(())
+}
