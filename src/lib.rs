@@ -12,6 +12,7 @@
 //! - [`webhooks`]: outbound merchant webhooks (signing, delivery, network policy).
 //! - [`http`]: health, readiness, metrics and the admin API.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`schema`]: JSON Schemas of the command and the event.
 //! - [`sandbox`]: a local simulator of the providers' APIs, for the demo and the tests.
 //! - [`cli`]: the `refund-worker` command line.
 //! - [`bench`]: the benchmark (`refund-worker bench`).
@@ -28,6 +29,7 @@ pub mod pipeline;
 pub mod providers;
 pub mod retry;
 pub mod sandbox;
+pub mod schema;
 pub mod store;
 pub mod telemetry;
 pub mod webhooks;

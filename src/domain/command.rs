@@ -18,7 +18,19 @@ pub const MAX_REFERENCE_LEN: usize = 128;
 pub const MAX_TEXT_LEN: usize = 500;
 
 /// The payment providers refund-worker can drive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    PartialOrd,
+    Ord,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderName {
     /// VA Services (Transaction Point virtual accounts).
@@ -58,12 +70,14 @@ impl fmt::Display for ProviderName {
 }
 
 /// Where the money goes back to (bank account), required by VA Services.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Destination {
     /// Destination account number.
+    #[schemars(length(min = 1, max = 64))]
     pub account_number: String,
     /// Destination bank code.
+    #[schemars(length(min = 1, max = 64))]
     pub bank_code: String,
 }
 
@@ -88,25 +102,32 @@ pub fn mask(value: &str) -> String {
         .collect()
 }
 
-/// A validated refund command.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A refund command, as published to `refunds` with routing key `refund.request`.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(title = "RefundCommand")]
 pub struct RefundCommand {
     /// Unique reference; the idempotency key for the whole pipeline.
+    #[schemars(length(min = 1, max = 128))]
     pub refund_reference: String,
     /// Which provider holds the payment.
     pub provider: ProviderName,
     /// The original payment at the provider.
+    #[schemars(length(min = 1, max = 128))]
     pub transaction_reference: String,
-    /// Amount to refund, exact.
+    /// Amount to refund, exact; no more decimals than the currency has.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schemars(with = "super::money::DecimalText")]
     pub amount: Decimal,
     /// Currency code (ISO 4217 or a crypto asset).
+    #[schemars(length(min = 3, max = 5))]
     pub currency: String,
     /// Why the refund is made.
+    #[schemars(length(min = 1, max = 500))]
     pub reason: String,
     /// Optional note from the customer.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 500))]
     pub customer_note: Option<String>,
     /// Bank account to refund to (required by VA Services).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,12 +137,15 @@ pub struct RefundCommand {
         skip_serializing_if = "Option::is_none",
         with = "rust_decimal::serde::str_option"
     )]
+    #[schemars(with = "Option<super::money::DecimalText>")]
     pub payment_amount: Option<Decimal>,
-    /// Where to deliver the merchant webhook for this refund.
+    /// Where to deliver the merchant webhook for this refund (http or https).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(url)]
     pub callback_url: Option<String>,
     /// Opaque data passed through to events and providers that accept it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<Map<String, Value>>")]
     pub metadata: Option<Value>,
 }
 

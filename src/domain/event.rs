@@ -6,9 +6,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
 
-/// A refund status event, exactly as published (camelCase JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A refund status event, exactly as published (camelCase JSON) on `refunds` with routing key
+/// `refund.status.<pending|completed|refund_fail>`, and as the body of merchant webhooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(title = "RefundEvent")]
 pub struct RefundEvent {
     /// Unique per event; a redelivered event keeps its id, so consumers dedupe on it.
     pub event_id: Uuid,

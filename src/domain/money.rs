@@ -31,6 +31,25 @@ pub enum MoneyError {
     UnknownCurrency(String),
 }
 
+/// The JSON Schema of an exact amount: a decimal string or a JSON number, never an exponent.
+pub struct DecimalText;
+
+impl schemars::JsonSchema for DecimalText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DecimalAmount".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An exact decimal amount, greater than zero, as a string (\"25.17\") or a JSON number (25.17, read exactly, never through floating point). No exponents.",
+            "oneOf": [
+                {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"},
+                {"type": "number", "exclusiveMinimum": 0}
+            ]
+        })
+    }
+}
+
 /// Crypto assets settled by Binance Pay and BVNK, with the decimals their APIs accept.
 /// ISO 4217 does not cover them, so this short table is ours.
 const CRYPTO_DECIMALS: &[(&str, u32)] = &[

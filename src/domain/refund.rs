@@ -14,7 +14,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// The status merchants see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RefundStatus {
     /// Accepted by refund-worker, not final yet.
@@ -129,7 +129,7 @@ impl Phase {
 }
 
 /// Failure codes carried by `REFUND_FAIL` events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FailureCode {
     /// The command failed validation (or names a provider that is not configured).
@@ -175,7 +175,7 @@ impl FailureCode {
 }
 
 /// Why a refund failed: a code for machines, a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FailureReason {
     /// Machine-readable code.
     pub code: FailureCode,
