@@ -1,0 +1,428 @@
+//! Chaos suite: refunds through a real worker process while it is SIGKILLed and restarted,
+//! RabbitMQ is stopped and started, PostgreSQL is restarted, and the provider sandbox
+//! injects 5xx, timeouts after accepting and slow responses. At the end the sandbox's own
+//! ledger, the database and the events received must agree: nothing lost, nothing refunded
+//! twice, no over-refund, no event missing.
+//!
+//! Ignored by default: it restarts the machine's PostgreSQL and RabbitMQ, so it must run
+//! alone. `CHAOS_REFUNDS` sets the number of refunds (default 2000):
+//!
+//! ```sh
+//! cargo test --release --test chaos -- --ignored --nocapture --test-threads=1
+//! CHAOS_REFUNDS=300 CHAOS_ROUNDS=4 cargo test --test chaos -- --ignored --nocapture   # short (CI)
+//! ```
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use refund_worker::broker::publisher::json_properties;
+use refund_worker::broker::{self, topology, Publisher, Topology};
+use refund_worker::domain::{RefundEvent, RefundStatus};
+use refund_worker::sandbox::{Sandbox, SandboxConfig};
+use refund_worker::store;
+use rust_decimal::Decimal;
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The worker as a child process, restartable.
+struct WorkerProcess {
+    env: Vec<(String, String)>,
+    child: Option<tokio::process::Child>,
+}
+
+impl WorkerProcess {
+    fn start(&mut self) {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_refund-worker"));
+        cmd.arg("run")
+            .envs(self.env.clone())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        self.child = Some(cmd.spawn().expect("worker starts"));
+    }
+
+    async fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+
+    async fn sigterm(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Some(pid) = c.id() {
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(40), c.wait()).await;
+        }
+    }
+}
+
+fn sh(cmd: &str) {
+    let ok = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success());
+    println!("    $ {cmd} -> {ok:?}");
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..120 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("port {port} did not come back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts PostgreSQL and RabbitMQ; run alone (see the module comment)"]
+async fn nothing_is_lost_or_doubled_under_chaos() {
+    let n = env_num("CHAOS_REFUNDS", 2000);
+    let rounds = env_num("CHAOS_ROUNDS", 8);
+    let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    let db = format!("rw_chaos_{id}");
+    let database_url = format!("{PG_SERVER}/{db}");
+    store::ensure_database(&database_url).await.unwrap();
+    let pool = store::connect(&database_url, 4).await.unwrap();
+    store::migrate(&pool).await.unwrap();
+
+    // The provider misbehaves throughout.
+    let sandbox = Sandbox::new(SandboxConfig {
+        error_rate: 0.05,
+        timeout_rate: 0.03,
+        hang: Duration::from_millis(1_500),
+        latency: Duration::from_millis(5),
+        completion_delay: Duration::from_millis(300),
+        ..SandboxConfig::default()
+    });
+    let (addr, _) = sandbox.spawn(0, std::future::pending()).await.unwrap();
+
+    let prefix = format!("chaos-{id}.");
+    let topology = Topology::with_prefix(&prefix);
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut worker = WorkerProcess {
+        env: [
+            ("DATABASE_URL", database_url.clone()),
+            ("AMQP_URL", AMQP.to_string()),
+            ("AMQP_NAME_PREFIX", prefix.clone()),
+            ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("PROVIDER_VA_SERVICES_BASE_URL", format!("http://{addr}")),
+            ("PROVIDER_VA_SERVICES_API_KEY", "sandbox-va-key".to_string()),
+            ("PROVIDER_VA_SERVICES_TIMEOUT_MS", "1000".to_string()),
+            ("CLAIM_LEASE_SECS", "8".to_string()),
+            ("WEBHOOK_TIMEOUT_MS", "1000".to_string()),
+            ("RETRY_INITIAL_MS", "100".to_string()),
+            ("RETRY_MAX_MS", "2000".to_string()),
+            ("POLL_INITIAL_MS", "200".to_string()),
+            ("POLL_MAX_MS", "1000".to_string()),
+            ("MAX_SUBMIT_ATTEMPTS", "50".to_string()),
+            ("SHUTDOWN_GRACE_SECS", "20".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        child: None,
+    };
+
+    // Topology and a durable subscriber queue that survives broker restarts.
+    let connection = broker::connect(AMQP, "chaos").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    topology.declare(&channel).await.unwrap();
+    let events_queue = format!("{prefix}events");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(
+            &events_queue,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            &events_queue,
+            &topology.exchange,
+            topology::STATUS_BINDING,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // Commands: payments of 100.00 refunded in parts of 30.00 (the fourth always exceeds),
+    // and one in twenty published twice.
+    let publisher = Publisher::open(&connection).await.unwrap();
+    let mut references = Vec::new();
+    for i in 0..n {
+        let reference = format!("chaos-{id}-{i}");
+        let cmd = json!({
+            "refundReference": reference,
+            "provider": "va_services",
+            "transactionReference": format!("chaos-{id}-pay-{}", i / 4),
+            "amount": "30.00",
+            "paymentAmount": "100.00",
+            "currency": "NGN",
+            "reason": "chaos",
+            "destination": {"accountNumber": "0040088210", "bankCode": "000012"}
+        })
+        .to_string();
+        let times = if i % 20 == 0 { 2 } else { 1 };
+        for _ in 0..times {
+            publisher
+                .publish(broker::publisher::Outgoing {
+                    exchange: &topology.exchange,
+                    routing_key: topology::COMMAND_ROUTING_KEY,
+                    payload: cmd.as_bytes(),
+                    properties: json_properties(&uuid::Uuid::new_v4().to_string()),
+                })
+                .await
+                .unwrap();
+        }
+        references.push(reference);
+    }
+    let _ = connection.close(200, "published").await;
+    println!("published {n} commands ({} duplicates)", n.div_ceil(20));
+
+    // Chaos.
+    let started = Instant::now();
+    worker.start();
+    let mut rng_state = u64::from_str_radix(&id[..8], 16).unwrap_or(7);
+    let mut next = move || {
+        rng_state = rng_state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng_state >> 33) as usize
+    };
+    let pg_version = std::fs::read_dir("/etc/postgresql")
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .unwrap_or_else(|| "15".into());
+    let mut actions = HashMap::new();
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(500 + (next() % 1500) as u64)).await;
+        let action = ["kill worker", "restart rabbitmq", "restart postgresql"][round % 3];
+        println!("  round {round}: {action}");
+        *actions.entry(action).or_insert(0) += 1;
+        match action {
+            "kill worker" => {
+                worker.sigkill().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                worker.start();
+            }
+            "restart rabbitmq" => {
+                sh("rabbitmqctl stop_app");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                sh("rabbitmqctl start_app");
+                wait_port(5672).await;
+            }
+            _ => {
+                sh(&format!(
+                    "pg_ctlcluster --skip-systemctl-redirect {pg_version} main restart"
+                ));
+                wait_port(5432).await;
+            }
+        }
+    }
+
+    // Let it finish: every refund final, then a graceful stop flushes the outbox.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let pending: Result<i64, _> =
+            sqlx::query_scalar("SELECT count(*) FROM refunds WHERE status = 'PENDING'")
+                .fetch_one(&pool)
+                .await;
+        let stored: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM refunds")
+            .fetch_one(&pool)
+            .await;
+        if let (Ok(0), Ok(s)) = (&pending, &stored) {
+            if *s as usize == n {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refunds still pending after 10 minutes: {pending:?} of {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let unpublished_deadline = Instant::now() + Duration::from_secs(60);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(1)
+        > 0
+    {
+        assert!(Instant::now() < unpublished_deadline, "outbox not drained");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    worker.sigterm().await;
+    let elapsed = started.elapsed();
+
+    // What the subscriber received.
+    let connection = broker::connect(AMQP, "chaos-check").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut received: Vec<RefundEvent> = Vec::new();
+    let mut consumer = channel
+        .basic_consume(
+            &events_queue,
+            "chaos-check",
+            lapin::options::BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(3), consumer.next()).await
+    {
+        received.push(serde_json::from_slice(&d.data).expect("event JSON"));
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let dlq_left = channel
+        .basic_get(&topology.commands_dlq, BasicGetOptions::default())
+        .await
+        .unwrap()
+        .is_some();
+
+    // Figures.
+    let stored: HashSet<String> = sqlx::query_scalar("SELECT refund_reference FROM refunds")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let lost: Vec<_> = references.iter().filter(|r| !stored.contains(*r)).collect();
+    let transitions: Vec<(uuid::Uuid,)> = sqlx::query_as("SELECT event_id FROM refund_transitions")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let received_ids: HashSet<uuid::Uuid> = received.iter().map(|e| e.event_id).collect();
+    let missing_events = transitions
+        .iter()
+        .filter(|(e,)| !received_ids.contains(e))
+        .count();
+    let duplicate_deliveries = received.len() - received_ids.len();
+    let ledger = sandbox.ledger();
+    let mut per_reference: HashMap<&str, usize> = HashMap::new();
+    for r in &ledger.refunds {
+        *per_reference
+            .entry(r.refund_reference.as_str())
+            .or_default() += 1;
+    }
+    let made_twice = per_reference.values().filter(|c| **c > 1).count();
+    let resubmits: u32 = ledger
+        .refunds
+        .iter()
+        .map(|r| r.submit_count.saturating_sub(1))
+        .sum();
+    let mut at_provider: HashMap<&str, Decimal> = HashMap::new();
+    for r in ledger.refunds.iter().filter(|r| r.status != "FAILED") {
+        *at_provider
+            .entry(r.transaction_reference.as_str())
+            .or_default() += Decimal::from_str(&r.refund_amount).unwrap();
+    }
+    let over_at_provider = at_provider
+        .values()
+        .filter(|v| **v > Decimal::from(100))
+        .count();
+    let over_in_db: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT transaction_reference FROM refunds WHERE status <> 'REFUND_FAIL'
+         GROUP BY transaction_reference HAVING SUM(amount) > 100) o",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let by_status: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT status, failure_code, count(*) FROM refunds GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let final_events = received
+        .iter()
+        .filter(|e| e.status != RefundStatus::Pending)
+        .map(|e| e.refund_reference.clone())
+        .collect::<HashSet<_>>()
+        .len();
+
+    println!(
+        "\nchaos figures ({n} refunds, {rounds} rounds: {actions:?}, {:.1} s)",
+        elapsed.as_secs_f64()
+    );
+    println!("  refunds stored                 {} of {n}", stored.len());
+    for (status, code, count) in &by_status {
+        println!(
+            "    {status:<12} {:<26} {count}",
+            code.as_deref().unwrap_or("")
+        );
+    }
+    println!("  refunds lost                   {}", lost.len());
+    println!("  provider refunds made twice    {made_twice}  (initiate calls repeated for the same reference: {resubmits})");
+    println!("  over-refunds (provider / db)   {over_at_provider} / {over_in_db}");
+    println!("  events missing                 {missing_events}  (received {}, distinct {}, duplicates with the same eventId {duplicate_deliveries})", received.len(), received_ids.len());
+    println!("  refunds with a final event     {final_events}");
+    println!(
+        "  sandbox injected               {} 5xx, {} timeouts after accept",
+        ledger.injected_failures, ledger.injected_timeouts
+    );
+    println!(
+        "  dead letters left              {}",
+        if dlq_left { "some" } else { "0" }
+    );
+
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert_eq!(made_twice, 0);
+    assert_eq!(over_at_provider, 0);
+    assert_eq!(over_in_db, 0);
+    assert_eq!(missing_events, 0);
+    assert_eq!(final_events, n, "every refund has its final event");
+    assert!(!dlq_left, "no valid command should be dead-lettered");
+
+    let _ = channel
+        .queue_delete(&events_queue, lapin::options::QueueDeleteOptions::default())
+        .await;
+    let _ = topology.delete(&channel).await;
+    let _ = connection.close(200, "done").await;
+    pool.close().await;
+    if let Ok(admin) = sqlx::PgPool::connect(&format!("{PG_SERVER}/postgres")).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .execute(&admin)
+            .await;
+    }
+}
