@@ -13,8 +13,8 @@
 //! ```
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::types::FieldTable;
 use refund_worker::broker::publisher::json_properties;
 use refund_worker::broker::{self, topology, Publisher, Topology};
 use refund_worker::domain::{RefundEvent, RefundStatus};
@@ -158,30 +158,7 @@ async fn nothing_is_lost_or_doubled_under_chaos() {
     let channel = connection.create_channel().await.unwrap();
     topology.declare(&channel).await.unwrap();
     let events_queue = format!("{prefix}events");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            &events_queue,
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            &events_queue,
-            &topology.exchange,
-            topology::STATUS_BINDING,
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    topology::subscribe_status_events(&channel, &topology.exchange, &events_queue, true)
         .await
         .unwrap();
 

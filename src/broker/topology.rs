@@ -171,6 +171,48 @@ fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
+/// Declares a subscriber queue bound to every status event on `exchange`, as a downstream
+/// consumer would. `durable` makes it a quorum queue that outlives connections and broker
+/// restarts; otherwise it is exclusive to this connection and deleted with it.
+pub async fn subscribe_status_events(
+    channel: &Channel,
+    exchange: &str,
+    queue: &str,
+    durable: bool,
+) -> Result<(), lapin::Error> {
+    let (options, mut args) = if durable {
+        (
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+    } else {
+        (
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+    };
+    if durable {
+        args.insert("x-queue-type".into(), long_string("quorum"));
+    }
+    channel.queue_declare(queue, options, args).await?;
+    channel
+        .queue_bind(
+            queue,
+            exchange,
+            STATUS_BINDING,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// Reads a string header from a message's headers.
 pub fn header_str(headers: &Option<FieldTable>, name: &str) -> Option<String> {
     let value = headers.as_ref()?.inner().get(&ShortString::from(name))?;

@@ -16,9 +16,7 @@ use crate::providers::Providers;
 use crate::sandbox::{Faults, ForcedOutcome, OutcomeStatus, Sandbox, SandboxConfig};
 use anyhow::Context as _;
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions};
 use lapin::types::FieldTable;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -128,26 +126,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
     let events_queue = format!("{}events", config.amqp_name_prefix);
-    channel
-        .queue_declare(
-            &events_queue,
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            &events_queue,
-            &topology.exchange,
-            topology::STATUS_BINDING,
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    topology::subscribe_status_events(&channel, &topology.exchange, &events_queue, false).await?;
     let mut events = channel
         .basic_consume(
             &events_queue,

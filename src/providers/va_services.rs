@@ -252,24 +252,8 @@ mod tests {
     const LAGOS: chrono_tz::Tz = chrono_tz::Africa::Lagos;
 
     /// The "Initiate Refund" response example, verbatim from the provider's docs.
-    const DOC_INITIATE_RESPONSE: &str = r#"{
-    "requestSuccessful": true,
-    "responseMessage": "success",
-    "responseCode": "0",
-    "responseBody": {
-        "transactionReference": "000012240124191535300537886000",
-        "refundReference": "909090911",
-        "refundAmount": 10,
-        "refundReason": "Order cancelled!",
-        "customerNote": "An optional note",
-        "refundType": "PARTIAL_REFUND",
-        "refundStatus": "PENDING",
-        "refundStrategy": "MERCHANT_WALLET",
-        "comment": "Transaction refund is in progress.",
-        "completedOn": null,
-        "createdOn": "25/01/2024 01:35:27 AM"
-    }
-}"#;
+    const DOC_INITIATE_RESPONSE: &str =
+        include_str!("../../fixtures/va_services/initiate-refund-response.json");
 
     #[test]
     fn documented_initiate_response_is_accepted() {

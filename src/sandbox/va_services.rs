@@ -1051,27 +1051,11 @@ mod tests {
         let created_on = envelope["responseBody"]["createdOn"].take();
         parse_va_date(created_on.as_str().unwrap());
         // The docs' example response, createdOn aside.
-        let expected: Value = serde_json::from_str(
-            r#"{
-            "requestSuccessful": true,
-            "responseMessage": "success",
-            "responseCode": "0",
-            "responseBody": {
-                "transactionReference": "000012240124191535300537886000",
-                "refundReference": "909090911",
-                "refundAmount": 10,
-                "refundReason": "Order cancelled!",
-                "customerNote": "An optional note",
-                "refundType": "PARTIAL_REFUND",
-                "refundStatus": "PENDING",
-                "refundStrategy": "MERCHANT_WALLET",
-                "comment": "Transaction refund is in progress.",
-                "completedOn": null,
-                "createdOn": null
-            }
-        }"#,
-        )
+        let mut expected: Value = serde_json::from_str(include_str!(
+            "../../fixtures/va_services/initiate-refund-response.json"
+        ))
         .unwrap();
+        expected["responseBody"]["createdOn"] = Value::Null;
         assert_eq!(envelope, expected);
         assert_eq!(
             server.sandbox.ledger().refunds[0].request_body,

@@ -1,9 +1,7 @@
 //! Test harness: spawns an isolated app (database, topology, sandbox, worker).
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions};
 use lapin::types::FieldTable;
 use refund_worker::broker::publisher::json_properties;
 use refund_worker::broker::{self, topology, Publisher, Topology, ERROR_HEADER};
@@ -142,28 +140,9 @@ impl TestApp {
         topology.declare(&channel).await.expect("declare");
         // Our own subscriber to status events, like any downstream consumer.
         let events_queue = format!("{}events", ctx.config.amqp_name_prefix);
-        channel
-            .queue_declare(
-                &events_queue,
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        topology::subscribe_status_events(&channel, &topology.exchange, &events_queue, false)
             .await
             .expect("events queue");
-        channel
-            .queue_bind(
-                &events_queue,
-                &topology.exchange,
-                topology::STATUS_BINDING,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
         let events = channel
             .basic_consume(
                 &events_queue,
