@@ -4,7 +4,7 @@
 //! without `Authorization: Bearer <ADMIN_TOKEN>` (compared in constant time). Errors are
 //! JSON `{"error": {"code", "message"}}`; internal causes are logged, never returned.
 
-use crate::broker::{self, dlq, topology::COMMAND_ROUTING_KEY, Topology};
+use crate::broker::{self, dlq, Topology};
 use crate::config::Config;
 use crate::pipeline::worker::Status;
 use crate::store::{self, webhooks::ResendFilter, StoreError};
@@ -267,20 +267,16 @@ async fn failed_webhooks(
 
 /// The dead-letter queues operators may touch, with where their messages go back to.
 fn dlq_target(state: &AppState, queue: &str) -> Result<(String, String), ApiError> {
-    if queue == state.topology.commands_dlq {
-        return Ok((
-            state.topology.exchange.clone(),
-            COMMAND_ROUTING_KEY.to_owned(),
-        ));
-    }
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!(
-            "`{queue}` is not a dead-letter queue of this worker (known: {})",
-            state.topology.commands_dlq
-        ),
-    ))
+    state.topology.replay_target(queue).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "`{queue}` is not a dead-letter queue of this worker (known: {}, {})",
+                state.topology.commands_dlq, state.topology.webhooks_dlq
+            ),
+        )
+    })
 }
 
 async fn broker_connection(state: &AppState) -> Result<lapin::Connection, ApiError> {

@@ -41,6 +41,11 @@ pub struct Topology {
     pub commands_dlq: String,
     /// Alternate exchange and queue for unroutable publishes: `refunds.unrouted`.
     pub unrouted: String,
+    /// Exchange of inbound provider webhooks: `provider.webhooks` (declared by the webhook
+    /// ingress; named here so the dead-letter tooling knows where its messages go back to).
+    pub webhooks_exchange: String,
+    /// Dead-letter queue of inbound provider webhooks: `provider.webhooks.dlq`.
+    pub webhooks_dlq: String,
 }
 
 impl Default for Topology {
@@ -58,6 +63,8 @@ impl Topology {
             dlx: format!("{prefix}refunds.dlx"),
             commands_dlq: format!("{prefix}refund.commands.dlq"),
             unrouted: format!("{prefix}refunds.unrouted"),
+            webhooks_exchange: format!("{prefix}provider.webhooks"),
+            webhooks_dlq: format!("{prefix}provider.webhooks.dlq"),
         }
     }
 
@@ -135,6 +142,20 @@ impl Topology {
             )
             .await?;
         Ok(())
+    }
+
+    /// The dead-letter queues operators may replay, with where a message goes back to when
+    /// it does not say (the broker's own dead-lettering records no original exchange).
+    pub fn replay_target(&self, dlq: &str) -> Option<(String, String)> {
+        if dlq == self.commands_dlq {
+            Some((self.exchange.clone(), COMMAND_ROUTING_KEY.to_owned()))
+        } else if dlq == self.webhooks_dlq {
+            // Inbound webhooks are routed by provider; without the original routing key the
+            // republish is unroutable, is refused by the broker, and the message stays put.
+            Some((self.webhooks_exchange.clone(), String::new()))
+        } else {
+            None
+        }
     }
 
     /// Deletes everything `declare` made (tests and the demo clean up after themselves).
@@ -235,5 +256,12 @@ mod tests {
         assert_eq!(t.dlx, "refunds.dlx");
         assert_eq!(t.commands_dlq, "refund.commands.dlq");
         assert_eq!(COMMAND_ROUTING_KEY, "refund.request");
+        assert_eq!(t.webhooks_dlq, "provider.webhooks.dlq");
+        assert_eq!(
+            t.replay_target("refund.commands.dlq"),
+            Some(("refunds".into(), "refund.request".into()))
+        );
+        assert!(t.replay_target("provider.webhooks.dlq").is_some());
+        assert_eq!(t.replay_target("anything.else"), None);
     }
 }

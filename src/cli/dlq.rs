@@ -1,6 +1,6 @@
 //! `refund-worker dlq`: list, show and replay dead letters.
 
-use crate::broker::{self, dlq, topology::COMMAND_ROUTING_KEY, Topology};
+use crate::broker::{self, dlq, Topology};
 use crate::config::Config;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -29,7 +29,7 @@ pub enum DlqCommand {
     /// Republish dead letters to where they came from; each is removed from the dead-letter
     /// queue only after the broker confirmed its copy.
     Replay {
-        /// Dead-letter queue (default: refund.commands.dlq).
+        /// Dead-letter queue: refund.commands.dlq (default) or provider.webhooks.dlq.
         #[arg(long)]
         queue: Option<String>,
         /// Only the message with this AMQP message id.
@@ -109,6 +109,13 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 all,
             };
             filter.validate().map_err(anyhow::Error::msg)?;
+            let (exchange, routing_key) = topology.replay_target(&queue).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "`{queue}` is not a dead-letter queue of this worker (known: {}, {})",
+                    topology.commands_dlq,
+                    topology.webhooks_dlq
+                )
+            })?;
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template("{bar:40} {pos}/{len} examined")
@@ -118,7 +125,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 &connection,
                 &queue,
                 &filter,
-                (&topology.exchange, COMMAND_ROUTING_KEY),
+                (&exchange, &routing_key),
                 dry_run,
                 |done, total| {
                     bar.set_length(total as u64);

@@ -246,6 +246,22 @@ async fn replaying_dead_letters_fixes_what_can_be_fixed_and_returns_the_rest_onc
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
+    // provider.webhooks.dlq is known, but exists only once inbound webhooks are deployed.
+    let not_yet = client
+        .get(format!("{base}/v1/dlq/{}", app.topology.webhooks_dlq))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_yet.status(), 404);
+    let body: Value = not_yet.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{body}"
+    );
     let vague = client
         .post(format!("{url}/replay"))
         .bearer_auth(ADMIN_TOKEN)
