@@ -1,10 +1,501 @@
-//! Benchmark (being written).
+//! `refund-worker bench`: throughput and latency of the whole pipeline on this machine,
+//! against what the broker and the database alone allow.
+//!
+//! One run measures, in order:
+//!
+//! 1. **The raw bound** ([`raw`]): RabbitMQ's publish + confirm + consume + ack rate for
+//!    command-sized messages on a quorum queue, and PostgreSQL's single-row commit rate from
+//!    as many connections as the worker's pool. Divided by what one refund costs (counted
+//!    from the code: messages and commits per refund), the smaller quotient is the rate a
+//!    perfect worker could reach.
+//! 2. **End to end** ([`e2e`]): a `refund-worker run` child process (so its memory is its
+//!    own) against a fresh database, a throw-away exchange/queue prefix and the provider
+//!    sandbox in this process (completion delay 0, no faults). Refunds are published as fast
+//!    as the worker takes them (bounded in flight), then at a fixed rate; every refund's
+//!    command -> PENDING and command -> COMPLETED latency goes into HDR histograms, and the
+//!    database's own timestamps split them into stages.
+//!
+//! Everything printed is measured in the run; the targets of the issue are compared, never
+//! assumed. The run cleans up after itself: the worker is stopped, the queues and exchanges
+//! deleted, the databases dropped (also on ctrl-c and on errors).
+
+mod e2e;
+mod raw;
+mod report;
+mod sys;
+
+use crate::broker::{self, Topology};
+use crate::config::{Config, DEFAULT_DATABASE_URL};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Flags of `bench`.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Refunds in the end-to-end throughput phase [default: 20000; 500 with --quick].
+    #[arg(long, value_name = "N")]
+    pub refunds: Option<u64>,
+    /// A run of a few seconds for CI: fewer refunds, small raw samples, a short steady phase.
+    #[arg(long)]
+    pub quick: bool,
+    /// Publish rate of the steady phase, refunds per second (0 skips the phase).
+    #[arg(long, value_name = "R", default_value_t = 500.0)]
+    pub rate: f64,
+    /// Length of the steady phase in seconds [default: 10; 2 with --quick].
+    #[arg(long, value_name = "SECS")]
+    pub steady_secs: Option<f64>,
+    /// Messages of the raw broker test [default: 50000; 5000 with --quick].
+    #[arg(long, value_name = "N")]
+    pub raw_messages: Option<u64>,
+    /// Commits of the raw database test [default: 20000; 2000 with --quick].
+    #[arg(long, value_name = "N")]
+    pub raw_commits: Option<u64>,
+    /// Unmeasured refunds before the throughput phase [default: 200; 50 with --quick].
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<u64>,
+    /// Refunds published but not yet final, at most, in the throughput phase.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub in_flight: u64,
+    /// Abort when no refund moves for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub stall_secs: u64,
+    /// Keep the worker's log file even when the run succeeded (it is always kept on failure).
+    #[arg(long)]
+    pub keep_log: bool,
+    /// Print the figures as JSON on stdout as well (the text report then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with status 2 when a target is missed (status 1 stays "the run failed").
+    #[arg(long)]
+    pub fail_on_miss: bool,
+}
+
+/// Unconfirmed publishes allowed at once, in the raw test and for commands.
+const CONFIRM_WINDOW: usize = 256;
+
+/// The sizes of one run, from the flags.
+#[derive(Debug, Clone)]
+struct Plan {
+    quick: bool,
+    refunds: u64,
+    warmup: u64,
+    raw_messages: u64,
+    raw_commits: u64,
+    rate: f64,
+    steady: Duration,
+    in_flight: u64,
+    stall: Duration,
+    keep_log: bool,
+}
+
+impl Plan {
+    fn new(args: &BenchArgs) -> anyhow::Result<Self> {
+        let pick = |given: Option<u64>, full: u64, quick: u64| {
+            given.unwrap_or(if args.quick { quick } else { full })
+        };
+        let plan = Self {
+            quick: args.quick,
+            refunds: pick(args.refunds, 20_000, 500),
+            warmup: pick(args.warmup, 200, 50),
+            raw_messages: pick(args.raw_messages, 50_000, 5_000),
+            raw_commits: pick(args.raw_commits, 20_000, 2_000),
+            rate: args.rate,
+            steady: Duration::try_from_secs_f64(args.steady_secs.unwrap_or(if args.quick {
+                2.0
+            } else {
+                10.0
+            }))
+            .map_err(|_| anyhow::anyhow!("--steady-secs must be a positive number"))?,
+            in_flight: args.in_flight,
+            stall: Duration::from_secs(args.stall_secs.max(1)),
+            keep_log: args.keep_log,
+        };
+        const MAX: u64 = 10_000_000;
+        for (flag, n) in [
+            ("--refunds", plan.refunds),
+            ("--raw-messages", plan.raw_messages),
+            ("--raw-commits", plan.raw_commits),
+            ("--in-flight", plan.in_flight),
+        ] {
+            if n == 0 || n > MAX {
+                anyhow::bail!("{flag} must be between 1 and {MAX}, got {n}");
+            }
+        }
+        if plan.warmup > MAX {
+            anyhow::bail!("--warmup must be at most {MAX}");
+        }
+        if !(plan.rate.is_finite() && (0.0..=100_000.0).contains(&plan.rate)) {
+            anyhow::bail!("--rate must be between 0 and 100000 refunds/s");
+        }
+        if plan.rate > 0.0
+            && (plan.steady.is_zero()
+                || plan.steady > Duration::from_secs(3600)
+                || plan.rate * plan.steady.as_secs_f64() > MAX as f64)
+        {
+            anyhow::bail!(
+                "--steady-secs must be above 0, at most 3600, and rate x secs at most {MAX}"
+            );
+        }
+        Ok(plan)
+    }
+}
+
+/// What to delete at the end, whatever happened: filled in as things are created.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    amqp_url: String,
+    /// Throw-away queues.
+    pub queues: Vec<String>,
+    /// The worker's exchanges and queues.
+    pub topology: Option<Topology>,
+    /// Throw-away databases (full URLs).
+    pub databases: Vec<String>,
+}
+
+impl Cleanup {
+    /// Deletes everything recorded; returns what could not be deleted.
+    async fn run(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.queues.is_empty() || self.topology.is_some() {
+            match broker::connect(&self.amqp_url, "refund-worker-bench-cleanup").await {
+                Ok(conn) => {
+                    for q in self.queues.drain(..) {
+                        // A failed delete closes the channel: one channel per deletion.
+                        let deleted = async {
+                            let ch = conn.create_channel().await?;
+                            ch.queue_delete(&q, Default::default()).await?;
+                            ch.close(200, "deleted").await
+                        };
+                        if let Err(e) = deleted.await {
+                            problems.push(format!("queue {q}: {e}"));
+                        }
+                    }
+                    if let Some(t) = self.topology.take() {
+                        let deleted = async {
+                            let ch = conn.create_channel().await?;
+                            t.delete(&ch).await?;
+                            ch.close(200, "deleted").await
+                        };
+                        if let Err(e) = deleted.await {
+                            problems.push(format!("exchanges/queues {}*: {e}", t.exchange));
+                        }
+                    }
+                    let _ = conn.close(200, "bench cleanup").await;
+                }
+                Err(e) => problems.push(format!("RabbitMQ: {e}")),
+            }
+        }
+        for url in self.databases.drain(..) {
+            if let Err(e) = drop_database(&url).await {
+                problems.push(format!("{e:#}"));
+            }
+        }
+        problems
+    }
+}
+
+/// The server's `postgres` database URL and the database name of `database_url`.
+fn admin_url(database_url: &str) -> anyhow::Result<(String, String)> {
+    let mut url = url::Url::parse(database_url).context("DATABASE_URL is not a URL")?;
+    let name = url.path().trim_start_matches('/').to_owned();
+    url.set_path("/postgres");
+    Ok((url.to_string(), name))
+}
+
+/// `database_url` with another database name.
+fn with_database(database_url: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(database_url).context("DATABASE_URL is not a URL")?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.to_string())
+}
+
+/// Drops a database this run created (the name is ours: lowercase letters, digits, `_`).
+async fn drop_database(database_url: &str) -> anyhow::Result<()> {
+    let (admin, name) = admin_url(database_url)?;
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        anyhow::bail!("refusing to drop database `{name}`: not a bench database name");
+    }
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin)
+        .await
+        .with_context(|| format!("connecting to drop database {name}"))?;
+    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&pool)
+        .await
+        .with_context(|| format!("dropping database {name}"));
+    pool.close().await;
+    dropped.map(|_| ())
+}
+
+/// A progress bar on stderr, hidden unless stdout is a terminal.
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    /// A bar of `len` steps labelled `label`.
+    pub fn new(len: u64, label: &str) -> Self {
+        let bar = if std::io::stdout().is_terminal() {
+            let bar = ProgressBar::new(len);
+            let style = ProgressStyle::with_template(
+                "{prefix:>12} [{bar:32}] {pos}/{len} {elapsed:>4} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style.progress_chars("=> "));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_prefix(label.to_owned());
+        Self { bar }
+    }
+
+    /// Moves the bar.
+    pub fn set(&self, position: u64) {
+        self.bar.set_position(position);
+    }
+
+    /// Sets the text after the bar.
+    pub fn message(&self, text: String) {
+        self.bar.set_message(text);
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Worker settings the bench chooses unless the environment sets them.
+const WORKER_DEFAULTS: [(&str, &str); 3] = [
+    // The sandbox answers COMPLETED at once; a poll, if any, should not wait seconds.
+    ("POLL_INITIAL_MS", "10"),
+    ("POLL_MAX_MS", "100"),
+    // Loops are woken on new work; this is only the fallback look.
+    ("IDLE_POLL_MS", "20"),
+];
 
 /// Runs the benchmark.
-pub async fn run(_args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("the benchmark is not written yet")
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let plan = Plan::new(&args)?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let mut cleanup = Cleanup::default();
+    let sandbox_stop = CancellationToken::new();
+    let result = tokio::select! {
+        r = measure(&plan, &run_id, &mut cleanup, &sandbox_stop) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    sandbox_stop.cancel();
+    for problem in cleanup.run().await {
+        eprintln!("cleanup: could not delete {problem}");
+    }
+    let report = result?;
+    if args.json {
+        // The text for people on stderr, so stdout is nothing but the JSON document.
+        eprint!("{}", report.render());
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if !report.run_ok() {
+        ExitCode::FAILURE
+    } else if args.fail_on_miss && report.any_miss() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Everything but the cleanup.
+async fn measure(
+    plan: &Plan,
+    run_id: &str,
+    cleanup: &mut Cleanup,
+    sandbox_stop: &CancellationToken,
+) -> anyhow::Result<report::Report> {
+    let machine = sys::Machine::read();
+    let sandbox = Sandbox::new(SandboxConfig {
+        completion_delay: Duration::ZERO,
+        ..SandboxConfig::default()
+    });
+    let stop = sandbox_stop.clone();
+    let (sandbox_addr, _) = sandbox
+        .spawn(0, async move { stop.cancelled().await })
+        .await
+        .context("starting the provider sandbox")?;
+
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let server = env("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+    let database_url = with_database(&server, &format!("rw_bench_{run_id}"))?;
+    let raw_database_url = with_database(&server, &format!("rw_bench_{run_id}_raw"))?;
+    let http_addr = e2e::free_local_addr()?;
+    let prefix = format!("bench-{run_id}.");
+
+    let mut child_env: BTreeMap<String, String> = BTreeMap::from([
+        ("DATABASE_URL".into(), database_url.clone()),
+        ("AMQP_NAME_PREFIX".into(), prefix.clone()),
+        (
+            "PROVIDER_VA_SERVICES_BASE_URL".into(),
+            format!("http://{sandbox_addr}"),
+        ),
+        (
+            "PROVIDER_VA_SERVICES_API_KEY".into(),
+            SandboxConfig::default().va_api_key,
+        ),
+        ("HTTP_ADDR".into(), http_addr.to_string()),
+    ]);
+    for (k, v) in WORKER_DEFAULTS {
+        if env(k).is_none() {
+            child_env.insert(k.into(), v.into());
+        }
+    }
+    // Only the sandbox provider: other providers' settings in this shell are not for us.
+    let child_env_remove: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("PROVIDER_") && !child_env.contains_key(k))
+        .collect();
+    let config = Config::from_lookup(|k| {
+        child_env.get(k).cloned().or_else(|| {
+            if k.starts_with("PROVIDER_") {
+                None
+            } else {
+                env(k)
+            }
+        })
+    })
+    .context("the worker's configuration")?;
+    cleanup.amqp_url = config.amqp_url.clone();
+    let topology = Topology::with_prefix(&config.amqp_name_prefix);
+
+    // A command as large as the ones the end-to-end part sends.
+    let sample = e2e::command(
+        &format!("bench-{run_id}-t{}", plan.refunds.saturating_sub(1)),
+        plan.refunds.saturating_sub(1),
+    );
+    let body = serde_json::to_vec(&sample)?;
+
+    let broker = raw::broker(
+        &config.amqp_url,
+        &format!("bench-{run_id}.raw"),
+        &body,
+        plan.raw_messages,
+        config.prefetch,
+        CONFIRM_WINDOW,
+        cleanup,
+    )
+    .await
+    .context("raw broker test")?;
+    cleanup.databases.push(raw_database_url.clone());
+    let postgres = raw::postgres(
+        &raw_database_url,
+        &sample,
+        plan.raw_commits,
+        config.database_max_connections,
+    )
+    .await
+    .context("raw database test")?;
+    // Gone before the end-to-end part, so it does not share the server with it.
+    drop_database(&raw_database_url).await?;
+    cleanup.databases.retain(|u| u != &raw_database_url);
+
+    let settings = e2e::Settings {
+        run_id: run_id.to_owned(),
+        topology,
+        amqp_url: config.amqp_url.clone(),
+        database_url,
+        child_env,
+        child_env_remove,
+        http_addr,
+        warmup: plan.warmup,
+        refunds: plan.refunds,
+        in_flight: plan.in_flight,
+        confirm_window: CONFIRM_WINDOW,
+        rate: plan.rate,
+        steady: plan.steady,
+        stall: plan.stall,
+        worker_log: std::env::temp_dir().join(format!("refund-worker-bench-{run_id}.log")),
+    };
+    let end_to_end = e2e::run(&settings, cleanup)
+        .await
+        .context("end-to-end test")?;
+    let provider_calls = sandbox.ledger();
+    let report = report::Report::new(report::Inputs {
+        run_id: run_id.to_owned(),
+        quick: plan.quick,
+        in_flight: plan.in_flight,
+        machine,
+        config: &config,
+        broker,
+        postgres,
+        end_to_end,
+        sandbox_submits: provider_calls.submit_calls,
+        sandbox_status_calls: provider_calls.status_calls,
+        bench_peak_rss_kib: sys::peak_rss_kib(std::process::id()),
+    });
+    if report.run_ok() && !plan.keep_log {
+        let _ = std::fs::remove_file(&settings.worker_log);
+        let mut worker = report.end_to_end.worker.clone();
+        worker.log = "deleted after a good run (--keep-log keeps it)".into();
+        return Ok(report.with_worker(worker));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn plan(args: &[&str]) -> anyhow::Result<Plan> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))?;
+        Plan::new(&cli.bench)
+    }
+
+    #[test]
+    fn quick_shrinks_everything_and_flags_win() -> anyhow::Result<()> {
+        let full = plan(&[])?;
+        assert_eq!((full.refunds, full.raw_messages), (20_000, 50_000));
+        let quick = plan(&["--quick"])?;
+        assert_eq!((quick.refunds, quick.steady), (500, Duration::from_secs(2)));
+        let given = plan(&["--quick", "--refunds", "42", "--rate", "0"])?;
+        assert_eq!((given.refunds, given.rate), (42, 0.0));
+        Ok(())
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        assert!(plan(&["--refunds", "0"]).is_err());
+        assert!(plan(&["--rate", "-1"]).is_err());
+        assert!(plan(&["--rate", "NaN"]).is_err());
+        assert!(plan(&["--steady-secs", "-2"]).is_err());
+        assert!(plan(&["--steady-secs", "0"]).is_err());
+        assert!(plan(&["--rate", "0", "--steady-secs", "0"]).is_ok());
+    }
+
+    #[test]
+    fn database_urls_are_rewritten() -> anyhow::Result<()> {
+        let url = with_database("postgres://u:p@db:5433/app?sslmode=disable", "rw_bench_x")?;
+        assert_eq!(url, "postgres://u:p@db:5433/rw_bench_x?sslmode=disable");
+        let (admin, name) = admin_url(&url)?;
+        assert_eq!(admin, "postgres://u:p@db:5433/postgres?sslmode=disable");
+        assert_eq!(name, "rw_bench_x");
+        Ok(())
+    }
 }

@@ -1,0 +1,1387 @@
+//! End to end: refund commands published to RabbitMQ, a `refund-worker run` child process
+//! moving them through PostgreSQL and the provider sandbox, and status events received by a
+//! subscriber bound to `refund.status.#`, as any downstream consumer would be.
+//!
+//! Every refund's command publish, first `PENDING` event and final event are time-stamped in
+//! this process (one monotonic clock); afterwards the database's own timestamps (intake
+//! transaction, provider calls, outbox relay) split those latencies into stages.
+
+use super::raw::micros;
+use super::sys::{self, CpuSnapshot, CpuUse};
+use super::{Cleanup, Progress};
+use crate::broker::publisher::{json_properties, Outgoing, Publisher};
+use crate::broker::{self, topology, Topology};
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// The groups of refunds one run publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not measured: fills caches and connection pools.
+    Warmup,
+    /// As fast as the worker takes them, with a bounded number in flight.
+    Throughput,
+    /// At a fixed publish rate.
+    Steady,
+}
+
+impl Phase {
+    const ALL: [Phase; 3] = [Phase::Warmup, Phase::Throughput, Phase::Steady];
+
+    fn tag(self) -> char {
+        match self {
+            Phase::Warmup => 'w',
+            Phase::Throughput => 't',
+            Phase::Steady => 's',
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Phase::Warmup => 0,
+            Phase::Throughput => 1,
+            Phase::Steady => 2,
+        }
+    }
+}
+
+/// What the end-to-end part needs from the caller.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Run id: names the database, the exchanges and queues, and every refund.
+    pub run_id: String,
+    /// Exchange and queue names of the worker under test.
+    pub topology: Topology,
+    /// RabbitMQ.
+    pub amqp_url: String,
+    /// The bench database (fresh).
+    pub database_url: String,
+    /// Environment of the worker child, on top of the inherited one.
+    pub child_env: BTreeMap<String, String>,
+    /// Inherited variables to remove from the child's environment.
+    pub child_env_remove: Vec<String>,
+    /// The worker's `/healthz` `/readyz` address.
+    pub http_addr: SocketAddr,
+    /// Refunds of the warm-up.
+    pub warmup: u64,
+    /// Refunds of the throughput phase.
+    pub refunds: u64,
+    /// Refunds published but not final, at most, in the warm-up and throughput phases.
+    pub in_flight: u64,
+    /// Unconfirmed publishes at most.
+    pub confirm_window: usize,
+    /// Publish rate of the steady phase (0: no steady phase).
+    pub rate: f64,
+    /// Length of the steady phase.
+    pub steady: Duration,
+    /// Abort when nothing moves for this long.
+    pub stall: Duration,
+    /// Where the worker's output goes.
+    pub worker_log: PathBuf,
+}
+
+/// A latency distribution, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Mean.
+    pub mean_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            mean_ms: h.mean() / 1000.0,
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// One measured phase.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseFigures {
+    /// Refunds published.
+    pub refunds: u64,
+    /// Refunds whose COMPLETED event arrived.
+    pub completed: u64,
+    /// Refunds whose REFUND_FAIL event arrived (none expected).
+    pub failed: u64,
+    /// First command publish to last final event.
+    pub secs: f64,
+    /// Refunds per second over `secs`.
+    pub refunds_per_sec: f64,
+    /// First to last command publish.
+    pub publish_secs: f64,
+    /// Commands per second over `publish_secs`.
+    pub publish_rate: f64,
+    /// Target publish rate (steady phase).
+    pub target_rate: Option<f64>,
+    /// How late the publisher was against its schedule, worst case (steady phase).
+    pub schedule_lag_max_ms: Option<f64>,
+    /// Command publish to the first PENDING event.
+    pub to_pending: Latency,
+    /// Command publish to the COMPLETED event.
+    pub to_completed: Latency,
+    /// CPU time of the participants over the phase.
+    pub cpu: Option<CpuUse>,
+    /// CPU milliseconds per refund, by participant.
+    pub cpu_ms_per_refund: Option<CpuPerRefund>,
+    /// Latencies split by stage (database timestamps).
+    pub stages: Vec<Stage>,
+    /// Throughput of each stage over the phase.
+    pub stage_rates: StageRates,
+}
+
+/// CPU milliseconds one refund costs each participant (over a phase), and the rate the
+/// machine's CPUs would allow at that cost if nothing else ran.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuPerRefund {
+    /// The worker process.
+    pub worker: f64,
+    /// PostgreSQL (server-wide).
+    pub postgres: f64,
+    /// RabbitMQ (server-wide).
+    pub rabbitmq: f64,
+    /// This process (publisher, subscriber, sandbox).
+    pub bench: f64,
+    /// Their sum.
+    pub total: f64,
+    /// CPUs x 1000 / total: refunds per second with every CPU busy on them.
+    pub cpu_bound_refunds_per_sec: f64,
+}
+
+impl CpuPerRefund {
+    fn new(cpu: &CpuUse, refunds: u64, cpus: usize) -> Option<Self> {
+        if refunds == 0 {
+            return None;
+        }
+        let per = |secs: f64| secs * 1000.0 / refunds as f64;
+        let total = per(cpu.worker_secs + cpu.postgres_secs + cpu.rabbitmq_secs + cpu.bench_secs);
+        Some(Self {
+            worker: per(cpu.worker_secs),
+            postgres: per(cpu.postgres_secs),
+            rabbitmq: per(cpu.rabbitmq_secs),
+            bench: per(cpu.bench_secs),
+            total,
+            cpu_bound_refunds_per_sec: if total > 0.0 {
+                cpus as f64 * 1000.0 / total
+            } else {
+                0.0
+            },
+        })
+    }
+}
+
+/// One stage of a refund's way, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    /// What the stage covers.
+    pub name: &'static str,
+    /// Distribution.
+    pub latency: Latency,
+}
+
+/// Throughput of each part of the pipeline over a phase (refunds or events per second
+/// between the first and the last of them).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageRates {
+    /// Intake transactions started per second.
+    pub intake_per_sec: f64,
+    /// Refunds recorded final per second.
+    pub dispatch_per_sec: f64,
+    /// Events published by the relay per second.
+    pub relay_events_per_sec: f64,
+    /// Events marked per relay transaction.
+    pub events_per_relay_commit: f64,
+}
+
+/// What the worker did, counted in its database and by the subscriber.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counted {
+    /// Refund rows (warm-up and all phases).
+    pub refunds: i64,
+    /// COMPLETED refunds.
+    pub completed: i64,
+    /// REFUND_FAIL refunds.
+    pub failed: i64,
+    /// Still PENDING.
+    pub pending: i64,
+    /// `provider_attempts` rows.
+    pub provider_calls: i64,
+    /// Of which submits.
+    pub submits: i64,
+    /// Of which status polls.
+    pub status_polls: i64,
+    /// Outbox events.
+    pub events: i64,
+    /// Outbox events never published.
+    pub unpublished: i64,
+    /// Relay transactions that marked events (distinct `published_at`).
+    pub relay_commits: i64,
+    /// `refund_transitions` rows.
+    pub transitions: i64,
+    /// Events the subscriber received, duplicates included.
+    pub events_received: u64,
+    /// Redelivered events (same refund and status twice).
+    pub duplicate_events: u64,
+    /// Messages the subscriber could not place.
+    pub unknown_events: u64,
+    /// Commands published by the bench.
+    pub commands: u64,
+    /// Committed transactions of the bench database over the worker's life
+    /// (`pg_stat_database.xact_commit`, read-only ones included).
+    pub transactions: Option<i64>,
+    /// WAL written during the throughput phase (server-wide).
+    pub wal_bytes_throughput: Option<i64>,
+}
+
+impl Counted {
+    fn per_refund(&self, x: f64) -> f64 {
+        if self.refunds > 0 {
+            x / self.refunds as f64
+        } else {
+            0.0
+        }
+    }
+
+    /// Provider calls per refund.
+    pub fn calls_per_refund(&self) -> f64 {
+        self.per_refund(self.provider_calls as f64)
+    }
+
+    /// Broker messages per refund: commands consumed plus events published.
+    pub fn messages_per_refund(&self) -> f64 {
+        self.per_refund((self.commands as i64 + self.events - self.unpublished) as f64)
+    }
+
+    /// Write commits per refund that the rows prove: intake + one record per provider
+    /// call + relay batches (claims are batched and not countable from rows).
+    pub fn counted_commits_per_refund(&self) -> f64 {
+        self.per_refund((self.refunds + self.provider_calls + self.relay_commits) as f64)
+    }
+
+    /// All committed transactions per refund (pg_stat_database).
+    pub fn transactions_per_refund(&self) -> Option<f64> {
+        self.transactions.map(|t| self.per_refund(t as f64))
+    }
+
+    /// WAL bytes per refund of the throughput phase.
+    pub fn wal_bytes_per_refund(&self, refunds: u64) -> Option<f64> {
+        self.wal_bytes_throughput
+            .filter(|_| refunds > 0)
+            .map(|b| b as f64 / refunds as f64)
+    }
+}
+
+/// The worker process and what it used.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerFigures {
+    /// Its pid.
+    pub pid: u32,
+    /// Peak resident memory (`VmHWM`), KiB.
+    pub peak_rss_kib: Option<u64>,
+    /// Resident memory at the end, KiB.
+    pub rss_kib_at_end: Option<u64>,
+    /// How it ended after SIGTERM.
+    pub exit: String,
+    /// Its output.
+    pub log: String,
+    /// The settings it ran with (bench-owned ones; the rest is inherited).
+    pub env: BTreeMap<String, String>,
+}
+
+/// Everything the end-to-end part measured.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Figures {
+    /// The throughput phase.
+    pub throughput: PhaseFigures,
+    /// The steady-rate phase, if run.
+    pub steady: Option<PhaseFigures>,
+    /// Counts.
+    pub counted: Counted,
+    /// The worker process.
+    pub worker: WorkerFigures,
+}
+
+/// Wall-clock mapping of the run's monotonic clock.
+struct Clock {
+    base: Instant,
+    base_wall: DateTime<Utc>,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            base_wall: Utc::now(),
+        }
+    }
+
+    /// Nanoseconds since the base; never 0 (0 means "not yet").
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn wall(&self, ns: u64) -> DateTime<Utc> {
+        self.base_wall + chrono::Duration::nanoseconds(i64::try_from(ns).unwrap_or(i64::MAX))
+    }
+}
+
+/// Per-refund time stamps of one phase (ns since the base; 0 = not yet).
+struct Track {
+    published: Vec<AtomicU64>,
+    pending_rx: Vec<AtomicU64>,
+    final_rx: Vec<AtomicU64>,
+    published_count: AtomicU64,
+    pending: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    /// Bounds refunds in flight (publish takes a permit, the final event returns it).
+    in_flight: Option<Arc<Semaphore>>,
+}
+
+impl Track {
+    fn new(n: u64, in_flight: Option<u64>) -> Self {
+        let slots = || (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+        Self {
+            published: slots(),
+            pending_rx: slots(),
+            final_rx: slots(),
+            published_count: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            in_flight: in_flight.map(|k| {
+                Arc::new(Semaphore::new(
+                    usize::try_from(k).unwrap_or(usize::MAX >> 4).max(1),
+                ))
+            }),
+        }
+    }
+
+    fn finals(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+
+    fn len(&self) -> u64 {
+        self.published.len() as u64
+    }
+}
+
+/// State shared by the publisher, the subscriber and the monitor.
+struct Shared {
+    clock: Clock,
+    /// `bench-<id>-`: every refund reference starts with it.
+    prefix: String,
+    tracks: [Track; 3],
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    unknown: AtomicU64,
+    /// Set when the event subscription ended early (a broker restart, for example).
+    subscriber_error: std::sync::Mutex<Option<String>>,
+}
+
+/// The part of a status event the subscriber needs.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventHead {
+    refund_reference: String,
+    status: String,
+}
+
+impl Shared {
+    fn reference(&self, phase: Phase, n: u64) -> String {
+        format!("{}{}{n}", self.prefix, phase.tag())
+    }
+
+    fn track(&self, phase: Phase) -> &Track {
+        &self.tracks[phase.index()]
+    }
+
+    fn locate(&self, reference: &str) -> Option<(&Track, usize)> {
+        let rest = reference.strip_prefix(&self.prefix)?;
+        let mut chars = rest.chars();
+        let tag = chars.next()?;
+        let phase = Phase::ALL.into_iter().find(|p| p.tag() == tag)?;
+        let n: usize = chars.as_str().parse().ok()?;
+        let track = self.track(phase);
+        (n < track.published.len()).then_some((track, n))
+    }
+
+    fn on_event(&self, body: &[u8]) {
+        let now = self.clock.now_ns();
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let located = serde_json::from_slice::<EventHead>(body)
+            .ok()
+            .and_then(|e| self.locate(&e.refund_reference).map(|(t, n)| (e, t, n)));
+        let Some((event, track, n)) = located else {
+            self.unknown.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let first = |slot: &AtomicU64| {
+            slot.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        };
+        match event.status.as_str() {
+            "PENDING" => {
+                if first(&track.pending_rx[n]) {
+                    track.pending.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            "COMPLETED" | "REFUND_FAIL" => {
+                if first(&track.final_rx[n]) {
+                    let counter = if event.status == "COMPLETED" {
+                        &track.completed
+                    } else {
+                        &track.failed
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if let Some(window) = &track.in_flight {
+                        window.add_permits(1);
+                    }
+                } else {
+                    self.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => {
+                self.unknown.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A refund command like the README's, for its own payment (so the over-refund guard's
+/// payment lock is taken but never contended).
+pub fn command(reference: &str, n: u64) -> serde_json::Value {
+    serde_json::json!({
+        "refundReference": reference,
+        "provider": "va_services",
+        "transactionReference": format!("txn-{reference}"),
+        "amount": "25.17",
+        "currency": "NGN",
+        "reason": "Order cancelled!",
+        "customerNote": "An optional note",
+        "destination": { "accountNumber": "0040088210", "bankCode": "000012" },
+        "paymentAmount": "100.00",
+        "metadata": { "orderId": format!("A-{n}") }
+    })
+}
+
+/// How a phase is paced.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// As fast as the in-flight bound allows.
+    Window,
+    /// At a fixed rate (commands per second).
+    Rate(f64),
+}
+
+/// What the publisher saw.
+#[derive(Debug, Clone, Copy, Default)]
+struct Published {
+    lag_max: Duration,
+}
+
+/// Publishes `n` commands of `phase`, with confirms pipelined in a sliding window.
+async fn publish(
+    shared: Arc<Shared>,
+    phase: Phase,
+    publisher: Publisher,
+    exchange: String,
+    pace: Pace,
+    window: usize,
+) -> anyhow::Result<Published> {
+    let track = shared.track(phase);
+    let mut confirms = VecDeque::with_capacity(window);
+    let mut lag_max = Duration::ZERO;
+    let start = tokio::time::Instant::now();
+    for i in 0..track.len() {
+        match pace {
+            Pace::Window => {
+                if let Some(bound) = &track.in_flight {
+                    bound.acquire().await?.forget();
+                }
+            }
+            Pace::Rate(per_sec) => {
+                let due = start + Duration::from_secs_f64(i as f64 / per_sec);
+                tokio::time::sleep_until(due).await;
+                lag_max = lag_max.max(tokio::time::Instant::now().saturating_duration_since(due));
+            }
+        }
+        if confirms.len() >= window {
+            if let Some(c) = confirms.pop_front() {
+                Publisher::confirmed(c)
+                    .await
+                    .context("a command publish was not confirmed")?;
+            }
+        }
+        let reference = shared.reference(phase, i);
+        let body = serde_json::to_vec(&command(&reference, i))?;
+        let message_id = uuid::Uuid::new_v4().to_string();
+        let slot = usize::try_from(i).unwrap_or(usize::MAX);
+        track.published[slot].store(shared.clock.now_ns(), Ordering::Release);
+        let confirm = publisher
+            .send(Outgoing {
+                exchange: &exchange,
+                routing_key: topology::COMMAND_ROUTING_KEY,
+                payload: &body,
+                properties: json_properties(&message_id),
+            })
+            .await
+            .context("publishing a command")?;
+        confirms.push_back(confirm);
+        track.published_count.fetch_add(1, Ordering::Relaxed);
+    }
+    for c in confirms {
+        Publisher::confirmed(c)
+            .await
+            .context("a command publish was not confirmed")?;
+    }
+    Ok(Published { lag_max })
+}
+
+/// Receives status events until stopped.
+async fn subscribe(
+    shared: Arc<Shared>,
+    consumer: lapin::Consumer,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let result = receive(&shared, consumer, stop).await;
+    if let Err(e) = &result {
+        let mut slot = shared
+            .subscriber_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = Some(format!("{e:#}"));
+    }
+    result
+}
+
+async fn receive(
+    shared: &Shared,
+    mut consumer: lapin::Consumer,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            next = consumer.next() => next,
+        };
+        match next {
+            Some(Ok(delivery)) => shared.on_event(&delivery.data),
+            Some(Err(e)) => return Err(e).context("the event subscription failed"),
+            None => anyhow::bail!("the event subscription was cancelled by the broker"),
+        }
+    }
+}
+
+/// The worker under test, as a child process. Killed when dropped.
+pub struct WorkerProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl WorkerProcess {
+    /// Starts `<this executable> run` with `env` on top of the inherited environment.
+    fn spawn(settings: &Settings) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the refund-worker executable")?;
+        let log = std::fs::File::create(&settings.worker_log).with_context(|| {
+            format!("creating the worker log {}", settings.worker_log.display())
+        })?;
+        let mut command = std::process::Command::new(exe);
+        command
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for k in &settings.child_env_remove {
+            command.env_remove(k);
+        }
+        command.envs(&settings.child_env);
+        let child = command.spawn().context("starting the worker process")?;
+        Ok(Self {
+            child,
+            log: settings.worker_log.clone(),
+        })
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status, if it has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The end of its output, for error messages.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(15);
+        lines[from..].join("\n")
+    }
+
+    /// Fails with the log's tail if the worker has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.exited() {
+            None => Ok(()),
+            Some(status) => anyhow::bail!(
+                "the worker exited ({status}); the end of its log ({}):\n{}",
+                self.log.display(),
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// Waits until `/readyz` answers 200 (database reachable, broker connected).
+    async fn wait_ready(&mut self, addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let url = format!("http://{addr}/readyz");
+        let deadline = Instant::now() + within;
+        loop {
+            self.check_alive()?;
+            if let Ok(r) = client.get(&url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "the worker was not ready within {within:?}; the end of its log ({}):\n{}",
+                    self.log.display(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. Returns how it ended.
+    async fn stop(&mut self, grace: Duration) -> String {
+        if let Some(status) = self.exited() {
+            return format!("had already exited ({status})");
+        }
+        let pid = self.child.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return format!("stopped on SIGTERM ({status})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        format!("did not stop within {grace:?} of SIGTERM; killed")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the worker to take).
+pub fn free_local_addr() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// Runs the end-to-end part: warm-up, throughput phase, steady phase.
+pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<Figures> {
+    cleanup.databases.push(settings.database_url.clone());
+    crate::store::ensure_database(&settings.database_url)
+        .await
+        .context("creating the bench database")?;
+    let pool = crate::store::connect(&settings.database_url, 2)
+        .await
+        .context("connecting to the bench database")?;
+    crate::store::migrate(&pool).await?;
+
+    // Two connections, as two separate clients would have: commands out, events in.
+    let commands_conn = broker::connect(&settings.amqp_url, "refund-worker-bench-publisher")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let events_conn = broker::connect(&settings.amqp_url, "refund-worker-bench-subscriber")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let channel = events_conn.create_channel().await?;
+    cleanup.topology = Some(settings.topology.clone());
+    settings.topology.declare(&channel).await?;
+    let events_queue = format!("bench-{}.events", settings.run_id);
+    channel
+        .queue_declare(
+            &events_queue,
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            &events_queue,
+            &settings.topology.exchange,
+            topology::STATUS_BINDING,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            &events_queue,
+            "refund-worker-bench",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let publisher = Publisher::open(&commands_conn).await?;
+
+    let steady_n = if settings.rate > 0.0 {
+        (settings.rate * settings.steady.as_secs_f64()).ceil() as u64
+    } else {
+        0
+    };
+    let shared = Arc::new(Shared {
+        clock: Clock::new(),
+        prefix: format!("bench-{}-", settings.run_id),
+        tracks: [
+            Track::new(settings.warmup, Some(settings.in_flight)),
+            Track::new(settings.refunds, Some(settings.in_flight)),
+            Track::new(steady_n, None),
+        ],
+        received: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        unknown: AtomicU64::new(0),
+        subscriber_error: std::sync::Mutex::new(None),
+    });
+    let stop_subscriber = CancellationToken::new();
+    // On an early return (an error, ctrl-c) the subscription ends with this function.
+    let _stop_on_return = stop_subscriber.clone().drop_guard();
+    let subscriber = tokio::spawn(subscribe(shared.clone(), consumer, stop_subscriber.clone()));
+
+    let xact_before = xact_commit(&settings.database_url).await;
+    let mut worker = WorkerProcess::spawn(settings)?;
+    let pid = worker.pid();
+    worker
+        .wait_ready(settings.http_addr, Duration::from_secs(60))
+        .await?;
+    let ticks = sys::clock_ticks_per_sec();
+    let cpus = sys::Machine::read().cpus;
+
+    let exchange = settings.topology.exchange.clone();
+    let phase = |phase, pace| PhaseRun {
+        shared: shared.clone(),
+        phase,
+        pace,
+        publisher: publisher.clone(),
+        exchange: exchange.clone(),
+        window: settings.confirm_window,
+        stall: settings.stall,
+    };
+    if settings.warmup > 0 {
+        phase(Phase::Warmup, Pace::Window)
+            .run(&mut worker, "warm-up")
+            .await?;
+    }
+
+    let wal_before = wal_lsn(&pool).await;
+    let cpu_before = CpuSnapshot::take(Some(pid));
+    let throughput = phase(Phase::Throughput, Pace::Window)
+        .run(&mut worker, "throughput")
+        .await?;
+    let cpu_throughput = cpu_before.until(&CpuSnapshot::take(Some(pid)), ticks, cpus);
+    let wal_bytes = match (wal_before, wal_lsn(&pool).await) {
+        (Some(a), Some(b)) => wal_diff(&pool, &b, &a).await,
+        _ => None,
+    };
+
+    let steady = if steady_n > 0 {
+        // Let the worker's queues settle after the throughput phase.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = CpuSnapshot::take(Some(pid));
+        let published = phase(Phase::Steady, Pace::Rate(settings.rate))
+            .run(&mut worker, "steady rate")
+            .await?;
+        Some((
+            published,
+            before.until(&CpuSnapshot::take(Some(pid)), ticks, cpus),
+        ))
+    } else {
+        None
+    };
+
+    let peak_rss_kib = sys::peak_rss_kib(pid);
+    let rss_kib_at_end = sys::rss_kib(pid);
+    let exit = worker.stop(Duration::from_secs(30)).await;
+    stop_subscriber.cancel();
+    match subscriber.await {
+        Ok(r) => r?,
+        Err(e) => anyhow::bail!("the event subscriber panicked: {e}"),
+    }
+    let _ = publisher.channel().close(200, "bench done").await;
+    let _ = commands_conn.close(200, "bench done").await;
+    let _ = events_conn.close(200, "bench done").await;
+
+    let mut counted = count(&pool).await?;
+    counted.events_received = shared.received.load(Ordering::Relaxed);
+    counted.duplicate_events = shared.duplicates.load(Ordering::Relaxed);
+    counted.unknown_events = shared.unknown.load(Ordering::Relaxed);
+    counted.commands = Phase::ALL
+        .iter()
+        .map(|p| shared.track(*p).published_count.load(Ordering::Relaxed))
+        .sum();
+    counted.wal_bytes_throughput = wal_bytes;
+
+    let mut throughput_figures = figures(&shared, Phase::Throughput, &throughput, None)?;
+    throughput_figures.cpu = Some(cpu_throughput);
+    throughput_figures.cpu_ms_per_refund =
+        CpuPerRefund::new(&cpu_throughput, settings.refunds, cpus);
+    (throughput_figures.stages, throughput_figures.stage_rates) =
+        stages(&pool, &shared, Phase::Throughput).await?;
+    let steady_figures = match steady {
+        Some((published, cpu)) => {
+            let mut f = figures(&shared, Phase::Steady, &published, Some(settings.rate))?;
+            f.cpu = Some(cpu);
+            f.cpu_ms_per_refund = CpuPerRefund::new(&cpu, steady_n, cpus);
+            (f.stages, f.stage_rates) = stages(&pool, &shared, Phase::Steady).await?;
+            Some(f)
+        }
+        None => None,
+    };
+    pool.close().await;
+    // Backends report their counters when they exit; give the worker's a moment.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    counted.transactions = match (xact_before, xact_commit(&settings.database_url).await) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+
+    Ok(Figures {
+        throughput: throughput_figures,
+        steady: steady_figures,
+        counted,
+        worker: WorkerFigures {
+            pid,
+            peak_rss_kib,
+            rss_kib_at_end,
+            exit,
+            log: settings.worker_log.display().to_string(),
+            env: settings.child_env.clone(),
+        },
+    })
+}
+
+/// One phase: a publisher task and a monitor that waits for every final event.
+struct PhaseRun {
+    shared: Arc<Shared>,
+    phase: Phase,
+    pace: Pace,
+    publisher: Publisher,
+    exchange: String,
+    window: usize,
+    stall: Duration,
+}
+
+impl PhaseRun {
+    async fn run(self, worker: &mut WorkerProcess, label: &str) -> anyhow::Result<Published> {
+        let track = self.shared.track(self.phase);
+        let n = track.len();
+        let progress = Progress::new(n, label);
+        let task = tokio::spawn(publish(
+            self.shared.clone(),
+            self.phase,
+            self.publisher.clone(),
+            self.exchange.clone(),
+            self.pace,
+            self.window,
+        ));
+        let result = self.monitor(worker, task, &progress).await;
+        progress.finish();
+        result
+    }
+
+    async fn monitor(
+        &self,
+        worker: &mut WorkerProcess,
+        mut task: tokio::task::JoinHandle<anyhow::Result<Published>>,
+        progress: &Progress,
+    ) -> anyhow::Result<Published> {
+        let track = self.shared.track(self.phase);
+        let n = track.len();
+        let mut published = None;
+        let mut last = (0, 0, 0);
+        let mut last_change = Instant::now();
+        loop {
+            let now = (
+                track.published_count.load(Ordering::Relaxed),
+                track.pending.load(Ordering::Relaxed),
+                track.finals(),
+            );
+            if now != last {
+                last = now;
+                last_change = Instant::now();
+            }
+            progress.set(now.2);
+            progress.message(format!(
+                "published {}  PENDING {}  final {}",
+                now.0, now.1, now.2
+            ));
+            if published.is_none() && task.is_finished() {
+                published = Some(match (&mut task).await {
+                    Ok(r) => r?,
+                    Err(e) => anyhow::bail!("the publisher panicked: {e}"),
+                });
+            }
+            if let Some(p) = published {
+                if now.2 >= n {
+                    return Ok(p);
+                }
+            }
+            if last_change.elapsed() > self.stall {
+                task.abort();
+                anyhow::bail!(
+                    "no progress for {:?}: published {}, PENDING {}, final {} of {n} (worker log: {})",
+                    self.stall,
+                    now.0,
+                    now.1,
+                    now.2,
+                    worker.log.display()
+                );
+            }
+            if let Err(e) = worker.check_alive() {
+                task.abort();
+                return Err(e);
+            }
+            let subscriber_error = self
+                .shared
+                .subscriber_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if let Some(e) = subscriber_error {
+                task.abort();
+                anyhow::bail!("{e} (was RabbitMQ restarted during the run?)");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Latencies and rates of a phase from its time stamps.
+fn figures(
+    shared: &Shared,
+    phase: Phase,
+    published: &Published,
+    target_rate: Option<f64>,
+) -> anyhow::Result<PhaseFigures> {
+    let track = shared.track(phase);
+    let mut to_pending = histogram()?;
+    let mut to_completed = histogram()?;
+    let (mut first, mut last_publish, mut last_final) = (u64::MAX, 0u64, 0u64);
+    for i in 0..track.published.len() {
+        let p = track.published[i].load(Ordering::Acquire);
+        if p == 0 {
+            continue;
+        }
+        first = first.min(p);
+        last_publish = last_publish.max(p);
+        let pending = track.pending_rx[i].load(Ordering::Acquire);
+        if pending >= p {
+            to_pending.saturating_record(micros(Duration::from_nanos(pending - p)));
+        }
+        let done = track.final_rx[i].load(Ordering::Acquire);
+        if done >= p {
+            to_completed.saturating_record(micros(Duration::from_nanos(done - p)));
+            last_final = last_final.max(done);
+        }
+    }
+    let secs = Duration::from_nanos(last_final.saturating_sub(first)).as_secs_f64();
+    let publish_secs = Duration::from_nanos(last_publish.saturating_sub(first)).as_secs_f64();
+    let n = track.len();
+    Ok(PhaseFigures {
+        refunds: n,
+        completed: track.completed.load(Ordering::Relaxed),
+        failed: track.failed.load(Ordering::Relaxed),
+        secs,
+        refunds_per_sec: if secs > 0.0 { n as f64 / secs } else { 0.0 },
+        publish_secs,
+        publish_rate: if publish_secs > 0.0 {
+            n.saturating_sub(1) as f64 / publish_secs
+        } else {
+            0.0
+        },
+        target_rate,
+        schedule_lag_max_ms: target_rate.map(|_| published.lag_max.as_secs_f64() * 1000.0),
+        to_pending: Latency::of(&to_pending),
+        to_completed: Latency::of(&to_completed),
+        cpu: None,
+        cpu_ms_per_refund: None,
+        stages: Vec::new(),
+        stage_rates: StageRates::default(),
+    })
+}
+
+/// Microseconds from 1 µs to 1 hour, 3 significant digits.
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 3_600_000_000, 3)?)
+}
+
+/// One refund's timestamps from the database.
+type StageRow = (
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    Option<i64>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+/// Splits the phase's latencies into stages with the database's timestamps.
+async fn stages(
+    pool: &PgPool,
+    shared: &Shared,
+    phase: Phase,
+) -> anyhow::Result<(Vec<Stage>, StageRates)> {
+    let pattern = format!("{}{}%", shared.prefix, phase.tag());
+    let rows: Vec<StageRow> = sqlx::query_as(
+        "SELECT r.refund_reference, r.created_at, r.finished_at,
+                a.first_call, a.calls_end, a.calls_ms,
+                p.published_at, c.published_at
+         FROM refunds r
+         LEFT JOIN LATERAL (
+             SELECT min(started_at) AS first_call,
+                    max(started_at + latency_ms * interval '1 millisecond') AS calls_end,
+                    sum(latency_ms)::bigint AS calls_ms
+             FROM provider_attempts WHERE refund_reference = r.refund_reference) a ON true
+         LEFT JOIN LATERAL (
+             SELECT o.published_at FROM refund_transitions t JOIN outbox o ON o.event_id = t.event_id
+             WHERE t.refund_reference = r.refund_reference AND t.to_status = 'PENDING' LIMIT 1) p ON true
+         LEFT JOIN LATERAL (
+             SELECT o.published_at FROM refund_transitions t JOIN outbox o ON o.event_id = t.event_id
+             WHERE t.refund_reference = r.refund_reference AND t.to_status <> 'PENDING' LIMIT 1) c ON true
+         WHERE r.refund_reference LIKE $1",
+    )
+    .bind(&pattern)
+    .fetch_all(pool)
+    .await
+    .context("reading stage timestamps")?;
+
+    const NAMES: [&str; 8] = [
+        "publish -> intake transaction starts (queue, consume, parse, duplicate check)",
+        "intake transaction -> relay picks up PENDING (commit, relay wake-up/batch)",
+        "relay picks up PENDING -> subscriber has it (publish, confirms, delivery)",
+        "intake transaction -> first provider call (commit, dispatcher claim)",
+        "provider calls (HTTP to the sandbox, sum)",
+        "last provider call ends -> record transaction starts",
+        "record transaction -> relay picks up COMPLETED (commit, relay wake-up/batch)",
+        "relay picks up COMPLETED -> subscriber has it (publish, confirms, delivery)",
+    ];
+    let mut hist = NAMES
+        .iter()
+        .map(|_| histogram())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let span_us = |a: DateTime<Utc>, b: DateTime<Utc>| {
+        u64::try_from((b - a).num_microseconds().unwrap_or(0)).unwrap_or(0)
+    };
+    let mut spans = Spans::default();
+    for (reference, created, finished, first_call, calls_end, calls_ms, pending_pub, final_pub) in
+        &rows
+    {
+        let Some((track, n)) = shared.locate(reference) else {
+            continue;
+        };
+        let ns = |slot: &AtomicU64| Some(slot.load(Ordering::Acquire)).filter(|v| *v > 0);
+        let published = ns(&track.published[n]).map(|v| shared.clock.wall(v));
+        let pending_rx = ns(&track.pending_rx[n]).map(|v| shared.clock.wall(v));
+        let final_rx = ns(&track.final_rx[n]).map(|v| shared.clock.wall(v));
+        let d = |from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>| match (from, to) {
+            (Some(a), Some(b)) => Some(span_us(a, b).max(1)),
+            _ => None,
+        };
+        let created = Some(*created);
+        let samples = [
+            d(published, created),
+            d(created, *pending_pub),
+            d(*pending_pub, pending_rx),
+            d(created, *first_call),
+            calls_ms.map(|ms| u64::try_from(ms).unwrap_or(0).saturating_mul(1000).max(1)),
+            d(*calls_end, *finished),
+            d(*finished, *final_pub),
+            d(*final_pub, final_rx),
+        ];
+        for (h, sample) in hist.iter_mut().zip(samples) {
+            if let Some(v) = sample {
+                h.saturating_record(v);
+            }
+        }
+        spans.intake.add(created);
+        spans.dispatch.add(*finished);
+        spans.relay.add(*pending_pub);
+        spans.relay.add(*final_pub);
+    }
+    let relay_commits: (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT o.published_at) FROM outbox o
+         JOIN refund_transitions t ON t.event_id = o.event_id
+         WHERE t.refund_reference LIKE $1 AND o.published_at IS NOT NULL",
+    )
+    .bind(&pattern)
+    .fetch_one(pool)
+    .await?;
+    let stages = NAMES
+        .iter()
+        .zip(&hist)
+        .map(|(name, h)| Stage {
+            name,
+            latency: Latency::of(h),
+        })
+        .collect();
+    let rates = StageRates {
+        intake_per_sec: spans.intake.rate(),
+        dispatch_per_sec: spans.dispatch.rate(),
+        relay_events_per_sec: spans.relay.rate(),
+        events_per_relay_commit: if relay_commits.1 > 0 {
+            relay_commits.0 as f64 / relay_commits.1 as f64
+        } else {
+            0.0
+        },
+    };
+    Ok((stages, rates))
+}
+
+/// First and last time of something, and how many.
+#[derive(Default)]
+struct Span {
+    first: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+    count: u64,
+}
+
+impl Span {
+    fn add(&mut self, t: Option<DateTime<Utc>>) {
+        if let Some(t) = t {
+            self.first = Some(self.first.map_or(t, |f| f.min(t)));
+            self.last = Some(self.last.map_or(t, |l| l.max(t)));
+            self.count += 1;
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        match (self.first, self.last) {
+            (Some(a), Some(b)) if b > a && self.count > 1 => {
+                let secs = (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                (self.count - 1) as f64 / secs
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Spans {
+    intake: Span,
+    dispatch: Span,
+    relay: Span,
+}
+
+/// Counts rows of the bench database.
+async fn count(pool: &PgPool) -> anyhow::Result<Counted> {
+    let (refunds, completed, failed, pending): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE status = 'COMPLETED'),
+                count(*) FILTER (WHERE status = 'REFUND_FAIL'),
+                count(*) FILTER (WHERE status = 'PENDING') FROM refunds",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (provider_calls, submits, status_polls): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE call = 'submit'),
+                count(*) FILTER (WHERE call = 'status') FROM provider_attempts",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (events, unpublished, relay_commits): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE published_at IS NULL),
+                count(DISTINCT published_at) FROM outbox",
+    )
+    .fetch_one(pool)
+    .await?;
+    let transitions: i64 = sqlx::query_scalar("SELECT count(*) FROM refund_transitions")
+        .fetch_one(pool)
+        .await?;
+    Ok(Counted {
+        refunds,
+        completed,
+        failed,
+        pending,
+        provider_calls,
+        submits,
+        status_polls,
+        events,
+        unpublished,
+        relay_commits,
+        transitions,
+        ..Counted::default()
+    })
+}
+
+/// `pg_stat_database.xact_commit` of the database in `database_url` (read from the
+/// server's `postgres` database, so our own connection does not count).
+async fn xact_commit(database_url: &str) -> Option<i64> {
+    let (admin, name) = super::admin_url(database_url).ok()?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin)
+        .await
+        .ok()?;
+    let n = sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&pool)
+        .await
+        .ok()
+        .flatten();
+    pool.close().await;
+    n
+}
+
+/// The server's current WAL position.
+async fn wal_lsn(pool: &PgPool) -> Option<String> {
+    sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await
+        .ok()
+}
+
+/// Bytes of WAL between two positions.
+async fn wal_diff(pool: &PgPool, later: &str, earlier: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT pg_wal_lsn_diff($1::pg_lsn, $2::pg_lsn)::bigint")
+        .bind(later)
+        .bind(earlier)
+        .fetch_one(pool)
+        .await
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared {
+            clock: Clock::new(),
+            prefix: "bench-abc-".into(),
+            tracks: [
+                Track::new(1, None),
+                Track::new(3, Some(1)),
+                Track::new(0, None),
+            ],
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+            subscriber_error: std::sync::Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn references_round_trip_and_strangers_are_ignored() {
+        let s = shared();
+        let r = s.reference(Phase::Throughput, 2);
+        assert_eq!(r, "bench-abc-t2");
+        assert!(s.locate(&r).is_some_and(|(_, n)| n == 2));
+        assert!(s.locate("bench-abc-t3").is_none(), "out of range");
+        assert!(s.locate("bench-abc-s0").is_none(), "empty phase");
+        assert!(s.locate("bench-xyz-t0").is_none(), "another run");
+        assert!(s.locate("bench-abc-x0").is_none(), "unknown phase");
+    }
+
+    #[test]
+    fn events_are_deduplicated_and_release_the_window() {
+        let s = shared();
+        let ev = |status: &str| {
+            format!(r#"{{"refundReference":"bench-abc-t1","status":"{status}","eventId":"x"}}"#)
+        };
+        s.on_event(ev("PENDING").as_bytes());
+        s.on_event(ev("PENDING").as_bytes());
+        s.on_event(ev("COMPLETED").as_bytes());
+        s.on_event(b"not json");
+        let t = s.track(Phase::Throughput);
+        assert_eq!(t.pending.load(Ordering::Relaxed), 1);
+        assert_eq!(t.completed.load(Ordering::Relaxed), 1);
+        assert_eq!(s.duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(s.unknown.load(Ordering::Relaxed), 1);
+        assert_eq!(t.in_flight.as_ref().map(|w| w.available_permits()), Some(2));
+    }
+
+    #[test]
+    fn commands_are_valid() {
+        let c = command("bench-abc-t0", 0);
+        assert!(crate::domain::RefundCommand::from_value(c).is_ok());
+    }
+
+    #[test]
+    fn spans_give_rates() {
+        let mut s = Span::default();
+        let t0 = Utc::now();
+        for i in 0..11 {
+            s.add(Some(t0 + chrono::Duration::milliseconds(i * 100)));
+        }
+        assert!((s.rate() - 10.0).abs() < 1e-9);
+    }
+}

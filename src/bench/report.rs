@@ -1,0 +1,605 @@
+//! The figures of one run: the cost model, the bound, the targets, and their text and
+//! JSON forms.
+
+use super::e2e::{self, Latency, PhaseFigures};
+use super::raw::{BrokerBound, PostgresBound};
+use super::sys::{CpuUse, Machine};
+use crate::config::Config;
+use serde::Serialize;
+
+/// Appends one formatted line to a `String`.
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        $out.push_str(&format!($($arg)*));
+        $out.push('\n');
+    }};
+}
+
+/// Targets from the issue.
+const TARGET_REFUNDS_PER_SEC: f64 = 1_500.0;
+const TARGET_RATIO: f64 = 0.9;
+const TARGET_STEADY_RATE: f64 = 500.0;
+const TARGET_P99_PENDING_MS: f64 = 50.0;
+const TARGET_RSS_MIB: f64 = 64.0;
+
+/// What a refund costs the broker and the database, counted from the code.
+///
+/// Per refund: the command is consumed once, and two events are published (PENDING at
+/// intake, COMPLETED when recorded). Commits: the intake transaction, then per provider
+/// call one claim (`store::refunds::claim_due`) and one record (`record_step`), and the
+/// relay's mark (`outbox::mark_published`) per event when nothing is batched. The number of
+/// provider calls comes from the run: with the sandbox's completion delay at 0 the submit
+/// itself answers COMPLETED, so it is one.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Model {
+    /// 1 command consumed + 2 events published.
+    pub messages_per_refund: f64,
+    /// Provider calls per refund (measured in the run).
+    pub provider_calls_per_refund: f64,
+    /// 1 intake + 2 x calls (claim, record) + 2 relay marks.
+    pub commits_per_refund: f64,
+    /// Broker messages/s divided by messages per refund.
+    pub bound_by_broker: f64,
+    /// Database commits/s divided by commits per refund.
+    pub bound_by_postgres: f64,
+    /// The smaller of the two: the rate a perfect worker could reach.
+    pub bound: f64,
+    /// Which of the two limits it.
+    pub limited_by: &'static str,
+    /// RabbitMQ CPU per message cycle in the raw test, ms.
+    pub rabbitmq_cpu_ms_per_message: f64,
+    /// PostgreSQL CPU per commit in the raw test, ms.
+    pub postgres_cpu_ms_per_commit: f64,
+    /// Supplementary: the rate at which the broker's and the database's CPU alone (raw-test
+    /// cost per operation, a worker costing nothing) would fill every CPU of the machine.
+    pub cpu_bound: f64,
+}
+
+impl Model {
+    fn new(
+        broker: &BrokerBound,
+        postgres: &PostgresBound,
+        calls_per_refund: f64,
+        cpus: usize,
+    ) -> Self {
+        let messages_per_refund = 3.0;
+        let calls = if calls_per_refund > 0.0 {
+            calls_per_refund
+        } else {
+            1.0
+        };
+        let commits_per_refund = 1.0 + 2.0 * calls + 2.0;
+        let bound_by_broker = broker.messages_per_sec / messages_per_refund;
+        let bound_by_postgres = postgres.commits_per_sec / commits_per_refund;
+        let (bound, limited_by) = if bound_by_broker <= bound_by_postgres {
+            (bound_by_broker, "RabbitMQ")
+        } else {
+            (bound_by_postgres, "PostgreSQL")
+        };
+        let per = |secs: f64, n: u64| {
+            if n > 0 {
+                secs * 1000.0 / n as f64
+            } else {
+                0.0
+            }
+        };
+        let rabbitmq_cpu_ms_per_message = per(broker.cpu.rabbitmq_secs, broker.messages);
+        let postgres_cpu_ms_per_commit = per(postgres.cpu.postgres_secs, postgres.commits);
+        let server_ms = messages_per_refund * rabbitmq_cpu_ms_per_message
+            + commits_per_refund * postgres_cpu_ms_per_commit;
+        let cpu_bound = if server_ms > 0.0 {
+            cpus as f64 * 1000.0 / server_ms
+        } else {
+            0.0
+        };
+        Self {
+            messages_per_refund,
+            provider_calls_per_refund: calls,
+            commits_per_refund,
+            bound_by_broker,
+            bound_by_postgres,
+            bound,
+            limited_by,
+            rabbitmq_cpu_ms_per_message,
+            postgres_cpu_ms_per_commit,
+            cpu_bound,
+        }
+    }
+}
+
+/// One target of the issue and how the run did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// What is required.
+    pub goal: String,
+    /// What was measured (text with its unit).
+    pub measured: String,
+    /// Met, missed, or not measured (`null`).
+    pub pass: Option<bool>,
+}
+
+/// Everything the report needs.
+pub struct Inputs<'a> {
+    /// Run id.
+    pub run_id: String,
+    /// `--quick`.
+    pub quick: bool,
+    /// `--in-flight`.
+    pub in_flight: u64,
+    /// The machine.
+    pub machine: Machine,
+    /// The worker's configuration.
+    pub config: &'a Config,
+    /// Raw broker figures.
+    pub broker: BrokerBound,
+    /// Raw database figures.
+    pub postgres: PostgresBound,
+    /// End-to-end figures.
+    pub end_to_end: e2e::Figures,
+    /// Initiate calls the sandbox saw.
+    pub sandbox_submits: u64,
+    /// Status calls the sandbox saw.
+    pub sandbox_status_calls: u64,
+    /// Peak RSS of the bench process.
+    pub bench_peak_rss_kib: Option<u64>,
+}
+
+/// The worker settings that shape the figures.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSettings {
+    /// `PREFETCH`.
+    pub prefetch: u16,
+    /// `DATABASE_MAX_CONNECTIONS`.
+    pub database_max_connections: u32,
+    /// `DISPATCH_BATCH`.
+    pub dispatch_batch: i64,
+    /// `DISPATCH_CONCURRENCY`.
+    pub dispatch_concurrency: usize,
+    /// `IDLE_POLL_MS`.
+    pub idle_poll_ms: u128,
+    /// `POLL_INITIAL_MS`.
+    pub poll_initial_ms: u128,
+    /// `RUST_LOG` of the worker (unset: the service default, info).
+    pub log_filter: String,
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Run id (names the database, queues and refunds).
+    pub run_id: String,
+    /// `--quick`.
+    pub quick: bool,
+    /// Refunds in flight at most in the throughput phase.
+    pub in_flight: u64,
+    /// The machine.
+    pub machine: Machine,
+    /// Providers exercised.
+    pub providers: &'static str,
+    /// Worker settings.
+    pub worker_settings: WorkerSettings,
+    /// Raw broker figures.
+    pub broker: BrokerBound,
+    /// Raw database figures.
+    pub postgres: PostgresBound,
+    /// Cost per refund and the bound.
+    pub model: Model,
+    /// End-to-end figures.
+    pub end_to_end: e2e::Figures,
+    /// Throughput divided by the bound.
+    pub ratio_to_bound: f64,
+    /// Initiate calls the sandbox saw.
+    pub sandbox_submits: u64,
+    /// Status calls the sandbox saw.
+    pub sandbox_status_calls: u64,
+    /// Peak RSS of the bench process (publisher, subscriber, sandbox), KiB.
+    pub bench_peak_rss_kib: Option<u64>,
+    /// The issue's targets.
+    pub targets: Vec<Target>,
+}
+
+const PROVIDERS: &str =
+    "va_services only: it is the only provider adapter today (BPN, Binance Pay and \
+     BVNK do not exist yet), so the mix is 100% va_services, served by the in-process sandbox \
+     (completion delay 0, no faults)";
+
+impl Report {
+    /// Computes the model, the ratio and the targets.
+    pub fn new(inputs: Inputs<'_>) -> Self {
+        let e = &inputs.end_to_end;
+        let model = Model::new(
+            &inputs.broker,
+            &inputs.postgres,
+            e.counted.calls_per_refund(),
+            inputs.machine.cpus,
+        );
+        let ratio_to_bound = if model.bound > 0.0 {
+            e.throughput.refunds_per_sec / model.bound
+        } else {
+            0.0
+        };
+        let config = inputs.config;
+        let worker_settings = WorkerSettings {
+            prefetch: config.prefetch,
+            database_max_connections: config.database_max_connections,
+            dispatch_batch: config.dispatch_batch,
+            dispatch_concurrency: config.dispatch_concurrency,
+            idle_poll_ms: config.idle_poll.as_millis(),
+            poll_initial_ms: config.poll.initial.as_millis(),
+            log_filter: std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| {
+                    format!("{} (service default)", crate::telemetry::SERVICE_FILTER)
+                }),
+        };
+        let mut report = Self {
+            run_id: inputs.run_id,
+            quick: inputs.quick,
+            in_flight: inputs.in_flight,
+            machine: inputs.machine,
+            providers: PROVIDERS,
+            worker_settings,
+            broker: inputs.broker,
+            postgres: inputs.postgres,
+            model,
+            end_to_end: inputs.end_to_end,
+            ratio_to_bound,
+            sandbox_submits: inputs.sandbox_submits,
+            sandbox_status_calls: inputs.sandbox_status_calls,
+            bench_peak_rss_kib: inputs.bench_peak_rss_kib,
+            targets: Vec::new(),
+        };
+        report.targets = report.evaluate();
+        report
+    }
+
+    fn evaluate(&self) -> Vec<Target> {
+        let e = &self.end_to_end;
+        let rps = e.throughput.refunds_per_sec;
+        let mut targets = vec![
+            Target {
+                goal: format!(">= {TARGET_REFUNDS_PER_SEC:.0} refunds/s end to end"),
+                measured: format!("{rps:.0} refunds/s"),
+                pass: Some(rps >= TARGET_REFUNDS_PER_SEC),
+            },
+            Target {
+                goal: format!(">= {TARGET_RATIO} of the raw bound"),
+                measured: format!(
+                    "{:.2} ({rps:.0} of {:.0} refunds/s)",
+                    self.ratio_to_bound, self.model.bound
+                ),
+                pass: Some(self.ratio_to_bound >= TARGET_RATIO),
+            },
+        ];
+        let steady_goal =
+            format!("p99 command -> PENDING <= {TARGET_P99_PENDING_MS:.0} ms at a steady {TARGET_STEADY_RATE:.0}/s");
+        targets.push(match &e.steady {
+            Some(s) => {
+                let at = s.target_rate.unwrap_or(0.0);
+                let same_rate = (at - TARGET_STEADY_RATE).abs() < 1e-9;
+                Target {
+                    goal: steady_goal,
+                    measured: if same_rate {
+                        format!("{:.1} ms", s.to_pending.p99_ms)
+                    } else {
+                        format!(
+                            "{:.1} ms, but at {at}/s: not the target's rate",
+                            s.to_pending.p99_ms
+                        )
+                    },
+                    pass: same_rate.then_some(s.to_pending.p99_ms <= TARGET_P99_PENDING_MS),
+                }
+            }
+            None => Target {
+                goal: steady_goal,
+                measured: "not run (--rate 0)".into(),
+                pass: None,
+            },
+        });
+        let rss = e.worker.peak_rss_kib.map(|k| k as f64 / 1024.0);
+        targets.push(Target {
+            goal: format!("worker peak RSS <= {TARGET_RSS_MIB:.0} MiB"),
+            measured: rss.map_or("unknown (no /proc)".into(), |m| format!("{m:.1} MiB")),
+            pass: rss.map(|m| m <= TARGET_RSS_MIB),
+        });
+        targets
+    }
+
+    /// The same report with other worker details (e.g. the log path after deleting it).
+    pub fn with_worker(mut self, worker: e2e::WorkerFigures) -> Self {
+        self.end_to_end.worker = worker;
+        self
+    }
+
+    /// Every refund completed and nothing was lost.
+    pub fn run_ok(&self) -> bool {
+        let e = &self.end_to_end;
+        let phase_ok = |p: &PhaseFigures| p.completed == p.refunds && p.failed == 0;
+        phase_ok(&e.throughput)
+            && e.steady.as_ref().is_none_or(phase_ok)
+            && e.counted.pending == 0
+            && e.counted.unpublished == 0
+    }
+
+    /// Whether a target was missed.
+    pub fn any_miss(&self) -> bool {
+        self.targets.iter().any(|t| t.pass == Some(false))
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let out = &mut out;
+        let e = &self.end_to_end;
+        let m = &self.machine;
+        say!(
+            out,
+            "refund-worker bench (run {}{})",
+            self.run_id,
+            if self.quick {
+                ", --quick: small samples, figures are indicative"
+            } else {
+                ""
+            }
+        );
+        say!(
+            out,
+            "machine    {} CPUs, {}, {} MiB RAM, Linux {}",
+            m.cpus,
+            m.cpu_model.as_deref().unwrap_or("unknown CPU"),
+            m.memory_mib.map_or("?".into(), |v| v.to_string()),
+            m.kernel.as_deref().unwrap_or("?")
+        );
+        say!(out, "providers  {}", self.providers);
+        let w = &self.worker_settings;
+        say!(out,
+            "worker     `refund-worker run` as a child process (pid {}); PREFETCH {}, DATABASE_MAX_CONNECTIONS {}, \
+             DISPATCH_BATCH {}, DISPATCH_CONCURRENCY {}, IDLE_POLL_MS {}, POLL_INITIAL_MS {}; logs: {}",
+            e.worker.pid,
+            w.prefetch,
+            w.database_max_connections,
+            w.dispatch_batch,
+            w.dispatch_concurrency,
+            w.idle_poll_ms,
+            w.poll_initial_ms,
+            w.log_filter
+        );
+
+        let b = &self.broker;
+        let p = &self.postgres;
+        let md = &self.model;
+        say!(out, "\nraw bound (same machine, same run)");
+        say!(out,
+            "  RabbitMQ    {:>9.0} msg/s  publish+confirm+consume+ack, {} msgs of {} B, quorum queue, confirm window {}, prefetch {} ({:.2} s)",
+            b.messages_per_sec, b.messages, b.body_bytes, b.confirm_window, b.prefetch, b.secs
+        );
+        say!(out,
+            "  PostgreSQL  {:>9.0} commits/s  single-row INSERT, {} commits, {} connections, p50 {:.2} ms, p99 {:.2} ms ({:.2} s)",
+            p.commits_per_sec, p.commits, p.connections, p.commit_p50_ms, p.commit_p99_ms, p.secs
+        );
+        say!(out,
+            "  per refund (from the code): {} messages (1 command consumed + PENDING + COMPLETED events); \
+             {:.2} commits (intake 1 + claim and record per provider call 2 x {:.2} + relay mark per event 2)",
+            md.messages_per_refund, md.commits_per_refund, md.provider_calls_per_refund
+        );
+        say!(out,
+            "  bound       {:>9.0} refunds/s  = min({:.0} / {}, {:.0} / {:.2}) = min({:.0}, {:.0}), limited by {}",
+            md.bound,
+            b.messages_per_sec,
+            md.messages_per_refund,
+            p.commits_per_sec,
+            md.commits_per_refund,
+            md.bound_by_broker,
+            md.bound_by_postgres,
+            md.limited_by
+        );
+
+        say!(
+            out,
+            "  CPU in the raw tests: RabbitMQ {:.3} ms per message ({:.0}% of the machine busy), PostgreSQL {:.3} ms per commit \
+             ({:.0}% busy); with a worker costing nothing, the servers' CPU alone would allow {:.0} refunds/s on {} CPUs",
+            md.rabbitmq_cpu_ms_per_message,
+            b.cpu.machine_busy_share * 100.0,
+            md.postgres_cpu_ms_per_commit,
+            p.cpu.machine_busy_share * 100.0,
+            md.cpu_bound,
+            self.machine.cpus
+        );
+
+        let t = &e.throughput;
+        say!(out,
+            "\nend to end, throughput: {} refunds, at most {} in flight (published, not yet COMPLETED)",
+            t.refunds, self.in_flight
+        );
+        say!(out,
+            "  {:>9.0} refunds/s  ({:.2} s from the first command to the last COMPLETED; {:.2} of the raw bound)",
+            t.refunds_per_sec, t.secs, self.ratio_to_bound
+        );
+        print_phase(out, t);
+
+        if let Some(s) = &e.steady {
+            say!(
+                out,
+                "\nend to end, steady rate: {:.0} refunds/s for {:.1} s ({} refunds)",
+                s.target_rate.unwrap_or(0.0),
+                s.publish_secs,
+                s.refunds
+            );
+            say!(out,
+                "  published at {:.0}/s (worst lag behind schedule {:.1} ms); {:.0} refunds/s completed",
+                s.publish_rate,
+                s.schedule_lag_max_ms.unwrap_or(0.0),
+                s.refunds_per_sec
+            );
+            print_phase(out, s);
+        }
+
+        let c = &e.counted;
+        say!(
+            out,
+            "\nmeasured per refund ({} refunds in the database, warm-up included)",
+            c.refunds
+        );
+        say!(out,
+            "  provider calls {:.2} (submits {}, status polls {}; the sandbox saw {} submits, {} status calls)",
+            c.calls_per_refund(),
+            c.submits,
+            c.status_polls,
+            self.sandbox_submits,
+            self.sandbox_status_calls
+        );
+        say!(out,
+            "  broker messages {:.2} (commands {}, events published {}, received by the subscriber {}, duplicates {}, unplaceable {})",
+            c.messages_per_refund(),
+            c.commands,
+            c.events - c.unpublished,
+            c.events_received,
+            c.duplicate_events,
+            c.unknown_events
+        );
+        say!(out,
+            "  write commits proven by rows {:.2} (intake 1 + record {:.2} + relay {:.3}: {:.1} events per relay commit); \
+             claims are batched (DISPATCH_BATCH), at most one per call",
+            c.counted_commits_per_refund(),
+            c.calls_per_refund(),
+            if c.refunds > 0 {
+                c.relay_commits as f64 / c.refunds as f64
+            } else {
+                0.0
+            },
+            if c.relay_commits > 0 {
+                (c.events - c.unpublished) as f64 / c.relay_commits as f64
+            } else {
+                0.0
+            }
+        );
+        match c.transactions_per_refund() {
+            Some(x) => say!(out,
+                "  transactions {x:.2} (pg_stat_database xact_commit over the worker's life, read-only and idle polls included)"
+            ),
+            None => say!(out, "  transactions: pg_stat_database not readable"),
+        }
+        if let Some(w) = c.wal_bytes_per_refund(t.refunds) {
+            say!(out, "  WAL {w:.0} bytes (throughput phase, server-wide)");
+        }
+        say!(
+            out,
+            "  status: {} COMPLETED, {} REFUND_FAIL, {} PENDING; {} events never published",
+            c.completed,
+            c.failed,
+            c.pending,
+            c.unpublished
+        );
+        say!(
+            out,
+            "\nmemory     worker peak RSS (VmHWM) {}, RSS at the end {}; bench process peak {}",
+            mib(e.worker.peak_rss_kib),
+            mib(e.worker.rss_kib_at_end),
+            mib(self.bench_peak_rss_kib)
+        );
+        say!(out, "worker     {}; log: {}", e.worker.exit, e.worker.log);
+
+        say!(out, "\ntargets");
+        for target in &self.targets {
+            let verdict = match target.pass {
+                Some(true) => "PASS",
+                Some(false) => "MISS",
+                None => "----",
+            };
+            say!(
+                out,
+                "  {verdict}  {:<52} measured {}",
+                target.goal,
+                target.measured
+            );
+        }
+        if !self.run_ok() {
+            say!(
+                out,
+                "\nthe run FAILED: not every refund completed (see the status line above)"
+            );
+        }
+        std::mem::take(out)
+    }
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("unknown".into(), |k| {
+        format!("{:.1} MiB", k as f64 / 1024.0)
+    })
+}
+
+fn latency_line(out: &mut String, label: &str, l: &Latency) {
+    say!(out,
+        "  {label:<22} p50 {:>8.1}  p90 {:>8.1}  p99 {:>8.1}  max {:>8.1}  mean {:>8.1} ms  ({} refunds)",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, l.mean_ms, l.count
+    );
+}
+
+fn print_phase(out: &mut String, p: &PhaseFigures) {
+    latency_line(out, "command -> PENDING", &p.to_pending);
+    latency_line(out, "command -> COMPLETED", &p.to_completed);
+    if p.failed > 0 || p.completed < p.refunds {
+        say!(
+            out,
+            "  !! {} of {} refunds completed, {} failed",
+            p.completed,
+            p.refunds,
+            p.failed
+        );
+    }
+    say!(
+        out,
+        "  stages (database timestamps; means add up to the latencies above, ms):"
+    );
+    for s in &p.stages {
+        say!(
+            out,
+            "    mean {:>8.2}  p50 {:>8.2}  p99 {:>8.2}  {}",
+            s.latency.mean_ms,
+            s.latency.p50_ms,
+            s.latency.p99_ms,
+            s.name
+        );
+    }
+    let r = &p.stage_rates;
+    say!(out,
+        "  stage rates: intake {:.0}/s, dispatch (final) {:.0}/s, relay {:.0} events/s, {:.1} events per relay commit",
+        r.intake_per_sec, r.dispatch_per_sec, r.relay_events_per_sec, r.events_per_relay_commit
+    );
+    if let Some(cpu) = &p.cpu {
+        print_cpu(out, cpu);
+    }
+    if let Some(c) = &p.cpu_ms_per_refund {
+        say!(out,
+            "  CPU per refund: worker {:.2} ms, PostgreSQL {:.2} ms, RabbitMQ {:.2} ms, bench process {:.2} ms = {:.2} ms: \
+             at most {:.0} refunds/s with every CPU busy on them",
+            c.worker, c.postgres, c.rabbitmq, c.bench, c.total, c.cpu_bound_refunds_per_sec
+        );
+    }
+}
+
+fn print_cpu(out: &mut String, c: &CpuUse) {
+    say!(out,
+        "  CPU seconds over {:.2} s: worker {:.2}, bench process (publisher, subscriber, sandbox) {:.2}, \
+         PostgreSQL {:.2}, RabbitMQ {:.2}, anything else {:.2}; machine {:.0}% busy",
+        c.wall_secs,
+        c.worker_secs,
+        c.bench_secs,
+        c.postgres_secs,
+        c.rabbitmq_secs,
+        c.others_secs,
+        c.machine_busy_share * 100.0
+    );
+    if c.wall_secs > 0.0 && c.others_secs / c.wall_secs > 0.2 {
+        say!(out,
+            "  !! other processes used {:.0}% of a CPU during this phase: the figures are disturbed",
+            100.0 * c.others_secs / c.wall_secs
+        );
+    }
+}
