@@ -73,28 +73,15 @@ async fn refunds_are_listed_page_by_page_and_shown_with_deliveries() {
             .await
             .unwrap();
     }
-    let base = app.serve_http().await;
-    let client = reqwest::Client::new();
-    let get = |q: String| {
-        client
-            .get(format!("{base}/v1/refunds{q}"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-    };
-    let p1: Value = get("?limit=2&status=PENDING".into())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = app.admin().await;
+    let p1 = admin.get_json("/v1/refunds?limit=2&status=PENDING").await;
     assert_eq!(p1["items"].as_array().unwrap().len(), 2);
     let cursor = p1["nextCursor"].as_str().expect("more pages").to_string();
-    let p2: Value = get(format!("?limit=2&status=PENDING&cursor={cursor}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p2 = admin
+        .get_json(&format!(
+            "/v1/refunds?limit=2&status=PENDING&cursor={cursor}"
+        ))
+        .await;
     assert_eq!(p2["items"].as_array().unwrap().len(), 1);
     assert!(p2["nextCursor"].is_null());
     let mut all: Vec<String> = p1["items"]
@@ -106,31 +93,17 @@ async fn refunds_are_listed_page_by_page_and_shown_with_deliveries() {
         .collect();
     all.sort();
     assert_eq!(all, vec!["page-0", "page-1", "page-2"]);
-    assert_eq!(get("?cursor=garbage".into()).await.unwrap().status(), 400);
-    assert_eq!(get("?status=DONE".into()).await.unwrap().status(), 400);
+    assert_eq!(admin.get("/v1/refunds?cursor=garbage").await.status(), 400);
+    assert_eq!(admin.get("/v1/refunds?status=DONE").await.status(), 400);
 
-    let one: Value = client
-        .get(format!("{base}/v1/refunds/page-1"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one = admin.get_json("/v1/refunds/page-1").await;
     assert_eq!(one["refund"]["status"], "PENDING");
     assert_eq!(one["transitions"][0]["toStatus"], "PENDING");
     assert!(
         one["deliveries"].as_array().unwrap().is_empty(),
         "no callbackUrl, no default endpoint"
     );
-    let missing = client
-        .get(format!("{base}/v1/refunds/nope"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
+    assert_eq!(admin.get("/v1/refunds/nope").await.status(), 404);
     app.cleanup().await;
 }
 
@@ -140,13 +113,15 @@ async fn replaying_dead_letters_fixes_what_can_be_fixed_and_returns_the_rest_onc
     app.start_worker();
     // A bad message, dead-lettered by the worker.
     app.publish_raw(b"not json at all").await;
-    app.eventually("dead-lettered", || async {
+    let dlq_name = app.topology.commands_dlq.clone();
+    let depth = || async {
         let c = refund_worker::broker::connect(&amqp_url(), "t")
             .await
             .unwrap();
-        dlq::depth(&c, &app.topology.commands_dlq).await.unwrap() == 1
-    })
-    .await;
+        dlq::depth(&c, &dlq_name).await.unwrap()
+    };
+    app.eventually("dead-lettered", || async { depth().await == 1 })
+        .await;
     // A good command sitting in the DLQ (e.g. dead-lettered during an outage).
     let r = reference("replayed");
     let mut headers = FieldTable::default();
@@ -164,18 +139,9 @@ async fn replaying_dead_letters_fixes_what_can_be_fixed_and_returns_the_rest_onc
         .await
         .unwrap();
 
-    let base = app.serve_http().await;
-    let client = reqwest::Client::new();
-    let url = format!("{base}/v1/dlq/{}", app.topology.commands_dlq);
-    let listed: Value = client
-        .get(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = app.admin().await;
+    let path = format!("/v1/dlq/{}", app.topology.commands_dlq);
+    let listed = admin.get_json(&path).await;
     assert_eq!(listed["depth"], 2);
     assert!(listed["items"]
         .as_array()
@@ -183,51 +149,25 @@ async fn replaying_dead_letters_fixes_what_can_be_fixed_and_returns_the_rest_onc
         .iter()
         .any(|d| d["reason"] == "database was down"));
 
-    let dry: Value = client
-        .post(format!("{url}/replay"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"all": true, "dryRun": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let replay = format!("{path}/replay");
+    let dry = admin
+        .post_json(&replay, &json!({"all": true, "dryRun": true}))
+        .await;
     assert_eq!(
         (dry["matched"].as_u64(), dry["replayed"].as_u64()),
         (Some(2), Some(0))
     );
 
-    let report: Value = client
-        .post(format!("{url}/replay"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"all": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = admin.post_json(&replay, &json!({"all": true})).await;
     assert_eq!(report["replayed"], 2, "{report}");
     assert_eq!(report["failed"], 0);
     // The good command goes through; the bad one is back in the DLQ once, marked replayed.
     app.wait_for(&r, RefundStatus::Completed).await;
     app.eventually("bad message back in the DLQ", || async {
-        let c = refund_worker::broker::connect(&amqp_url(), "t")
-            .await
-            .unwrap();
-        dlq::depth(&c, &app.topology.commands_dlq).await.unwrap() == 1
+        depth().await == 1
     })
     .await;
-    let listed: Value = client
-        .get(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = admin.get_json(&path).await;
     let item = &listed["items"][0];
     assert_eq!(item["replayed"], 1);
     assert!(
@@ -239,20 +179,11 @@ async fn replaying_dead_letters_fixes_what_can_be_fixed_and_returns_the_rest_onc
     );
     assert_eq!(listed["depth"], 1);
 
-    let unknown = client
-        .get(format!("{base}/v1/dlq/some.other.queue"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unknown.status(), 404);
+    assert_eq!(admin.get("/v1/dlq/some.other.queue").await.status(), 404);
     // provider.webhooks.dlq is known, but exists only once inbound webhooks are deployed.
-    let not_yet = client
-        .get(format!("{base}/v1/dlq/{}", app.topology.webhooks_dlq))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let not_yet = admin
+        .get(&format!("/v1/dlq/{}", app.topology.webhooks_dlq))
+        .await;
     assert_eq!(not_yet.status(), 404);
     let body: Value = not_yet.json().await.unwrap();
     assert!(
@@ -262,14 +193,7 @@ async fn replaying_dead_letters_fixes_what_can_be_fixed_and_returns_the_rest_onc
             .contains("does not exist"),
         "{body}"
     );
-    let vague = client
-        .post(format!("{url}/replay"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(vague.status(), 400);
+    assert_eq!(admin.post(&replay, &json!({})).await.status(), 400);
     app.cleanup().await;
 }
 

@@ -365,6 +365,14 @@ impl TestApp {
         format!("http://{addr}")
     }
 
+    /// Serves the HTTP API and returns a client of its admin routes, with the token.
+    pub async fn admin(&self) -> Admin {
+        Admin {
+            base: self.serve_http().await,
+            client: reqwest::Client::new(),
+        }
+    }
+
     /// Deliveries of a refund as the admin API shows them.
     pub async fn deliveries(
         &self,
@@ -392,6 +400,52 @@ impl TestApp {
             .execute(&admin)
             .await;
         }
+    }
+}
+
+/// An authenticated client of the admin API.
+pub struct Admin {
+    /// Base URL of the HTTP server.
+    pub base: String,
+    client: reqwest::Client,
+}
+
+impl Admin {
+    /// `GET path` with the admin token.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        let url = format!("{}{path}", self.base);
+        self.client
+            .get(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin GET")
+    }
+
+    /// `POST path` with a JSON body and the admin token.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        let url = format!("{}{path}", self.base);
+        self.client
+            .post(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("admin POST")
+    }
+
+    /// `GET path`, answer as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("JSON answer")
+    }
+
+    /// `POST path`, answer as JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Value {
+        self.post(path, body)
+            .await
+            .json()
+            .await
+            .expect("JSON answer")
     }
 }
 

@@ -168,7 +168,7 @@ async fn failed_deliveries_are_resent_by_id_and_by_window_idempotently() {
         .await;
     let mut app = TestApp::spawn().await;
     app.start_worker();
-    let base = app.serve_http().await;
+    let admin = app.admin().await;
     let started = chrono::Utc::now() - chrono::Duration::seconds(5);
     let r = reference("resend");
     let mut cmd = va_command(&r, "1.00");
@@ -187,45 +187,22 @@ async fn failed_deliveries_are_resent_by_id_and_by_window_idempotently() {
         .respond_with(ResponseTemplate::new(204))
         .mount(&merchant)
         .await;
-    let client = reqwest::Client::new();
+    const RESEND: &str = "/v1/webhooks/resend";
     let resend = |body: Value| {
-        client
-            .post(format!("{base}/v1/webhooks/resend"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
+        let admin = &admin;
+        async move { admin.post_json(RESEND, &body).await }
     };
 
     let first = app.deliveries(&r).await[0].event_id;
-    let answer: Value = resend(json!({"eventIds": [first]}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = resend(json!({"eventIds": [first]})).await;
     assert_eq!(answer["queued"], 1);
     // Asking again while it is queued or already delivered queues nothing.
-    let again: Value = resend(json!({"eventIds": [first]}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: Value = resend(json!({"eventIds": [first]})).await;
     assert_eq!(again["queued"], 0);
 
-    let dry: Value = resend(json!({"since": started, "dryRun": true}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dry: Value = resend(json!({"since": started, "dryRun": true})).await;
     assert_eq!(dry["wouldQueue"], 1, "{dry}");
-    let window: Value = resend(json!({"since": started, "until": chrono::Utc::now()}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let window: Value = resend(json!({"since": started, "until": chrono::Utc::now()})).await;
     assert_eq!(window["queued"], 1, "{window}");
     app.eventually("both delivered", || async {
         app.deliveries(&r)
@@ -234,12 +211,7 @@ async fn failed_deliveries_are_resent_by_id_and_by_window_idempotently() {
             .all(|d| d.state == "delivered")
     })
     .await;
-    let after: Value = resend(json!({"since": started}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after: Value = resend(json!({"since": started})).await;
     assert_eq!(after["queued"], 0);
     assert_eq!(
         merchant.received_requests().await.unwrap().len(),
@@ -247,7 +219,7 @@ async fn failed_deliveries_are_resent_by_id_and_by_window_idempotently() {
         "each event delivered once after the fix"
     );
 
-    let bad = resend(json!({})).await.unwrap();
+    let bad = admin.post(RESEND, &json!({})).await;
     assert_eq!(bad.status(), 400);
     let body: Value = bad.json().await.unwrap();
     assert!(body["error"]["message"]
