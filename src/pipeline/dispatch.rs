@@ -17,6 +17,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What one dispatcher step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +40,11 @@ pub async fn step(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
     futures::stream::iter(claimed)
         .for_each_concurrent(ctx.config.dispatch_concurrency, |c| async move {
             let reference = c.row.refund_reference.clone();
-            if let Err(e) = process(ctx, &c).await {
+            // `instrument`, not `Span::enter`: an entered guard held across `.await` corrupts
+            // the subscriber's span registry when steps interleave (seen under load).
+            let span = tracing::info_span!("refund", refund_reference = %reference,
+                provider = c.row.provider.as_deref().unwrap_or("?"));
+            if let Err(e) = process(ctx, &c).instrument(span).await {
                 // The claim's lease expires and the refund is picked up again; its phase
                 // says whether the provider must be asked first.
                 tracing::warn!(refund_reference = %reference, error = %e, "recording a provider outcome failed");
@@ -71,9 +76,6 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) {
 
 /// Moves one claimed refund one step.
 async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
-    let span = tracing::info_span!("refund", refund_reference = %c.row.refund_reference,
-        provider = c.row.provider.as_deref().unwrap_or("?"));
-    let _enter = span.enter();
     let fail = |message: String| StoreUpdate::Finish {
         status: RefundStatus::RefundFail,
         failure: Some(FailureReason::new(FailureCode::InvalidCommand, message)),
