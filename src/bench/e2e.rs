@@ -322,6 +322,11 @@ pub struct WorkerFigures {
     pub exit: String,
     /// Its output.
     pub log: String,
+    /// Panics in its log (a panicking task does not stop the process, but what it was
+    /// doing is left undone: an intake task's message stays unacknowledged).
+    pub panics: usize,
+    /// The first panic's message.
+    pub first_panic: Option<String>,
     /// The settings it ran with (bench-owned ones; the rest is inherited).
     pub env: BTreeMap<String, String>,
 }
@@ -664,6 +669,16 @@ impl WorkerProcess {
         lines[from..].join("\n")
     }
 
+    /// Panics in the log so far: how many, and the first one's location and message.
+    fn panics(&self) -> (usize, Option<String>) {
+        use std::io::BufRead;
+        match std::fs::File::open(&self.log) {
+            // Line by line: the log of a full run is tens of megabytes.
+            Ok(f) => scan_panics(std::io::BufReader::new(f).lines().map_while(Result::ok)),
+            Err(_) => (0, None),
+        }
+    }
+
     /// Fails with the log's tail if the worker has exited.
     fn check_alive(&mut self) -> anyhow::Result<()> {
         match self.exited() {
@@ -730,6 +745,48 @@ impl Drop for WorkerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Counts `panicked at` lines in a log and returns the first one with the line after it
+/// (the panic message), ANSI colours removed.
+fn scan_panics(lines: impl Iterator<Item = String>) -> (usize, Option<String>) {
+    let strip = |line: &str| {
+        let mut out = String::with_capacity(line.len());
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // An escape sequence: ESC [ ... letter.
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let mut count = 0;
+    let mut first: Option<String> = None;
+    let mut want_message = false;
+    for line in lines {
+        if want_message {
+            if let Some(f) = first.as_mut() {
+                f.push(' ');
+                f.push_str(strip(&line).trim());
+            }
+            want_message = false;
+        }
+        if line.contains("panicked at") {
+            count += 1;
+            if first.is_none() {
+                first = Some(strip(&line).trim().to_owned());
+                want_message = true;
+            }
+        }
+    }
+    (count, first)
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the worker to take).
@@ -870,6 +927,7 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     let peak_rss_kib = sys::peak_rss_kib(pid);
     let rss_kib_at_end = sys::rss_kib(pid);
     let exit = worker.stop(Duration::from_secs(30)).await;
+    let (panics, first_panic) = worker.panics();
     stop_subscriber.cancel();
     match subscriber.await {
         Ok(r) => r?,
@@ -923,6 +981,8 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
             rss_kib_at_end,
             exit,
             log: settings.worker_log.display().to_string(),
+            panics,
+            first_panic,
             env: settings.child_env.clone(),
         },
     })
@@ -996,8 +1056,15 @@ impl PhaseRun {
             }
             if last_change.elapsed() > self.stall {
                 task.abort();
+                let (panics, first) = worker.panics();
+                let panicked = match first {
+                    Some(p) if panics > 0 => {
+                        format!("; the worker panicked {panics} time(s), first: {p}")
+                    }
+                    _ => String::new(),
+                };
                 anyhow::bail!(
-                    "no progress for {:?}: published {}, PENDING {}, final {} of {n} (worker log: {})",
+                    "no progress for {:?}: published {}, PENDING {}, final {} of {n} (worker log: {}){panicked}",
                     self.stall,
                     now.0,
                     now.1,
@@ -1373,6 +1440,18 @@ mod tests {
     fn commands_are_valid() {
         let c = command("bench-abc-t0", 0);
         assert!(crate::domain::RefundCommand::from_value(c).is_ok());
+    }
+
+    #[test]
+    fn panics_are_found_in_the_log() {
+        let log = "a\n\u{1b}[2mthread 'w' (7) panicked at src/x.rs:3:9:\u{1b}[0m\nboom\nb\nthread 'v' panicked at y\nbang\n";
+        let (n, first) = scan_panics(log.lines().map(str::to_owned));
+        assert_eq!(n, 2);
+        assert_eq!(
+            first.as_deref(),
+            Some("thread 'w' (7) panicked at src/x.rs:3:9: boom")
+        );
+        assert_eq!(scan_panics(std::iter::once("all good".into())), (0, None));
     }
 
     #[test]

@@ -316,11 +316,12 @@ impl Report {
         self
     }
 
-    /// Every refund completed and nothing was lost.
+    /// Every refund completed, nothing was lost, and the worker did not panic.
     pub fn run_ok(&self) -> bool {
         let e = &self.end_to_end;
         let phase_ok = |p: &PhaseFigures| p.completed == p.refunds && p.failed == 0;
-        phase_ok(&e.throughput)
+        e.worker.panics == 0
+            && phase_ok(&e.throughput)
             && e.steady.as_ref().is_none_or(phase_ok)
             && e.counted.pending == 0
             && e.counted.unpublished == 0
@@ -503,6 +504,14 @@ impl Report {
             mib(self.bench_peak_rss_kib)
         );
         say!(out, "worker     {}; log: {}", e.worker.exit, e.worker.log);
+        if e.worker.panics > 0 {
+            say!(
+                out,
+                "  !! the worker panicked {} time(s) during the run (a panicked task leaves its work undone); first: {}",
+                e.worker.panics,
+                e.worker.first_panic.as_deref().unwrap_or("?")
+            );
+        }
 
         say!(out, "\ntargets");
         for target in &self.targets {
@@ -521,7 +530,7 @@ impl Report {
         if !self.run_ok() {
             say!(
                 out,
-                "\nthe run FAILED: not every refund completed (see the status line above)"
+                "\nthe run FAILED: not every refund completed, or the worker panicked (see above)"
             );
         }
         std::mem::take(out)
@@ -587,7 +596,7 @@ fn print_phase(out: &mut String, p: &PhaseFigures) {
 fn print_cpu(out: &mut String, c: &CpuUse) {
     say!(out,
         "  CPU seconds over {:.2} s: worker {:.2}, bench process (publisher, subscriber, sandbox) {:.2}, \
-         PostgreSQL {:.2}, RabbitMQ {:.2}, anything else {:.2}; machine {:.0}% busy",
+         PostgreSQL {:.2}, RabbitMQ {:.2}, anything else (other processes, unattributed kernel work) {:.2}; machine {:.0}% busy",
         c.wall_secs,
         c.worker_secs,
         c.bench_secs,
@@ -598,7 +607,7 @@ fn print_cpu(out: &mut String, c: &CpuUse) {
     );
     if c.wall_secs > 0.0 && c.others_secs / c.wall_secs > 0.2 {
         say!(out,
-            "  !! other processes used {:.0}% of a CPU during this phase: the figures are disturbed",
+            "  !! something else used {:.0}% of a CPU during this phase (another build or test?): the figures may be disturbed",
             100.0 * c.others_secs / c.wall_secs
         );
     }
