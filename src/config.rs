@@ -39,6 +39,15 @@ pub struct ProviderSettings {
     pub connect_timeout: Duration,
     /// Zone of the provider's zone-less timestamps (VA Services).
     pub timezone: chrono_tz::Tz,
+    /// Header carrying the webhook signature, where the provider's docs leave it open
+    /// (BPN, VA Services); `None` means the adapter's documented default.
+    pub webhook_signature_header: Option<String>,
+    /// How far a signed webhook timestamp may be from our clock, where the scheme has one.
+    pub webhook_tolerance: Duration,
+    /// BPN: path of "Get Virtual Account Order Detail" (left open by their docs).
+    pub order_detail_path: Option<String>,
+    /// BPN: path of "List Virtual Account Orders" (left open by their docs).
+    pub order_list_path: Option<String>,
 }
 
 /// Outbound merchant webhooks.
@@ -142,6 +151,13 @@ impl Config {
                     timeout: ms(&format!("{prefix}_TIMEOUT_MS"), 10_000)?,
                     connect_timeout: ms(&format!("{prefix}_CONNECT_TIMEOUT_MS"), 3_000)?,
                     timezone,
+                    webhook_signature_header: get(&format!("{prefix}_WEBHOOK_SIGNATURE_HEADER")),
+                    webhook_tolerance: Duration::from_secs(num(
+                        &format!("{prefix}_WEBHOOK_TOLERANCE_SECS"),
+                        300,
+                    )?),
+                    order_detail_path: get(&format!("{prefix}_ORDER_DETAIL_PATH")),
+                    order_list_path: get(&format!("{prefix}_ORDER_LIST_PATH")),
                 },
             );
         }

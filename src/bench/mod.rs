@@ -345,16 +345,9 @@ async fn measure(
     let mut child_env: BTreeMap<String, String> = BTreeMap::from([
         ("DATABASE_URL".into(), database_url.clone()),
         ("AMQP_NAME_PREFIX".into(), prefix.clone()),
-        (
-            "PROVIDER_VA_SERVICES_BASE_URL".into(),
-            format!("http://{sandbox_addr}"),
-        ),
-        (
-            "PROVIDER_VA_SERVICES_API_KEY".into(),
-            SandboxConfig::default().va_api_key,
-        ),
         ("HTTP_ADDR".into(), http_addr.to_string()),
     ]);
+    child_env.extend(SandboxConfig::default().provider_env(sandbox_addr));
     for (k, v) in WORKER_DEFAULTS {
         if env(k).is_none() {
             child_env.insert(k.into(), v.into());

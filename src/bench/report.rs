@@ -605,6 +605,13 @@ fn print_cpu(out: &mut String, c: &CpuUse) {
         c.others_secs,
         c.machine_busy_share * 100.0
     );
+    if c.wall_secs > 0.0 && c.steal_secs / c.wall_secs > 0.05 {
+        say!(
+            out,
+            "  !! the hypervisor took {:.0}% of a CPU away (steal) during this phase: the machine was slower than usual",
+            100.0 * c.steal_secs / c.wall_secs
+        );
+    }
     if c.wall_secs > 0.0 && c.others_secs / c.wall_secs > 0.2 {
         say!(out,
             "  !! something else used {:.0}% of a CPU during this phase (another build or test?): the figures may be disturbed",

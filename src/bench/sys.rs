@@ -126,29 +126,34 @@ pub struct CpuSnapshot {
     rabbitmq: u64,
     /// Busy ticks of the whole machine (every CPU).
     machine: u64,
+    /// Ticks the hypervisor gave to someone else.
+    steal: u64,
 }
 
-/// Busy (non-idle, non-iowait) ticks of every CPU together, from `/proc/stat`.
-fn machine_busy_ticks() -> u64 {
+/// Busy (not idle, not waiting for I/O, not stolen) and stolen ticks of every CPU
+/// together, from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
     let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0;
+        return (0, 0);
     };
     let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
+        return (0, 0);
     };
     // user nice system idle iowait irq softirq steal (guest time is inside user).
-    line.split_whitespace()
+    let fields: Vec<u64> = line
+        .split_whitespace()
         .skip(1)
         .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .filter_map(|(_, v)| v.parse::<u64>().ok())
-        .sum()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let get = |i: usize| fields.get(i).copied().unwrap_or(0);
+    (get(0) + get(1) + get(2) + get(5) + get(6), get(7))
 }
 
 impl CpuSnapshot {
     /// Takes a snapshot; `worker` is the worker child's pid, if one runs.
     pub fn take(worker: Option<u32>) -> Self {
+        let (machine, steal) = machine_ticks();
         Self {
             at: Instant::now(),
             worker: worker
@@ -157,7 +162,8 @@ impl CpuSnapshot {
             bench: cpu_ticks("self").unwrap_or(0),
             postgres: ticks_by_name(&["postgres"]),
             rabbitmq: ticks_by_name(&["beam.smp", "erl_child_setup"]),
-            machine: machine_busy_ticks(),
+            machine,
+            steal,
         }
     }
 
@@ -172,6 +178,7 @@ impl CpuSnapshot {
         let capacity = wall * cpus.max(1) as f64;
         let total = worker + bench + postgres + rabbitmq;
         let machine = secs(self.machine, later.machine);
+        let steal = secs(self.steal, later.steal);
         CpuUse {
             wall_secs: wall,
             worker_secs: worker,
@@ -179,6 +186,7 @@ impl CpuSnapshot {
             postgres_secs: postgres,
             rabbitmq_secs: rabbitmq,
             others_secs: (machine - total).max(0.0),
+            steal_secs: steal,
             busy_share: if capacity > 0.0 {
                 total / capacity
             } else {
@@ -210,6 +218,8 @@ pub struct CpuUse {
     /// Everything else on the machine (kernel work of the participants included): other
     /// people's builds and tests make the figures noisy, so this is reported.
     pub others_secs: f64,
+    /// CPU time the hypervisor gave to other guests (steal): the machine was slower.
+    pub steal_secs: f64,
     /// The participants' sum as a share of every CPU of the machine over the phase.
     pub busy_share: f64,
     /// The whole machine's busy share.

@@ -13,7 +13,9 @@ use crate::config::Config;
 use crate::domain::{FailureCode, RefundEvent, RefundStatus};
 use crate::pipeline::{worker, Context};
 use crate::providers::Providers;
-use crate::sandbox::{Faults, ForcedOutcome, OutcomeStatus, Sandbox, SandboxConfig};
+use crate::sandbox::{
+    Faults, ForcedOutcome, OutcomeStatus, Provider as SandboxProvider, Sandbox, SandboxConfig,
+};
 use anyhow::Context as _;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions};
@@ -62,11 +64,12 @@ struct Row {
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let sandbox = Sandbox::new(SandboxConfig {
+    let sandbox_config = SandboxConfig {
         completion_delay: Duration::from_millis(400),
         hang: Duration::from_millis(2_500),
         ..SandboxConfig::default()
-    });
+    };
+    let sandbox = Sandbox::new(sandbox_config.clone());
     let sandbox_stop = CancellationToken::new();
     let stop = sandbox_stop.clone();
     let (addr, _) = sandbox
@@ -78,11 +81,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let merchant = Merchant::start(&webhook_secret).await?;
 
     // The environment decides where PostgreSQL and RabbitMQ are; the demo decides the rest.
-    let overrides: HashMap<&str, String> = HashMap::from([
+    let mut overrides: HashMap<String, String> = [
         ("AMQP_NAME_PREFIX", format!("demo-{run_id}.")),
-        ("PROVIDER_VA_SERVICES_BASE_URL", format!("http://{addr}")),
-        ("PROVIDER_VA_SERVICES_API_KEY", "sandbox-va-key".into()),
-        ("PROVIDER_VA_SERVICES_TIMEOUT_MS", "1000".into()),
         ("RETRY_INITIAL_MS", "200".into()),
         ("RETRY_MAX_MS", "1000".into()),
         ("POLL_INITIAL_MS", "250".into()),
@@ -93,7 +93,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ("WEBHOOK_TIMEOUT_MS", "2000".into()),
         // The merchant endpoint is on loopback, which callbacks may not reach by default.
         ("WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8".into()),
-    ]);
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    // Every provider points at the sandbox, with the sandbox's credentials.
+    overrides.extend(sandbox_config.provider_env(addr));
     let config = Config::from_lookup(|k| {
         overrides.get(k).cloned().or_else(|| {
             std::env::var(k)
@@ -493,6 +498,7 @@ fn scenarios(run: &str) -> Vec<Scenario> {
             command: other(8, "10.00"),
             setup: Some(Box::new(|s, r| {
                 s.set_outcome(
+                    SandboxProvider::VaServices,
                     r,
                     ForcedOutcome {
                         status: OutcomeStatus::Failed,

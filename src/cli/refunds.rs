@@ -71,6 +71,9 @@ pub fn render(view: &store::RefundView) -> String {
         opt(&r.provider_reference),
         opt(&r.provider_status)
     );
+    if let (Some(fee), Some(currency)) = (r.provider_fee, &r.provider_fee_currency) {
+        let _ = writeln!(out, "provider fee {fee} {currency}");
+    }
     if let Some(code) = &r.failure_code {
         let _ = writeln!(out, "failure      {code}: {}", opt(&r.failure_message));
     }

@@ -13,6 +13,6 @@ pub use command::{CommandError, Destination, ProviderName, RefundCommand};
 pub use event::RefundEvent;
 pub use money::{currency_decimals, parse_amount, MoneyError};
 pub use refund::{
-    decide, transition, CallKind, Decision, FailureCode, FailureReason, Phase, ProviderOutcome,
-    RefundStatus, Transition, Wait,
+    decide, transition, CallKind, Decision, FailureCode, FailureReason, Fee, Phase,
+    ProviderOutcome, RefundStatus, Transition, Wait,
 };

@@ -202,6 +202,15 @@ pub enum CallKind {
     Status,
 }
 
+/// A fee the provider charges for a refund, kept on the refund as reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fee {
+    /// Exact amount.
+    pub amount: rust_decimal::Decimal,
+    /// Currency code, as the provider gave it.
+    pub currency: String,
+}
+
 /// The classified result of one provider call: every adapter maps its responses onto this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderOutcome {
@@ -211,6 +220,8 @@ pub enum ProviderOutcome {
         provider_reference: Option<String>,
         /// The provider's own status word.
         provider_status: String,
+        /// The provider's fee for the refund, where it reports one (BVNK).
+        fee: Option<Fee>,
     },
     /// The refund is done.
     Succeeded {
@@ -218,6 +229,8 @@ pub enum ProviderOutcome {
         provider_reference: Option<String>,
         /// The provider's own status word.
         provider_status: String,
+        /// The provider's fee for the refund, where it reports one (BVNK).
+        fee: Option<Fee>,
     },
     /// The refund will not happen.
     Failed(FailureReason),
@@ -260,6 +273,8 @@ pub enum Decision {
         provider_reference: Option<String>,
         /// The provider's status word.
         provider_status: String,
+        /// The provider's fee, when reported.
+        fee: Option<Fee>,
     },
     /// Mark it `REFUND_FAIL`.
     Fail(FailureReason),
@@ -275,6 +290,8 @@ pub enum Decision {
         provider_reference: Option<String>,
         /// The provider's status word, when known.
         provider_status: Option<String>,
+        /// The provider's fee, when reported.
+        fee: Option<Fee>,
     },
 }
 
@@ -296,6 +313,7 @@ pub fn decide(
         wait: Wait::Backoff { retry_after },
         provider_reference: None,
         provider_status: None,
+        fee: None,
     };
     match (call, outcome) {
         (
@@ -303,10 +321,12 @@ pub fn decide(
             O::Succeeded {
                 provider_reference,
                 provider_status,
+                fee,
             },
         ) => Decision::Complete {
             provider_reference,
             provider_status,
+            fee,
         },
         (_, O::Failed(reason)) => Decision::Fail(reason),
         (
@@ -314,12 +334,14 @@ pub fn decide(
             O::Accepted {
                 provider_reference,
                 provider_status,
+                fee,
             },
         ) => Decision::Wait {
             phase: Phase::Accepted,
             wait: Wait::Poll,
             provider_reference,
             provider_status: Some(provider_status),
+            fee,
         },
         // The request never got processed: safe to send again, or to give up.
         (
@@ -374,6 +396,7 @@ pub fn decide(
                 wait: Wait::Poll,
                 provider_reference: None,
                 provider_status: Some("NOT_FOUND".into()),
+                fee: None,
             },
         },
     }
@@ -514,6 +537,7 @@ mod tests {
             ProviderOutcome::Accepted {
                 provider_reference: None,
                 provider_status: "PENDING".into(),
+                fee: None,
             },
             1,
             5,
@@ -544,13 +568,19 @@ mod tests {
 
     #[test]
     fn success_and_final_failure_are_final() {
+        let fee = Fee {
+            amount: rust_decimal::Decimal::new(150, 2),
+            currency: "EUR".into(),
+        };
         let ok = ProviderOutcome::Succeeded {
             provider_reference: Some("p1".into()),
             provider_status: "COMPLETED".into(),
+            fee: Some(fee.clone()),
         };
+        // The fee travels with the decision so it is kept on the refund.
         assert!(matches!(
             decide(Phase::Accepted, CallKind::Status, ok, 1, 5),
-            Decision::Complete { .. }
+            Decision::Complete { fee: Some(f), .. } if f == fee
         ));
         let fail = ProviderOutcome::Failed(FailureReason::new(FailureCode::ProviderRejected, "no"));
         assert!(matches!(

@@ -81,6 +81,7 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
         failure: Some(FailureReason::new(FailureCode::InvalidCommand, message)),
         provider_reference: None,
         provider_status: None,
+        fee: None,
     };
     let cmd = match RefundCommand::from_value(c.command.clone()) {
         Ok(cmd) => cmd,
@@ -130,17 +131,20 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
         Decision::Complete {
             provider_reference,
             provider_status,
+            fee,
         } => StoreUpdate::Finish {
             status: RefundStatus::Completed,
             failure: None,
             provider_reference,
             provider_status: Some(provider_status),
+            fee,
         },
         Decision::Fail(reason) => StoreUpdate::Finish {
             status: RefundStatus::RefundFail,
             failure: Some(reason),
             provider_reference: None,
             provider_status: None,
+            fee: None,
         },
         // `decide` only answers Submit to a status lookup, and we submitted already.
         Decision::Submit => StoreUpdate::Reschedule {
@@ -149,12 +153,14 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
             failed: true,
             provider_reference: None,
             provider_status: None,
+            fee: None,
         },
         Decision::Wait {
             phase,
             wait,
             provider_reference,
             provider_status,
+            fee,
         } => {
             crate::metrics::retry_scheduled(
                 provider_name,
@@ -179,6 +185,7 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
                 failed,
                 provider_reference,
                 provider_status,
+                fee,
             }
         }
     };

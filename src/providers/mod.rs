@@ -4,8 +4,17 @@
 //! maps every response onto the same [`ProviderOutcome`] classification: accepted,
 //! succeeded, failed-final with a failure code, retryable, unknown, or not found. The
 //! pipeline never looks at provider-specific responses; it only sees outcomes.
+//!
+//! The same trait owns the provider's inbound webhooks: [`Provider::verify_webhook`] checks
+//! the signature over the raw body exactly as received, and [`Provider::parse_webhook`]
+//! turns it into [`ProviderWebhook`]s in our terms, so the ingress and the consumer never
+//! look at provider-specific payloads either.
 
+pub mod binance_pay;
+pub mod bpn;
+pub mod bvnk;
 mod http;
+pub mod signing;
 pub mod va_services;
 
 use crate::config::{Config, ProviderSettings};
@@ -40,7 +49,69 @@ pub struct RefundRequest {
     pub metadata: Option<serde_json::Value>,
 }
 
-/// One payment provider's refund API.
+/// What one inbound provider webhook tells us, in our terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderWebhook {
+    /// The provider's id for this notification, when it has one (the inbox deduplicates on
+    /// it; without one the ingress falls back to a hash of the body).
+    pub event_id: Option<String>,
+    /// What happened.
+    pub kind: WebhookKind,
+}
+
+/// The kinds of provider notifications refund-worker acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookKind {
+    /// A refund's status changed. At least one of the three keys is set; the consumer
+    /// finds the refund by our reference first, then the provider's, then the payment.
+    Refund {
+        /// Our `refundReference`, when the provider echoes it.
+        refund_reference: Option<String>,
+        /// The provider's id for the refund.
+        provider_reference: Option<String>,
+        /// The refunded payment (BPN refunds are known only by their order).
+        transaction_reference: Option<String>,
+        /// The new status, classified like a status lookup's answer.
+        outcome: ProviderOutcome,
+    },
+    /// A payment (pay-in, transaction) status, for the pay-ins ledger.
+    Payment {
+        /// The provider's reference of the payment, as refund commands name it.
+        transaction_reference: String,
+        /// Paid amount, exact, when given.
+        amount: Option<Decimal>,
+        /// Currency code, when given.
+        currency: Option<String>,
+        /// The provider's own status word.
+        status: String,
+        /// Whether the payment succeeded (only successful payments can be refunded).
+        succeeded: bool,
+    },
+    /// A notification we have no use for (kept in the inbox, not applied).
+    Ignored {
+        /// The provider's name for it.
+        kind: String,
+    },
+}
+
+/// Why an inbound webhook was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    /// The signature is missing, malformed or wrong (answered 401, nothing published).
+    #[error("webhook signature rejected: {0}")]
+    BadSignature(String),
+    /// The signed timestamp is outside the tolerance (a replay, or a skewed clock).
+    #[error("webhook timestamp outside the tolerance: {0}")]
+    StaleTimestamp(String),
+    /// No webhook secret (or public key) is configured for this provider.
+    #[error("webhook verification is not configured for {0}")]
+    NotConfigured(ProviderName),
+    /// Verified but unreadable: the body does not have the documented shape.
+    #[error("malformed webhook: {0}")]
+    Malformed(String),
+}
+
+/// One payment provider's refund API and webhooks.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// Which provider this is.
@@ -51,6 +122,20 @@ pub trait Provider: Send + Sync + 'static {
     async fn submit(&self, refund: &RefundRequest) -> ProviderOutcome;
     /// Looks the refund up; `NotFound` when the provider has no such refund.
     async fn status(&self, refund: &RefundRequest) -> ProviderOutcome;
+    /// Checks an inbound webhook's signature over `body` exactly as received (constant-time
+    /// comparison; the signed timestamp against `now` where the scheme has one).
+    fn verify_webhook(
+        &self,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), WebhookError>;
+    /// Parses a verified webhook body.
+    fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError>;
+    /// The JSON body the provider expects in our 2xx answer to its webhook.
+    fn webhook_ack(&self) -> serde_json::Value {
+        serde_json::json!({ "status": "ok" })
+    }
 }
 
 /// Builds the HTTP client every adapter uses, with the provider's timeouts.
@@ -76,16 +161,14 @@ impl Providers {
     pub fn from_config(config: &Config) -> Self {
         let mut providers = Self::default();
         for (name, settings) in &config.providers {
-            match name {
-                ProviderName::VaServices => {
-                    providers.insert(Arc::new(va_services::VaServices::new(settings.clone())))
-                }
-                // Adapters for these land with the "all four providers" work; until then a
-                // command for them fails clearly as "not configured".
-                ProviderName::Bpn | ProviderName::BinancePay | ProviderName::Bvnk => {
-                    tracing::warn!(provider = %name, "settings given but no adapter is built in yet; ignored");
-                }
-            }
+            let settings = settings.clone();
+            let adapter: Arc<dyn Provider> = match name {
+                ProviderName::VaServices => Arc::new(va_services::VaServices::new(settings)),
+                ProviderName::Bpn => Arc::new(bpn::Bpn::new(settings)),
+                ProviderName::BinancePay => Arc::new(binance_pay::BinancePay::new(settings)),
+                ProviderName::Bvnk => Arc::new(bvnk::Bvnk::new(settings)),
+            };
+            providers.insert(adapter);
         }
         providers
     }

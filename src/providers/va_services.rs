@@ -10,10 +10,20 @@
 //! - Auth is not documented: we send the API key as a bearer token.
 //! - Dates (`25/01/2024 01:35:27 AM`) carry no zone: read in the configured zone
 //!   (default Africa/Lagos) and converted to UTC.
+//! - Webhooks: only pay-in (transaction) notifications are documented, with
+//!   `transactionType, amount, narration, classificationCode, success, traceID,
+//!   transactionReference, accountID, transactionTime`; they feed the pay-ins ledger. No
+//!   refund webhook exists: refunds are polled. The signature scheme is not documented: we
+//!   verify hex HMAC-SHA256 of the raw body with `PROVIDER_VA_SERVICES_WEBHOOK_SECRET` in
+//!   header `X-VA-Signature` (name configurable with `_WEBHOOK_SIGNATURE_HEADER`).
 //! - Status words: `COMPLETED` is success; `FAILED`-like words are final failures; anything
 //!   else (`PENDING`, unknown words) is still in progress. Compared case-insensitively.
 
-use super::{classify_send_error, classify_status, http_client, Provider, RefundRequest};
+use super::signing::verify_hmac_sha256_hex;
+use super::{
+    classify_send_error, classify_status, http_client, Provider, ProviderWebhook, RefundRequest,
+    WebhookError, WebhookKind,
+};
 use crate::config::ProviderSettings;
 use crate::domain::money::json_number;
 use crate::domain::{FailureCode, FailureReason, ProviderName, ProviderOutcome};
@@ -22,6 +32,64 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+/// Default header of the webhook signature (VA's docs leave it open).
+pub const DEFAULT_SIGNATURE_HEADER: &str = "X-VA-Signature";
+
+/// A pay-in (transaction) notification as the README of the provider describes it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VaNotification {
+    /// e.g. `CREDIT`.
+    pub transaction_type: Option<String>,
+    /// Paid amount (exact: a JSON number read as text, or a string).
+    pub amount: Option<Value>,
+    /// Free text.
+    pub narration: Option<String>,
+    /// Their classification.
+    pub classification_code: Option<String>,
+    /// Whether the payment succeeded.
+    pub success: Option<bool>,
+    /// Their trace id: the notification's id.
+    #[serde(rename = "traceID")]
+    pub trace_id: Option<String>,
+    /// The payment's reference (what refund commands call `transactionReference`).
+    pub transaction_reference: Option<String>,
+    /// Virtual account id.
+    #[serde(rename = "accountID")]
+    pub account_id: Option<String>,
+    /// When, in VA's date format.
+    pub transaction_time: Option<String>,
+}
+
+/// Parses a pay-in notification into a payment update.
+pub fn parse_notification(body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError> {
+    let n: VaNotification = serde_json::from_slice(body)
+        .map_err(|e| WebhookError::Malformed(format!("VA Services notification: {e}")))?;
+    let transaction_reference = n
+        .transaction_reference
+        .filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| {
+            WebhookError::Malformed("VA Services notification without transactionReference".into())
+        })?;
+    let amount = match &n.amount {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(crate::domain::parse_amount(v).map_err(|e| {
+            WebhookError::Malformed(format!("VA Services notification amount: {e}"))
+        })?),
+    };
+    let succeeded = n.success.unwrap_or(false);
+    Ok(vec![ProviderWebhook {
+        event_id: n.trace_id,
+        kind: WebhookKind::Payment {
+            transaction_reference,
+            amount,
+            currency: None,
+            status: if succeeded { "SUCCESS" } else { "FAILED" }.into(),
+            succeeded,
+        },
+    }])
+}
 
 /// VA's date format: day/month/year, 12-hour clock.
 pub const DATE_FORMAT: &str = "%d/%m/%Y %I:%M:%S %p";
@@ -200,6 +268,7 @@ pub fn outcome_of(refund: &VaRefund, zone: chrono_tz::Tz) -> ProviderOutcome {
             ProviderOutcome::Succeeded {
                 provider_reference,
                 provider_status: word,
+                fee: None,
             }
         }
         "FAILED" | "FAILURE" | "REJECTED" | "DECLINED" | "CANCELLED" | "CANCELED" | "REVERSED" => {
@@ -214,6 +283,7 @@ pub fn outcome_of(refund: &VaRefund, zone: chrono_tz::Tz) -> ProviderOutcome {
         _ => ProviderOutcome::Accepted {
             provider_reference,
             provider_status: word,
+            fee: None,
         },
     }
 }
@@ -242,6 +312,39 @@ impl Provider for VaServices {
         let url = self.url(&["va", "refunds", &refund.refund_reference]);
         self.call(self.client.get(url), false).await
     }
+
+    fn verify_webhook(
+        &self,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        _now: DateTime<Utc>,
+    ) -> Result<(), WebhookError> {
+        let secret = self
+            .settings
+            .webhook_secret
+            .as_ref()
+            .ok_or(WebhookError::NotConfigured(ProviderName::VaServices))?;
+        let header = self
+            .settings
+            .webhook_signature_header
+            .as_deref()
+            .unwrap_or(DEFAULT_SIGNATURE_HEADER);
+        let given = headers
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| WebhookError::BadSignature(format!("missing {header} header")))?;
+        if verify_hmac_sha256_hex(secret.expose_secret().as_bytes(), &[body], given) {
+            Ok(())
+        } else {
+            Err(WebhookError::BadSignature(format!(
+                "{header} does not match the body"
+            )))
+        }
+    }
+
+    fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError> {
+        parse_notification(body)
+    }
 }
 
 #[cfg(test)]
@@ -267,7 +370,8 @@ mod tests {
             o,
             ProviderOutcome::Accepted {
                 provider_reference: Some("909090911".into()),
-                provider_status: "PENDING".into()
+                provider_status: "PENDING".into(),
+                fee: None,
             }
         );
     }
@@ -330,6 +434,74 @@ mod tests {
         assert!(matches!(
             interpret(StatusCode::UNAUTHORIZED, b"", true, LAGOS),
             ProviderOutcome::Failed(_)
+        ));
+    }
+
+    fn settings(secret: Option<&str>) -> ProviderSettings {
+        let config = crate::config::Config::from_lookup(|k| match k {
+            "PROVIDER_VA_SERVICES_BASE_URL" => Some("http://127.0.0.1:1".into()),
+            "PROVIDER_VA_SERVICES_API_KEY" => Some("k".into()),
+            "PROVIDER_VA_SERVICES_WEBHOOK_SECRET" => secret.map(Into::into),
+            _ => None,
+        })
+        .unwrap();
+        config.providers[&ProviderName::VaServices].clone()
+    }
+
+    const NOTIFICATION: &str = r#"{"transactionType":"CREDIT","amount":1500.25,"narration":"Payment for order 42","classificationCode":"NIP","success":true,"traceID":"trace-77","transactionReference":"000012240124191535300537886000","accountID":"0040088210","transactionTime":"25/01/2024 01:35:27 AM"}"#;
+
+    #[test]
+    fn webhook_signature_is_hmac_of_the_raw_body() {
+        let va = VaServices::new(settings(Some("wh-secret")));
+        // printf '%s' "$NOTIFICATION" | openssl dgst -sha256 -hmac wh-secret
+        let sig =
+            crate::providers::signing::hmac_sha256_hex(b"wh-secret", &[NOTIFICATION.as_bytes()]);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(DEFAULT_SIGNATURE_HEADER, sig.parse().unwrap());
+        let now = Utc::now();
+        assert_eq!(
+            va.verify_webhook(&headers, NOTIFICATION.as_bytes(), now),
+            Ok(())
+        );
+        let tampered = NOTIFICATION.replace("1500.25", "9500.25");
+        assert!(matches!(
+            va.verify_webhook(&headers, tampered.as_bytes(), now),
+            Err(WebhookError::BadSignature(_))
+        ));
+        assert!(matches!(
+            va.verify_webhook(&Default::default(), NOTIFICATION.as_bytes(), now),
+            Err(WebhookError::BadSignature(m)) if m.contains("missing")
+        ));
+        let unconfigured = VaServices::new(settings(None));
+        assert_eq!(
+            unconfigured.verify_webhook(&headers, NOTIFICATION.as_bytes(), now),
+            Err(WebhookError::NotConfigured(ProviderName::VaServices))
+        );
+    }
+
+    #[test]
+    fn notification_becomes_an_exact_payment_update() {
+        let parsed = parse_notification(NOTIFICATION.as_bytes()).unwrap();
+        assert_eq!(
+            parsed,
+            vec![ProviderWebhook {
+                event_id: Some("trace-77".into()),
+                kind: WebhookKind::Payment {
+                    transaction_reference: "000012240124191535300537886000".into(),
+                    amount: Some(rust_decimal::Decimal::from_str_exact("1500.25").unwrap()),
+                    currency: None,
+                    status: "SUCCESS".into(),
+                    succeeded: true,
+                }
+            }]
+        );
+        assert!(matches!(
+            parse_notification(br#"{"amount": 5}"#),
+            Err(WebhookError::Malformed(m)) if m.contains("transactionReference")
+        ));
+        assert!(matches!(
+            parse_notification(br#"{"transactionReference":"t","amount":"abc"}"#),
+            Err(WebhookError::Malformed(_))
         ));
     }
 

@@ -10,7 +10,7 @@
 //! Layout: this file holds what every provider shares (config, the one state mutex, fault
 //! injection, latency, the `/sandbox/*` admin API, serving). Each provider lives in a sibling
 //! file that owns its sub-state in `State` and adds its own routes; `va_services.rs` is the
-//! first. BPN, Binance Pay and BVNK are meant to follow the same pattern.
+//! first; `bpn.rs`, `binance_pay.rs` and `bvnk.rs` follow the same pattern.
 //!
 //! Admin API (JSON, camelCase, never subject to faults or latency): `GET /sandbox/health`,
 //! `GET /sandbox/ledger` ([`Ledger`]), `POST /sandbox/faults` ([`Faults`], answers the pending
@@ -22,6 +22,9 @@
 //! lock is never held across an `.await` and replays racing each other see one consistent
 //! order.
 
+mod binance_pay;
+mod bpn;
+mod bvnk;
 mod va_services;
 
 use std::fmt;
@@ -49,6 +52,18 @@ use tokio::sync::Notify;
 pub struct SandboxConfig {
     /// Bearer token the VA API expects (`Authorization: Bearer <key>`).
     pub va_api_key: String,
+    /// BPN `API-KEY` header value.
+    pub bpn_api_key: String,
+    /// BPN secret for `API-SIGNATURE` (HMAC-SHA256).
+    pub bpn_api_secret: String,
+    /// Binance Pay `BinancePay-Certificate-SN` (the API key).
+    pub binance_api_key: String,
+    /// Binance Pay secret for `BinancePay-Signature` (HMAC-SHA512).
+    pub binance_api_secret: String,
+    /// BVNK Hawk id.
+    pub bvnk_hawk_id: String,
+    /// BVNK Hawk key (HMAC-SHA256).
+    pub bvnk_hawk_key: String,
     /// Added to every provider API response (never to `/sandbox/*`).
     pub latency: Duration,
     /// Share (0..1) of provider API calls answered with HTTP 500 at random, before any work.
@@ -70,6 +85,12 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             va_api_key: "sandbox-va-key".to_owned(),
+            bpn_api_key: "sandbox-bpn-key".to_owned(),
+            bpn_api_secret: "sandbox-bpn-secret".to_owned(),
+            binance_api_key: "sandbox-binance-key".to_owned(),
+            binance_api_secret: "sandbox-binance-secret".to_owned(),
+            bvnk_hawk_id: "sandbox-bvnk-id".to_owned(),
+            bvnk_hawk_key: "sandbox-bvnk-key".to_owned(),
             latency: Duration::ZERO,
             error_rate: 0.0,
             timeout_rate: 0.0,
@@ -81,11 +102,17 @@ impl Default for SandboxConfig {
     }
 }
 
-// Written by hand so the API key never reaches a log through `{:?}`.
+// Written by hand so the keys never reach a log through `{:?}`.
 impl fmt::Debug for SandboxConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SandboxConfig")
             .field("va_api_key", &"<redacted>")
+            .field("bpn_api_key", &"<redacted>")
+            .field("bpn_api_secret", &"<redacted>")
+            .field("binance_api_key", &"<redacted>")
+            .field("binance_api_secret", &"<redacted>")
+            .field("bvnk_hawk_id", &"<redacted>")
+            .field("bvnk_hawk_key", &"<redacted>")
             .field("latency", &self.latency)
             .field("error_rate", &self.error_rate)
             .field("timeout_rate", &self.timeout_rate)
@@ -103,6 +130,38 @@ impl fmt::Debug for SandboxConfig {
 pub enum Provider {
     /// VA Services (Transaction Point), served under `/va/...`.
     VaServices,
+    /// BPN (Better Payment Network), served under `/v1/virtual-account/...`.
+    Bpn,
+    /// Binance Pay, served under `/binancepay/openapi/...`.
+    BinancePay,
+    /// BVNK, served under `/payment/v1/...`.
+    Bvnk,
+}
+
+impl SandboxConfig {
+    /// The `PROVIDER_*` settings that point refund-worker at a sandbox serving on `addr`
+    /// with this configuration's credentials, for every provider.
+    pub fn provider_env(&self, addr: SocketAddr) -> Vec<(String, String)> {
+        let base = format!("http://{addr}");
+        let mut env = Vec::new();
+        for (prefix, key, secret) in [
+            ("VA_SERVICES", &self.va_api_key, None),
+            ("BPN", &self.bpn_api_key, Some(&self.bpn_api_secret)),
+            (
+                "BINANCE_PAY",
+                &self.binance_api_key,
+                Some(&self.binance_api_secret),
+            ),
+            ("BVNK", &self.bvnk_hawk_id, Some(&self.bvnk_hawk_key)),
+        ] {
+            env.push((format!("PROVIDER_{prefix}_BASE_URL"), base.clone()));
+            env.push((format!("PROVIDER_{prefix}_API_KEY"), key.clone()));
+            if let Some(secret) = secret {
+                env.push((format!("PROVIDER_{prefix}_API_SECRET"), secret.clone()));
+            }
+        }
+        env
+    }
 }
 
 /// Deterministic faults, consumed one per matching provider call. They are added to what is
@@ -290,6 +349,9 @@ struct State {
     counters: Counters,
     faults: Faults,
     va: va_services::VaState,
+    bpn: bpn::BpnState,
+    binance: binance_pay::BinanceState,
+    bvnk: bvnk::BvnkState,
 }
 
 impl State {
@@ -383,6 +445,9 @@ impl Sandbox {
             .route("/sandbox/faults", post(faults_route))
             .route("/sandbox/payments", post(payments_route))
             .merge(va_services::routes())
+            .merge(bpn::routes())
+            .merge(binance_pay::routes())
+            .merge(bvnk::routes())
             .with_state(self.clone())
     }
 
@@ -430,7 +495,18 @@ impl Sandbox {
         let config = &self.inner.config;
         let state = self.lock();
         let c = state.counters;
-        let (refunds, payments) = state.va.ledger(config);
+        let mut refunds = Vec::new();
+        let mut payments = Vec::new();
+        for (r, p) in [
+            state.va.ledger(config),
+            state.bpn.ledger(config),
+            state.binance.ledger(config),
+            state.bvnk.ledger(config),
+        ] {
+            refunds.extend(r);
+            payments.extend(p);
+        }
+        refunds.sort_by_key(|r| r.created_at);
         Ledger {
             refunds,
             payments,
@@ -456,12 +532,23 @@ impl Sandbox {
         let mut state = self.lock();
         match p.provider {
             Provider::VaServices => state.va.add_payment(p),
+            Provider::Bpn => state.bpn.add_payment(p),
+            Provider::BinancePay => state.binance.add_payment(p),
+            Provider::Bvnk => state.bvnk.add_payment(p),
         }
     }
 
-    /// Makes a VA Services refund end COMPLETED or FAILED (see [`ForcedOutcome`]).
-    pub fn set_outcome(&self, refund_reference: &str, outcome: ForcedOutcome) {
-        self.lock().va.set_outcome(refund_reference, outcome.status);
+    /// Makes a refund end COMPLETED or FAILED (see [`ForcedOutcome`]). `key` is what the
+    /// provider knows the refund by: our `refundReference` (VA Services, Binance Pay, BVNK)
+    /// or the order id (BPN, whose refund call carries no reference of ours).
+    pub fn set_outcome(&self, provider: Provider, key: &str, outcome: ForcedOutcome) {
+        let mut state = self.lock();
+        match provider {
+            Provider::VaServices => state.va.set_outcome(key, outcome.status),
+            Provider::Bpn => state.bpn.set_outcome(key, outcome.status),
+            Provider::BinancePay => state.binance.set_outcome(key, outcome.status),
+            Provider::Bvnk => state.bvnk.set_outcome(key, outcome.status),
+        }
     }
 
     fn config(&self) -> &SandboxConfig {

@@ -979,6 +979,7 @@ mod tests {
         let (_, _, retried) = server.initiate(&refund_body("tx-1", "r-2", "100")).await;
         assert_eq!(retried["responseCode"], "0");
         server.sandbox.set_outcome(
+            Provider::VaServices,
             "r-2",
             ForcedOutcome {
                 status: OutcomeStatus::Completed,

@@ -3,7 +3,7 @@
 
 use super::{outbox, webhooks, EventSink, StoreError};
 use crate::domain::{
-    transition, FailureCode, FailureReason, Phase, RefundCommand, RefundEvent, RefundStatus,
+    transition, FailureCode, FailureReason, Fee, Phase, RefundCommand, RefundEvent, RefundStatus,
     Transition,
 };
 use chrono::{DateTime, Utc};
@@ -50,6 +50,11 @@ pub struct RefundRow {
     pub provider_reference: Option<String>,
     /// Provider's last status word.
     pub provider_status: Option<String>,
+    /// The provider's fee for the refund, where it reports one (BVNK).
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub provider_fee: Option<Decimal>,
+    /// Currency of `provider_fee`.
+    pub provider_fee_currency: Option<String>,
     /// Failure code, when failed.
     pub failure_code: Option<String>,
     /// Failure message, when failed.
@@ -158,6 +163,8 @@ pub enum StoreUpdate {
         provider_reference: Option<String>,
         /// Provider's status word.
         provider_status: Option<String>,
+        /// Provider's fee, if reported.
+        fee: Option<Fee>,
     },
     /// Stays pending.
     Reschedule {
@@ -171,12 +178,14 @@ pub enum StoreUpdate {
         provider_reference: Option<String>,
         /// Provider's status word, if learned.
         provider_status: Option<String>,
+        /// Provider's fee, if reported.
+        fee: Option<Fee>,
     },
 }
 
 const ROW_COLUMNS: &str =
     "refund_reference, provider, transaction_reference, amount, currency, status, phase,
-    provider_reference, provider_status, failure_code, failure_message, attempts, failures, polls,
+    provider_reference, provider_status, provider_fee, provider_fee_currency, failure_code, failure_message, attempts, failures, polls,
     next_attempt_at, created_at, updated_at, finished_at";
 
 /// Stores a validated command: a new `PENDING` refund, or a `REFUND_FAIL` when the
@@ -537,6 +546,7 @@ pub async fn record_step(
             failed,
             provider_reference,
             provider_status,
+            fee,
         } => {
             let done = sqlx::query(
                 "UPDATE refunds SET phase = $3, next_attempt_at = now() + make_interval(secs => $4),
@@ -544,7 +554,9 @@ pub async fn record_step(
                      failures = CASE WHEN $6 THEN failures + 1 ELSE 0 END,
                      polls = polls + $7,
                      provider_reference = COALESCE($8, provider_reference),
-                     provider_status = COALESCE($9, provider_status), updated_at = now()
+                     provider_status = COALESCE($9, provider_status),
+                     provider_fee = COALESCE($10, provider_fee),
+                     provider_fee_currency = COALESCE($11, provider_fee_currency), updated_at = now()
                  WHERE refund_reference = $1 AND claim_token = $2 AND status = 'PENDING'",
             )
             .bind(reference)
@@ -556,6 +568,8 @@ pub async fn record_step(
             .bind(polls)
             .bind(provider_reference)
             .bind(provider_status)
+            .bind(fee.as_ref().map(|f| f.amount))
+            .bind(fee.as_ref().map(|f| f.currency.as_str()))
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 0 {
@@ -569,6 +583,7 @@ pub async fn record_step(
             failure,
             provider_reference,
             provider_status,
+            fee,
         } => {
             let current: Option<String> = sqlx::query_scalar(
                 "SELECT status FROM refunds WHERE refund_reference = $1 AND claim_token = $2 FOR UPDATE",
@@ -595,6 +610,8 @@ pub async fn record_step(
                      failure_code = $4, failure_message = $5, attempts = attempts + $6, polls = polls + $9,
                      provider_reference = COALESCE($7, provider_reference),
                      provider_status = COALESCE($8, provider_status),
+                     provider_fee = COALESCE($10, provider_fee),
+                     provider_fee_currency = COALESCE($11, provider_fee_currency),
                      updated_at = now(), finished_at = now()
                  WHERE refund_reference = $1 AND claim_token = $2 AND status = 'PENDING'
                  RETURNING {ROW_COLUMNS}"
@@ -608,6 +625,8 @@ pub async fn record_step(
             .bind(provider_reference)
             .bind(provider_status)
             .bind(polls)
+            .bind(fee.as_ref().map(|f| f.amount))
+            .bind(fee.as_ref().map(|f| f.currency.as_str()))
             .fetch_one(&mut *tx)
             .await?;
             let event = event_for(&row, status, failure)?;

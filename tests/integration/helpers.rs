@@ -92,6 +92,7 @@ impl TestApp {
             .expect("create test database");
 
         let sandbox_stop = CancellationToken::new();
+        let sandbox_env = options.sandbox.clone();
         let sandbox = Sandbox::new(options.sandbox);
         let stop = sandbox_stop.clone();
         let (addr, _) = sandbox
@@ -99,13 +100,10 @@ impl TestApp {
             .await
             .expect("sandbox");
 
-        let mut env: HashMap<&str, String> = HashMap::from([
+        let mut env: HashMap<String, String> = HashMap::from([
             ("DATABASE_URL", database_url),
             ("AMQP_URL", amqp_url()),
             ("AMQP_NAME_PREFIX", format!("test-{}.", &id[..12])),
-            ("PROVIDER_VA_SERVICES_BASE_URL", format!("http://{addr}")),
-            ("PROVIDER_VA_SERVICES_API_KEY", "sandbox-va-key".into()),
-            ("PROVIDER_VA_SERVICES_TIMEOUT_MS", "1000".into()),
             ("CLAIM_LEASE_SECS", "10".into()),
             ("RETRY_INITIAL_MS", "50".into()),
             ("RETRY_MAX_MS", "400".into()),
@@ -120,9 +118,17 @@ impl TestApp {
             // Merchant endpoints in tests are on loopback: allowed explicitly.
             ("WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8".into()),
             ("ADMIN_TOKEN", ADMIN_TOKEN.into()),
-        ]);
+        ])
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        // Every provider points at the sandbox, with its credentials and a short timeout.
+        env.extend(sandbox_env.provider_env(addr));
+        for p in ["VA_SERVICES", "BPN", "BINANCE_PAY", "BVNK"] {
+            env.insert(format!("PROVIDER_{p}_TIMEOUT_MS"), "1000".into());
+        }
         for (k, v) in options.env {
-            env.insert(k, v);
+            env.insert(k.to_owned(), v);
         }
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
         let pool = store::connect(&config.database_url, 10)

@@ -148,6 +148,7 @@ async fn a_refund_that_fails_at_the_bank_becomes_refund_fail() {
     app.start_worker();
     let r = reference("bankfail");
     app.sandbox.set_outcome(
+        refund_worker::sandbox::Provider::VaServices,
         &r,
         ForcedOutcome {
             status: OutcomeStatus::Failed,
