@@ -91,6 +91,12 @@ pub struct Config {
     pub idle_poll: Duration,
     /// `CLAIM_LEASE_SECS`: how long a claimed refund is reserved for one worker.
     pub claim_lease: Duration,
+    /// `PARKED_RETRY_MS`: how often webhooks parked for an unknown refund are tried again.
+    pub parked_retry: Duration,
+    /// `PARKED_MAX_AGE_SECS`: after this long a parked webhook is marked unmatched.
+    pub parked_max_age: Duration,
+    /// `WEBHOOK_INGRESS_MAX_BYTES`: largest provider webhook body the ingress accepts.
+    pub ingress_max_bytes: usize,
     /// Retry schedule for failed provider calls (`RETRY_*`, `MAX_SUBMIT_ATTEMPTS`).
     pub retry: RetryPolicy,
     /// Status polling schedule for accepted refunds (`POLL_*`).
@@ -200,6 +206,9 @@ impl Config {
             dispatch_batch: num("DISPATCH_BATCH", 32)? as i64,
             dispatch_concurrency: num("DISPATCH_CONCURRENCY", 32)? as usize,
             idle_poll: ms("IDLE_POLL_MS", 250)?,
+            parked_retry: ms("PARKED_RETRY_MS", 1_000)?,
+            parked_max_age: Duration::from_secs(num("PARKED_MAX_AGE_SECS", 86_400)?),
+            ingress_max_bytes: num("WEBHOOK_INGRESS_MAX_BYTES", 256 * 1024)? as usize,
             claim_lease: Duration::from_secs(num("CLAIM_LEASE_SECS", 60)?),
             retry: RetryPolicy {
                 initial: ms("RETRY_INITIAL_MS", 1_000)?,

@@ -1,4 +1,6 @@
-//! HTTP served by `run`: health for orchestrators, and the admin API for operators.
+//! HTTP served by `run`: health for orchestrators, the provider webhook ingress
+//! (`POST /webhooks/{provider}`, see [`crate::webhooks::ingress`]), and the admin API for
+//! operators.
 //!
 //! The admin routes (`/v1/...`) exist only when `ADMIN_TOKEN` is set, and answer 401
 //! without `Authorization: Bearer <ADMIN_TOKEN>` (compared in constant time). Errors are
@@ -31,6 +33,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/openapi.json"),
     ("get", "/metrics"),
+    ("post", "/webhooks/{provider}"),
     ("get", "/v1/refunds"),
     ("get", "/v1/refunds/{refundReference}"),
     ("post", "/v1/webhooks/resend"),
@@ -53,6 +56,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Queue names.
     pub topology: Topology,
+    /// Provider adapters (the webhook ingress verifies signatures with them).
+    pub providers: crate::providers::Providers,
 }
 
 /// Builds the router.
@@ -82,12 +87,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dlq/{queue}/replay", post(replay_dlq))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let ingress = Router::new()
+        .route(
+            "/webhooks/{provider}",
+            post(crate::webhooks::ingress::receive),
+        )
+        .layer(DefaultBodyLimit::max(state.config.ingress_max_bytes))
+        .with_state(crate::webhooks::ingress::Ingress::new(
+            state.providers.clone(),
+            state.config.amqp_url.clone(),
+            state.topology.clone(),
+        ));
     let router = if state.config.admin_token.is_some() {
         public.merge(admin)
     } else {
         public
     };
-    router.with_state(state)
+    router.with_state(state).merge(ingress)
 }
 
 /// An API error: status, stable code, message.

@@ -94,6 +94,33 @@ fn describe() {
         "refund_worker_commands_in_flight",
         "Commands being processed (bounded by PREFETCH)."
     );
+    describe_counter!(
+        "refund_worker_provider_webhooks_received_total",
+        "Provider webhooks at the HTTP ingress, by provider and result (accepted, bad_signature, unavailable, ...)."
+    );
+    describe_counter!(
+        "refund_worker_provider_webhooks_applied_total",
+        "Provider webhooks consumed, by provider and what applying them did (applied, unchanged, duplicate, parked, contradiction, ...)."
+    );
+    describe_counter!(
+        "refund_worker_provider_webhook_contradictions_total",
+        "ALERT: a provider reported a final status contradicting the refund's final status (never applied)."
+    );
+}
+
+/// Counts a provider webhook at the ingress.
+pub fn provider_webhook_received(provider: &str, result: &'static str) {
+    counter!("refund_worker_provider_webhooks_received_total", "provider" => provider.to_owned(), "result" => result).increment(1);
+}
+
+/// Counts a consumed provider webhook by what applying it did.
+pub fn provider_webhook_applied(provider: &str, state: &'static str) {
+    counter!("refund_worker_provider_webhooks_applied_total", "provider" => provider.to_owned(), "state" => state).increment(1);
+}
+
+/// Counts a contradicting final status (an alert).
+pub fn provider_webhook_contradiction(provider: &str) {
+    counter!("refund_worker_provider_webhook_contradictions_total", "provider" => provider.to_owned()).increment(1);
 }
 
 /// Counts a consumed command by outcome.

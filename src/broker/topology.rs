@@ -5,6 +5,8 @@
 //!                                    │   └─refund.status.*──▶ your consumers' queues
 //!                                    └─unroutable──▶ [refunds.unrouted] ──▶ refunds.unrouted
 //!  worker / broker ──dead letters──▶ [refunds.dlx] (direct) ──▶ refund.commands.dlq
+//!                                                          └──▶ provider.webhooks.dlq
+//!  webhook ingress ──{provider}──▶ [provider.webhooks] (topic) ──▶ provider.webhooks (quorum)
 //! ```
 //!
 //! Every queue is a quorum queue (replicated, `x-delivery-limit` supported). The command
@@ -41,9 +43,11 @@ pub struct Topology {
     pub commands_dlq: String,
     /// Alternate exchange and queue for unroutable publishes: `refunds.unrouted`.
     pub unrouted: String,
-    /// Exchange of inbound provider webhooks: `provider.webhooks` (declared by the webhook
-    /// ingress; named here so the dead-letter tooling knows where its messages go back to).
+    /// Exchange of inbound provider webhooks: `provider.webhooks` (topic, routing key = the
+    /// provider's wire name).
     pub webhooks_exchange: String,
+    /// Queue of inbound provider webhooks: `provider.webhooks`.
+    pub webhooks_queue: String,
     /// Dead-letter queue of inbound provider webhooks: `provider.webhooks.dlq`.
     pub webhooks_dlq: String,
 }
@@ -64,6 +68,7 @@ impl Topology {
             commands_dlq: format!("{prefix}refund.commands.dlq"),
             unrouted: format!("{prefix}refunds.unrouted"),
             webhooks_exchange: format!("{prefix}provider.webhooks"),
+            webhooks_queue: format!("{prefix}provider.webhooks"),
             webhooks_dlq: format!("{prefix}provider.webhooks.dlq"),
         }
     }
@@ -141,6 +146,48 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+
+        // Inbound provider webhooks: same dead-letter exchange and delivery limit.
+        channel
+            .exchange_declare(
+                &self.webhooks_exchange,
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        self.quorum_queue(channel, &self.webhooks_dlq, FieldTable::default())
+            .await?;
+        channel
+            .queue_bind(
+                &self.webhooks_dlq,
+                &self.dlx,
+                &self.webhooks_dlq,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut args = FieldTable::default();
+        args.insert("x-dead-letter-exchange".into(), long_string(&self.dlx));
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(&self.webhooks_dlq),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        self.quorum_queue(channel, &self.webhooks_queue, args)
+            .await?;
+        channel
+            .queue_bind(
+                &self.webhooks_queue,
+                &self.webhooks_exchange,
+                "#",
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         Ok(())
     }
 
@@ -150,8 +197,9 @@ impl Topology {
         if dlq == self.commands_dlq {
             Some((self.exchange.clone(), COMMAND_ROUTING_KEY.to_owned()))
         } else if dlq == self.webhooks_dlq {
-            // Inbound webhooks are routed by provider; without the original routing key the
-            // republish is unroutable, is refused by the broker, and the message stays put.
+            // The queue is bound with `#`: any routing key reaches it. The consumer reads the
+            // provider from the routing key, so a replay keeps the original one (recorded in
+            // the dead letter's headers) when it has it.
             Some((self.webhooks_exchange.clone(), String::new()))
         } else {
             None
@@ -160,12 +208,23 @@ impl Topology {
 
     /// Deletes everything `declare` made (tests and the demo clean up after themselves).
     pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        for q in [&self.commands_queue, &self.commands_dlq, &self.unrouted] {
+        for q in [
+            &self.commands_queue,
+            &self.commands_dlq,
+            &self.unrouted,
+            &self.webhooks_queue,
+            &self.webhooks_dlq,
+        ] {
             channel
                 .queue_delete(q, QueueDeleteOptions::default())
                 .await?;
         }
-        for e in [&self.exchange, &self.dlx, &self.unrouted] {
+        for e in [
+            &self.exchange,
+            &self.dlx,
+            &self.unrouted,
+            &self.webhooks_exchange,
+        ] {
             channel
                 .exchange_delete(e, ExchangeDeleteOptions::default())
                 .await?;

@@ -117,6 +117,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             status: status.clone(),
             config: ctx.config.clone(),
             topology: ctx.topology.clone(),
+            providers: ctx.providers.clone(),
         });
         let stop = shutdown.clone();
         tokio::spawn(async move {

@@ -9,6 +9,7 @@
 //!   shutdown.
 
 pub mod dispatch;
+pub mod inbound;
 pub mod intake;
 pub mod relay;
 pub mod worker;

@@ -1,11 +1,11 @@
-//! The worker: runs intake, dispatch and relay together, reconnects to RabbitMQ after it
+//! The worker: runs intake, provider webhooks, dispatch and relay together, reconnects to RabbitMQ after it
 //! restarts, and drains in order on shutdown.
 //!
 //! Shutdown order matters for "nothing lost": stop taking commands and finish the ones in
 //! flight (they are acked after their commit), let the dispatcher finish its step, then let
 //! the relay publish everything committed meanwhile, then close the connection.
 
-use super::{dispatch, intake, relay, Context};
+use super::{dispatch, inbound, intake, relay, Context};
 use crate::broker::{self, Publisher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -108,7 +108,12 @@ async fn session(
         let (topology, stop) = (ctx.topology.clone(), depth_stop.clone());
         tokio::spawn(async move {
             loop {
-                for q in [&topology.commands_queue, &topology.commands_dlq] {
+                for q in [
+                    &topology.commands_queue,
+                    &topology.commands_dlq,
+                    &topology.webhooks_queue,
+                    &topology.webhooks_dlq,
+                ] {
                     if let Ok(d) = crate::broker::dlq::depth_on(&channel, q).await {
                         crate::metrics::queue_depth(q, d);
                     }
@@ -121,7 +126,15 @@ async fn session(
     let relay_stop = CancellationToken::new();
     let relay_run = relay::run(ctx, &publisher, &relay_stop);
     tokio::pin!(relay_run);
-    let consume = intake::consume(ctx, &connection, shutdown);
+    // Commands and provider webhooks on the same connection; either failing ends the
+    // session (the caller reconnects) and their unacked messages are redelivered.
+    let consume = async {
+        tokio::try_join!(
+            intake::consume(ctx, &connection, shutdown),
+            inbound::consume(ctx, &connection, shutdown)
+        )
+        .map(|_| ())
+    };
     tokio::pin!(consume);
     let result = tokio::select! {
         r = &mut consume => match r {

@@ -64,6 +64,8 @@ pub struct SandboxConfig {
     pub bvnk_hawk_id: String,
     /// BVNK Hawk key (HMAC-SHA256).
     pub bvnk_hawk_key: String,
+    /// Secret the sandbox signs its HMAC webhooks with (VA Services, BPN, BVNK).
+    pub webhook_secret: String,
     /// Added to every provider API response (never to `/sandbox/*`).
     pub latency: Duration,
     /// Share (0..1) of provider API calls answered with HTTP 500 at random, before any work.
@@ -91,6 +93,7 @@ impl Default for SandboxConfig {
             binance_api_secret: "sandbox-binance-secret".to_owned(),
             bvnk_hawk_id: "sandbox-bvnk-id".to_owned(),
             bvnk_hawk_key: "sandbox-bvnk-key".to_owned(),
+            webhook_secret: "sandbox-webhook-secret".to_owned(),
             latency: Duration::ZERO,
             error_rate: 0.0,
             timeout_rate: 0.0,
@@ -113,6 +116,7 @@ impl fmt::Debug for SandboxConfig {
             .field("binance_api_secret", &"<redacted>")
             .field("bvnk_hawk_id", &"<redacted>")
             .field("bvnk_hawk_key", &"<redacted>")
+            .field("webhook_secret", &"<redacted>")
             .field("latency", &self.latency)
             .field("error_rate", &self.error_rate)
             .field("timeout_rate", &self.timeout_rate)
@@ -158,6 +162,12 @@ impl SandboxConfig {
             env.push((format!("PROVIDER_{prefix}_API_KEY"), key.clone()));
             if let Some(secret) = secret {
                 env.push((format!("PROVIDER_{prefix}_API_SECRET"), secret.clone()));
+            }
+            if prefix != "BINANCE_PAY" {
+                env.push((
+                    format!("PROVIDER_{prefix}_WEBHOOK_SECRET"),
+                    self.webhook_secret.clone(),
+                ));
             }
         }
         env

@@ -5,6 +5,7 @@
 //! No transaction is ever held open across a provider call: the dispatcher claims work
 //! (short transaction), calls the provider, then records the result (short transaction).
 
+pub mod inbound;
 pub mod outbox;
 pub mod refunds;
 pub mod webhooks;

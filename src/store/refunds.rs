@@ -411,7 +411,35 @@ async fn over_refund_check(
             .await?;
             Some(given)
         }
-        (None, None) => None,
+        // No amount from any command: the pay-ins ledger (provider webhooks) may know it.
+        (None, None) => {
+            match super::inbound::pay_in_amount(tx, provider, &cmd.transaction_reference).await? {
+                Some((_, Some(c))) if !c.eq_ignore_ascii_case(&cmd.currency) => {
+                    return Ok(Some(FailureReason::new(
+                        FailureCode::InvalidCommand,
+                        format!(
+                            "currency {} differs from the currency {c} the provider reported for payment {}",
+                            cmd.currency, cmd.transaction_reference
+                        ),
+                    )))
+                }
+                Some((amount, _)) => {
+                    sqlx::query(
+                        "UPDATE payments SET payment_amount = $3, currency = $4,
+                             amount_source = 'ledger', updated_at = now()
+                         WHERE provider = $1 AND transaction_reference = $2",
+                    )
+                    .bind(provider)
+                    .bind(&cmd.transaction_reference)
+                    .bind(amount)
+                    .bind(&cmd.currency)
+                    .execute(&mut **tx)
+                    .await?;
+                    Some(amount)
+                }
+                None => None,
+            }
+        }
     };
     let Some(payment_amount) = payment_amount else {
         // Unknown payment amount: the provider's own balance check is the guard.
@@ -439,7 +467,7 @@ async fn over_refund_check(
 }
 
 /// Writes the history row and the outbox event of a status change.
-async fn record_transition(
+pub(crate) async fn record_transition(
     tx: &mut Transaction<'_, Postgres>,
     from: Option<RefundStatus>,
     event: &RefundEvent,
@@ -605,30 +633,25 @@ pub async fn record_step(
                     return Ok(None);
                 }
             }
-            let row: RefundRow = sqlx::query_as(&format!(
-                "UPDATE refunds SET status = $3, phase = 'FINAL', next_attempt_at = NULL, claim_token = NULL,
-                     failure_code = $4, failure_message = $5, attempts = attempts + $6, polls = polls + $9,
-                     provider_reference = COALESCE($7, provider_reference),
-                     provider_status = COALESCE($8, provider_status),
-                     provider_fee = COALESCE($10, provider_fee),
-                     provider_fee_currency = COALESCE($11, provider_fee_currency),
-                     updated_at = now(), finished_at = now()
-                 WHERE refund_reference = $1 AND claim_token = $2 AND status = 'PENDING'
-                 RETURNING {ROW_COLUMNS}"
-            ))
-            .bind(reference)
-            .bind(claimed.token)
-            .bind(status.as_str())
-            .bind(failure.as_ref().map(|f| f.code.as_str()))
-            .bind(failure.as_ref().map(|f| f.message.as_str()))
-            .bind(extra_submits)
-            .bind(provider_reference)
-            .bind(provider_status)
-            .bind(polls)
-            .bind(fee.as_ref().map(|f| f.amount))
-            .bind(fee.as_ref().map(|f| f.currency.as_str()))
-            .fetch_one(&mut *tx)
-            .await?;
+            let Some(row) = finish_pending(
+                &mut tx,
+                reference,
+                Some(claimed.token),
+                status,
+                failure.as_ref(),
+                FinishCounts {
+                    extra_submits,
+                    polls,
+                },
+                provider_reference,
+                provider_status,
+                fee.as_ref(),
+            )
+            .await?
+            else {
+                tx.rollback().await?;
+                return Ok(None);
+            };
             let event = event_for(&row, status, failure)?;
             let cause = match status {
                 RefundStatus::Completed => "provider confirmed the refund",
@@ -656,8 +679,61 @@ pub async fn record_step(
     Ok(event)
 }
 
+/// Provider calls made by the step that finishes a refund, added to its counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FinishCounts {
+    /// Submits beyond the one counted at claim time.
+    pub extra_submits: i32,
+    /// Status lookups.
+    pub polls: i32,
+}
+
+/// Makes a `PENDING` refund final, in `tx`. With a `token`, only under that claim (the
+/// dispatcher); without one (a provider webhook) whoever holds a claim loses it, and its
+/// later `record_step` finds the refund no longer pending and records nothing. Returns
+/// `None` when the refund was not pending (or not under the claim).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn finish_pending(
+    tx: &mut Transaction<'_, Postgres>,
+    reference: &str,
+    token: Option<Uuid>,
+    status: RefundStatus,
+    failure: Option<&FailureReason>,
+    counts: FinishCounts,
+    provider_reference: Option<String>,
+    provider_status: Option<String>,
+    fee: Option<&Fee>,
+) -> Result<Option<RefundRow>, StoreError> {
+    let row = sqlx::query_as(&format!(
+        "UPDATE refunds SET status = $3, phase = 'FINAL', next_attempt_at = NULL, claim_token = NULL,
+             failure_code = $4, failure_message = $5, attempts = attempts + $6, polls = polls + $9,
+             provider_reference = COALESCE($7, provider_reference),
+             provider_status = COALESCE($8, provider_status),
+             provider_fee = COALESCE($10, provider_fee),
+             provider_fee_currency = COALESCE($11, provider_fee_currency),
+             updated_at = now(), finished_at = now()
+         WHERE refund_reference = $1 AND ($2::uuid IS NULL OR claim_token = $2)
+             AND status = 'PENDING'
+         RETURNING {ROW_COLUMNS}"
+    ))
+    .bind(reference)
+    .bind(token)
+    .bind(status.as_str())
+    .bind(failure.map(|f| f.code.as_str()))
+    .bind(failure.map(|f| f.message.as_str()))
+    .bind(counts.extra_submits)
+    .bind(provider_reference)
+    .bind(provider_status)
+    .bind(counts.polls)
+    .bind(fee.map(|f| f.amount))
+    .bind(fee.map(|f| f.currency.as_str()))
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row)
+}
+
 /// Builds the status event for a refund row.
-fn event_for(
+pub(crate) fn event_for(
     row: &RefundRow,
     status: RefundStatus,
     failure: Option<FailureReason>,

@@ -127,8 +127,13 @@ impl TestApp {
         for p in ["VA_SERVICES", "BPN", "BINANCE_PAY", "BVNK"] {
             env.insert(format!("PROVIDER_{p}_TIMEOUT_MS"), "1000".into());
         }
+        // An empty value removes a setting (e.g. to leave a provider unconfigured).
         for (k, v) in options.env {
-            env.insert(k.to_owned(), v);
+            if v.is_empty() {
+                env.remove(k);
+            } else {
+                env.insert(k.to_owned(), v);
+            }
         }
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
         let pool = store::connect(&config.database_url, 10)
@@ -362,6 +367,7 @@ impl TestApp {
             status: Arc::new(worker::Status::default()),
             config: self.ctx.config.clone(),
             topology: self.topology.clone(),
+            providers: self.ctx.providers.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

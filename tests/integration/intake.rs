@@ -93,7 +93,11 @@ async fn invalid_commands_become_refund_fail_invalid_command() {
 
 #[tokio::test]
 async fn a_provider_that_is_not_configured_fails_clearly() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::spawn_with(Options {
+        env: vec![("PROVIDER_BVNK_BASE_URL", String::new())],
+        ..Options::default()
+    })
+    .await;
     app.start_worker();
     let r = reference("bvnk");
     let mut cmd = va_command(&r, "10.00");

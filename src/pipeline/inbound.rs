@@ -1,0 +1,253 @@
+//! Inbound provider webhooks: consumes `provider.webhooks`, parses each message with its
+//! provider's adapter, and applies it through the inbox (deduplicated, one transaction with
+//! its outbox event). Webhooks that arrive before their refund is known are parked, and
+//! this loop tries them again every `PARKED_RETRY_MS`.
+//!
+//! The ingress verified the signature before publishing; the queue is inside our trust
+//! boundary, so the consumer only parses. A message that cannot be parsed, names an unknown
+//! provider or one that is not configured is dead-lettered with the reason.
+
+use super::Context;
+use crate::broker::publisher::Publisher;
+use crate::broker::topology::header_str;
+use crate::domain::ProviderName;
+use crate::store::inbound::{self, Applied};
+use crate::store::StoreError;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use tokio_util::sync::CancellationToken;
+
+/// AMQP header naming the provider (set by the ingress; survives dead-lettering and replay,
+/// which may lose the routing key).
+pub const PROVIDER_HEADER: &str = "x-provider";
+
+/// What one consumer step decided for a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundOutcome {
+    /// Parsed and applied; one entry per notification in the body.
+    Applied(Vec<Applied>),
+    /// Must go to the dead-letter queue with this reason.
+    DeadLetter(String),
+}
+
+/// Processes one webhook message. Errors are infrastructure errors (database down); the
+/// caller keeps the message and tries again.
+pub async fn handle(
+    ctx: &Context,
+    provider: &str,
+    body: &[u8],
+) -> Result<InboundOutcome, StoreError> {
+    let Some(name) = ProviderName::parse(provider) else {
+        return Ok(InboundOutcome::DeadLetter(format!(
+            "unknown provider `{}`",
+            provider.chars().take(64).collect::<String>()
+        )));
+    };
+    let Some(adapter) = ctx.providers.get(name) else {
+        return Ok(InboundOutcome::DeadLetter(format!(
+            "provider {name} is not configured"
+        )));
+    };
+    let webhooks = match adapter.parse_webhook(body) {
+        Ok(w) => w,
+        Err(e) => return Ok(InboundOutcome::DeadLetter(e.to_string())),
+    };
+    let mut results = Vec::with_capacity(webhooks.len());
+    for (part, webhook) in webhooks.iter().enumerate() {
+        let applied = inbound::receive(&ctx.pool, name, body, part, webhook, &ctx.sink).await?;
+        report(ctx, name, &applied);
+        results.push(applied);
+    }
+    Ok(InboundOutcome::Applied(results))
+}
+
+/// Logs and counts what applying one webhook did.
+fn report(ctx: &Context, provider: ProviderName, applied: &Applied) {
+    crate::metrics::provider_webhook_applied(provider.as_str(), applied.label());
+    match applied {
+        Applied::Transitioned(event) => {
+            crate::metrics::refund_event(event);
+            tracing::info!(%provider, refund_reference = %event.refund_reference,
+                status = %event.status, "provider webhook applied");
+            ctx.event_committed();
+        }
+        Applied::Contradiction {
+            refund_reference,
+            ours,
+            theirs,
+        } => {
+            crate::metrics::provider_webhook_contradiction(provider.as_str());
+            tracing::error!(%provider, %refund_reference, %ours, %theirs,
+                "ALERT: provider webhook contradicts the refund's final status; not applied");
+        }
+        Applied::Parked => {
+            tracing::info!(%provider, "provider webhook for a refund not known yet; parked")
+        }
+        Applied::Unmatched { reason } => {
+            tracing::warn!(%provider, %reason, "provider webhook matches no single refund")
+        }
+        other => tracing::debug!(%provider, result = other.label(), "provider webhook"),
+    }
+}
+
+/// Tries parked webhooks again; returns how many were resolved (applied or given up).
+pub async fn sweep_parked(ctx: &Context) -> Result<usize, StoreError> {
+    let mut resolved = 0;
+    for parked in inbound::parked(&ctx.pool, 100).await? {
+        let adapter = ProviderName::parse(&parked.provider).and_then(|p| ctx.providers.get(p));
+        let Some(adapter) = adapter else {
+            inbound::abandon_parked(
+                &ctx.pool,
+                &parked.provider,
+                &parked.event_key,
+                "provider no longer configured",
+            )
+            .await?;
+            resolved += 1;
+            continue;
+        };
+        let webhook = adapter.parse_webhook(&parked.body).ok().and_then(|w| {
+            usize::try_from(parked.part)
+                .ok()
+                .and_then(|i| w.into_iter().nth(i))
+        });
+        let Some(webhook) = webhook else {
+            inbound::abandon_parked(
+                &ctx.pool,
+                &parked.provider,
+                &parked.event_key,
+                "no longer parses",
+            )
+            .await?;
+            resolved += 1;
+            continue;
+        };
+        let age = chrono::Utc::now() - parked.received_at;
+        let give_up = age.to_std().unwrap_or_default() > ctx.config.parked_max_age;
+        let applied = inbound::retry_parked(
+            &ctx.pool,
+            adapter.name(),
+            &parked.event_key,
+            &webhook,
+            give_up,
+            &ctx.sink,
+        )
+        .await?;
+        if applied != Applied::Parked && applied != Applied::Duplicate {
+            report(ctx, adapter.name(), &applied);
+            resolved += 1;
+        }
+    }
+    Ok(resolved)
+}
+
+/// Consumes `provider.webhooks` until shutdown or until the connection fails, and sweeps
+/// parked webhooks meanwhile. Messages are handled one at a time: webhooks are few next to
+/// commands, and one at a time keeps a provider's notifications in their queue order.
+pub async fn consume(
+    ctx: &Context,
+    connection: &Connection,
+    shutdown: &CancellationToken,
+) -> Result<(), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(ctx.config.prefetch, BasicQosOptions::default())
+        .await?;
+    let publisher = Publisher::open(connection).await?;
+    let mut consumer = channel
+        .basic_consume(
+            &ctx.topology.webhooks_queue,
+            &format!("refund-worker-webhooks-{}", uuid::Uuid::new_v4()),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut sweep = tokio::time::interval(ctx.config.parked_retry);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = sweep.tick() => {
+                if let Err(e) = sweep_parked(ctx).await {
+                    tracing::warn!(error = %e, "parked webhook sweep failed");
+                }
+                continue;
+            }
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => break Err(e),
+            None => break Err(lapin::Error::InvalidChannelState(channel.status().state())),
+        };
+        process_delivery(ctx, &publisher, delivery, shutdown).await;
+    };
+    let _ = channel.close(200, "shutting down").await;
+    let _ = publisher.channel().close(200, "shutting down").await;
+    result
+}
+
+/// Handles one delivery: apply, then ack (or dead-letter, then ack).
+async fn process_delivery(
+    ctx: &Context,
+    publisher: &Publisher,
+    delivery: Delivery,
+    shutdown: &CancellationToken,
+) {
+    let provider = header_str(delivery.properties.headers(), PROVIDER_HEADER)
+        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+    let mut failures = 0u32;
+    let outcome = loop {
+        match handle(ctx, &provider, &delivery.data).await {
+            Ok(outcome) => break outcome,
+            Err(e) => {
+                // Database unavailable: keep the message and retry here (see intake).
+                failures += 1;
+                let delay = ctx
+                    .config
+                    .retry
+                    .delay(failures.min(6), None)
+                    .max(std::time::Duration::from_millis(100));
+                tracing::warn!(error = %e, ?delay, "provider webhook not applied, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = shutdown.cancelled() => {
+                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    if let InboundOutcome::DeadLetter(reason) = &outcome {
+        crate::metrics::provider_webhook_applied(&provider, "dead_letter");
+        tracing::warn!(%provider, %reason, "provider webhook dead-lettered");
+        let source = (delivery.exchange.as_str(), delivery.routing_key.as_str());
+        if let Err(e) = publisher
+            .dead_letter(
+                &ctx.topology.dlx,
+                &ctx.topology.webhooks_dlq,
+                &delivery.data,
+                &delivery.properties,
+                source,
+                reason,
+            )
+            .await
+        {
+            tracing::error!(error = %e, "dead-letter publish failed; webhook kept");
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+            return;
+        }
+    }
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        tracing::warn!(error = %e, "ack failed; the webhook will be redelivered and deduplicated");
+    }
+}

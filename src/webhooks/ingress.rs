@@ -1,0 +1,202 @@
+//! HTTP ingress of provider webhooks: `POST /webhooks/{provider}`.
+//!
+//! Reads the raw body (size-limited), checks its signature with the provider's adapter over
+//! exactly those bytes, publishes it to `provider.webhooks` (routing key = provider) with a
+//! publisher confirm, and only then answers 2xx with the body the provider expects. If the
+//! broker cannot take it the answer is 503, so the provider retries later: a webhook is
+//! never acknowledged before it is safely queued. Bad signatures get 401 and a counter, and
+//! nothing is published.
+
+use crate::broker::publisher::{Outgoing, Publisher};
+use crate::broker::{self, PublishError, Topology};
+use crate::domain::ProviderName;
+use crate::pipeline::inbound::PROVIDER_HEADER;
+use crate::providers::{Providers, WebhookError};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// How long the ingress waits for the broker before answering 503.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Request headers worth keeping with the queued body (signatures and timestamps, for audit
+/// and re-verification); everything else (cookies, authorization) stays behind.
+fn keep_header(name: &str) -> bool {
+    name == "content-type"
+        || name == "user-agent"
+        || name.starts_with("x-")
+        || name.starts_with("binancepay-")
+        || name.starts_with("api-")
+}
+
+/// What the ingress needs: the adapters (to verify) and a lazily (re)connected publisher.
+#[derive(Clone)]
+pub struct Ingress {
+    providers: Providers,
+    amqp_url: String,
+    topology: Topology,
+    link: Arc<Mutex<Option<Link>>>,
+}
+
+struct Link {
+    connection: Connection,
+    publisher: Publisher,
+}
+
+impl Ingress {
+    /// An ingress publishing to `topology` on the broker at `amqp_url`.
+    pub fn new(providers: Providers, amqp_url: String, topology: Topology) -> Self {
+        Self {
+            providers,
+            amqp_url,
+            topology,
+            link: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A confirm-mode publisher, connecting (and declaring the topology) when there is no
+    /// live connection. The lock is held only to get or make the link, not to publish.
+    async fn publisher(&self) -> Result<Publisher, PublishError> {
+        let mut link = self.link.lock().await;
+        if let Some(l) = link.as_ref() {
+            if l.connection.status().connected() {
+                return Ok(l.publisher.clone());
+            }
+        }
+        let connection = broker::connect(&self.amqp_url, "refund-worker-ingress").await?;
+        let channel = connection.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        let _ = channel.close(200, "declared").await;
+        let publisher = Publisher::open(&connection).await?;
+        *link = Some(Link {
+            connection,
+            publisher: publisher.clone(),
+        });
+        Ok(publisher)
+    }
+
+    /// Publishes one verified webhook and waits for the broker's confirm.
+    async fn publish(
+        &self,
+        provider: ProviderName,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), PublishError> {
+        let publisher = self.publisher().await?;
+        let mut table = FieldTable::default();
+        for (name, value) in headers {
+            if let (true, Ok(v)) = (keep_header(name.as_str()), value.to_str()) {
+                let v: String = v.chars().take(2000).collect();
+                table.insert(
+                    ShortString::from(format!("http-{}", name.as_str())),
+                    AMQPValue::LongString(LongString::from(v.into_bytes())),
+                );
+            }
+        }
+        table.insert(
+            PROVIDER_HEADER.into(),
+            AMQPValue::LongString(LongString::from(provider.as_str().as_bytes().to_vec())),
+        );
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(uuid::Uuid::new_v4().to_string()))
+            .with_timestamp(u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0))
+            .with_headers(table);
+        let result = publisher
+            .publish(Outgoing {
+                exchange: &self.topology.webhooks_exchange,
+                routing_key: provider.as_str(),
+                payload: body,
+                properties,
+            })
+            .await;
+        if result.is_err() {
+            // Drop the link so the next webhook reconnects rather than reuse a dead channel.
+            *self.link.lock().await = None;
+        }
+        result
+    }
+}
+
+fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+/// `POST /webhooks/{provider}`.
+pub async fn receive(
+    State(ingress): State<Ingress>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(name) = ProviderName::parse(&provider) else {
+        crate::metrics::provider_webhook_received("unknown", "unknown_provider");
+        return refusal(
+            StatusCode::NOT_FOUND,
+            "unknown_provider",
+            "no such provider; expected one of va_services, bpn, binance_pay, bvnk",
+        );
+    };
+    let Some(adapter) = ingress.providers.get(name) else {
+        crate::metrics::provider_webhook_received(name.as_str(), "not_configured");
+        return refusal(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            format!("provider {name} is not configured"),
+        );
+    };
+    if let Err(e) = adapter.verify_webhook(&headers, &body, chrono::Utc::now()) {
+        let (status, code, label) = match &e {
+            WebhookError::NotConfigured(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "verification_not_configured",
+                "not_configured",
+            ),
+            WebhookError::StaleTimestamp(_) => {
+                (StatusCode::UNAUTHORIZED, "stale_timestamp", "stale")
+            }
+            WebhookError::BadSignature(_) | WebhookError::Malformed(_) => {
+                (StatusCode::UNAUTHORIZED, "bad_signature", "bad_signature")
+            }
+        };
+        crate::metrics::provider_webhook_received(name.as_str(), label);
+        tracing::warn!(provider = %name, reason = %e, "provider webhook refused");
+        return refusal(status, code, e.to_string());
+    }
+    match tokio::time::timeout(BROKER_TIMEOUT, ingress.publish(name, &headers, &body)).await {
+        Ok(Ok(())) => {
+            crate::metrics::provider_webhook_received(name.as_str(), "accepted");
+            (StatusCode::OK, Json(adapter.webhook_ack())).into_response()
+        }
+        Ok(Err(e)) => {
+            crate::metrics::provider_webhook_received(name.as_str(), "unavailable");
+            tracing::warn!(provider = %name, error = %e, "provider webhook not queued; answering 503");
+            refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the webhook could not be queued; retry later",
+            )
+        }
+        Err(_) => {
+            crate::metrics::provider_webhook_received(name.as_str(), "unavailable");
+            tracing::warn!(provider = %name, "broker did not confirm in time; answering 503");
+            refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the webhook could not be queued in time; retry later",
+            )
+        }
+    }
+}
