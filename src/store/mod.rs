@@ -61,6 +61,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        // No `SELECT 1` round trip before every checkout: a dead connection fails its
+        // query instead, which every caller already treats as retryable (see error.rs).
+        .test_before_acquire(false)
         .connect(url)
         .await?)
 }

@@ -2,7 +2,6 @@
 //! later by the relay with publisher confirms.
 
 use super::StoreError;
-use crate::domain::RefundEvent;
 use sqlx::{PgPool, Postgres, Transaction};
 
 /// An event waiting to be published.
@@ -18,26 +17,6 @@ pub struct OutboxRow {
     pub routing_key: String,
     /// The event JSON.
     pub payload: serde_json::Value,
-}
-
-/// Queues `event` for publication inside the caller's transaction.
-pub async fn enqueue(
-    tx: &mut Transaction<'_, Postgres>,
-    exchange: &str,
-    event: &RefundEvent,
-) -> Result<(), StoreError> {
-    let payload = serde_json::to_value(event)
-        .map_err(|e| StoreError::Corrupt(format!("event does not serialize: {e}")))?;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, exchange, routing_key, payload) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(event.event_id)
-    .bind(exchange)
-    .bind(event.routing_key())
-    .bind(payload)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// Locks up to `limit` unpublished events, oldest first, skipping rows another relay holds.

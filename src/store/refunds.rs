@@ -1,7 +1,7 @@
 //! Refund rows: intake of commands (idempotent, with the over-refund guard), claiming due
 //! work, recording provider outcomes, and the operator's view of one refund.
 
-use super::{outbox, webhooks, EventSink, StoreError};
+use super::{EventSink, StoreError};
 use crate::domain::{
     transition, FailureCode, FailureReason, Fee, Phase, RefundCommand, RefundEvent, RefundStatus,
     Transition,
@@ -201,9 +201,8 @@ pub async fn intake(
     sink: &EventSink,
     provider_configured: bool,
 ) -> Result<Intake, StoreError> {
-    if let Some(existing) = existing(pool, &cmd.refund_reference, command_hash).await? {
-        return Ok(existing);
-    }
+    // No look-up first: new commands are the common case, and a repeat is recognised by
+    // the insert's conflict below (the guard's work is then rolled back).
     let mut tx = pool.begin().await?;
     let refusal = if provider_configured {
         over_refund_check(&mut tx, cmd).await?
@@ -466,7 +465,11 @@ async fn over_refund_check(
     Ok(None)
 }
 
-/// Writes the history row and the outbox event of a status change.
+/// Writes the history row, the outbox event and (when the refund has a callback URL or
+/// there is a default) the merchant webhook delivery of a status change.
+///
+/// One statement with data-modifying CTEs: three inserts for the price of one round trip,
+/// which matters because every refund makes at least two status changes.
 pub(crate) async fn record_transition(
     tx: &mut Transaction<'_, Postgres>,
     from: Option<RefundStatus>,
@@ -474,9 +477,23 @@ pub(crate) async fn record_transition(
     cause: &str,
     sink: &EventSink,
 ) -> Result<(), StoreError> {
+    let payload = serde_json::to_value(event)
+        .map_err(|e| StoreError::Corrupt(format!("event does not serialize: {e}")))?;
     sqlx::query(
-        "INSERT INTO refund_transitions (refund_reference, from_status, to_status, cause, detail, event_id, occurred_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "WITH history AS (
+             INSERT INTO refund_transitions
+                 (refund_reference, from_status, to_status, cause, detail, event_id, occurred_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)),
+         outbox AS (
+             INSERT INTO outbox (event_id, exchange, routing_key, payload)
+             VALUES ($6, $8, $9, $10))
+         INSERT INTO webhook_deliveries
+             (event_id, refund_reference, provider, event_status, url, payload, state, next_attempt_at)
+         SELECT $6, r.refund_reference, $11, $3, COALESCE(r.command->>'callbackUrl', $12), $10,
+             'queued', now()
+         FROM refunds r
+         WHERE r.refund_reference = $1 AND COALESCE(r.command->>'callbackUrl', $12) IS NOT NULL
+         ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(&event.refund_reference)
     .bind(from.map(RefundStatus::as_str))
@@ -485,10 +502,14 @@ pub(crate) async fn record_transition(
     .bind(event.failure_reason.as_ref().map(|r| r.message.as_str()))
     .bind(event.event_id)
     .bind(event.occurred_at)
+    .bind(&sink.exchange)
+    .bind(event.routing_key())
+    .bind(payload)
+    .bind(event.provider.as_deref())
+    .bind(sink.webhook_default_url.as_deref())
     .execute(&mut **tx)
     .await?;
-    outbox::enqueue(tx, &sink.exchange, event).await?;
-    webhooks::enqueue(tx, event, sink.webhook_default_url.as_deref()).await
+    Ok(())
 }
 
 /// Claims up to `limit` due refunds for one dispatcher, reserving them for `lease`.
@@ -502,9 +523,10 @@ pub async fn claim_due(
     lease: Duration,
 ) -> Result<Vec<ClaimedRefund>, StoreError> {
     let token = Uuid::new_v4();
-    let rows: Vec<(String, String, Value)> = sqlx::query_as(
+    // Claim and read in one statement: RETURNING gives the rows as updated.
+    let rows: Vec<ClaimRow> = sqlx::query_as(&format!(
         "WITH due AS (
-             SELECT refund_reference, phase AS phase_before FROM refunds
+             SELECT refund_reference AS due_reference, phase AS phase_before FROM refunds
              WHERE status = 'PENDING' AND next_attempt_at <= now()
              ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
          UPDATE refunds r SET
@@ -513,41 +535,35 @@ pub async fn claim_due(
              phase = CASE WHEN r.phase = 'NOT_SUBMITTED' THEN 'SUBMITTING' ELSE r.phase END,
              attempts = r.attempts + CASE WHEN r.phase = 'NOT_SUBMITTED' THEN 1 ELSE 0 END,
              updated_at = now()
-         FROM due WHERE r.refund_reference = due.refund_reference
-         RETURNING r.refund_reference, due.phase_before, r.command",
-    )
+         FROM due WHERE r.refund_reference = due.due_reference
+         RETURNING {ROW_COLUMNS}, due.phase_before, r.command"
+    ))
     .bind(limit)
     .bind(lease.as_secs_f64())
     .bind(token)
     .fetch_all(pool)
     .await?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let refs: Vec<&str> = rows.iter().map(|(r, _, _)| r.as_str()).collect();
-    let full: Vec<RefundRow> = sqlx::query_as(&format!(
-        "SELECT {ROW_COLUMNS} FROM refunds WHERE refund_reference = ANY($1)"
-    ))
-    .bind(&refs)
-    .fetch_all(pool)
-    .await?;
-    let mut claimed = Vec::with_capacity(rows.len());
-    for (reference, phase_before, command) in rows {
-        let row = full
-            .iter()
-            .find(|r| r.refund_reference == reference)
-            .cloned()
-            .ok_or_else(|| StoreError::Corrupt(format!("claimed refund {reference} not found")))?;
-        let phase_before = Phase::parse(&phase_before)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown phase {phase_before}")))?;
-        claimed.push(ClaimedRefund {
-            row,
-            phase_before,
-            command,
-            token,
-        });
-    }
-    Ok(claimed)
+    rows.into_iter()
+        .map(|r| {
+            let phase_before = Phase::parse(&r.phase_before)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown phase {}", r.phase_before)))?;
+            Ok(ClaimedRefund {
+                row: r.row,
+                phase_before,
+                command: r.command,
+                token,
+            })
+        })
+        .collect()
+}
+
+/// A claimed row as `claim_due` reads it back.
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    #[sqlx(flatten)]
+    row: RefundRow,
+    phase_before: String,
+    command: Value,
 }
 
 /// Records the result of a dispatcher step on a claimed refund, with its provider calls,
@@ -613,25 +629,14 @@ pub async fn record_step(
             provider_status,
             fee,
         } => {
-            let current: Option<String> = sqlx::query_scalar(
-                "SELECT status FROM refunds WHERE refund_reference = $1 AND claim_token = $2 FOR UPDATE",
-            )
-            .bind(reference)
-            .bind(claimed.token)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(current) = current.as_deref().and_then(RefundStatus::parse) else {
-                tx.rollback().await?;
-                return Ok(None);
-            };
-            match transition(current, status) {
-                Transition::Apply => {}
-                Transition::Unchanged | Transition::Stale | Transition::Contradiction => {
-                    tracing::warn!(refund_reference = %reference, from = %current, to = %status,
-                        "status change not applied");
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
+            // A claimed refund is PENDING; the conditional update below is the database's
+            // half of the rule (it changes nothing unless the refund is still pending and
+            // under our claim), this is the state machine's half.
+            let current = RefundStatus::Pending;
+            if transition(current, status) != Transition::Apply {
+                return Err(StoreError::Corrupt(format!(
+                    "dispatcher asked for {current} -> {status}"
+                )));
             }
             let Some(row) = finish_pending(
                 &mut tx,
@@ -661,17 +666,22 @@ pub async fn record_step(
             Some(event)
         }
     };
-    for call in calls {
+    if !calls.is_empty() {
+        // All of the step's calls in one statement.
+        let latency: Vec<i32> = calls
+            .iter()
+            .map(|c| i32::try_from(c.latency.as_millis()).unwrap_or(i32::MAX))
+            .collect();
         sqlx::query(
             "INSERT INTO provider_attempts (refund_reference, call, outcome, detail, started_at, latency_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[])",
         )
         .bind(reference)
-        .bind(call.call)
-        .bind(&call.outcome)
-        .bind(&call.detail)
-        .bind(call.started_at)
-        .bind(i32::try_from(call.latency.as_millis()).unwrap_or(i32::MAX))
+        .bind(calls.iter().map(|c| c.call).collect::<Vec<_>>())
+        .bind(calls.iter().map(|c| c.outcome.as_str()).collect::<Vec<_>>())
+        .bind(calls.iter().map(|c| c.detail.as_deref()).collect::<Vec<_>>())
+        .bind(calls.iter().map(|c| c.started_at).collect::<Vec<_>>())
+        .bind(latency)
         .execute(&mut *tx)
         .await?;
     }

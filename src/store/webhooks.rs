@@ -1,39 +1,12 @@
-//! Webhook deliveries: queued in the transaction that produced the event, claimed with
+//! Webhook deliveries: queued in the transaction that produced the event (by
+//! `refunds::record_transition`), claimed with
 //! `FOR UPDATE SKIP LOCKED`, one attempt row per HTTP call, re-queued by operators.
 
 use super::StoreError;
-use crate::domain::RefundEvent;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// Queues the merchant webhook for `event`, if the refund has a `callbackUrl` or a default
-/// endpoint is configured. Runs inside the event's transaction.
-pub async fn enqueue(
-    tx: &mut Transaction<'_, Postgres>,
-    event: &RefundEvent,
-    default_url: Option<&str>,
-) -> Result<(), StoreError> {
-    let payload = serde_json::to_value(event)
-        .map_err(|e| StoreError::Corrupt(format!("event does not serialize: {e}")))?;
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (event_id, refund_reference, provider, event_status, url, payload, state, next_attempt_at)
-         SELECT $1, r.refund_reference, $3, $4, COALESCE(r.command->>'callbackUrl', $5), $6, 'queued', now()
-         FROM refunds r
-         WHERE r.refund_reference = $2 AND COALESCE(r.command->>'callbackUrl', $5) IS NOT NULL
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(event.event_id)
-    .bind(&event.refund_reference)
-    .bind(event.provider.as_deref())
-    .bind(event.status.as_str())
-    .bind(default_url)
-    .bind(payload)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
 
 /// A delivery claimed for one attempt.
 #[derive(Debug, Clone, sqlx::FromRow)]
