@@ -35,6 +35,19 @@ pub struct SandboxArgs {
     /// Time from acceptance to completion of a refund, in milliseconds.
     #[arg(long, default_value_t = 2_000)]
     completion_delay_ms: u64,
+    /// refund-worker's HTTP address (e.g. http://127.0.0.1:8080): providers then send their
+    /// signed notifications to `<url>/webhooks/<provider>`.
+    #[arg(long, env = "SANDBOX_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Share (0 to 1) of notifications sent twice.
+    #[arg(long, default_value_t = 0.0)]
+    webhook_duplicate_rate: f64,
+    /// Share (0 to 1) of notifications first sent with a corrupted signature.
+    #[arg(long, default_value_t = 0.0)]
+    webhook_bad_signature_rate: f64,
+    /// Share (0 to 1) of notifications held back so later ones overtake them.
+    #[arg(long, default_value_t = 0.0)]
+    webhook_reorder_rate: f64,
 }
 
 /// Runs the sandbox until ctrl-c or SIGTERM.
@@ -42,27 +55,45 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     for (name, rate) in [
         ("--error-rate", args.error_rate),
         ("--timeout-rate", args.timeout_rate),
+        ("--webhook-duplicate-rate", args.webhook_duplicate_rate),
+        (
+            "--webhook-bad-signature-rate",
+            args.webhook_bad_signature_rate,
+        ),
+        ("--webhook-reorder-rate", args.webhook_reorder_rate),
     ] {
         anyhow::ensure!(
             (0.0..=1.0).contains(&rate),
             "{name} must be between 0 and 1, got {rate}"
         );
     }
-    let sandbox = Sandbox::new(SandboxConfig {
+    let config = SandboxConfig {
         va_api_key: args.va_api_key,
         latency: Duration::from_millis(args.latency_ms),
         error_rate: args.error_rate,
         timeout_rate: args.timeout_rate,
         hang: Duration::from_millis(args.hang_ms),
         completion_delay: Duration::from_millis(args.completion_delay_ms),
+        webhook_url: args.webhook_url.map(|u| u.trim_end_matches('/').to_owned()),
+        webhook_duplicate_rate: args.webhook_duplicate_rate,
+        webhook_bad_signature_rate: args.webhook_bad_signature_rate,
+        webhook_reorder_rate: args.webhook_reorder_rate,
         ..SandboxConfig::default()
-    });
+    };
+    let sandbox = Sandbox::new(config.clone());
     let (addr, handle) = sandbox
         .spawn_on((args.bind, args.port).into(), super::wait_for_signal())
         .await?;
-    println!("provider sandbox listening on http://{addr}");
-    println!("  VA Services: PROVIDER_VA_SERVICES_BASE_URL=http://{addr} PROVIDER_VA_SERVICES_API_KEY=<--va-api-key>");
-    println!("  ledger:      curl http://{addr}/sandbox/ledger");
+    println!("provider sandbox listening on http://{addr} (VA Services, BPN, Binance Pay, BVNK)");
+    println!("  point refund-worker at it with (sandbox credentials, not secrets):");
+    for (key, value) in config.provider_env(addr) {
+        println!("    export {key}={value}");
+    }
+    match &config.webhook_url {
+        Some(url) => println!("  notifications go to {url}/webhooks/<provider>"),
+        None => println!("  notifications are off (--webhook-url to send them)"),
+    }
+    println!("  ledger: curl http://{addr}/sandbox/ledger");
     handle.await?;
     Ok(())
 }

@@ -28,6 +28,14 @@ impl BvnkState {
         self.outcomes.insert(key.to_owned(), status);
     }
 
+    pub(super) fn due_webhooks(
+        &mut self,
+        _config: &SandboxConfig,
+        _now: tokio::time::Instant,
+    ) -> Vec<super::notify::Outbound> {
+        Vec::new()
+    }
+
     pub(super) fn ledger(&self, _config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>) {
         (Vec::new(), self.payments.values().cloned().collect())
     }

@@ -25,7 +25,10 @@
 mod binance_pay;
 mod bpn;
 mod bvnk;
+mod notify;
 mod va_services;
+
+pub use notify::WebhookCounters;
 
 use std::fmt;
 use std::future::Future;
@@ -66,6 +69,15 @@ pub struct SandboxConfig {
     pub bvnk_hawk_key: String,
     /// Secret the sandbox signs its HMAC webhooks with (VA Services, BPN, BVNK).
     pub webhook_secret: String,
+    /// Base URL of refund-worker's HTTP server; when set, the providers send their
+    /// notifications to `{webhook_url}/webhooks/{provider}`.
+    pub webhook_url: Option<String>,
+    /// Share (0..1) of notifications sent twice.
+    pub webhook_duplicate_rate: f64,
+    /// Share (0..1) of notifications first sent with a corrupted signature.
+    pub webhook_bad_signature_rate: f64,
+    /// Share (0..1) of notifications held back so later ones overtake them.
+    pub webhook_reorder_rate: f64,
     /// Added to every provider API response (never to `/sandbox/*`).
     pub latency: Duration,
     /// Share (0..1) of provider API calls answered with HTTP 500 at random, before any work.
@@ -94,6 +106,10 @@ impl Default for SandboxConfig {
             bvnk_hawk_id: "sandbox-bvnk-id".to_owned(),
             bvnk_hawk_key: "sandbox-bvnk-key".to_owned(),
             webhook_secret: "sandbox-webhook-secret".to_owned(),
+            webhook_url: None,
+            webhook_duplicate_rate: 0.0,
+            webhook_bad_signature_rate: 0.0,
+            webhook_reorder_rate: 0.0,
             latency: Duration::ZERO,
             error_rate: 0.0,
             timeout_rate: 0.0,
@@ -117,6 +133,13 @@ impl fmt::Debug for SandboxConfig {
             .field("bvnk_hawk_id", &"<redacted>")
             .field("bvnk_hawk_key", &"<redacted>")
             .field("webhook_secret", &"<redacted>")
+            .field("webhook_url", &self.webhook_url)
+            .field("webhook_duplicate_rate", &self.webhook_duplicate_rate)
+            .field(
+                "webhook_bad_signature_rate",
+                &self.webhook_bad_signature_rate,
+            )
+            .field("webhook_reorder_rate", &self.webhook_reorder_rate)
             .field("latency", &self.latency)
             .field("error_rate", &self.error_rate)
             .field("timeout_rate", &self.timeout_rate)
@@ -307,6 +330,8 @@ pub struct Ledger {
     pub injected_timeouts: u64,
     /// Deterministic faults not consumed yet.
     pub pending_faults: Faults,
+    /// Notifications sent to refund-worker.
+    pub webhooks: WebhookCounters,
 }
 
 impl Ledger {
@@ -358,6 +383,7 @@ struct Counters {
 struct State {
     counters: Counters,
     faults: Faults,
+    webhooks: WebhookCounters,
     va: va_services::VaState,
     bpn: bpn::BpnState,
     binance: binance_pay::BinanceState,
@@ -483,9 +509,14 @@ impl Sandbox {
         let addr = listener.local_addr()?;
         let router = self.router();
         let inner = Arc::clone(&self.inner);
+        let (stop_notify, stopped) = tokio::sync::watch::channel(false);
+        if let Some(base) = self.config().webhook_url.clone() {
+            tokio::spawn(self.clone().notify_loop(base, stopped));
+        }
         let handle = tokio::spawn(async move {
             let signal = async move {
                 shutdown.await;
+                let _ = stop_notify.send(true);
                 // Hanging handlers would otherwise hold the graceful drain for `hang`.
                 inner.shutdown.notify_waiters();
             };
@@ -529,6 +560,7 @@ impl Sandbox {
             injected_rejects: c.injected_rejects,
             injected_timeouts: c.injected_timeouts,
             pending_faults: state.faults.clone(),
+            webhooks: state.webhooks,
         }
     }
 
@@ -563,6 +595,18 @@ impl Sandbox {
 
     fn config(&self) -> &SandboxConfig {
         &self.inner.config
+    }
+
+    /// Notifications the providers want to send now, each handed out once.
+    fn due_webhooks(&self) -> Vec<notify::Outbound> {
+        let now = tokio::time::Instant::now();
+        let config = &self.inner.config;
+        let mut state = self.lock();
+        let mut due = Vec::new();
+        due.extend(state.bpn.due_webhooks(config, now));
+        due.extend(state.binance.due_webhooks(config, now));
+        due.extend(state.bvnk.due_webhooks(config, now));
+        due
     }
 
     // A panic while holding the lock cannot leave the state half-written in a way that
