@@ -11,7 +11,7 @@ pub mod refund;
 
 pub use command::{CommandError, Destination, ProviderName, RefundCommand};
 pub use event::RefundEvent;
-pub use money::{currency_decimals, parse_amount, MoneyError};
+pub use money::{currency_decimals, format_amount, json_number, parse_amount, MoneyError};
 pub use refund::{
     decide, transition, CallKind, Decision, FailureCode, FailureReason, Fee, Phase,
     ProviderOutcome, RefundStatus, Transition, Wait,
