@@ -64,9 +64,18 @@ struct Row {
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    // refund-worker's HTTP server (the provider webhook ingress), bound first so the
+    // sandbox's providers know where to send their signed notifications.
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http_addr = http_listener.local_addr()?;
     let sandbox_config = SandboxConfig {
         completion_delay: Duration::from_millis(400),
         hang: Duration::from_millis(2_500),
+        webhook_url: Some(format!("http://{http_addr}")),
+        // Providers misbehave a little: every path of the ingress is exercised.
+        webhook_duplicate_rate: 0.2,
+        webhook_reorder_rate: 0.2,
+        webhook_bad_signature_rate: 0.1,
         ..SandboxConfig::default()
     };
     let sandbox = Sandbox::new(sandbox_config.clone());
@@ -107,7 +116,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         })
     })?;
     println!("refund-worker demo (run {run_id})");
-    println!("  provider sandbox  http://{addr}  (VA Services)");
+    println!("  provider sandbox  http://{addr}  (VA Services, BPN, Binance Pay, BVNK)");
+    println!("  webhook ingress   http://{http_addr}/webhooks/<provider>  (the sandbox's providers call it)");
     println!(
         "  merchant endpoint {}  (verifies every webhook signature)",
         merchant.url
@@ -146,11 +156,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let publisher = Publisher::open(&connection).await?;
 
     let worker_stop = CancellationToken::new();
-    let worker_task = tokio::spawn(worker::run(
-        ctx,
-        Arc::new(worker::Status::default()),
-        worker_stop.clone(),
-    ));
+    let status = Arc::new(worker::Status::default());
+    {
+        let app = crate::http::router(crate::http::AppState {
+            pool: pool.clone(),
+            status: status.clone(),
+            config: ctx.config.clone(),
+            topology: ctx.topology.clone(),
+            providers: ctx.providers.clone(),
+        });
+        let stop = worker_stop.clone();
+        tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+    }
+    let worker_task = tokio::spawn(worker::run(ctx, status, worker_stop.clone()));
 
     let mut rows = Vec::new();
     let mut seen: Vec<RefundEvent> = Vec::new();
