@@ -37,7 +37,12 @@
 //!   refund from pay-in: {ref}. Available amount: {amount}.` -> `AMOUNT_EXCEEDS_REFUNDABLE`;
 //!   other 4xx -> `PROVIDER_REJECTED`; 401/403 -> `PROVIDER_REJECTED` (credentials); 409 on
 //!   the refund call (same key in flight) -> unknown, resolved by a status lookup; 429/5xx
-//!   per `classify_status`. The provider's message is kept in every failure.
+//!   per `classify_status`. The provider's message is kept in every failure. A status
+//!   lookup is never a final failure: its refusals (401, 400...) are retryable, since the
+//!   refund may exist; a missing Hawk key is retryable too (nothing was sent).
+//! - Before failing `AMOUNT_EXCEEDS_REFUNDABLE` on the estimate, the adapter looks for our
+//!   own refund on the pay-in: after a lost answer, the refund "missing" from a lagging
+//!   list may be the one using the balance, and a refund BVNK has is never failed.
 //! - Webhooks: `x-signature` = hex HMAC-SHA256 of the raw body with
 //!   `PROVIDER_BVNK_WEBHOOK_SECRET` (header name overridable with `_WEBHOOK_SIGNATURE_HEADER`;
 //!   no timestamp in the scheme, so no tolerance check). Envelope `{event, eventId,
@@ -207,11 +212,17 @@ impl Bvnk {
         body: &[u8],
         idempotency_key: Option<Uuid>,
     ) -> Result<(StatusCode, Vec<u8>), ProviderOutcome> {
+        // Nothing was sent: retryable (a status lookup must never fail a refund BVNK may
+        // have; a submit gives up as RETRIES_EXHAUSTED with this reason).
+        let unsent = |reason: String| ProviderOutcome::Retryable {
+            reason,
+            retry_after: None,
+            may_have_reached_provider: false,
+        };
         let Some(secret) = self.settings.api_secret.as_ref() else {
-            return Err(ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                "BVNK Hawk key is not configured (PROVIDER_BVNK_API_SECRET)",
-            )));
+            return Err(unsent(
+                "BVNK Hawk key is not configured (PROVIDER_BVNK_API_SECRET)".into(),
+            ));
         };
         let nonce: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)
@@ -226,12 +237,7 @@ impl Bvnk {
             SystemTime::now(),
             &nonce,
         )
-        .map_err(|e| {
-            ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                format!("cannot sign the BVNK request: {e}"),
-            ))
-        })?;
+        .map_err(|e| unsent(format!("cannot sign the BVNK request: {e}")))?;
         let mut request = self
             .client
             .request(method, url)
@@ -252,6 +258,30 @@ impl Bvnk {
             .await
             .map_err(|e| classify_send_error(&e))?;
         Ok((status, bytes.to_vec()))
+    }
+}
+
+impl Bvnk {
+    /// The estimate says the amount no longer fits. After an unknown submit the pipeline
+    /// resubmits only on a confirmed `NotFound`, but if BVNK's list lagged, the "missing"
+    /// refund is what used the balance: look for ours before failing, so a refund BVNK has
+    /// is never reported failed.
+    async fn exceeded(&self, refund: &RefundRequest, reason: FailureReason) -> ProviderOutcome {
+        match self.status(refund).await {
+            ProviderOutcome::NotFound => ProviderOutcome::Failed(reason),
+            found @ (ProviderOutcome::Accepted { .. } | ProviderOutcome::Succeeded { .. }) => found,
+            // Ours failed earlier (its amount is free again): the shortfall is real.
+            ProviderOutcome::Failed(_) => ProviderOutcome::Failed(reason),
+            ProviderOutcome::Retryable { reason: why, .. }
+            | ProviderOutcome::Unknown { reason: why } => ProviderOutcome::Retryable {
+                reason: format!(
+                    "{}; could not check for an earlier refund: {why}",
+                    reason.message
+                ),
+                retry_after: None,
+                may_have_reached_provider: false,
+            },
+        }
     }
 }
 
@@ -416,8 +446,14 @@ pub fn interpret_status(
     if status == StatusCode::NOT_FOUND {
         return ProviderOutcome::NotFound;
     }
+    // A lookup that was refused says nothing about the refund, which BVNK may have: never
+    // a final failure (401 after a key rotation would otherwise fail live refunds).
     if !status.is_success() {
-        return ProviderOutcome::Failed(rejection(status, body));
+        return ProviderOutcome::Retryable {
+            reason: format!("status lookup refused: {}", rejection(status, body).message),
+            retry_after: None,
+            may_have_reached_provider: true,
+        };
     }
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -594,6 +630,11 @@ impl Provider for Bvnk {
         {
             Ok((status, response)) => match interpret_estimate(status, &response, refund) {
                 Ok(fee) => fee,
+                Err(ProviderOutcome::Failed(reason))
+                    if reason.code == FailureCode::AmountExceedsRefundable =>
+                {
+                    return self.exceeded(refund, reason).await
+                }
                 Err(outcome) => return outcome,
             },
             // Nothing was refunded by a failed read: whatever happened, resend safely.
@@ -942,6 +983,14 @@ mod tests {
                 assert!(f.message.contains("Hawk credentials"));
             }
             other => panic!("{other:?}"),
+        }
+        // A refused status lookup never fails the refund: BVNK may have it.
+        for status in [StatusCode::UNAUTHORIZED, StatusCode::BAD_REQUEST] {
+            assert!(matches!(
+                interpret_status(status, br#"{"message":"nope"}"#, "r"),
+                ProviderOutcome::Retryable { may_have_reached_provider: true, reason, .. }
+                    if reason.contains("nope")
+            ));
         }
     }
 

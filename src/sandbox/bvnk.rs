@@ -1278,3 +1278,127 @@ mod tests {
         server.stop(Duration::from_secs(2)).await;
     }
 }
+
+/// The adapter against this simulator: what the unit tests of each side cannot show alone.
+#[cfg(test)]
+mod adapter_tests {
+    use super::super::test_support::{start, TestServer};
+    use super::super::{Payment, Provider as SandboxProvider, SandboxConfig};
+    use crate::domain::{FailureCode, Fee, ProviderName, ProviderOutcome};
+    use crate::providers::bvnk::Bvnk;
+    use crate::providers::{Provider, RefundRequest};
+    use rust_decimal::Decimal;
+    use std::time::Duration;
+
+    fn adapter(server: &TestServer, secret: &str) -> Bvnk {
+        let base = server.base.clone();
+        let secret = secret.to_owned();
+        let config = crate::config::Config::from_lookup(|k| match k {
+            "PROVIDER_BVNK_BASE_URL" => Some(base.clone()),
+            "PROVIDER_BVNK_API_KEY" => Some("sandbox-bvnk-id".into()),
+            "PROVIDER_BVNK_API_SECRET" => Some(secret.clone()),
+            _ => None,
+        })
+        .unwrap();
+        Bvnk::new(config.providers[&ProviderName::Bvnk].clone())
+    }
+
+    fn request(reference: &str, amount: &str) -> RefundRequest {
+        RefundRequest {
+            refund_reference: reference.into(),
+            transaction_reference: "payin-1".into(),
+            amount: Decimal::from_str_exact(amount).unwrap(),
+            currency: "EUR".into(),
+            reason: "Order cancelled!".into(),
+            customer_note: None,
+            destination: None,
+            provider_reference: None,
+            metadata: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn adapter_refunds_through_hawk_and_a_wrong_key_is_refused() {
+        let server = start(SandboxConfig {
+            completion_delay: Duration::from_secs(60),
+            ..SandboxConfig::default()
+        })
+        .await;
+        let bvnk = adapter(&server, "sandbox-bvnk-key");
+        let fee = Some(Fee {
+            amount: Decimal::new(100, 2),
+            currency: "EUR".into(),
+        });
+        assert_eq!(
+            bvnk.submit(&request("r-1", "12.34")).await,
+            ProviderOutcome::Accepted {
+                provider_reference: None,
+                provider_status: "SUBMITTED".into(),
+                fee: fee.clone(),
+            }
+        );
+        match bvnk.status(&request("r-1", "12.34")).await {
+            ProviderOutcome::Accepted {
+                provider_reference: Some(_),
+                provider_status,
+                fee: f,
+            } => {
+                assert_eq!(provider_status, "PROCESSING");
+                assert_eq!(f, fee);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            bvnk.status(&request("r-2", "1")).await,
+            ProviderOutcome::NotFound
+        );
+
+        let wrong = adapter(&server, "not-the-key");
+        match wrong.submit(&request("r-3", "1")).await {
+            ProviderOutcome::Failed(f) => {
+                assert_eq!(f.code, FailureCode::ProviderRejected);
+                assert!(f.message.contains("HTTP 401"), "{}", f.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            wrong.status(&request("r-1", "12.34")).await,
+            ProviderOutcome::Retryable { .. }
+        ));
+        let ledger = server.sandbox.ledger();
+        assert_eq!(ledger.rejected_auth, 2);
+        assert_eq!(ledger.refunds.len(), 1);
+        assert_eq!(ledger.refunds[0].refund_amount, "12.34");
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn a_resubmit_whose_balance_went_to_itself_is_not_failed() {
+        let server = start(SandboxConfig::default()).await;
+        server.sandbox.add_payment(Payment {
+            provider: SandboxProvider::Bvnk,
+            transaction_reference: "payin-1".into(),
+            amount: Decimal::from(10),
+            currency: "EUR".into(),
+        });
+        let bvnk = adapter(&server, "sandbox-bvnk-key");
+        assert!(matches!(
+            bvnk.submit(&request("r-1", "10")).await,
+            ProviderOutcome::Accepted { .. }
+        ));
+        // The same refund submitted again: the estimate shows 0 left, but it is ours.
+        assert!(matches!(
+            bvnk.submit(&request("r-1", "10")).await,
+            ProviderOutcome::Accepted { .. }
+        ));
+        // Another refund really does not fit, and is never sent.
+        assert!(matches!(
+            bvnk.submit(&request("r-2", "0.01")).await,
+            ProviderOutcome::Failed(f) if f.code == FailureCode::AmountExceedsRefundable
+        ));
+        let ledger = server.sandbox.ledger();
+        assert_eq!(ledger.submit_calls, 1);
+        assert_eq!(ledger.refunds[0].submit_count, 1);
+        server.stop(Duration::from_secs(2)).await;
+    }
+}
