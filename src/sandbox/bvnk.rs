@@ -1,21 +1,196 @@
-//! Simulated Bvnk API (to be filled in by the provider work).
+//! BVNK "Refund payments" API, as shared/providers/bvnk-refund-payments.txt describes it,
+//! with the gaps filled the way shared/providers/README.md and the adapter decide them:
+//!
+//! - Auth is Hawk with HMAC-SHA256 (`SandboxConfig::bvnk_hawk_id` / `bvnk_hawk_key`),
+//!   verified with the `hawk` crate over method, path and query, the `Host` header's host
+//!   and port; no payload hash (BVNK does not use it), timestamps within 60 s, and a nonce
+//!   seen twice is refused. Anything wrong: HTTP 401 `{"code": "UNAUTHORIZED", ...}`
+//!   (BVNK answers 401; the body shape is ours), counted only in `rejectedAuth`.
+//! - `GET /payment/v1/payins/{ref}/estimate`: `fee` (flat, 1.00 by default, in the pay-in's
+//!   currency) and `maxAvailableToRefund` (payment less refunds not failed or cancelled).
+//! - `POST /payment/v1/payins/{ref}/refund`: `X-Idempotency-Key` (a UUID) is required; a
+//!   repeated key answers the same refund and counts in `submitCount` (a repeat that differs
+//!   counts in `mismatchedReplays`). A new key is a new refund, even with the same
+//!   `customerReference`, as an idempotency-key API does. Over the balance: HTTP 400
+//!   `Invalid amount to refund from pay-in: {ref}. Available amount: {amount}.`;
+//!   `rejectNext`: HTTP 400 `Pay-in {ref} not refundable.` The answer is
+//!   `{transactionReference: <the pay-in>, fee}` as documented.
+//! - `GET /payment/v1/payins/{ref}/refund`: a JSON array of the pay-in's refunds, each
+//!   payout-shaped: `transactionReference` (the refund payout's id), `customerReference`,
+//!   `status`, `approvalStatus`, `reason`, `amount`, `fee`, `metadata`, `createdAt`. A pay-in
+//!   the sandbox has never seen: 404.
+//! - States: `PENDING_APPROVAL` while 4-eyes approval is awaited, then `PROCESSING` for
+//!   `completion_delay` (from acceptance, or from the approval), then `COMPLETED` or the
+//!   forced outcome (`FAILED`). A rejected approval reads `CANCELLED` with
+//!   `approvalStatus: "REJECTED"`, as BVNK cancels refunds whose approval is rejected.
+//! - 4-eyes approval is off by default; `POST /sandbox/bvnk/settings` with
+//!   `{"fourEyes": true}` turns it on for every refund created after (like configuring it
+//!   in the portal), `"fee"` changes the flat fee. `POST /sandbox/bvnk/refunds/{key}/approve`
+//!   and `/reject` act like the portal's buttons; `/outcome` forces the final state. `key`
+//!   is our refundReference (the `customerReference`).
+//!
+//! Order of checks: Hawk (401), count, injected HTTP error (`failNext`, `error_rate`), then
+//! per route: validation (400), `rejectNext` (refund only), idempotent replay, balance,
+//! record, and only then a hang (`timeoutAfterAcceptNext`, `timeout_rate`). All of that is
+//! decided under the sandbox lock; the hang and the latency come after it is released.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State as AxumState};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, TimeDelta, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::time::Instant;
 
-use super::{LedgerRefund, OutcomeStatus, Payment, Sandbox, SandboxConfig};
+use super::{
+    admin_error, decimal_and_text, decimal_to_json, parse_admin, CallKind, ForcedOutcome,
+    LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig, State,
+};
 
-/// Bvnk routes.
+/// How far a Hawk timestamp may be from our clock (Hawk's usual 60 s).
+const HAWK_SKEW: Duration = Duration::from_secs(60);
+
+/// BVNK routes plus this provider's admin routes.
 pub(super) fn routes() -> Router<Sandbox> {
     Router::new()
+        .route(
+            "/payment/v1/payins/{transaction_reference}/estimate",
+            get(estimate),
+        )
+        .route(
+            "/payment/v1/payins/{transaction_reference}/refund",
+            post(refund).get(status),
+        )
+        .route("/sandbox/bvnk/settings", post(settings_route))
+        .route("/sandbox/bvnk/refunds/{key}/outcome", post(outcome_route))
+        .route("/sandbox/bvnk/refunds/{key}/approve", post(approve_route))
+        .route("/sandbox/bvnk/refunds/{key}/reject", post(reject_route))
 }
 
-/// What Bvnk knows.
-#[derive(Default)]
+/// What BVNK knows.
 pub(super) struct BvnkState {
-    payments: HashMap<String, Payment>,
+    payments: BTreeMap<String, Payment>,
+    refunds: Vec<BvnkRefund>,
     outcomes: HashMap<String, OutcomeStatus>,
+    /// Whether new refunds wait for 4-eyes approval.
+    four_eyes: bool,
+    /// Flat fee per refund, in the pay-in's currency.
+    fee: Decimal,
+    /// Hawk nonces seen within the skew window (`id:ts:nonce`), oldest first.
+    nonces: VecDeque<(SystemTime, String)>,
+    /// Last status each refund (by id) was notified with.
+    notified: HashMap<String, RefundStatus>,
+}
+
+impl Default for BvnkState {
+    fn default() -> Self {
+        Self {
+            payments: BTreeMap::new(),
+            refunds: Vec::new(),
+            outcomes: HashMap::new(),
+            four_eyes: false,
+            fee: Decimal::new(100, 2),
+            nonces: VecDeque::new(),
+            notified: HashMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Approval {
+    NotRequired,
+    Pending,
+    Approved { at: Instant, wall: DateTime<Utc> },
+    Rejected,
+}
+
+struct BvnkRefund {
+    /// The refund payout's own id.
+    id: String,
+    idempotency_key: String,
+    transaction_reference: String,
+    customer_reference: String,
+    amount: Decimal,
+    amount_text: String,
+    currency: String,
+    fee: Decimal,
+    metadata: Value,
+    request_body: String,
+    submit_count: u32,
+    mismatched_replays: u32,
+    approval: Approval,
+    created_at: DateTime<Utc>,
+    accepted: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefundStatus {
+    PendingApproval,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RefundStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingApproval => "PENDING_APPROVAL",
+            Self::Processing => "PROCESSING",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Whether the refund's amount no longer counts against the pay-in.
+    fn releases_balance(self) -> bool {
+        matches!(self, Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Every BVNK error answer: `{"code", "message"}` with the HTTP status chosen here.
+#[derive(Debug, thiserror::Error)]
+enum BvnkError {
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("{} (injected by sandbox)", .0.canonical_reason().unwrap_or("Error"))]
+    Injected(StatusCode),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("Pay-in {0} not refundable.")]
+    NotRefundable(String),
+    #[error("Invalid amount to refund from pay-in: {0}. Available amount: {1}.")]
+    InvalidAmount(String, Decimal),
+    #[error("Pay-in {0} not found.")]
+    NotFound(String),
+}
+
+impl IntoResponse for BvnkError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            Self::Injected(status) => (*status, "INTERNAL_ERROR"),
+            Self::Invalid(_) | Self::NotRefundable(_) | Self::InvalidAmount(..) => {
+                (StatusCode::BAD_REQUEST, "BAD_REQUEST")
+            }
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        };
+        let body = json!({ "code": code, "message": self.to_string() });
+        (status, Json(body)).into_response()
+    }
+}
+
+fn money(value: Decimal, currency: &str) -> Value {
+    json!({ "value": decimal_to_json(value), "currency": currency })
 }
 
 impl BvnkState {
@@ -28,15 +203,1247 @@ impl BvnkState {
         self.outcomes.insert(key.to_owned(), status);
     }
 
-    pub(super) fn due_webhooks(
-        &mut self,
-        _config: &SandboxConfig,
-        _now: tokio::time::Instant,
-    ) -> Vec<super::notify::Outbound> {
-        Vec::new()
+    fn find_mut(&mut self, customer_reference: &str) -> Option<&mut BvnkRefund> {
+        self.refunds
+            .iter_mut()
+            .find(|r| r.customer_reference == customer_reference)
     }
 
-    pub(super) fn ledger(&self, _config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>) {
-        (Vec::new(), self.payments.values().cloned().collect())
+    /// When processing started: acceptance, or the approval.
+    fn started(refund: &BvnkRefund) -> Option<(Instant, DateTime<Utc>)> {
+        match refund.approval {
+            Approval::NotRequired => Some((refund.accepted, refund.created_at)),
+            Approval::Approved { at, wall } => Some((at, wall)),
+            Approval::Pending | Approval::Rejected => None,
+        }
+    }
+
+    /// Computed on read, so no background task moves refunds along.
+    fn status_of(&self, refund: &BvnkRefund, config: &SandboxConfig, now: Instant) -> RefundStatus {
+        match refund.approval {
+            Approval::Pending => return RefundStatus::PendingApproval,
+            Approval::Rejected => return RefundStatus::Cancelled,
+            _ => {}
+        }
+        let Some((started, _)) = Self::started(refund) else {
+            return RefundStatus::Processing;
+        };
+        if now.saturating_duration_since(started) < config.completion_delay {
+            RefundStatus::Processing
+        } else if self.outcomes.get(&refund.customer_reference) == Some(&OutcomeStatus::Failed) {
+            RefundStatus::Failed
+        } else {
+            RefundStatus::Completed
+        }
+    }
+
+    fn completed_at(
+        refund: &BvnkRefund,
+        status: RefundStatus,
+        config: &SandboxConfig,
+    ) -> Option<DateTime<Utc>> {
+        if status != RefundStatus::Completed {
+            return None;
+        }
+        let (_, wall) = Self::started(refund)?;
+        TimeDelta::from_std(config.completion_delay)
+            .ok()
+            .and_then(|delay| wall.checked_add_signed(delay))
+    }
+
+    fn view(&self, refund: &BvnkRefund, config: &SandboxConfig, now: Instant) -> Value {
+        let status = self.status_of(refund, config, now);
+        let approval_status = match refund.approval {
+            Approval::NotRequired => Value::Null,
+            Approval::Pending => json!("PENDING"),
+            Approval::Approved { .. } => json!("APPROVED"),
+            Approval::Rejected => json!("REJECTED"),
+        };
+        let reason = match status {
+            RefundStatus::Cancelled => json!("Four-eyes approval rejected"),
+            RefundStatus::Failed => json!("Rejected by the processing partner (forced by sandbox)"),
+            _ => Value::Null,
+        };
+        json!({
+            "transactionReference": refund.id,
+            "customerReference": refund.customer_reference,
+            "status": status.as_str(),
+            "approvalStatus": approval_status,
+            "reason": reason,
+            "amount": { "value": refund.amount_text, "currency": refund.currency },
+            "fee": money(refund.fee, &refund.currency),
+            "metadata": refund.metadata,
+            "createdAt": refund.created_at.to_rfc3339(),
+        })
+    }
+
+    fn payment_amount(&self, transaction_reference: &str, config: &SandboxConfig) -> Decimal {
+        self.payments
+            .get(transaction_reference)
+            .map_or(config.default_payment_amount, |p| p.amount)
+    }
+
+    /// The payment less its refunds that have not failed or been cancelled.
+    fn refundable(
+        &self,
+        transaction_reference: &str,
+        config: &SandboxConfig,
+        now: Instant,
+    ) -> Decimal {
+        let committed: Decimal = self
+            .refunds
+            .iter()
+            .filter(|r| r.transaction_reference == transaction_reference)
+            .filter(|r| !self.status_of(r, config, now).releases_balance())
+            .map(|r| r.amount)
+            .sum();
+        (self.payment_amount(transaction_reference, config) - committed).max(Decimal::ZERO)
+    }
+
+    /// Replays the refund with this idempotency key, or records a new one.
+    fn accept(
+        &mut self,
+        request: RefundCall,
+        config: &SandboxConfig,
+        now: Instant,
+    ) -> Result<Response, BvnkError> {
+        if let Some(index) = self
+            .refunds
+            .iter()
+            .position(|r| r.idempotency_key == request.idempotency_key)
+        {
+            let refund = &mut self.refunds[index];
+            refund.submit_count += 1;
+            if refund.transaction_reference != request.transaction_reference
+                || refund.amount != request.amount
+                || refund.customer_reference != request.customer_reference
+            {
+                refund.mismatched_replays += 1;
+                tracing::warn!(
+                    customer_reference = %refund.customer_reference,
+                    "bvnk sandbox: replay differs from the accepted refund; answering the original"
+                );
+            }
+            return Ok(created_answer(&self.refunds[index]));
+        }
+
+        let payment = self
+            .payments
+            .entry(request.transaction_reference.clone())
+            .or_insert_with(|| Payment {
+                provider: Provider::Bvnk,
+                transaction_reference: request.transaction_reference.clone(),
+                amount: config.default_payment_amount,
+                currency: request.currency.clone(),
+            });
+        if !payment.currency.eq_ignore_ascii_case(&request.currency) {
+            return Err(BvnkError::Invalid(format!(
+                "Invalid currency to refund from pay-in: {}. Expected: {}.",
+                request.transaction_reference, payment.currency
+            )));
+        }
+        let currency = payment.currency.clone();
+        let refundable = self.refundable(&request.transaction_reference, config, now);
+        if request.amount > refundable {
+            return Err(BvnkError::InvalidAmount(
+                request.transaction_reference,
+                refundable,
+            ));
+        }
+        tracing::info!(
+            customer_reference = %request.customer_reference,
+            amount = %request.amount_text,
+            "bvnk sandbox: refund accepted"
+        );
+        let refund = BvnkRefund {
+            id: uuid::Uuid::new_v4().to_string(),
+            idempotency_key: request.idempotency_key,
+            transaction_reference: request.transaction_reference,
+            customer_reference: request.customer_reference,
+            amount: request.amount,
+            amount_text: request.amount_text,
+            currency,
+            fee: self.fee,
+            metadata: request.metadata,
+            request_body: request.body,
+            submit_count: 1,
+            mismatched_replays: 0,
+            approval: if self.four_eyes {
+                Approval::Pending
+            } else {
+                Approval::NotRequired
+            },
+            created_at: Utc::now(),
+            accepted: now,
+        };
+        let response = created_answer(&refund);
+        self.refunds.push(refund);
+        Ok(response)
+    }
+
+    /// Approves or rejects a refund waiting for approval (the portal's buttons).
+    fn decide_approval(&mut self, customer_reference: &str, approve: bool) -> Result<(), String> {
+        let refund = self
+            .find_mut(customer_reference)
+            .ok_or_else(|| format!("no BVNK refund with customerReference {customer_reference}"))?;
+        if refund.approval != Approval::Pending {
+            return Err(format!(
+                "refund {customer_reference} is not waiting for approval"
+            ));
+        }
+        refund.approval = if approve {
+            Approval::Approved {
+                at: Instant::now(),
+                wall: Utc::now(),
+            }
+        } else {
+            Approval::Rejected
+        };
+        Ok(())
+    }
+
+    /// Records a Hawk nonce; false when it was seen within the skew window (a replay).
+    fn fresh_nonce(&mut self, ts: SystemTime, key: String) -> bool {
+        let now = SystemTime::now();
+        while let Some((seen_ts, _)) = self.nonces.front() {
+            let age = now.duration_since(*seen_ts).unwrap_or_default();
+            if age > HAWK_SKEW * 2 {
+                self.nonces.pop_front();
+            } else {
+                break;
+            }
+        }
+        if self.nonces.iter().any(|(_, k)| *k == key) {
+            return false;
+        }
+        self.nonces.push_back((ts, key));
+        true
+    }
+
+    /// Payout status-change notifications (BVNK's documented webhook, signed with
+    /// `x-signature`) for every refund whose status changed to one worth telling: waiting
+    /// for approval, or final.
+    pub(super) fn due_webhooks(
+        &mut self,
+        config: &SandboxConfig,
+        now: Instant,
+    ) -> Vec<super::notify::Outbound> {
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        for refund in &self.refunds {
+            let status = self.status_of(refund, config, now);
+            if status == RefundStatus::Processing || self.notified.get(&refund.id) == Some(&status)
+            {
+                continue;
+            }
+            let body = json!({
+                "event": "bvnk:payment:payout:status-change",
+                "eventId": uuid::Uuid::new_v4().to_string(),
+                "timestamp": Utc::now().to_rfc3339(),
+                "data": self.view(refund, config, now),
+            })
+            .to_string();
+            let signature = crate::providers::signing::hmac_sha256_hex(
+                config.webhook_secret.as_bytes(),
+                &[body.as_bytes()],
+            );
+            out.push(super::notify::Outbound {
+                provider: Provider::Bvnk,
+                body: body.into_bytes(),
+                headers: vec![
+                    ("content-type".into(), "application/json".into()),
+                    ("x-signature".into(), signature),
+                ],
+                signature_header: "x-signature".into(),
+            });
+            sent.push((refund.id.clone(), status));
+        }
+        self.notified.extend(sent);
+        out
+    }
+
+    pub(super) fn ledger(&self, config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>) {
+        let now = Instant::now();
+        let refunds = self
+            .refunds
+            .iter()
+            .map(|r| {
+                let status = self.status_of(r, config, now);
+                LedgerRefund {
+                    provider: Provider::Bvnk,
+                    refund_reference: r.customer_reference.clone(),
+                    transaction_reference: r.transaction_reference.clone(),
+                    refund_amount: r.amount_text.clone(),
+                    request_body: r.request_body.clone(),
+                    status: status.as_str().to_owned(),
+                    submit_count: r.submit_count,
+                    mismatched_replays: r.mismatched_replays,
+                    forced_outcome: self.outcomes.get(&r.customer_reference).copied(),
+                    created_at: r.created_at,
+                    completed_at: Self::completed_at(r, status, config),
+                }
+            })
+            .collect();
+        (refunds, self.payments.values().cloned().collect())
+    }
+}
+
+/// The documented refund answer: the pay-in's reference and the fee.
+fn created_answer(refund: &BvnkRefund) -> Response {
+    let body = json!({
+        "transactionReference": refund.transaction_reference,
+        "fee": money(refund.fee, &refund.currency),
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// A validated refund call.
+struct RefundCall {
+    idempotency_key: String,
+    transaction_reference: String,
+    customer_reference: String,
+    amount: Decimal,
+    amount_text: String,
+    currency: String,
+    metadata: Value,
+    body: String,
+}
+
+/// The `amount` object: `{value, currency}`, value a string or number, exact.
+fn parse_money(
+    fields: &serde_json::Map<String, Value>,
+) -> Result<(Decimal, String, String), String> {
+    let Some(Value::Object(amount)) = fields.get("amount") else {
+        return Err("amount is required".to_owned());
+    };
+    let (value, text) = amount
+        .get("value")
+        .and_then(decimal_and_text)
+        .ok_or_else(|| "amount.value must be a decimal".to_owned())?;
+    if value <= Decimal::ZERO {
+        return Err("amount.value must be greater than zero".to_owned());
+    }
+    let currency = match amount.get("currency") {
+        Some(Value::String(c)) if !c.trim().is_empty() => c.clone(),
+        _ => return Err("amount.currency is required".to_owned()),
+    };
+    Ok((value, text, currency))
+}
+
+impl RefundCall {
+    fn parse(
+        headers: &HeaderMap,
+        transaction_reference: &str,
+        body: &[u8],
+    ) -> Result<Self, String> {
+        let key = headers
+            .get("x-idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| "X-Idempotency-Key header is required".to_owned())?;
+        let key = uuid::Uuid::parse_str(key.trim())
+            .map_err(|_| "X-Idempotency-Key must be a UUID".to_owned())?;
+        let text =
+            std::str::from_utf8(body).map_err(|_| "Malformed JSON request body".to_owned())?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| format!("Malformed JSON request body: {e}"))?;
+        let Value::Object(fields) = &value else {
+            return Err("Request body must be a JSON object".to_owned());
+        };
+        let customer_reference = match fields.get("customerReference") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            _ => return Err("customerReference is required".to_owned()),
+        };
+        let (amount, amount_text, currency) = parse_money(fields)?;
+        let metadata = match fields.get("metadata") {
+            None | Some(Value::Null) => json!({}),
+            Some(m @ Value::Object(_)) => m.clone(),
+            Some(_) => return Err("metadata must be an object".to_owned()),
+        };
+        Ok(Self {
+            idempotency_key: key.to_string(),
+            transaction_reference: transaction_reference.to_owned(),
+            customer_reference,
+            amount,
+            amount_text,
+            currency,
+            metadata,
+            body: text.to_owned(),
+        })
+    }
+}
+
+/// Verifies the Hawk `Authorization` header of a request, as BVNK's API does.
+fn hawk_ok(
+    state: &mut BvnkState,
+    config: &SandboxConfig,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, rest)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("hawk") {
+        return false;
+    }
+    let Ok(parsed) = hawk::Header::from_str(rest) else {
+        return false;
+    };
+    if parsed.id.as_deref() != Some(config.bvnk_hawk_id.as_str()) {
+        return false;
+    }
+    let Some(host_header) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let (host, port) = match host_header.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(p) => (h, p),
+            Err(_) => return false,
+        },
+        None => (host_header, 80),
+    };
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let Ok(key) = hawk::Key::new(config.bvnk_hawk_key.as_bytes(), hawk::SHA256) else {
+        return false;
+    };
+    let valid = hawk::RequestBuilder::new(method.as_str(), host, port, &path)
+        .request()
+        .validate_header(&parsed, &key, HAWK_SKEW);
+    if !valid {
+        return false;
+    }
+    let (Some(ts), Some(nonce)) = (parsed.ts, parsed.nonce.as_deref()) else {
+        return false;
+    };
+    let secs = ts.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    state.fresh_nonce(ts, format!("{}:{secs}:{nonce}", config.bvnk_hawk_id))
+}
+
+/// Auth, counting and injected HTTP errors, common to every BVNK call.
+fn gate(
+    state: &mut State,
+    config: &SandboxConfig,
+    call: &CallInfo<'_>,
+    kind: CallKind,
+) -> Result<(), BvnkError> {
+    if !hawk_ok(&mut state.bvnk, config, call.method, call.uri, call.headers) {
+        state.counters.rejected_auth += 1;
+        return Err(BvnkError::Unauthorized);
+    }
+    state.count(kind);
+    match state.take_failure(config) {
+        Some(status) => Err(BvnkError::Injected(status)),
+        None => Ok(()),
+    }
+}
+
+struct CallInfo<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+}
+
+async fn bvnk_call(
+    sandbox: &Sandbox,
+    call: CallInfo<'_>,
+    kind: CallKind,
+    decide: impl FnOnce(&mut State, &SandboxConfig) -> Result<Reply, BvnkError>,
+) -> Response {
+    let reply = sandbox.decide(|state, config| {
+        gate(state, config, &call, kind)
+            .and_then(|()| decide(state, config))
+            .unwrap_or_else(|err| Reply::now(err.into_response()))
+    });
+    sandbox.deliver(reply).await
+}
+
+async fn estimate(
+    AxumState(sandbox): AxumState<Sandbox>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(transaction_reference): Path<String>,
+    body: Bytes,
+) -> Response {
+    let call = CallInfo {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+    };
+    bvnk_call(&sandbox, call, CallKind::Details, |state, config| {
+        // The documented GET carries the refund body; its currency names an unseen pay-in's.
+        let asked_currency = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+            v.get("amount")?
+                .get("currency")?
+                .as_str()
+                .map(str::to_owned)
+        });
+        let bvnk = &state.bvnk;
+        let currency = bvnk
+            .payments
+            .get(&transaction_reference)
+            .map(|p| p.currency.clone())
+            .or(asked_currency)
+            .unwrap_or_else(|| "EUR".to_owned());
+        let available = bvnk.refundable(&transaction_reference, config, Instant::now());
+        let answer = json!({
+            "fee": money(bvnk.fee, &currency),
+            "maxAvailableToRefund": money(available, &currency),
+        });
+        Ok(Reply::now((StatusCode::OK, Json(answer)).into_response()))
+    })
+    .await
+}
+
+async fn refund(
+    AxumState(sandbox): AxumState<Sandbox>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(transaction_reference): Path<String>,
+    body: Bytes,
+) -> Response {
+    let call = CallInfo {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+    };
+    bvnk_call(&sandbox, call, CallKind::Submit, |state, config| {
+        let request = RefundCall::parse(&headers, &transaction_reference, &body)
+            .map_err(BvnkError::Invalid)?;
+        if state.take_reject() {
+            return Err(BvnkError::NotRefundable(transaction_reference.clone()));
+        }
+        let response = state.bvnk.accept(request, config, Instant::now())?;
+        // Recorded first, hang after: the "timeout after accept" a worker must resolve.
+        let hang = state.take_timeout(config);
+        Ok(Reply { response, hang })
+    })
+    .await
+}
+
+async fn status(
+    AxumState(sandbox): AxumState<Sandbox>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(transaction_reference): Path<String>,
+) -> Response {
+    let call = CallInfo {
+        method: &method,
+        uri: &uri,
+        headers: &headers,
+    };
+    bvnk_call(&sandbox, call, CallKind::Status, |state, config| {
+        let bvnk = &state.bvnk;
+        let now = Instant::now();
+        let refunds: Vec<Value> = bvnk
+            .refunds
+            .iter()
+            .filter(|r| r.transaction_reference == transaction_reference)
+            .map(|r| bvnk.view(r, config, now))
+            .collect();
+        if refunds.is_empty() && !bvnk.payments.contains_key(&transaction_reference) {
+            return Err(BvnkError::NotFound(transaction_reference.clone()));
+        }
+        Ok(Reply::now((StatusCode::OK, Json(refunds)).into_response()))
+    })
+    .await
+}
+
+/// `POST /sandbox/bvnk/settings`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BvnkSettings {
+    /// Whether refunds created from now on wait for 4-eyes approval.
+    pub four_eyes: Option<bool>,
+    /// Flat fee per refund (a decimal string or number).
+    pub fee: Option<Value>,
+}
+
+impl Sandbox {
+    /// Turns BVNK's 4-eyes approval on or off for refunds created from now on.
+    pub fn bvnk_four_eyes(&self, on: bool) {
+        self.lock().bvnk.four_eyes = on;
+    }
+
+    /// Approves (like the portal's Approve) a BVNK refund waiting for approval.
+    pub fn bvnk_approve(&self, refund_reference: &str) -> Result<(), String> {
+        self.lock().bvnk.decide_approval(refund_reference, true)
+    }
+
+    /// Rejects (like the portal's Reject) a BVNK refund waiting for approval.
+    pub fn bvnk_reject(&self, refund_reference: &str) -> Result<(), String> {
+        self.lock().bvnk.decide_approval(refund_reference, false)
+    }
+}
+
+async fn settings_route(AxumState(sandbox): AxumState<Sandbox>, body: Bytes) -> Response {
+    let settings: BvnkSettings = match parse_admin(&body) {
+        Ok(s) => s,
+        Err(message) => return admin_error(StatusCode::BAD_REQUEST, message),
+    };
+    let fee = match settings.fee.as_ref().map(decimal_and_text) {
+        None => None,
+        Some(Some((fee, _))) if fee >= Decimal::ZERO => Some(fee),
+        Some(_) => return admin_error(StatusCode::BAD_REQUEST, "fee must be a decimal >= 0"),
+    };
+    let mut state = sandbox.lock();
+    if let Some(on) = settings.four_eyes {
+        state.bvnk.four_eyes = on;
+    }
+    if let Some(fee) = fee {
+        state.bvnk.fee = fee;
+    }
+    Json(json!({
+        "fourEyes": state.bvnk.four_eyes,
+        "fee": state.bvnk.fee.to_string(),
+    }))
+    .into_response()
+}
+
+async fn outcome_route(
+    AxumState(sandbox): AxumState<Sandbox>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Response {
+    let outcome: ForcedOutcome = match parse_admin(&body) {
+        Ok(outcome) => outcome,
+        Err(message) => return admin_error(StatusCode::BAD_REQUEST, message),
+    };
+    let known = {
+        let mut state = sandbox.lock();
+        state.bvnk.set_outcome(&key, outcome.status);
+        state.bvnk.find_mut(&key).is_some()
+    };
+    Json(json!({ "refundReference": key, "status": outcome.status, "refundKnown": known }))
+        .into_response()
+}
+
+async fn approval(sandbox: &Sandbox, key: &str, approve: bool) -> Response {
+    let result = sandbox.lock().bvnk.decide_approval(key, approve);
+    match result {
+        Ok(()) => Json(json!({
+            "refundReference": key,
+            "approvalStatus": if approve { "APPROVED" } else { "REJECTED" },
+        }))
+        .into_response(),
+        Err(message) if message.starts_with("no BVNK refund") => {
+            admin_error(StatusCode::NOT_FOUND, message)
+        }
+        Err(message) => admin_error(StatusCode::CONFLICT, message),
+    }
+}
+
+async fn approve_route(
+    AxumState(sandbox): AxumState<Sandbox>,
+    Path(key): Path<String>,
+) -> Response {
+    approval(&sandbox, &key, true).await
+}
+
+async fn reject_route(AxumState(sandbox): AxumState<Sandbox>, Path(key): Path<String>) -> Response {
+    approval(&sandbox, &key, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{start, TestServer};
+    use super::super::{Faults, ForcedOutcome, OutcomeStatus, Payment, Provider, SandboxConfig};
+    use crate::providers::bvnk::{hawk_header, idempotency_key};
+    use rust_decimal::Decimal;
+    use serde_json::{json, Value};
+    use std::str::FromStr;
+    use std::time::{Duration, SystemTime};
+
+    const TX: &str = "018e5e83-ac50-4df0-a7e4-c9f15d493f90";
+    const DOC_REQUEST: &str = include_str!("../../fixtures/bvnk/refund-request.json");
+
+    struct Call {
+        status: u16,
+        body: Value,
+    }
+
+    fn nonce() -> String {
+        uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+    }
+
+    /// A Hawk-signed call with the sandbox's default credentials.
+    async fn call(
+        server: &TestServer,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        key: Option<String>,
+    ) -> Call {
+        let config = SandboxConfig::default();
+        signed(
+            server,
+            method,
+            path,
+            body,
+            key,
+            &config.bvnk_hawk_key,
+            &nonce(),
+        )
+        .await
+    }
+
+    async fn signed(
+        server: &TestServer,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        key: Option<String>,
+        hawk_key: &str,
+        nonce: &str,
+    ) -> Call {
+        let url = reqwest::Url::parse(&server.url(path)).unwrap();
+        let config = SandboxConfig::default();
+        let auth = hawk_header(
+            method,
+            &url,
+            &config.bvnk_hawk_id,
+            hawk_key.as_bytes(),
+            SystemTime::now(),
+            nonce,
+        )
+        .unwrap();
+        let mut request = server
+            .client
+            .request(reqwest::Method::from_str(method).unwrap(), url)
+            .header("authorization", auth)
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            request = request.header("x-idempotency-key", key);
+        }
+        if let Some(body) = body {
+            request = request.body(body.to_owned());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        Call {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        }
+    }
+
+    fn body(reference: &str, amount: &str) -> String {
+        format!(
+            r#"{{"customerReference":"{reference}","amount":{{"value":"{amount}","currency":"EUR"}},"metadata":{{}}}}"#
+        )
+    }
+
+    fn key(reference: &str) -> Option<String> {
+        Some(idempotency_key(reference).to_string())
+    }
+
+    async fn refund(server: &TestServer, reference: &str, amount: &str) -> Call {
+        let path = format!("/payment/v1/payins/{TX}/refund");
+        call(
+            server,
+            "POST",
+            &path,
+            Some(&body(reference, amount)),
+            key(reference),
+        )
+        .await
+    }
+
+    async fn refunds(server: &TestServer) -> Call {
+        call(
+            server,
+            "GET",
+            &format!("/payment/v1/payins/{TX}/refund"),
+            None,
+            None,
+        )
+        .await
+    }
+
+    fn payment(amount: &str) -> Payment {
+        Payment {
+            provider: Provider::Bvnk,
+            transaction_reference: TX.to_owned(),
+            amount: Decimal::from_str(amount).unwrap(),
+            currency: "EUR".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_or_missing_hawk_is_401_and_records_nothing() {
+        let server = start(SandboxConfig::default()).await;
+        server.sandbox.inject(Faults {
+            fail_next: 1,
+            ..Faults::default()
+        });
+        let path = format!("/payment/v1/payins/{TX}/refund");
+        let b = body("r-1", "5");
+        let wrong_key = signed(
+            &server,
+            "POST",
+            &path,
+            Some(&b),
+            key("r-1"),
+            "wrong",
+            &nonce(),
+        )
+        .await;
+        assert_eq!(wrong_key.status, 401);
+        assert_eq!(
+            wrong_key.body,
+            json!({"code": "UNAUTHORIZED", "message": "Unauthorized"})
+        );
+        let unsigned = server
+            .client
+            .post(server.url(&path))
+            .body(b.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unsigned.status().as_u16(), 401);
+        let bearer = server
+            .client
+            .post(server.url(&path))
+            .bearer_auth("sandbox-bvnk-key")
+            .body(b.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bearer.status().as_u16(), 401);
+        // Signed for another path: the MAC covers the path.
+        let url = reqwest::Url::parse(&server.url("/payment/v1/payins/other/refund")).unwrap();
+        let auth = hawk_header(
+            "POST",
+            &url,
+            "sandbox-bvnk-id",
+            b"sandbox-bvnk-key",
+            SystemTime::now(),
+            "n1",
+        )
+        .unwrap();
+        let moved = server
+            .client
+            .post(server.url(&path))
+            .header("authorization", auth)
+            .body(b.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(moved.status().as_u16(), 401);
+        // A replayed nonce is refused the second time.
+        let first = signed(
+            &server,
+            "GET",
+            &format!("/payment/v1/payins/{TX}/estimate"),
+            None,
+            None,
+            "sandbox-bvnk-key",
+            "same-nonce",
+        )
+        .await;
+        assert_eq!(first.status, 500, "consumes the injected failure");
+        let replay = signed(
+            &server,
+            "GET",
+            &format!("/payment/v1/payins/{TX}/estimate"),
+            None,
+            None,
+            "sandbox-bvnk-key",
+            "same-nonce",
+        )
+        .await;
+        assert_eq!(replay.status, 401);
+
+        let ledger = server.sandbox.ledger();
+        assert!(ledger.refunds.is_empty());
+        assert_eq!((ledger.rejected_auth, ledger.submit_calls), (5, 0));
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn estimate_answers_fee_and_balance_in_the_documented_shape() {
+        let server = start(SandboxConfig::default()).await;
+        server.sandbox.add_payment(payment("150.00"));
+        let path = format!("/payment/v1/payins/{TX}/estimate");
+        let e = call(&server, "GET", &path, Some(DOC_REQUEST), None).await;
+        assert_eq!(e.status, 200);
+        assert_eq!(e.body["fee"]["currency"], "EUR");
+        assert_eq!(e.body["fee"]["value"].to_string(), "1.00");
+        assert_eq!(
+            e.body["maxAvailableToRefund"]["value"].to_string(),
+            "150.00"
+        );
+        let documented: Value =
+            serde_json::from_str(include_str!("../../fixtures/bvnk/estimate-response.json"))
+                .unwrap();
+        assert_eq!(
+            e.body, documented,
+            "the docs' example, byte for byte in value"
+        );
+
+        assert_eq!(refund(&server, "r-1", "50.25").await.status, 200);
+        let e = call(&server, "GET", &path, None, None).await;
+        assert_eq!(e.body["maxAvailableToRefund"]["value"].to_string(), "99.75");
+        assert_eq!(server.sandbox.ledger().details_calls, 2);
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn over_refund_is_the_documented_400_and_records_nothing() {
+        let server = start(SandboxConfig::default()).await;
+        server.sandbox.add_payment(payment("100.00"));
+        assert_eq!(refund(&server, "r-1", "60").await.status, 200);
+        let declined = refund(&server, "r-2", "40.01").await;
+        assert_eq!(declined.status, 400);
+        assert_eq!(
+            declined.body["message"],
+            format!("Invalid amount to refund from pay-in: {TX}. Available amount: 40.00.")
+        );
+        assert!(server.sandbox.ledger().refund("r-2").is_none());
+        assert_eq!(
+            refund(&server, "r-3", "40").await.status,
+            200,
+            "the exact remainder fits"
+        );
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn same_idempotency_key_is_the_same_refund() {
+        let server = start(SandboxConfig::default()).await;
+        let first = refund(&server, "r-1", "25.17").await;
+        assert_eq!(first.status, 200);
+        assert_eq!(first.body["transactionReference"], TX);
+        assert_eq!(first.body["fee"]["value"].to_string(), "1.00");
+        let again = refund(&server, "r-1", "25.17").await;
+        assert_eq!(again.body, first.body);
+        // Same key, other amount: the original is answered and the mismatch counted.
+        let path = format!("/payment/v1/payins/{TX}/refund");
+        call(&server, "POST", &path, Some(&body("r-1", "30")), key("r-1")).await;
+        let ledger = server.sandbox.ledger();
+        assert_eq!(ledger.refunds.len(), 1);
+        let r = ledger.refund("r-1").unwrap();
+        assert_eq!((r.submit_count, r.mismatched_replays), (3, 1));
+        assert_eq!(r.refund_amount, "25.17");
+        assert!(r.request_body.contains(r#""value":"25.17""#));
+        // A new key is a new refund, even for the same customerReference.
+        let other_key = Some(uuid::Uuid::new_v4().to_string());
+        call(
+            &server,
+            "POST",
+            &path,
+            Some(&body("r-1", "25.17")),
+            other_key,
+        )
+        .await;
+        assert_eq!(server.sandbox.ledger().refunds.len(), 2);
+        // No key, or not a UUID: 400.
+        for bad in [None, Some("not-a-uuid".to_owned())] {
+            let c = call(&server, "POST", &path, Some(&body("r-9", "1")), bad).await;
+            assert_eq!(c.status, 400);
+            assert!(c.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("X-Idempotency-Key"));
+        }
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn faults_fail_reject_and_hang_after_recording() {
+        let server = start(SandboxConfig {
+            hang: Duration::from_secs(5),
+            ..SandboxConfig::default()
+        })
+        .await;
+        server.sandbox.inject(Faults {
+            fail_next: 1,
+            reject_next: 1,
+            timeout_after_accept_next: 1,
+            ..Faults::default()
+        });
+        assert_eq!(refund(&server, "r-1", "5").await.status, 500);
+        let rejected = refund(&server, "r-1", "5").await;
+        assert_eq!(rejected.status, 400);
+        assert_eq!(
+            rejected.body["message"],
+            format!("Pay-in {TX} not refundable.")
+        );
+        assert!(server.sandbox.ledger().refunds.is_empty());
+
+        let url = server.url(&format!("/payment/v1/payins/{TX}/refund"));
+        let auth = hawk_header(
+            "POST",
+            &reqwest::Url::parse(&url).unwrap(),
+            "sandbox-bvnk-id",
+            b"sandbox-bvnk-key",
+            SystemTime::now(),
+            &nonce(),
+        )
+        .unwrap();
+        let error = server
+            .client
+            .post(&url)
+            .header("authorization", auth)
+            .header("x-idempotency-key", key("r-1").unwrap())
+            .body(body("r-1", "5"))
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.is_timeout());
+        let ledger = server.sandbox.ledger();
+        assert_eq!(ledger.refund("r-1").unwrap().submit_count, 1);
+        assert_eq!(
+            (
+                ledger.injected_failures,
+                ledger.injected_rejects,
+                ledger.injected_timeouts
+            ),
+            (1, 1, 1)
+        );
+        // The status shows it; a resubmission with the same key is a replay.
+        let list = refunds(&server).await;
+        assert_eq!(list.body[0]["customerReference"], "r-1");
+        assert_eq!(refund(&server, "r-1", "5").await.status, 200);
+        assert_eq!(server.sandbox.ledger().refunds[0].submit_count, 2);
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn refund_processes_then_completes_or_fails_as_forced() {
+        let server = start(SandboxConfig {
+            completion_delay: Duration::from_millis(200),
+            ..SandboxConfig::default()
+        })
+        .await;
+        server.sandbox.add_payment(payment("100"));
+        server.sandbox.set_outcome(
+            Provider::Bvnk,
+            "r-2",
+            ForcedOutcome {
+                status: OutcomeStatus::Failed,
+            },
+        );
+        refund(&server, "r-1", "10").await;
+        refund(&server, "r-2", "90").await;
+        let list = refunds(&server).await;
+        assert_eq!(list.status, 200);
+        assert_eq!(list.body[0]["status"], "PROCESSING");
+        assert_eq!(list.body[0]["approvalStatus"], Value::Null);
+        assert_eq!(
+            list.body[0]["amount"],
+            json!({"value": "10", "currency": "EUR"})
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let list = refunds(&server).await;
+        assert_eq!(list.body[0]["status"], "COMPLETED");
+        assert_eq!(list.body[1]["status"], "FAILED");
+        // The failed refund's 90 is refundable again.
+        assert_eq!(refund(&server, "r-3", "90").await.status, 200);
+        let ledger = server.sandbox.ledger();
+        assert!(ledger.refund("r-1").unwrap().completed_at.is_some());
+        assert_eq!(ledger.refund("r-2").unwrap().status, "FAILED");
+        // An unknown pay-in has no refunds to list.
+        let unknown = call(&server, "GET", "/payment/v1/payins/nope/refund", None, None).await;
+        assert_eq!(unknown.status, 404);
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn four_eyes_waits_for_approval_and_rejection_cancels() {
+        let server = start(SandboxConfig {
+            completion_delay: Duration::from_millis(100),
+            ..SandboxConfig::default()
+        })
+        .await;
+        server.sandbox.add_payment(payment("100"));
+        let (status, settings) = server
+            .admin_post(
+                "/sandbox/bvnk/settings",
+                json!({"fourEyes": true, "fee": "0.50"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(settings, json!({"fourEyes": true, "fee": "0.50"}));
+        let created = refund(&server, "r-1", "60").await;
+        assert_eq!(created.body["fee"]["value"].to_string(), "0.50");
+        refund(&server, "r-2", "40").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let list = refunds(&server).await;
+        assert_eq!(list.body[0]["status"], "PENDING_APPROVAL");
+        assert_eq!(list.body[0]["approvalStatus"], "PENDING");
+        assert_eq!(
+            refund(&server, "r-3", "1").await.status,
+            400,
+            "pending holds the balance"
+        );
+
+        let (status, _) = server
+            .admin_post("/sandbox/bvnk/refunds/r-1/approve", json!({}))
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = server
+            .admin_post("/sandbox/bvnk/refunds/r-2/reject", json!({}))
+            .await;
+        assert_eq!(status, 200);
+        let (status, _) = server
+            .admin_post("/sandbox/bvnk/refunds/r-2/approve", json!({}))
+            .await;
+        assert_eq!(status, 409, "a rejection cannot be reversed");
+        let (status, _) = server
+            .admin_post("/sandbox/bvnk/refunds/nope/approve", json!({}))
+            .await;
+        assert_eq!(status, 404);
+
+        let list = refunds(&server).await;
+        assert_eq!(
+            list.body[0]["status"], "PROCESSING",
+            "processing starts at approval"
+        );
+        assert_eq!(list.body[1]["status"], "CANCELLED");
+        assert_eq!(list.body[1]["approvalStatus"], "REJECTED");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(refunds(&server).await.body[0]["status"], "COMPLETED");
+        assert_eq!(
+            refund(&server, "r-3", "40").await.status,
+            200,
+            "the rejected 40 is free"
+        );
+        server.stop(Duration::from_secs(2)).await;
+    }
+}
+
+/// The adapter against this simulator: what the unit tests of each side cannot show alone.
+#[cfg(test)]
+mod adapter_tests {
+    use super::super::test_support::{start, TestServer};
+    use super::super::{Payment, Provider as SandboxProvider, SandboxConfig};
+    use crate::domain::{FailureCode, Fee, ProviderName, ProviderOutcome};
+    use crate::providers::bvnk::Bvnk;
+    use crate::providers::{Provider, RefundRequest};
+    use rust_decimal::Decimal;
+    use std::time::Duration;
+
+    fn adapter(server: &TestServer, secret: &str) -> Bvnk {
+        let base = server.base.clone();
+        let secret = secret.to_owned();
+        let config = crate::config::Config::from_lookup(|k| match k {
+            "PROVIDER_BVNK_BASE_URL" => Some(base.clone()),
+            "PROVIDER_BVNK_API_KEY" => Some("sandbox-bvnk-id".into()),
+            "PROVIDER_BVNK_API_SECRET" => Some(secret.clone()),
+            _ => None,
+        })
+        .unwrap();
+        Bvnk::new(config.providers[&ProviderName::Bvnk].clone())
+    }
+
+    fn request(reference: &str, amount: &str) -> RefundRequest {
+        RefundRequest {
+            refund_reference: reference.into(),
+            transaction_reference: "payin-1".into(),
+            amount: Decimal::from_str_exact(amount).unwrap(),
+            currency: "EUR".into(),
+            reason: "Order cancelled!".into(),
+            customer_note: None,
+            destination: None,
+            provider_reference: None,
+            metadata: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn adapter_refunds_through_hawk_and_a_wrong_key_is_refused() {
+        let server = start(SandboxConfig {
+            completion_delay: Duration::from_secs(60),
+            ..SandboxConfig::default()
+        })
+        .await;
+        let bvnk = adapter(&server, "sandbox-bvnk-key");
+        let fee = Some(Fee {
+            amount: Decimal::new(100, 2),
+            currency: "EUR".into(),
+        });
+        assert_eq!(
+            bvnk.submit(&request("r-1", "12.34")).await,
+            ProviderOutcome::Accepted {
+                provider_reference: None,
+                provider_status: "SUBMITTED".into(),
+                fee: fee.clone(),
+            }
+        );
+        match bvnk.status(&request("r-1", "12.34")).await {
+            ProviderOutcome::Accepted {
+                provider_reference: Some(_),
+                provider_status,
+                fee: f,
+            } => {
+                assert_eq!(provider_status, "PROCESSING");
+                assert_eq!(f, fee);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            bvnk.status(&request("r-2", "1")).await,
+            ProviderOutcome::NotFound
+        );
+
+        let wrong = adapter(&server, "not-the-key");
+        match wrong.submit(&request("r-3", "1")).await {
+            ProviderOutcome::Failed(f) => {
+                assert_eq!(f.code, FailureCode::ProviderRejected);
+                assert!(f.message.contains("HTTP 401"), "{}", f.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            wrong.status(&request("r-1", "12.34")).await,
+            ProviderOutcome::Retryable { .. }
+        ));
+        let ledger = server.sandbox.ledger();
+        assert_eq!(ledger.rejected_auth, 2);
+        assert_eq!(ledger.refunds.len(), 1);
+        assert_eq!(ledger.refunds[0].refund_amount, "12.34");
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn a_resubmit_whose_balance_went_to_itself_is_not_failed() {
+        let server = start(SandboxConfig::default()).await;
+        server.sandbox.add_payment(Payment {
+            provider: SandboxProvider::Bvnk,
+            transaction_reference: "payin-1".into(),
+            amount: Decimal::from(10),
+            currency: "EUR".into(),
+        });
+        let bvnk = adapter(&server, "sandbox-bvnk-key");
+        assert!(matches!(
+            bvnk.submit(&request("r-1", "10")).await,
+            ProviderOutcome::Accepted { .. }
+        ));
+        // The same refund submitted again: the estimate shows 0 left, but it is ours.
+        assert!(matches!(
+            bvnk.submit(&request("r-1", "10")).await,
+            ProviderOutcome::Accepted { .. }
+        ));
+        // Another refund really does not fit, and is never sent.
+        assert!(matches!(
+            bvnk.submit(&request("r-2", "0.01")).await,
+            ProviderOutcome::Failed(f) if f.code == FailureCode::AmountExceedsRefundable
+        ));
+        let ledger = server.sandbox.ledger();
+        assert_eq!(ledger.submit_calls, 1);
+        assert_eq!(ledger.refunds[0].submit_count, 1);
+        server.stop(Duration::from_secs(2)).await;
     }
 }

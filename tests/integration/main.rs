@@ -8,5 +8,6 @@ mod helpers;
 mod inbound;
 mod intake;
 mod pipeline;
+mod provider_bvnk;
 mod resilience;
 mod webhooks;
