@@ -485,7 +485,7 @@ async fn outcome_route(
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{start, TestServer};
-    use super::super::{Faults, ForcedOutcome, OutcomeStatus, Payment, Provider, SandboxConfig};
+    use super::super::{Faults, Payment, Provider, SandboxConfig};
     use crate::providers::bpn::{signature, SignedContent};
     use rust_decimal::Decimal;
     use serde_json::{json, Value};
@@ -644,7 +644,11 @@ mod tests {
 
     #[tokio::test]
     async fn faults_fail_reject_and_hang() {
-        let server = start(quick()).await;
+        let server = start(SandboxConfig {
+            completion_delay: Duration::from_secs(3),
+            ..quick()
+        })
+        .await;
         server.sandbox.inject(Faults {
             fail_next: 1,
             fail_status: Some(503),
@@ -711,13 +715,7 @@ mod tests {
             detail(&server, "o-1").await["refundStatus"],
             "REFUND_FAILED"
         );
-        server.sandbox.set_outcome(
-            Provider::Bpn,
-            "o-1",
-            ForcedOutcome {
-                status: OutcomeStatus::Completed,
-            },
-        );
+        // Retried while the failure stands (setting COMPLETED now would rewrite the old one).
         let (_, e) = refund(&server, r#"{"orderId":"o-1"}"#).await;
         assert_eq!(
             e["status"],
