@@ -1,21 +1,152 @@
-//! Simulated Bpn API (to be filled in by the provider work).
+//! BPN (Better Payment Network) virtual-account order API, as its published page describes
+//! the refund (shared/providers/bpn-refund-virtual-account-order.txt), with the gaps filled
+//! the way shared/providers/README.md and `providers/bpn.rs` decide them:
+//!
+//! - `POST /v1/virtual-account/order/refund` with `{"orderId"}` refunds the whole order.
+//!   Answers are BPN's envelope `{"status", "message", "data", "traceId"}` (status 0 = ok).
+//! - Auth: `API-KEY`, `API-TIMESTAMP` (ms, at most 5 minutes from our clock) and
+//!   `API-SIGNATURE` = lowercase hex HMAC-SHA256 with `SandboxConfig::bpn_api_secret` over
+//!   `content + "&" + timestamp`; content is the raw body for POST and the query parameters
+//!   (decoded) as `k=v` sorted and joined with `&` for GET. This file rebuilds that content
+//!   itself rather than calling the adapter's function, so a shared mistake cannot hide.
+//!   Refusals are HTTP 401 with status 10001 (key), 10002 (signature), 10003 (timestamp).
+//! - Order lookups (paths ours, the adapter's defaults): `GET /v1/virtual-account/order/detail
+//!   ?orderId=` and `GET /v1/virtual-account/order/list?pageNum=&pageSize=` (pageNum from 1,
+//!   default size 10, at most 100). An order shows `orderId, amount, currency, status
+//!   ("SUCCESS"), refundStatus` (null, REFUNDING, REFUNDED or REFUND_FAILED).
+//! - Orders are the shared `Payment`s (orderId = transactionReference); an order never told
+//!   about reads as a paid order of `default_payment_amount` and is stored once refunded.
+//! - An order is refunded at most once: a second refund is `status 20002 "order already
+//!   refunded"` (still counted in the refund's `submit_count`). After a REFUND_FAILED a new
+//!   refund may be made; it replaces the failed one in the ledger.
+//! - The ledger's `refundReference` is the order id (BPN never sees ours) and `refundAmount`
+//!   the order amount.
+//!
+//! Order of checks: auth (401, counted only in `rejectedAuth`), count, injected HTTP error
+//! (`failNext`, then `error_rate`; HTTP status with status 50000), body validation (400, status
+//! 40000), `rejectNext` (200, status 20005), the already-refunded check, record, then the hang
+//! (`timeoutAfterAcceptNext`, then `timeout_rate`). All decided under the sandbox lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State as AxumState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, TimeDelta, Utc};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use tokio::time::Instant;
 
-use super::{LedgerRefund, OutcomeStatus, Payment, Sandbox, SandboxConfig};
+use super::{
+    admin_error, decimal_to_json, default_currency, parse_admin, CallKind, ForcedOutcome,
+    LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig, State,
+};
+use crate::providers::signing::verify_hmac_sha256_hex;
 
-/// Bpn routes.
+const DEFAULT_PAGE_SIZE: usize = 10;
+const MAX_PAGE_SIZE: usize = 100;
+/// How far `API-TIMESTAMP` may be from our clock.
+const TIMESTAMP_TOLERANCE_MS: i64 = 5 * 60 * 1000;
+
+/// BPN routes plus this provider's own admin route.
 pub(super) fn routes() -> Router<Sandbox> {
     Router::new()
+        .route("/v1/virtual-account/order/refund", post(refund))
+        .route("/v1/virtual-account/order/detail", get(detail))
+        .route("/v1/virtual-account/order/list", get(list))
+        .route(
+            "/sandbox/bpn/refunds/{order_id}/outcome",
+            post(outcome_route),
+        )
 }
 
-/// What Bpn knows.
+/// What BPN knows: orders by id, at most one refund per order, forced outcomes by order id
+/// (they may precede the refund).
 #[derive(Default)]
 pub(super) struct BpnState {
-    payments: HashMap<String, Payment>,
+    payments: BTreeMap<String, Payment>,
+    refunds: HashMap<String, BpnRefund>,
     outcomes: HashMap<String, OutcomeStatus>,
+    /// Last status each order's refund was notified with.
+    notified: HashMap<String, RefundStatus>,
+}
+
+struct BpnRefund {
+    order_id: String,
+    amount: Decimal,
+    request_body: String,
+    submit_count: u32,
+    created_at: DateTime<Utc>,
+    /// Monotonic twin of `created_at` for the completion delay (follows paused tokio time).
+    accepted: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefundStatus {
+    Refunding,
+    Refunded,
+    Failed,
+}
+
+impl RefundStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Refunding => "REFUNDING",
+            Self::Refunded => "REFUNDED",
+            Self::Failed => "REFUND_FAILED",
+        }
+    }
+}
+
+/// Every BPN error answer; HTTP status and BPN status code are chosen here, in one place.
+#[derive(Debug, thiserror::Error)]
+enum BpnError {
+    #[error("invalid API-KEY")]
+    BadKey,
+    #[error("invalid signature")]
+    BadSignature,
+    #[error("API-TIMESTAMP missing or expired")]
+    BadTimestamp,
+    #[error("{} (injected by sandbox)", .0.canonical_reason().unwrap_or("Error"))]
+    Injected(StatusCode),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("refund declined by risk control (injected by sandbox)")]
+    Declined,
+    #[error("order already refunded")]
+    AlreadyRefunded,
+}
+
+impl IntoResponse for BpnError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Self::BadKey => (StatusCode::UNAUTHORIZED, 10001),
+            Self::BadSignature => (StatusCode::UNAUTHORIZED, 10002),
+            Self::BadTimestamp => (StatusCode::UNAUTHORIZED, 10003),
+            Self::Injected(status) => (*status, 50000),
+            Self::Invalid(_) => (StatusCode::BAD_REQUEST, 40000),
+            Self::Declined => (StatusCode::OK, 20005),
+            Self::AlreadyRefunded => (StatusCode::OK, 20002),
+        };
+        envelope(status, code, &self.to_string(), Value::Null)
+    }
+}
+
+fn envelope(status: StatusCode, code: i64, message: &str, data: Value) -> Response {
+    let body = json!({
+        "status": code,
+        "message": message,
+        "data": data,
+        "traceId": uuid::Uuid::new_v4().simple().to_string(),
+    });
+    (status, Json(body)).into_response()
+}
+
+fn success(data: Value) -> Response {
+    envelope(StatusCode::OK, 0, "success", data)
 }
 
 impl BpnState {
@@ -24,19 +155,664 @@ impl BpnState {
             .insert(payment.transaction_reference.clone(), payment);
     }
 
-    pub(super) fn set_outcome(&mut self, key: &str, status: OutcomeStatus) {
-        self.outcomes.insert(key.to_owned(), status);
+    pub(super) fn set_outcome(&mut self, order_id: &str, status: OutcomeStatus) {
+        self.outcomes.insert(order_id.to_owned(), status);
     }
 
+    /// REFUNDING for `completion_delay`, then the forced outcome or REFUNDED.
+    fn status_of(&self, refund: &BpnRefund, config: &SandboxConfig, now: Instant) -> RefundStatus {
+        if now.saturating_duration_since(refund.accepted) < config.completion_delay {
+            RefundStatus::Refunding
+        } else if self.outcomes.get(&refund.order_id) == Some(&OutcomeStatus::Failed) {
+            RefundStatus::Failed
+        } else {
+            RefundStatus::Refunded
+        }
+    }
+
+    /// The order as BPN shows it; one never told about reads as a paid default order.
+    fn order_view(&self, order_id: &str, config: &SandboxConfig, now: Instant) -> Value {
+        let (amount, currency) = match self.payments.get(order_id) {
+            Some(p) => (p.amount, p.currency.clone()),
+            None => (config.default_payment_amount, default_currency()),
+        };
+        let refund_status = self
+            .refunds
+            .get(order_id)
+            .map(|r| self.status_of(r, config, now).as_str());
+        json!({
+            "orderId": order_id,
+            "amount": decimal_to_json(amount),
+            "currency": currency,
+            "status": "SUCCESS",
+            "refundStatus": refund_status,
+        })
+    }
+
+    /// Records a refund of the whole order, or refuses a second one.
+    fn accept(
+        &mut self,
+        order_id: String,
+        body: String,
+        config: &SandboxConfig,
+        now: Instant,
+    ) -> Result<Response, BpnError> {
+        if let Some(existing) = self.refunds.get(&order_id) {
+            let live = self.status_of(existing, config, now) != RefundStatus::Failed;
+            if live {
+                if let Some(existing) = self.refunds.get_mut(&order_id) {
+                    existing.submit_count += 1;
+                }
+                return Err(BpnError::AlreadyRefunded);
+            }
+        }
+        let amount = self
+            .payments
+            .entry(order_id.clone())
+            .or_insert_with(|| Payment {
+                provider: Provider::Bpn,
+                transaction_reference: order_id.clone(),
+                amount: config.default_payment_amount,
+                currency: default_currency(),
+            })
+            .amount;
+        tracing::info!(order_id = %order_id, amount = %amount, "bpn sandbox: refund accepted");
+        self.refunds.insert(
+            order_id.clone(),
+            BpnRefund {
+                order_id: order_id.clone(),
+                amount,
+                request_body: body,
+                submit_count: 1,
+                created_at: Utc::now(),
+                accepted: now,
+            },
+        );
+        Ok(success(json!({
+            "orderId": order_id,
+            "status": RefundStatus::Refunding.as_str(),
+        })))
+    }
+
+    /// Refund status notifications (`notifyType: REFUND`, signed with `X-BPN-Signature`,
+    /// hex HMAC-SHA256 of the body) for every order whose refund became final.
     pub(super) fn due_webhooks(
         &mut self,
-        _config: &SandboxConfig,
-        _now: tokio::time::Instant,
+        config: &SandboxConfig,
+        now: Instant,
     ) -> Vec<super::notify::Outbound> {
-        Vec::new()
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        for refund in self.refunds.values() {
+            let status = self.status_of(refund, config, now);
+            if status == RefundStatus::Refunding
+                || self.notified.get(&refund.order_id) == Some(&status)
+            {
+                continue;
+            }
+            let currency = self
+                .payments
+                .get(&refund.order_id)
+                .map(|p| p.currency.clone())
+                .unwrap_or_else(default_currency);
+            let body = json!({
+                "notifyType": "REFUND",
+                "notifyId": uuid::Uuid::new_v4().to_string(),
+                "data": {
+                    "orderId": refund.order_id,
+                    "refundStatus": status.as_str(),
+                    "amount": decimal_to_json(refund.amount),
+                    "currency": currency,
+                },
+            })
+            .to_string();
+            let signature = crate::providers::signing::hmac_sha256_hex(
+                config.webhook_secret.as_bytes(),
+                &[body.as_bytes()],
+            );
+            out.push(super::notify::Outbound {
+                provider: Provider::Bpn,
+                body: body.into_bytes(),
+                headers: vec![
+                    ("content-type".into(), "application/json".into()),
+                    ("X-BPN-Signature".into(), signature),
+                ],
+                signature_header: "X-BPN-Signature".into(),
+            });
+            sent.push((refund.order_id.clone(), status));
+        }
+        self.notified.extend(sent);
+        out
     }
 
-    pub(super) fn ledger(&self, _config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>) {
-        (Vec::new(), self.payments.values().cloned().collect())
+    pub(super) fn ledger(&self, config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>) {
+        let now = Instant::now();
+        let refunds = self
+            .refunds
+            .values()
+            .map(|r| {
+                let status = self.status_of(r, config, now);
+                LedgerRefund {
+                    provider: Provider::Bpn,
+                    refund_reference: r.order_id.clone(),
+                    transaction_reference: r.order_id.clone(),
+                    refund_amount: r.amount.to_string(),
+                    request_body: r.request_body.clone(),
+                    status: status.as_str().to_owned(),
+                    submit_count: r.submit_count,
+                    mismatched_replays: 0,
+                    forced_outcome: self.outcomes.get(&r.order_id).copied(),
+                    created_at: r.created_at,
+                    completed_at: (status == RefundStatus::Refunded)
+                        .then(|| {
+                            TimeDelta::from_std(config.completion_delay)
+                                .ok()
+                                .and_then(|d| r.created_at.checked_add_signed(d))
+                        })
+                        .flatten(),
+                }
+            })
+            .collect();
+        (refunds, self.payments.values().cloned().collect())
+    }
+}
+
+/// Constant-time equality of two byte strings (out of habit, as for the VA token).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The signed content of a GET: decoded query pairs sorted, `k=v` joined with `&`.
+fn query_content(query: Option<&str>) -> String {
+    let mut pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Checks BPN's three auth headers against `content`.
+fn authenticate(
+    headers: &HeaderMap,
+    config: &SandboxConfig,
+    content: &[u8],
+) -> Result<(), BpnError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match header("API-KEY") {
+        Some(key) if same(key.as_bytes(), config.bpn_api_key.as_bytes()) => {}
+        _ => return Err(BpnError::BadKey),
+    }
+    let timestamp = header("API-TIMESTAMP").ok_or(BpnError::BadTimestamp)?;
+    let ms: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| BpnError::BadTimestamp)?;
+    if (Utc::now().timestamp_millis() - ms).abs() > TIMESTAMP_TOLERANCE_MS {
+        return Err(BpnError::BadTimestamp);
+    }
+    let given = header("API-SIGNATURE").ok_or(BpnError::BadSignature)?;
+    if verify_hmac_sha256_hex(
+        config.bpn_api_secret.as_bytes(),
+        &[content, b"&", timestamp.as_bytes()],
+        given,
+    ) {
+        Ok(())
+    } else {
+        Err(BpnError::BadSignature)
+    }
+}
+
+/// Auth, counting and injected HTTP errors, common to every BPN call.
+fn gate(
+    state: &mut State,
+    config: &SandboxConfig,
+    headers: &HeaderMap,
+    content: &[u8],
+    kind: CallKind,
+) -> Result<(), BpnError> {
+    if let Err(e) = authenticate(headers, config, content) {
+        state.counters.rejected_auth += 1;
+        return Err(e);
+    }
+    state.count(kind);
+    match state.take_failure(config) {
+        Some(status) => Err(BpnError::Injected(status)),
+        None => Ok(()),
+    }
+}
+
+async fn bpn_call(
+    sandbox: &Sandbox,
+    headers: &HeaderMap,
+    content: &[u8],
+    kind: CallKind,
+    decide: impl FnOnce(&mut State, &SandboxConfig) -> Result<Reply, BpnError>,
+) -> Response {
+    let reply = sandbox.decide(|state, config| {
+        gate(state, config, headers, content, kind)
+            .and_then(|()| decide(state, config))
+            .unwrap_or_else(|err| Reply::now(err.into_response()))
+    });
+    sandbox.deliver(reply).await
+}
+
+/// The order id of a refund body, validated like a strict provider.
+fn parse_refund(body: &[u8]) -> Result<(String, String), String> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| "malformed JSON body: not UTF-8".to_owned())?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| format!("malformed JSON body: {e}"))?;
+    match value.get("orderId") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok((s.clone(), text.to_owned())),
+        Some(Value::String(_)) | None | Some(Value::Null) => Err("orderId is required".to_owned()),
+        Some(_) => Err("orderId must be a string".to_owned()),
+    }
+}
+
+async fn refund(
+    AxumState(sandbox): AxumState<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    bpn_call(
+        &sandbox,
+        &headers,
+        &body,
+        CallKind::Submit,
+        |state, config| {
+            let (order_id, text) = parse_refund(&body).map_err(BpnError::Invalid)?;
+            if state.take_reject() {
+                return Err(BpnError::Declined);
+            }
+            let response = state.bpn.accept(order_id, text, config, Instant::now())?;
+            // Recorded first, hang after: the "timeout after accept" a worker must resolve.
+            let hang = state.take_timeout(config);
+            Ok(Reply { response, hang })
+        },
+    )
+    .await
+}
+
+fn params(query: Option<&str>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+async fn detail(
+    AxumState(sandbox): AxumState<Sandbox>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let content = query_content(query.as_deref());
+    let order_id = params(query.as_deref()).remove("orderId");
+    bpn_call(
+        &sandbox,
+        &headers,
+        content.as_bytes(),
+        CallKind::Details,
+        |state, config| {
+            let order_id = order_id
+                .filter(|o| !o.trim().is_empty())
+                .ok_or_else(|| BpnError::Invalid("orderId is required".into()))?;
+            let view = state.bpn.order_view(&order_id, config, Instant::now());
+            Ok(Reply::now(success(view)))
+        },
+    )
+    .await
+}
+
+async fn list(
+    AxumState(sandbox): AxumState<Sandbox>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let content = query_content(query.as_deref());
+    let p = params(query.as_deref());
+    let page_num = p
+        .get("pageNum")
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1);
+    let page_size = p
+        .get("pageSize")
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(DEFAULT_PAGE_SIZE)
+        .min(MAX_PAGE_SIZE);
+    bpn_call(
+        &sandbox,
+        &headers,
+        content.as_bytes(),
+        CallKind::List,
+        |state, config| {
+            let now = Instant::now();
+            let bpn = &state.bpn;
+            let orders: Vec<Value> = bpn
+                .payments
+                .keys()
+                .skip((page_num - 1).saturating_mul(page_size))
+                .take(page_size)
+                .map(|id| bpn.order_view(id, config, now))
+                .collect();
+            Ok(Reply::now(success(json!({
+                "list": orders,
+                "total": bpn.payments.len(),
+                "pageNum": page_num,
+                "pageSize": page_size,
+            }))))
+        },
+    )
+    .await
+}
+
+/// `POST /sandbox/bpn/refunds/{orderId}/outcome` with `{"status": ...}`; the refund need not
+/// exist yet.
+async fn outcome_route(
+    AxumState(sandbox): AxumState<Sandbox>,
+    Path(order_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let outcome: ForcedOutcome = match parse_admin(&body) {
+        Ok(outcome) => outcome,
+        Err(message) => return admin_error(StatusCode::BAD_REQUEST, message),
+    };
+    let known = {
+        let mut state = sandbox.lock();
+        state.bpn.set_outcome(&order_id, outcome.status);
+        state.bpn.refunds.contains_key(&order_id)
+    };
+    Json(json!({
+        "orderId": order_id,
+        "status": outcome.status,
+        "refundKnown": known,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{start, TestServer};
+    use super::super::{Faults, Payment, Provider, SandboxConfig};
+    use crate::providers::bpn::{signature, SignedContent};
+    use rust_decimal::Decimal;
+    use serde_json::{json, Value};
+    use std::time::Duration;
+
+    const KEY: &str = "sandbox-bpn-key";
+    const SECRET: &[u8] = b"sandbox-bpn-secret";
+
+    fn now_ms() -> String {
+        chrono::Utc::now().timestamp_millis().to_string()
+    }
+
+    /// A signed refund call: (HTTP status, parsed envelope).
+    async fn refund(server: &TestServer, body: &str) -> (u16, Value) {
+        refund_with(server, body, KEY, SECRET, &now_ms()).await
+    }
+
+    async fn refund_with(
+        server: &TestServer,
+        body: &str,
+        key: &str,
+        secret: &[u8],
+        timestamp: &str,
+    ) -> (u16, Value) {
+        let sig = signature(secret, SignedContent::Body(body.as_bytes()), timestamp);
+        let response = server
+            .client
+            .post(server.url("/v1/virtual-account/order/refund"))
+            .header("API-KEY", key)
+            .header("API-TIMESTAMP", timestamp)
+            .header("API-SIGNATURE", sig)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// A signed GET with `params`.
+    async fn get(server: &TestServer, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
+        let pairs: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let timestamp = now_ms();
+        let sig = signature(SECRET, SignedContent::Params(&pairs), &timestamp);
+        let response = server
+            .client
+            .get(server.url(path))
+            .query(&pairs)
+            .header("API-KEY", KEY)
+            .header("API-TIMESTAMP", timestamp)
+            .header("API-SIGNATURE", sig)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn detail(server: &TestServer, order_id: &str) -> Value {
+        let (status, body) = get(
+            server,
+            "/v1/virtual-account/order/detail",
+            &[("orderId", order_id)],
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], json!(0));
+        body["data"].clone()
+    }
+
+    fn order(server: &TestServer, id: &str, amount: &str) {
+        server.sandbox.add_payment(Payment {
+            provider: Provider::Bpn,
+            transaction_reference: id.into(),
+            amount: Decimal::from_str_exact(amount).unwrap(),
+            currency: "USD".into(),
+        });
+    }
+
+    fn quick() -> SandboxConfig {
+        SandboxConfig {
+            completion_delay: Duration::from_millis(150),
+            hang: Duration::from_secs(5),
+            ..SandboxConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_key_signature_or_timestamp_is_refused() {
+        let server = start(quick()).await;
+        let body = r#"{"orderId":"o-1"}"#;
+        let (status, e) = refund_with(&server, body, KEY, b"wrong", &now_ms()).await;
+        assert_eq!((status, e["status"].clone()), (401, json!(10002)));
+        assert_eq!(e["message"], "invalid signature");
+        assert!(e["traceId"].as_str().is_some_and(|t| !t.is_empty()));
+        let (status, e) = refund_with(&server, body, "nope", SECRET, &now_ms()).await;
+        assert_eq!((status, e["status"].clone()), (401, json!(10001)));
+        let stale = (chrono::Utc::now().timestamp_millis() - 10 * 60 * 1000).to_string();
+        let (status, e) = refund_with(&server, body, KEY, SECRET, &stale).await;
+        assert_eq!((status, e["status"].clone()), (401, json!(10003)));
+        // A signature over other bytes than those sent.
+        let sig = signature(SECRET, SignedContent::Body(b"{\"orderId\":\"o-2\"}"), "1");
+        let response = server
+            .client
+            .post(server.url("/v1/virtual-account/order/refund"))
+            .header("API-KEY", KEY)
+            .header("API-TIMESTAMP", now_ms())
+            .header("API-SIGNATURE", sig)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+        let ledger = server.sandbox.ledger();
+        assert_eq!((ledger.rejected_auth, ledger.submit_calls), (4, 0));
+        assert!(ledger.refunds.is_empty());
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn an_order_is_refunded_whole_once_then_completes() {
+        let server = start(quick()).await;
+        order(&server, "o-1", "25.17");
+        let before = detail(&server, "o-1").await;
+        assert_eq!(before["refundStatus"], Value::Null);
+        assert_eq!(before["amount"].to_string(), "25.17");
+        let (status, e) = refund(&server, r#"{"orderId":"o-1"}"#).await;
+        assert_eq!(status, 200);
+        assert_eq!(e["status"], json!(0));
+        assert_eq!(e["data"], json!({"orderId": "o-1", "status": "REFUNDING"}));
+        assert_eq!(detail(&server, "o-1").await["refundStatus"], "REFUNDING");
+        // A second refund of the order is refused and counted.
+        let (status, again) = refund(&server, r#"{"orderId":"o-1"}"#).await;
+        assert_eq!((status, again["status"].clone()), (200, json!(20002)));
+        assert_eq!(again["message"], "order already refunded");
+
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(detail(&server, "o-1").await["refundStatus"], "REFUNDED");
+        let ledger = server.sandbox.ledger();
+        assert_eq!(ledger.refunds.len(), 1);
+        let r = ledger.refund("o-1").unwrap();
+        assert_eq!((r.submit_count, r.refund_amount.as_str()), (2, "25.17"));
+        assert_eq!(
+            (r.status.as_str(), r.request_body.as_str()),
+            ("REFUNDED", r#"{"orderId":"o-1"}"#)
+        );
+        assert!(r.completed_at.is_some());
+        // An order never told about is a paid default order.
+        let unknown = detail(&server, "never-seen").await;
+        assert_eq!(unknown["amount"].to_string(), "1000000");
+        assert_eq!(unknown["status"], "SUCCESS");
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn faults_fail_reject_and_hang() {
+        let server = start(SandboxConfig {
+            completion_delay: Duration::from_secs(3),
+            ..quick()
+        })
+        .await;
+        server.sandbox.inject(Faults {
+            fail_next: 1,
+            fail_status: Some(503),
+            reject_next: 1,
+            ..Faults::default()
+        });
+        let body = r#"{"orderId":"o-1"}"#;
+        let (status, e) = refund(&server, body).await;
+        assert_eq!((status, e["status"].clone()), (503, json!(50000)));
+        let (status, e) = refund(&server, body).await;
+        assert_eq!((status, e["status"].clone()), (200, json!(20005)));
+        assert!(server.sandbox.ledger().refunds.is_empty());
+        let (status, e) = refund(&server, r#"{"order":"x"}"#).await;
+        assert_eq!((status, e["status"].clone()), (400, json!(40000)));
+
+        server.sandbox.inject(Faults {
+            timeout_after_accept_next: 1,
+            ..Faults::default()
+        });
+        let timestamp = now_ms();
+        let error = server
+            .client
+            .post(server.url("/v1/virtual-account/order/refund"))
+            .header("API-KEY", KEY)
+            .header("API-TIMESTAMP", &timestamp)
+            .header(
+                "API-SIGNATURE",
+                signature(SECRET, SignedContent::Body(body.as_bytes()), &timestamp),
+            )
+            .body(body)
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.is_timeout(), "{error}");
+        let ledger = server.sandbox.ledger();
+        assert_eq!(ledger.refund("o-1").unwrap().submit_count, 1);
+        assert_eq!(
+            (
+                ledger.injected_failures,
+                ledger.injected_rejects,
+                ledger.injected_timeouts
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(detail(&server, "o-1").await["refundStatus"], "REFUNDING");
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn a_forced_failure_lets_the_order_be_refunded_again() {
+        let server = start(quick()).await;
+        order(&server, "o-1", "10");
+        let (status, answer) = server
+            .admin_post(
+                "/sandbox/bpn/refunds/o-1/outcome",
+                json!({"status": "FAILED"}),
+            )
+            .await;
+        assert_eq!((status, answer["refundKnown"].clone()), (200, json!(false)));
+        refund(&server, r#"{"orderId":"o-1"}"#).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            detail(&server, "o-1").await["refundStatus"],
+            "REFUND_FAILED"
+        );
+        // Retried while the failure stands (setting COMPLETED now would rewrite the old one).
+        let (_, e) = refund(&server, r#"{"orderId":"o-1"}"#).await;
+        assert_eq!(
+            e["status"],
+            json!(0),
+            "a failed refund does not block a new one"
+        );
+        let ledger = server.sandbox.ledger();
+        assert_eq!(ledger.refunds.len(), 1);
+        assert_eq!(ledger.refund("o-1").unwrap().submit_count, 1);
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn orders_list_in_pages() {
+        let server = start(quick()).await;
+        for id in ["a", "b", "c"] {
+            order(&server, id, "1.50");
+        }
+        let (status, page) = get(
+            &server,
+            "/v1/virtual-account/order/list",
+            &[("pageSize", "2"), ("pageNum", "1")],
+        )
+        .await;
+        assert_eq!(status, 200);
+        let ids: Vec<&str> = page["data"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["orderId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(page["data"]["total"], json!(3));
+        let (_, page) = get(
+            &server,
+            "/v1/virtual-account/order/list",
+            &[("pageNum", "2"), ("pageSize", "2")],
+        )
+        .await;
+        assert_eq!(page["data"]["list"][0]["orderId"], "c");
+        assert_eq!(page["data"]["list"][0]["amount"].to_string(), "1.50");
+        let (_, page) = get(&server, "/v1/virtual-account/order/list", &[]).await;
+        assert_eq!(page["data"]["pageSize"], json!(10));
+        assert_eq!(server.sandbox.ledger().list_calls, 3);
+        server.stop(Duration::from_secs(2)).await;
     }
 }
