@@ -7,5 +7,6 @@ mod admin;
 mod helpers;
 mod intake;
 mod pipeline;
+mod provider_binance_pay;
 mod resilience;
 mod webhooks;
