@@ -29,6 +29,8 @@
 //!   (`AMOUNT_EXCEEDS_REFUNDABLE`), `400605` ORDER_NOT_REFUNDABLE and `400606`
 //!   REFUND_ATTEMPTS_EXHAUSTED (`NOT_REFUNDABLE`), `400607` REFUND_NOT_FOUND (query: not
 //!   found), `400609` SYSTEM_BUSY (retryable). The sandbox answers with these.
+//! - Only a refund's own status fails it from a query: a query refused for any other reason
+//!   (signature, key, clock, a CloudFront 403 page) is retried, since the refund may exist.
 //! - `remainingAttempts` (refunds left on the order): an order with 0 attempts left is final.
 //!   Where it bites: Binance refuses a *new* refund on it (`400606`, or any error whose data
 //!   shows `remainingAttempts: 0`) and we fail it `NOT_REFUNDABLE` at once, without retries;
@@ -390,6 +392,14 @@ pub fn interpret(
                 reason: format!("unreadable Binance Pay response (HTTP {status}): {e}"),
             }
         }
+        // A query that fails says nothing about the refund: never fail it from here.
+        Err(_) if call == CallKind::Status => {
+            return ProviderOutcome::Retryable {
+                reason: format!("Binance Pay answered the query HTTP {status} without an envelope"),
+                retry_after: None,
+                may_have_reached_provider: false,
+            }
+        }
         Err(_) => {
             return ProviderOutcome::Failed(FailureReason::new(
                 FailureCode::ProviderRejected,
@@ -463,6 +473,13 @@ fn error_outcome(
         (ErrorClass::Missing | ErrorClass::MissingRefund, CallKind::Status) => {
             ProviderOutcome::NotFound
         }
+        // Only the refund's own status may fail it: a query refused for our credentials or
+        // request (a rotated key, a bad clock) keeps the refund as it was and asks again.
+        (ErrorClass::Final(_), CallKind::Status) => ProviderOutcome::Retryable {
+            reason: format!("Binance Pay refused the query: {described}"),
+            retry_after: None,
+            may_have_reached_provider: false,
+        },
         (ErrorClass::Missing, CallKind::Submit) => ProviderOutcome::Failed(FailureReason::new(
             FailureCode::NotRefundable,
             format!("Binance Pay has no such order to refund: {described}"),
@@ -1271,9 +1288,23 @@ mod tests {
             interpret(StatusCode::OK, fail("400607", "Refund order not found.").as_bytes(), CallKind::Submit, None),
             ProviderOutcome::Failed(r) if r.code == FailureCode::ProviderRejected
         ));
+        // A failed query never fails the refund: it is asked again.
         assert!(matches!(
-            interpret(StatusCode::BAD_GATEWAY, b"<html>", CallKind::Status, None),
-            ProviderOutcome::Failed(_)
+            interpret(StatusCode::FORBIDDEN, b"<html>", CallKind::Status, None),
+            ProviderOutcome::Retryable { .. }
+        ));
+        assert!(matches!(
+            interpret(StatusCode::FORBIDDEN, b"<html>", CallKind::Submit, None),
+            ProviderOutcome::Failed(r) if r.code == FailureCode::ProviderRejected
+        ));
+        assert!(matches!(
+            interpret(
+                StatusCode::BAD_REQUEST,
+                fail("400002", "Signature for this request is not valid.").as_bytes(),
+                CallKind::Status,
+                None
+            ),
+            ProviderOutcome::Retryable { reason, .. } if reason.contains("400002 INVALID_SIGNATURE")
         ));
     }
 
@@ -1287,6 +1318,79 @@ mod tests {
         })
         .unwrap();
         config.providers[&ProviderName::BinancePay].clone()
+    }
+
+    /// The adapter against the sandbox over HTTP: what it signs is what it sends.
+    #[tokio::test]
+    async fn adapter_and_sandbox_agree_on_the_wire() {
+        use crate::sandbox::{Sandbox, SandboxConfig};
+        let config = SandboxConfig {
+            completion_delay: std::time::Duration::from_millis(100),
+            ..SandboxConfig::default()
+        };
+        let sandbox = Sandbox::new(config.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr, handle) = sandbox
+            .spawn(0, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        let adapter_with = |secret: &str| {
+            let base = format!("http://{addr}");
+            let secret = secret.to_owned();
+            let key = config.binance_api_key.clone();
+            let config = crate::config::Config::from_lookup(move |k| match k {
+                "PROVIDER_BINANCE_PAY_BASE_URL" => Some(base.clone()),
+                "PROVIDER_BINANCE_PAY_API_KEY" => Some(key.clone()),
+                "PROVIDER_BINANCE_PAY_API_SECRET" => Some(secret.clone()),
+                _ => None,
+            })
+            .unwrap();
+            BinancePay::new(config.providers[&ProviderName::BinancePay].clone())
+        };
+        let binance = adapter_with(&config.binance_api_secret);
+        let mut r = request("r-wire", "25.17");
+        r.reason = "Customer returned the goods".into();
+        assert_eq!(binance.status(&r).await, ProviderOutcome::NotFound);
+        assert!(matches!(
+            binance.submit(&r).await,
+            ProviderOutcome::Accepted { provider_reference: Some(p), .. } if p == "r-wire"
+        ));
+        assert!(matches!(
+            binance.status(&r).await,
+            ProviderOutcome::Accepted { provider_status, .. } if provider_status == "REFUND_PENDING"
+        ));
+        // Resubmitting is a duplicate, the same refund.
+        assert!(matches!(
+            binance.submit(&r).await,
+            ProviderOutcome::Accepted { .. }
+        ));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(matches!(
+            binance.status(&r).await,
+            ProviderOutcome::Succeeded { provider_status, .. } if provider_status == "REFUND_SUCCESS"
+        ));
+        let ledger = sandbox.ledger();
+        assert_eq!(ledger.refund("r-wire").unwrap().submit_count, 2);
+        assert_eq!(ledger.refund("r-wire").unwrap().refund_amount, "25.17");
+        assert_eq!(ledger.rejected_auth, 0);
+        // A wrong secret: Binance's signature error, final.
+        let wrong = adapter_with("not-the-secret");
+        match wrong.submit(&request("r-2", "1")).await {
+            ProviderOutcome::Failed(f) => {
+                assert_eq!(f.code, FailureCode::ProviderRejected);
+                assert!(
+                    f.message.contains("400002 INVALID_SIGNATURE"),
+                    "{}",
+                    f.message
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sandbox.ledger().rejected_auth, 1);
+        let _ = stop.send(());
+        handle.await.unwrap();
     }
 
     fn webhook_headers(ts: &str, signature: &str) -> reqwest::header::HeaderMap {
