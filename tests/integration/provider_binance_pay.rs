@@ -134,3 +134,41 @@ async fn binance_timeout_after_accept_is_resolved_by_query_without_a_second_refu
     assert!(ledger.status_calls >= 1);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn binance_order_without_refund_attempts_left_fails_not_refundable() {
+    let mut app = TestApp::spawn().await;
+    app.sandbox.add_payment(order("100"));
+    app.start_worker();
+    // The sandbox's MAX_REFUND_ATTEMPTS (src/sandbox/binance_pay.rs).
+    let attempts = 10;
+    let refs: Vec<String> = (0..attempts)
+        .map(|i| reference(&format!("bnb-a{i}")))
+        .collect();
+    for r in &refs {
+        app.publish(&binance_command(r, "1")).await;
+    }
+    for r in &refs {
+        app.wait_for(r, RefundStatus::Completed).await;
+    }
+    // Binance's last attempt refunded the whole remainder: the order is used up.
+    let ledger = app.sandbox.ledger();
+    assert_eq!(ledger.refunds.len(), refs.len());
+    let last = reference("bnb-none");
+    app.publish(&binance_command(&last, "1")).await;
+    let e = app.wait_for(&last, RefundStatus::RefundFail).await;
+    let f = e.failure_reason.expect("reason");
+    assert_eq!(f.code, FailureCode::NotRefundable);
+    assert!(
+        f.message.contains("REFUND_ATTEMPTS_EXHAUSTED"),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.message.contains("no refund attempts left"),
+        "{}",
+        f.message
+    );
+    assert!(app.sandbox.ledger().refund(&last).is_none());
+    app.cleanup().await;
+}
