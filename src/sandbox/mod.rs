@@ -151,6 +151,13 @@ impl fmt::Debug for SandboxConfig {
     }
 }
 
+/// TEST-ONLY RSA key the simulated Binance Pay signs its webhooks with (never a real key).
+pub(crate) const BINANCE_WEBHOOK_TEST_PRIVATE_KEY: &str =
+    include_str!("../../fixtures/binance_pay/webhook-test-private-key.pem");
+/// Its public half, which refund-worker is configured with to verify them.
+pub const BINANCE_WEBHOOK_TEST_PUBLIC_KEY: &str =
+    include_str!("../../fixtures/binance_pay/webhook-test-public-key.pem");
+
 /// Which simulated provider a payment or refund belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -186,12 +193,13 @@ impl SandboxConfig {
             if let Some(secret) = secret {
                 env.push((format!("PROVIDER_{prefix}_API_SECRET"), secret.clone()));
             }
-            if prefix != "BINANCE_PAY" {
-                env.push((
-                    format!("PROVIDER_{prefix}_WEBHOOK_SECRET"),
-                    self.webhook_secret.clone(),
-                ));
-            }
+            // Binance Pay verifies with an RSA public key; the others share an HMAC secret.
+            let webhook_secret = if prefix == "BINANCE_PAY" {
+                BINANCE_WEBHOOK_TEST_PUBLIC_KEY.to_owned()
+            } else {
+                self.webhook_secret.clone()
+            };
+            env.push((format!("PROVIDER_{prefix}_WEBHOOK_SECRET"), webhook_secret));
         }
         env
     }

@@ -8,6 +8,7 @@ mod helpers;
 mod inbound;
 mod intake;
 mod pipeline;
+mod provider_binance_pay;
 mod provider_bpn;
 mod provider_bvnk;
 mod resilience;
