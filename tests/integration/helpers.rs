@@ -44,6 +44,8 @@ pub struct TestApp {
     pub ctx: Context,
     pub pool: PgPool,
     pub sandbox: Sandbox,
+    /// Base URL of the HTTP API, when started with `Options::ingress`.
+    pub http_base: Option<String>,
     pub topology: Topology,
     pub connection: lapin::Connection,
     pub publisher: Publisher,
@@ -59,6 +61,9 @@ pub struct TestApp {
 pub struct Options {
     pub sandbox: SandboxConfig,
     pub env: Vec<(&'static str, String)>,
+    /// Serve refund-worker's HTTP API (webhook ingress included) and let the sandbox's
+    /// providers send their notifications to it.
+    pub ingress: bool,
 }
 
 impl Default for Options {
@@ -70,6 +75,7 @@ impl Default for Options {
                 ..SandboxConfig::default()
             },
             env: Vec::new(),
+            ingress: false,
         }
     }
 }
@@ -92,8 +98,19 @@ impl TestApp {
             .expect("create test database");
 
         let sandbox_stop = CancellationToken::new();
-        let sandbox_env = options.sandbox.clone();
-        let sandbox = Sandbox::new(options.sandbox);
+        let mut sandbox_config = options.sandbox;
+        let http_listener = if options.ingress {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            sandbox_config.webhook_url = Some(format!("http://{addr}"));
+            Some(listener)
+        } else {
+            None
+        };
+        let sandbox_env = sandbox_config.clone();
+        let sandbox = Sandbox::new(sandbox_config);
         let stop = sandbox_stop.clone();
         let (addr, _) = sandbox
             .spawn(0, async move { stop.cancelled().await })
@@ -167,6 +184,18 @@ impl TestApp {
             .await
             .expect("consume events");
         let publisher = Publisher::open(&connection).await.expect("publisher");
+        let http_base = http_listener.map(|listener| {
+            let base = format!("http://{}", listener.local_addr().expect("addr"));
+            let router = refund_worker::http::router(refund_worker::http::AppState {
+                pool: pool.clone(),
+                status: Arc::new(worker::Status::default()),
+                config: ctx.config.clone(),
+                topology: topology.clone(),
+                providers: ctx.providers.clone(),
+            });
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            base
+        });
         Self {
             ctx,
             pool,
@@ -179,6 +208,7 @@ impl TestApp {
             db_name,
             sandbox_stop,
             worker: None,
+            http_base,
         }
     }
 

@@ -11,5 +11,6 @@ mod pipeline;
 mod provider_binance_pay;
 mod provider_bpn;
 mod provider_bvnk;
+mod provider_webhooks;
 mod resilience;
 mod webhooks;
