@@ -117,7 +117,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     })?;
     println!("refund-worker demo (run {run_id})");
     println!("  provider sandbox  http://{addr}  (VA Services, BPN, Binance Pay, BVNK)");
-    println!("  webhook ingress   http://{http_addr}/webhooks/<provider>  (the sandbox's providers call it)");
+    println!("  webhook ingress   http://{http_addr}/webhooks/<provider>  (the sandbox's providers call it;");
+    println!("                    10% of their signatures are forged on purpose: the WARN lines are the ingress refusing them)");
     println!(
         "  merchant endpoint {}  (verifies every webhook signature)",
         merchant.url
@@ -209,9 +210,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 let ok = last.is_some_and(|e| {
                     e.status == status && e.failure_reason.as_ref().map(|f| f.code) == code
                 });
-                let submits = sandbox
-                    .ledger()
+                // BPN knows a refund only by its order (the command's transactionReference).
+                let order = scenario
+                    .command
+                    .get("transactionReference")
+                    .and_then(Value::as_str);
+                let ledger = sandbox.ledger();
+                let submits = ledger
                     .refund(&reference)
+                    .or_else(|| {
+                        ledger.refunds.iter().find(|r| {
+                            r.provider == SandboxProvider::Bpn
+                                && Some(r.refund_reference.as_str()) == order
+                        })
+                    })
                     .map(|r| r.submit_count)
                     .unwrap_or(0);
                 Row {
@@ -297,6 +309,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         attempts: "-".into(),
         provider_submits: "-".into(),
         ok: verified == events.len() && rejected == 0,
+    });
+
+    // The providers' own webhooks: forged copies must all have been refused.
+    let w = sandbox.ledger().webhooks;
+    println!(
+        "provider webhooks: {} delivered to the ingress ({} sent twice on purpose, {} held back to arrive out of order), {} forged signatures sent, {} refused\n",
+        w.delivered, w.duplicates, w.reordered, w.bad_signatures, w.bad_signatures_refused
+    );
+    rows.push(Row {
+        title: "provider webhooks with forged signatures all refused",
+        reference: "-".into(),
+        outcome: format!("{}/{} refused", w.bad_signatures_refused, w.bad_signatures),
+        attempts: "-".into(),
+        provider_submits: "-".into(),
+        ok: w.bad_signatures == w.bad_signatures_refused && w.abandoned == 0,
     });
 
     worker_stop.cancel();
@@ -401,7 +428,7 @@ async fn dead_letter(
 fn print_summary(rows: &[Row]) {
     println!("summary");
     println!(
-        "  {:<2} {:<44} {:<34} {:>8} {:>8}  outcome",
+        "  {:<2} {:<66} {:<24} {:>8} {:>8}  outcome",
         "", "scenario", "refundReference", "attempts", "provider"
     );
     for r in rows {
@@ -410,7 +437,7 @@ fn print_summary(rows: &[Row]) {
             outcome = format!("{}...", outcome.chars().take(57).collect::<String>());
         }
         println!(
-            "  {:<2} {:<44} {:<34} {:>8} {:>8}  {}",
+            "  {:<2} {:<66} {:<24} {:>8} {:>8}  {}",
             if r.ok { "ok" } else { "!!" },
             r.title,
             r.reference,
@@ -435,6 +462,7 @@ fn redact_url(url: &str) -> String {
 
 fn scenarios(run: &str) -> Vec<Scenario> {
     let payment = format!("demo-{run}-payment");
+    // VA Services: partial refunds of one payment, and every failure path.
     let va = |n: u32, amount: Value| {
         json!({
             "refundReference": format!("demo-{run}-{n}"),
@@ -453,6 +481,38 @@ fn scenarios(run: &str) -> Vec<Scenario> {
         c["transactionReference"] = json!(format!("demo-{run}-payment-{n}"));
         c.as_object_mut().map(|o| o.remove("paymentAmount"));
         c
+    };
+    let bpn_order = format!("DEMO-{run}-ORDER");
+    let bpn = json!({
+        "refundReference": format!("demo-{run}-bpn"),
+        "provider": "bpn",
+        "transactionReference": bpn_order,
+        "amount": "25.17",
+        "currency": "USD",
+        "reason": "Order cancelled!"
+    });
+    // Binance Pay prepay ids are numeric, at most 19 digits.
+    let prepay: u64 = u64::from_str_radix(&run[..8], 16).unwrap_or(1) % 1_000_000_000;
+    let binance = |n: u32, amount: &str| {
+        json!({
+            "refundReference": format!("demo-{run}-{n}"),
+            "provider": "binance_pay",
+            "transactionReference": format!("38{prepay:09}{n:02}"),
+            "amount": amount,
+            "currency": "USDT",
+            "reason": "Customer returned the goods"
+        })
+    };
+    let bvnk = |n: u32, amount: &str| {
+        json!({
+            "refundReference": format!("demo-{run}-{n}"),
+            "provider": "bvnk",
+            "transactionReference": format!("demo-{run}-payin-{n}"),
+            "amount": amount,
+            "currency": "EUR",
+            "reason": "Order cancelled!",
+            "metadata": {"orderId": format!("ORD-{n}")}
+        })
     };
     let exact: Value = serde_json::from_str("25.17").unwrap_or(Value::Null);
     let completed = Expect::Final(RefundStatus::Completed, None);
@@ -536,14 +596,74 @@ fn scenarios(run: &str) -> Vec<Scenario> {
             expect: fails(FailureCode::InvalidCommand),
         },
         Scenario {
-            title: "provider that is not configured (bvnk)",
+            title: "BPN: whole-order refund, HMAC-signed, completes",
+            command: bpn.clone(),
+            setup: Some(Box::new(move |s, _| {
+                s.add_payment(crate::sandbox::Payment {
+                    provider: SandboxProvider::Bpn,
+                    transaction_reference: bpn_order.clone(),
+                    amount: rust_decimal::Decimal::new(2517, 2),
+                    currency: "USD".into(),
+                })
+            })),
+            expect: Expect::Final(RefundStatus::Completed, None),
+        },
+        Scenario {
+            title: "BPN: the same order again is refused (already refunded)",
             command: {
-                let mut c = other(10, "10.00");
-                c["provider"] = json!("bvnk");
+                let mut c = bpn;
+                c["refundReference"] = json!(format!("demo-{run}-bpn-again"));
                 c
             },
             setup: None,
-            expect: fails(FailureCode::InvalidCommand),
+            expect: fails(FailureCode::NotRefundable),
+        },
+        Scenario {
+            title: "Binance Pay: refund 25.17 USDT, HMAC-SHA512-signed, completes",
+            command: binance(20, "25.17"),
+            setup: None,
+            expect: Expect::Final(RefundStatus::Completed, None),
+        },
+        Scenario {
+            title: "Binance Pay: accepted, answer lost, found by query (not resent)",
+            command: binance(21, "10.00"),
+            setup: Some(Box::new(|s, _| {
+                s.inject(Faults {
+                    timeout_after_accept_next: 1,
+                    ..Faults::default()
+                })
+            })),
+            expect: Expect::Final(RefundStatus::Completed, None),
+        },
+        Scenario {
+            title: "BVNK: Hawk-signed, estimate first, fee kept, completes",
+            command: bvnk(30, "150"),
+            setup: None,
+            expect: Expect::Final(RefundStatus::Completed, None),
+        },
+        Scenario {
+            title: "BVNK: waits for 4-eyes approval, approved after 1.5 s",
+            command: bvnk(31, "20"),
+            setup: Some(Box::new(|s, r| {
+                s.bvnk_four_eyes(true);
+                let (s, r) = (s.clone(), r.to_owned());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(1_500)).await;
+                    s.bvnk_four_eyes(false);
+                    if let Err(e) = s.bvnk_approve(&r) {
+                        println!("      (approval failed: {e})");
+                    } else {
+                        println!("      operator approved the refund at BVNK");
+                    }
+                });
+            })),
+            expect: Expect::Final(RefundStatus::Completed, None),
+        },
+        Scenario {
+            title: "BVNK: more than the pay-in allows (estimate), no refund call",
+            command: bvnk(32, "2000000"),
+            setup: None,
+            expect: fails(FailureCode::AmountExceedsRefundable),
         },
         Scenario {
             title: "a message that is not JSON",
