@@ -39,6 +39,8 @@ pub struct WebhookCounters {
     pub bad_signatures: u64,
     /// Bad-signature copies the ingress refused (it must refuse all of them).
     pub bad_signatures_refused: u64,
+    /// Bad-signature copies the ingress answered 2xx: a security failure, must stay 0.
+    pub bad_signatures_accepted: u64,
     /// Notifications held back so later ones overtake them.
     pub reordered: u64,
     /// Notifications given up after every retry.
@@ -107,10 +109,13 @@ impl Sandbox {
                     *value = corrupt(value);
                 }
             }
-            if let Ok(r) = post(client, &url, &forged).await {
-                if r == reqwest::StatusCode::UNAUTHORIZED {
-                    self.lock().webhooks.bad_signatures_refused += 1;
+            match post(client, &url, &forged).await {
+                Ok(r) if r == reqwest::StatusCode::UNAUTHORIZED => {
+                    self.lock().webhooks.bad_signatures_refused += 1
                 }
+                Ok(r) if r.is_success() => self.lock().webhooks.bad_signatures_accepted += 1,
+                // Not answered (receiver down) or another error: not accepted either.
+                _ => {}
             }
         }
         let copies = if roll(config.webhook_duplicate_rate) {
