@@ -496,21 +496,55 @@ impl Shared {
     }
 }
 
-/// A refund command like the README's, for its own payment (so the over-refund guard's
-/// payment lock is taken but never contended).
+/// A refund command for its own payment (so the over-refund guard's payment lock is taken
+/// but never contended), rotating through the four providers.
 pub fn command(reference: &str, n: u64) -> serde_json::Value {
-    serde_json::json!({
-        "refundReference": reference,
-        "provider": "va_services",
-        "transactionReference": format!("txn-{reference}"),
-        "amount": "25.17",
-        "currency": "NGN",
-        "reason": "Order cancelled!",
-        "customerNote": "An optional note",
-        "destination": { "accountNumber": "0040088210", "bankCode": "000012" },
-        "paymentAmount": "100.00",
-        "metadata": { "orderId": format!("A-{n}") }
-    })
+    let payment = format!("txn-{reference}");
+    match n % 4 {
+        0 => serde_json::json!({
+            "refundReference": reference,
+            "provider": "va_services",
+            "transactionReference": payment,
+            "amount": "25.17",
+            "currency": "NGN",
+            "reason": "Order cancelled!",
+            "customerNote": "An optional note",
+            "destination": { "accountNumber": "0040088210", "bankCode": "000012" },
+            "paymentAmount": "100.00",
+            "metadata": { "orderId": format!("A-{n}") }
+        }),
+        1 => serde_json::json!({
+            "refundReference": reference,
+            "provider": "bvnk",
+            "transactionReference": payment,
+            "amount": "25.17",
+            "currency": "EUR",
+            "reason": "Order cancelled!",
+            "paymentAmount": "100.00",
+            "metadata": { "orderId": format!("A-{n}") }
+        }),
+        2 => serde_json::json!({
+            "refundReference": reference,
+            "provider": "binance_pay",
+            // Binance Pay prepay ids are numeric, at most 19 digits.
+            "transactionReference": format!("9{n:017}"),
+            "amount": "25.17",
+            "currency": "USDT",
+            "reason": "Order cancelled!",
+            "paymentAmount": "100.00"
+        }),
+        // BPN refunds whole orders: an order the sandbox was not told about is worth its
+        // default payment amount (1,000,000 NGN), refunded whole.
+        _ => serde_json::json!({
+            "refundReference": reference,
+            "provider": "bpn",
+            "transactionReference": payment,
+            "amount": "1000000",
+            "currency": "NGN",
+            "reason": "Order cancelled!",
+            "paymentAmount": "1000000"
+        }),
+    }
 }
 
 /// How a phase is paced.

@@ -325,8 +325,11 @@ async fn measure(
     sandbox_stop: &CancellationToken,
 ) -> anyhow::Result<report::Report> {
     let machine = sys::Machine::read();
+    // The worker's HTTP address first: the sandbox's providers send their webhooks to it.
+    let http_addr = e2e::free_local_addr()?;
     let sandbox = Sandbox::new(SandboxConfig {
         completion_delay: Duration::ZERO,
+        webhook_url: Some(format!("http://{http_addr}")),
         ..SandboxConfig::default()
     });
     let stop = sandbox_stop.clone();
@@ -339,7 +342,6 @@ async fn measure(
     let server = env("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
     let database_url = with_database(&server, &format!("rw_bench_{run_id}"))?;
     let raw_database_url = with_database(&server, &format!("rw_bench_{run_id}_raw"))?;
-    let http_addr = e2e::free_local_addr()?;
     let prefix = format!("bench-{run_id}.");
 
     let mut child_env: BTreeMap<String, String> = BTreeMap::from([

@@ -203,9 +203,9 @@ pub struct Report {
 }
 
 const PROVIDERS: &str =
-    "va_services only: it is the only provider adapter today (BPN, Binance Pay and \
-     BVNK do not exist yet), so the mix is 100% va_services, served by the in-process sandbox \
-     (completion delay 0, no faults)";
+    "a quarter each of va_services, bvnk, binance_pay and bpn, served by the in-process sandbox \
+     (completion delay 0, no faults), with provider webhooks on (each final refund notified to \
+     the worker's ingress)";
 
 impl Report {
     /// Computes the model, the ratio and the targets.

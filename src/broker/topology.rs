@@ -113,39 +113,14 @@ impl Topology {
             )
             .await?;
 
-        self.quorum_queue(channel, &self.commands_dlq, FieldTable::default())
-            .await?;
-        channel
-            .queue_bind(
-                &self.commands_dlq,
-                &self.dlx,
-                &self.commands_dlq,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-
-        let mut args = FieldTable::default();
-        args.insert("x-dead-letter-exchange".into(), long_string(&self.dlx));
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            long_string(&self.commands_dlq),
-        );
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
-        );
-        self.quorum_queue(channel, &self.commands_queue, args)
-            .await?;
-        channel
-            .queue_bind(
-                &self.commands_queue,
-                &self.exchange,
-                COMMAND_ROUTING_KEY,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        self.consumed_queue(
+            channel,
+            &self.commands_queue,
+            &self.commands_dlq,
+            &self.exchange,
+            COMMAND_ROUTING_KEY,
+        )
+        .await?;
 
         // Inbound provider webhooks: same dead-letter exchange and delivery limit.
         channel
@@ -156,39 +131,54 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        self.quorum_queue(channel, &self.webhooks_dlq, FieldTable::default())
+        self.consumed_queue(
+            channel,
+            &self.webhooks_queue,
+            &self.webhooks_dlq,
+            &self.webhooks_exchange,
+            "#",
+        )
+        .await
+    }
+
+    /// A queue the worker consumes, bound to `exchange` with `binding`, that dead-letters
+    /// (through `refunds.dlx`) into `dlq` after `DELIVERY_LIMIT` deliveries; and its `dlq`.
+    async fn consumed_queue(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        dlq: &str,
+        exchange: &str,
+        binding: &str,
+    ) -> Result<(), lapin::Error> {
+        self.quorum_queue(channel, dlq, FieldTable::default())
             .await?;
         channel
             .queue_bind(
-                &self.webhooks_dlq,
+                dlq,
                 &self.dlx,
-                &self.webhooks_dlq,
+                dlq,
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
         let mut args = FieldTable::default();
         args.insert("x-dead-letter-exchange".into(), long_string(&self.dlx));
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            long_string(&self.webhooks_dlq),
-        );
+        args.insert("x-dead-letter-routing-key".into(), long_string(dlq));
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
-        self.quorum_queue(channel, &self.webhooks_queue, args)
-            .await?;
+        self.quorum_queue(channel, queue, args).await?;
         channel
             .queue_bind(
-                &self.webhooks_queue,
-                &self.webhooks_exchange,
-                "#",
+                queue,
+                exchange,
+                binding,
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
-        Ok(())
+            .await
     }
 
     /// The dead-letter queues operators may replay, with where a message goes back to when

@@ -15,7 +15,7 @@ use crate::store::inbound::{self, Applied};
 use crate::store::StoreError;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
@@ -199,55 +199,20 @@ async fn process_delivery(
 ) {
     let provider = header_str(delivery.properties.headers(), PROVIDER_HEADER)
         .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
-    let mut failures = 0u32;
-    let outcome = loop {
-        match handle(ctx, &provider, &delivery.data).await {
-            Ok(outcome) => break outcome,
-            Err(e) => {
-                // Database unavailable: keep the message and retry here (see intake).
-                failures += 1;
-                let delay = ctx
-                    .config
-                    .retry
-                    .delay(failures.min(6), None)
-                    .max(std::time::Duration::from_millis(100));
-                tracing::warn!(error = %e, ?delay, "provider webhook not applied, retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => continue,
-                    _ = shutdown.cancelled() => {
-                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                        return;
-                    }
-                }
-            }
-        }
+    let Some(outcome) = super::until_stored(ctx, &delivery, shutdown, "provider webhook", || {
+        handle(ctx, &provider, &delivery.data)
+    })
+    .await
+    else {
+        return;
     };
-    if let InboundOutcome::DeadLetter(reason) = &outcome {
-        crate::metrics::provider_webhook_applied(&provider, "dead_letter");
-        tracing::warn!(%provider, %reason, "provider webhook dead-lettered");
-        let source = (delivery.exchange.as_str(), delivery.routing_key.as_str());
-        if let Err(e) = publisher
-            .dead_letter(
-                &ctx.topology.dlx,
-                &ctx.topology.webhooks_dlq,
-                &delivery.data,
-                &delivery.properties,
-                source,
-                reason,
-            )
-            .await
-        {
-            tracing::error!(error = %e, "dead-letter publish failed; webhook kept");
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
-            return;
+    let dead_letter = match &outcome {
+        InboundOutcome::DeadLetter(reason) => {
+            crate::metrics::provider_webhook_applied(&provider, "dead_letter");
+            tracing::warn!(%provider, %reason, "provider webhook dead-lettered");
+            Some((ctx.topology.webhooks_dlq.as_str(), reason.as_str()))
         }
-    }
-    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-        tracing::warn!(error = %e, "ack failed; the webhook will be redelivered and deduplicated");
-    }
+        InboundOutcome::Applied(_) => None,
+    };
+    super::settle(ctx, publisher, delivery, dead_letter).await;
 }

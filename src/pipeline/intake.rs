@@ -10,7 +10,7 @@ use crate::domain::{command, CommandError, RefundCommand};
 use crate::store::{self, Intake, StoreError};
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
 use sha2::{Digest, Sha256};
@@ -154,29 +154,12 @@ async fn process_delivery(
     delivery: Delivery,
     shutdown: &CancellationToken,
 ) {
-    let mut failures = 0u32;
-    let outcome = loop {
-        match handle(ctx, &delivery.data).await {
-            Ok(outcome) => break outcome,
-            Err(e) => {
-                // The database is unavailable: keep the message (unacked) and retry here,
-                // rather than requeueing it and burning its delivery limit.
-                failures += 1;
-                let delay = ctx
-                    .config
-                    .retry
-                    .delay(failures.min(6), None)
-                    .max(std::time::Duration::from_millis(100));
-                tracing::warn!(error = %e, ?delay, "intake failed, retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => continue,
-                    _ = shutdown.cancelled() => {
-                        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                        return;
-                    }
-                }
-            }
-        }
+    let Some(outcome) = super::until_stored(ctx, &delivery, shutdown, "intake", || {
+        handle(ctx, &delivery.data)
+    })
+    .await
+    else {
+        return;
     };
     crate::metrics::command(match &outcome {
         IntakeOutcome::Stored(e) => {
@@ -191,35 +174,13 @@ async fn process_delivery(
             refund_reference = %event.refund_reference, status = %event.status,
             failure = ?event.failure_reason.as_ref().map(|f| f.code), "command stored"),
         IntakeOutcome::Duplicate => tracing::info!("duplicate command acknowledged"),
+        IntakeOutcome::DeadLetter(reason) => tracing::warn!(%reason, "command dead-lettered"),
+    }
+    let dead_letter = match &outcome {
         IntakeOutcome::DeadLetter(reason) => {
-            tracing::warn!(%reason, "command dead-lettered");
-            let source = (delivery.exchange.as_str(), delivery.routing_key.as_str());
-            if let Err(e) = publisher
-                .dead_letter(
-                    &ctx.topology.dlx,
-                    &ctx.topology.commands_dlq,
-                    &delivery.data,
-                    &delivery.properties,
-                    source,
-                    reason,
-                )
-                .await
-            {
-                // Not confirmed: leave it unacked; it comes back after reconnecting.
-                tracing::error!(error = %e, "dead-letter publish failed; message kept");
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-                return;
-            }
+            Some((ctx.topology.commands_dlq.as_str(), reason.as_str()))
         }
-    }
-    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-        // The channel died after the commit: the broker redelivers, and the redelivery is
-        // recognised as a duplicate.
-        tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
-    }
+        _ => None,
+    };
+    super::settle(ctx, publisher, delivery, dead_letter).await;
 }

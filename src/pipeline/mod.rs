@@ -83,3 +83,86 @@ pub async fn idle(
         _ = shutdown.cancelled() => {}
     }
 }
+
+/// Runs `attempt` until it succeeds, backing off while the database is unavailable: the
+/// message stays unacked meanwhile (not requeued, so its delivery limit is not burnt).
+/// Returns `None` on shutdown, after nacking the delivery so it is redelivered.
+pub(crate) async fn until_stored<T, F, Fut>(
+    ctx: &Context,
+    delivery: &lapin::message::Delivery,
+    shutdown: &tokio_util::sync::CancellationToken,
+    what: &'static str,
+    mut attempt: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let mut failures = 0u32;
+    loop {
+        match attempt().await {
+            Ok(outcome) => return Some(outcome),
+            Err(e) => {
+                failures += 1;
+                let delay = ctx
+                    .config
+                    .retry
+                    .delay(failures.min(6), None)
+                    .max(std::time::Duration::from_millis(100));
+                tracing::warn!(error = %e, ?delay, "{what} failed, retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => {
+                        let _ = delivery
+                            .nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() })
+                            .await;
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Settles a processed delivery: with a `dead_letter` (queue, reason) it is first copied
+/// to that dead-letter queue with its reason (and nacked for redelivery if the broker did
+/// not confirm the copy); then it is acknowledged.
+pub(crate) async fn settle(
+    ctx: &Context,
+    publisher: &crate::broker::Publisher,
+    delivery: lapin::message::Delivery,
+    dead_letter: Option<(&str, &str)>,
+) {
+    if let Some((dlq, reason)) = dead_letter {
+        let source = (delivery.exchange.as_str(), delivery.routing_key.as_str());
+        if let Err(e) = publisher
+            .dead_letter(
+                &ctx.topology.dlx,
+                dlq,
+                &delivery.data,
+                &delivery.properties,
+                source,
+                reason,
+            )
+            .await
+        {
+            // Not confirmed: leave it unacked; it comes back after reconnecting.
+            tracing::error!(error = %e, "dead-letter publish failed; message kept");
+            let _ = delivery
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+            return;
+        }
+    }
+    if let Err(e) = delivery
+        .ack(lapin::options::BasicAckOptions::default())
+        .await
+    {
+        // The channel died after the commit: the broker redelivers, and the redelivery is
+        // recognised as a duplicate.
+        tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
+    }
+}

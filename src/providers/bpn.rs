@@ -49,7 +49,7 @@
 //!   timestamp, so there is no tolerance check. We acknowledge with `{"status":0,"message":"success"}`,
 //!   BPN's own envelope.
 
-use super::signing::{hmac_sha256_hex, verify_hmac_sha256_hex};
+use super::signing::hmac_sha256_hex;
 use super::{
     classify_send_error, classify_status, http_client, Provider, ProviderWebhook, RefundRequest,
     WebhookError, WebhookKind,
@@ -899,27 +899,13 @@ impl Provider for Bpn {
         body: &[u8],
         _now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), WebhookError> {
-        let secret = self
-            .settings
-            .webhook_secret
-            .as_ref()
-            .ok_or(WebhookError::NotConfigured(ProviderName::Bpn))?;
-        let header = self
-            .settings
-            .webhook_signature_header
-            .as_deref()
-            .unwrap_or(DEFAULT_SIGNATURE_HEADER);
-        let given = headers
-            .get(header)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| WebhookError::BadSignature(format!("missing {header} header")))?;
-        if verify_hmac_sha256_hex(secret.expose_secret().as_bytes(), &[body], given) {
-            Ok(())
-        } else {
-            Err(WebhookError::BadSignature(format!(
-                "{header} does not match the body"
-            )))
-        }
+        super::signing::verify_body_hmac_header(
+            ProviderName::Bpn,
+            &self.settings,
+            DEFAULT_SIGNATURE_HEADER,
+            headers,
+            body,
+        )
     }
 
     fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError> {

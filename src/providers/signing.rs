@@ -66,6 +66,39 @@ pub fn verify_hmac_sha512_hex(key: &[u8], parts: &[&[u8]], given_hex: &str) -> b
     mac.verify_slice(&given).is_ok()
 }
 
+/// Verifies a webhook signed with hex HMAC-SHA256 of the raw body in one header (VA
+/// Services, BPN, BVNK): the secret is `settings.webhook_secret`, the header
+/// `settings.webhook_signature_header` or the provider's `default_header`.
+pub fn verify_body_hmac_header(
+    provider: crate::domain::ProviderName,
+    settings: &crate::config::ProviderSettings,
+    default_header: &str,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> Result<(), crate::providers::WebhookError> {
+    use crate::providers::WebhookError;
+    use secrecy::ExposeSecret;
+    let secret = settings
+        .webhook_secret
+        .as_ref()
+        .ok_or(WebhookError::NotConfigured(provider))?;
+    let header = settings
+        .webhook_signature_header
+        .as_deref()
+        .unwrap_or(default_header);
+    let given = headers
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| WebhookError::BadSignature(format!("missing {header} header")))?;
+    if verify_hmac_sha256_hex(secret.expose_secret().as_bytes(), &[body], given) {
+        Ok(())
+    } else {
+        Err(WebhookError::BadSignature(format!(
+            "{header} does not match the body"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

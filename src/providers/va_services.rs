@@ -19,7 +19,6 @@
 //! - Status words: `COMPLETED` is success; `FAILED`-like words are final failures; anything
 //!   else (`PENDING`, unknown words) is still in progress. Compared case-insensitively.
 
-use super::signing::verify_hmac_sha256_hex;
 use super::{
     classify_send_error, classify_status, http_client, Provider, ProviderWebhook, RefundRequest,
     WebhookError, WebhookKind,
@@ -319,27 +318,13 @@ impl Provider for VaServices {
         body: &[u8],
         _now: DateTime<Utc>,
     ) -> Result<(), WebhookError> {
-        let secret = self
-            .settings
-            .webhook_secret
-            .as_ref()
-            .ok_or(WebhookError::NotConfigured(ProviderName::VaServices))?;
-        let header = self
-            .settings
-            .webhook_signature_header
-            .as_deref()
-            .unwrap_or(DEFAULT_SIGNATURE_HEADER);
-        let given = headers
-            .get(header)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| WebhookError::BadSignature(format!("missing {header} header")))?;
-        if verify_hmac_sha256_hex(secret.expose_secret().as_bytes(), &[body], given) {
-            Ok(())
-        } else {
-            Err(WebhookError::BadSignature(format!(
-                "{header} does not match the body"
-            )))
-        }
+        super::signing::verify_body_hmac_header(
+            ProviderName::VaServices,
+            &self.settings,
+            DEFAULT_SIGNATURE_HEADER,
+            headers,
+            body,
+        )
     }
 
     fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError> {
