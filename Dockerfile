@@ -14,12 +14,17 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 
-# Only what the build reads. `migrations/` is embedded into the binary at compile time by
+# Only what the build reads (build.rs, src/, and the files src embeds). `migrations/` is embedded into the binary at compile time by
 # `sqlx::migrate!`, which is why the runtime image needs nothing but the binary. Queries use
 # sqlx's runtime API, so the build needs no database and no `.sqlx/` offline data.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
+# Files the code embeds with include_str!: the OpenAPI document served at /openapi.json, and
+# the sandbox's TEST-ONLY Binance Pay webhook key pair (deploy/validate.py checks this list
+# against the code).
+COPY docs/openapi.json ./docs/openapi.json
+COPY fixtures/binance_pay/webhook-test-private-key.pem fixtures/binance_pay/webhook-test-public-key.pem ./fixtures/binance_pay/
 
 # Cache mounts keep the crates.io index, downloaded crates and compiled dependencies between
 # builds; `target/` lives in a cache mount, so the binary is copied out in the same step.

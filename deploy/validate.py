@@ -40,6 +40,7 @@ Exits 1 listing every failure, 0 when all checks pass.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import re
 import shutil
@@ -637,6 +638,32 @@ def check_dockerfile(rep: Report) -> None:
         rep.check({"target", ".git"} <= entries, ".dockerignore excludes target/ and .git", f"entries {sorted(entries)}")
         needed = [p for p in ("src", "migrations", "Cargo.toml", "Cargo.lock") if p in entries]
         rep.check(not needed, ".dockerignore keeps what the build needs (src, migrations, Cargo.toml, Cargo.lock)", f"excluded: {needed}")
+        # Every file the release build reads outside src/ (build.rs, include_str!/include_bytes!
+        # outside test modules) must be copied by the Dockerfile and not ignored.
+        patterns = [ln.strip() for ln in ignore.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.startswith("#")]
+
+        def ignored(rel: str) -> bool:
+            out = False
+            for pat in patterns:
+                neg = pat.startswith("!")
+                pat = pat.lstrip("!").rstrip("/")
+                parts = rel.split("/")
+                hit = any(fnmatch.fnmatch("/".join(parts[: i + 1]), pat) for i in range(len(parts)))
+                if hit:
+                    out = not neg
+            return out
+
+        copies = " ".join(a for i, a in instr if i == "COPY" and "--from" not in a)
+        reads = ["build.rs"] if (ROOT / "build.rs").is_file() else []
+        for rs in sorted((ROOT / "src").rglob("*.rs")):
+            text = rs.read_text(encoding="utf-8")
+            cut = text.find("#[cfg(test)]")
+            for m in re.finditer(r'include_(?:str|bytes)!\("([^"]+)"\)', text if cut < 0 else text[:cut]):
+                target = (rs.parent / m.group(1)).resolve().relative_to(ROOT.resolve()).as_posix()
+                if not target.startswith("src/"):
+                    reads.append(target)
+        missing = [r for r in reads if ignored(r) or not any(r == c or r.startswith(c.rstrip("/") + "/") or (c.endswith("/") and False) for c in copies.split())]
+        rep.check(not missing, f"the Dockerfile copies every file the build reads outside src/ ({len(reads)})", f"missing or ignored: {missing}")
 
 
 def main() -> int:
