@@ -3,7 +3,9 @@
 //! - Initiate: `POST /va/refunds/initiate-refund`; our `refundReference` is their refund
 //!   reference, so a resubmit after a confirmed "not found" reuses the same key.
 //! - Status: `GET /va/refunds/{refundReference}` (the docs name "Get Refund Status" without a
-//!   path; this one is our assumption and is configurable through the base URL only).
+//!   path; this one is our assumption and is configurable through the base URL only). A 404
+//!   there is confirmed with "Refund Details" (`GET /va/refunds/details/{transactionReference}`,
+//!   the payment's `refundsHistory`) before the refund is taken as absent (and resubmitted).
 //! - Envelope: `{requestSuccessful, responseMessage, responseCode ("0" = success),
 //!   responseBody}`; `requestSuccessful: false` or a non-"0" code is a final rejection
 //!   carrying their message and code.
@@ -187,6 +189,79 @@ impl VaServices {
     }
 }
 
+impl VaServices {
+    /// Looks for our refund in the payment's refund history
+    /// (`GET /va/refunds/details/{transactionReference}`): its status when listed,
+    /// `NotFound` only when the history was read and does not list it, `Unknown` otherwise.
+    async fn confirm_absent(&self, refund: &RefundRequest) -> ProviderOutcome {
+        let url = self.url(&["va", "refunds", "details", &refund.transaction_reference]);
+        let response = match self
+            .client
+            .get(url)
+            .bearer_auth(self.settings.api_key.expose_secret())
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return classify_send_error(&e),
+        };
+        let status = response.status();
+        if let Some(outcome) = classify_status(status, response.headers()) {
+            return outcome;
+        }
+        match response.bytes().await {
+            Ok(body) => interpret_history(
+                status,
+                &body,
+                &refund.refund_reference,
+                self.settings.timezone,
+            ),
+            Err(e) => classify_send_error(&e),
+        }
+    }
+}
+
+/// Reads a "Refund Details" answer: our refund's outcome if its history lists it.
+pub fn interpret_history(
+    status: reqwest::StatusCode,
+    body: &[u8],
+    refund_reference: &str,
+    zone: chrono_tz::Tz,
+) -> ProviderOutcome {
+    let unknown = |why: String| ProviderOutcome::Unknown {
+        reason: format!("VA Services refund details: {why}"),
+    };
+    if !status.is_success() {
+        return unknown(format!("HTTP {status}"));
+    }
+    let envelope: Envelope = match serde_json::from_slice(body) {
+        Ok(e) => e,
+        Err(e) => return unknown(format!("unreadable answer: {e}")),
+    };
+    if envelope.request_successful != Some(true) || envelope.response_code.as_deref() != Some("0") {
+        return unknown(format!(
+            "not successful: {}",
+            envelope.response_message.unwrap_or_default()
+        ));
+    }
+    let history = envelope
+        .response_body
+        .as_ref()
+        .and_then(|b| b.get("refundsHistory"))
+        .and_then(Value::as_array);
+    let Some(history) = history else {
+        return unknown("no refundsHistory in the answer".into());
+    };
+    let ours = history
+        .iter()
+        .filter_map(|r| serde_json::from_value::<VaRefund>(r.clone()).ok())
+        .find(|r| r.refund_reference.as_deref() == Some(refund_reference));
+    match ours {
+        Some(r) => outcome_of(&r, zone),
+        None => ProviderOutcome::NotFound,
+    }
+}
+
 /// Maps one VA response (status code and body) to an outcome.
 pub fn interpret(
     status: reqwest::StatusCode,
@@ -309,7 +384,12 @@ impl Provider for VaServices {
 
     async fn status(&self, refund: &RefundRequest) -> ProviderOutcome {
         let url = self.url(&["va", "refunds", &refund.refund_reference]);
-        self.call(self.client.get(url), false).await
+        match self.call(self.client.get(url), false).await {
+            // "No such refund" decides a resubmit, so it is confirmed with "Refund Details"
+            // (the payment's refund history) before it is believed.
+            ProviderOutcome::NotFound => self.confirm_absent(refund).await,
+            other => other,
+        }
     }
 
     fn verify_webhook(
@@ -488,6 +568,48 @@ mod tests {
             parse_notification(br#"{"transactionReference":"t","amount":"abc"}"#),
             Err(WebhookError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn absence_is_believed_only_from_a_readable_history() {
+        let history = |items: &str| {
+            format!(
+                r#"{{"requestSuccessful":true,"responseMessage":"success","responseCode":"0","responseBody":{{"transactionReference":"t","paymentAmount":100,"refundableAmount":75,"refundsHistory":[{items}]}}}}"#
+            )
+        };
+        let listed = history(r#"{"refundReference":"r-1","refundStatus":"COMPLETED"}"#);
+        assert!(matches!(
+            interpret_history(StatusCode::OK, listed.as_bytes(), "r-1", LAGOS),
+            ProviderOutcome::Succeeded { .. }
+        ));
+        assert_eq!(
+            interpret_history(StatusCode::OK, listed.as_bytes(), "r-2", LAGOS),
+            ProviderOutcome::NotFound
+        );
+        assert_eq!(
+            interpret_history(StatusCode::OK, history("").as_bytes(), "r-1", LAGOS),
+            ProviderOutcome::NotFound
+        );
+        for (status, body) in [
+            (StatusCode::NOT_FOUND, "{}".to_string()),
+            (StatusCode::OK, "<html>".to_string()),
+            (
+                StatusCode::OK,
+                r#"{"requestSuccessful":false,"responseCode":"99"}"#.to_string(),
+            ),
+            (
+                StatusCode::OK,
+                r#"{"requestSuccessful":true,"responseCode":"0","responseBody":{}}"#.to_string(),
+            ),
+        ] {
+            assert!(
+                matches!(
+                    interpret_history(status, body.as_bytes(), "r-1", LAGOS),
+                    ProviderOutcome::Unknown { .. }
+                ),
+                "{status} {body}"
+            );
+        }
     }
 
     #[test]
