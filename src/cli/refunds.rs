@@ -16,15 +16,29 @@ pub enum RefundsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the refunds VA Services holds (its paginated `GET /va/refunds`), dates in UTC:
+    /// for reconciling with ours.
+    AtProvider {
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        size: u32,
+        /// Stop after this many pages.
+        #[arg(long, default_value_t = 50)]
+        max_pages: u32,
+    },
 }
 
 /// Runs `refunds ...`.
 pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
+    if let RefundsCommand::AtProvider { size, max_pages } = command {
+        return at_provider(&config, size, max_pages).await;
+    }
     let pool = store::connect(&config.database_url, 2)
         .await
         .context("connecting to PostgreSQL")?;
     match command {
+        RefundsCommand::AtProvider { .. } => Ok(ExitCode::SUCCESS),
         RefundsCommand::Show {
             refund_reference,
             json,
@@ -41,6 +55,49 @@ pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `refunds at-provider`: VA Services' own list of refunds.
+async fn at_provider(config: &Config, size: u32, max_pages: u32) -> anyhow::Result<ExitCode> {
+    use crate::domain::ProviderName;
+    let Some(settings) = config.providers.get(&ProviderName::VaServices) else {
+        eprintln!("VA Services is not configured (PROVIDER_VA_SERVICES_BASE_URL, _API_KEY)");
+        return Ok(ExitCode::from(2));
+    };
+    let va = crate::providers::va_services::VaServices::new(settings.clone());
+    let refunds = match va.list_all(size.clamp(1, 1000), max_pages.max(1)).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let zone = va.timezone();
+    println!(
+        "{:<28} {:<32} {:>12} {:<14} {:<10} {:<26} completed (UTC)",
+        "refundReference", "transactionReference", "amount", "type", "status", "created (UTC)"
+    );
+    let utc = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    for r in &refunds {
+        println!(
+            "{:<28} {:<32} {:>12} {:<14} {:<10} {:<26} {}",
+            r.refund_reference.as_deref().unwrap_or("-"),
+            r.transaction_reference.as_deref().unwrap_or("-"),
+            r.refund_amount
+                .as_ref()
+                .map(|a| a.to_string().trim_matches('"').to_string())
+                .unwrap_or_else(|| "-".into()),
+            if r.is_partial() { "partial" } else { "full" },
+            r.refund_status.as_deref().unwrap_or("-"),
+            utc(r.created_at(zone)),
+            utc(r.completed_at(zone)),
+        );
+    }
+    println!("{} refund(s)", refunds.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Renders a refund for people.

@@ -49,7 +49,7 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> Option<Provid
 
 /// A short description of a transport error without the URL (it may carry credentials or
 /// account data in a query string).
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -133,6 +133,71 @@ pub struct VaRefund {
     pub completed_on: Option<String>,
     /// When it was created, in VA's date format.
     pub created_on: Option<String>,
+    /// The amount (exact: a JSON number kept as its text).
+    pub refund_amount: Option<Value>,
+    /// e.g. `MERCHANT_WALLET`.
+    pub refund_strategy: Option<String>,
+}
+
+impl VaRefund {
+    /// `createdOn` in UTC, read in the provider's zone.
+    pub fn created_at(&self, zone: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+        parse_date(self.created_on.as_deref()?, zone)
+    }
+
+    /// `completedOn` in UTC, read in the provider's zone.
+    pub fn completed_at(&self, zone: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+        parse_date(self.completed_on.as_deref()?, zone)
+    }
+
+    /// Whether VA calls it a partial refund (`PARTIAL_REFUND`) rather than a full one.
+    pub fn is_partial(&self) -> bool {
+        self.refund_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("PARTIAL_REFUND"))
+    }
+}
+
+/// One page of `GET /va/refunds` (Spring-style pagination).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VaPage {
+    /// The refunds on this page.
+    #[serde(default)]
+    pub contents: Vec<VaRefund>,
+    /// Whether this is the last page.
+    #[serde(default)]
+    pub last: bool,
+    /// This page's number.
+    #[serde(default)]
+    pub number: u32,
+    /// Pages in all, as VA counts them.
+    #[serde(default)]
+    pub total_pages: u32,
+    /// Refunds in all.
+    #[serde(default)]
+    pub total_elements: u64,
+}
+
+/// Reads one page of the refund list, or says why it cannot.
+pub fn interpret_page(status: reqwest::StatusCode, body: &[u8]) -> Result<VaPage, String> {
+    let envelope: Envelope = serde_json::from_slice(body)
+        .map_err(|e| format!("unreadable VA Services answer (HTTP {status}): {e}"))?;
+    if !status.is_success()
+        || envelope.request_successful != Some(true)
+        || envelope.response_code.as_deref() != Some("0")
+    {
+        return Err(format!(
+            "VA Services refused the list: {} (responseCode {}, HTTP {})",
+            envelope.response_message.unwrap_or_default(),
+            envelope.response_code.unwrap_or_default(),
+            status.as_u16()
+        ));
+    }
+    let body = envelope
+        .response_body
+        .ok_or_else(|| "VA Services answered the list without a body".to_string())?;
+    serde_json::from_value(body).map_err(|e| format!("VA Services list page: {e}"))
 }
 
 impl VaServices {
@@ -190,6 +255,47 @@ impl VaServices {
 }
 
 impl VaServices {
+    /// One page of VA's refund list (`GET /va/refunds?page=&size=`), for operators.
+    pub async fn list_page(&self, page: u32, size: u32) -> Result<VaPage, String> {
+        let mut url = self.url(&["va", "refunds"]);
+        url.query_pairs_mut()
+            .append_pair("page", &page.to_string())
+            .append_pair("size", &size.to_string());
+        let response = self
+            .client
+            .get(url)
+            .bearer_auth(self.settings.api_key.expose_secret())
+            .send()
+            .await
+            .map_err(|e| format!("VA Services list: {}", super::http::describe(&e)))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("VA Services list: {}", super::http::describe(&e)))?;
+        interpret_page(status, &body)
+    }
+
+    /// Every refund VA lists, page after page until the last (or an empty page, or
+    /// `max_pages`: their example answers say `totalPages: 0`, so the count is not trusted).
+    pub async fn list_all(&self, size: u32, max_pages: u32) -> Result<Vec<VaRefund>, String> {
+        let mut all = Vec::new();
+        for page in 0..max_pages {
+            let p = self.list_page(page, size).await?;
+            let done = p.last || p.contents.is_empty();
+            all.extend(p.contents);
+            if done {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// The zone VA's dates are read in.
+    pub fn timezone(&self) -> chrono_tz::Tz {
+        self.settings.timezone
+    }
+
     /// Looks for our refund in the payment's refund history
     /// (`GET /va/refunds/details/{transactionReference}`): its status when listed,
     /// `NotFound` only when the history was read and does not list it, `Unknown` otherwise.
@@ -610,6 +716,82 @@ mod tests {
                 "{status} {body}"
             );
         }
+    }
+
+    /// The "Get Refunds" example, verbatim from the provider's docs.
+    const DOC_LIST_RESPONSE: &str =
+        include_str!("../../fixtures/va_services/get-refunds-response.json");
+
+    #[test]
+    fn documented_list_page_parses_with_exact_amounts_and_utc_dates() {
+        let page = interpret_page(StatusCode::OK, DOC_LIST_RESPONSE.as_bytes()).unwrap();
+        assert_eq!((page.number, page.last, page.total_elements), (1, false, 1));
+        let r = &page.contents[0];
+        assert_eq!(r.refund_reference.as_deref(), Some("909090911"));
+        assert!(r.is_partial());
+        assert_eq!(
+            r.refund_amount.as_ref().map(|v| v.to_string()),
+            Some("10".into())
+        );
+        assert_eq!(
+            r.created_at(LAGOS).map(|t| t.to_rfc3339()),
+            Some("2024-01-25T00:35:27+00:00".into())
+        );
+        assert_eq!(
+            r.completed_at(LAGOS).map(|t| t.to_rfc3339()),
+            Some("2024-01-25T00:39:13+00:00".into())
+        );
+        let refused =
+            br#"{"requestSuccessful":false,"responseMessage":"Unauthorized","responseCode":"401"}"#;
+        assert!(interpret_page(StatusCode::OK, refused)
+            .unwrap_err()
+            .contains("Unauthorized"));
+        assert!(interpret_page(StatusCode::OK, b"<html>").is_err());
+    }
+
+    #[tokio::test]
+    async fn list_all_pages_through_the_sandbox() {
+        use crate::sandbox::{Sandbox, SandboxConfig};
+        let sandbox = Sandbox::new(SandboxConfig::default());
+        let (addr, _) = sandbox.spawn(0, std::future::pending()).await.unwrap();
+        let va = VaServices::new(
+            crate::config::Config::from_lookup(|k| match k {
+                "PROVIDER_VA_SERVICES_BASE_URL" => Some(format!("http://{addr}")),
+                "PROVIDER_VA_SERVICES_API_KEY" => Some("sandbox-va-key".into()),
+                _ => None,
+            })
+            .unwrap()
+            .providers[&ProviderName::VaServices]
+                .clone(),
+        );
+        for n in 0..5 {
+            let r = RefundRequest {
+                refund_reference: format!("list-{n}"),
+                transaction_reference: "tx-list".into(),
+                amount: rust_decimal::Decimal::new(1000 + n, 2),
+                currency: "NGN".into(),
+                reason: "r".into(),
+                customer_note: None,
+                destination: Some(crate::domain::Destination {
+                    account_number: "0040088210".into(),
+                    bank_code: "000012".into(),
+                }),
+                provider_reference: None,
+                metadata: None,
+            };
+            let outcome = va.submit(&r).await;
+            assert!(
+                matches!(outcome, ProviderOutcome::Accepted { .. }),
+                "{outcome:?}"
+            );
+        }
+        let all = va.list_all(2, 10).await.unwrap();
+        let refs: Vec<_> = all
+            .iter()
+            .filter_map(|r| r.refund_reference.clone())
+            .collect();
+        assert_eq!(refs, ["list-0", "list-1", "list-2", "list-3", "list-4"]);
+        assert_eq!(sandbox.ledger().list_calls, 3, "pages of 2, 2 and 1");
     }
 
     #[test]
