@@ -13,4 +13,5 @@ mod provider_bpn;
 mod provider_bvnk;
 mod provider_webhooks;
 mod resilience;
+mod secrets;
 mod webhooks;
