@@ -97,6 +97,11 @@ pub struct Config {
     pub parked_max_age: Duration,
     /// `WEBHOOK_INGRESS_MAX_BYTES`: largest provider webhook body the ingress accepts.
     pub ingress_max_bytes: usize,
+    /// `WEBHOOK_INGRESS_RATE_PER_SEC`: sustained provider webhooks per second per source
+    /// address; more get 429 with `Retry-After`.
+    pub ingress_rate_per_sec: u32,
+    /// `WEBHOOK_INGRESS_BURST`: how many a source may send at once above the rate.
+    pub ingress_burst: u32,
     /// Retry schedule for failed provider calls (`RETRY_*`, `MAX_SUBMIT_ATTEMPTS`).
     pub retry: RetryPolicy,
     /// Status polling schedule for accepted refunds (`POLL_*`).
@@ -209,6 +214,18 @@ impl Config {
             parked_retry: ms("PARKED_RETRY_MS", 1_000)?,
             parked_max_age: Duration::from_secs(num("PARKED_MAX_AGE_SECS", 86_400)?),
             ingress_max_bytes: num("WEBHOOK_INGRESS_MAX_BYTES", 256 * 1024)? as usize,
+            ingress_rate_per_sec: u32::try_from(num("WEBHOOK_INGRESS_RATE_PER_SEC", 200)?)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    ConfigError("WEBHOOK_INGRESS_RATE_PER_SEC must be between 1 and 4294967295".into())
+                })?,
+            ingress_burst: u32::try_from(num("WEBHOOK_INGRESS_BURST", 400)?)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    ConfigError("WEBHOOK_INGRESS_BURST must be between 1 and 4294967295".into())
+                })?,
             claim_lease: Duration::from_secs(num("CLAIM_LEASE_SECS", 60)?),
             retry: RetryPolicy {
                 initial: ms("RETRY_INITIAL_MS", 1_000)?,

@@ -87,12 +87,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dlq/{queue}/replay", post(replay_dlq))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let limit = IngressLimit::new(
+        state.config.ingress_rate_per_sec,
+        state.config.ingress_burst,
+    );
     let ingress = Router::new()
         .route(
             "/webhooks/{provider}",
             post(crate::webhooks::ingress::receive),
         )
         .layer(DefaultBodyLimit::max(state.config.ingress_max_bytes))
+        .layer(middleware::from_fn_with_state(limit, limit_ingress))
         .with_state(crate::webhooks::ingress::Ingress::new(
             state.providers.clone(),
             state.config.amqp_url.clone(),
@@ -104,6 +109,59 @@ pub fn router(state: AppState) -> Router {
         public
     };
     router.with_state(state).merge(ingress)
+}
+
+/// Per-source-address rate limit of the webhook ingress (GCRA, `governor`). The source is
+/// the TCP peer (`run` serves with connect info); behind a proxy every provider shares the
+/// proxy's address, so size the limit for the proxy or rate-limit there.
+#[derive(Clone)]
+struct IngressLimit(Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>);
+
+impl IngressLimit {
+    fn new(per_second: u32, burst: u32) -> Self {
+        let quota = governor::Quota::per_second(
+            std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN),
+        )
+        .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
+        Self(Arc::new(governor::RateLimiter::keyed(quota)))
+    }
+}
+
+/// Refuses a source over its rate with 429 and `Retry-After`, before reading the body.
+async fn limit_ingress(
+    State(limit): State<IngressLimit>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use governor::clock::Clock;
+    let source = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let verdict = limit.0.check_key(&source);
+    // Forget sources idle long enough to be back at full allowance, so the table stays small.
+    if limit.0.len() > 10_000 {
+        limit.0.retain_recent();
+    }
+    match verdict {
+        Ok(()) => next.run(request).await,
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            crate::metrics::provider_webhook_received("any", "rate_limited");
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many webhooks from this address; retry later",
+            )
+            .into_response();
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            if let Ok(v) = header::HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            response
+        }
+    }
 }
 
 /// An API error: status, stable code, message.

@@ -278,12 +278,15 @@ impl Progress {
 }
 
 /// Worker settings the bench chooses unless the environment sets them.
-const WORKER_DEFAULTS: [(&str, &str); 3] = [
+const WORKER_DEFAULTS: [(&str, &str); 5] = [
     // The sandbox answers COMPLETED at once; a poll, if any, should not wait seconds.
     ("POLL_INITIAL_MS", "10"),
     ("POLL_MAX_MS", "100"),
     // Loops are woken on new work; this is only the fallback look.
     ("IDLE_POLL_MS", "20"),
+    // Every provider webhook comes from the one sandbox address: no per-source limit here.
+    ("WEBHOOK_INGRESS_RATE_PER_SEC", "1000000"),
+    ("WEBHOOK_INGRESS_BURST", "1000000"),
 ];
 
 /// Runs the benchmark.

@@ -121,9 +121,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         });
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
+            // Connect info gives the ingress's rate limit the source address.
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
         })
     };
     crate::metrics::handle();

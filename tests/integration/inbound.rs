@@ -312,3 +312,41 @@ async fn refund_webhooks_are_applied_once_in_order_and_contradictions_are_raised
     assert_eq!(causes, vec!["command received", "provider webhook"]);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_source_over_its_rate_gets_429_with_retry_after() {
+    let app = TestApp::spawn_with(Options {
+        env: vec![
+            ("WEBHOOK_INGRESS_RATE_PER_SEC", "1".into()),
+            ("WEBHOOK_INGRESS_BURST", "2".into()),
+        ],
+        ingress: true,
+        ..Options::default()
+    })
+    .await;
+    let base = app.http_base.clone().expect("ingress");
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for i in 0..5 {
+        let body = va_pay_in(&format!("txn-rate-{i}"), "1.00", &format!("trace-rate-{i}"));
+        let answer = post_va(&base, &body, Some(sign(&body))).await;
+        statuses.push(answer.status().as_u16());
+        if answer.status() == 429 {
+            retry_after = answer
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let error: Value = answer.json().await.unwrap();
+            assert_eq!(error["error"]["code"], "rate_limited");
+        }
+    }
+    // The burst of 2 passes (the broker is up: 200), the rest is refused before any work.
+    assert_eq!(statuses[..2], [200, 200]);
+    assert!(statuses[2..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert!(
+        retry_after.is_some_and(|s| (1..=2).contains(&s)),
+        "{retry_after:?}"
+    );
+    app.cleanup().await;
+}
