@@ -44,6 +44,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// Largest admin request body.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+/// Whole-request limit of the webhook ingress (reading the body included).
+const INGRESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Whole-request limit of the admin API.
+const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -86,6 +90,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dlq/{queue}", get(list_dlq))
         .route("/v1/dlq/{queue}/replay", post(replay_dlq))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+        // Dead-letter replays of large queues take the longest; nothing should take longer.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            ADMIN_TIMEOUT,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let limit = IngressLimit::new(
         state.config.ingress_rate_per_sec,
@@ -98,6 +107,12 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(DefaultBodyLimit::max(state.config.ingress_max_bytes))
         .layer(middleware::from_fn_with_state(limit, limit_ingress))
+        // A provider that cannot send its body within this gets 408; the broker's own
+        // confirm wait (5 s) fits well inside.
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            INGRESS_TIMEOUT,
+        ))
         .with_state(crate::webhooks::ingress::Ingress::new(
             state.providers.clone(),
             state.config.amqp_url.clone(),
