@@ -13,6 +13,7 @@ use crate::domain::ProviderName;
 use crate::pipeline::inbound::PROVIDER_HEADER;
 use crate::providers::{Providers, WebhookError};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -134,12 +135,38 @@ fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -
         .into_response()
 }
 
+/// Whether the declared content type is JSON (`application/json`, `application/*+json`,
+/// `text/json`, any parameters). A missing content type is accepted: the signature is the
+/// authentication and the body is parsed as JSON anyway; a declared non-JSON type (a form,
+/// multipart, plain text) is not what any provider sends, so it is refused before any work.
+fn content_type_problem(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(axum::http::header::CONTENT_TYPE)?;
+    let Ok(text) = value.to_str() else {
+        return Some("the content-type header is not readable text".into());
+    };
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || essence == "text/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    (!json).then(|| {
+        format!(
+            "content-type `{}` is not JSON; send application/json",
+            text.chars().take(100).collect::<String>()
+        )
+    })
+}
+
 /// `POST /webhooks/{provider}`.
 pub async fn receive(
     State(ingress): State<Ingress>,
     Path(provider): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(name) = ProviderName::parse(&provider) else {
         crate::metrics::provider_webhook_received("unknown", "unknown_provider");
@@ -157,6 +184,34 @@ pub async fn receive(
             format!("provider {name} is not configured"),
         );
     };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            crate::metrics::provider_webhook_received(name.as_str(), "too_large");
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the body is larger than WEBHOOK_INGRESS_MAX_BYTES allows",
+            );
+        }
+        Err(rejection) => {
+            crate::metrics::provider_webhook_received(name.as_str(), "unreadable");
+            tracing::warn!(provider = %name, error = %rejection, "provider webhook body unreadable");
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                "the request body could not be read",
+            );
+        }
+    };
+    if let Some(problem) = content_type_problem(&headers) {
+        crate::metrics::provider_webhook_received(name.as_str(), "unsupported_media_type");
+        return refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            problem,
+        );
+    }
     if let Err(e) = adapter.verify_webhook(&headers, &body, chrono::Utc::now()) {
         let (status, code, label) = match &e {
             WebhookError::NotConfigured(_) => (
