@@ -28,6 +28,11 @@ use tokio::sync::Mutex;
 /// How long the ingress waits for the broker before answering 503.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest AMQP header name (an AMQP short string).
+const MAX_HEADER_NAME_BYTES: usize = 255;
+/// Most header bytes (names and values) kept with a queued webhook, far below a frame.
+const MAX_KEPT_HEADER_BYTES: usize = 32 * 1024;
+
 /// Request headers worth keeping with the queued body (signatures and timestamps, for audit
 /// and re-verification); everything else (cookies, authorization) stays behind.
 fn keep_header(name: &str) -> bool {
@@ -93,11 +98,23 @@ impl Ingress {
     ) -> Result<(), PublishError> {
         let publisher = self.publisher().await?;
         let mut table = FieldTable::default();
+        let mut kept_bytes = 0usize;
         for (name, value) in headers {
             if let (true, Ok(v)) = (keep_header(name.as_str()), value.to_str()) {
+                let key = format!("http-{}", name.as_str());
                 let v: String = v.chars().take(2000).collect();
+                // Header names and values are not signed, so anyone replaying a signed body
+                // can add any. AMQP field names are short strings (at most 255 bytes; lapin
+                // would silently write a wrong length and corrupt the frame), and the whole
+                // table must fit well inside one frame: keep what fits, drop the rest.
+                if key.len() > MAX_HEADER_NAME_BYTES
+                    || kept_bytes + key.len() + v.len() > MAX_KEPT_HEADER_BYTES
+                {
+                    continue;
+                }
+                kept_bytes += key.len() + v.len();
                 table.insert(
-                    ShortString::from(format!("http-{}", name.as_str())),
+                    ShortString::from(key),
                     AMQPValue::LongString(LongString::from(v.into_bytes())),
                 );
             }

@@ -691,3 +691,42 @@ async fn webhook_dlq_get(app: &TestApp) -> Option<(Vec<u8>, String)> {
     }
     None
 }
+
+#[tokio::test]
+async fn hostile_oversized_headers_on_a_signed_webhook_do_not_break_queueing() {
+    // Header names and values are not signed: whoever replays a signed body may add any.
+    // A name over AMQP's 255-byte short string, or more header bytes than one AMQP frame,
+    // must not corrupt the publish: the webhook is queued (without them) and applied.
+    let mut app = TestApp::spawn().await;
+    app.start_worker();
+    let base = app.serve_http().await;
+    let txn = reference("txn-headers");
+    let body = va_body(&txn);
+    let sig = hmac_sha256_hex(SECRET.as_bytes(), &[body.as_bytes()]);
+    let long_name = format!("x-{}", "n".repeat(300));
+    let pad_value = "v".repeat(2000);
+    let pad_names: Vec<String> = (0..80).map(|i| format!("x-pad-{i}")).collect();
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("content-type", "application/json"),
+        ("X-VA-Signature", sig.as_str()),
+        (long_name.as_str(), "1"),
+    ];
+    for name in &pad_names {
+        headers.push((name.as_str(), pad_value.as_str()));
+    }
+    for _ in 0..2 {
+        let (status, answer) = post(&base, "va_services", &headers, body.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    app.eventually("the pay-in reaches the ledger", || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pay_ins WHERE transaction_reference = $1")
+                .bind(&txn)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        n == 1
+    })
+    .await;
+    app.cleanup().await;
+}
