@@ -23,6 +23,8 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;

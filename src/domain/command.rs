@@ -213,28 +213,169 @@ fn check_reference(field: &str, s: &str) -> Result<(), String> {
     if s.chars().any(char::is_control) {
         return Err(format!("{field} contains control characters"));
     }
+    if let Some(c) = s.chars().find(|c| is_invisible_format(*c)) {
+        return Err(format!(
+            "{field} contains the invisible formatting character U+{:04X} (zero-width or bidirectional control)",
+            u32::from(c)
+        ));
+    }
     if s.trim() != s {
         return Err(format!("{field} has leading or trailing whitespace"));
     }
     Ok(())
 }
 
+/// Invisible characters that make two references look the same while being different
+/// (zero-width spaces and joiners, bidirectional overrides and isolates, word joiners, the
+/// byte-order mark). They are Unicode format characters, not control characters, so
+/// `char::is_control` lets them through.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+    )
+}
+
+/// Most duplicate keys reported for one message.
+const MAX_DUPLICATES_REPORTED: usize = 10;
+
+/// Every key that appears more than once in the same JSON object of `bytes` (at any depth),
+/// as a path (`amount`, `destination.bankCode`, `metadata.items[2].id`); at most ten.
+///
+/// `serde_json` keeps the last of duplicate keys silently; for a money command that is
+/// ambiguous (which `"amount"` did the publisher mean?), so duplicates are refused.
+/// Bytes that are not JSON give an empty list (the parse error is reported elsewhere).
+pub fn duplicate_keys(bytes: &[u8]) -> Vec<String> {
+    use serde::de::DeserializeSeed;
+    let found = std::cell::RefCell::new(Vec::new());
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let walk = DuplicateWalk {
+        path: String::new(),
+        found: &found,
+    };
+    if walk.deserialize(&mut de).is_err() {
+        return Vec::new();
+    }
+    found.into_inner()
+}
+
+/// Walks a JSON document without building it, recording duplicate keys.
+struct DuplicateWalk<'a> {
+    path: String,
+    found: &'a std::cell::RefCell<Vec<String>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for DuplicateWalk<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for DuplicateWalk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        while seq
+            .next_element_seed(DuplicateWalk {
+                path: format!("{}[{i}]", self.path),
+                found: self.found,
+            })?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if !seen.insert(key) {
+                let mut found = self.found.borrow_mut();
+                if found.len() < MAX_DUPLICATES_REPORTED && !found.contains(&path) {
+                    found.push(path.clone());
+                }
+            }
+            map.next_value_seed(DuplicateWalk {
+                path,
+                found: self.found,
+            })?;
+        }
+        Ok(())
+    }
+}
+
 impl RefundCommand {
-    /// Parses and validates raw message bytes.
+    /// Parses and validates raw message bytes (duplicate keys included).
     pub fn parse(bytes: &[u8]) -> Result<Self, CommandError> {
         let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
             CommandError::NotJson(format!("{e} (at line {}, column {})", e.line(), e.column()))
         })?;
-        Self::from_value(raw)
+        Self::validate(raw, &duplicate_keys(bytes))
     }
 
-    /// Validates an already parsed JSON value.
+    /// Validates an already parsed JSON value (whose duplicate keys, if any, are lost).
     pub fn from_value(raw: Value) -> Result<Self, CommandError> {
+        Self::validate(raw, &[])
+    }
+
+    /// Validates a parsed JSON value, given the duplicate keys [`duplicate_keys`] found in
+    /// its text: a duplicated `refundReference` makes the message unusable (dead letter),
+    /// any other duplicate is a problem of the command (`INVALID_COMMAND`).
+    pub fn validate(raw: Value, duplicates: &[String]) -> Result<Self, CommandError> {
+        if duplicates.iter().any(|d| d == "refundReference") {
+            return Err(CommandError::NoReference(
+                "refundReference appears more than once; a key may appear only once".into(),
+            ));
+        }
         let refund_reference = reference_of(&raw)?;
         let obj = raw.as_object().cloned().unwrap_or_default();
         let mut v = Validator {
             obj: &obj,
-            problems: Vec::new(),
+            problems: duplicates
+                .iter()
+                .map(|d| {
+                    format!("{d} appears more than once; a key may appear only once (which value counts would be ambiguous)")
+                })
+                .collect(),
         };
 
         let provider = match v.required_str("provider") {
@@ -611,6 +752,43 @@ mod tests {
             RefundCommand::canonical_json(&a),
             RefundCommand::canonical_json(&b)
         );
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_and_refused() {
+        assert!(duplicate_keys(br#"{"a":1,"b":{"a":2},"c":[{"a":1},{"a":2}]}"#).is_empty());
+        assert_eq!(
+            duplicate_keys(br#"{"a":1,"a":2,"d":{"x":1,"x":2},"l":[{"y":1,"y":1}]}"#),
+            vec!["a", "d.x", "l[0].y"]
+        );
+        assert!(duplicate_keys(b"{nope").is_empty());
+        let mut text = valid().to_string();
+        text = text.replace(r#""amount":"25.17""#, r#""amount":"25.17","amount":"1""#);
+        assert!(matches!(
+            RefundCommand::parse(text.as_bytes()),
+            Err(CommandError::Invalid { problems, .. }) if problems[0].starts_with("amount appears more than once")
+        ));
+        let text = valid().to_string().replace(
+            r#""refundReference":"rf-1""#,
+            r#""refundReference":"rf-1","refundReference":"rf-2""#,
+        );
+        assert!(matches!(
+            RefundCommand::parse(text.as_bytes()),
+            Err(CommandError::NoReference(m)) if m.contains("more than once")
+        ));
+    }
+
+    #[test]
+    fn invisible_characters_in_references_are_refused() {
+        for bad in ["a\u{202E}b", "\u{200B}a", "a\u{FEFF}"] {
+            assert!(
+                check_reference("refundReference", bad)
+                    .unwrap_err()
+                    .contains("invisible formatting character"),
+                "{bad:?}"
+            );
+        }
+        assert!(check_reference("refundReference", "R-ünïcødé-返金-😀").is_ok());
     }
 
     #[test]

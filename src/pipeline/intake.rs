@@ -49,11 +49,18 @@ pub async fn handle(ctx: &Context, body: &[u8]) -> Result<IntakeOutcome, StoreEr
             ))
         }
     };
-    let hash = hex::encode(Sha256::digest(
-        RefundCommand::canonical_json(&raw).as_bytes(),
-    ));
+    let duplicates = command::duplicate_keys(body);
+    // The parsed value keeps only the last of duplicate keys, so a command with duplicates
+    // is identified by its exact bytes: a different body under its reference is a conflict.
+    let hash = if duplicates.is_empty() {
+        hex::encode(Sha256::digest(
+            RefundCommand::canonical_json(&raw).as_bytes(),
+        ))
+    } else {
+        hex::encode(Sha256::digest(body))
+    };
     let sink = &ctx.sink;
-    let result = match RefundCommand::from_value(raw.clone()) {
+    let result = match RefundCommand::validate(raw.clone(), &duplicates) {
         Ok(cmd) => {
             let configured = ctx.providers.get(cmd.provider).is_some();
             store::refunds::intake(&ctx.pool, &cmd, &raw, &hash, sink, configured).await

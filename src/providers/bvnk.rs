@@ -581,10 +581,15 @@ pub fn parse_notification(body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookEr
         let transaction_reference = text("transactionReference").ok_or_else(|| {
             WebhookError::Malformed(format!("BVNK {event} without transactionReference"))
         })?;
-        let money: Option<Money> = data
-            .get("amount")
-            .cloned()
-            .and_then(|a| serde_json::from_value(a).ok());
+        // An amount that is there but unreadable is an error, never "no amount": the
+        // pay-ins ledger's amount is what guards refunds without a paymentAmount.
+        let money: Option<Money> = match data.get("amount") {
+            None | Some(Value::Null) => None,
+            Some(a) => Some(
+                serde_json::from_value(a.clone())
+                    .map_err(|e| WebhookError::Malformed(format!("BVNK {event} amount: {e}")))?,
+            ),
+        };
         let amount = match &money {
             None => None,
             Some(m) => Some(m.amount().ok_or_else(|| {
@@ -1175,5 +1180,15 @@ mod tests {
             parse_notification(b"nope"),
             Err(WebhookError::Malformed(_))
         ));
+        // An amount in an unexpected shape is refused, not recorded as "no amount".
+        for amount in ["150.10", "\"150.10\"", "[1]", "true"] {
+            let body = format!(
+                r#"{{"event":"bvnk:payment:payin:status-change","data":{{"status":"COMPLETED","transactionReference":"p","amount":{amount}}}}}"#
+            );
+            assert!(
+                matches!(parse_notification(body.as_bytes()), Err(WebhookError::Malformed(m)) if m.contains("amount")),
+                "{amount}"
+            );
+        }
     }
 }

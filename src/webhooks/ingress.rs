@@ -13,6 +13,7 @@ use crate::domain::ProviderName;
 use crate::pipeline::inbound::PROVIDER_HEADER;
 use crate::providers::{Providers, WebhookError};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +27,11 @@ use tokio::sync::Mutex;
 
 /// How long the ingress waits for the broker before answering 503.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest AMQP header name (an AMQP short string).
+const MAX_HEADER_NAME_BYTES: usize = 255;
+/// Most header bytes (names and values) kept with a queued webhook, far below a frame.
+const MAX_KEPT_HEADER_BYTES: usize = 32 * 1024;
 
 /// Request headers worth keeping with the queued body (signatures and timestamps, for audit
 /// and re-verification); everything else (cookies, authorization) stays behind.
@@ -92,11 +98,23 @@ impl Ingress {
     ) -> Result<(), PublishError> {
         let publisher = self.publisher().await?;
         let mut table = FieldTable::default();
+        let mut kept_bytes = 0usize;
         for (name, value) in headers {
             if let (true, Ok(v)) = (keep_header(name.as_str()), value.to_str()) {
+                let key = format!("http-{}", name.as_str());
                 let v: String = v.chars().take(2000).collect();
+                // Header names and values are not signed, so anyone replaying a signed body
+                // can add any. AMQP field names are short strings (at most 255 bytes; lapin
+                // would silently write a wrong length and corrupt the frame), and the whole
+                // table must fit well inside one frame: keep what fits, drop the rest.
+                if key.len() > MAX_HEADER_NAME_BYTES
+                    || kept_bytes + key.len() + v.len() > MAX_KEPT_HEADER_BYTES
+                {
+                    continue;
+                }
+                kept_bytes += key.len() + v.len();
                 table.insert(
-                    ShortString::from(format!("http-{}", name.as_str())),
+                    ShortString::from(key),
                     AMQPValue::LongString(LongString::from(v.into_bytes())),
                 );
             }
@@ -134,12 +152,38 @@ fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -
         .into_response()
 }
 
+/// Whether the declared content type is JSON (`application/json`, `application/*+json`,
+/// `text/json`, any parameters). A missing content type is accepted: the signature is the
+/// authentication and the body is parsed as JSON anyway; a declared non-JSON type (a form,
+/// multipart, plain text) is not what any provider sends, so it is refused before any work.
+fn content_type_problem(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(axum::http::header::CONTENT_TYPE)?;
+    let Ok(text) = value.to_str() else {
+        return Some("the content-type header is not readable text".into());
+    };
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || essence == "text/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    (!json).then(|| {
+        format!(
+            "content-type `{}` is not JSON; send application/json",
+            text.chars().take(100).collect::<String>()
+        )
+    })
+}
+
 /// `POST /webhooks/{provider}`.
 pub async fn receive(
     State(ingress): State<Ingress>,
     Path(provider): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(name) = ProviderName::parse(&provider) else {
         crate::metrics::provider_webhook_received("unknown", "unknown_provider");
@@ -157,6 +201,34 @@ pub async fn receive(
             format!("provider {name} is not configured"),
         );
     };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            crate::metrics::provider_webhook_received(name.as_str(), "too_large");
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the body is larger than WEBHOOK_INGRESS_MAX_BYTES allows",
+            );
+        }
+        Err(rejection) => {
+            crate::metrics::provider_webhook_received(name.as_str(), "unreadable");
+            tracing::warn!(provider = %name, error = %rejection, "provider webhook body unreadable");
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                "the request body could not be read",
+            );
+        }
+    };
+    if let Some(problem) = content_type_problem(&headers) {
+        crate::metrics::provider_webhook_received(name.as_str(), "unsupported_media_type");
+        return refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            problem,
+        );
+    }
     if let Err(e) = adapter.verify_webhook(&headers, &body, chrono::Utc::now()) {
         let (status, code, label) = match &e {
             WebhookError::NotConfigured(_) => (

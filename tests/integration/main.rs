@@ -5,6 +5,7 @@
 
 mod admin;
 mod helpers;
+mod hostile;
 mod inbound;
 mod intake;
 mod pipeline;
