@@ -148,7 +148,22 @@ pub async fn list(
     }
     // Closing the channel returns every unacknowledged message to the queue.
     let _ = channel.close(200, "listed").await;
+    settle_depth(connection, queue, out.len()).await;
     Ok(out)
+}
+
+/// Waits (briefly) until `queue` counts at least `returned` messages again: a quorum queue
+/// takes the messages we put back through its log, and an operator's next `list` or `replay`
+/// right after this one must see them all.
+async fn settle_depth(connection: &Connection, queue: &str, returned: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        match depth(connection, queue).await {
+            Ok(d) if d as usize >= returned => return,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(_) => return,
+        }
+    }
 }
 
 /// Replays the dead letters matching `filter` to where they came from (`fallback` when a
@@ -216,6 +231,7 @@ pub async fn replay(
             }
         }
     }
+    let kept = keep.len();
     for delivery in keep {
         delivery
             .nack(BasicNackOptions {
@@ -226,6 +242,7 @@ pub async fn replay(
     }
     let _ = channel.close(200, "replayed").await;
     let _ = publisher.channel().close(200, "replayed").await;
+    settle_depth(connection, queue, kept).await;
     Ok(report)
 }
 
