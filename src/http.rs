@@ -95,7 +95,8 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             ADMIN_TIMEOUT,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn(json_errors));
     let limit = IngressLimit::new(
         state.config.ingress_rate_per_sec,
         state.config.ingress_burst,
@@ -196,6 +197,18 @@ impl ApiError {
         }
     }
 
+    /// A body the JSON extractor refused: too large (413), not JSON (415), or malformed (400).
+    fn from_json_rejection(e: axum::extract::rejection::JsonRejection) -> Self {
+        let (status, code) = match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            _ => (StatusCode::BAD_REQUEST, "bad_request"),
+        };
+        Self::new(status, code, e.body_text())
+    }
+
     fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "admin API internal error");
         Self::new(
@@ -223,6 +236,45 @@ impl From<StoreError> for ApiError {
             other => Self::internal(other),
         }
     }
+}
+
+/// Keeps the error contract (`{"error": {"code", "message"}}`) for the rejections axum's
+/// extractors answer in plain text (a body over the limit, malformed JSON, a wrong content
+/// type): the status stays, the text (which names the problem, never internals) becomes the
+/// message.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() && !is_json) {
+        return response;
+    }
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY | StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_FOUND => "not_found",
+        _ => "client_error",
+    };
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("client error")
+            .to_owned()
+    } else {
+        text
+    };
+    ApiError::new(status, code, message).into_response()
 }
 
 async fn require_token(
@@ -319,8 +371,7 @@ async fn resend_webhooks(
     State(state): State<AppState>,
     body: Result<Json<ResendBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
     body.filter
         .validate()
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
@@ -416,8 +467,7 @@ async fn replay_dlq(
     Path(queue): Path<String>,
     body: Result<Json<ReplayBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<dlq::ReplayReport>, ApiError> {
-    let Json(body) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
     body.filter
         .validate()
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;

@@ -215,3 +215,50 @@ async fn metrics_are_exposed_for_prometheus() {
     }
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn admin_rejections_keep_the_json_error_contract() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let send = |body: String, content_type: &'static str| {
+        admin
+            .client
+            .post(format!("{}/v1/webhooks/resend", admin.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    for (body, content_type, status, code) in [
+        (
+            "x".repeat(70 * 1024),
+            "application/json",
+            413,
+            "payload_too_large",
+        ),
+        (
+            "{not json".to_string(),
+            "application/json",
+            400,
+            "bad_request",
+        ),
+        (
+            "{}".to_string(),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+        ),
+    ] {
+        let answer = send(body, content_type).await.unwrap();
+        assert_eq!(answer.status(), status);
+        assert!(answer
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")));
+        let error: Value = answer.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{error}");
+        assert!(!error["error"]["message"].as_str().unwrap().is_empty());
+    }
+    app.cleanup().await;
+}

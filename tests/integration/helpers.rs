@@ -449,7 +449,7 @@ impl TestApp {
 pub struct Admin {
     /// Base URL of the HTTP server.
     pub base: String,
-    client: reqwest::Client,
+    pub client: reqwest::Client,
 }
 
 impl Admin {
