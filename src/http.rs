@@ -250,7 +250,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() && !is_json) {
+    if !status.is_client_error() || is_json {
         return response;
     }
     let code = match status {

@@ -266,19 +266,12 @@ impl BpnState {
                 },
             })
             .to_string();
-            let signature = crate::providers::signing::hmac_sha256_hex(
-                config.webhook_secret.as_bytes(),
-                &[body.as_bytes()],
-            );
-            out.push(super::notify::Outbound {
-                provider: Provider::Bpn,
-                body: body.into_bytes(),
-                headers: vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("X-BPN-Signature".into(), signature),
-                ],
-                signature_header: "X-BPN-Signature".into(),
-            });
+            out.push(super::notify::Outbound::hmac_signed(
+                Provider::Bpn,
+                body,
+                &config.webhook_secret,
+                "X-BPN-Signature",
+            ));
             sent.push((refund.order_id.clone(), status));
         }
         self.notified.extend(sent);

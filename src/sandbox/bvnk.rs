@@ -443,19 +443,12 @@ impl BvnkState {
                 "data": self.view(refund, config, now),
             })
             .to_string();
-            let signature = crate::providers::signing::hmac_sha256_hex(
-                config.webhook_secret.as_bytes(),
-                &[body.as_bytes()],
-            );
-            out.push(super::notify::Outbound {
-                provider: Provider::Bvnk,
-                body: body.into_bytes(),
-                headers: vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("x-signature".into(), signature),
-                ],
-                signature_header: "x-signature".into(),
-            });
+            out.push(super::notify::Outbound::hmac_signed(
+                Provider::Bvnk,
+                body,
+                &config.webhook_secret,
+                "x-signature",
+            ));
             sent.push((refund.id.clone(), status));
         }
         self.notified.extend(sent);

@@ -25,6 +25,29 @@ pub(super) struct Outbound {
     pub signature_header: String,
 }
 
+impl Outbound {
+    /// A JSON notification signed the way VA Services, BPN and BVNK sign theirs: hex
+    /// HMAC-SHA256 of the body with the webhook secret, in `signature_header`.
+    pub(super) fn hmac_signed(
+        provider: Provider,
+        body: String,
+        secret: &str,
+        signature_header: &str,
+    ) -> Self {
+        let signature =
+            crate::providers::signing::hmac_sha256_hex(secret.as_bytes(), &[body.as_bytes()]);
+        Self {
+            provider,
+            body: body.into_bytes(),
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                (signature_header.into(), signature),
+            ],
+            signature_header: signature_header.into(),
+        }
+    }
+}
+
 /// Webhook counters, for assertions and the chaos suite.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
