@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -144,12 +143,9 @@ impl Ingress {
     }
 }
 
+/// The API's error body (`{"error": {"code", "message"}}`), as every route answers.
 fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message.into()}})),
-    )
-        .into_response()
+    crate::http::ApiError::new(status, code, message).into_response()
 }
 
 /// Whether the declared content type is JSON (`application/json`, `application/*+json`,
