@@ -252,6 +252,27 @@ pub enum ProviderOutcome {
     NotFound,
 }
 
+impl ProviderOutcome {
+    /// A short class label (for metrics and the attempts table) and the detail.
+    pub fn describe(&self) -> (&'static str, Option<String>) {
+        match self {
+            ProviderOutcome::Accepted {
+                provider_status, ..
+            } => ("accepted", Some(provider_status.clone())),
+            ProviderOutcome::Succeeded {
+                provider_status, ..
+            } => ("succeeded", Some(provider_status.clone())),
+            ProviderOutcome::Failed(r) => (
+                "failed",
+                Some(format!("{}: {}", r.code.as_str(), r.message)),
+            ),
+            ProviderOutcome::Retryable { reason, .. } => ("retryable", Some(reason.clone())),
+            ProviderOutcome::Unknown { reason } => ("unknown", Some(reason.clone())),
+            ProviderOutcome::NotFound => ("not_found", None),
+        }
+    }
+}
+
 /// How long to wait before the next look at a pending refund.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {

@@ -222,7 +222,7 @@ async fn timed(
         CallKind::Submit => provider.submit(request).await,
         CallKind::Status => provider.status(request).await,
     };
-    let (label, detail) = describe(&outcome);
+    let (label, detail) = outcome.describe();
     let call_name = match call {
         CallKind::Submit => "submit",
         CallKind::Status => "status",
@@ -237,22 +237,4 @@ async fn timed(
         latency: start.elapsed(),
     });
     outcome
-}
-
-fn describe(outcome: &ProviderOutcome) -> (&'static str, Option<String>) {
-    match outcome {
-        ProviderOutcome::Accepted {
-            provider_status, ..
-        } => ("accepted", Some(provider_status.clone())),
-        ProviderOutcome::Succeeded {
-            provider_status, ..
-        } => ("succeeded", Some(provider_status.clone())),
-        ProviderOutcome::Failed(r) => (
-            "failed",
-            Some(format!("{}: {}", r.code.as_str(), r.message)),
-        ),
-        ProviderOutcome::Retryable { reason, .. } => ("retryable", Some(reason.clone())),
-        ProviderOutcome::Unknown { reason } => ("unknown", Some(reason.clone())),
-        ProviderOutcome::NotFound => ("not_found", None),
-    }
 }

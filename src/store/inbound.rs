@@ -8,7 +8,7 @@
 use super::refunds::{event_for, finish_pending, record_transition, FinishCounts};
 use super::{EventSink, StoreError};
 use crate::domain::{
-    transition, FailureReason, ProviderName, ProviderOutcome, RefundEvent, RefundStatus, Transition,
+    transition, ProviderName, ProviderOutcome, RefundEvent, RefundStatus, Transition,
 };
 use crate::providers::{ProviderWebhook, WebhookKind};
 use sha2::{Digest, Sha256};
@@ -158,7 +158,13 @@ async fn apply(
                     Some(format!("provider says {theirs}, refund is {ours}"))
                 }
                 Applied::Unmatched { reason } => Some(reason.clone()),
-                _ => Some(describe(outcome)),
+                _ => {
+                    let (label, detail) = outcome.describe();
+                    Some(match detail {
+                        Some(d) => format!("{label}: {d}"),
+                        None => label.to_owned(),
+                    })
+                }
             };
             (applied, reference, detail)
         }
@@ -372,24 +378,6 @@ async fn apply_refund(
     let event = event_for(&row, target, failure)?;
     record_transition(tx, Some(current), &event, "provider webhook", sink).await?;
     Ok(Applied::Transitioned(event))
-}
-
-fn describe(outcome: &ProviderOutcome) -> String {
-    match outcome {
-        ProviderOutcome::Succeeded {
-            provider_status, ..
-        } => format!("succeeded ({provider_status})"),
-        ProviderOutcome::Accepted {
-            provider_status, ..
-        } => format!("in progress ({provider_status})"),
-        ProviderOutcome::Failed(FailureReason { code, message }) => {
-            format!("failed {}: {message}", code.as_str())
-        }
-        ProviderOutcome::Retryable { reason, .. } | ProviderOutcome::Unknown { reason } => {
-            reason.clone()
-        }
-        ProviderOutcome::NotFound => "not found".into(),
-    }
 }
 
 /// A parked webhook waiting for its refund.
