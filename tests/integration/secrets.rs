@@ -154,6 +154,15 @@ async fn a_full_run_never_logs_a_secret_an_account_number_or_a_note() {
             .await
             .unwrap();
     }
+    // A forged provider webhook, always (the sandbox's forgeries are random).
+    let forged = client
+        .post(format!("{base}/webhooks/bvnk"))
+        .header("x-signature", "deadbeef")
+        .body(r#"{"event":"bvnk:payment:payout:status-change","data":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
     // Admin calls: a wrong token (refused) and the right one.
     let wrong = client
         .get(format!("{base}/v1/refunds"))
