@@ -234,23 +234,32 @@ impl VaServices {
     }
 
     async fn call(&self, request: reqwest::RequestBuilder, submit: bool) -> ProviderOutcome {
-        let response = match request
+        match self.fetch(request).await {
+            Ok((status, bytes)) => interpret(status, &bytes, submit, self.settings.timezone),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Sends an authenticated request and reads the answer; transport errors, 429 and 5xx
+    /// come back already classified.
+    async fn fetch(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(reqwest::StatusCode, axum::body::Bytes), ProviderOutcome> {
+        let response = request
             .bearer_auth(self.settings.api_key.expose_secret())
             .send()
             .await
-        {
-            Ok(r) => r,
-            Err(e) => return classify_send_error(&e),
-        };
+            .map_err(|e| classify_send_error(&e))?;
         let status = response.status();
         if let Some(outcome) = classify_status(status, response.headers()) {
-            return outcome;
+            return Err(outcome);
         }
-        let bytes = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return classify_send_error(&e),
-        };
-        interpret(status, &bytes, submit, self.settings.timezone)
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| classify_send_error(&e))?;
+        Ok((status, bytes))
     }
 }
 
@@ -301,28 +310,14 @@ impl VaServices {
     /// `NotFound` only when the history was read and does not list it, `Unknown` otherwise.
     async fn confirm_absent(&self, refund: &RefundRequest) -> ProviderOutcome {
         let url = self.url(&["va", "refunds", "details", &refund.transaction_reference]);
-        let response = match self
-            .client
-            .get(url)
-            .bearer_auth(self.settings.api_key.expose_secret())
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return classify_send_error(&e),
-        };
-        let status = response.status();
-        if let Some(outcome) = classify_status(status, response.headers()) {
-            return outcome;
-        }
-        match response.bytes().await {
-            Ok(body) => interpret_history(
+        match self.fetch(self.client.get(url)).await {
+            Ok((status, body)) => interpret_history(
                 status,
                 &body,
                 &refund.refund_reference,
                 self.settings.timezone,
             ),
-            Err(e) => classify_send_error(&e),
+            Err(outcome) => outcome,
         }
     }
 }
