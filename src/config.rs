@@ -83,6 +83,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `PREFETCH`: unacknowledged commands in flight per worker.
     pub prefetch: u16,
+    /// `INTAKE_BATCH`: most commands stored in one intake transaction.
+    pub intake_batch: usize,
     /// `DISPATCH_BATCH`: due refunds claimed per scheduler step.
     pub dispatch_batch: i64,
     /// `DISPATCH_CONCURRENCY`: provider calls in flight per worker.
@@ -208,6 +210,7 @@ impl Config {
                 .map_err(|_| ConfigError(format!("HTTP_ADDR `{http_addr}` is not host:port")))?,
             prefetch: u16::try_from(num("PREFETCH", 64)?)
                 .map_err(|_| ConfigError("PREFETCH must be at most 65535".into()))?,
+            intake_batch: num("INTAKE_BATCH", 32)? as usize,
             dispatch_batch: num("DISPATCH_BATCH", 32)? as i64,
             dispatch_concurrency: num("DISPATCH_CONCURRENCY", 32)? as usize,
             idle_poll: ms("IDLE_POLL_MS", 250)?,
@@ -255,9 +258,14 @@ impl Config {
 
     /// Cross-field checks: settings that are fine alone but wrong together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.prefetch == 0 || self.dispatch_batch <= 0 || self.dispatch_concurrency == 0 {
+        if self.prefetch == 0
+            || self.intake_batch == 0
+            || self.dispatch_batch <= 0
+            || self.dispatch_concurrency == 0
+        {
             return Err(ConfigError(
-                "PREFETCH, DISPATCH_BATCH and DISPATCH_CONCURRENCY must be at least 1".into(),
+                "PREFETCH, INTAKE_BATCH, DISPATCH_BATCH and DISPATCH_CONCURRENCY must be at least 1"
+                    .into(),
             ));
         }
         if self.webhooks.concurrency == 0 {

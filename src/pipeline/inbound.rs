@@ -199,9 +199,13 @@ async fn process_delivery(
 ) {
     let provider = header_str(delivery.properties.headers(), PROVIDER_HEADER)
         .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
-    let Some(outcome) = super::until_stored(ctx, &delivery, shutdown, "provider webhook", || {
-        handle(ctx, &provider, &delivery.data)
-    })
+    let Some(outcome) = super::until_stored(
+        ctx,
+        std::slice::from_ref(&delivery),
+        shutdown,
+        "provider webhook",
+        || handle(ctx, &provider, &delivery.data),
+    )
     .await
     else {
         return;

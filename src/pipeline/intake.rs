@@ -1,19 +1,26 @@
-//! Intake: turns one command message into a stored refund, then acknowledges it.
+//! Intake: turns command messages into stored refunds, then acknowledges them.
 //!
-//! The message is acknowledged only after the database transaction committed (or after a
-//! confirmed dead-letter publish), so a crash at any point redelivers it, and the
-//! `refundReference` primary key makes the redelivery a no-op.
+//! Messages are acknowledged only after the database transaction committed (or after a
+//! confirmed dead-letter publish), so a crash at any point redelivers them, and the
+//! `refundReference` primary key makes a redelivery a no-op.
+//!
+//! Under load, the commands that are waiting when a batch starts (up to `INTAKE_BATCH`) are
+//! stored in one transaction ([`store::refunds::intake_batch`]): the per-transaction cost
+//! (begin, commit, the WAL flush, round trips) is shared, while each command is judged as
+//! if it had come alone. A lone command is a batch of one, so nothing waits to fill a batch.
 
 use super::Context;
 use crate::broker::publisher::Publisher;
 use crate::domain::{command, CommandError, RefundCommand};
-use crate::store::{self, Intake, StoreError};
-use futures::StreamExt;
+use crate::store::{self, Intake, IntakeItem, StoreError};
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -32,22 +39,37 @@ pub enum IntakeOutcome {
     DeadLetter(String),
 }
 
-/// Processes one message body. Errors are infrastructure errors (database down); the
-/// caller keeps the message and tries again.
-pub async fn handle(ctx: &Context, body: &[u8]) -> Result<IntakeOutcome, StoreError> {
+/// A message read and validated, ready to store.
+enum Prepared {
+    /// Unusable: no reference to store it under, or not JSON at all.
+    DeadLetter(String),
+    /// Has a reference but fails validation: stored as `REFUND_FAIL`/`INVALID_COMMAND`.
+    Invalid {
+        reference: String,
+        raw: Value,
+        hash: String,
+        message: String,
+    },
+    /// A valid command.
+    Valid {
+        cmd: Box<RefundCommand>,
+        raw: Value,
+        hash: String,
+        configured: bool,
+    },
+}
+
+/// Reads and validates one message body (no I/O).
+fn prepare(ctx: &Context, body: &[u8]) -> Prepared {
     if body.len() > MAX_COMMAND_BYTES {
-        return Ok(IntakeOutcome::DeadLetter(format!(
+        return Prepared::DeadLetter(format!(
             "message is {} bytes, at most {MAX_COMMAND_BYTES} are accepted",
             body.len()
-        )));
+        ));
     }
-    let raw: serde_json::Value = match serde_json::from_slice(body) {
+    let raw: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => {
-            return Ok(IntakeOutcome::DeadLetter(
-                CommandError::NotJson(format!("{e}")).to_string(),
-            ))
-        }
+        Err(e) => return Prepared::DeadLetter(CommandError::NotJson(format!("{e}")).to_string()),
     };
     let duplicates = command::duplicate_keys(body);
     // The parsed value keeps only the last of duplicate keys, so a command with duplicates
@@ -59,49 +81,135 @@ pub async fn handle(ctx: &Context, body: &[u8]) -> Result<IntakeOutcome, StoreEr
     } else {
         hex::encode(Sha256::digest(body))
     };
-    let sink = &ctx.sink;
-    let result = match RefundCommand::validate(raw.clone(), &duplicates) {
-        Ok(cmd) => {
-            let configured = ctx.providers.get(cmd.provider).is_some();
-            store::refunds::intake(&ctx.pool, &cmd, &raw, &hash, sink, configured).await
-        }
+    match RefundCommand::validate(raw.clone(), &duplicates) {
+        Ok(cmd) => Prepared::Valid {
+            configured: ctx.providers.get(cmd.provider).is_some(),
+            cmd: Box::new(cmd),
+            raw,
+            hash,
+        },
         Err(e @ (CommandError::NotJson(_) | CommandError::NoReference(_))) => {
-            return Ok(IntakeOutcome::DeadLetter(e.to_string()))
+            Prepared::DeadLetter(e.to_string())
         }
-        Err(e @ CommandError::Invalid { .. }) => {
-            let reference = command::reference_of(&raw).unwrap_or_default();
-            store::refunds::intake_invalid(&ctx.pool, &reference, &raw, &hash, &e.message(), sink)
-                .await
-        }
-    };
-    match result {
-        Ok(Intake::Created(event)) => {
-            ctx.event_committed();
-            if !event.status.is_final() {
-                ctx.dispatch_wakeup.notify_one();
-            }
-            Ok(IntakeOutcome::Stored(Box::new(event)))
-        }
-        Ok(Intake::Duplicate) => Ok(IntakeOutcome::Duplicate),
-        Ok(Intake::Conflict { existing_status }) => Ok(IntakeOutcome::DeadLetter(format!(
-            "refundReference {} already exists with a different command (status {existing_status}); \
-             a refundReference identifies exactly one refund, use a new one",
-            command::reference_of(&raw).unwrap_or_default()
-        ))),
-        // Data the database refuses (e.g. `\u0000` inside JSON text) will never be stored:
-        // dead-letter it with the reason rather than redelivering it forever.
-        Err(e) if !e.is_retryable() => Ok(IntakeOutcome::DeadLetter(format!(
-            "the database refused this command: {e}"
-        ))),
-        Err(e) => Err(e),
+        Err(e @ CommandError::Invalid { .. }) => Prepared::Invalid {
+            reference: command::reference_of(&raw).unwrap_or_default(),
+            message: e.message(),
+            raw,
+            hash,
+        },
     }
+}
+
+/// Stores prepared messages: the valid commands in one transaction, the rare invalid ones
+/// on their own. Answers in `prepared` order. Errors are infrastructure errors (database
+/// down); the caller keeps the messages and tries again.
+async fn store(ctx: &Context, prepared: &[Prepared]) -> Result<Vec<IntakeOutcome>, StoreError> {
+    let items: Vec<IntakeItem<'_>> = prepared
+        .iter()
+        .filter_map(|p| match p {
+            Prepared::Valid {
+                cmd,
+                raw,
+                hash,
+                configured,
+            } => Some(IntakeItem {
+                cmd,
+                raw,
+                command_hash: hash,
+                provider_configured: *configured,
+            }),
+            _ => None,
+        })
+        .collect();
+    let mut stored = match items.as_slice() {
+        [] => Vec::new(),
+        [one] => vec![store::refunds::intake(&ctx.pool, *one, &ctx.sink).await],
+        _ => match store::refunds::intake_batch(&ctx.pool, &items, &ctx.sink).await {
+            Ok(all) => all.into_iter().map(Ok).collect(),
+            // Data the database refuses in one command must not hold back the others:
+            // store them one at a time, so only that one is dead-lettered.
+            Err(e) if !e.is_retryable() => {
+                let mut each = Vec::with_capacity(items.len());
+                for item in &items {
+                    each.push(store::refunds::intake(&ctx.pool, *item, &ctx.sink).await);
+                }
+                each
+            }
+            Err(e) => return Err(e),
+        },
+    }
+    .into_iter();
+    let mut outcomes = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let (result, raw) = match p {
+            Prepared::DeadLetter(reason) => {
+                outcomes.push(IntakeOutcome::DeadLetter(reason.clone()));
+                continue;
+            }
+            Prepared::Invalid {
+                reference,
+                raw,
+                hash,
+                message,
+            } => (
+                store::refunds::intake_invalid(&ctx.pool, reference, raw, hash, message, &ctx.sink)
+                    .await,
+                raw,
+            ),
+            Prepared::Valid { raw, .. } => {
+                let result = stored.next().ok_or_else(|| {
+                    StoreError::Corrupt("intake answered too few commands".into())
+                })?;
+                (result, raw)
+            }
+        };
+        outcomes.push(match result {
+            Ok(Intake::Created(event)) => IntakeOutcome::Stored(Box::new(event)),
+            Ok(Intake::Duplicate) => IntakeOutcome::Duplicate,
+            Ok(Intake::Conflict { existing_status }) => IntakeOutcome::DeadLetter(format!(
+                "refundReference {} already exists with a different command (status {existing_status}); \
+                 a refundReference identifies exactly one refund, use a new one",
+                command::reference_of(raw).unwrap_or_default()
+            )),
+            // Data the database refuses (e.g. `\u0000` inside JSON text) will never be stored:
+            // dead-letter it with the reason rather than redelivering it forever.
+            Err(e) if !e.is_retryable() => {
+                IntakeOutcome::DeadLetter(format!("the database refused this command: {e}"))
+            }
+            Err(e) => return Err(e),
+        });
+    }
+    let stored: Vec<&crate::domain::RefundEvent> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            IntakeOutcome::Stored(e) => Some(e.as_ref()),
+            _ => None,
+        })
+        .collect();
+    if !stored.is_empty() {
+        ctx.event_committed();
+    }
+    if stored.iter().any(|e| !e.status.is_final()) {
+        ctx.dispatch_wakeup.notify_one();
+    }
+    Ok(outcomes)
+}
+
+/// Processes one message body: validates and stores it. Errors are infrastructure errors
+/// (database down); the caller keeps the message and tries again.
+pub async fn handle(ctx: &Context, body: &[u8]) -> Result<IntakeOutcome, StoreError> {
+    store(ctx, &[prepare(ctx, body)])
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("intake answered nothing".into()))
 }
 
 /// Consumes `refund.commands` until shutdown or until the connection fails.
 ///
-/// Messages are processed concurrently up to the prefetch; a semaphore of the same size
-/// bounds the work in flight. Returns `Ok` on shutdown (in-flight messages finished and
-/// acknowledged) and `Err` when the broker connection failed (the caller reconnects).
+/// Messages are stored in batches of whatever is waiting (up to `INTAKE_BATCH`); enough
+/// batches run at once to keep the whole prefetch window busy. Returns `Ok` on shutdown
+/// (in-flight messages finished and acknowledged) and `Err` when the broker connection
+/// failed (the caller reconnects).
 pub async fn consume(
     ctx: &Context,
     connection: &Connection,
@@ -120,32 +228,55 @@ pub async fn consume(
             FieldTable::default(),
         )
         .await?;
-    let permits = Arc::new(Semaphore::new(ctx.config.prefetch.into()));
+    let batch_size = ctx.config.intake_batch;
+    let batches = usize::from(ctx.config.prefetch).div_ceil(batch_size).max(1);
+    let permits = Arc::new(Semaphore::new(batches));
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     let result = loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             next = consumer.next() => next,
         };
-        let delivery = match next {
+        let first = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) => break Err(e),
             None => break Err(lapin::Error::InvalidChannelState(channel.status().state())),
         };
         // Move the permit into the task: it returns to the semaphore when the task ends.
+        // While we wait for one, more messages arrive and join the next batch.
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break Ok(());
         };
+        let mut deliveries = vec![first];
+        let mut failed = None;
+        while deliveries.len() < batch_size {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(d))) => deliveries.push(d),
+                Some(Some(Err(e))) => {
+                    failed = Some(e);
+                    break;
+                }
+                Some(None) => {
+                    failed = Some(lapin::Error::InvalidChannelState(channel.status().state()));
+                    break;
+                }
+                None => break,
+            }
+        }
         let (ctx, publisher, shutdown) = (ctx.clone(), publisher.clone(), shutdown.clone());
-        let in_flight = permits.clone();
-        let prefetch = usize::from(ctx.config.prefetch);
-        crate::metrics::commands_in_flight(prefetch - in_flight.available_permits());
+        let in_flight = in_flight.clone();
+        let n = deliveries.len();
+        crate::metrics::commands_in_flight(in_flight.fetch_add(n, Ordering::Relaxed) + n);
         tasks.spawn(async move {
-            process_delivery(&ctx, &publisher, delivery, &shutdown).await;
+            process_batch(&ctx, &publisher, deliveries, &shutdown).await;
             drop(permit);
-            crate::metrics::commands_in_flight(prefetch - in_flight.available_permits());
+            crate::metrics::commands_in_flight(in_flight.fetch_sub(n, Ordering::Relaxed) - n);
         });
         while tasks.try_join_next().is_some() {}
+        if let Some(e) = failed {
+            break Err(e);
+        }
     };
     // Drain: let in-flight messages finish and be acknowledged before the channel closes.
     while tasks.join_next().await.is_some() {}
@@ -154,20 +285,33 @@ pub async fn consume(
     result
 }
 
-/// Handles one delivery end to end: store, then ack (or dead-letter, then ack).
-async fn process_delivery(
+/// Handles a batch of deliveries end to end: store, then ack each (or dead-letter, then ack).
+async fn process_batch(
     ctx: &Context,
     publisher: &Publisher,
-    delivery: Delivery,
+    deliveries: Vec<Delivery>,
     shutdown: &CancellationToken,
 ) {
-    let Some(outcome) = super::until_stored(ctx, &delivery, shutdown, "intake", || {
-        handle(ctx, &delivery.data)
+    let prepared: Vec<Prepared> = deliveries.iter().map(|d| prepare(ctx, &d.data)).collect();
+    let Some(outcomes) = super::until_stored(ctx, &deliveries, shutdown, "intake", || {
+        store(ctx, &prepared)
     })
     .await
     else {
         return;
     };
+    for (delivery, outcome) in deliveries.into_iter().zip(outcomes) {
+        settle_command(ctx, publisher, delivery, outcome).await;
+    }
+}
+
+/// Counts, logs and settles one stored (or refused) command.
+async fn settle_command(
+    ctx: &Context,
+    publisher: &Publisher,
+    delivery: Delivery,
+    outcome: IntakeOutcome,
+) {
     crate::metrics::command(match &outcome {
         IntakeOutcome::Stored(e) => {
             crate::metrics::refund_event(e);

@@ -85,11 +85,11 @@ pub async fn idle(
 }
 
 /// Runs `attempt` until it succeeds, backing off while the database is unavailable: the
-/// message stays unacked meanwhile (not requeued, so its delivery limit is not burnt).
-/// Returns `None` on shutdown, after nacking the delivery so it is redelivered.
+/// messages stay unacked meanwhile (not requeued, so their delivery limit is not burnt).
+/// Returns `None` on shutdown, after nacking the deliveries so they are redelivered.
 pub(crate) async fn until_stored<T, F, Fut>(
     ctx: &Context,
-    delivery: &lapin::message::Delivery,
+    deliveries: &[lapin::message::Delivery],
     shutdown: &tokio_util::sync::CancellationToken,
     what: &'static str,
     mut attempt: F,
@@ -113,9 +113,11 @@ where
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => {
-                        let _ = delivery
-                            .nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() })
-                            .await;
+                        for delivery in deliveries {
+                            let _ = delivery
+                                .nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() })
+                                .await;
+                        }
                         return None;
                     }
                 }

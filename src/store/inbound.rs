@@ -468,20 +468,3 @@ pub async fn abandon_parked(
     .await?;
     Ok(())
 }
-
-/// The latest successful pay-in amount of a payment, for the over-refund guard.
-pub async fn pay_in_amount(
-    tx: &mut Transaction<'_, Postgres>,
-    provider: &str,
-    transaction_reference: &str,
-) -> Result<Option<(rust_decimal::Decimal, Option<String>)>, StoreError> {
-    let row: Option<(Option<rust_decimal::Decimal>, Option<String>)> = sqlx::query_as(
-        "SELECT amount, currency FROM pay_ins
-         WHERE provider = $1 AND transaction_reference = $2 AND succeeded",
-    )
-    .bind(provider)
-    .bind(transaction_reference)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.and_then(|(amount, currency)| amount.map(|a| (a, currency))))
-}

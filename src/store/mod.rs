@@ -15,7 +15,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;
 
 pub use refunds::{
-    CallRecord, ClaimedRefund, Intake, RefundRow, RefundView, StoreUpdate, TransitionRow,
+    CallRecord, ClaimedRefund, Intake, IntakeItem, RefundRow, RefundView, StoreUpdate,
+    TransitionRow,
 };
 
 /// Where a status change's side effects go: the exchange its event is published on, and
@@ -43,6 +44,10 @@ pub enum StoreError {
     /// The caller's input cannot be used (e.g. a pagination cursor we did not issue).
     #[error("{0}")]
     Invalid(String),
+    /// Concurrent writers kept changing what a transaction decided on; trying again later
+    /// will see their committed work.
+    #[error("contended: {0}")]
+    Contended(String),
 }
 
 impl StoreError {
@@ -50,6 +55,7 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Database(e) => crate::error::sqlx_is_retryable(e),
+            Self::Contended(_) => true,
             Self::Migrate(_) | Self::Corrupt(_) | Self::Invalid(_) => false,
         }
     }

@@ -278,3 +278,176 @@ async fn a_different_payment_amount_for_a_known_payment_is_refused() {
     }
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_batch_is_judged_as_if_its_commands_came_one_at_a_time() {
+    use refund_worker::domain::RefundCommand;
+    use refund_worker::store::{refunds, Intake, IntakeItem};
+    let app = TestApp::spawn().await;
+    let on_payment = |reference: &str, amount: &str, payment: &str| {
+        let mut c = va_command(reference, amount);
+        c["transactionReference"] = json!(payment);
+        c["paymentAmount"] = json!("100.00");
+        c
+    };
+    // Stored before the batch: one repeated in it (same hash), one conflicting.
+    let old = on_payment("b-old", "10.00", "txn-b");
+    let old_cmd = RefundCommand::from_value(old.clone()).unwrap();
+    let item = |cmd, raw, hash, configured| IntakeItem {
+        cmd,
+        raw,
+        command_hash: hash,
+        provider_configured: configured,
+    };
+    let first = refunds::intake(
+        &app.pool,
+        item(&old_cmd, &old, "h-old", true),
+        &app.ctx.sink,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(first, Intake::Created(_)));
+
+    let raws = [
+        on_payment("b-1", "50.00", "txn-b"),    // 10 + 50 fits
+        on_payment("b-2", "45.00", "txn-b"),    // 60 + 45 > 100: refused
+        on_payment("b-3", "40.00", "txn-b"),    // 60 + 40 fits exactly
+        on_payment("b-1", "50.00", "txn-b"),    // repeat of b-1 within the batch
+        on_payment("b-3", "1.00", "txn-b"),     // b-3 again with another body: conflict
+        old.clone(),                            // repeat of the stored one
+        on_payment("b-old", "2.00", "txn-b"),   // conflict with the stored one
+        on_payment("b-4", "5.00", "txn-other"), // another payment, unaffected
+        on_payment("b-5", "5.00", "txn-b"),     // provider not configured
+    ];
+    let hashes = ["h1", "h2", "h3", "h1", "h3x", "h-old", "h-oldx", "h4", "h5"];
+    let cmds: Vec<RefundCommand> = raws
+        .iter()
+        .map(|r| RefundCommand::from_value(r.clone()).unwrap())
+        .collect();
+    let items: Vec<IntakeItem<'_>> = (0..raws.len())
+        .map(|n| item(&cmds[n], &raws[n], hashes[n], n != 8))
+        .collect();
+    let answers = refunds::intake_batch(&app.pool, &items, &app.ctx.sink)
+        .await
+        .unwrap();
+    let created = |n: usize| match &answers[n] {
+        Intake::Created(e) => e.clone(),
+        other => panic!("answer {n}: {other:?}"),
+    };
+    assert_eq!(answers.len(), raws.len());
+    assert_eq!(created(0).status, RefundStatus::Pending);
+    let refused = created(1).failure_reason.expect("b-2 refused");
+    assert_eq!(refused.code, FailureCode::AmountExceedsRefundable);
+    assert!(
+        refused.message.contains("40.00 of 100.00 (60.00 already"),
+        "{}",
+        refused.message
+    );
+    assert_eq!(created(2).status, RefundStatus::Pending);
+    assert_eq!(answers[3], Intake::Duplicate);
+    assert_eq!(
+        answers[4],
+        Intake::Conflict {
+            existing_status: "PENDING".into()
+        }
+    );
+    assert_eq!(answers[5], Intake::Duplicate);
+    assert_eq!(
+        answers[6],
+        Intake::Conflict {
+            existing_status: "PENDING".into()
+        }
+    );
+    assert_eq!(created(7).status, RefundStatus::Pending);
+    let unconfigured = created(8).failure_reason.expect("b-5 refused");
+    assert_eq!(unconfigured.code, FailureCode::InvalidCommand);
+
+    // Rows and their first events: one per new refund, in the batch's order.
+    let refunded: Decimal = sqlx::query_scalar(
+        "SELECT SUM(amount) FROM refunds WHERE transaction_reference = 'txn-b' AND status = 'PENDING'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(refunded, Decimal::from(100));
+    let outbox: Vec<String> =
+        sqlx::query_scalar("SELECT payload->>'refundReference' FROM outbox ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(outbox, ["b-old", "b-1", "b-2", "b-3", "b-4", "b-5"]);
+    let created_at: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT created_at) FROM refunds WHERE refund_reference LIKE 'b-_'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(created_at, 1, "one transaction for the whole batch");
+
+    // The same batch again changes nothing: every command is now a repeat or a conflict.
+    let again = refunds::intake_batch(&app.pool, &items, &app.ctx.sink)
+        .await
+        .unwrap();
+    assert!(
+        again.iter().all(|a| !matches!(a, Intake::Created(_))),
+        "{again:?}"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 6);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_burst_is_stored_in_batches_and_the_guard_still_holds() {
+    // 60 commands of 7.50 on one payment of 100.00 (13 fit), plus 10 repeats, all waiting
+    // in the queue before the worker starts, so the consumer takes them in batches.
+    let mut app = TestApp::spawn_with(Options {
+        env: vec![("INTAKE_BATCH", "8".into())],
+        ..Options::default()
+    })
+    .await;
+    let command = |i: usize| {
+        let mut cmd = va_command(&format!("burst-{i}"), "7.50");
+        cmd["transactionReference"] = json!("txn-burst");
+        cmd["paymentAmount"] = json!("100.00");
+        cmd
+    };
+    for i in 0..60 {
+        app.publish(&command(i)).await;
+        if i % 6 == 0 {
+            app.publish(&command(i)).await;
+        }
+    }
+    app.start_worker();
+    app.eventually("all 60 stored", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM refunds")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        n == 60
+    })
+    .await;
+    let (pending, refused, transactions): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status <> 'REFUND_FAIL'),
+             count(*) FILTER (WHERE failure_code = 'AMOUNT_EXCEEDS_REFUNDABLE'),
+             count(DISTINCT created_at)
+         FROM refunds",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((pending, refused), (13, 47));
+    assert!(
+        transactions < 60,
+        "{transactions} intake transactions for 60 commands: not batched"
+    );
+    // Every message was settled: nothing left in the queue or the DLQ.
+    assert!(app.dlq_get().await.is_none());
+    for i in 0..60 {
+        app.wait_final(&format!("burst-{i}")).await;
+    }
+    app.cleanup().await;
+}
