@@ -15,7 +15,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;
 
 pub use refunds::{
-    CallRecord, ClaimedRefund, Intake, RefundRow, RefundView, StoreUpdate, TransitionRow,
+    CallRecord, ClaimedRefund, Intake, RefundRow, RefundView, StepRecord, StoreUpdate,
+    TransitionRow,
 };
 
 /// Where a status change's side effects go: the exchange its event is published on, and
