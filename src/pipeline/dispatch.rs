@@ -5,6 +5,14 @@
 //! no such refund after an unknown submit, submit again in the same step with the same
 //! idempotency reference. The decision is [`crate::domain::decide`]'s; this module only
 //! runs calls and records results. No database transaction is open during a call.
+//!
+//! [`run`] keeps up to `DISPATCH_CONCURRENCY` refunds in flight, claiming more as slots free
+//! up rather than waiting for the slowest of a batch, and one recorder writes finished
+//! steps in batches ([`store::refunds::record_steps`]: one transaction for whatever is
+//! ready). Until it is recorded, an outcome lives only in memory: if it is lost (crash,
+//! or the database down for longer than the claim's lease) the lease expires, the refund is
+//! claimed again, and its phase (moved to `SUBMITTING` by the claim itself) makes that step
+//! ask the provider before submitting again.
 
 use super::Context;
 use crate::domain::{
@@ -12,10 +20,13 @@ use crate::domain::{
     RefundStatus, Wait,
 };
 use crate::providers::{Provider, RefundRequest};
-use crate::store::{self, CallRecord, ClaimedRefund, StoreError, StoreUpdate};
+use crate::store::{self, CallRecord, ClaimedRefund, StepRecord, StoreError, StoreUpdate};
 use chrono::Utc;
 use futures::StreamExt;
+use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -28,54 +39,270 @@ pub enum DispatchOutcome {
     Idle,
 }
 
-/// Claims a batch of due refunds and processes them concurrently.
+/// Most step outcomes recorded in one transaction by [`run`]'s recorder.
+const RECORD_BATCH: usize = 64;
+
+/// One claimed refund's step, done and waiting to be recorded.
+struct Outcome {
+    claimed: ClaimedRefund,
+    extra_submits: i32,
+    calls: Vec<CallRecord>,
+    update: StoreUpdate,
+    /// The refund's span, for the lines logged when it is recorded.
+    span: tracing::Span,
+    /// After this the claim may belong to another step: recording is no longer worth
+    /// retrying (it would most likely find the claim lost anyway).
+    lease_ends: Instant,
+}
+
+/// Claims one batch of due refunds, moves them concurrently, and records all of their
+/// outcomes in one transaction. [`run`] does the same continuously; tests drive this.
 pub async fn step(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
-    let claimed =
-        store::refunds::claim_due(&ctx.pool, ctx.config.dispatch_batch, ctx.config.claim_lease)
-            .await?;
+    let claimed = claim(ctx, ctx.config.dispatch_batch).await?;
     if claimed.is_empty() {
         return Ok(DispatchOutcome::Idle);
     }
     let n = claimed.len();
-    futures::stream::iter(claimed)
-        .for_each_concurrent(ctx.config.dispatch_concurrency, |c| async move {
-            let reference = c.row.refund_reference.clone();
-            // `instrument`, not `Span::enter`: an entered guard held across `.await` corrupts
-            // the subscriber's span registry when steps interleave (seen under load).
-            let span = tracing::info_span!("refund", refund_reference = %reference,
-                provider = c.row.provider.as_deref().unwrap_or("?"));
-            if let Err(e) = process(ctx, &c).instrument(span).await {
-                // The claim's lease expires and the refund is picked up again; its phase
-                // says whether the provider must be asked first.
-                tracing::warn!(refund_reference = %reference, error = %e, "recording a provider outcome failed");
-            }
-        })
+    let outcomes: Vec<Outcome> = futures::stream::iter(claimed)
+        .map(|(c, lease_ends)| process_in_span(ctx, c, lease_ends))
+        .buffer_unordered(ctx.config.dispatch_concurrency.max(1))
+        .collect()
         .await;
+    if let Err(e) = record(ctx, &outcomes).await {
+        // The claims' leases expire and the refunds are picked up again; their phase says
+        // whether the provider must be asked first.
+        tracing::warn!(error = %e, refunds = n, "recording provider outcomes failed");
+    }
     Ok(DispatchOutcome::Worked(n))
 }
 
-/// Runs [`step`] until shutdown. A step in progress finishes before this returns.
+/// Dispatches until shutdown: keeps up to `dispatch_concurrency` refunds in flight, claiming
+/// more as slots free up, while one recorder records finished steps in batches. Steps in
+/// flight finish and are recorded before this returns.
 pub async fn run(ctx: &Context, shutdown: &CancellationToken) {
+    // Bounded: while the recorder is behind (database trouble), finished steps wait to be
+    // handed over and keep their slots, so nothing more is claimed meanwhile.
+    let (outcomes, recorded) = mpsc::channel(ctx.config.dispatch_concurrency.max(1));
+    tokio::join!(
+        dispatch(ctx, shutdown, outcomes),
+        recorder(ctx, recorded, shutdown)
+    );
+}
+
+/// The claiming half of [`run`]. Each claimed refund's step runs as its own task (so calls
+/// progress while this loop waits on the database) and hands its outcome to the recorder.
+async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::Sender<Outcome>) {
+    let shared = Arc::new(ctx.clone());
+    let concurrency = ctx.config.dispatch_concurrency.max(1);
+    // Claim again once a quarter of the slots are free: a claim per finished call would
+    // cost a round trip per refund, waiting for all of them is waiting for the slowest.
+    let refill = (concurrency / 4).max(1);
+    let batch = usize::try_from(ctx.config.dispatch_batch)
+        .unwrap_or(1)
+        .max(1);
+    let mut in_flight: JoinSet<()> = JoinSet::new();
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        match step(ctx).await {
-            Ok(DispatchOutcome::Worked(_)) => failures = 0,
-            Ok(DispatchOutcome::Idle) => {
+        while let Some(done) = in_flight.try_join_next() {
+            reaped(done);
+        }
+        let free = concurrency.saturating_sub(in_flight.len());
+        if free < refill {
+            // Busy: only a finished call can make room.
+            tokio::select! {
+                done = in_flight.join_next() => if let Some(done) = done { reaped(done) },
+                _ = shutdown.cancelled() => {}
+            }
+            continue;
+        }
+        let limit = i64::try_from(free.min(batch)).unwrap_or(1);
+        match claim(ctx, limit).await {
+            Ok(claimed) if !claimed.is_empty() => {
                 failures = 0;
-                super::idle(&ctx.dispatch_wakeup, ctx.config.idle_poll, shutdown).await;
+                for (c, lease_ends) in claimed {
+                    let (ctx, outcomes) = (shared.clone(), outcomes.clone());
+                    in_flight.spawn(async move {
+                        let outcome = process_in_span(&ctx, c, lease_ends).await;
+                        // The recorder outlives every sender, so this fails only if `run`
+                        // itself was dropped; the claim's lease expiry covers that.
+                        let _ = outcomes.send(outcome).await;
+                    });
+                }
+            }
+            Ok(_) => {
+                failures = 0;
+                if in_flight.is_empty() {
+                    super::idle(&ctx.dispatch_wakeup, ctx.config.idle_poll, shutdown).await;
+                } else {
+                    // Nothing due yet: look again when a call finishes (a slot is free and
+                    // it may have rescheduled something), when woken, or after the poll.
+                    tokio::select! {
+                        done = in_flight.join_next() => if let Some(done) = done { reaped(done) },
+                        _ = super::idle(&ctx.dispatch_wakeup, ctx.config.idle_poll, shutdown) => {}
+                    }
+                }
             }
             Err(e) => {
                 failures += 1;
                 let delay = ctx.config.retry.delay(failures.min(6), None);
-                tracing::warn!(error = %e, ?delay, "dispatcher step failed");
+                tracing::warn!(error = %e, ?delay, "dispatcher claim failed");
                 tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => {} }
+            }
+        }
+    }
+    // Let the steps in flight finish; they hand their outcomes to the recorder, which
+    // stops once this sender and theirs are gone.
+    while let Some(done) = in_flight.join_next().await {
+        reaped(done);
+    }
+}
+
+/// A step task ended; one that panicked left its claim to expire.
+fn reaped(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "dispatcher step task failed; its claim will expire");
+    }
+}
+
+/// The recording half of [`run`]: takes whatever outcomes are ready (up to
+/// [`RECORD_BATCH`], without waiting for more) and records them in one transaction.
+async fn recorder(
+    ctx: &Context,
+    mut recorded: mpsc::Receiver<Outcome>,
+    shutdown: &CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while recorded.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        record_reliably(ctx, std::mem::take(&mut batch), shutdown).await;
+    }
+}
+
+/// Records `batch`, retrying with backoff while the database is unavailable. A batch the
+/// database refuses outright is recorded one step at a time, so one bad step cannot take
+/// the others' outcomes with it. Outcomes are dropped once their lease has run out or
+/// when shutdown interrupts a retry: the refund is then claimed again later, and its phase
+/// says whether the provider must be asked first.
+async fn record_reliably(ctx: &Context, mut batch: Vec<Outcome>, shutdown: &CancellationToken) {
+    let Err(e) = record_retrying(ctx, &mut batch, shutdown).await else {
+        return;
+    };
+    if batch.len() == 1 {
+        given_up(&batch, &e);
+        return;
+    }
+    tracing::warn!(error = %e, refunds = batch.len(), "recording a batch failed; recording its steps one by one");
+    for outcome in batch {
+        let mut one = vec![outcome];
+        if let Err(e) = record_retrying(ctx, &mut one, shutdown).await {
+            given_up(&one, &e);
+        }
+    }
+}
+
+/// [`record`] until it succeeds, the leases run out or shutdown interrupts a retry (all
+/// `Ok`, having logged what was dropped); `Err` for an error that retrying cannot fix.
+async fn record_retrying(
+    ctx: &Context,
+    batch: &mut Vec<Outcome>,
+    shutdown: &CancellationToken,
+) -> Result<(), StoreError> {
+    let mut failures = 0u32;
+    loop {
+        let now = Instant::now();
+        let (live, expired): (Vec<Outcome>, Vec<Outcome>) = std::mem::take(batch)
+            .into_iter()
+            .partition(|o| o.lease_ends > now);
+        *batch = live;
+        if !expired.is_empty() {
+            given_up(&expired, &"the claim's lease ran out while retrying");
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let e = match record(ctx, batch).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !e.is_retryable() => return Err(e),
+            Err(e) => e,
+        };
+        failures += 1;
+        let delay = ctx.config.retry.delay(failures.min(6), None);
+        tracing::warn!(error = %e, ?delay, refunds = batch.len(), "recording provider outcomes failed, retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {
+                given_up(batch, &"shutting down");
+                return Ok(());
             }
         }
     }
 }
 
-/// Moves one claimed refund one step.
-async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
+/// Logs outcomes that will not be recorded.
+fn given_up(outcomes: &[Outcome], why: &dyn std::fmt::Display) {
+    for o in outcomes {
+        o.span.in_scope(|| {
+            // The claim's lease expires and the refund is picked up again; its phase says
+            // whether the provider must be asked first.
+            tracing::warn!(error = %why, "recording a provider outcome failed");
+        });
+    }
+}
+
+/// Claims up to `limit` due refunds, each with the instant its lease ends (counted from
+/// before the claim, so never later than the database's).
+async fn claim(ctx: &Context, limit: i64) -> Result<Vec<(ClaimedRefund, Instant)>, StoreError> {
+    let lease_ends = Instant::now() + ctx.config.claim_lease;
+    let claimed = store::refunds::claim_due(&ctx.pool, limit, ctx.config.claim_lease).await?;
+    Ok(claimed.into_iter().map(|c| (c, lease_ends)).collect())
+}
+
+/// Records step outcomes in one transaction, then counts, logs and announces their events.
+async fn record(ctx: &Context, outcomes: &[Outcome]) -> Result<(), StoreError> {
+    let steps: Vec<StepRecord<'_>> = outcomes
+        .iter()
+        .map(|o| StepRecord {
+            claimed: &o.claimed,
+            extra_submits: o.extra_submits,
+            calls: &o.calls,
+            update: &o.update,
+        })
+        .collect();
+    let events = store::refunds::record_steps(&ctx.pool, &steps, &ctx.sink).await?;
+    let mut any = false;
+    for (o, event) in outcomes.iter().zip(events) {
+        if let Some(event) = event {
+            crate::metrics::refund_event(&event);
+            o.span.in_scope(|| {
+                tracing::info!(status = %event.status, failure = ?event.failure_reason, "refund finished");
+            });
+            any = true;
+        }
+    }
+    if any {
+        ctx.event_committed();
+    }
+    Ok(())
+}
+
+/// [`process`] inside the refund's span.
+async fn process_in_span(ctx: &Context, c: ClaimedRefund, lease_ends: Instant) -> Outcome {
+    // `instrument`, not `Span::enter`: an entered guard held across `.await` corrupts
+    // the subscriber's span registry when steps interleave (seen under load).
+    let span = tracing::info_span!("refund", refund_reference = %c.row.refund_reference,
+        provider = c.row.provider.as_deref().unwrap_or("?"));
+    let (extra_submits, calls, update) = process(ctx, &c).instrument(span.clone()).await;
+    Outcome {
+        claimed: c,
+        extra_submits,
+        calls,
+        update,
+        span,
+        lease_ends,
+    }
+}
+
+/// Moves one claimed refund one step: its provider calls and the change to record.
+async fn process(ctx: &Context, c: &ClaimedRefund) -> (i32, Vec<CallRecord>, StoreUpdate) {
     let fail = |message: String| StoreUpdate::Finish {
         status: RefundStatus::RefundFail,
         failure: Some(FailureReason::new(FailureCode::InvalidCommand, message)),
@@ -86,12 +313,12 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
     let cmd = match RefundCommand::from_value(c.command.clone()) {
         Ok(cmd) => cmd,
         // Validated at intake; only a schema change could get here.
-        Err(e) => return record(ctx, c, 0, &[], fail(e.message())).await,
+        Err(e) => return (0, Vec::new(), fail(e.message())),
     };
     let Some(provider) = ctx.providers.get(cmd.provider) else {
         // Configuration changed since intake (the refund was never sent).
         let msg = format!("provider {} is not configured", cmd.provider);
-        return record(ctx, c, 0, &[], fail(msg)).await;
+        return (0, Vec::new(), fail(msg));
     };
     let request = RefundRequest {
         refund_reference: cmd.refund_reference.clone(),
@@ -189,24 +416,7 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> Result<(), StoreError> {
             }
         }
     };
-    record(ctx, c, extra_submits, &calls, update).await
-}
-
-async fn record(
-    ctx: &Context,
-    c: &ClaimedRefund,
-    extra_submits: i32,
-    calls: &[CallRecord],
-    update: StoreUpdate,
-) -> Result<(), StoreError> {
-    let event =
-        store::refunds::record_step(&ctx.pool, c, extra_submits, calls, update, &ctx.sink).await?;
-    if let Some(event) = event {
-        crate::metrics::refund_event(&event);
-        tracing::info!(status = %event.status, failure = ?event.failure_reason, "refund finished");
-        ctx.event_committed();
-    }
-    Ok(())
+    (extra_submits, calls, update)
 }
 
 /// Makes one provider call and logs it for the attempts table.

@@ -2,8 +2,9 @@
 //! restarts, and drains in order on shutdown.
 //!
 //! Shutdown order matters for "nothing lost": stop taking commands and finish the ones in
-//! flight (they are acked after their commit), let the dispatcher finish its step, then let
-//! the relay publish everything committed meanwhile, then close the connection.
+//! flight (they are acked after their commit), let the dispatcher finish and record its
+//! steps in flight, then let the relay publish everything committed meanwhile, then close
+//! the connection.
 
 use super::{dispatch, inbound, intake, relay, Context};
 use crate::broker::{self, Publisher};
@@ -139,7 +140,7 @@ async fn session(
     let result = tokio::select! {
         r = &mut consume => match r {
             Ok(()) => {
-                // Commands drained; wait for the dispatcher's last step, then flush events.
+                // Commands drained; wait for the dispatcher's last steps, then flush events.
                 dispatch_done.cancelled().await;
                 relay_stop.cancel();
                 relay_run.await.map_err(anyhow::Error::from)

@@ -15,7 +15,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;
 
 pub use refunds::{
-    CallRecord, ClaimedRefund, Intake, IntakeItem, RefundRow, RefundView, StoreUpdate,
+    CallRecord, ClaimedRefund, Intake, IntakeItem, RefundRow, RefundView, StepRecord, StoreUpdate,
     TransitionRow,
 };
 

@@ -780,11 +780,24 @@ struct ClaimRow {
     command: Value,
 }
 
+/// One claimed refund's step outcome, for [`record_steps`].
+#[derive(Debug, Clone, Copy)]
+pub struct StepRecord<'a> {
+    /// The refund as claimed; its outcome is recorded only under its claim token.
+    pub claimed: &'a ClaimedRefund,
+    /// Submits beyond the one counted at claim time.
+    pub extra_submits: i32,
+    /// The step's provider calls, in the order they were made.
+    pub calls: &'a [CallRecord],
+    /// The change to make.
+    pub update: &'a StoreUpdate,
+}
+
 /// Records the result of a dispatcher step on a claimed refund, with its provider calls,
 /// and (for a final status) the transition and its outbox event, in one transaction.
 ///
 /// Returns the event when one was produced, or `None` when the claim was lost (the lease
-/// expired and another worker took over) or nothing changed.
+/// expired and another worker took over) or nothing changed. [`record_steps`] with one step.
 pub async fn record_step(
     pool: &PgPool,
     claimed: &ClaimedRefund,
@@ -793,114 +806,319 @@ pub async fn record_step(
     update: StoreUpdate,
     sink: &EventSink,
 ) -> Result<Option<RefundEvent>, StoreError> {
-    let reference = &claimed.row.refund_reference;
-    let polls =
-        i32::try_from(calls.iter().filter(|c| c.call == "status").count()).unwrap_or(i32::MAX);
-    let mut tx = pool.begin().await?;
-    let event = match update {
-        StoreUpdate::Reschedule {
-            phase,
-            delay,
-            failed,
-            provider_reference,
-            provider_status,
-            fee,
-        } => {
-            let done = sqlx::query(
-                "UPDATE refunds SET phase = $3, next_attempt_at = now() + make_interval(secs => $4),
-                     claim_token = NULL, attempts = attempts + $5,
-                     failures = CASE WHEN $6 THEN failures + 1 ELSE 0 END,
-                     polls = polls + $7,
-                     provider_reference = COALESCE($8, provider_reference),
-                     provider_status = COALESCE($9, provider_status),
-                     provider_fee = COALESCE($10, provider_fee),
-                     provider_fee_currency = COALESCE($11, provider_fee_currency), updated_at = now()
-                 WHERE refund_reference = $1 AND claim_token = $2 AND status = 'PENDING'",
-            )
-            .bind(reference)
-            .bind(claimed.token)
-            .bind(phase.as_str())
-            .bind(delay.as_secs_f64())
-            .bind(extra_submits)
-            .bind(failed)
-            .bind(polls)
-            .bind(provider_reference)
-            .bind(provider_status)
-            .bind(fee.as_ref().map(|f| f.amount))
-            .bind(fee.as_ref().map(|f| f.currency.as_str()))
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                tx.rollback().await?;
-                return Ok(None);
-            }
-            None
-        }
-        StoreUpdate::Finish {
-            status,
-            failure,
-            provider_reference,
-            provider_status,
-            fee,
-        } => {
-            // A claimed refund is PENDING; the conditional update below is the database's
-            // half of the rule (it changes nothing unless the refund is still pending and
-            // under our claim), this is the state machine's half.
+    let step = StepRecord {
+        claimed,
+        extra_submits,
+        calls,
+        update: &update,
+    };
+    let mut events = record_steps(pool, &[step], sink).await?;
+    Ok(events.pop().flatten())
+}
+
+/// Records many dispatcher steps in one transaction: for each claimed refund still under
+/// its claim, its new schedule or final status, its provider calls, and (for a final
+/// status) the transition, outbox event and merchant webhook.
+///
+/// A handful of set-based statements per batch instead of about five round trips per
+/// refund: one `UPDATE ... FROM UNNEST` for the reschedules, one for the finishes, one
+/// [`record_transitions`], one `provider_attempts` insert. Returns, in `steps` order, each
+/// step's event, or `None` for a reschedule or a lost claim (the lease expired and another
+/// worker took over, or a provider webhook finished the refund first). A lost claim
+/// changes nothing, not even the attempts log, exactly as if its own transaction had been
+/// rolled back.
+///
+/// Rows are updated in `refund_reference` order, so two batches sharing refunds lock them
+/// in the same order; should a deadlock happen anyway, it is a retryable error
+/// ([`crate::error::sqlx_is_retryable`]) and the whole batch can be tried again.
+pub async fn record_steps(
+    pool: &PgPool,
+    steps: &[StepRecord<'_>],
+    sink: &EventSink,
+) -> Result<Vec<Option<RefundEvent>>, StoreError> {
+    if steps.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A claimed refund is PENDING; the conditional updates below are the database's half of
+    // the rule (they change nothing unless the refund is still pending and under our
+    // claim), this is the state machine's half. Checked before any work is done.
+    for s in steps {
+        if let StoreUpdate::Finish { status, .. } = s.update {
             let current = RefundStatus::Pending;
-            if transition(current, status) != Transition::Apply {
+            if transition(current, *status) != Transition::Apply {
                 return Err(StoreError::Corrupt(format!(
                     "dispatcher asked for {current} -> {status}"
                 )));
             }
-            let Some(row) = finish_pending(
-                &mut tx,
-                reference,
-                Some(claimed.token),
-                status,
-                failure.as_ref(),
-                FinishCounts {
-                    extra_submits,
-                    polls,
-                },
+        }
+    }
+    let polls = |s: &StepRecord<'_>| {
+        i32::try_from(s.calls.iter().filter(|c| c.call == "status").count()).unwrap_or(i32::MAX)
+    };
+    // Indices into `steps`, in lock order.
+    let mut order: Vec<usize> = (0..steps.len()).collect();
+    order.sort_by(|&a, &b| {
+        steps[a]
+            .claimed
+            .row
+            .refund_reference
+            .cmp(&steps[b].claimed.row.refund_reference)
+    });
+    let (finishes, reschedules): (Vec<usize>, Vec<usize>) = order
+        .into_iter()
+        .partition(|&i| matches!(steps[i].update, StoreUpdate::Finish { .. }));
+
+    let mut applied = vec![false; steps.len()];
+    let mut events: Vec<Option<RefundEvent>> = vec![None; steps.len()];
+    let mut tx = pool.begin().await?;
+
+    if !reschedules.is_empty() {
+        let mut rows = RescheduleArrays::default();
+        for &i in &reschedules {
+            let s = &steps[i];
+            if let StoreUpdate::Reschedule {
+                phase,
+                delay,
+                failed,
                 provider_reference,
                 provider_status,
-                fee.as_ref(),
-            )
-            .await?
-            else {
-                tx.rollback().await?;
-                return Ok(None);
-            };
-            let event = event_for(&row, status, failure)?;
-            let cause = match status {
-                RefundStatus::Completed => "provider confirmed the refund",
-                _ => "provider outcome",
-            };
-            record_transition(&mut tx, Some(current), &event, cause, sink).await?;
-            Some(event)
+                fee,
+            } = s.update
+            {
+                rows.reference.push(s.claimed.row.refund_reference.as_str());
+                rows.token.push(s.claimed.token);
+                rows.phase.push(phase.as_str());
+                rows.delay.push(delay.as_secs_f64());
+                rows.extra_submits.push(s.extra_submits);
+                rows.failed.push(*failed);
+                rows.polls.push(polls(s));
+                rows.provider_reference.push(provider_reference.as_deref());
+                rows.provider_status.push(provider_status.as_deref());
+                rows.fee.push(fee.as_ref().map(|f| f.amount));
+                rows.fee_currency
+                    .push(fee.as_ref().map(|f| f.currency.as_str()));
+            }
         }
-    };
+        // The unnested columns are named unlike any column of `refunds`, so nothing in
+        // SET or RETURNING is ambiguous.
+        let done: Vec<(String, Uuid)> = sqlx::query_as(
+            "UPDATE refunds r SET phase = u.new_phase,
+                 next_attempt_at = now() + make_interval(secs => u.delay_secs),
+                 claim_token = NULL, attempts = r.attempts + u.add_submits,
+                 failures = CASE WHEN u.failed THEN r.failures + 1 ELSE 0 END,
+                 polls = r.polls + u.add_polls,
+                 provider_reference = COALESCE(u.new_provider_reference, r.provider_reference),
+                 provider_status = COALESCE(u.new_provider_status, r.provider_status),
+                 provider_fee = COALESCE(u.new_fee, r.provider_fee),
+                 provider_fee_currency = COALESCE(u.new_fee_currency, r.provider_fee_currency),
+                 updated_at = now()
+             FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::float8[], $5::int4[],
+                     $6::bool[], $7::int4[], $8::text[], $9::text[], $10::numeric[], $11::text[])
+                 AS u(ref, tok, new_phase, delay_secs, add_submits, failed, add_polls,
+                     new_provider_reference, new_provider_status, new_fee, new_fee_currency)
+             WHERE r.refund_reference = u.ref AND r.claim_token = u.tok AND r.status = 'PENDING'
+             RETURNING r.refund_reference, u.tok",
+        )
+        .bind(&rows.reference)
+        .bind(&rows.token)
+        .bind(&rows.phase)
+        .bind(&rows.delay)
+        .bind(&rows.extra_submits)
+        .bind(&rows.failed)
+        .bind(&rows.polls)
+        .bind(&rows.provider_reference)
+        .bind(&rows.provider_status)
+        .bind(&rows.fee)
+        .bind(&rows.fee_currency)
+        .fetch_all(&mut *tx)
+        .await?;
+        for i in reschedules {
+            let c = steps[i].claimed;
+            applied[i] = done
+                .iter()
+                .any(|(r, t)| *r == c.row.refund_reference && *t == c.token);
+        }
+    }
+
+    let mut finished: Vec<(usize, RefundStatus)> = Vec::new();
+    if !finishes.is_empty() {
+        let mut rows = FinishArrays::default();
+        for &i in &finishes {
+            let s = &steps[i];
+            if let StoreUpdate::Finish {
+                status,
+                failure,
+                provider_reference,
+                provider_status,
+                fee,
+            } = s.update
+            {
+                rows.reference.push(s.claimed.row.refund_reference.as_str());
+                rows.token.push(s.claimed.token);
+                rows.status.push(status.as_str());
+                rows.failure_code
+                    .push(failure.as_ref().map(|f| f.code.as_str()));
+                rows.failure_message
+                    .push(failure.as_ref().map(|f| f.message.as_str()));
+                rows.extra_submits.push(s.extra_submits);
+                rows.polls.push(polls(s));
+                rows.provider_reference.push(provider_reference.as_deref());
+                rows.provider_status.push(provider_status.as_deref());
+                rows.fee.push(fee.as_ref().map(|f| f.amount));
+                rows.fee_currency
+                    .push(fee.as_ref().map(|f| f.currency.as_str()));
+            }
+        }
+        // The same change as `finish_pending` with a token, for many refunds.
+        let done: Vec<FinishedRow> = sqlx::query_as(&format!(
+            "UPDATE refunds r SET status = u.new_status, phase = 'FINAL', next_attempt_at = NULL,
+                 claim_token = NULL, failure_code = u.new_failure_code,
+                 failure_message = u.new_failure_message, attempts = r.attempts + u.add_submits,
+                 polls = r.polls + u.add_polls,
+                 provider_reference = COALESCE(u.new_provider_reference, r.provider_reference),
+                 provider_status = COALESCE(u.new_provider_status, r.provider_status),
+                 provider_fee = COALESCE(u.new_fee, r.provider_fee),
+                 provider_fee_currency = COALESCE(u.new_fee_currency, r.provider_fee_currency),
+                 updated_at = now(), finished_at = now()
+             FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[],
+                     $7::int4[], $8::text[], $9::text[], $10::numeric[], $11::text[])
+                 AS u(ref, tok, new_status, new_failure_code, new_failure_message, add_submits,
+                     add_polls, new_provider_reference, new_provider_status, new_fee,
+                     new_fee_currency)
+             WHERE r.refund_reference = u.ref AND r.claim_token = u.tok AND r.status = 'PENDING'
+             RETURNING {ROW_COLUMNS}, u.tok"
+        ))
+        .bind(&rows.reference)
+        .bind(&rows.token)
+        .bind(&rows.status)
+        .bind(&rows.failure_code)
+        .bind(&rows.failure_message)
+        .bind(&rows.extra_submits)
+        .bind(&rows.polls)
+        .bind(&rows.provider_reference)
+        .bind(&rows.provider_status)
+        .bind(&rows.fee)
+        .bind(&rows.fee_currency)
+        .fetch_all(&mut *tx)
+        .await?;
+        for i in finishes {
+            let s = &steps[i];
+            let Some(row) = done.iter().find(|d| {
+                d.row.refund_reference == s.claimed.row.refund_reference && d.tok == s.claimed.token
+            }) else {
+                continue;
+            };
+            let StoreUpdate::Finish {
+                status, failure, ..
+            } = s.update
+            else {
+                continue;
+            };
+            applied[i] = true;
+            events[i] = Some(event_for(&row.row, *status, failure.clone())?);
+            finished.push((i, *status));
+        }
+    }
+
+    if !applied.contains(&true) {
+        // Every claim was lost: nothing to write.
+        tx.rollback().await?;
+        return Ok(events);
+    }
+
+    // History, outbox and webhooks in `steps` order (the order the relay publishes in).
+    finished.sort_by_key(|&(i, _)| i);
+    let writes: Vec<TransitionWrite<'_>> = finished
+        .iter()
+        .filter_map(|&(i, status)| {
+            events[i].as_ref().map(|event| TransitionWrite {
+                from: Some(RefundStatus::Pending),
+                event,
+                cause: match status {
+                    RefundStatus::Completed => "provider confirmed the refund",
+                    _ => "provider outcome",
+                },
+            })
+        })
+        .collect();
+    record_transitions(&mut tx, &writes, sink).await?;
+
+    // Every recorded step's calls in one statement, in `steps` order and call order (the
+    // attempts log is read back in id order).
+    let calls: Vec<(&str, &CallRecord)> = steps
+        .iter()
+        .zip(&applied)
+        .filter(|(_, &applied)| applied)
+        .flat_map(|(s, _)| {
+            s.calls
+                .iter()
+                .map(|c| (s.claimed.row.refund_reference.as_str(), c))
+        })
+        .collect();
     if !calls.is_empty() {
-        // All of the step's calls in one statement.
-        let latency: Vec<i32> = calls
-            .iter()
-            .map(|c| i32::try_from(c.latency.as_millis()).unwrap_or(i32::MAX))
-            .collect();
         sqlx::query(
             "INSERT INTO provider_attempts (refund_reference, call, outcome, detail, started_at, latency_ms)
-             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[])",
+             SELECT ref, call, outcome, detail, started_at, latency_ms
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[])
+                 WITH ORDINALITY AS a(ref, call, outcome, detail, started_at, latency_ms, n)
+             ORDER BY n",
         )
-        .bind(reference)
-        .bind(calls.iter().map(|c| c.call).collect::<Vec<_>>())
-        .bind(calls.iter().map(|c| c.outcome.as_str()).collect::<Vec<_>>())
-        .bind(calls.iter().map(|c| c.detail.as_deref()).collect::<Vec<_>>())
-        .bind(calls.iter().map(|c| c.started_at).collect::<Vec<_>>())
-        .bind(latency)
+        .bind(calls.iter().map(|(r, _)| *r).collect::<Vec<_>>())
+        .bind(calls.iter().map(|(_, c)| c.call).collect::<Vec<_>>())
+        .bind(calls.iter().map(|(_, c)| c.outcome.as_str()).collect::<Vec<_>>())
+        .bind(calls.iter().map(|(_, c)| c.detail.as_deref()).collect::<Vec<_>>())
+        .bind(calls.iter().map(|(_, c)| c.started_at).collect::<Vec<_>>())
+        .bind(
+            calls
+                .iter()
+                .map(|(_, c)| i32::try_from(c.latency.as_millis()).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
-    Ok(event)
+    Ok(events)
+}
+
+/// `record_steps`' reschedules as the columns of its `UNNEST`.
+#[derive(Default)]
+struct RescheduleArrays<'a> {
+    reference: Vec<&'a str>,
+    token: Vec<Uuid>,
+    phase: Vec<&'static str>,
+    delay: Vec<f64>,
+    extra_submits: Vec<i32>,
+    failed: Vec<bool>,
+    polls: Vec<i32>,
+    provider_reference: Vec<Option<&'a str>>,
+    provider_status: Vec<Option<&'a str>>,
+    fee: Vec<Option<Decimal>>,
+    fee_currency: Vec<Option<&'a str>>,
+}
+
+/// `record_steps`' finishes as the columns of its `UNNEST`.
+#[derive(Default)]
+struct FinishArrays<'a> {
+    reference: Vec<&'a str>,
+    token: Vec<Uuid>,
+    status: Vec<&'static str>,
+    failure_code: Vec<Option<&'static str>>,
+    failure_message: Vec<Option<&'a str>>,
+    extra_submits: Vec<i32>,
+    polls: Vec<i32>,
+    provider_reference: Vec<Option<&'a str>>,
+    provider_status: Vec<Option<&'a str>>,
+    fee: Vec<Option<Decimal>>,
+    fee_currency: Vec<Option<&'a str>>,
+}
+
+/// A refund finished by `record_steps`, with the claim it was finished under.
+#[derive(sqlx::FromRow)]
+struct FinishedRow {
+    #[sqlx(flatten)]
+    row: RefundRow,
+    tok: Uuid,
 }
 
 /// Provider calls made by the step that finishes a refund, added to its counters.
