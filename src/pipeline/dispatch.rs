@@ -23,9 +23,10 @@ use crate::providers::{Provider, RefundRequest};
 use crate::store::{self, CallRecord, ClaimedRefund, StepRecord, StoreError, StoreUpdate};
 use chrono::Utc;
 use futures::StreamExt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -37,6 +38,75 @@ pub enum DispatchOutcome {
     Worked(usize),
     /// Nothing was due.
     Idle,
+}
+
+/// New refunds that intake claimed in its own transaction and hands straight to this
+/// worker's dispatcher ([`store::refunds::intake_batch_claiming`]), skipping a claim's
+/// update and the wait for the next claim. Also the dispatcher's slot count: every refund
+/// in flight, claimed here or handed over, holds one of `DISPATCH_CONCURRENCY` slots.
+///
+/// A handed-over refund is claimed with the usual lease, so if this worker dies before the
+/// step is recorded, the lease expires and any worker takes it up as after a crash mid-call.
+pub struct Handoff {
+    slots: Arc<Semaphore>,
+    sender: mpsc::UnboundedSender<Handed>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Handed>>>,
+    /// Whether a dispatcher is running to take them (tests drive intake without one).
+    open: AtomicBool,
+}
+
+/// A refund handed over, with the slot it holds.
+struct Handed {
+    claimed: ClaimedRefund,
+    lease_ends: Instant,
+    slot: OwnedSemaphorePermit,
+}
+
+impl Handoff {
+    /// A hand-off with `slots` dispatcher slots.
+    pub fn new(slots: usize) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self {
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+            open: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes up to `wanted` free dispatcher slots for refunds about to be stored; none when
+    /// no dispatcher is running here or it is busy (those refunds are claimed later).
+    pub fn reserve(&self, wanted: usize) -> Vec<OwnedSemaphorePermit> {
+        if !self.open.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        std::iter::from_fn(|| self.slots.clone().try_acquire_owned().ok())
+            .take(wanted)
+            .collect()
+    }
+
+    /// Hands claimed refunds to the dispatcher, each with one of `slots` (the rest are
+    /// released).
+    pub fn hand(
+        &self,
+        claimed: Vec<ClaimedRefund>,
+        lease_ends: Instant,
+        slots: Vec<OwnedSemaphorePermit>,
+    ) {
+        for (claimed, slot) in claimed.into_iter().zip(slots) {
+            let reference = claimed.row.refund_reference.clone();
+            let handed = Handed {
+                claimed,
+                lease_ends,
+                slot,
+            };
+            if self.sender.send(handed).is_err() {
+                // The dispatcher stopped (shutdown) after the claim: the lease expires
+                // and the refund is dispatched then, by this worker or another.
+                tracing::warn!(refund_reference = %reference, "dispatcher gone; the refund waits for its claim to expire");
+            }
+        }
+    }
 }
 
 /// Most step outcomes recorded in one transaction by [`run`]'s recorder.
@@ -100,49 +170,71 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
     let batch = usize::try_from(ctx.config.dispatch_batch)
         .unwrap_or(1)
         .max(1);
+    let handoff = &ctx.handoff;
+    // One dispatcher per context takes the hand-off; another one (if any) only claims.
+    let mut handed = handoff.receiver.lock().ok().and_then(|mut r| r.take());
+    if handed.is_some() {
+        handoff.open.store(true, Ordering::Release);
+    }
     let mut in_flight: JoinSet<()> = JoinSet::new();
+    let spawn = |in_flight: &mut JoinSet<()>, h: Handed| {
+        let (ctx, outcomes) = (shared.clone(), outcomes.clone());
+        in_flight.spawn(async move {
+            let outcome = process_in_span(&ctx, h.claimed, h.lease_ends).await;
+            // The recorder outlives every sender, so this fails only if `run` itself was
+            // dropped; the claim's lease expiry covers that.
+            let _ = outcomes.send(outcome).await;
+            drop(h.slot);
+        });
+    };
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         while let Some(done) = in_flight.try_join_next() {
             reaped(done);
         }
-        let free = concurrency.saturating_sub(in_flight.len());
+        while let Some(h) = handed.as_mut().and_then(|r| r.try_recv().ok()) {
+            spawn(&mut in_flight, h);
+        }
+        let free = handoff.slots.available_permits();
         if free < refill {
             // Busy: only a finished call can make room.
             tokio::select! {
                 done = in_flight.join_next() => if let Some(done) = done { reaped(done) },
+                h = next_handed(&mut handed) => if let Some(h) = h { spawn(&mut in_flight, h) },
                 _ = shutdown.cancelled() => {}
             }
             continue;
         }
-        let limit = i64::try_from(free.min(batch)).unwrap_or(1);
+        let slots: Vec<OwnedSemaphorePermit> =
+            std::iter::from_fn(|| handoff.slots.clone().try_acquire_owned().ok())
+                .take(free.min(batch))
+                .collect();
+        let limit = i64::try_from(slots.len()).unwrap_or(1);
         match claim(ctx, limit).await {
             Ok(claimed) if !claimed.is_empty() => {
                 failures = 0;
-                for (c, lease_ends) in claimed {
-                    let (ctx, outcomes) = (shared.clone(), outcomes.clone());
-                    in_flight.spawn(async move {
-                        let outcome = process_in_span(&ctx, c, lease_ends).await;
-                        // The recorder outlives every sender, so this fails only if `run`
-                        // itself was dropped; the claim's lease expiry covers that.
-                        let _ = outcomes.send(outcome).await;
-                    });
+                for ((claimed, lease_ends), slot) in claimed.into_iter().zip(slots) {
+                    let h = Handed {
+                        claimed,
+                        lease_ends,
+                        slot,
+                    };
+                    spawn(&mut in_flight, h);
                 }
             }
             Ok(_) => {
                 failures = 0;
-                if in_flight.is_empty() {
-                    super::idle(&ctx.dispatch_wakeup, ctx.config.idle_poll, shutdown).await;
-                } else {
-                    // Nothing due yet: look again when a call finishes (a slot is free and
-                    // it may have rescheduled something), when woken, or after the poll.
-                    tokio::select! {
-                        done = in_flight.join_next() => if let Some(done) = done { reaped(done) },
-                        _ = super::idle(&ctx.dispatch_wakeup, ctx.config.idle_poll, shutdown) => {}
-                    }
+                drop(slots);
+                // Nothing due: look again when a call finishes (it may have rescheduled
+                // something), when a refund is handed over, when woken, or after the poll.
+                tokio::select! {
+                    done = in_flight.join_next(), if !in_flight.is_empty() => if let Some(done) = done { reaped(done) },
+                    h = next_handed(&mut handed) => if let Some(h) = h { spawn(&mut in_flight, h) },
+                    _ = super::idle(&ctx.dispatch_wakeup, ctx.config.idle_poll, shutdown) => {}
                 }
             }
             Err(e) => {
+                drop(slots);
                 failures += 1;
                 let delay = ctx.config.retry.delay(failures.min(6), None);
                 tracing::warn!(error = %e, ?delay, "dispatcher claim failed");
@@ -150,10 +242,31 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
             }
         }
     }
+    // No more hand-offs; the refunds already handed over are claimed: run them too.
+    handoff.open.store(false, Ordering::Release);
+    if let Some(mut receiver) = handed {
+        while let Ok(h) = receiver.try_recv() {
+            spawn(&mut in_flight, h);
+        }
+        // Give the receiver back for a dispatcher started later on this context: a refund
+        // handed over in the instant before `open` turned false waits there for it (or for
+        // its lease to expire).
+        if let Ok(mut slot) = handoff.receiver.lock() {
+            *slot = Some(receiver);
+        }
+    }
     // Let the steps in flight finish; they hand their outcomes to the recorder, which
     // stops once this sender and theirs are gone.
     while let Some(done) = in_flight.join_next().await {
         reaped(done);
+    }
+}
+
+/// The next refund handed over; never, when this dispatcher has no hand-off.
+async fn next_handed(handed: &mut Option<mpsc::UnboundedReceiver<Handed>>) -> Option<Handed> {
+    match handed {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

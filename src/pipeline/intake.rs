@@ -123,15 +123,19 @@ async fn store(ctx: &Context, prepared: &[Prepared]) -> Result<Vec<IntakeOutcome
         .collect();
     let mut stored = match items.as_slice() {
         [] => Vec::new(),
-        [one] => vec![store::refunds::intake(&ctx.pool, *one, &ctx.sink).await],
-        _ => match store::refunds::intake_batch(&ctx.pool, &items, &ctx.sink).await {
+        [_] => vec![store_items(ctx, &items).await.and_then(one)],
+        _ => match store_items(ctx, &items).await {
             Ok(all) => all.into_iter().map(Ok).collect(),
             // Data the database refuses in one command must not hold back the others:
             // store them one at a time, so only that one is dead-lettered.
             Err(e) if !e.is_retryable() => {
                 let mut each = Vec::with_capacity(items.len());
                 for item in &items {
-                    each.push(store::refunds::intake(&ctx.pool, *item, &ctx.sink).await);
+                    each.push(
+                        store_items(ctx, std::slice::from_ref(item))
+                            .await
+                            .and_then(one),
+                    );
                 }
                 each
             }
@@ -193,6 +197,32 @@ async fn store(ctx: &Context, prepared: &[Prepared]) -> Result<Vec<IntakeOutcome
         ctx.dispatch_wakeup.notify_one();
     }
     Ok(outcomes)
+}
+
+/// Stores valid commands in one transaction, claiming as many of the new refunds as the
+/// dispatcher has free slots and handing those straight to it.
+async fn store_items(ctx: &Context, items: &[IntakeItem<'_>]) -> Result<Vec<Intake>, StoreError> {
+    let slots = ctx
+        .handoff
+        .reserve(items.iter().filter(|i| i.provider_configured).count());
+    let lease = ctx.config.claim_lease;
+    // Counted from before the claim, so never later than the database's lease.
+    let lease_ends = std::time::Instant::now() + lease;
+    let preclaim = store::Preclaim {
+        limit: slots.len(),
+        lease,
+    };
+    let (answers, claimed) =
+        store::refunds::intake_batch_claiming(&ctx.pool, items, &ctx.sink, preclaim).await?;
+    ctx.handoff.hand(claimed, lease_ends, slots);
+    Ok(answers)
+}
+
+/// The one answer of a batch of one.
+fn one(mut answers: Vec<Intake>) -> Result<Intake, StoreError> {
+    answers
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("intake answered nothing".into()))
 }
 
 /// Processes one message body: validates and stores it. Errors are infrastructure errors

@@ -40,6 +40,8 @@ pub struct Context {
     pub dispatch_wakeup: Arc<Notify>,
     /// Wakes the webhook deliverer when a delivery was queued.
     pub delivery_wakeup: Arc<Notify>,
+    /// New refunds claimed by intake for the dispatcher, and the dispatcher's slots.
+    pub handoff: Arc<dispatch::Handoff>,
 }
 
 impl Context {
@@ -50,6 +52,7 @@ impl Context {
             exchange: topology.exchange.clone(),
             webhook_default_url: config.webhooks.default_url.clone(),
         };
+        let slots = config.dispatch_concurrency;
         Self {
             sink,
             pool,
@@ -59,6 +62,7 @@ impl Context {
             relay_wakeup: Arc::new(Notify::new()),
             dispatch_wakeup: Arc::new(Notify::new()),
             delivery_wakeup: Arc::new(Notify::new()),
+            handoff: Arc::new(dispatch::Handoff::new(slots)),
         }
     }
 }

@@ -15,8 +15,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;
 
 pub use refunds::{
-    CallRecord, ClaimedRefund, Intake, IntakeItem, RefundRow, RefundView, StepRecord, StoreUpdate,
-    TransitionRow,
+    CallRecord, ClaimedRefund, Intake, IntakeItem, Preclaim, RefundRow, RefundView, StepRecord,
+    StoreUpdate, TransitionRow,
 };
 
 /// Where a status change's side effects go: the exchange its event is published on, and

@@ -231,8 +231,34 @@ pub async fn intake_batch(
     items: &[IntakeItem<'_>],
     sink: &EventSink,
 ) -> Result<Vec<Intake>, StoreError> {
+    let none = Preclaim {
+        limit: 0,
+        lease: Duration::ZERO,
+    };
+    Ok(intake_batch_claiming(pool, items, sink, none).await?.0)
+}
+
+/// New refunds to claim for this worker's dispatcher in the intake transaction itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Preclaim {
+    /// Most refunds to claim (the dispatcher's free slots).
+    pub limit: usize,
+    /// The claims' lease, as in [`claim_due`].
+    pub lease: Duration,
+}
+
+/// [`intake_batch`], also claiming up to `preclaim.limit` of the new `PENDING` refunds
+/// exactly as [`claim_due`] would (phase `SUBMITTING`, one attempt counted, leased), so they
+/// can go straight to the dispatcher: a new refund is due now, and claiming it in the same
+/// statement that inserts it saves a claim's update and the wait for the next claim.
+pub async fn intake_batch_claiming(
+    pool: &PgPool,
+    items: &[IntakeItem<'_>],
+    sink: &EventSink,
+    preclaim: Preclaim,
+) -> Result<(Vec<Intake>, Vec<ClaimedRefund>), StoreError> {
     for _ in 0..INTAKE_ROUNDS {
-        if let Some(done) = intake_round(pool, items, sink).await? {
+        if let Some(done) = intake_round(pool, items, sink, preclaim).await? {
             return Ok(done);
         }
     }
@@ -250,7 +276,8 @@ async fn intake_round(
     pool: &PgPool,
     items: &[IntakeItem<'_>],
     sink: &EventSink,
-) -> Result<Option<Vec<Intake>>, StoreError> {
+    preclaim: Preclaim,
+) -> Result<Option<(Vec<Intake>, Vec<ClaimedRefund>)>, StoreError> {
     let mut tx = pool.begin().await?;
     let mut payments = lock_payments(&mut tx, items).await?;
     // Read after the payments are locked, so a refund committed by a batch we waited for
@@ -324,7 +351,7 @@ async fn intake_round(
     save_learned_amounts(&mut tx, &payments).await?;
     if fresh.is_empty() {
         tx.commit().await?;
-        return Ok(Some(answers.into_iter().flatten().collect()));
+        return Ok(Some((answers.into_iter().flatten().collect(), Vec::new())));
     }
 
     let status = |refusal: Option<&FailureReason>| match refusal {
@@ -332,27 +359,36 @@ async fn intake_round(
         Some(_) => (RefundStatus::RefundFail, Phase::Final),
     };
     let (mut statuses, mut phases, mut codes, mut messages) = (vec![], vec![], vec![], vec![]);
+    let mut claims = Vec::with_capacity(fresh.len());
     for (_, refusal) in &fresh {
         let (s, p) = status(refusal.as_ref());
         statuses.push(s.as_str());
         phases.push(p.as_str());
         codes.push(refusal.as_ref().map(|r| r.code.as_str()));
         messages.push(refusal.as_ref().map(|r| r.message.as_str()));
+        let claimed = claims.iter().filter(|c| **c).count();
+        claims.push(refusal.is_none() && claimed < preclaim.limit);
     }
+    let token = Uuid::new_v4();
     let cmds: Vec<&IntakeItem<'_>> = fresh.iter().map(|(n, _)| &items[*n]).collect();
-    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+    // A pre-claimed row is written as `claim_due` would leave it.
+    let rows: Vec<RefundRow> = sqlx::query_as(&format!(
         "INSERT INTO refunds (refund_reference, provider, transaction_reference, amount, currency,
              status, phase, failure_code, failure_message, next_attempt_at, command, command_hash,
-             finished_at)
-         SELECT r, p, t, a, c, s, ph, fc, fm, CASE WHEN s = 'PENDING' THEN now() END, cmd, h,
-             CASE WHEN s = 'PENDING' THEN NULL ELSE now() END
+             finished_at, claim_token, attempts)
+         SELECT r, p, t, a, c, s, CASE WHEN cl THEN 'SUBMITTING' ELSE ph END, fc, fm,
+             CASE WHEN s <> 'PENDING' THEN NULL
+                  WHEN cl THEN now() + make_interval(secs => $13)
+                  ELSE now() END,
+             cmd, h, CASE WHEN s = 'PENDING' THEN NULL ELSE now() END,
+             CASE WHEN cl THEN $14::uuid END, CASE WHEN cl THEN 1 ELSE 0 END
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[],
-             $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::text[])
-             AS n(r, p, t, a, c, s, ph, fc, fm, cmd, h)
+             $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::bool[])
+             AS n(r, p, t, a, c, s, ph, fc, fm, cmd, h, cl)
          ORDER BY r
          ON CONFLICT (refund_reference) DO NOTHING
-         RETURNING refund_reference, created_at",
-    )
+         RETURNING {ROW_COLUMNS}"
+    ))
     .bind(
         cmds.iter()
             .map(|i| i.cmd.refund_reference.as_str())
@@ -380,6 +416,9 @@ async fn intake_round(
     .bind(messages)
     .bind(cmds.iter().map(|i| i.raw).collect::<Vec<_>>())
     .bind(cmds.iter().map(|i| i.command_hash).collect::<Vec<_>>())
+    .bind(&claims)
+    .bind(preclaim.lease.as_secs_f64())
+    .bind(token)
     .fetch_all(&mut *tx)
     .await?;
     if rows.len() != fresh.len() {
@@ -388,16 +427,29 @@ async fn intake_round(
         tx.rollback().await?;
         return Ok(None);
     }
-    let created: HashMap<String, DateTime<Utc>> = rows.into_iter().collect();
+    let mut created: HashMap<String, RefundRow> = rows
+        .into_iter()
+        .map(|r| (r.refund_reference.clone(), r))
+        .collect();
     let mut events = Vec::with_capacity(fresh.len());
-    for (n, refusal) in fresh {
+    let mut claimed = Vec::new();
+    for ((n, refusal), is_claimed) in fresh.into_iter().zip(claims) {
         let cmd = items[n].cmd;
-        let occurred_at = created.get(&cmd.refund_reference).copied().ok_or_else(|| {
+        let row = created.remove(&cmd.refund_reference).ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "refund {} not returned by its insert",
                 cmd.refund_reference
             ))
         })?;
+        let occurred_at = row.created_at;
+        if is_claimed {
+            claimed.push(ClaimedRefund {
+                row,
+                phase_before: Phase::NotSubmitted,
+                command: items[n].raw.clone(),
+                token,
+            });
+        }
         events.push((
             n,
             RefundEvent {
@@ -428,7 +480,7 @@ async fn intake_round(
     for (n, event) in events {
         answers[n] = Some(Intake::Created(event));
     }
-    Ok(Some(answers.into_iter().flatten().collect()))
+    Ok(Some((answers.into_iter().flatten().collect(), claimed)))
 }
 
 /// Creates the batch's missing payment rows (with the first command's amount and currency,

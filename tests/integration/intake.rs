@@ -6,6 +6,7 @@ use refund_worker::pipeline::intake::{self, IntakeOutcome};
 use rust_decimal::Decimal;
 use serde_json::json;
 use std::str::FromStr;
+use std::time::Duration;
 
 #[tokio::test]
 async fn malformed_messages_go_to_the_dlq_with_a_reason() {
@@ -449,5 +450,90 @@ async fn a_burst_is_stored_in_batches_and_the_guard_still_holds() {
     for i in 0..60 {
         app.wait_final(&format!("burst-{i}")).await;
     }
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn intake_claims_new_refunds_for_the_dispatcher_as_a_claim_would() {
+    use refund_worker::domain::{Phase, RefundCommand};
+    use refund_worker::store::{refunds, Intake, IntakeItem, Preclaim, StepRecord, StoreUpdate};
+    let app = TestApp::spawn().await;
+    let raws = [
+        va_command("pc-1", "10.00"),
+        va_command("pc-2", "10.00"),
+        va_command("pc-3", "10.00"),
+    ];
+    let cmds: Vec<RefundCommand> = raws
+        .iter()
+        .map(|r| RefundCommand::from_value(r.clone()).unwrap())
+        .collect();
+    let items: Vec<IntakeItem<'_>> = (0..3)
+        .map(|n| IntakeItem {
+            cmd: &cmds[n],
+            raw: &raws[n],
+            command_hash: ["h1", "h2", "h3"][n],
+            // The first one's provider is "not configured": refused, never claimed.
+            provider_configured: n != 0,
+        })
+        .collect();
+    let preclaim = Preclaim {
+        limit: 1,
+        lease: Duration::from_secs(30),
+    };
+    let (answers, claimed) =
+        refunds::intake_batch_claiming(&app.pool, &items, &app.ctx.sink, preclaim)
+            .await
+            .unwrap();
+    assert!(answers.iter().all(|a| matches!(a, Intake::Created(_))));
+    // Only one slot: pc-2 is claimed, pc-3 waits for the dispatcher's own claim.
+    assert_eq!(claimed.len(), 1);
+    let c = &claimed[0];
+    assert_eq!(c.row.refund_reference, "pc-2");
+    assert_eq!(c.phase_before, Phase::NotSubmitted);
+    assert_eq!((c.row.phase.as_str(), c.row.attempts), ("SUBMITTING", 1));
+    let (token, leased): (Option<uuid::Uuid>, bool) = sqlx::query_as(
+        "SELECT claim_token, next_attempt_at > now() + interval '20 seconds'
+         FROM refunds WHERE refund_reference = 'pc-2'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((token, leased), (Some(c.token), true));
+    let (phase, token): (String, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT phase, claim_token FROM refunds WHERE refund_reference = 'pc-3'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((phase.as_str(), token), ("NOT_SUBMITTED", None));
+    // The dispatcher's claim does not take the pre-claimed one again.
+    let due = refunds::claim_due(&app.pool, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let due: Vec<&str> = due
+        .iter()
+        .map(|c| c.row.refund_reference.as_str())
+        .collect();
+    assert_eq!(due, ["pc-3"]);
+    // Its outcome is recorded under the intake's claim like any other.
+    let update = StoreUpdate::Finish {
+        status: RefundStatus::Completed,
+        failure: None,
+        provider_reference: Some("P-1".into()),
+        provider_status: Some("SUCCESS".into()),
+        fee: None,
+    };
+    let step = StepRecord {
+        claimed: c,
+        extra_submits: 0,
+        calls: &[],
+        update: &update,
+    };
+    let events = refunds::record_steps(&app.pool, &[step], &app.ctx.sink)
+        .await
+        .unwrap();
+    assert_eq!(
+        events[0].as_ref().map(|e| e.status),
+        Some(RefundStatus::Completed)
+    );
     app.cleanup().await;
 }
