@@ -11,6 +11,7 @@ use super::sys::{self, CpuSnapshot, CpuUse};
 use super::{Cleanup, Progress};
 use crate::broker::publisher::{json_properties, Outgoing, Publisher};
 use crate::broker::{self, topology, Topology};
+use crate::store::refunds::{CAUSE_PROVIDER_CONFIRMED, CAUSE_PROVIDER_OUTCOME};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -227,6 +228,12 @@ pub struct StageRates {
     pub relay_events_per_sec: f64,
     /// Events marked per relay transaction.
     pub events_per_relay_commit: f64,
+    /// Refunds stored per intake transaction (the phase's refunds over their distinct
+    /// `created_at`).
+    pub commands_per_intake_commit: f64,
+    /// Refunds finished per record transaction (the dispatcher's finishing transitions over
+    /// their distinct `occurred_at`; record transactions that only rescheduled are not seen).
+    pub finishes_per_record_commit: f64,
 }
 
 /// What the worker did, counted in its database and by the subscriber.
@@ -253,6 +260,24 @@ pub struct Counted {
     pub unpublished: i64,
     /// Relay transactions that marked events (distinct `published_at`).
     pub relay_commits: i64,
+    /// Intake transactions that stored refunds: distinct `refunds.created_at`, since every
+    /// refund stored by one intake transaction gets that transaction's `now()`. An intake
+    /// transaction that stored nothing new (only repeats) leaves no row and is not counted.
+    pub intake_commits: i64,
+    /// Record transactions that finished at least one refund: distinct `occurred_at` of the
+    /// dispatcher's finishing transitions (`store::refunds::record_steps` stamps them with
+    /// its transaction's `now()`). A record transaction that only rescheduled refunds leaves
+    /// no lasting timestamp (the finish overwrites `updated_at`) and is not counted.
+    pub record_commits: i64,
+    /// Refunds the dispatcher finished (its finishing transitions).
+    pub record_finishes: i64,
+    /// Refunds finished otherwise: by a provider webhook that arrived before the
+    /// dispatcher recorded the provider's answer (in the webhook's ingress transaction).
+    pub other_finishes: i64,
+    /// Webhook ingress transactions: `provider_webhook_inbox` rows, one per committed
+    /// transaction (a repeat is rolled back). Later retries of parked webhooks are not
+    /// counted.
+    pub webhook_commits: i64,
     /// `refund_transitions` rows.
     pub transitions: i64,
     /// Events the subscriber received, duplicates included.
@@ -270,8 +295,18 @@ pub struct Counted {
     pub wal_bytes_throughput: Option<i64>,
 }
 
+/// `a / b`, or 0 when `b` is 0.
+fn ratio(a: i64, b: i64) -> f64 {
+    if b > 0 {
+        a as f64 / b as f64
+    } else {
+        0.0
+    }
+}
+
 impl Counted {
-    fn per_refund(&self, x: f64) -> f64 {
+    /// `x` per refund row (0 without refunds).
+    pub fn per_refund(&self, x: f64) -> f64 {
         if self.refunds > 0 {
             x / self.refunds as f64
         } else {
@@ -289,10 +324,30 @@ impl Counted {
         self.per_refund((self.commands as i64 + self.events - self.unpublished) as f64)
     }
 
-    /// Write commits per refund that the rows prove: intake + one record per provider
-    /// call + relay batches (claims are batched and not countable from rows).
+    /// Write commits per refund that the rows prove: intake, record (those that finished
+    /// a refund), relay and webhook ingress transactions, each counted by distinct commit
+    /// timestamps or rows. Claims, reschedule-only records and empty relay or intake rounds
+    /// leave no row and are not in it; `pg_stat_database` ([`Self::transactions`]) has all.
     pub fn counted_commits_per_refund(&self) -> f64 {
-        self.per_refund((self.refunds + self.provider_calls + self.relay_commits) as f64)
+        self.per_refund(
+            (self.intake_commits + self.record_commits + self.relay_commits + self.webhook_commits)
+                as f64,
+        )
+    }
+
+    /// Refunds stored per intake transaction (the intake batch size).
+    pub fn commands_per_intake_commit(&self) -> f64 {
+        ratio(self.refunds, self.intake_commits)
+    }
+
+    /// Refunds finished per record transaction that finished any (the record batch size).
+    pub fn finishes_per_record_commit(&self) -> f64 {
+        ratio(self.record_finishes, self.record_commits)
+    }
+
+    /// Events marked published per relay transaction.
+    pub fn events_per_relay_commit(&self) -> f64 {
+        ratio(self.events - self.unpublished, self.relay_commits)
     }
 
     /// All committed transactions per refund (pg_stat_database).
@@ -1287,6 +1342,22 @@ async fn stages(
     .bind(&pattern)
     .fetch_one(pool)
     .await?;
+    // Batch sizes of the phase (its refunds are stored and finished by transactions of
+    // their own: a phase starts after the previous one's refunds are all final).
+    let (phase_refunds, intake_commits): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT created_at) FROM refunds WHERE refund_reference LIKE $1",
+    )
+    .bind(&pattern)
+    .fetch_one(pool)
+    .await?;
+    let (record_finishes, record_commits): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT occurred_at) FROM refund_transitions
+         WHERE refund_reference LIKE $1 AND from_status IS NOT NULL AND cause = ANY($2)",
+    )
+    .bind(&pattern)
+    .bind(&RECORD_CAUSES[..])
+    .fetch_one(pool)
+    .await?;
     let stages = NAMES
         .iter()
         .zip(&hist)
@@ -1299,11 +1370,9 @@ async fn stages(
         intake_per_sec: spans.intake.rate(),
         dispatch_per_sec: spans.dispatch.rate(),
         relay_events_per_sec: spans.relay.rate(),
-        events_per_relay_commit: if relay_commits.1 > 0 {
-            relay_commits.0 as f64 / relay_commits.1 as f64
-        } else {
-            0.0
-        },
+        events_per_relay_commit: ratio(relay_commits.0, relay_commits.1),
+        commands_per_intake_commit: ratio(phase_refunds, intake_commits),
+        finishes_per_record_commit: ratio(record_finishes, record_commits),
     };
     Ok((stages, rates))
 }
@@ -1343,15 +1412,20 @@ struct Spans {
     relay: Span,
 }
 
+/// History causes of the finishes `store::refunds::record_steps` writes.
+const RECORD_CAUSES: [&str; 2] = [CAUSE_PROVIDER_CONFIRMED, CAUSE_PROVIDER_OUTCOME];
+
 /// Counts rows of the bench database.
 async fn count(pool: &PgPool) -> anyhow::Result<Counted> {
-    let (refunds, completed, failed, pending): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE status = 'COMPLETED'),
-                count(*) FILTER (WHERE status = 'REFUND_FAIL'),
-                count(*) FILTER (WHERE status = 'PENDING') FROM refunds",
-    )
-    .fetch_one(pool)
-    .await?;
+    let (refunds, completed, failed, pending, intake_commits): (i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'COMPLETED'),
+                    count(*) FILTER (WHERE status = 'REFUND_FAIL'),
+                    count(*) FILTER (WHERE status = 'PENDING'),
+                    count(DISTINCT created_at) FROM refunds",
+        )
+        .fetch_one(pool)
+        .await?;
     let (provider_calls, submits, status_polls): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE call = 'submit'),
                 count(*) FILTER (WHERE call = 'status') FROM provider_attempts",
@@ -1364,7 +1438,20 @@ async fn count(pool: &PgPool) -> anyhow::Result<Counted> {
     )
     .fetch_one(pool)
     .await?;
-    let transitions: i64 = sqlx::query_scalar("SELECT count(*) FROM refund_transitions")
+    // A finishing transition has a from-status; the dispatcher's carry its causes.
+    let (transitions, record_finishes, record_commits, other_finishes): (i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE from_status IS NOT NULL AND cause = ANY($1)),
+                    count(DISTINCT occurred_at)
+                        FILTER (WHERE from_status IS NOT NULL AND cause = ANY($1)),
+                    count(*) FILTER (WHERE from_status IS NOT NULL AND cause <> ALL($1))
+             FROM refund_transitions",
+        )
+        .bind(&RECORD_CAUSES[..])
+        .fetch_one(pool)
+        .await?;
+    let webhook_commits: i64 = sqlx::query_scalar("SELECT count(*) FROM provider_webhook_inbox")
         .fetch_one(pool)
         .await?;
     Ok(Counted {
@@ -1378,6 +1465,11 @@ async fn count(pool: &PgPool) -> anyhow::Result<Counted> {
         events,
         unpublished,
         relay_commits,
+        intake_commits,
+        record_commits,
+        record_finishes,
+        other_finishes,
+        webhook_commits,
         transitions,
         ..Counted::default()
     })
@@ -1474,6 +1566,27 @@ mod tests {
     fn commands_are_valid() {
         let c = command("bench-abc-t0", 0);
         assert!(crate::domain::RefundCommand::from_value(c).is_ok());
+    }
+
+    #[test]
+    fn batch_sizes_and_row_commits() {
+        let c = Counted {
+            refunds: 100,
+            intake_commits: 10,
+            record_commits: 4,
+            record_finishes: 98,
+            relay_commits: 5,
+            webhook_commits: 100,
+            events: 200,
+            ..Counted::default()
+        };
+        assert!((c.commands_per_intake_commit() - 10.0).abs() < 1e-9);
+        assert!((c.finishes_per_record_commit() - 24.5).abs() < 1e-9);
+        assert!((c.events_per_relay_commit() - 40.0).abs() < 1e-9);
+        assert!((c.counted_commits_per_refund() - 1.19).abs() < 1e-9);
+        let none = Counted::default();
+        assert_eq!(none.commands_per_intake_commit(), 0.0);
+        assert_eq!(none.counted_commits_per_refund(), 0.0);
     }
 
     #[test]
