@@ -11,6 +11,7 @@ use super::sys::{self, CpuSnapshot, CpuUse};
 use super::{Cleanup, Progress};
 use crate::broker::publisher::{json_properties, Outgoing, Publisher};
 use crate::broker::{self, topology, Topology};
+use crate::domain::ProviderName;
 use crate::store::refunds::{CAUSE_PROVIDER_CONFIRMED, CAUSE_PROVIDER_OUTCOME};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -94,6 +95,8 @@ pub struct Settings {
     pub stall: Duration,
     /// Where the worker's output goes.
     pub worker_log: PathBuf,
+    /// Providers the commands rotate through (`--providers`).
+    pub providers: Vec<ProviderName>,
 }
 
 /// A latency distribution, in milliseconds.
@@ -478,6 +481,8 @@ struct Shared {
     unknown: AtomicU64,
     /// Set when the event subscription ended early (a broker restart, for example).
     subscriber_error: std::sync::Mutex<Option<String>>,
+    /// Providers the commands rotate through.
+    providers: Vec<ProviderName>,
 }
 
 /// The part of a status event the subscriber needs.
@@ -551,12 +556,32 @@ impl Shared {
     }
 }
 
+/// The providers of `--providers` when it is not given: a quarter of the refunds each.
+pub const DEFAULT_PROVIDERS: [ProviderName; 4] = [
+    ProviderName::VaServices,
+    ProviderName::Bvnk,
+    ProviderName::BinancePay,
+    ProviderName::Bpn,
+];
+
 /// A refund command for its own payment (so the over-refund guard's payment lock is taken
-/// but never contended), rotating through the four providers.
-pub fn command(reference: &str, n: u64) -> serde_json::Value {
+/// but never contended): the `n`th command goes to `providers[n % len]`, so a list's
+/// providers share the refunds equally (a name listed twice gets twice the share). An
+/// empty list means [`DEFAULT_PROVIDERS`].
+pub fn command(reference: &str, n: u64, providers: &[ProviderName]) -> serde_json::Value {
+    let providers = if providers.is_empty() {
+        &DEFAULT_PROVIDERS[..]
+    } else {
+        providers
+    };
+    let slot = usize::try_from(n % providers.len() as u64).unwrap_or(0);
+    let provider = providers
+        .get(slot)
+        .copied()
+        .unwrap_or(ProviderName::VaServices);
     let payment = format!("txn-{reference}");
-    match n % 4 {
-        0 => serde_json::json!({
+    match provider {
+        ProviderName::VaServices => serde_json::json!({
             "refundReference": reference,
             "provider": "va_services",
             "transactionReference": payment,
@@ -568,7 +593,7 @@ pub fn command(reference: &str, n: u64) -> serde_json::Value {
             "paymentAmount": "100.00",
             "metadata": { "orderId": format!("A-{n}") }
         }),
-        1 => serde_json::json!({
+        ProviderName::Bvnk => serde_json::json!({
             "refundReference": reference,
             "provider": "bvnk",
             "transactionReference": payment,
@@ -578,7 +603,7 @@ pub fn command(reference: &str, n: u64) -> serde_json::Value {
             "paymentAmount": "100.00",
             "metadata": { "orderId": format!("A-{n}") }
         }),
-        2 => serde_json::json!({
+        ProviderName::BinancePay => serde_json::json!({
             "refundReference": reference,
             "provider": "binance_pay",
             // Binance Pay prepay ids are numeric, at most 19 digits.
@@ -590,7 +615,7 @@ pub fn command(reference: &str, n: u64) -> serde_json::Value {
         }),
         // BPN refunds whole orders: an order the sandbox was not told about is worth its
         // default payment amount (1,000,000 NGN), refunded whole.
-        _ => serde_json::json!({
+        ProviderName::Bpn => serde_json::json!({
             "refundReference": reference,
             "provider": "bpn",
             "transactionReference": payment,
@@ -651,7 +676,7 @@ async fn publish(
             }
         }
         let reference = shared.reference(phase, i);
-        let body = serde_json::to_vec(&command(&reference, i))?;
+        let body = serde_json::to_vec(&command(&reference, i, &shared.providers))?;
         let message_id = uuid::Uuid::new_v4().to_string();
         let slot = usize::try_from(i).unwrap_or(usize::MAX);
         track.published[slot].store(shared.clock.now_ns(), Ordering::Release);
@@ -956,6 +981,7 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
         duplicates: AtomicU64::new(0),
         unknown: AtomicU64::new(0),
         subscriber_error: std::sync::Mutex::new(None),
+        providers: settings.providers.clone(),
     });
     let stop_subscriber = CancellationToken::new();
     // On an early return (an error, ctrl-c) the subscription ends with this function.
@@ -1529,6 +1555,7 @@ mod tests {
             duplicates: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
             subscriber_error: std::sync::Mutex::new(None),
+            providers: DEFAULT_PROVIDERS.to_vec(),
         }
     }
 
@@ -1563,9 +1590,30 @@ mod tests {
     }
 
     #[test]
-    fn commands_are_valid() {
-        let c = command("bench-abc-t0", 0);
-        assert!(crate::domain::RefundCommand::from_value(c).is_ok());
+    fn commands_are_valid_for_every_provider() {
+        for (n, provider) in DEFAULT_PROVIDERS.into_iter().enumerate() {
+            let n = n as u64;
+            let c = command(&format!("bench-abc-t{n}"), n, &DEFAULT_PROVIDERS);
+            let parsed = crate::domain::RefundCommand::from_value(c);
+            assert!(
+                parsed.as_ref().is_ok_and(|c| c.provider == provider),
+                "{provider}: {parsed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn commands_rotate_through_the_chosen_providers() {
+        let provider = |n: u64, list: &[ProviderName]| {
+            command(&format!("bench-abc-t{n}"), n, list)["provider"].clone()
+        };
+        let two = [ProviderName::Bpn, ProviderName::Bvnk];
+        let got: Vec<_> = (0..4).map(|n| provider(n, &two)).collect();
+        assert_eq!(got, ["bpn", "bvnk", "bpn", "bvnk"]);
+        assert_eq!(provider(5, &[ProviderName::BinancePay]), "binance_pay");
+        // The default order, also for an empty list.
+        let got: Vec<_> = (0..4).map(|n| provider(n, &[])).collect();
+        assert_eq!(got, ["va_services", "bvnk", "binance_pay", "bpn"]);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use super::e2e::{self, Latency, PhaseFigures};
 use super::raw::{BrokerBound, PostgresBound};
 use super::sys::{CpuUse, Machine};
 use crate::config::Config;
+use crate::domain::ProviderName;
 use serde::Serialize;
 
 /// Appends one formatted line to a `String`.
@@ -176,6 +177,8 @@ pub struct Inputs<'a> {
     pub quick: bool,
     /// `--in-flight`.
     pub in_flight: u64,
+    /// `--providers`.
+    pub providers: &'a [ProviderName],
     /// The machine.
     pub machine: Machine,
     /// The worker's configuration.
@@ -228,8 +231,10 @@ pub struct Report {
     pub in_flight: u64,
     /// The machine.
     pub machine: Machine,
-    /// Providers exercised.
-    pub providers: &'static str,
+    /// Providers exercised, in words.
+    pub providers: String,
+    /// `--providers`: the list the commands rotate through.
+    pub provider_mix: Vec<&'static str>,
     /// Worker settings.
     pub worker_settings: WorkerSettings,
     /// Raw broker figures.
@@ -254,10 +259,48 @@ pub struct Report {
     pub targets: Vec<Target>,
 }
 
-const PROVIDERS: &str =
-    "a quarter each of va_services, bvnk, binance_pay and bpn, served by the in-process sandbox \
-     (completion delay 0, no faults), with provider webhooks on (each final refund notified to \
-     the worker's ingress)";
+/// The providers line: the mix, and how the sandbox serves it.
+fn providers_line(mix: &[ProviderName]) -> String {
+    format!(
+        "{}, served by the in-process sandbox (completion delay 0, no faults), with provider \
+         webhooks on (each final refund notified to the worker's ingress)",
+        mix_in_words(mix)
+    )
+}
+
+/// Each provider's share of the refunds, in words ("a quarter each of va_services, bvnk,
+/// binance_pay and bpn", "all bvnk", "bvnk 67%, bpn 33%").
+fn mix_in_words(mix: &[ProviderName]) -> String {
+    // Providers in the order first listed, with how often they are listed.
+    let mut counts: Vec<(ProviderName, usize)> = Vec::new();
+    for p in mix {
+        match counts.iter_mut().find(|(q, _)| q == p) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((*p, 1)),
+        }
+    }
+    let names: Vec<&str> = counts.iter().map(|(p, _)| p.as_str()).collect();
+    let equal = counts.windows(2).all(|w| w[0].1 == w[1].1);
+    match (names.len(), equal) {
+        (0, _) => "no provider".into(),
+        (1, _) => format!("all {}", names[0]),
+        (k, true) => {
+            let share = match k {
+                2 => "half",
+                3 => "a third",
+                4 => "a quarter",
+                _ => "an equal share",
+            };
+            let (rest, last) = names.split_at(k - 1);
+            format!("{share} each of {} and {}", rest.join(", "), last.join(""))
+        }
+        (_, false) => counts
+            .iter()
+            .map(|(p, n)| format!("{p} {:.0}%", 100.0 * *n as f64 / mix.len() as f64))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
 
 impl Report {
     /// Computes the model, the ratio and the targets.
@@ -296,7 +339,8 @@ impl Report {
             quick: inputs.quick,
             in_flight: inputs.in_flight,
             machine: inputs.machine,
-            providers: PROVIDERS,
+            providers: providers_line(inputs.providers),
+            provider_mix: inputs.providers.iter().map(|p| p.as_str()).collect(),
             worker_settings,
             broker: inputs.broker,
             postgres: inputs.postgres,
@@ -703,6 +747,27 @@ fn print_cpu(out: &mut String, c: &CpuUse) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ProviderName::{BinancePay, Bpn, Bvnk, VaServices};
+
+    #[test]
+    fn the_provider_mix_is_said_as_it_is() {
+        assert_eq!(
+            mix_in_words(&e2e::DEFAULT_PROVIDERS),
+            "a quarter each of va_services, bvnk, binance_pay and bpn"
+        );
+        assert_eq!(mix_in_words(&[Bvnk]), "all bvnk");
+        assert_eq!(mix_in_words(&[Bvnk, Bvnk]), "all bvnk");
+        assert_eq!(
+            mix_in_words(&[Bpn, VaServices]),
+            "half each of bpn and va_services"
+        );
+        assert_eq!(
+            mix_in_words(&[BinancePay, Bpn, Bvnk]),
+            "a third each of binance_pay, bpn and bvnk"
+        );
+        assert_eq!(mix_in_words(&[Bvnk, Bpn, Bvnk]), "bvnk 67%, bpn 33%");
+        assert!(providers_line(&[Bvnk]).starts_with("all bvnk, served by the in-process sandbox"));
+    }
 
     #[test]
     fn row_commits_are_measured_not_assumed() {
