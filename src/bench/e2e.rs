@@ -266,6 +266,8 @@ pub struct Counted {
     /// Intake transactions that stored refunds: distinct `refunds.created_at`, since every
     /// refund stored by one intake transaction gets that transaction's `now()`. An intake
     /// transaction that stored nothing new (only repeats) leaves no row and is not counted.
+    /// Two transactions starting in the same microsecond would count as one, so this and
+    /// [`Self::record_commits`] are lower bounds (tight ones in practice).
     pub intake_commits: i64,
     /// Record transactions that finished at least one refund: distinct `occurred_at` of the
     /// dispatcher's finishing transitions (`store::refunds::record_steps` stamps them with
