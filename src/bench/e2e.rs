@@ -11,6 +11,8 @@ use super::sys::{self, CpuSnapshot, CpuUse};
 use super::{Cleanup, Progress};
 use crate::broker::publisher::{json_properties, Outgoing, Publisher};
 use crate::broker::{self, topology, Topology};
+use crate::domain::ProviderName;
+use crate::store::refunds::{CAUSE_PROVIDER_CONFIRMED, CAUSE_PROVIDER_OUTCOME};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -93,6 +95,8 @@ pub struct Settings {
     pub stall: Duration,
     /// Where the worker's output goes.
     pub worker_log: PathBuf,
+    /// Providers the commands rotate through (`--providers`).
+    pub providers: Vec<ProviderName>,
 }
 
 /// A latency distribution, in milliseconds.
@@ -227,6 +231,12 @@ pub struct StageRates {
     pub relay_events_per_sec: f64,
     /// Events marked per relay transaction.
     pub events_per_relay_commit: f64,
+    /// Refunds stored per intake transaction (the phase's refunds over their distinct
+    /// `created_at`).
+    pub commands_per_intake_commit: f64,
+    /// Refunds finished per record transaction (the dispatcher's finishing transitions over
+    /// their distinct `occurred_at`; record transactions that only rescheduled are not seen).
+    pub finishes_per_record_commit: f64,
 }
 
 /// What the worker did, counted in its database and by the subscriber.
@@ -253,6 +263,26 @@ pub struct Counted {
     pub unpublished: i64,
     /// Relay transactions that marked events (distinct `published_at`).
     pub relay_commits: i64,
+    /// Intake transactions that stored refunds: distinct `refunds.created_at`, since every
+    /// refund stored by one intake transaction gets that transaction's `now()`. An intake
+    /// transaction that stored nothing new (only repeats) leaves no row and is not counted.
+    /// Two transactions starting in the same microsecond would count as one, so this and
+    /// [`Self::record_commits`] are lower bounds (tight ones in practice).
+    pub intake_commits: i64,
+    /// Record transactions that finished at least one refund: distinct `occurred_at` of the
+    /// dispatcher's finishing transitions (`store::refunds::record_steps` stamps them with
+    /// its transaction's `now()`). A record transaction that only rescheduled refunds leaves
+    /// no lasting timestamp (the finish overwrites `updated_at`) and is not counted.
+    pub record_commits: i64,
+    /// Refunds the dispatcher finished (its finishing transitions).
+    pub record_finishes: i64,
+    /// Refunds finished otherwise: by a provider webhook that arrived before the
+    /// dispatcher recorded the provider's answer (in the webhook's ingress transaction).
+    pub other_finishes: i64,
+    /// Webhook ingress transactions: `provider_webhook_inbox` rows, one per committed
+    /// transaction (a repeat is rolled back). Later retries of parked webhooks are not
+    /// counted.
+    pub webhook_commits: i64,
     /// `refund_transitions` rows.
     pub transitions: i64,
     /// Events the subscriber received, duplicates included.
@@ -270,8 +300,18 @@ pub struct Counted {
     pub wal_bytes_throughput: Option<i64>,
 }
 
+/// `a / b`, or 0 when `b` is 0.
+fn ratio(a: i64, b: i64) -> f64 {
+    if b > 0 {
+        a as f64 / b as f64
+    } else {
+        0.0
+    }
+}
+
 impl Counted {
-    fn per_refund(&self, x: f64) -> f64 {
+    /// `x` per refund row (0 without refunds).
+    pub fn per_refund(&self, x: f64) -> f64 {
         if self.refunds > 0 {
             x / self.refunds as f64
         } else {
@@ -289,10 +329,30 @@ impl Counted {
         self.per_refund((self.commands as i64 + self.events - self.unpublished) as f64)
     }
 
-    /// Write commits per refund that the rows prove: intake + one record per provider
-    /// call + relay batches (claims are batched and not countable from rows).
+    /// Write commits per refund that the rows prove: intake, record (those that finished
+    /// a refund), relay and webhook ingress transactions, each counted by distinct commit
+    /// timestamps or rows. Claims, reschedule-only records and empty relay or intake rounds
+    /// leave no row and are not in it; `pg_stat_database` ([`Self::transactions`]) has all.
     pub fn counted_commits_per_refund(&self) -> f64 {
-        self.per_refund((self.refunds + self.provider_calls + self.relay_commits) as f64)
+        self.per_refund(
+            (self.intake_commits + self.record_commits + self.relay_commits + self.webhook_commits)
+                as f64,
+        )
+    }
+
+    /// Refunds stored per intake transaction (the intake batch size).
+    pub fn commands_per_intake_commit(&self) -> f64 {
+        ratio(self.refunds, self.intake_commits)
+    }
+
+    /// Refunds finished per record transaction that finished any (the record batch size).
+    pub fn finishes_per_record_commit(&self) -> f64 {
+        ratio(self.record_finishes, self.record_commits)
+    }
+
+    /// Events marked published per relay transaction.
+    pub fn events_per_relay_commit(&self) -> f64 {
+        ratio(self.events - self.unpublished, self.relay_commits)
     }
 
     /// All committed transactions per refund (pg_stat_database).
@@ -423,6 +483,8 @@ struct Shared {
     unknown: AtomicU64,
     /// Set when the event subscription ended early (a broker restart, for example).
     subscriber_error: std::sync::Mutex<Option<String>>,
+    /// Providers the commands rotate through.
+    providers: Vec<ProviderName>,
 }
 
 /// The part of a status event the subscriber needs.
@@ -496,12 +558,32 @@ impl Shared {
     }
 }
 
+/// The providers of `--providers` when it is not given: a quarter of the refunds each.
+pub const DEFAULT_PROVIDERS: [ProviderName; 4] = [
+    ProviderName::VaServices,
+    ProviderName::Bvnk,
+    ProviderName::BinancePay,
+    ProviderName::Bpn,
+];
+
 /// A refund command for its own payment (so the over-refund guard's payment lock is taken
-/// but never contended), rotating through the four providers.
-pub fn command(reference: &str, n: u64) -> serde_json::Value {
+/// but never contended): the `n`th command goes to `providers[n % len]`, so a list's
+/// providers share the refunds equally (a name listed twice gets twice the share). An
+/// empty list means [`DEFAULT_PROVIDERS`].
+pub fn command(reference: &str, n: u64, providers: &[ProviderName]) -> serde_json::Value {
+    let providers = if providers.is_empty() {
+        &DEFAULT_PROVIDERS[..]
+    } else {
+        providers
+    };
+    let slot = usize::try_from(n % providers.len() as u64).unwrap_or(0);
+    let provider = providers
+        .get(slot)
+        .copied()
+        .unwrap_or(ProviderName::VaServices);
     let payment = format!("txn-{reference}");
-    match n % 4 {
-        0 => serde_json::json!({
+    match provider {
+        ProviderName::VaServices => serde_json::json!({
             "refundReference": reference,
             "provider": "va_services",
             "transactionReference": payment,
@@ -513,7 +595,7 @@ pub fn command(reference: &str, n: u64) -> serde_json::Value {
             "paymentAmount": "100.00",
             "metadata": { "orderId": format!("A-{n}") }
         }),
-        1 => serde_json::json!({
+        ProviderName::Bvnk => serde_json::json!({
             "refundReference": reference,
             "provider": "bvnk",
             "transactionReference": payment,
@@ -523,7 +605,7 @@ pub fn command(reference: &str, n: u64) -> serde_json::Value {
             "paymentAmount": "100.00",
             "metadata": { "orderId": format!("A-{n}") }
         }),
-        2 => serde_json::json!({
+        ProviderName::BinancePay => serde_json::json!({
             "refundReference": reference,
             "provider": "binance_pay",
             // Binance Pay prepay ids are numeric, at most 19 digits.
@@ -535,7 +617,7 @@ pub fn command(reference: &str, n: u64) -> serde_json::Value {
         }),
         // BPN refunds whole orders: an order the sandbox was not told about is worth its
         // default payment amount (1,000,000 NGN), refunded whole.
-        _ => serde_json::json!({
+        ProviderName::Bpn => serde_json::json!({
             "refundReference": reference,
             "provider": "bpn",
             "transactionReference": payment,
@@ -596,7 +678,7 @@ async fn publish(
             }
         }
         let reference = shared.reference(phase, i);
-        let body = serde_json::to_vec(&command(&reference, i))?;
+        let body = serde_json::to_vec(&command(&reference, i, &shared.providers))?;
         let message_id = uuid::Uuid::new_v4().to_string();
         let slot = usize::try_from(i).unwrap_or(usize::MAX);
         track.published[slot].store(shared.clock.now_ns(), Ordering::Release);
@@ -901,6 +983,7 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
         duplicates: AtomicU64::new(0),
         unknown: AtomicU64::new(0),
         subscriber_error: std::sync::Mutex::new(None),
+        providers: settings.providers.clone(),
     });
     let stop_subscriber = CancellationToken::new();
     // On an early return (an error, ctrl-c) the subscription ends with this function.
@@ -1287,6 +1370,22 @@ async fn stages(
     .bind(&pattern)
     .fetch_one(pool)
     .await?;
+    // Batch sizes of the phase (its refunds are stored and finished by transactions of
+    // their own: a phase starts after the previous one's refunds are all final).
+    let (phase_refunds, intake_commits): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT created_at) FROM refunds WHERE refund_reference LIKE $1",
+    )
+    .bind(&pattern)
+    .fetch_one(pool)
+    .await?;
+    let (record_finishes, record_commits): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT occurred_at) FROM refund_transitions
+         WHERE refund_reference LIKE $1 AND from_status IS NOT NULL AND cause = ANY($2)",
+    )
+    .bind(&pattern)
+    .bind(&RECORD_CAUSES[..])
+    .fetch_one(pool)
+    .await?;
     let stages = NAMES
         .iter()
         .zip(&hist)
@@ -1299,11 +1398,9 @@ async fn stages(
         intake_per_sec: spans.intake.rate(),
         dispatch_per_sec: spans.dispatch.rate(),
         relay_events_per_sec: spans.relay.rate(),
-        events_per_relay_commit: if relay_commits.1 > 0 {
-            relay_commits.0 as f64 / relay_commits.1 as f64
-        } else {
-            0.0
-        },
+        events_per_relay_commit: ratio(relay_commits.0, relay_commits.1),
+        commands_per_intake_commit: ratio(phase_refunds, intake_commits),
+        finishes_per_record_commit: ratio(record_finishes, record_commits),
     };
     Ok((stages, rates))
 }
@@ -1343,15 +1440,20 @@ struct Spans {
     relay: Span,
 }
 
+/// History causes of the finishes `store::refunds::record_steps` writes.
+const RECORD_CAUSES: [&str; 2] = [CAUSE_PROVIDER_CONFIRMED, CAUSE_PROVIDER_OUTCOME];
+
 /// Counts rows of the bench database.
 async fn count(pool: &PgPool) -> anyhow::Result<Counted> {
-    let (refunds, completed, failed, pending): (i64, i64, i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE status = 'COMPLETED'),
-                count(*) FILTER (WHERE status = 'REFUND_FAIL'),
-                count(*) FILTER (WHERE status = 'PENDING') FROM refunds",
-    )
-    .fetch_one(pool)
-    .await?;
+    let (refunds, completed, failed, pending, intake_commits): (i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'COMPLETED'),
+                    count(*) FILTER (WHERE status = 'REFUND_FAIL'),
+                    count(*) FILTER (WHERE status = 'PENDING'),
+                    count(DISTINCT created_at) FROM refunds",
+        )
+        .fetch_one(pool)
+        .await?;
     let (provider_calls, submits, status_polls): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE call = 'submit'),
                 count(*) FILTER (WHERE call = 'status') FROM provider_attempts",
@@ -1364,7 +1466,20 @@ async fn count(pool: &PgPool) -> anyhow::Result<Counted> {
     )
     .fetch_one(pool)
     .await?;
-    let transitions: i64 = sqlx::query_scalar("SELECT count(*) FROM refund_transitions")
+    // A finishing transition has a from-status; the dispatcher's carry its causes.
+    let (transitions, record_finishes, record_commits, other_finishes): (i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE from_status IS NOT NULL AND cause = ANY($1)),
+                    count(DISTINCT occurred_at)
+                        FILTER (WHERE from_status IS NOT NULL AND cause = ANY($1)),
+                    count(*) FILTER (WHERE from_status IS NOT NULL AND cause <> ALL($1))
+             FROM refund_transitions",
+        )
+        .bind(&RECORD_CAUSES[..])
+        .fetch_one(pool)
+        .await?;
+    let webhook_commits: i64 = sqlx::query_scalar("SELECT count(*) FROM provider_webhook_inbox")
         .fetch_one(pool)
         .await?;
     Ok(Counted {
@@ -1378,6 +1493,11 @@ async fn count(pool: &PgPool) -> anyhow::Result<Counted> {
         events,
         unpublished,
         relay_commits,
+        intake_commits,
+        record_commits,
+        record_finishes,
+        other_finishes,
+        webhook_commits,
         transitions,
         ..Counted::default()
     })
@@ -1437,6 +1557,7 @@ mod tests {
             duplicates: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
             subscriber_error: std::sync::Mutex::new(None),
+            providers: DEFAULT_PROVIDERS.to_vec(),
         }
     }
 
@@ -1471,9 +1592,51 @@ mod tests {
     }
 
     #[test]
-    fn commands_are_valid() {
-        let c = command("bench-abc-t0", 0);
-        assert!(crate::domain::RefundCommand::from_value(c).is_ok());
+    fn commands_are_valid_for_every_provider() {
+        for (n, provider) in DEFAULT_PROVIDERS.into_iter().enumerate() {
+            let n = n as u64;
+            let c = command(&format!("bench-abc-t{n}"), n, &DEFAULT_PROVIDERS);
+            let parsed = crate::domain::RefundCommand::from_value(c);
+            assert!(
+                parsed.as_ref().is_ok_and(|c| c.provider == provider),
+                "{provider}: {parsed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn commands_rotate_through_the_chosen_providers() {
+        let provider = |n: u64, list: &[ProviderName]| {
+            command(&format!("bench-abc-t{n}"), n, list)["provider"].clone()
+        };
+        let two = [ProviderName::Bpn, ProviderName::Bvnk];
+        let got: Vec<_> = (0..4).map(|n| provider(n, &two)).collect();
+        assert_eq!(got, ["bpn", "bvnk", "bpn", "bvnk"]);
+        assert_eq!(provider(5, &[ProviderName::BinancePay]), "binance_pay");
+        // The default order, also for an empty list.
+        let got: Vec<_> = (0..4).map(|n| provider(n, &[])).collect();
+        assert_eq!(got, ["va_services", "bvnk", "binance_pay", "bpn"]);
+    }
+
+    #[test]
+    fn batch_sizes_and_row_commits() {
+        let c = Counted {
+            refunds: 100,
+            intake_commits: 10,
+            record_commits: 4,
+            record_finishes: 98,
+            relay_commits: 5,
+            webhook_commits: 100,
+            events: 200,
+            ..Counted::default()
+        };
+        assert!((c.commands_per_intake_commit() - 10.0).abs() < 1e-9);
+        assert!((c.finishes_per_record_commit() - 24.5).abs() < 1e-9);
+        assert!((c.events_per_relay_commit() - 40.0).abs() < 1e-9);
+        assert!((c.counted_commits_per_refund() - 1.19).abs() < 1e-9);
+        let none = Counted::default();
+        assert_eq!(none.commands_per_intake_commit(), 0.0);
+        assert_eq!(none.counted_commits_per_refund(), 0.0);
     }
 
     #[test]

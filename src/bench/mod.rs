@@ -26,6 +26,7 @@ mod sys;
 
 use crate::broker::{self, Topology};
 use crate::config::{Config, DEFAULT_DATABASE_URL};
+use crate::domain::ProviderName;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -74,6 +75,24 @@ pub struct BenchArgs {
     /// Exit with status 2 when a target is missed (status 1 stays "the run failed").
     #[arg(long)]
     pub fail_on_miss: bool,
+    /// Providers the commands rotate through, comma-separated; each gets an equal share (a
+    /// name listed twice, twice the share).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        value_parser = parse_provider,
+        default_value = "va_services,bvnk,binance_pay,bpn"
+    )]
+    pub providers: Vec<ProviderName>,
+}
+
+/// One name of `--providers`; the error lists the valid ones.
+fn parse_provider(name: &str) -> Result<ProviderName, String> {
+    ProviderName::parse(name.trim()).ok_or_else(|| {
+        let valid: Vec<&str> = ProviderName::ALL.iter().map(|p| p.as_str()).collect();
+        format!("unknown provider `{name}`; valid: {}", valid.join(", "))
+    })
 }
 
 /// Unconfirmed publishes allowed at once, in the raw test and for commands.
@@ -92,6 +111,7 @@ struct Plan {
     in_flight: u64,
     stall: Duration,
     keep_log: bool,
+    providers: Vec<ProviderName>,
 }
 
 impl Plan {
@@ -115,7 +135,11 @@ impl Plan {
             in_flight: args.in_flight,
             stall: Duration::from_secs(args.stall_secs.max(1)),
             keep_log: args.keep_log,
+            providers: args.providers.clone(),
         };
+        if plan.providers.is_empty() {
+            anyhow::bail!("--providers needs at least one provider");
+        }
         const MAX: u64 = 10_000_000;
         for (flag, n) in [
             ("--refunds", plan.refunds),
@@ -380,6 +404,7 @@ async fn measure(
     let sample = e2e::command(
         &format!("bench-{run_id}-t{}", plan.refunds.saturating_sub(1)),
         plan.refunds.saturating_sub(1),
+        &plan.providers,
     );
     let body = serde_json::to_vec(&sample)?;
 
@@ -423,6 +448,7 @@ async fn measure(
         steady: plan.steady,
         stall: plan.stall,
         worker_log: std::env::temp_dir().join(format!("refund-worker-bench-{run_id}.log")),
+        providers: plan.providers.clone(),
     };
     let end_to_end = e2e::run(&settings, cleanup)
         .await
@@ -432,6 +458,7 @@ async fn measure(
         run_id: run_id.to_owned(),
         quick: plan.quick,
         in_flight: plan.in_flight,
+        providers: &plan.providers,
         machine,
         config: &config,
         broker,
@@ -485,6 +512,27 @@ mod tests {
         assert!(plan(&["--steady-secs", "-2"]).is_err());
         assert!(plan(&["--steady-secs", "0"]).is_err());
         assert!(plan(&["--rate", "0", "--steady-secs", "0"]).is_ok());
+    }
+
+    #[test]
+    fn providers_default_to_all_four_and_can_be_chosen() -> anyhow::Result<()> {
+        assert_eq!(plan(&[])?.providers, e2e::DEFAULT_PROVIDERS);
+        let two = plan(&["--providers", "bvnk,bpn"])?;
+        assert_eq!(two.providers, [ProviderName::Bvnk, ProviderName::Bpn]);
+        let repeated = plan(&["--providers", "bvnk", "--providers", "bvnk,va_services"])?;
+        assert_eq!(repeated.providers.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_providers_are_refused_with_the_valid_names() {
+        let err = plan(&["--providers", "bvnk,stripe"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("unknown provider `stripe`"), "{err}");
+        assert!(err.contains("va_services, bpn, binance_pay, bvnk"), "{err}");
+        assert!(plan(&["--providers", ""]).is_err());
     }
 
     #[test]

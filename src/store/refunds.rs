@@ -868,6 +868,14 @@ pub async fn record_step(
     Ok(events.pop().flatten())
 }
 
+/// History cause of a refund [`record_steps`] finished as COMPLETED.
+pub const CAUSE_PROVIDER_CONFIRMED: &str = "provider confirmed the refund";
+/// History cause of a refund [`record_steps`] finished otherwise.
+///
+/// With [`CAUSE_PROVIDER_CONFIRMED`], what tells the dispatcher's finishes apart from a
+/// provider webhook's in `refund_transitions` (the bench counts record transactions by them).
+pub const CAUSE_PROVIDER_OUTCOME: &str = "provider outcome";
+
 /// Records many dispatcher steps in one transaction: for each claimed refund still under
 /// its claim, its new schedule or final status, its provider calls, and (for a final
 /// status) the transition, outbox event and merchant webhook.
@@ -1087,8 +1095,8 @@ pub async fn record_steps(
                 from: Some(RefundStatus::Pending),
                 event,
                 cause: match status {
-                    RefundStatus::Completed => "provider confirmed the refund",
-                    _ => "provider outcome",
+                    RefundStatus::Completed => CAUSE_PROVIDER_CONFIRMED,
+                    _ => CAUSE_PROVIDER_OUTCOME,
                 },
             })
         })
