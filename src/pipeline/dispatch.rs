@@ -553,7 +553,10 @@ async fn timed(
     crate::metrics::provider_call(provider.name().as_str(), call_name, label, start.elapsed());
     // A call that went as hoped is routine (counted in metrics, kept in the attempts
     // table): debug. One that failed or left the outcome open is worth a line at info.
-    if matches!(outcome, ProviderOutcome::Accepted { .. } | ProviderOutcome::Succeeded { .. }) {
+    if matches!(
+        outcome,
+        ProviderOutcome::Accepted { .. } | ProviderOutcome::Succeeded { .. }
+    ) {
         tracing::debug!(call = ?call, outcome = label, detail = detail.as_deref().unwrap_or(""), "provider call");
     } else {
         tracing::info!(call = ?call, outcome = label, detail = detail.as_deref().unwrap_or(""), "provider call");
