@@ -197,11 +197,13 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
         }
         let free = handoff.slots.available_permits();
         if free < refill {
-            // Busy: only a finished call can make room.
+            // Busy: only a finished call can make room. The slots are the context's, so
+            // another dispatcher on it (or intake's hand-off) may hold them while this one
+            // has nothing in flight: then look again after the idle poll, never spin.
             tokio::select! {
-                done = in_flight.join_next() => if let Some(done) = done { reaped(done) },
+                done = in_flight.join_next(), if !in_flight.is_empty() => if let Some(done) = done { reaped(done) },
                 h = next_handed(&mut handed) => if let Some(h) = h { spawn(&mut in_flight, h) },
-                _ = shutdown.cancelled() => {}
+                _ = super::idle(&ctx.dispatch_wakeup, ctx.config.idle_poll, shutdown) => {}
             }
             continue;
         }

@@ -144,9 +144,14 @@ pub async fn sweep_parked(ctx: &Context) -> Result<usize, StoreError> {
     Ok(resolved)
 }
 
+/// Ordered lanes the consumer spreads webhooks over. Notifications about one refund or
+/// payment always take the same lane, so they are applied in their queue order (the pay-ins
+/// ledger keeps the last status it was given); different ones are applied side by side, so
+/// a burst of webhooks does not queue behind one transaction at a time.
+const LANES: usize = 8;
+
 /// Consumes `provider.webhooks` until shutdown or until the connection fails, and sweeps
-/// parked webhooks meanwhile. Messages are handled one at a time: webhooks are few next to
-/// commands, and one at a time keeps a provider's notifications in their queue order.
+/// parked webhooks meanwhile. Messages go to [`LANES`] ordered lanes by what they are about.
 pub async fn consume(
     ctx: &Context,
     connection: &Connection,
@@ -165,6 +170,19 @@ pub async fn consume(
             FieldTable::default(),
         )
         .await?;
+    let mut lanes = Vec::with_capacity(LANES);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..LANES {
+        // The prefetch bounds what is in flight; a lane's queue never holds more.
+        let (send, mut receive) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
+        lanes.push(send);
+        let (ctx, publisher, shutdown) = (ctx.clone(), publisher.clone(), shutdown.clone());
+        workers.spawn(async move {
+            while let Some(delivery) = receive.recv().await {
+                process_delivery(&ctx, &publisher, delivery, &shutdown).await;
+            }
+        });
+    }
     let mut sweep = tokio::time::interval(ctx.config.parked_retry);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
@@ -183,11 +201,55 @@ pub async fn consume(
             Some(Err(e)) => break Err(e),
             None => break Err(lapin::Error::InvalidChannelState(channel.status().state())),
         };
-        process_delivery(ctx, &publisher, delivery, shutdown).await;
+        let lane = lane_of(ctx, &delivery) % LANES;
+        if let Err(e) = lanes[lane].send(delivery) {
+            // Only if the lane's task ended (it panicked): leave the message unacked; it
+            // comes back when the channel closes.
+            tracing::error!(lane, "webhook lane stopped; message left for redelivery");
+            drop(e);
+        }
     };
+    // Drain: let the lanes finish and acknowledge what they hold before the channel closes.
+    drop(lanes);
+    while workers.join_next().await.is_some() {}
     let _ = channel.close(200, "shutting down").await;
     let _ = publisher.channel().close(200, "shutting down").await;
     result
+}
+
+/// The lane a message belongs to: a hash of its provider and what its first notification
+/// is about (our reference, else the provider's, else the payment). Unparseable messages
+/// all go to lane 0, where they are dead-lettered.
+fn lane_of(ctx: &Context, delivery: &Delivery) -> usize {
+    use std::hash::{Hash, Hasher};
+    let provider = header_str(delivery.properties.headers(), PROVIDER_HEADER)
+        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+    let adapter = ProviderName::parse(&provider).and_then(|p| ctx.providers.get(p));
+    let Some(first) = adapter
+        .and_then(|a| a.parse_webhook(&delivery.data).ok())
+        .and_then(|w| w.into_iter().next())
+    else {
+        return 0;
+    };
+    let about = match first.kind {
+        crate::providers::WebhookKind::Refund {
+            refund_reference,
+            provider_reference,
+            transaction_reference,
+            ..
+        } => refund_reference
+            .or(provider_reference)
+            .or(transaction_reference),
+        crate::providers::WebhookKind::Payment {
+            transaction_reference,
+            ..
+        } => Some(transaction_reference),
+        _ => None,
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (provider, about).hash(&mut hasher);
+    // Truncation is fine: only the remainder modulo LANES matters.
+    hasher.finish() as usize
 }
 
 /// Handles one delivery: apply, then ack (or dead-letter, then ack).

@@ -750,11 +750,17 @@ pub(crate) async fn record_transitions(
              SELECT event_id, $11, routing_key, payload FROM t ORDER BY n)
          INSERT INTO webhook_deliveries
              (event_id, refund_reference, provider, event_status, url, payload, state, next_attempt_at)
-         SELECT t.event_id, r.refund_reference, t.provider, t.to_status,
-             COALESCE(r.command->>'callbackUrl', $12), t.payload, 'queued', now()
-         FROM t JOIN refunds r ON r.refund_reference = t.refund_reference
-         WHERE COALESCE(r.command->>'callbackUrl', $12) IS NOT NULL
-         ORDER BY t.n
+         SELECT event_id, refund_reference, provider, to_status, url, payload, 'queued', now()
+         FROM (
+             -- A scalar subquery, not a join: always one primary-key probe per event. As a
+             -- join, a plan made while the table was small (stale statistics) scanned the
+             -- whole refunds table for every status change, and grew with it.
+             SELECT t.*, COALESCE(
+                 (SELECT r.command->>'callbackUrl' FROM refunds r
+                  WHERE r.refund_reference = t.refund_reference), $12) AS url
+             FROM t) w
+         WHERE url IS NOT NULL
+         ORDER BY n
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(events().map(|e| e.refund_reference.as_str()).collect::<Vec<_>>())
@@ -976,7 +982,10 @@ pub async fn record_steps(
                      $6::bool[], $7::int4[], $8::text[], $9::text[], $10::numeric[], $11::text[])
                  AS u(ref, tok, new_phase, delay_secs, add_submits, failed, add_polls,
                      new_provider_reference, new_provider_status, new_fee, new_fee_currency)
-             WHERE r.refund_reference = u.ref AND r.claim_token = u.tok AND r.status = 'PENDING'
+             -- `= ANY($1)` as well as the join: the refunds side is then always an index
+             -- look-up of these references, never a scan, whatever the join's plan.
+             WHERE r.refund_reference = u.ref AND r.refund_reference = ANY($1)
+                 AND r.claim_token = u.tok AND r.status = 'PENDING'
              RETURNING r.refund_reference, u.tok",
         )
         .bind(&rows.reference)
@@ -1045,7 +1054,10 @@ pub async fn record_steps(
                  AS u(ref, tok, new_status, new_failure_code, new_failure_message, add_submits,
                      add_polls, new_provider_reference, new_provider_status, new_fee,
                      new_fee_currency)
-             WHERE r.refund_reference = u.ref AND r.claim_token = u.tok AND r.status = 'PENDING'
+             -- `= ANY($1)` as well as the join: the refunds side is then always an index
+             -- look-up of these references, never a scan, whatever the join's plan.
+             WHERE r.refund_reference = u.ref AND r.refund_reference = ANY($1)
+                 AND r.claim_token = u.tok AND r.status = 'PENDING'
              RETURNING {ROW_COLUMNS}, u.tok"
         ))
         .bind(&rows.reference)
