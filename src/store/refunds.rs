@@ -918,9 +918,6 @@ pub async fn record_steps(
             }
         }
     }
-    let polls = |s: &StepRecord<'_>| {
-        i32::try_from(s.calls.iter().filter(|c| c.call == "status").count()).unwrap_or(i32::MAX)
-    };
     // Indices into `steps`, in lock order.
     let mut order: Vec<usize> = (0..steps.len()).collect();
     order.sort_by(|&a, &b| {
@@ -951,18 +948,10 @@ pub async fn record_steps(
                 fee,
             } = s.update
             {
-                rows.reference.push(s.claimed.row.refund_reference.as_str());
-                rows.token.push(s.claimed.token);
+                rows.step.push(s, provider_reference, provider_status, fee);
                 rows.phase.push(phase.as_str());
                 rows.delay.push(delay.as_secs_f64());
-                rows.extra_submits.push(s.extra_submits);
                 rows.failed.push(*failed);
-                rows.polls.push(polls(s));
-                rows.provider_reference.push(provider_reference.as_deref());
-                rows.provider_status.push(provider_status.as_deref());
-                rows.fee.push(fee.as_ref().map(|f| f.amount));
-                rows.fee_currency
-                    .push(fee.as_ref().map(|f| f.currency.as_str()));
             }
         }
         // The unnested columns are named unlike any column of `refunds`, so nothing in
@@ -988,17 +977,17 @@ pub async fn record_steps(
                  AND r.claim_token = u.tok AND r.status = 'PENDING'
              RETURNING r.refund_reference, u.tok",
         )
-        .bind(&rows.reference)
-        .bind(&rows.token)
+        .bind(&rows.step.reference)
+        .bind(&rows.step.token)
         .bind(&rows.phase)
         .bind(&rows.delay)
-        .bind(&rows.extra_submits)
+        .bind(&rows.step.extra_submits)
         .bind(&rows.failed)
-        .bind(&rows.polls)
-        .bind(&rows.provider_reference)
-        .bind(&rows.provider_status)
-        .bind(&rows.fee)
-        .bind(&rows.fee_currency)
+        .bind(&rows.step.polls)
+        .bind(&rows.step.provider_reference)
+        .bind(&rows.step.provider_status)
+        .bind(&rows.step.fee)
+        .bind(&rows.step.fee_currency)
         .fetch_all(&mut *tx)
         .await?;
         for i in reschedules {
@@ -1022,20 +1011,12 @@ pub async fn record_steps(
                 fee,
             } = s.update
             {
-                rows.reference.push(s.claimed.row.refund_reference.as_str());
-                rows.token.push(s.claimed.token);
+                rows.step.push(s, provider_reference, provider_status, fee);
                 rows.status.push(status.as_str());
                 rows.failure_code
                     .push(failure.as_ref().map(|f| f.code.as_str()));
                 rows.failure_message
                     .push(failure.as_ref().map(|f| f.message.as_str()));
-                rows.extra_submits.push(s.extra_submits);
-                rows.polls.push(polls(s));
-                rows.provider_reference.push(provider_reference.as_deref());
-                rows.provider_status.push(provider_status.as_deref());
-                rows.fee.push(fee.as_ref().map(|f| f.amount));
-                rows.fee_currency
-                    .push(fee.as_ref().map(|f| f.currency.as_str()));
             }
         }
         // The same change as `finish_pending` with a token, for many refunds.
@@ -1060,17 +1041,17 @@ pub async fn record_steps(
                  AND r.claim_token = u.tok AND r.status = 'PENDING'
              RETURNING {ROW_COLUMNS}, u.tok"
         ))
-        .bind(&rows.reference)
-        .bind(&rows.token)
+        .bind(&rows.step.reference)
+        .bind(&rows.step.token)
         .bind(&rows.status)
         .bind(&rows.failure_code)
         .bind(&rows.failure_message)
-        .bind(&rows.extra_submits)
-        .bind(&rows.polls)
-        .bind(&rows.provider_reference)
-        .bind(&rows.provider_status)
-        .bind(&rows.fee)
-        .bind(&rows.fee_currency)
+        .bind(&rows.step.extra_submits)
+        .bind(&rows.step.polls)
+        .bind(&rows.step.provider_reference)
+        .bind(&rows.step.provider_status)
+        .bind(&rows.step.fee)
+        .bind(&rows.step.fee_currency)
         .fetch_all(&mut *tx)
         .await?;
         for i in finishes {
@@ -1153,15 +1134,12 @@ pub async fn record_steps(
     Ok(events)
 }
 
-/// `record_steps`' reschedules as the columns of its `UNNEST`.
+/// The columns `record_steps`' two updates share, one entry per step.
 #[derive(Default)]
-struct RescheduleArrays<'a> {
+struct StepArrays<'a> {
     reference: Vec<&'a str>,
     token: Vec<Uuid>,
-    phase: Vec<&'static str>,
-    delay: Vec<f64>,
     extra_submits: Vec<i32>,
-    failed: Vec<bool>,
     polls: Vec<i32>,
     provider_reference: Vec<Option<&'a str>>,
     provider_status: Vec<Option<&'a str>>,
@@ -1169,20 +1147,45 @@ struct RescheduleArrays<'a> {
     fee_currency: Vec<Option<&'a str>>,
 }
 
+impl<'a> StepArrays<'a> {
+    /// Adds one step with what its provider told us.
+    fn push(
+        &mut self,
+        step: &StepRecord<'a>,
+        provider_reference: &'a Option<String>,
+        provider_status: &'a Option<String>,
+        fee: &'a Option<Fee>,
+    ) {
+        self.reference
+            .push(step.claimed.row.refund_reference.as_str());
+        self.token.push(step.claimed.token);
+        self.extra_submits.push(step.extra_submits);
+        let polls = step.calls.iter().filter(|c| c.call == "status").count();
+        self.polls.push(i32::try_from(polls).unwrap_or(i32::MAX));
+        self.provider_reference.push(provider_reference.as_deref());
+        self.provider_status.push(provider_status.as_deref());
+        self.fee.push(fee.as_ref().map(|f| f.amount));
+        self.fee_currency
+            .push(fee.as_ref().map(|f| f.currency.as_str()));
+    }
+}
+
+/// `record_steps`' reschedules as the columns of its `UNNEST`.
+#[derive(Default)]
+struct RescheduleArrays<'a> {
+    step: StepArrays<'a>,
+    phase: Vec<&'static str>,
+    delay: Vec<f64>,
+    failed: Vec<bool>,
+}
+
 /// `record_steps`' finishes as the columns of its `UNNEST`.
 #[derive(Default)]
 struct FinishArrays<'a> {
-    reference: Vec<&'a str>,
-    token: Vec<Uuid>,
+    step: StepArrays<'a>,
     status: Vec<&'static str>,
     failure_code: Vec<Option<&'static str>>,
     failure_message: Vec<Option<&'a str>>,
-    extra_submits: Vec<i32>,
-    polls: Vec<i32>,
-    provider_reference: Vec<Option<&'a str>>,
-    provider_status: Vec<Option<&'a str>>,
-    fee: Vec<Option<Decimal>>,
-    fee_currency: Vec<Option<&'a str>>,
 }
 
 /// A refund finished by `record_steps`, with the claim it was finished under.
