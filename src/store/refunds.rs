@@ -891,8 +891,8 @@ pub const CAUSE_PROVIDER_OUTCOME: &str = "provider outcome";
 /// [`record_transitions`], one `provider_attempts` insert. Returns, in `steps` order, each
 /// step's event, or `None` for a reschedule or a lost claim (the lease expired and another
 /// worker took over, or a provider webhook finished the refund first). A lost claim
-/// changes nothing, not even the attempts log, exactly as if its own transaction had been
-/// rolled back.
+/// changes nothing on the refund, but its calls are logged: the provider was called. A
+/// call is logged once however often its step is recorded (`provider_attempts_once`).
 ///
 /// Rows are updated in `refund_reference` order, so two batches sharing refunds lock them
 /// in the same order; should a deadlock happen anyway, it is a retryable error
@@ -1073,8 +1073,8 @@ pub async fn record_steps(
         }
     }
 
-    if !applied.contains(&true) {
-        // Every claim was lost: nothing to write.
+    if !applied.contains(&true) && steps.iter().all(|s| s.calls.is_empty()) {
+        // Every claim was lost and no call was made: nothing to write.
         tx.rollback().await?;
         return Ok(events);
     }
@@ -1096,13 +1096,11 @@ pub async fn record_steps(
         .collect();
     record_transitions(&mut tx, &writes, sink).await?;
 
-    // Every recorded step's calls in one statement, in `steps` order and call order (the
-    // attempts log is read back in id order).
+    // Every step's calls in one statement, in `steps` order and call order (the attempts
+    // log is read back in id order), those of lost claims included.
     let calls: Vec<(&str, &CallRecord)> = steps
         .iter()
-        .zip(&applied)
-        .filter(|(_, &applied)| applied)
-        .flat_map(|(s, _)| {
+        .flat_map(|s| {
             s.calls
                 .iter()
                 .map(|c| (s.claimed.row.refund_reference.as_str(), c))
@@ -1114,7 +1112,8 @@ pub async fn record_steps(
              SELECT ref, call, outcome, detail, started_at, latency_ms
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int4[])
                  WITH ORDINALITY AS a(ref, call, outcome, detail, started_at, latency_ms, n)
-             ORDER BY n",
+             ORDER BY n
+             ON CONFLICT (refund_reference, started_at, call) DO NOTHING",
         )
         .bind(calls.iter().map(|(r, _)| *r).collect::<Vec<_>>())
         .bind(calls.iter().map(|(_, c)| c.call).collect::<Vec<_>>())

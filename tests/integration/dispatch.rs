@@ -292,7 +292,8 @@ async fn record_steps_records_a_batch_in_one_go_and_ignores_a_lost_claim() {
             ),
         ]
     );
-    // Attempts: every recorded step's calls in call order, none for the lost claim.
+    // Attempts: every step's calls in call order; the lost claim's too (the provider was
+    // called), though its refund did not change.
     let attempts: Vec<(String, String, String, i32)> = sqlx::query_as(
         "SELECT refund_reference, call, outcome, latency_ms FROM provider_attempts ORDER BY id",
     )
@@ -315,8 +316,8 @@ async fn record_steps_records_a_batch_in_one_go_and_ignores_a_lost_claim() {
         of(&later),
         vec![("submit", "accepted"), ("status", "pending")]
     );
-    assert_eq!(count(&app, "provider_attempts", &lost).await, 0);
-    assert_eq!(attempts.len(), 5);
+    assert_eq!(of(&lost), vec![("status", "succeeded")]);
+    assert_eq!(attempts.len(), 6);
     assert!(attempts.iter().all(|a| a.3 == 12));
 
     // Recording the same claims again finds them all lost: nothing changes.
@@ -324,7 +325,9 @@ async fn record_steps_records_a_batch_in_one_go_and_ignores_a_lost_claim() {
         .await
         .expect("record_steps again");
     assert_eq!(again, vec![None, None, None, None]);
+    // ... and no call is logged twice.
     assert_eq!(count(&app, "provider_attempts", &done).await, 2);
+    assert_eq!(count(&app, "provider_attempts", &lost).await, 1);
     let outbox_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(&app.pool)
         .await
