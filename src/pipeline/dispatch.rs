@@ -80,8 +80,13 @@ impl Handoff {
         if !self.open.load(Ordering::Acquire) {
             return Vec::new();
         }
+        self.take_slots(wanted)
+    }
+
+    /// Takes up to `n` free slots, without waiting.
+    fn take_slots(&self, n: usize) -> Vec<OwnedSemaphorePermit> {
         std::iter::from_fn(|| self.slots.clone().try_acquire_owned().ok())
-            .take(wanted)
+            .take(n)
             .collect()
     }
 
@@ -207,10 +212,7 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
             }
             continue;
         }
-        let slots: Vec<OwnedSemaphorePermit> =
-            std::iter::from_fn(|| handoff.slots.clone().try_acquire_owned().ok())
-                .take(free.min(batch))
-                .collect();
+        let slots = handoff.take_slots(free.min(batch));
         let limit = i64::try_from(slots.len()).unwrap_or(1);
         match claim(ctx, limit).await {
             Ok(claimed) if !claimed.is_empty() => {
