@@ -15,8 +15,6 @@ use crate::store::inbound::{self, Applied};
 use crate::store::StoreError;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -157,19 +155,14 @@ pub async fn consume(
     connection: &Connection,
     shutdown: &CancellationToken,
 ) -> Result<(), lapin::Error> {
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(ctx.config.prefetch, BasicQosOptions::default())
-        .await?;
-    let publisher = Publisher::open(connection).await?;
-    let mut consumer = channel
-        .basic_consume(
-            &ctx.topology.webhooks_queue,
-            &format!("refund-worker-webhooks-{}", uuid::Uuid::new_v4()),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let queue = super::QueueConsumer::open(
+        ctx,
+        connection,
+        &ctx.topology.webhooks_queue,
+        "refund-worker-webhooks",
+    )
+    .await?;
+    let (publisher, mut consumer) = (queue.publisher.clone(), queue.consumer.clone());
     let mut lanes = Vec::with_capacity(LANES);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..LANES {
@@ -199,7 +192,7 @@ pub async fn consume(
         let delivery = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) => break Err(e),
-            None => break Err(lapin::Error::InvalidChannelState(channel.status().state())),
+            None => break Err(queue.ended()),
         };
         let lane = lane_of(ctx, &delivery) % LANES;
         if let Err(e) = lanes[lane].send(delivery) {
@@ -212,8 +205,7 @@ pub async fn consume(
     // Drain: let the lanes finish and acknowledge what they hold before the channel closes.
     drop(lanes);
     while workers.join_next().await.is_some() {}
-    let _ = channel.close(200, "shutting down").await;
-    let _ = publisher.channel().close(200, "shutting down").await;
+    queue.close().await;
     result
 }
 

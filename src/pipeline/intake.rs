@@ -15,8 +15,6 @@ use crate::domain::{command, CommandError, RefundCommand};
 use crate::store::{self, Intake, IntakeItem, StoreError};
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use lapin::Connection;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -245,19 +243,14 @@ pub async fn consume(
     connection: &Connection,
     shutdown: &CancellationToken,
 ) -> Result<(), lapin::Error> {
-    let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(ctx.config.prefetch, BasicQosOptions::default())
-        .await?;
-    let publisher = Publisher::open(connection).await?;
-    let mut consumer = channel
-        .basic_consume(
-            &ctx.topology.commands_queue,
-            &format!("refund-worker-{}", uuid::Uuid::new_v4()),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let queue = super::QueueConsumer::open(
+        ctx,
+        connection,
+        &ctx.topology.commands_queue,
+        "refund-worker",
+    )
+    .await?;
+    let (publisher, mut consumer) = (queue.publisher.clone(), queue.consumer.clone());
     let batch_size = ctx.config.intake_batch;
     let batches = usize::from(ctx.config.prefetch).div_ceil(batch_size).max(1);
     let permits = Arc::new(Semaphore::new(batches));
@@ -271,7 +264,7 @@ pub async fn consume(
         let first = match next {
             Some(Ok(d)) => d,
             Some(Err(e)) => break Err(e),
-            None => break Err(lapin::Error::InvalidChannelState(channel.status().state())),
+            None => break Err(queue.ended()),
         };
         // Move the permit into the task: it returns to the semaphore when the task ends.
         // While we wait for one, more messages arrive and join the next batch.
@@ -288,7 +281,7 @@ pub async fn consume(
                     break;
                 }
                 Some(None) => {
-                    failed = Some(lapin::Error::InvalidChannelState(channel.status().state()));
+                    failed = Some(queue.ended());
                     break;
                 }
                 None => break,
@@ -310,8 +303,7 @@ pub async fn consume(
     };
     // Drain: let in-flight messages finish and be acknowledged before the channel closes.
     while tasks.join_next().await.is_some() {}
-    let _ = channel.close(200, "shutting down").await;
-    let _ = publisher.channel().close(200, "shutting down").await;
+    queue.close().await;
     result
 }
 

@@ -172,3 +172,57 @@ pub(crate) async fn settle(
         tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
     }
 }
+
+/// One queue's consumer as both consumer loops open it: its own channel with the `PREFETCH`
+/// window and manual acks, and a publisher (with confirms) for dead letters.
+pub(crate) struct QueueConsumer {
+    /// The consuming channel.
+    pub channel: lapin::Channel,
+    /// Publishes dead letters, on its own channel.
+    pub publisher: crate::broker::Publisher,
+    /// The deliveries.
+    pub consumer: lapin::Consumer,
+}
+
+impl QueueConsumer {
+    /// Starts consuming `queue` under a consumer tag beginning with `tag`.
+    pub(crate) async fn open(
+        ctx: &Context,
+        connection: &lapin::Connection,
+        queue: &str,
+        tag: &str,
+    ) -> Result<Self, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(
+                ctx.config.prefetch,
+                lapin::options::BasicQosOptions::default(),
+            )
+            .await?;
+        let publisher = crate::broker::Publisher::open(connection).await?;
+        let consumer = channel
+            .basic_consume(
+                queue,
+                &format!("{tag}-{}", uuid::Uuid::new_v4()),
+                lapin::options::BasicConsumeOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            channel,
+            publisher,
+            consumer,
+        })
+    }
+
+    /// The error for a delivery stream that ended: its channel is no longer open.
+    pub(crate) fn ended(&self) -> lapin::Error {
+        lapin::Error::InvalidChannelState(self.channel.status().state())
+    }
+
+    /// Closes both channels (after the loop drained its work).
+    pub(crate) async fn close(&self) {
+        let _ = self.channel.close(200, "shutting down").await;
+        let _ = self.publisher.channel().close(200, "shutting down").await;
+    }
+}
