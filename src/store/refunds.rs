@@ -202,18 +202,6 @@ pub struct IntakeItem<'a> {
     pub provider_configured: bool,
 }
 
-/// Stores one validated command: [`intake_batch`] of one.
-pub async fn intake(
-    pool: &PgPool,
-    item: IntakeItem<'_>,
-    sink: &EventSink,
-) -> Result<Intake, StoreError> {
-    intake_batch(pool, &[item], sink)
-        .await?
-        .pop()
-        .ok_or_else(|| StoreError::Corrupt("the intake of one command answered nothing".into()))
-}
-
 /// How often a batch is judged again after a concurrent writer inserted one of its
 /// references, before giving up for now (the caller retries later).
 const INTAKE_ROUNDS: usize = 5;

@@ -300,14 +300,14 @@ async fn a_batch_is_judged_as_if_its_commands_came_one_at_a_time() {
         command_hash: hash,
         provider_configured: configured,
     };
-    let first = refunds::intake(
+    let first = refunds::intake_batch(
         &app.pool,
-        item(&old_cmd, &old, "h-old", true),
+        &[item(&old_cmd, &old, "h-old", true)],
         &app.ctx.sink,
     )
     .await
     .unwrap();
-    assert!(matches!(first, Intake::Created(_)));
+    assert!(matches!(first.as_slice(), [Intake::Created(_)]));
 
     let raws = [
         on_payment("b-1", "50.00", "txn-b"),    // 10 + 50 fits
