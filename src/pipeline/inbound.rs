@@ -3,6 +3,11 @@
 //! its outbox event). Webhooks that arrive before their refund is known are parked, and
 //! this loop tries them again every `PARKED_RETRY_MS`.
 //!
+//! Messages are spread over ordered lanes by the refund or payment they are about; a lane
+//! applies whatever is waiting in it (up to `LANE_BATCH` messages) in one transaction
+//! ([`inbound::receive_batch`]), judged as if they had come one at a time. A message the
+//! database refuses is retried alone, so only it is dead-lettered.
+//!
 //! The ingress verified the signature before publishing; the queue is inside our trust
 //! boundary, so the consumer only parses. A message that cannot be parsed, names an unknown
 //! provider or one that is not configured is dead-lettered with the reason.
@@ -11,6 +16,7 @@ use super::Context;
 use crate::broker::publisher::Publisher;
 use crate::broker::topology::header_str;
 use crate::domain::ProviderName;
+use crate::providers::{ProviderWebhook, WebhookKind};
 use crate::store::inbound::{self, Applied};
 use crate::store::StoreError;
 use futures::StreamExt;
@@ -31,6 +37,27 @@ pub enum InboundOutcome {
     DeadLetter(String),
 }
 
+/// A message's notifications as its provider's adapter parsed them, or why it must be
+/// dead-lettered.
+type Parsed = Result<(ProviderName, Vec<ProviderWebhook>), String>;
+
+/// Parses one message body with its provider's adapter (no I/O).
+fn parse(ctx: &Context, provider: &str, body: &[u8]) -> Parsed {
+    let Some(name) = ProviderName::parse(provider) else {
+        return Err(format!(
+            "unknown provider `{}`",
+            provider.chars().take(64).collect::<String>()
+        ));
+    };
+    let Some(adapter) = ctx.providers.get(name) else {
+        return Err(format!("provider {name} is not configured"));
+    };
+    adapter
+        .parse_webhook(body)
+        .map(|webhooks| (name, webhooks))
+        .map_err(|e| e.to_string())
+}
+
 /// Processes one webhook message. Errors are infrastructure errors (database down); the
 /// caller keeps the message and tries again.
 pub async fn handle(
@@ -38,28 +65,83 @@ pub async fn handle(
     provider: &str,
     body: &[u8],
 ) -> Result<InboundOutcome, StoreError> {
-    let Some(name) = ProviderName::parse(provider) else {
-        return Ok(InboundOutcome::DeadLetter(format!(
-            "unknown provider `{}`",
-            provider.chars().take(64).collect::<String>()
-        )));
-    };
-    let Some(adapter) = ctx.providers.get(name) else {
-        return Ok(InboundOutcome::DeadLetter(format!(
-            "provider {name} is not configured"
-        )));
-    };
-    let webhooks = match adapter.parse_webhook(body) {
-        Ok(w) => w,
-        Err(e) => return Ok(InboundOutcome::DeadLetter(e.to_string())),
-    };
-    let mut results = Vec::with_capacity(webhooks.len());
-    for (part, webhook) in webhooks.iter().enumerate() {
-        let applied = inbound::receive(&ctx.pool, name, body, part, webhook, &ctx.sink).await?;
-        report(ctx, name, &applied);
-        results.push(applied);
+    let parsed = parse(ctx, provider, body);
+    store(ctx, &[(body, &parsed)])
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("webhook batch answered nothing".into()))
+}
+
+/// Applies the notifications of parsed messages in one transaction, as if the messages had
+/// come one at a time; answers in `messages` order. Errors are infrastructure errors
+/// (database down); the caller keeps the messages and tries again.
+async fn store(
+    ctx: &Context,
+    messages: &[(&[u8], &Parsed)],
+) -> Result<Vec<InboundOutcome>, StoreError> {
+    let per_message: Vec<Vec<inbound::Incoming<'_>>> = messages
+        .iter()
+        .map(|(body, parsed)| match parsed {
+            Ok((provider, webhooks)) => webhooks
+                .iter()
+                .enumerate()
+                .map(|(part, webhook)| inbound::Incoming {
+                    provider: *provider,
+                    body,
+                    part,
+                    webhook,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        })
+        .collect();
+    let all: Vec<inbound::Incoming<'_>> = per_message.iter().flatten().copied().collect();
+    let mut applied: Vec<Result<Vec<Applied>, String>> = Vec::with_capacity(messages.len());
+    match inbound::receive_batch(&ctx.pool, &all, &ctx.sink).await {
+        Ok(answers) => {
+            let mut answers = answers.into_iter();
+            for items in &per_message {
+                applied.push(Ok(answers.by_ref().take(items.len()).collect()));
+            }
+        }
+        Err(e) if e.is_retryable() => return Err(e),
+        // Data the database refuses in one message (say, a NUL inside a status word) must
+        // not hold back the others: apply them one message at a time, so only that one is
+        // dead-lettered.
+        Err(e) if per_message.iter().filter(|m| !m.is_empty()).count() <= 1 => {
+            for items in &per_message {
+                applied.push(match items.is_empty() {
+                    true => Ok(Vec::new()),
+                    false => Err(format!("the database refused this webhook: {e}")),
+                });
+            }
+        }
+        Err(_) => {
+            for items in &per_message {
+                applied.push(
+                    match inbound::receive_batch(&ctx.pool, items, &ctx.sink).await {
+                        Ok(answers) => Ok(answers),
+                        Err(e) if e.is_retryable() => return Err(e),
+                        Err(e) => Err(format!("the database refused this webhook: {e}")),
+                    },
+                );
+            }
+        }
     }
-    Ok(InboundOutcome::Applied(results))
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for ((_, parsed), applied) in messages.iter().zip(applied) {
+        outcomes.push(match (parsed, applied) {
+            (Err(reason), _) => InboundOutcome::DeadLetter(reason.clone()),
+            (_, Err(reason)) => InboundOutcome::DeadLetter(reason),
+            (Ok((provider, _)), Ok(applied)) => {
+                for a in &applied {
+                    report(ctx, *provider, a);
+                }
+                InboundOutcome::Applied(applied)
+            }
+        });
+    }
+    Ok(outcomes)
 }
 
 /// Logs and counts what applying one webhook did.
@@ -148,6 +230,17 @@ pub async fn sweep_parked(ctx: &Context) -> Result<usize, StoreError> {
 /// a burst of webhooks does not queue behind one transaction at a time.
 const LANES: usize = 8;
 
+/// Most messages a lane applies in one transaction: those waiting in it when it starts one
+/// (a lone webhook is a batch of one, so nothing waits to fill a batch).
+const LANE_BATCH: usize = 32;
+
+/// A delivery with its provider and what it parsed to.
+struct Received {
+    delivery: Delivery,
+    provider: String,
+    parsed: Parsed,
+}
+
 /// Consumes `provider.webhooks` until shutdown or until the connection fails, and sweeps
 /// parked webhooks meanwhile. Messages go to [`LANES`] ordered lanes by what they are about.
 pub async fn consume(
@@ -167,12 +260,19 @@ pub async fn consume(
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..LANES {
         // The prefetch bounds what is in flight; a lane's queue never holds more.
-        let (send, mut receive) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
+        let (send, mut receive) = tokio::sync::mpsc::unbounded_channel::<Received>();
         lanes.push(send);
         let (ctx, publisher, shutdown) = (ctx.clone(), publisher.clone(), shutdown.clone());
         workers.spawn(async move {
-            while let Some(delivery) = receive.recv().await {
-                process_delivery(&ctx, &publisher, delivery, &shutdown).await;
+            while let Some(first) = receive.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < LANE_BATCH {
+                    match receive.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                process_batch(&ctx, &publisher, batch, &shutdown).await;
             }
         });
     }
@@ -194,8 +294,16 @@ pub async fn consume(
             Some(Err(e)) => break Err(e),
             None => break Err(queue.ended()),
         };
-        let lane = lane_of(ctx, &delivery) % LANES;
-        if let Err(e) = lanes[lane].send(delivery) {
+        let provider = header_str(delivery.properties.headers(), PROVIDER_HEADER)
+            .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+        let parsed = parse(ctx, &provider, &delivery.data);
+        let lane = lane_of(&provider, &parsed) % LANES;
+        let received = Received {
+            delivery,
+            provider,
+            parsed,
+        };
+        if let Err(e) = lanes[lane].send(received) {
             // Only if the lane's task ended (it panicked): leave the message unacked; it
             // comes back when the channel closes.
             tracing::error!(lane, "webhook lane stopped; message left for redelivery");
@@ -210,33 +318,28 @@ pub async fn consume(
 }
 
 /// The lane a message belongs to: a hash of its provider and what its first notification
-/// is about (our reference, else the provider's, else the payment). Unparseable messages
-/// all go to lane 0, where they are dead-lettered.
-fn lane_of(ctx: &Context, delivery: &Delivery) -> usize {
+/// is about (our reference, else the provider's, else the payment). Messages that did not
+/// parse all go to lane 0, where they are dead-lettered.
+fn lane_of(provider: &str, parsed: &Parsed) -> usize {
     use std::hash::{Hash, Hasher};
-    let provider = header_str(delivery.properties.headers(), PROVIDER_HEADER)
-        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
-    let adapter = ProviderName::parse(&provider).and_then(|p| ctx.providers.get(p));
-    let Some(first) = adapter
-        .and_then(|a| a.parse_webhook(&delivery.data).ok())
-        .and_then(|w| w.into_iter().next())
-    else {
+    let Some(first) = parsed.as_ref().ok().and_then(|(_, w)| w.first()) else {
         return 0;
     };
-    let about = match first.kind {
-        crate::providers::WebhookKind::Refund {
+    let about = match &first.kind {
+        WebhookKind::Refund {
             refund_reference,
             provider_reference,
             transaction_reference,
             ..
         } => refund_reference
-            .or(provider_reference)
-            .or(transaction_reference),
-        crate::providers::WebhookKind::Payment {
+            .as_ref()
+            .or(provider_reference.as_ref())
+            .or(transaction_reference.as_ref()),
+        WebhookKind::Payment {
             transaction_reference,
             ..
         } => Some(transaction_reference),
-        _ => None,
+        WebhookKind::Ignored { .. } => None,
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (provider, about).hash(&mut hasher);
@@ -244,33 +347,43 @@ fn lane_of(ctx: &Context, delivery: &Delivery) -> usize {
     hasher.finish() as usize
 }
 
-/// Handles one delivery: apply, then ack (or dead-letter, then ack).
-async fn process_delivery(
+/// Handles a lane's batch end to end: apply all in one transaction, then ack each (or
+/// dead-letter, then ack).
+async fn process_batch(
     ctx: &Context,
     publisher: &Publisher,
-    delivery: Delivery,
+    batch: Vec<Received>,
     shutdown: &CancellationToken,
 ) {
-    let provider = header_str(delivery.properties.headers(), PROVIDER_HEADER)
-        .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
-    let Some(outcome) = super::until_stored(
-        ctx,
-        std::slice::from_ref(&delivery),
-        shutdown,
-        "provider webhook",
-        || handle(ctx, &provider, &delivery.data),
-    )
-    .await
+    let (mut deliveries, mut described) = (Vec::with_capacity(batch.len()), Vec::new());
+    for r in batch {
+        deliveries.push(r.delivery);
+        described.push((r.provider, r.parsed));
+    }
+    let messages: Vec<(&[u8], &Parsed)> = deliveries
+        .iter()
+        .zip(&described)
+        .map(|(d, (_, parsed))| (d.data.as_slice(), parsed))
+        .collect();
+    let Some(outcomes) =
+        super::until_stored(ctx, &deliveries, shutdown, "provider webhooks", || {
+            store(ctx, &messages)
+        })
+        .await
     else {
         return;
     };
-    let dead_letter = match &outcome {
-        InboundOutcome::DeadLetter(reason) => {
-            crate::metrics::provider_webhook_applied(&provider, "dead_letter");
-            tracing::warn!(%provider, %reason, "provider webhook dead-lettered");
-            Some((ctx.topology.webhooks_dlq.as_str(), reason.as_str()))
-        }
-        InboundOutcome::Applied(_) => None,
-    };
-    super::settle(ctx, publisher, delivery, dead_letter).await;
+    drop(messages);
+    for ((delivery, (provider, _)), outcome) in deliveries.into_iter().zip(described).zip(outcomes)
+    {
+        let dead_letter = match &outcome {
+            InboundOutcome::DeadLetter(reason) => {
+                crate::metrics::provider_webhook_applied(&provider, "dead_letter");
+                tracing::warn!(%provider, %reason, "provider webhook dead-lettered");
+                Some((ctx.topology.webhooks_dlq.as_str(), reason.as_str()))
+            }
+            InboundOutcome::Applied(_) => None,
+        };
+        super::settle(ctx, publisher, delivery, dead_letter).await;
+    }
 }

@@ -5,14 +5,18 @@
 //! status change, the history row and the outbox event), so a redelivered or replayed
 //! webhook finds its inbox row and changes nothing.
 
-use super::refunds::{event_for, finish_pending, record_transition, FinishCounts};
+use super::refunds::{
+    event_for, finish_many, lock_in_order, record_transitions, FinishArrays, TransitionWrite,
+};
 use super::{EventSink, StoreError};
 use crate::domain::{
-    transition, ProviderName, ProviderOutcome, RefundEvent, RefundStatus, Transition,
+    transition, FailureReason, Fee, ProviderName, ProviderOutcome, RefundEvent, RefundStatus,
+    Transition,
 };
 use crate::providers::{ProviderWebhook, WebhookKind};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::HashMap;
 
 /// What applying one provider webhook did.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +93,31 @@ pub fn event_key(webhook: &ProviderWebhook, body: &[u8]) -> String {
     }
 }
 
+/// One parsed notification to receive: the `part`-th of those parsed from `body`.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// The provider that sent it.
+    pub provider: ProviderName,
+    /// The raw body, as received (kept in the inbox).
+    pub body: &'a [u8],
+    /// Its index among the notifications of `body`.
+    pub part: usize,
+    /// The notification.
+    pub webhook: &'a ProviderWebhook,
+}
+
+impl Incoming<'_> {
+    /// Its inbox key: the event key, suffixed with the part for all but the first.
+    fn key(&self) -> String {
+        let key = event_key(self.webhook, self.body);
+        if self.part > 0 {
+            format!("{key}#{}", self.part)
+        } else {
+            key
+        }
+    }
+}
+
 /// Records one parsed webhook in the inbox and applies it, in one transaction.
 /// `part` is its index among the notifications parsed from `body`.
 pub async fn receive(
@@ -99,123 +128,153 @@ pub async fn receive(
     webhook: &ProviderWebhook,
     sink: &EventSink,
 ) -> Result<Applied, StoreError> {
-    let mut key = event_key(webhook, body);
-    if part > 0 {
-        key = format!("{key}#{part}");
-    }
+    let incoming = Incoming {
+        provider,
+        body,
+        part,
+        webhook,
+    };
+    receive_batch(pool, &[incoming], sink)
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("webhook batch answered nothing".into()))
+}
+
+/// Records parsed webhooks in the inbox and applies them, all in one transaction, as if
+/// they had come one at a time in `items` order. Answers in `items` order.
+///
+/// About eight set-based statements per batch however many webhooks it holds: the inbox
+/// insert (which finds the duplicates), one look-up of the refunds they name, one lock of
+/// those refunds in key order, one update for in-progress statuses, one for final ones,
+/// one [`record_transitions`](super::refunds) and the inbox's final states. A payment
+/// status is one ledger upsert each.
+pub async fn receive_batch(
+    pool: &PgPool,
+    items: &[Incoming<'_>],
+    sink: &EventSink,
+) -> Result<Vec<Applied>, StoreError> {
+    let keys: Vec<String> = items.iter().map(Incoming::key).collect();
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(
+    let inserted: Vec<(String, String, String)> = sqlx::query_as(
         "INSERT INTO provider_webhook_inbox (provider, event_key, part, body, state)
-         VALUES ($1, $2, $3, $4, 'PARKED')
-         ON CONFLICT (provider, event_key) DO NOTHING",
+         SELECT provider, event_key, part, body, 'PARKED'
+         FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::bytea[])
+             WITH ORDINALITY AS i(provider, event_key, part, body, n)
+         ORDER BY n
+         ON CONFLICT (provider, event_key) DO NOTHING
+         RETURNING provider, event_key, ctid::text",
     )
-    .bind(provider.as_str())
-    .bind(&key)
-    .bind(i32::try_from(part).unwrap_or(i32::MAX))
-    .bind(body)
-    .execute(&mut *tx)
+    .bind(
+        items
+            .iter()
+            .map(|i| i.provider.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(&keys)
+    .bind(
+        items
+            .iter()
+            .map(|i| i32::try_from(i.part).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .bind(items.iter().map(|i| i.body).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
     .await?;
-    if inserted.rows_affected() == 0 {
+    // Fresh: inserted now, and the first of its key in this batch (a repeat within the
+    // batch is a duplicate, as it would have been one message later).
+    let mut inserted: HashMap<(String, String), String> = inserted
+        .into_iter()
+        .map(|(provider, key, row)| ((provider, key), row))
+        .collect();
+    let fresh: Vec<(usize, String)> = (0..items.len())
+        .filter_map(|i| {
+            let row = inserted.remove(&(items[i].provider.as_str().to_owned(), keys[i].clone()));
+            row.map(|row| (i, row))
+        })
+        .collect();
+    if fresh.is_empty() {
         tx.rollback().await?;
-        return Ok(Applied::Duplicate);
+        return Ok(vec![Applied::Duplicate; items.len()]);
     }
-    let applied = apply(&mut tx, provider, &key, webhook, sink).await?;
+    let todo: Vec<Pending<'_>> = fresh
+        .iter()
+        .map(|(i, row)| Pending {
+            provider: items[*i].provider,
+            key: &keys[*i],
+            row: row.clone(),
+            webhook: items[*i].webhook,
+        })
+        .collect();
+    let results = apply_all(&mut tx, &todo, sink).await?;
+    write_inbox(&mut tx, &todo, &results, false).await?;
     tx.commit().await?;
+    let mut applied = vec![Applied::Duplicate; items.len()];
+    for ((i, _), result) in fresh.into_iter().zip(results) {
+        applied[i] = result.applied;
+    }
     Ok(applied)
 }
 
-/// Applies `webhook` and records the result on its inbox row (`provider`, `key`).
-async fn apply(
-    tx: &mut Transaction<'_, Postgres>,
+/// A webhook that holds its inbox row in the current transaction, to apply.
+#[derive(Debug, Clone)]
+struct Pending<'a> {
     provider: ProviderName,
-    key: &str,
-    webhook: &ProviderWebhook,
-    sink: &EventSink,
-) -> Result<Applied, StoreError> {
-    let (applied, refund_reference, detail) = match &webhook.kind {
-        WebhookKind::Refund {
-            refund_reference,
-            provider_reference,
-            transaction_reference,
-            outcome,
-        } => {
-            let keys = RefundKeys {
-                refund_reference: refund_reference.as_deref(),
-                provider_reference: provider_reference.as_deref(),
-                transaction_reference: transaction_reference.as_deref(),
-            };
-            let applied = apply_refund(tx, provider, keys, outcome, sink).await?;
-            let reference = match &applied {
-                Applied::Transitioned(e) => Some(e.refund_reference.clone()),
-                Applied::Unchanged { refund_reference }
-                | Applied::Contradiction {
-                    refund_reference, ..
-                } => Some(refund_reference.clone()),
-                _ => None,
-            };
-            let detail = match &applied {
-                Applied::Contradiction { ours, theirs, .. } => {
-                    Some(format!("provider says {theirs}, refund is {ours}"))
-                }
-                Applied::Unmatched { reason } => Some(reason.clone()),
-                _ => {
-                    let (label, detail) = outcome.describe();
-                    Some(match detail {
-                        Some(d) => format!("{label}: {d}"),
-                        None => label.to_owned(),
-                    })
-                }
-            };
-            (applied, reference, detail)
-        }
-        WebhookKind::Payment {
-            transaction_reference,
-            amount,
-            currency,
-            status,
-            succeeded,
-        } => {
-            sqlx::query(
-                "INSERT INTO pay_ins (provider, transaction_reference, amount, currency, status,
-                     succeeded, event_key)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (provider, transaction_reference) DO UPDATE SET
-                     amount = COALESCE(EXCLUDED.amount, pay_ins.amount),
-                     currency = COALESCE(EXCLUDED.currency, pay_ins.currency),
-                     status = EXCLUDED.status, succeeded = EXCLUDED.succeeded,
-                     event_key = EXCLUDED.event_key,
-                     notifications = pay_ins.notifications + 1, updated_at = now()",
-            )
-            .bind(provider.as_str())
-            .bind(transaction_reference)
-            .bind(amount)
-            .bind(currency)
-            .bind(status)
-            .bind(succeeded)
-            .bind(key)
-            .execute(&mut **tx)
-            .await?;
-            (
-                Applied::PayIn,
-                None,
-                Some(format!("payment {transaction_reference} {status}")),
-            )
-        }
-        WebhookKind::Ignored { kind } => (Applied::Ignored, None, Some(kind.clone())),
-    };
+    key: &'a str,
+    /// Its inbox row's `ctid`, as text: the row is ours (inserted or locked) until the
+    /// transaction ends, so its physical address is stable and the final update reaches
+    /// it with a TID scan, whatever the planner thinks of the table's size.
+    row: String,
+    webhook: &'a ProviderWebhook,
+}
+
+/// What applying a webhook did, and what its inbox row says about it.
+#[derive(Debug, Clone)]
+struct Decided {
+    applied: Applied,
+    refund_reference: Option<String>,
+    detail: Option<String>,
+}
+
+/// Writes each webhook's final inbox state (and, for a parked retry, counts the try).
+async fn write_inbox(
+    tx: &mut Transaction<'_, Postgres>,
+    todo: &[Pending<'_>],
+    results: &[Decided],
+    count_try: bool,
+) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE provider_webhook_inbox SET state = $3, refund_reference = $4, detail = $5,
-             updated_at = now()
-         WHERE provider = $1 AND event_key = $2",
+        "UPDATE provider_webhook_inbox i SET state = u.new_state,
+             refund_reference = u.new_refund_reference, detail = u.new_detail,
+             park_attempts = i.park_attempts + $5, updated_at = now()
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
+             AS u(row_id, new_state, new_refund_reference, new_detail)
+         -- By the rows' addresses: a TID scan. Looked up by key, a plan made on a young
+         -- table's statistics scanned the whole inbox for every batch.
+         WHERE i.ctid = u.row_id::tid AND i.ctid = ANY($1::text[]::tid[])",
     )
-    .bind(provider.as_str())
-    .bind(key)
-    .bind(applied.inbox_state())
-    .bind(refund_reference)
-    .bind(detail)
+    .bind(todo.iter().map(|p| p.row.as_str()).collect::<Vec<_>>())
+    .bind(
+        results
+            .iter()
+            .map(|r| r.applied.inbox_state())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        results
+            .iter()
+            .map(|r| r.refund_reference.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        results
+            .iter()
+            .map(|r| r.detail.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(i32::from(count_try))
     .execute(&mut **tx)
     .await?;
-    Ok(applied)
+    Ok(())
 }
 
 /// The ways a refund webhook can name its refund.
@@ -226,68 +285,318 @@ struct RefundKeys<'a> {
     transaction_reference: Option<&'a str>,
 }
 
-/// Finds and locks the refund a webhook names: by our reference, then the provider's, then
-/// the payment (only when exactly one refund of that payment is pending, or exactly one
-/// exists).
-async fn find_refund(
-    tx: &mut Transaction<'_, Postgres>,
-    provider: ProviderName,
-    keys: RefundKeys<'_>,
-) -> Result<Result<Option<(String, String)>, String>, StoreError> {
-    let by = |column: &str| {
-        format!(
-            "SELECT refund_reference, status FROM refunds
-             WHERE provider = $1 AND {column} = $2 ORDER BY created_at FOR UPDATE"
-        )
-    };
-    for (column, value) in [
-        ("refund_reference", keys.refund_reference),
-        ("provider_reference", keys.provider_reference),
-    ] {
-        if let Some(value) = value {
-            let rows: Vec<(String, String)> = sqlx::query_as(&by(column))
-                .bind(provider.as_str())
-                .bind(value)
-                .fetch_all(&mut **tx)
-                .await?;
-            if let Some(row) = rows.into_iter().next() {
-                return Ok(Ok(Some(row)));
-            }
-        }
-    }
-    let Some(payment) = keys.transaction_reference else {
-        return Ok(Ok(None));
-    };
-    let rows: Vec<(String, String)> = sqlx::query_as(&by("transaction_reference"))
-        .bind(provider.as_str())
-        .bind(payment)
-        .fetch_all(&mut **tx)
-        .await?;
-    let pending: Vec<&(String, String)> = rows.iter().filter(|r| r.1 == "PENDING").collect();
-    Ok(match (rows.len(), pending.len()) {
-        (0, _) => Ok(None),
-        (1, _) => Ok(rows.into_iter().next()),
-        (_, 1) => Ok(pending.first().map(|r| (*r).clone())),
-        (n, _) => Err(format!(
-            "{n} refunds of payment {payment} could match; the webhook names no refund"
-        )),
-    })
+/// A refund that one of a webhook's keys names, as [`apply_all`] looks them up.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+struct Candidate {
+    /// Which webhook (its index among the batch's refund webhooks).
+    n: i64,
+    /// 1: by our reference, 2: by the provider's, 3: by the payment.
+    via: i32,
+    refund_reference: String,
+    status: String,
+    created_at: chrono::DateTime<chrono::Utc>,
 }
 
-async fn apply_refund(
+/// The refund a webhook names, from its candidates: by our reference, then the provider's
+/// (the oldest, should it name several), then the payment (only when exactly one refund of
+/// that payment is pending, or exactly one exists). `Err` says why it is ambiguous.
+fn pick(mut candidates: Vec<&Candidate>, payment: Option<&str>) -> Result<Option<String>, String> {
+    candidates.sort_by_key(|c| (c.via, c.created_at));
+    match candidates.first() {
+        None => return Ok(None),
+        Some(c) if c.via < 3 => return Ok(Some(c.refund_reference.clone())),
+        Some(_) => {}
+    }
+    let pending: Vec<&Candidate> = candidates
+        .iter()
+        .copied()
+        .filter(|c| c.status == "PENDING")
+        .collect();
+    match (candidates.as_slice(), pending.as_slice()) {
+        ([only], _) | (_, [only]) => Ok(Some(only.refund_reference.clone())),
+        (all, _) => Err(format!(
+            "{} refunds of payment {} could match; the webhook names no refund",
+            all.len(),
+            payment.unwrap_or_default()
+        )),
+    }
+}
+
+/// What a batch's refund webhooks do to the refunds, decided under their locks.
+#[derive(Default)]
+struct Changes<'a> {
+    /// In-progress statuses: (refund, provider reference, status word, fee), merged per
+    /// refund in arrival order.
+    progress: Vec<(String, Option<&'a str>, &'a str, Option<&'a Fee>)>,
+    /// Final statuses, at most one per refund (the state machine sees to it).
+    finishes: Vec<FinishPlan<'a>>,
+}
+
+/// One refund a webhook makes final.
+struct FinishPlan<'a> {
+    at: usize,
+    from: RefundStatus,
+    reference: String,
+    status: RefundStatus,
+    failure: Option<&'a FailureReason>,
+    provider_reference: Option<&'a str>,
+    provider_status: Option<&'a str>,
+    fee: Option<&'a Fee>,
+}
+
+/// Applies webhooks that hold their inbox rows, in order, in `tx`: refunds are found in one
+/// statement and locked in key order (so two batches sharing refunds cannot deadlock), the
+/// state machine decides each webhook against the status its predecessors left, and the
+/// changes are written in a few set-based statements.
+async fn apply_all(
     tx: &mut Transaction<'_, Postgres>,
-    provider: ProviderName,
-    keys: RefundKeys<'_>,
-    outcome: &ProviderOutcome,
+    todo: &[Pending<'_>],
     sink: &EventSink,
-) -> Result<Applied, StoreError> {
-    let (reference, current) = match find_refund(tx, provider, keys).await? {
-        Ok(Some(found)) => found,
-        Ok(None) => return Ok(Applied::Parked),
-        Err(reason) => return Ok(Applied::Unmatched { reason }),
+) -> Result<Vec<Decided>, StoreError> {
+    // Refund webhooks: which refunds they name.
+    let refund_keys: Vec<(usize, RefundKeys<'_>)> = todo
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match &p.webhook.kind {
+            WebhookKind::Refund {
+                refund_reference,
+                provider_reference,
+                transaction_reference,
+                ..
+            } => Some((
+                i,
+                RefundKeys {
+                    refund_reference: refund_reference.as_deref(),
+                    provider_reference: provider_reference.as_deref(),
+                    transaction_reference: transaction_reference.as_deref(),
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    let mut found: Vec<Option<Result<Option<String>, String>>> = vec![None; todo.len()];
+    let mut current: HashMap<String, RefundStatus> = HashMap::new();
+    if !refund_keys.is_empty() {
+        let candidates: Vec<Candidate> = sqlx::query_as(
+            "SELECT u.n, m.via, m.refund_reference, m.status, m.created_at
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
+                 WITH ORDINALITY AS u(prov, rr, pr, tr, n)
+             CROSS JOIN LATERAL (
+                 SELECT 1 AS via, refund_reference, status, created_at FROM refunds
+                 WHERE provider = u.prov AND refund_reference = u.rr
+                 UNION ALL
+                 SELECT 2, refund_reference, status, created_at FROM refunds
+                 WHERE provider = u.prov AND provider_reference = u.pr
+                 UNION ALL
+                 SELECT 3, refund_reference, status, created_at FROM refunds
+                 WHERE provider = u.prov AND transaction_reference = u.tr
+             ) m",
+        )
+        .bind(
+            refund_keys
+                .iter()
+                .map(|(i, _)| todo[*i].provider.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            refund_keys
+                .iter()
+                .map(|(_, k)| k.refund_reference)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            refund_keys
+                .iter()
+                .map(|(_, k)| k.provider_reference)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            refund_keys
+                .iter()
+                .map(|(_, k)| k.transaction_reference)
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        for (n, (i, keys)) in refund_keys.iter().enumerate() {
+            let mine: Vec<&Candidate> = candidates
+                .iter()
+                .filter(|c| usize::try_from(c.n - 1).ok() == Some(n))
+                .collect();
+            found[*i] = Some(pick(mine, keys.transaction_reference));
+        }
+        let mut references: Vec<&str> = found
+            .iter()
+            .filter_map(|f| match f {
+                Some(Ok(Some(r))) => Some(r.as_str()),
+                _ => None,
+            })
+            .collect();
+        references.sort_unstable();
+        references.dedup();
+        // Locked in key order (as the dispatcher's recorder locks them); the status read
+        // here is the one decided on.
+        for (reference, status) in lock_in_order(tx, &references).await? {
+            let status = RefundStatus::parse(&status).ok_or_else(|| {
+                StoreError::Corrupt(format!("refund {reference} has status {status}"))
+            })?;
+            current.insert(reference, status);
+        }
+    }
+
+    let mut results: Vec<Option<Decided>> = vec![None; todo.len()];
+    let mut changes = Changes::default();
+    for (i, p) in todo.iter().enumerate() {
+        let result = match &p.webhook.kind {
+            WebhookKind::Refund { outcome, .. } => {
+                let found = found[i].take().unwrap_or(Ok(None));
+                // `None`: made final below, once the finishing update returns its row.
+                decide(found, outcome, &mut current, i, &mut changes)
+                    .map(|applied| refund_result(applied, outcome))
+            }
+            WebhookKind::Payment {
+                transaction_reference,
+                amount,
+                currency,
+                status,
+                succeeded,
+            } => {
+                sqlx::query(
+                    "INSERT INTO pay_ins (provider, transaction_reference, amount, currency, status,
+                         succeeded, event_key)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (provider, transaction_reference) DO UPDATE SET
+                         amount = COALESCE(EXCLUDED.amount, pay_ins.amount),
+                         currency = COALESCE(EXCLUDED.currency, pay_ins.currency),
+                         status = EXCLUDED.status, succeeded = EXCLUDED.succeeded,
+                         event_key = EXCLUDED.event_key,
+                         notifications = pay_ins.notifications + 1, updated_at = now()",
+                )
+                .bind(p.provider.as_str())
+                .bind(transaction_reference)
+                .bind(amount)
+                .bind(currency)
+                .bind(status)
+                .bind(succeeded)
+                .bind(p.key)
+                .execute(&mut **tx)
+                .await?;
+                Some(Decided {
+                    applied: Applied::PayIn,
+                    refund_reference: None,
+                    detail: Some(format!("payment {transaction_reference} {status}")),
+                })
+            }
+            WebhookKind::Ignored { kind } => Some(Decided {
+                applied: Applied::Ignored,
+                refund_reference: None,
+                detail: Some(kind.clone()),
+            }),
+        };
+        results[i] = result;
+    }
+
+    if !changes.progress.is_empty() {
+        // Still in progress at the provider: keep what it says, change nothing else.
+        let progress = &changes.progress;
+        sqlx::query(
+            "UPDATE refunds r SET provider_reference = COALESCE(u.new_provider_reference, r.provider_reference),
+                 provider_status = u.new_provider_status,
+                 provider_fee = COALESCE(u.new_fee, r.provider_fee),
+                 provider_fee_currency = COALESCE(u.new_fee_currency, r.provider_fee_currency),
+                 updated_at = now()
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[],
+                     $6::text[])
+                 AS u(ref, new_provider_reference, new_provider_status, new_fee, new_fee_currency,
+                     from_status)
+             -- The status a join column, as in `finish_many` (a constant lets the planner
+             -- read every pending refund through `refunds_due`).
+             WHERE r.refund_reference = u.ref AND r.refund_reference = ANY($1)
+                 AND r.status = u.from_status",
+        )
+        .bind(progress.iter().map(|p| p.0.as_str()).collect::<Vec<_>>())
+        .bind(progress.iter().map(|p| p.1).collect::<Vec<_>>())
+        .bind(progress.iter().map(|p| p.2).collect::<Vec<_>>())
+        .bind(progress.iter().map(|p| p.3.map(|f| f.amount)).collect::<Vec<_>>())
+        .bind(
+            progress
+                .iter()
+                .map(|p| p.3.map(|f| f.currency.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(vec![RefundStatus::Pending.as_str(); progress.len()])
+        .execute(&mut **tx)
+        .await?;
+    }
+
+    if !changes.finishes.is_empty() {
+        let mut rows = FinishArrays::default();
+        for f in &changes.finishes {
+            rows.push_webhook(
+                &f.reference,
+                f.status,
+                f.failure,
+                f.provider_reference,
+                f.provider_status,
+                f.fee,
+            );
+        }
+        let done = finish_many(tx, &rows).await?;
+        let mut events = Vec::with_capacity(changes.finishes.len());
+        for f in &changes.finishes {
+            let Some(row) = done.iter().find(|d| d.row.refund_reference == f.reference) else {
+                // Locked as PENDING above, so this cannot happen; say so rather than guess.
+                return Err(StoreError::Corrupt(format!(
+                    "refund {} stopped being pending under its lock",
+                    f.reference
+                )));
+            };
+            events.push((f, event_for(&row.row, f.status, f.failure.cloned())?));
+        }
+        let writes: Vec<TransitionWrite<'_>> = events
+            .iter()
+            .map(|(f, event)| TransitionWrite {
+                from: Some(f.from),
+                event,
+                cause: "provider webhook",
+            })
+            .collect();
+        record_transitions(tx, &writes, sink).await?;
+        for (f, event) in events {
+            let WebhookKind::Refund { outcome, .. } = &todo[f.at].webhook.kind else {
+                continue;
+            };
+            results[f.at] = Some(refund_result(Applied::Transitioned(event), outcome));
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.ok_or_else(|| StoreError::Corrupt("a webhook was left undecided".into())))
+        .collect()
+}
+
+/// Decides one refund webhook against the refund's status as the batch has left it, and
+/// notes the change to make in `changes`. `None` when it makes the refund final (its event
+/// exists only once the update returned the row).
+fn decide<'a>(
+    found: Result<Option<String>, String>,
+    outcome: &'a ProviderOutcome,
+    current: &mut HashMap<String, RefundStatus>,
+    at: usize,
+    changes: &mut Changes<'a>,
+) -> Option<Applied> {
+    let reference = match found {
+        Ok(Some(reference)) => reference,
+        Ok(None) => return Some(Applied::Parked),
+        Err(reason) => return Some(Applied::Unmatched { reason }),
     };
-    let current = RefundStatus::parse(&current)
-        .ok_or_else(|| StoreError::Corrupt(format!("refund {reference} has status {current}")))?;
+    // Named but not locked: it matched by a key that changed before the lock; try later.
+    let Some(&from) = current.get(&reference) else {
+        return Some(Applied::Parked);
+    };
+    let unchanged = || Applied::Unchanged {
+        refund_reference: reference.clone(),
+    };
     let (target, failure, provider_reference, provider_status, fee) = match outcome {
         ProviderOutcome::Succeeded {
             provider_reference,
@@ -296,88 +605,98 @@ async fn apply_refund(
         } => (
             RefundStatus::Completed,
             None,
-            provider_reference,
-            provider_status,
-            fee,
+            provider_reference.as_deref(),
+            Some(provider_status.as_str()).filter(|s| !s.is_empty()),
+            fee.as_ref(),
         ),
-        ProviderOutcome::Failed(reason) => (
-            RefundStatus::RefundFail,
-            Some(reason.clone()),
-            &None,
-            &String::new(),
-            &None,
-        ),
+        ProviderOutcome::Failed(reason) => {
+            (RefundStatus::RefundFail, Some(reason), None, None, None)
+        }
         ProviderOutcome::Accepted {
             provider_reference,
             provider_status,
             fee,
         } => {
-            // Still in progress at the provider: keep what it says, change nothing else.
-            sqlx::query(
-                "UPDATE refunds SET provider_reference = COALESCE($2, provider_reference),
-                     provider_status = $3,
-                     provider_fee = COALESCE($4, provider_fee),
-                     provider_fee_currency = COALESCE($5, provider_fee_currency),
-                     updated_at = now()
-                 WHERE refund_reference = $1 AND status = 'PENDING'",
-            )
-            .bind(&reference)
-            .bind(provider_reference)
-            .bind(provider_status)
-            .bind(fee.as_ref().map(|f| f.amount))
-            .bind(fee.as_ref().map(|f| f.currency.as_str()))
-            .execute(&mut **tx)
-            .await?;
-            return Ok(Applied::Unchanged {
-                refund_reference: reference,
-            });
+            if from == RefundStatus::Pending {
+                let (reference_now, fee_now) = (provider_reference.as_deref(), fee.as_ref());
+                // One row per refund in the update: a later status merges into an earlier one
+                // as the second of two single updates would have.
+                match changes.progress.iter_mut().find(|p| p.0 == reference) {
+                    Some(p) => {
+                        *p = (
+                            reference.clone(),
+                            reference_now.or(p.1),
+                            provider_status,
+                            fee_now.or(p.3),
+                        )
+                    }
+                    None => changes.progress.push((
+                        reference.clone(),
+                        reference_now,
+                        provider_status,
+                        fee_now,
+                    )),
+                }
+            }
+            return Some(unchanged());
         }
         // Parsers classify webhooks as final or in progress; anything else says nothing.
         ProviderOutcome::Retryable { .. }
         | ProviderOutcome::Unknown { .. }
-        | ProviderOutcome::NotFound => {
-            return Ok(Applied::Unchanged {
-                refund_reference: reference,
-            })
-        }
+        | ProviderOutcome::NotFound => return Some(unchanged()),
     };
-    match transition(current, target) {
-        Transition::Apply => {}
-        Transition::Unchanged | Transition::Stale => {
-            return Ok(Applied::Unchanged {
-                refund_reference: reference,
-            })
+    match transition(from, target) {
+        Transition::Apply => {
+            current.insert(reference.clone(), target);
+            changes.finishes.push(FinishPlan {
+                at,
+                from,
+                reference,
+                status: target,
+                failure,
+                provider_reference,
+                provider_status,
+                fee,
+            });
+            None
         }
-        Transition::Contradiction => {
-            return Ok(Applied::Contradiction {
-                refund_reference: reference,
-                ours: current,
-                theirs: target,
-            })
-        }
+        Transition::Unchanged | Transition::Stale => Some(unchanged()),
+        Transition::Contradiction => Some(Applied::Contradiction {
+            refund_reference: reference,
+            ours: from,
+            theirs: target,
+        }),
     }
-    let status_word = (!provider_status.is_empty()).then(|| provider_status.clone());
-    let Some(row) = finish_pending(
-        tx,
-        &reference,
-        None,
-        target,
-        failure.as_ref(),
-        FinishCounts::default(),
-        provider_reference.clone(),
-        status_word,
-        fee.as_ref(),
-    )
-    .await?
-    else {
-        // Locked as PENDING above, so this cannot happen; say so rather than guess.
-        return Err(StoreError::Corrupt(format!(
-            "refund {reference} stopped being pending under its lock"
-        )));
+}
+
+/// The inbox's view of a refund webhook's result: the refund it concerns and a detail.
+fn refund_result(applied: Applied, outcome: &ProviderOutcome) -> Decided {
+    let refund_reference = match &applied {
+        Applied::Transitioned(e) => Some(e.refund_reference.clone()),
+        Applied::Unchanged { refund_reference }
+        | Applied::Contradiction {
+            refund_reference, ..
+        } => Some(refund_reference.clone()),
+        _ => None,
     };
-    let event = event_for(&row, target, failure)?;
-    record_transition(tx, Some(current), &event, "provider webhook", sink).await?;
-    Ok(Applied::Transitioned(event))
+    let detail = match &applied {
+        Applied::Contradiction { ours, theirs, .. } => {
+            Some(format!("provider says {theirs}, refund is {ours}"))
+        }
+        Applied::Unmatched { reason } => Some(reason.clone()),
+        _ => {
+            let (label, detail) = outcome.describe();
+            Some(match detail {
+                Some(d) => format!("{label}: {d}"),
+                None => label.to_owned(),
+            })
+        }
+    };
+    Decided {
+        applied,
+        refund_reference,
+        detail,
+    }
 }
 
 /// A parked webhook waiting for its refund.
@@ -419,35 +738,38 @@ pub async fn retry_parked(
     sink: &EventSink,
 ) -> Result<Applied, StoreError> {
     let mut tx = pool.begin().await?;
-    let still_parked: Option<i32> = sqlx::query_scalar(
-        "SELECT park_attempts FROM provider_webhook_inbox
+    let still_parked: Option<String> = sqlx::query_scalar(
+        "SELECT ctid::text FROM provider_webhook_inbox
          WHERE provider = $1 AND event_key = $2 AND state = 'PARKED' FOR UPDATE SKIP LOCKED",
     )
     .bind(provider.as_str())
     .bind(key)
     .fetch_optional(&mut *tx)
     .await?;
-    if still_parked.is_none() {
+    let Some(row) = still_parked else {
         tx.rollback().await?;
         return Ok(Applied::Duplicate);
+    };
+    let todo = [Pending {
+        provider,
+        key,
+        row,
+        webhook,
+    }];
+    let mut results = apply_all(&mut tx, &todo, sink).await?;
+    if give_up {
+        for r in results.iter_mut().filter(|r| r.applied == Applied::Parked) {
+            let reason = "no refund appeared for this webhook".to_owned();
+            r.detail = Some(reason.clone());
+            r.applied = Applied::Unmatched { reason };
+        }
     }
-    let mut applied = apply(&mut tx, provider, key, webhook, sink).await?;
-    if applied == Applied::Parked && give_up {
-        applied = Applied::Unmatched {
-            reason: "no refund appeared for this webhook".into(),
-        };
-    }
-    sqlx::query(
-        "UPDATE provider_webhook_inbox SET state = $3, park_attempts = park_attempts + 1
-         WHERE provider = $1 AND event_key = $2",
-    )
-    .bind(provider.as_str())
-    .bind(key)
-    .bind(applied.inbox_state())
-    .execute(&mut *tx)
-    .await?;
+    write_inbox(&mut tx, &todo, &results, true).await?;
     tx.commit().await?;
-    Ok(applied)
+    results
+        .pop()
+        .map(|r| r.applied)
+        .ok_or_else(|| StoreError::Corrupt("parked webhook answered nothing".into()))
 }
 
 /// Marks a parked webhook that can no longer be parsed as unmatched, with the reason.
@@ -467,4 +789,183 @@ pub async fn abandon_parked(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::FailureCode;
+
+    fn candidate(n: i64, via: i32, reference: &str, status: &str, age_secs: i64) -> Candidate {
+        Candidate {
+            n,
+            via,
+            refund_reference: reference.into(),
+            status: status.into(),
+            created_at: chrono::DateTime::UNIX_EPOCH + chrono::Duration::seconds(1000 - age_secs),
+        }
+    }
+
+    #[test]
+    fn pick_prefers_our_reference_then_the_providers_then_the_payment() {
+        let ours = candidate(1, 1, "R-ours", "COMPLETED", 0);
+        let theirs = candidate(1, 2, "R-theirs", "PENDING", 5);
+        let payment = candidate(1, 3, "R-payment", "PENDING", 9);
+        assert_eq!(
+            pick(vec![&payment, &theirs, &ours], Some("P")),
+            Ok(Some("R-ours".into()))
+        );
+        assert_eq!(
+            pick(vec![&payment, &theirs], Some("P")),
+            Ok(Some("R-theirs".into()))
+        );
+        assert_eq!(
+            pick(vec![&payment], Some("P")),
+            Ok(Some("R-payment".into()))
+        );
+        assert_eq!(pick(vec![], Some("P")), Ok(None));
+    }
+
+    #[test]
+    fn pick_takes_the_oldest_of_several_provider_matches() {
+        let young = candidate(1, 2, "R-young", "PENDING", 1);
+        let old = candidate(1, 2, "R-old", "PENDING", 50);
+        assert_eq!(pick(vec![&young, &old], None), Ok(Some("R-old".into())));
+    }
+
+    #[test]
+    fn pick_by_payment_needs_one_refund_or_one_pending() {
+        let done = candidate(1, 3, "R-done", "COMPLETED", 9);
+        let pending = candidate(1, 3, "R-pending", "PENDING", 5);
+        let other = candidate(1, 3, "R-other", "PENDING", 1);
+        assert_eq!(
+            pick(vec![&done, &pending], Some("P-1")),
+            Ok(Some("R-pending".into()))
+        );
+        let ambiguous = pick(vec![&done, &pending, &other], Some("P-1"));
+        assert_eq!(
+            ambiguous,
+            Err("3 refunds of payment P-1 could match; the webhook names no refund".into())
+        );
+        let both_final = candidate(1, 3, "R-failed", "REFUND_FAIL", 2);
+        assert!(pick(vec![&done, &both_final], Some("P-1")).is_err());
+    }
+
+    fn succeeded() -> ProviderOutcome {
+        ProviderOutcome::Succeeded {
+            provider_reference: Some("PR-1".into()),
+            provider_status: "SUCCESS".into(),
+            fee: None,
+        }
+    }
+
+    fn accepted(reference: Option<&str>, status: &str) -> ProviderOutcome {
+        ProviderOutcome::Accepted {
+            provider_reference: reference.map(Into::into),
+            provider_status: status.into(),
+            fee: None,
+        }
+    }
+
+    #[test]
+    fn decide_sees_what_earlier_webhooks_of_the_batch_did() {
+        let mut current = HashMap::from([("R-1".to_owned(), RefundStatus::Pending)]);
+        let mut changes = Changes::default();
+        let (done, failed) = (
+            succeeded(),
+            ProviderOutcome::Failed(FailureReason::new(FailureCode::ProviderRejected, "no")),
+        );
+        let found = || Ok(Some("R-1".to_owned()));
+        // The first final status is applied (its event comes from the update) ...
+        assert_eq!(decide(found(), &done, &mut current, 0, &mut changes), None);
+        assert_eq!(current["R-1"], RefundStatus::Completed);
+        // ... a repeat of it changes nothing, a contradicting one is raised, not applied.
+        assert_eq!(
+            decide(found(), &done, &mut current, 1, &mut changes),
+            Some(Applied::Unchanged {
+                refund_reference: "R-1".into()
+            })
+        );
+        assert_eq!(
+            decide(found(), &failed, &mut current, 2, &mut changes),
+            Some(Applied::Contradiction {
+                refund_reference: "R-1".into(),
+                ours: RefundStatus::Completed,
+                theirs: RefundStatus::RefundFail,
+            })
+        );
+        // A late in-progress status after the final one writes nothing.
+        let late = accepted(None, "PROCESSING");
+        decide(found(), &late, &mut current, 3, &mut changes);
+        assert!(changes.progress.is_empty());
+        assert_eq!(changes.finishes.len(), 1);
+        assert_eq!(changes.finishes[0].from, RefundStatus::Pending);
+        assert_eq!(changes.finishes[0].provider_status, Some("SUCCESS"));
+    }
+
+    #[test]
+    fn decide_merges_in_progress_statuses_of_one_refund() {
+        let mut current = HashMap::from([("R-1".to_owned(), RefundStatus::Pending)]);
+        let mut changes = Changes::default();
+        let (first, second) = (
+            accepted(Some("PR-9"), "RECEIVED"),
+            accepted(None, "PROCESSING"),
+        );
+        for (at, outcome) in [&first, &second].into_iter().enumerate() {
+            let applied = decide(
+                Ok(Some("R-1".into())),
+                outcome,
+                &mut current,
+                at,
+                &mut changes,
+            );
+            assert_eq!(
+                applied,
+                Some(Applied::Unchanged {
+                    refund_reference: "R-1".into()
+                })
+            );
+        }
+        assert_eq!(changes.progress.len(), 1);
+        let (reference, provider_reference, status, _) = &changes.progress[0];
+        assert_eq!(
+            (reference.as_str(), *provider_reference, *status),
+            ("R-1", Some("PR-9"), "PROCESSING")
+        );
+    }
+
+    #[test]
+    fn decide_parks_what_it_cannot_find_and_keeps_ambiguity_for_an_operator() {
+        let mut current = HashMap::new();
+        let mut changes = Changes::default();
+        let done = succeeded();
+        assert_eq!(
+            decide(Ok(None), &done, &mut current, 0, &mut changes),
+            Some(Applied::Parked)
+        );
+        // Named, but not among the locked rows.
+        assert_eq!(
+            decide(
+                Ok(Some("R-gone".into())),
+                &done,
+                &mut current,
+                0,
+                &mut changes
+            ),
+            Some(Applied::Parked)
+        );
+        assert_eq!(
+            decide(
+                Err("two match".into()),
+                &done,
+                &mut current,
+                0,
+                &mut changes
+            ),
+            Some(Applied::Unmatched {
+                reason: "two match".into()
+            })
+        );
+        assert!(changes.finishes.is_empty() && changes.progress.is_empty());
+    }
 }

@@ -314,6 +314,141 @@ async fn refund_webhooks_are_applied_once_in_order_and_contradictions_are_raised
 }
 
 #[tokio::test]
+async fn a_batch_of_webhooks_applies_as_if_they_came_one_at_a_time_in_one_transaction() {
+    let app = TestApp::spawn().await;
+    let va = ProviderName::VaServices;
+    let sink = app.ctx.sink.clone();
+    let (a, b, unknown) = (reference("wh-ba"), reference("wh-bb"), reference("wh-bu"));
+    for r in [&a, &b] {
+        let cmd = serde_json::to_vec(&va_command(r, "10.00")).unwrap();
+        refund_worker::pipeline::intake::handle(&app.ctx, &cmd)
+            .await
+            .unwrap();
+    }
+    // Stored before the batch: its repeat inside the batch is a duplicate.
+    let seen = refund_webhook(&b, succeeded(), "evt-b-seen");
+    inbound::receive(&app.pool, va, b"seen", 0, &seen, &sink)
+        .await
+        .unwrap();
+    let progress = |id: &str, provider_reference: Option<&str>, status: &str| {
+        refund_webhook(
+            &a,
+            ProviderOutcome::Accepted {
+                provider_reference: provider_reference.map(Into::into),
+                provider_status: status.into(),
+                fee: None,
+            },
+            id,
+        )
+    };
+    let (p1, p2) = (
+        progress("evt-a-1", Some("PRV-A"), "RECEIVED"),
+        progress("evt-a-2", None, "PROCESSING"),
+    );
+    let done = refund_webhook(&a, succeeded(), "evt-a-done");
+    let contra = refund_webhook(
+        &a,
+        ProviderOutcome::Failed(FailureReason::new(
+            FailureCode::ProviderRejected,
+            "reversed",
+        )),
+        "evt-a-contra",
+    );
+    let early = refund_webhook(&unknown, succeeded(), "evt-u");
+    let batch: Vec<(&[u8], &ProviderWebhook)> = vec![
+        (b"p1", &p1),
+        (b"p2", &p2),
+        (b"done", &done),
+        (b"done", &done),
+        (b"contra", &contra),
+        (b"seen", &seen),
+        (b"early", &early),
+    ];
+    let items: Vec<inbound::Incoming<'_>> = batch
+        .iter()
+        .map(|(body, webhook)| inbound::Incoming {
+            provider: va,
+            body,
+            part: 0,
+            webhook,
+        })
+        .collect();
+    let applied = inbound::receive_batch(&app.pool, &items, &sink)
+        .await
+        .unwrap();
+    // now() is the transaction's start: one value across the batch's rows, one transaction.
+    let moments: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT updated_at) FROM provider_webhook_inbox
+         WHERE event_key LIKE 'id:evt-a-%' OR event_key = 'id:evt-u'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(moments, 1, "one transaction for the whole batch");
+    let labels: Vec<&str> = applied.iter().map(Applied::label).collect();
+    assert_eq!(
+        labels,
+        [
+            "unchanged",
+            "unchanged",
+            "applied",
+            "duplicate",
+            "contradiction",
+            "duplicate",
+            "parked"
+        ]
+    );
+    // The in-progress statuses merged before the final one: the provider's reference from
+    // the first, the final status word from the webhook that finished it.
+    let row: (String, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT status, provider_reference, provider_status FROM refunds WHERE refund_reference = $1",
+    )
+    .bind(&a)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        (
+            "COMPLETED".into(),
+            Some("prov-1".into()),
+            Some("COMPLETED".into())
+        )
+    );
+    let transitions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM refund_transitions WHERE refund_reference = $1 AND to_status = 'COMPLETED'",
+    )
+    .bind(&a)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(transitions, 1);
+    let states: Vec<(String, String)> = sqlx::query_as(
+        "SELECT event_key, state FROM provider_webhook_inbox WHERE event_key LIKE 'id:evt-%'
+         ORDER BY event_key",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let states: Vec<(&str, &str)> = states
+        .iter()
+        .map(|(k, s)| (k.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("id:evt-a-1", "UNCHANGED"),
+            ("id:evt-a-2", "UNCHANGED"),
+            ("id:evt-a-contra", "CONTRADICTION"),
+            ("id:evt-a-done", "APPLIED"),
+            ("id:evt-b-seen", "APPLIED"),
+            ("id:evt-u", "PARKED"),
+        ]
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_source_over_its_rate_gets_429_with_retry_after() {
     let app = TestApp::spawn_with(Options {
         env: vec![
