@@ -279,10 +279,12 @@ pub struct Counted {
     /// Refunds finished otherwise: by a provider webhook that arrived before the
     /// dispatcher recorded the provider's answer (in the webhook's ingress transaction).
     pub other_finishes: i64,
-    /// Webhook ingress transactions: `provider_webhook_inbox` rows, one per committed
-    /// transaction (a repeat is rolled back). Later retries of parked webhooks are not
-    /// counted.
+    /// Webhook ingress transactions: distinct `provider_webhook_inbox.received_at` (the
+    /// inserting transaction's start; a lane's batch shares one, a repeat is rolled back).
+    /// Later retries of parked webhooks are not counted.
     pub webhook_commits: i64,
+    /// `provider_webhook_inbox` rows: the webhooks those transactions took in.
+    pub webhooks: i64,
     /// `refund_transitions` rows.
     pub transitions: i64,
     /// Events the subscriber received, duplicates included.
@@ -1479,9 +1481,10 @@ async fn count(pool: &PgPool) -> anyhow::Result<Counted> {
         .bind(&RECORD_CAUSES[..])
         .fetch_one(pool)
         .await?;
-    let webhook_commits: i64 = sqlx::query_scalar("SELECT count(*) FROM provider_webhook_inbox")
-        .fetch_one(pool)
-        .await?;
+    let (webhooks, webhook_commits): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT received_at) FROM provider_webhook_inbox")
+            .fetch_one(pool)
+            .await?;
     Ok(Counted {
         refunds,
         completed,
@@ -1498,6 +1501,7 @@ async fn count(pool: &PgPool) -> anyhow::Result<Counted> {
         record_finishes,
         other_finishes,
         webhook_commits,
+        webhooks,
         transitions,
         ..Counted::default()
     })
@@ -1627,6 +1631,7 @@ mod tests {
             record_finishes: 98,
             relay_commits: 5,
             webhook_commits: 100,
+            webhooks: 100,
             events: 200,
             ..Counted::default()
         };

@@ -129,7 +129,7 @@ pub struct Target {
 /// Each kind of transaction is counted by a commit timestamp its rows share or by its rows:
 /// intake by distinct `refunds.created_at`, record by distinct `occurred_at` of the
 /// dispatcher's finishing transitions, relay by distinct `outbox.published_at`, webhook
-/// ingress by `provider_webhook_inbox` rows. Not visible in rows, so not counted: claims,
+/// ingress by distinct `provider_webhook_inbox.received_at`. Not visible in rows, so not counted: claims,
 /// record transactions that only rescheduled, intake or relay rounds that wrote nothing,
 /// retries of parked webhooks. `pg_stat_database` (the report's transactions) counts them
 /// all, read-only ones too.
@@ -629,7 +629,7 @@ fn print_row_commits(out: &mut String, r: &RowCommits, c: &e2e::Counted) {
     say!(out,
         "  write commits proven by rows {:.3} = intake {:.3} + record {:.3} + relay {:.3} + webhook ingress {:.3} \
          (intake: distinct refunds.created_at; record: distinct occurred_at of the dispatcher's finishing \
-         transitions; relay: distinct outbox.published_at; webhook ingress: provider_webhook_inbox rows)",
+         transitions; relay: distinct outbox.published_at; webhook ingress: distinct provider_webhook_inbox.received_at)",
         r.per_refund,
         r.intake_per_refund,
         r.record_per_refund,
@@ -639,7 +639,7 @@ fn print_row_commits(out: &mut String, r: &RowCommits, c: &e2e::Counted) {
     say!(out,
         "  batch sizes: {:.1} commands per intake transaction ({} refunds, {} transactions), {:.1} finishes per \
          record transaction ({} by the dispatcher, {} transactions; {} finished by a provider webhook first), \
-         {:.1} events per relay transaction",
+         {:.1} events per relay transaction, {:.1} webhooks per ingress transaction",
         r.commands_per_intake,
         c.refunds,
         c.intake_commits,
@@ -647,7 +647,8 @@ fn print_row_commits(out: &mut String, r: &RowCommits, c: &e2e::Counted) {
         c.record_finishes,
         c.record_commits,
         c.other_finishes,
-        r.events_per_relay
+        r.events_per_relay,
+        c.webhooks as f64 / c.webhook_commits.max(1) as f64
     );
     say!(out,
         "  not in rows, so not counted above: claims (DISPATCH_BATCH, at most one per provider call), record \
@@ -779,6 +780,7 @@ mod tests {
             other_finishes: 4,
             relay_commits: 10,
             webhook_commits: 200,
+            webhooks: 400,
             events: 400,
             provider_calls: 200,
             ..e2e::Counted::default()

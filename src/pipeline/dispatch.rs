@@ -193,6 +193,10 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
         });
     };
     let mut failures = 0u32;
+    // When to look for due refunds next: at once while claims come back full (more may be
+    // due), else when woken or after the idle poll. A finished call is no reason to look:
+    // it rescheduled its refund for later, if at all, and looking costs a query.
+    let mut look_at = Instant::now();
     while !shutdown.is_cancelled() {
         while let Some(done) = in_flight.try_join_next() {
             reaped(done);
@@ -201,22 +205,35 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
             spawn(&mut in_flight, h);
         }
         let free = handoff.slots.available_permits();
-        if free < refill {
+        let busy = free < refill;
+        if busy || Instant::now() < look_at {
             // Busy: only a finished call can make room. The slots are the context's, so
             // another dispatcher on it (or intake's hand-off) may hold them while this one
             // has nothing in flight: then look again after the idle poll, never spin.
+            let until = if busy {
+                Instant::now() + ctx.config.idle_poll
+            } else {
+                look_at
+            };
             tokio::select! {
                 done = in_flight.join_next(), if !in_flight.is_empty() => if let Some(done) = done { reaped(done) },
                 h = next_handed(&mut handed) => if let Some(h) = h { spawn(&mut in_flight, h) },
-                _ = super::idle(&ctx.dispatch_wakeup, ctx.config.idle_poll, shutdown) => {}
+                _ = ctx.dispatch_wakeup.notified() => look_at = Instant::now(),
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = shutdown.cancelled() => {}
             }
             continue;
         }
         let slots = handoff.take_slots(free.min(batch));
-        let limit = i64::try_from(slots.len()).unwrap_or(1);
-        match claim(ctx, limit).await {
-            Ok(claimed) if !claimed.is_empty() => {
+        let limit = slots.len();
+        match claim(ctx, i64::try_from(limit).unwrap_or(1)).await {
+            Ok(claimed) => {
                 failures = 0;
+                // Fewer than asked for: nothing else is due now.
+                look_at = match claimed.len() < limit {
+                    true => Instant::now() + ctx.config.idle_poll,
+                    false => Instant::now(),
+                };
                 for ((claimed, lease_ends), slot) in claimed.into_iter().zip(slots) {
                     let h = Handed {
                         claimed,
@@ -224,17 +241,6 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
                         slot,
                     };
                     spawn(&mut in_flight, h);
-                }
-            }
-            Ok(_) => {
-                failures = 0;
-                drop(slots);
-                // Nothing due: look again when a call finishes (it may have rescheduled
-                // something), when a refund is handed over, when woken, or after the poll.
-                tokio::select! {
-                    done = in_flight.join_next(), if !in_flight.is_empty() => if let Some(done) = done { reaped(done) },
-                    h = next_handed(&mut handed) => if let Some(h) = h { spawn(&mut in_flight, h) },
-                    _ = super::idle(&ctx.dispatch_wakeup, ctx.config.idle_poll, shutdown) => {}
                 }
             }
             Err(e) => {

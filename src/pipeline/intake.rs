@@ -191,9 +191,6 @@ async fn store(ctx: &Context, prepared: &[Prepared]) -> Result<Vec<IntakeOutcome
     if !stored.is_empty() {
         ctx.event_committed();
     }
-    if stored.iter().any(|e| !e.status.is_final()) {
-        ctx.dispatch_wakeup.notify_one();
-    }
     Ok(outcomes)
 }
 
@@ -212,6 +209,14 @@ async fn store_items(ctx: &Context, items: &[IntakeItem<'_>]) -> Result<Vec<Inta
     };
     let (answers, claimed) =
         store::refunds::intake_batch_claiming(&ctx.pool, items, &ctx.sink, preclaim).await?;
+    let created = answers
+        .iter()
+        .filter(|a| matches!(a, Intake::Created(e) if !e.status.is_final()))
+        .count();
+    if created > claimed.len() {
+        // Some new refunds were not handed over (no free slot): the dispatcher claims them.
+        ctx.dispatch_wakeup.notify_one();
+    }
     ctx.handoff.hand(claimed, lease_ends, slots);
     Ok(answers)
 }
