@@ -31,7 +31,8 @@
 //! `rejectNext` (`400605` ORDER_NOT_REFUNDABLE, HTTP 200, nothing recorded), replay,
 //! attempts, balance, record, then the hang (`timeoutAfterAcceptNext`, `timeout_rate`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State as AxumState};
@@ -45,7 +46,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::{
-    admin_error, decimal_and_text, parse_admin, CallKind, ForcedOutcome, LedgerRefund,
+    admin_error, decimal_and_text, parse_admin, CallKind, ForcedOutcome, Indexed, LedgerRefund,
     OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig, State,
 };
 use crate::providers::binance_pay as api;
@@ -68,17 +69,93 @@ pub(super) fn routes() -> Router<Sandbox> {
         )
 }
 
-/// What Binance Pay knows: orders by prepayId, refunds in creation order, forced outcomes
-/// by refundRequestId (they may precede the refund).
+/// What Binance Pay knows: orders by prepayId, refunds in creation order (by
+/// refundRequestId and by order), forced outcomes by refundRequestId (they may precede the
+/// refund).
 #[derive(Default)]
 pub(super) struct BinanceState {
     payments: BTreeMap<String, Payment>,
-    refunds: Vec<BinanceRefund>,
+    refunds: Indexed<BinanceRefund>,
     outcomes: HashMap<String, OutcomeStatus>,
     /// Last status each refund (by `refundRequestId`) was notified with.
     notified: HashMap<String, RefundStatus>,
-    /// The webhook signing key, parsed on first use.
-    signing_key: Option<rsa::pkcs1v15::SigningKey<sha2::Sha256>>,
+    /// Positions of the refunds whose status may still change into one not notified yet:
+    /// added when a refund is made or its outcome is forced, dropped once its final status
+    /// is notified, so the notify loop does not walk every refund ever made.
+    unsettled: BTreeSet<usize>,
+    /// The webhook signing key, parsed on first use (shared with the signing done after
+    /// the lock is released).
+    signing_key: Option<Arc<RsaKeyPair>>,
+}
+
+/// ring's RSA key pair: PKCS#1 v1.5 signing several times faster than the `rsa` crate's
+/// (whose signature was a large share of a benchmark's CPU), with the same bytes.
+type RsaKeyPair = ring::signature::RsaKeyPair;
+
+/// Parses the PKCS#8 PEM (`BEGIN PRIVATE KEY`) signing key.
+fn parse_signing_key(pem: &str) -> Result<RsaKeyPair, String> {
+    let (label, der) =
+        rsa::pkcs8::der::pem::decode_vec(pem.as_bytes()).map_err(|e| e.to_string())?;
+    if label != "PRIVATE KEY" {
+        return Err(format!("expected a PKCS#8 PRIVATE KEY, found {label}"));
+    }
+    RsaKeyPair::from_pkcs8(&der).map_err(|e| e.to_string())
+}
+
+/// Binance Pay's webhook signature: base64 RSA-SHA256 (PKCS#1 v1.5) over
+/// `timestamp\nnonce\nbody\n`.
+fn sign_webhook(key: &RsaKeyPair, payload: &[u8]) -> Result<String, ring::error::Unspecified> {
+    let mut signature = vec![0; key.public().modulus_len()];
+    key.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        payload,
+        &mut signature,
+    )?;
+    Ok(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        signature,
+    ))
+}
+
+/// `PAY_REFUND` notifications decided under the sandbox lock, to be signed after it is
+/// released: an RSA signature costs far more than everything else the notify loop does,
+/// and provider calls wait on that lock.
+pub(super) struct UnsignedWebhooks {
+    key: Arc<RsaKeyPair>,
+    bodies: Vec<String>,
+}
+
+impl UnsignedWebhooks {
+    /// Signs each body with a fresh timestamp and nonce, like Binance Pay does.
+    pub(super) fn sign(self) -> Vec<super::notify::Outbound> {
+        let mut out = Vec::with_capacity(self.bodies.len());
+        for body in self.bodies {
+            let timestamp = Utc::now().timestamp_millis().to_string();
+            let nonce = uuid::Uuid::new_v4().simple().to_string();
+            let payload = format!("{timestamp}\n{nonce}\n{body}\n");
+            let signature = match sign_webhook(&self.key, payload.as_bytes()) {
+                Ok(signature) => signature,
+                // ring fails only on a wrong buffer length, which the key itself sizes.
+                Err(e) => {
+                    tracing::error!(error = %e, "binance sandbox: webhook signing failed");
+                    continue;
+                }
+            };
+            out.push(super::notify::Outbound {
+                provider: Provider::BinancePay,
+                body: body.into_bytes(),
+                headers: vec![
+                    ("content-type".into(), "application/json".into()),
+                    ("BinancePay-Timestamp".into(), timestamp),
+                    ("BinancePay-Nonce".into(), nonce),
+                    ("BinancePay-Signature".into(), signature),
+                ],
+                signature_header: "BinancePay-Signature".into(),
+            });
+        }
+        out
+    }
 }
 
 struct BinanceRefund {
@@ -184,13 +261,16 @@ impl BinanceState {
     }
 
     pub(super) fn set_outcome(&mut self, key: &str, status: OutcomeStatus) {
-        self.outcomes.insert(key_of(key), status);
+        let id = key_of(key);
+        // A forced outcome can rewrite a status already notified: watch the refund again.
+        if let Some(index) = self.refunds.position(&id) {
+            self.unsettled.insert(index);
+        }
+        self.outcomes.insert(id, status);
     }
 
     fn find(&self, refund_request_id: &str) -> Option<&BinanceRefund> {
-        self.refunds
-            .iter()
-            .find(|r| r.refund_request_id == refund_request_id)
+        self.refunds.get(refund_request_id)
     }
 
     fn status_of(
@@ -217,8 +297,7 @@ impl BinanceState {
     /// Refunded on the order so far: refunds that have not failed.
     fn refunded(&self, prepay_id: &str, config: &SandboxConfig, now: Instant) -> Decimal {
         self.refunds
-            .iter()
-            .filter(|r| r.prepay_id == prepay_id)
+            .in_group(prepay_id)
             .filter(|r| self.status_of(r, config, now) != RefundStatus::Fail)
             .map(|r| r.amount)
             .sum()
@@ -226,11 +305,7 @@ impl BinanceState {
 
     /// Refunds left on the order (failed refunds used their attempt too).
     fn remaining_attempts(&self, prepay_id: &str) -> u64 {
-        let used = self
-            .refunds
-            .iter()
-            .filter(|r| r.prepay_id == prepay_id)
-            .count();
+        let used = self.refunds.group_len(prepay_id);
         MAX_REFUND_ATTEMPTS.saturating_sub(u64::try_from(used).unwrap_or(u64::MAX))
     }
 
@@ -266,12 +341,7 @@ impl BinanceState {
         config: &SandboxConfig,
         now: Instant,
     ) -> Result<Response, BinanceError> {
-        if let Some(index) = self
-            .refunds
-            .iter()
-            .position(|r| r.refund_request_id == request.refund_request_id)
-        {
-            let refund = &mut self.refunds[index];
+        if let Some(refund) = self.refunds.get_mut(&request.refund_request_id) {
             refund.submit_count += 1;
             if refund.prepay_id != request.prepay_id || refund.amount_text != request.amount_text {
                 refund.mismatched_replays += 1;
@@ -280,7 +350,8 @@ impl BinanceState {
                     "binance sandbox: replay differs from the accepted refund; answering the original"
                 );
             }
-            let refund = &self.refunds[index];
+        }
+        if let Some(refund) = self.refunds.get(&request.refund_request_id) {
             return Ok(success(self.view(refund, config, now, true, false)));
         }
 
@@ -323,36 +394,47 @@ impl BinanceState {
             created_at: Utc::now(),
             accepted: now,
         };
-        self.refunds.push(refund);
-        let refund = self.refunds.last().ok_or(BinanceError::RefundNotFound)?;
+        let (key, group) = (refund.refund_request_id.clone(), refund.prepay_id.clone());
+        let index = self.refunds.push(key, group, refund);
+        self.unsettled.insert(index);
+        let refund = self.refunds.at(index).ok_or(BinanceError::RefundNotFound)?;
         Ok(success(self.view(refund, config, now, false, false)))
     }
 
     /// `PAY_REFUND` notifications for every refund that became final, signed like Binance
     /// Pay's: base64 RSA-SHA256 over "timestamp\nnonce\nbody\n" with the TEST-ONLY key in
-    /// `fixtures/binance_pay/` (its public half is what `provider_env` configures).
+    /// `fixtures/binance_pay/` (its public half is what `provider_env` configures). Only the
+    /// bodies are built here, under the lock; [`UnsignedWebhooks::sign`] signs them after.
     pub(super) fn due_webhooks(
         &mut self,
         config: &SandboxConfig,
         now: Instant,
-    ) -> Vec<super::notify::Outbound> {
-        use rsa::pkcs8::DecodePrivateKey;
-        use rsa::signature::{SignatureEncoding, Signer};
+    ) -> Option<UnsignedWebhooks> {
         if self.signing_key.is_none() {
-            match rsa::RsaPrivateKey::from_pkcs8_pem(super::BINANCE_WEBHOOK_TEST_PRIVATE_KEY) {
-                Ok(key) => self.signing_key = Some(rsa::pkcs1v15::SigningKey::new(key)),
+            match parse_signing_key(super::BINANCE_WEBHOOK_TEST_PRIVATE_KEY) {
+                Ok(key) => self.signing_key = Some(Arc::new(key)),
                 Err(e) => {
                     tracing::error!(error = %e, "binance sandbox: test signing key unreadable");
-                    return Vec::new();
+                    return None;
                 }
             }
         }
-        let mut due = Vec::new();
-        for refund in &self.refunds {
+        let key = Arc::clone(self.signing_key.as_ref()?);
+        let mut bodies = Vec::new();
+        let mut settled = Vec::new();
+        for &index in &self.unsettled {
+            let Some(refund) = self.refunds.at(index) else {
+                settled.push(index);
+                continue;
+            };
             let status = self.status_of(refund, config, now);
-            if status == RefundStatus::Pending
-                || self.notified.get(&refund.refund_request_id) == Some(&status)
-            {
+            // Pending turns final with time alone: keep watching it.
+            if status == RefundStatus::Pending {
+                continue;
+            }
+            // Final: only a forced outcome can change it again, and that re-adds it.
+            settled.push(index);
+            if self.notified.get(&refund.refund_request_id) == Some(&status) {
                 continue;
             }
             let data = json!({
@@ -371,34 +453,14 @@ impl BinanceState {
                 "data": data.to_string(),
             })
             .to_string();
-            due.push((refund.refund_request_id.clone(), status, body));
+            bodies.push(body);
+            self.notified
+                .insert(refund.refund_request_id.clone(), status);
         }
-        let Some(key) = self.signing_key.as_ref() else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (id, status, body) in due {
-            let timestamp = Utc::now().timestamp_millis().to_string();
-            let nonce = uuid::Uuid::new_v4().simple().to_string();
-            let payload = format!("{timestamp}\n{nonce}\n{body}\n");
-            let signature = base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                key.sign(payload.as_bytes()).to_bytes(),
-            );
-            out.push(super::notify::Outbound {
-                provider: Provider::BinancePay,
-                body: body.into_bytes(),
-                headers: vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("BinancePay-Timestamp".into(), timestamp),
-                    ("BinancePay-Nonce".into(), nonce),
-                    ("BinancePay-Signature".into(), signature),
-                ],
-                signature_header: "BinancePay-Signature".into(),
-            });
-            self.notified.insert(id, status);
+        for index in settled {
+            self.unsettled.remove(&index);
         }
-        out
+        Some(UnsignedWebhooks { key, bodies })
     }
 
     pub(super) fn ledger(&self, config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>) {
@@ -1048,5 +1110,160 @@ mod tests {
         }
         assert!(server.sandbox.ledger().refunds.is_empty());
         server.stop(Duration::from_secs(2)).await;
+    }
+}
+
+/// The signing key and the notification bookkeeping, driven directly with chosen instants.
+#[cfg(test)]
+mod webhook_tests {
+    use super::super::{OutcomeStatus, SandboxConfig, BINANCE_WEBHOOK_TEST_PUBLIC_KEY};
+    use super::{parse_signing_key, sign_webhook, BinanceState, RefundCall, RefundStatus};
+    use crate::providers::binance_pay as api;
+    use rust_decimal::Decimal;
+    use serde_json::Value;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    const PRIVATE_KEY: &str = super::super::BINANCE_WEBHOOK_TEST_PRIVATE_KEY;
+
+    // Computed in providers::binance_pay's tests with
+    //   cd fixtures/binance_pay && printf '%s\n%s\n%s\n' 1700000000000 \
+    //   5RhaTrZPhknNv0kDSA2UQ67cPMVNS4sA "$(cat webhook-pay-refund.json)" \
+    //   | openssl dgst -sha256 -sign webhook-test-private-key.pem | base64 -w0
+    const OPENSSL_REFUND_WEBHOOK_SIGNATURE: &str = "hDLKpPHdx7vqm6zzhMiR41GVB4tmlhc+bkCB3utQ4+fhM96EhfUODkJZncelv5fX4zQK7T26Mq3/MLefESKuUEVPH0ueuPa0kReONkBagfYSZxH5EyHaPXsrj+JGBS9PL3ISz68xzar4vL6572ZBmKkGBmsbxFCEULxmrUrOb0GccIPk/5yGcZQ5tl+135ohuDbN9QO8DznnLBbDtMtCFE++WUFCz7V2d6ehtzhEhl6xtDT/qGPuETVJrSftFeL4o9K3Si/SP1OTqZXBBqDe/fZTQ7qe7GsMxgf39MWFjLIgWwFRh7mocAH/mSbydu4kVh0GKxT0THSKIgMON9Kuzg==";
+
+    /// The signature the sandbox made before it moved to ring, with the `rsa` crate.
+    fn rsa_crate_signature(payload: &[u8]) -> String {
+        use rsa::pkcs8::DecodePrivateKey;
+        use rsa::signature::{SignatureEncoding, Signer};
+        let key = rsa::RsaPrivateKey::from_pkcs8_pem(PRIVATE_KEY).unwrap();
+        let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key);
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            signer.sign(payload).to_bytes(),
+        )
+    }
+
+    #[test]
+    fn ring_signs_the_same_bytes_as_the_rsa_crate_and_openssl() {
+        let key = parse_signing_key(PRIVATE_KEY).unwrap();
+        let public = api::parse_public_key(BINANCE_WEBHOOK_TEST_PUBLIC_KEY).unwrap();
+        let fixture = include_str!("../../fixtures/binance_pay/webhook-pay-refund.json");
+        // `$(cat ...)` drops trailing newlines.
+        let fixture = fixture.trim_end_matches('\n');
+        let (ts, nonce) = ("1700000000000", "5RhaTrZPhknNv0kDSA2UQ67cPMVNS4sA");
+        let payload = format!("{ts}\n{nonce}\n{fixture}\n");
+        let ours = sign_webhook(&key, payload.as_bytes()).unwrap();
+        assert_eq!(ours, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
+        assert_eq!(ours, rsa_crate_signature(payload.as_bytes()));
+        for body in [
+            "",
+            "{}",
+            r#"{"bizType":"PAY_REFUND","bizStatus":"REFUND_SUCCESS"}"#,
+        ] {
+            let payload = format!("1\nabc\n{body}\n");
+            let ours = sign_webhook(&key, payload.as_bytes()).unwrap();
+            assert_eq!(ours, rsa_crate_signature(payload.as_bytes()), "{body}");
+            assert!(api::verify_webhook_signature(
+                &public,
+                "1",
+                "abc",
+                body.as_bytes(),
+                &ours
+            ));
+        }
+        assert!(parse_signing_key(BINANCE_WEBHOOK_TEST_PUBLIC_KEY).is_err());
+        assert!(parse_signing_key("not a key").is_err());
+    }
+
+    fn request(prepay_id: &str, id: &str) -> RefundCall {
+        RefundCall {
+            prepay_id: prepay_id.into(),
+            refund_request_id: id.into(),
+            amount: Decimal::ONE,
+            amount_text: "1".into(),
+            body: String::new(),
+        }
+    }
+
+    /// What the notify loop used to compute: a walk over every refund.
+    fn full_scan(state: &BinanceState, config: &SandboxConfig, now: Instant) -> Vec<String> {
+        state
+            .refunds
+            .iter()
+            .filter_map(|r| {
+                let status = state.status_of(r, config, now);
+                (status != RefundStatus::Pending
+                    && state.notified.get(&r.refund_request_id) != Some(&status))
+                .then(|| format!("{}:{}", r.refund_request_id, status.as_str()))
+            })
+            .collect()
+    }
+
+    /// Due notifications as `id:status`, checked against the full scan and the signature.
+    fn due(state: &mut BinanceState, config: &SandboxConfig, now: Instant) -> Vec<String> {
+        let expected = full_scan(state, config, now);
+        let signed = state.due_webhooks(config, now).unwrap().sign();
+        let public = api::parse_public_key(BINANCE_WEBHOOK_TEST_PUBLIC_KEY).unwrap();
+        let got: Vec<String> = signed
+            .iter()
+            .map(|out| {
+                let header = |name: &str| {
+                    let (_, value) = out.headers.iter().find(|(n, _)| n == name).unwrap();
+                    value.as_str()
+                };
+                assert!(api::verify_webhook_signature(
+                    &public,
+                    header("BinancePay-Timestamp"),
+                    header("BinancePay-Nonce"),
+                    &out.body,
+                    header("BinancePay-Signature"),
+                ));
+                let body: Value = serde_json::from_slice(&out.body).unwrap();
+                let data: Value = serde_json::from_str(body["data"].as_str().unwrap()).unwrap();
+                format!(
+                    "{}:{}",
+                    data["refundInfo"]["refundRequestId"].as_str().unwrap(),
+                    body["bizStatus"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(got, expected);
+        assert!(full_scan(state, config, now).is_empty(), "all handed out");
+        got
+    }
+
+    #[test]
+    fn only_unsettled_refunds_are_looked_at_and_nothing_is_missed() {
+        let config = SandboxConfig {
+            completion_delay: Duration::from_millis(100),
+            ..SandboxConfig::default()
+        };
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut state = BinanceState::default();
+        state.set_outcome("r-2", OutcomeStatus::Failed);
+        for (id, at) in [("r-1", t0), ("r-2", t0), ("r-3", t0 + ms(50))] {
+            state.accept(request("p-1", id), &config, at).unwrap();
+        }
+        assert!(due(&mut state, &config, t0).is_empty());
+        assert_eq!(
+            due(&mut state, &config, t0 + ms(120)),
+            ["r-1:REFUND_SUCCESS", "r-2:REFUND_FAIL"]
+        );
+        assert_eq!(state.unsettled.len(), 1, "r-3 is still pending");
+        assert!(due(&mut state, &config, t0 + ms(130)).is_empty());
+        assert_eq!(
+            due(&mut state, &config, t0 + ms(200)),
+            ["r-3:REFUND_SUCCESS"]
+        );
+        assert!(state.unsettled.is_empty());
+        // A late reversal is notified; forcing what was notified sends nothing.
+        state.set_outcome("r-1", OutcomeStatus::Failed);
+        state.set_outcome("r-3", OutcomeStatus::Completed);
+        state.set_outcome("r-9", OutcomeStatus::Failed);
+        assert_eq!(due(&mut state, &config, t0 + ms(300)), ["r-1:REFUND_FAIL"]);
+        assert!(state.unsettled.is_empty());
+        assert!(due(&mut state, &config, t0 + ms(400)).is_empty());
     }
 }

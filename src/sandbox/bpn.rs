@@ -27,7 +27,7 @@
 //! 40000), `rejectNext` (200, status 20005), the already-refunded check, record, then the hang
 //! (`timeoutAfterAcceptNext`, then `timeout_rate`). All decided under the sandbox lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State as AxumState};
@@ -72,6 +72,10 @@ pub(super) struct BpnState {
     outcomes: HashMap<String, OutcomeStatus>,
     /// Last status each order's refund was notified with.
     notified: HashMap<String, RefundStatus>,
+    /// Orders whose refund may still change into a status not notified yet: added when a
+    /// refund is made or its outcome forced, dropped once its final status is notified, so
+    /// the notify loop does not walk every refund ever made.
+    unsettled: BTreeSet<String>,
 }
 
 struct BpnRefund {
@@ -156,6 +160,10 @@ impl BpnState {
     }
 
     pub(super) fn set_outcome(&mut self, order_id: &str, status: OutcomeStatus) {
+        // A forced outcome can rewrite a status already notified: watch the refund again.
+        if self.refunds.contains_key(order_id) {
+            self.unsettled.insert(order_id.to_owned());
+        }
         self.outcomes.insert(order_id.to_owned(), status);
     }
 
@@ -217,6 +225,7 @@ impl BpnState {
             })
             .amount;
         tracing::info!(order_id = %order_id, amount = %amount, "bpn sandbox: refund accepted");
+        self.unsettled.insert(order_id.clone());
         self.refunds.insert(
             order_id.clone(),
             BpnRefund {
@@ -243,11 +252,20 @@ impl BpnState {
     ) -> Vec<super::notify::Outbound> {
         let mut out = Vec::new();
         let mut sent = Vec::new();
-        for refund in self.refunds.values() {
+        let mut settled = Vec::new();
+        for order_id in &self.unsettled {
+            let Some(refund) = self.refunds.get(order_id) else {
+                settled.push(order_id.clone());
+                continue;
+            };
             let status = self.status_of(refund, config, now);
-            if status == RefundStatus::Refunding
-                || self.notified.get(&refund.order_id) == Some(&status)
-            {
+            // Refunding turns final with time alone: keep watching it.
+            if status == RefundStatus::Refunding {
+                continue;
+            }
+            // Final: only a forced outcome or a new refund changes it, and those re-add it.
+            settled.push(order_id.clone());
+            if self.notified.get(&refund.order_id) == Some(&status) {
                 continue;
             }
             let currency = self
@@ -275,6 +293,9 @@ impl BpnState {
             sent.push((refund.order_id.clone(), status));
         }
         self.notified.extend(sent);
+        for order_id in settled {
+            self.unsettled.remove(&order_id);
+        }
         out
     }
 
@@ -807,5 +828,92 @@ mod tests {
         assert_eq!(page["data"]["pageSize"], json!(10));
         assert_eq!(server.sandbox.ledger().list_calls, 3);
         server.stop(Duration::from_secs(2)).await;
+    }
+}
+
+/// The notification bookkeeping, driven directly with chosen instants.
+#[cfg(test)]
+mod webhook_tests {
+    use super::super::{OutcomeStatus, SandboxConfig};
+    use super::{BpnState, RefundStatus};
+    use serde_json::Value;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// What the notify loop used to compute: a walk over every refund (sorted, as the map
+    /// had no order).
+    fn full_scan(state: &BpnState, config: &SandboxConfig, now: Instant) -> Vec<String> {
+        let mut due: Vec<String> = state
+            .refunds
+            .values()
+            .filter_map(|r| {
+                let status = state.status_of(r, config, now);
+                (status != RefundStatus::Refunding
+                    && state.notified.get(&r.order_id) != Some(&status))
+                .then(|| format!("{}:{}", r.order_id, status.as_str()))
+            })
+            .collect();
+        due.sort();
+        due
+    }
+
+    /// Due notifications as `orderId:refundStatus`, checked against the full scan.
+    fn due(state: &mut BpnState, config: &SandboxConfig, now: Instant) -> Vec<String> {
+        let expected = full_scan(state, config, now);
+        let mut got: Vec<String> = state
+            .due_webhooks(config, now)
+            .iter()
+            .map(|out| {
+                let body: Value = serde_json::from_slice(&out.body).unwrap();
+                let data = &body["data"];
+                format!(
+                    "{}:{}",
+                    data["orderId"].as_str().unwrap(),
+                    data["refundStatus"].as_str().unwrap()
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, expected);
+        assert!(full_scan(state, config, now).is_empty(), "all handed out");
+        got
+    }
+
+    #[test]
+    fn only_unsettled_refunds_are_looked_at_and_nothing_is_missed() {
+        let config = SandboxConfig {
+            completion_delay: Duration::from_millis(100),
+            ..SandboxConfig::default()
+        };
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut state = BpnState::default();
+        let accept = |state: &mut BpnState, order: &str, at: Instant| {
+            state
+                .accept(order.into(), String::new(), &config, at)
+                .unwrap();
+        };
+        accept(&mut state, "o-1", t0);
+        accept(&mut state, "o-2", t0);
+        state.set_outcome("o-2", OutcomeStatus::Failed);
+        assert!(due(&mut state, &config, t0).is_empty());
+        assert_eq!(
+            due(&mut state, &config, t0 + ms(120)),
+            ["o-1:REFUNDED", "o-2:REFUND_FAILED"]
+        );
+        assert!(state.unsettled.is_empty());
+        // A failed order may be refunded again; it is notified when that refund ends.
+        state.set_outcome("o-2", OutcomeStatus::Completed);
+        state.set_outcome("o-1", OutcomeStatus::Failed);
+        assert_eq!(
+            due(&mut state, &config, t0 + ms(130)),
+            ["o-1:REFUND_FAILED", "o-2:REFUNDED"]
+        );
+        accept(&mut state, "o-1", t0 + ms(200));
+        state.set_outcome("o-1", OutcomeStatus::Completed);
+        assert!(due(&mut state, &config, t0 + ms(250)).is_empty());
+        assert_eq!(due(&mut state, &config, t0 + ms(300)), ["o-1:REFUNDED"]);
+        assert!(state.unsettled.is_empty());
+        assert!(due(&mut state, &config, t0 + ms(400)).is_empty());
     }
 }

@@ -34,7 +34,7 @@
 //! record, and only then a hang (`timeoutAfterAcceptNext`, `timeout_rate`). All of that is
 //! decided under the sandbox lock; the hang and the latency come after it is released.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,7 +51,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::{
-    admin_error, decimal_and_text, decimal_to_json, parse_admin, CallKind, ForcedOutcome,
+    admin_error, decimal_and_text, decimal_to_json, parse_admin, CallKind, ForcedOutcome, Indexed,
     LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig, State,
 };
 
@@ -78,7 +78,12 @@ pub(super) fn routes() -> Router<Sandbox> {
 /// What BVNK knows.
 pub(super) struct BvnkState {
     payments: BTreeMap<String, Payment>,
-    refunds: Vec<BvnkRefund>,
+    /// Refunds in creation order, by idempotency key and by pay-in.
+    refunds: Indexed<BvnkRefund>,
+    /// Positions of the refunds per `customerReference`, ascending: several refunds may
+    /// share one (a new idempotency key is a new refund), and the admin routes and forced
+    /// outcomes go by it.
+    by_customer_reference: HashMap<String, Vec<usize>>,
     outcomes: HashMap<String, OutcomeStatus>,
     /// Whether new refunds wait for 4-eyes approval.
     four_eyes: bool,
@@ -90,19 +95,26 @@ pub(super) struct BvnkState {
     nonce_set: HashSet<String>,
     /// Last status each refund (by id) was notified with.
     notified: HashMap<String, RefundStatus>,
+    /// Positions of the refunds whose status may still change into one not notified yet:
+    /// added when a refund is made, approved or rejected, or its outcome forced; dropped
+    /// once a status that only those can change again is notified, so the notify loop does
+    /// not walk every refund ever made.
+    unsettled: BTreeSet<usize>,
 }
 
 impl Default for BvnkState {
     fn default() -> Self {
         Self {
             payments: BTreeMap::new(),
-            refunds: Vec::new(),
+            refunds: Indexed::default(),
+            by_customer_reference: HashMap::new(),
             outcomes: HashMap::new(),
             four_eyes: false,
             fee: Decimal::new(100, 2),
             nonces: VecDeque::new(),
             nonce_set: HashSet::new(),
             notified: HashMap::new(),
+            unsettled: BTreeSet::new(),
         }
     }
 }
@@ -203,13 +215,18 @@ impl BvnkState {
     }
 
     pub(super) fn set_outcome(&mut self, key: &str, status: OutcomeStatus) {
+        // A forced outcome can rewrite a status already notified: watch its refunds again.
+        if let Some(positions) = self.by_customer_reference.get(key) {
+            self.unsettled.extend(positions.iter().copied());
+        }
         self.outcomes.insert(key.to_owned(), status);
     }
 
-    fn find_mut(&mut self, customer_reference: &str) -> Option<&mut BvnkRefund> {
-        self.refunds
-            .iter_mut()
-            .find(|r| r.customer_reference == customer_reference)
+    /// Position of the first refund with this `customerReference`.
+    fn position(&self, customer_reference: &str) -> Option<usize> {
+        self.by_customer_reference
+            .get(customer_reference)
+            .and_then(|positions| positions.first().copied())
     }
 
     /// When processing started: acceptance, or the approval.
@@ -295,8 +312,7 @@ impl BvnkState {
     ) -> Decimal {
         let committed: Decimal = self
             .refunds
-            .iter()
-            .filter(|r| r.transaction_reference == transaction_reference)
+            .in_group(transaction_reference)
             .filter(|r| !self.status_of(r, config, now).releases_balance())
             .map(|r| r.amount)
             .sum();
@@ -310,12 +326,7 @@ impl BvnkState {
         config: &SandboxConfig,
         now: Instant,
     ) -> Result<Response, BvnkError> {
-        if let Some(index) = self
-            .refunds
-            .iter()
-            .position(|r| r.idempotency_key == request.idempotency_key)
-        {
-            let refund = &mut self.refunds[index];
+        if let Some(refund) = self.refunds.get_mut(&request.idempotency_key) {
             refund.submit_count += 1;
             if refund.transaction_reference != request.transaction_reference
                 || refund.amount != request.amount
@@ -327,7 +338,7 @@ impl BvnkState {
                     "bvnk sandbox: replay differs from the accepted refund; answering the original"
                 );
             }
-            return Ok(created_answer(&self.refunds[index]));
+            return Ok(created_answer(refund));
         }
 
         let payment = self
@@ -380,15 +391,25 @@ impl BvnkState {
             accepted: now,
         };
         let response = created_answer(&refund);
-        self.refunds.push(refund);
+        let customer_reference = refund.customer_reference.clone();
+        let (key, group) = (
+            refund.idempotency_key.clone(),
+            refund.transaction_reference.clone(),
+        );
+        let index = self.refunds.push(key, group, refund);
+        self.by_customer_reference
+            .entry(customer_reference)
+            .or_default()
+            .push(index);
+        self.unsettled.insert(index);
         Ok(response)
     }
 
     /// Approves or rejects a refund waiting for approval (the portal's buttons).
     fn decide_approval(&mut self, customer_reference: &str, approve: bool) -> Result<(), String> {
-        let refund = self
-            .find_mut(customer_reference)
-            .ok_or_else(|| format!("no BVNK refund with customerReference {customer_reference}"))?;
+        let unknown = || format!("no BVNK refund with customerReference {customer_reference}");
+        let index = self.position(customer_reference).ok_or_else(unknown)?;
+        let refund = self.refunds.at_mut(index).ok_or_else(unknown)?;
         if refund.approval != Approval::Pending {
             return Err(format!(
                 "refund {customer_reference} is not waiting for approval"
@@ -402,6 +423,7 @@ impl BvnkState {
         } else {
             Approval::Rejected
         };
+        self.unsettled.insert(index);
         Ok(())
     }
 
@@ -435,10 +457,21 @@ impl BvnkState {
     ) -> Vec<super::notify::Outbound> {
         let mut out = Vec::new();
         let mut sent = Vec::new();
-        for refund in &self.refunds {
+        let mut settled = Vec::new();
+        for &index in &self.unsettled {
+            let Some(refund) = self.refunds.at(index) else {
+                settled.push(index);
+                continue;
+            };
             let status = self.status_of(refund, config, now);
-            if status == RefundStatus::Processing || self.notified.get(&refund.id) == Some(&status)
-            {
+            // Processing turns final with time alone: keep watching it.
+            if status == RefundStatus::Processing {
+                continue;
+            }
+            // Any other status changes only by an approval decision or a forced outcome,
+            // and those re-add the refund.
+            settled.push(index);
+            if self.notified.get(&refund.id) == Some(&status) {
                 continue;
             }
             let body = json!({
@@ -457,6 +490,9 @@ impl BvnkState {
             sent.push((refund.id.clone(), status));
         }
         self.notified.extend(sent);
+        for index in settled {
+            self.unsettled.remove(&index);
+        }
         out
     }
 
@@ -745,8 +781,7 @@ async fn status(
         let now = Instant::now();
         let refunds: Vec<Value> = bvnk
             .refunds
-            .iter()
-            .filter(|r| r.transaction_reference == transaction_reference)
+            .in_group(&transaction_reference)
             .map(|r| bvnk.view(r, config, now))
             .collect();
         if refunds.is_empty() && !bvnk.payments.contains_key(&transaction_reference) {
@@ -820,7 +855,7 @@ async fn outcome_route(
     let known = {
         let mut state = sandbox.lock();
         state.bvnk.set_outcome(&key, outcome.status);
-        state.bvnk.find_mut(&key).is_some()
+        state.bvnk.position(&key).is_some()
     };
     Json(json!({ "refundReference": key, "status": outcome.status, "refundKnown": known }))
         .into_response()
@@ -1443,5 +1478,121 @@ mod adapter_tests {
         assert_eq!(ledger.submit_calls, 1);
         assert_eq!(ledger.refunds[0].submit_count, 1);
         server.stop(Duration::from_secs(2)).await;
+    }
+}
+
+/// The notification bookkeeping, driven directly with chosen instants.
+#[cfg(test)]
+mod webhook_tests {
+    use super::super::{OutcomeStatus, SandboxConfig};
+    use super::{BvnkState, RefundCall, RefundStatus};
+    use rust_decimal::Decimal;
+    use serde_json::{json, Value};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn request(key: &str, customer_reference: &str) -> RefundCall {
+        RefundCall {
+            idempotency_key: key.into(),
+            transaction_reference: "tx-1".into(),
+            customer_reference: customer_reference.into(),
+            amount: Decimal::ONE,
+            amount_text: "1".into(),
+            currency: "EUR".into(),
+            metadata: json!({}),
+            body: String::new(),
+        }
+    }
+
+    /// What the notify loop used to compute: a walk over every refund.
+    fn full_scan(state: &BvnkState, config: &SandboxConfig, now: Instant) -> Vec<String> {
+        state
+            .refunds
+            .iter()
+            .filter_map(|r| {
+                let status = state.status_of(r, config, now);
+                (status != RefundStatus::Processing && state.notified.get(&r.id) != Some(&status))
+                    .then(|| format!("{}:{}", r.customer_reference, status.as_str()))
+            })
+            .collect()
+    }
+
+    /// Due notifications as `customerReference:status`, checked against the full scan.
+    fn due(state: &mut BvnkState, config: &SandboxConfig, now: Instant) -> Vec<String> {
+        let expected = full_scan(state, config, now);
+        let got: Vec<String> = state
+            .due_webhooks(config, now)
+            .iter()
+            .map(|out| {
+                let body: Value = serde_json::from_slice(&out.body).unwrap();
+                let data = &body["data"];
+                format!(
+                    "{}:{}",
+                    data["customerReference"].as_str().unwrap(),
+                    data["status"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(got, expected);
+        assert!(full_scan(state, config, now).is_empty(), "all handed out");
+        got
+    }
+
+    #[test]
+    fn only_unsettled_refunds_are_looked_at_and_nothing_is_missed() {
+        let config = SandboxConfig {
+            completion_delay: Duration::from_millis(100),
+            ..SandboxConfig::default()
+        };
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut state = BvnkState {
+            four_eyes: true,
+            ..BvnkState::default()
+        };
+        state.accept(request("k-1", "c-1"), &config, t0).unwrap();
+        state.four_eyes = false;
+        // A new idempotency key with the same customerReference is a second refund.
+        state.accept(request("k-2", "c-2"), &config, t0).unwrap();
+        state.accept(request("k-3", "c-2"), &config, t0).unwrap();
+        assert_eq!(
+            due(&mut state, &config, t0),
+            ["c-1:PENDING_APPROVAL"],
+            "waiting for approval is told at once"
+        );
+        assert!(due(&mut state, &config, t0).is_empty());
+        assert_eq!(
+            due(&mut state, &config, t0 + ms(120)),
+            ["c-2:COMPLETED", "c-2:COMPLETED"]
+        );
+        assert_eq!(state.unsettled.len(), 0, "c-1 waits for a decision only");
+        // Forcing by customerReference reaches both of its refunds.
+        state.set_outcome("c-2", OutcomeStatus::Failed);
+        assert_eq!(
+            due(&mut state, &config, t0 + ms(130)),
+            ["c-2:FAILED", "c-2:FAILED"]
+        );
+        state.decide_approval("c-1", true).unwrap();
+        let approved = Instant::now();
+        assert!(due(&mut state, &config, approved).is_empty());
+        assert_eq!(state.unsettled.len(), 1, "processing after approval");
+        assert_eq!(
+            due(&mut state, &config, approved + ms(120)),
+            ["c-1:COMPLETED"]
+        );
+        state.four_eyes = true;
+        state.accept(request("k-4", "c-3"), &config, t0).unwrap();
+        assert_eq!(
+            due(&mut state, &config, approved + ms(130)),
+            ["c-3:PENDING_APPROVAL"]
+        );
+        state.decide_approval("c-3", false).unwrap();
+        assert!(state.decide_approval("c-3", true).is_err());
+        assert_eq!(
+            due(&mut state, &config, approved + ms(140)),
+            ["c-3:CANCELLED"]
+        );
+        assert!(state.unsettled.is_empty());
+        assert!(due(&mut state, &config, approved + ms(500)).is_empty());
     }
 }

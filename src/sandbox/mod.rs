@@ -30,6 +30,7 @@ mod va_services;
 
 pub use notify::WebhookCounters;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -454,6 +455,91 @@ fn roll(p: f64) -> bool {
     p > 0.0 && rand::thread_rng().gen::<f64>() < p
 }
 
+/// Records kept in arrival order, each also found in O(1) by its unique key (our reference
+/// or idempotency key) and by the group it belongs to (its payment).
+///
+/// The simulators keep every refund ever made and look one up on nearly every API call; a
+/// linear scan of a `Vec` made each call cost more the longer a run went on. Iteration
+/// (ledgers, lists, pages) stays in arrival order, exactly as the `Vec` alone gave it.
+pub(super) struct Indexed<T> {
+    items: Vec<T>,
+    by_key: HashMap<String, usize>,
+    /// Positions per group, ascending (arrival order).
+    by_group: HashMap<String, Vec<usize>>,
+}
+
+impl<T> Default for Indexed<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            by_key: HashMap::new(),
+            by_group: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Indexed<T> {
+    /// Appends `item` under `key` and `group`; returns its position. Callers check for the
+    /// key first (a replay); should one repeat anyway, the key keeps finding the earlier
+    /// record, as the first-match scan this replaces did.
+    pub(super) fn push(&mut self, key: String, group: String, item: T) -> usize {
+        let index = self.items.len();
+        self.items.push(item);
+        self.by_key.entry(key).or_insert(index);
+        self.by_group.entry(group).or_default().push(index);
+        index
+    }
+
+    /// Position of the record with this key.
+    pub(super) fn position(&self, key: &str) -> Option<usize> {
+        self.by_key.get(key).copied()
+    }
+
+    /// The record with this key.
+    pub(super) fn get(&self, key: &str) -> Option<&T> {
+        self.position(key).and_then(|i| self.items.get(i))
+    }
+
+    /// The record with this key, mutably.
+    pub(super) fn get_mut(&mut self, key: &str) -> Option<&mut T> {
+        self.position(key).and_then(|i| self.items.get_mut(i))
+    }
+
+    /// The record at a position `push` or `position` gave.
+    pub(super) fn at(&self, index: usize) -> Option<&T> {
+        self.items.get(index)
+    }
+
+    /// The record at a position `push` or `position` gave, mutably.
+    pub(super) fn at_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.items.get_mut(index)
+    }
+
+    /// The group's records in arrival order.
+    pub(super) fn in_group<'a>(&'a self, group: &str) -> impl Iterator<Item = &'a T> + 'a {
+        self.by_group
+            .get(group)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter_map(|&i| self.items.get(i))
+    }
+
+    /// How many records the group has.
+    pub(super) fn group_len(&self, group: &str) -> usize {
+        self.by_group.get(group).map_or(0, Vec::len)
+    }
+
+    /// Every record in arrival order.
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.items.iter()
+    }
+
+    /// How many records there are.
+    pub(super) fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
 /// A provider's answer, decided under the lock, plus how long to hang before sending it.
 struct Reply {
     response: Response,
@@ -609,11 +695,19 @@ impl Sandbox {
     fn due_webhooks(&self) -> Vec<notify::Outbound> {
         let now = tokio::time::Instant::now();
         let config = &self.inner.config;
-        let mut state = self.lock();
-        let mut due = Vec::new();
-        due.extend(state.bpn.due_webhooks(config, now));
-        due.extend(state.binance.due_webhooks(config, now));
-        due.extend(state.bvnk.due_webhooks(config, now));
+        let (mut due, binance, bvnk) = {
+            let mut state = self.lock();
+            (
+                state.bpn.due_webhooks(config, now),
+                state.binance.due_webhooks(config, now),
+                state.bvnk.due_webhooks(config, now),
+            )
+        };
+        // Binance Pay's RSA signatures are made here, with the lock released.
+        if let Some(binance) = binance {
+            due.extend(binance.sign());
+        }
+        due.extend(bvnk);
         due
     }
 
@@ -876,6 +970,35 @@ mod tests {
         assert_eq!(parse_decimal_text("1e3"), Some(Decimal::from(1000)));
         assert_eq!(parse_decimal_text("abc"), None);
         assert!(!roll(f64::NAN) && !roll(-1.0) && roll(2.0));
+    }
+
+    #[test]
+    fn indexed_finds_by_key_and_group_in_arrival_order() {
+        let mut refunds = Indexed::default();
+        assert_eq!(refunds.push("r-1".into(), "tx-a".into(), 1), 0);
+        assert_eq!(refunds.push("r-2".into(), "tx-b".into(), 2), 1);
+        assert_eq!(refunds.push("r-3".into(), "tx-a".into(), 3), 2);
+        // A repeated key keeps finding the first record, as a first-match scan did.
+        assert_eq!(refunds.push("r-1".into(), "tx-a".into(), 4), 3);
+        assert_eq!(refunds.get("r-1"), Some(&1));
+        assert_eq!(refunds.position("r-3"), Some(2));
+        assert_eq!(refunds.get("nope"), None);
+        if let Some(r) = refunds.get_mut("r-2") {
+            *r = 20;
+        }
+        if let Some(r) = refunds.at_mut(2) {
+            *r = 30;
+        }
+        assert_eq!(refunds.at(1), Some(&20));
+        assert_eq!(refunds.at(9), None);
+        let group: Vec<_> = refunds.in_group("tx-a").copied().collect();
+        assert_eq!(group, [1, 30, 4]);
+        assert_eq!(refunds.group_len("tx-a"), 3);
+        assert_eq!(refunds.in_group("tx-z").count(), 0);
+        assert_eq!(refunds.group_len("tx-z"), 0);
+        let all: Vec<_> = refunds.iter().copied().collect();
+        assert_eq!(all, [1, 20, 30, 4]);
+        assert_eq!(refunds.len(), 4);
     }
 
     #[test]

@@ -39,8 +39,8 @@ use tokio::time::Instant;
 
 use super::{
     admin_error, decimal_and_text, decimal_to_json, default_currency, parse_admin, CallKind,
-    ForcedOutcome, LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig,
-    State,
+    ForcedOutcome, Indexed, LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox,
+    SandboxConfig, State,
 };
 
 /// VA's zone-less date format, e.g. `25/01/2024 01:35:27 AM`.
@@ -61,12 +61,13 @@ pub(super) fn routes() -> Router<Sandbox> {
         )
 }
 
-/// What VA Services knows: payments by reference, refunds in creation order, and outcomes
-/// forced by tests (keyed by refund reference, so they may precede the refund).
+/// What VA Services knows: payments by reference, refunds in creation order (by refund
+/// reference and by payment), and outcomes forced by tests (keyed by refund reference, so
+/// they may precede the refund).
 #[derive(Default)]
 pub(super) struct VaState {
     payments: BTreeMap<String, Payment>,
-    refunds: Vec<VaRefund>,
+    refunds: Indexed<VaRefund>,
     outcomes: HashMap<String, OutcomeStatus>,
 }
 
@@ -259,9 +260,7 @@ impl VaState {
     }
 
     fn find(&self, refund_reference: &str) -> Option<&VaRefund> {
-        self.refunds
-            .iter()
-            .find(|r| r.refund_reference == refund_reference)
+        self.refunds.get(refund_reference)
     }
 
     /// PENDING for `completion_delay`, then the forced outcome or COMPLETED. Computed on
@@ -329,8 +328,7 @@ impl VaState {
     ) -> Decimal {
         let committed: Decimal = self
             .refunds
-            .iter()
-            .filter(|r| r.transaction_reference == transaction_reference)
+            .in_group(transaction_reference)
             .filter(|r| self.status_of(r, config, now) != RefundStatus::Failed)
             .map(|r| r.amount)
             .sum();
@@ -345,12 +343,7 @@ impl VaState {
         config: &SandboxConfig,
         now: Instant,
     ) -> Result<Response, VaError> {
-        let existing = self
-            .refunds
-            .iter()
-            .position(|r| r.refund_reference == request.refund_reference);
-        if let Some(index) = existing {
-            let refund = &mut self.refunds[index];
+        if let Some(refund) = self.refunds.get_mut(&request.refund_reference) {
             refund.submit_count += 1;
             if refund.transaction_reference != request.transaction_reference
                 || refund.amount != request.amount
@@ -361,7 +354,8 @@ impl VaState {
                     "va sandbox: replay differs from the accepted refund; answering the original"
                 );
             }
-            let refund = &self.refunds[index];
+        }
+        if let Some(refund) = self.refunds.get(&request.refund_reference) {
             return Ok(success(self.view(refund, config, now)));
         }
 
@@ -404,7 +398,11 @@ impl VaState {
             accepted: now,
         };
         let response = success(self.view(&refund, config, now));
-        self.refunds.push(refund);
+        let (key, group) = (
+            refund.refund_reference.clone(),
+            refund.transaction_reference.clone(),
+        );
+        self.refunds.push(key, group, refund);
         Ok(response)
     }
 
@@ -644,8 +642,7 @@ async fn details(
             refundable_amount: decimal_to_json(va.refundable(tx, config, now)),
             refunds_history: va
                 .refunds
-                .iter()
-                .filter(|r| r.transaction_reference == tx)
+                .in_group(tx)
                 .map(|r| va.view(r, config, now))
                 .collect(),
         })))
