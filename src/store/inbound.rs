@@ -392,6 +392,7 @@ async fn apply_all(
                  WHERE provider = u.prov AND transaction_reference = u.tr
              ) m",
         )
+        .persistent(false) // planned per execution: see the store module's "Plans"
         .bind(
             refund_keys
                 .iter()
@@ -514,6 +515,7 @@ async fn apply_all(
              WHERE r.refund_reference = u.ref AND r.refund_reference = ANY($1)
                  AND r.status = u.from_status",
         )
+        .persistent(false) // planned per execution: see the store module's "Plans"
         .bind(progress.iter().map(|p| p.0.as_str()).collect::<Vec<_>>())
         .bind(progress.iter().map(|p| p.1).collect::<Vec<_>>())
         .bind(progress.iter().map(|p| p.2).collect::<Vec<_>>())

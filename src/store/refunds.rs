@@ -513,9 +513,9 @@ async fn lock_payments(
          WHERE p.provider = ANY($1) AND p.transaction_reference = ANY($2)
          ORDER BY p.provider, p.transaction_reference FOR UPDATE OF p",
     )
-    // Planned at every execution (not a cached prepared statement): the cached generic
-    // plan was made while `payments` was a page or two and kept scanning the whole table
-    // once it had grown (3 to 6 ms a batch at 25,000 payments, until the next ANALYZE).
+    // Planned per execution (see the store module's "Plans"): the cached generic plan was
+    // made while `payments` was a page or two and kept scanning the whole table once it had
+    // grown (3 to 6 ms a batch at 25,000 payments, until the next ANALYZE).
     .persistent(false)
     .bind(&providers)
     .bind(&transactions)
@@ -988,6 +988,7 @@ pub async fn record_steps(
                  AND r.claim_token = u.tok AND r.status = u.from_status
              RETURNING r.refund_reference, u.tok",
         )
+        .persistent(false) // planned per execution: see the store module's "Plans"
         .bind(&rows.step.reference)
         .bind(&rows.step.token)
         .bind(&rows.phase)
@@ -1267,6 +1268,7 @@ pub(crate) async fn finish_many(
              AND (u.tok IS NULL OR r.claim_token = u.tok) AND r.status = u.from_status
          RETURNING {ROW_COLUMNS}, u.tok"
     ))
+    .persistent(false) // planned per execution: see the store module's "Plans"
     .bind(&rows.step.reference)
     .bind(&rows.step.token)
     .bind(&rows.status)
@@ -1298,6 +1300,7 @@ pub(crate) async fn lock_in_order(
         "SELECT refund_reference, status FROM refunds
          WHERE refund_reference = ANY($1) ORDER BY refund_reference FOR UPDATE",
     )
+    .persistent(false) // planned per execution: see the store module's "Plans"
     .bind(references)
     .fetch_all(&mut **tx)
     .await?)
