@@ -85,6 +85,8 @@ pub struct Config {
     pub prefetch: u16,
     /// `INTAKE_BATCH`: most commands stored in one intake transaction.
     pub intake_batch: usize,
+    /// `WEBHOOK_LANES`: ordered lanes applying provider webhooks side by side.
+    pub webhook_lanes: usize,
     /// `DISPATCH_BATCH`: due refunds claimed per scheduler step.
     pub dispatch_batch: i64,
     /// `DISPATCH_CONCURRENCY`: provider calls in flight per worker.
@@ -211,6 +213,7 @@ impl Config {
             prefetch: u16::try_from(num("PREFETCH", 64)?)
                 .map_err(|_| ConfigError("PREFETCH must be at most 65535".into()))?,
             intake_batch: num("INTAKE_BATCH", 32)? as usize,
+            webhook_lanes: num("WEBHOOK_LANES", 4)? as usize,
             dispatch_batch: num("DISPATCH_BATCH", 32)? as i64,
             dispatch_concurrency: num("DISPATCH_CONCURRENCY", 32)? as usize,
             idle_poll: ms("IDLE_POLL_MS", 250)?,
@@ -260,11 +263,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.prefetch == 0
             || self.intake_batch == 0
+            || self.webhook_lanes == 0
             || self.dispatch_batch <= 0
             || self.dispatch_concurrency == 0
         {
             return Err(ConfigError(
-                "PREFETCH, INTAKE_BATCH, DISPATCH_BATCH and DISPATCH_CONCURRENCY must be at least 1"
+                "PREFETCH, INTAKE_BATCH, WEBHOOK_LANES, DISPATCH_BATCH and DISPATCH_CONCURRENCY \
+                 must be at least 1"
                     .into(),
             ));
         }

@@ -308,9 +308,10 @@ impl Progress {
 /// for a webhook that never comes. (Until 2026-12-01 the bench polled after 10 ms, racing
 /// each webhook: 0.3 extra provider calls and records per refund. `POLL_INITIAL_MS=10
 /// POLL_MAX_MS=100` in the environment reproduces that.)
-const WORKER_DEFAULTS: [(&str, &str); 3] = [
-    // Loops are woken on new work; this is only the fallback look.
-    ("IDLE_POLL_MS", "20"),
+///
+/// The idle loops' fallback look (`IDLE_POLL_MS`) keeps its default too: every loop is woken
+/// on new work (until 2026-12-01 the bench set 20 ms).
+const WORKER_DEFAULTS: [(&str, &str); 2] = [
     // Every provider webhook comes from the one sandbox address: no per-source limit here.
     ("WEBHOOK_INGRESS_RATE_PER_SEC", "1000000"),
     ("WEBHOOK_INGRESS_BURST", "1000000"),

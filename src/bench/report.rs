@@ -207,6 +207,8 @@ pub struct WorkerSettings {
     pub database_max_connections: u32,
     /// `INTAKE_BATCH`.
     pub intake_batch: usize,
+    /// `WEBHOOK_LANES`.
+    pub webhook_lanes: usize,
     /// `DISPATCH_BATCH`.
     pub dispatch_batch: i64,
     /// `DISPATCH_CONCURRENCY`.
@@ -323,6 +325,7 @@ impl Report {
             prefetch: config.prefetch,
             database_max_connections: config.database_max_connections,
             intake_batch: config.intake_batch,
+            webhook_lanes: config.webhook_lanes,
             dispatch_batch: config.dispatch_batch,
             dispatch_concurrency: config.dispatch_concurrency,
             idle_poll_ms: config.idle_poll.as_millis(),
@@ -459,11 +462,12 @@ impl Report {
         let w = &self.worker_settings;
         say!(out,
             "worker     `refund-worker run` as a child process (pid {}); PREFETCH {}, DATABASE_MAX_CONNECTIONS {}, \
-             INTAKE_BATCH {}, DISPATCH_BATCH {}, DISPATCH_CONCURRENCY {}, IDLE_POLL_MS {}, POLL_INITIAL_MS {}; logs: {}",
+             INTAKE_BATCH {}, WEBHOOK_LANES {}, DISPATCH_BATCH {}, DISPATCH_CONCURRENCY {}, IDLE_POLL_MS {}, POLL_INITIAL_MS {}; logs: {}",
             e.worker.pid,
             w.prefetch,
             w.database_max_connections,
             w.intake_batch,
+            w.webhook_lanes,
             w.dispatch_batch,
             w.dispatch_concurrency,
             w.idle_poll_ms,

@@ -3,8 +3,9 @@
 //! its outbox event). Webhooks that arrive before their refund is known are parked, and
 //! this loop tries them again every `PARKED_RETRY_MS`.
 //!
-//! Messages are spread over ordered lanes by the refund or payment they are about; a lane
-//! applies whatever is waiting in it (up to `LANE_BATCH` messages) in one transaction
+//! Messages are spread over ordered lanes (`WEBHOOK_LANES`) by the refund or payment they
+//! are about; a lane applies whatever is waiting in it (up to `LANE_BATCH` messages) in one
+//! transaction
 //! ([`inbound::receive_batch`]), judged as if they had come one at a time. A message the
 //! database refuses is retried alone, so only it is dead-lettered.
 //!
@@ -224,12 +225,6 @@ pub async fn sweep_parked(ctx: &Context) -> Result<usize, StoreError> {
     Ok(resolved)
 }
 
-/// Ordered lanes the consumer spreads webhooks over. Notifications about one refund or
-/// payment always take the same lane, so they are applied in their queue order (the pay-ins
-/// ledger keeps the last status it was given); different ones are applied side by side, so
-/// a burst of webhooks does not queue behind one transaction at a time.
-const LANES: usize = 8;
-
 /// Most messages a lane applies in one transaction: those waiting in it when it starts one
 /// (a lone webhook is a batch of one, so nothing waits to fill a batch).
 const LANE_BATCH: usize = 32;
@@ -242,7 +237,14 @@ struct Received {
 }
 
 /// Consumes `provider.webhooks` until shutdown or until the connection fails, and sweeps
-/// parked webhooks meanwhile. Messages go to [`LANES`] ordered lanes by what they are about.
+/// parked webhooks meanwhile.
+///
+/// Messages go to `WEBHOOK_LANES` ordered lanes by what they are about. Notifications about
+/// one refund or payment always take the same lane, so they are applied in their queue
+/// order (the pay-ins ledger keeps the last status it was given); different ones are applied
+/// side by side, so a burst of webhooks does not queue behind one transaction at a time.
+/// Fewer lanes make bigger batches: on 2 CPUs, 2 or 4 lanes cost about 20% less CPU per
+/// refund than 8 (BENCHMARKS.md).
 pub async fn consume(
     ctx: &Context,
     connection: &Connection,
@@ -256,9 +258,10 @@ pub async fn consume(
     )
     .await?;
     let (publisher, mut consumer) = (queue.publisher.clone(), queue.consumer.clone());
-    let mut lanes = Vec::with_capacity(LANES);
+    let lane_count = ctx.config.webhook_lanes.max(1);
+    let mut lanes = Vec::with_capacity(lane_count);
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..LANES {
+    for _ in 0..lane_count {
         // The prefetch bounds what is in flight; a lane's queue never holds more.
         let (send, mut receive) = tokio::sync::mpsc::unbounded_channel::<Received>();
         lanes.push(send);
@@ -297,7 +300,7 @@ pub async fn consume(
         let provider = header_str(delivery.properties.headers(), PROVIDER_HEADER)
             .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
         let parsed = parse(ctx, &provider, &delivery.data);
-        let lane = lane_of(&provider, &parsed) % LANES;
+        let lane = lane_of(&provider, &parsed) % lane_count;
         let received = Received {
             delivery,
             provider,
@@ -343,7 +346,7 @@ fn lane_of(provider: &str, parsed: &Parsed) -> usize {
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (provider, about).hash(&mut hasher);
-    // Truncation is fine: only the remainder modulo LANES matters.
+    // Truncation is fine: only the remainder modulo the lane count matters.
     hasher.finish() as usize
 }
 
