@@ -377,6 +377,20 @@ async fn apply_all(
     let mut found: Vec<Option<Result<Option<String>, String>>> = vec![None; todo.len()];
     let mut current: HashMap<String, RefundStatus> = HashMap::new();
     if !refund_keys.is_empty() {
+        // One array per column, in `refund_keys` order.
+        let n = refund_keys.len();
+        let (mut providers, mut ours, mut theirs, mut payments) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (i, keys) in &refund_keys {
+            providers.push(todo[*i].provider.as_str());
+            ours.push(keys.refund_reference);
+            theirs.push(keys.provider_reference);
+            payments.push(keys.transaction_reference);
+        }
         let candidates: Vec<Candidate> = sqlx::query_as(
             "SELECT u.n, m.via, m.refund_reference, m.status, m.created_at
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
@@ -393,30 +407,10 @@ async fn apply_all(
              ) m",
         )
         .persistent(false) // planned per execution: see the store module's "Plans"
-        .bind(
-            refund_keys
-                .iter()
-                .map(|(i, _)| todo[*i].provider.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            refund_keys
-                .iter()
-                .map(|(_, k)| k.refund_reference)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            refund_keys
-                .iter()
-                .map(|(_, k)| k.provider_reference)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            refund_keys
-                .iter()
-                .map(|(_, k)| k.transaction_reference)
-                .collect::<Vec<_>>(),
-        )
+        .bind(&providers)
+        .bind(&ours)
+        .bind(&theirs)
+        .bind(&payments)
         .fetch_all(&mut **tx)
         .await?;
         for (n, (i, keys)) in refund_keys.iter().enumerate() {
