@@ -5,9 +5,8 @@
 //!
 //! Messages are spread over ordered lanes (`WEBHOOK_LANES`) by the refund or payment they
 //! are about; a lane applies whatever is waiting in it (up to `LANE_BATCH` messages) in one
-//! transaction
-//! ([`inbound::receive_batch`]), judged as if they had come one at a time. A message the
-//! database refuses is retried alone, so only it is dead-lettered.
+//! transaction ([`inbound::receive_batch`]), judged as if they had come one at a time. A
+//! message the database refuses is retried alone, so only it is dead-lettered.
 //!
 //! The ingress verified the signature before publishing; the queue is inside our trust
 //! boundary, so the consumer only parses. A message that cannot be parsed, names an unknown

@@ -153,6 +153,9 @@ pub async fn receive_batch(
     items: &[Incoming<'_>],
     sink: &EventSink,
 ) -> Result<Vec<Applied>, StoreError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
     let keys: Vec<String> = items.iter().map(Incoming::key).collect();
     let mut tx = pool.begin().await?;
     let inserted: Vec<(String, String, String)> = sqlx::query_as(

@@ -190,6 +190,62 @@ async fn a_webhook_the_consumer_cannot_parse_is_dead_lettered_with_the_reason() 
     app.cleanup().await;
 }
 
+#[tokio::test]
+async fn a_webhook_the_database_refuses_is_dead_lettered_and_its_batch_mates_are_applied() {
+    // One lane, so the two messages waiting when the worker starts share a batch.
+    let mut app = TestApp::spawn_with(Options {
+        env: vec![("WEBHOOK_LANES", "1".into())],
+        ..Options::default()
+    })
+    .await;
+    let base = app.serve_http().await;
+    let good_txn = reference("wh-good");
+    let good = va_pay_in(&good_txn, "10.00", &reference("trace-good"));
+    // Valid JSON, but PostgreSQL text cannot hold the NUL in the payment reference.
+    let bad = va_pay_in("bad\\u0000ref", "10.00", &reference("trace-bad"));
+    for body in [&bad, &good] {
+        assert_eq!(post_va(&base, body, Some(sign(body))).await.status(), 200);
+    }
+    app.start_worker();
+    let mut applied = None;
+    for _ in 0..100 {
+        applied = pay_in(&app, &good_txn).await;
+        if applied.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(applied.is_some(), "the good pay-in is applied");
+    let channel = app.connection.create_channel().await.unwrap();
+    let mut found = None;
+    for _ in 0..100 {
+        if let Some(msg) = channel
+            .basic_get(
+                &app.topology.webhooks_dlq,
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            found = Some(msg.delivery);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let delivery = found.expect("dead letter");
+    assert_eq!(delivery.data, bad.as_bytes());
+    let reason = refund_worker::broker::topology::header_str(
+        delivery.properties.headers(),
+        refund_worker::broker::ERROR_HEADER,
+    )
+    .unwrap();
+    assert!(
+        reason.contains("the database refused this webhook"),
+        "{reason}"
+    );
+    app.cleanup().await;
+}
+
 fn refund_webhook(reference: &str, outcome: ProviderOutcome, id: &str) -> ProviderWebhook {
     ProviderWebhook {
         event_id: Some(id.into()),
