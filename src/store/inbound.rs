@@ -328,11 +328,19 @@ fn pick(mut candidates: Vec<&Candidate>, payment: Option<&str>) -> Result<Option
 /// What a batch's refund webhooks do to the refunds, decided under their locks.
 #[derive(Default)]
 struct Changes<'a> {
-    /// In-progress statuses: (refund, provider reference, status word, fee), merged per
-    /// refund in arrival order.
-    progress: Vec<(String, Option<&'a str>, &'a str, Option<&'a Fee>)>,
+    /// In-progress statuses, one per refund (later ones merged into earlier ones).
+    progress: Vec<Progress<'a>>,
     /// Final statuses, at most one per refund (the state machine sees to it).
     finishes: Vec<FinishPlan<'a>>,
+}
+
+/// What the provider says of a refund still in progress at its end.
+#[derive(Debug, Clone, PartialEq)]
+struct Progress<'a> {
+    reference: String,
+    provider_reference: Option<&'a str>,
+    provider_status: &'a str,
+    fee: Option<&'a Fee>,
 }
 
 /// One refund a webhook makes final.
@@ -513,14 +521,14 @@ async fn apply_all(
                  AND r.status = u.from_status",
         )
         .persistent(false) // planned per execution: see the store module's "Plans"
-        .bind(progress.iter().map(|p| p.0.as_str()).collect::<Vec<_>>())
-        .bind(progress.iter().map(|p| p.1).collect::<Vec<_>>())
-        .bind(progress.iter().map(|p| p.2).collect::<Vec<_>>())
-        .bind(progress.iter().map(|p| p.3.map(|f| f.amount)).collect::<Vec<_>>())
+        .bind(progress.iter().map(|p| p.reference.as_str()).collect::<Vec<_>>())
+        .bind(progress.iter().map(|p| p.provider_reference).collect::<Vec<_>>())
+        .bind(progress.iter().map(|p| p.provider_status).collect::<Vec<_>>())
+        .bind(progress.iter().map(|p| p.fee.map(|f| f.amount)).collect::<Vec<_>>())
         .bind(
             progress
                 .iter()
-                .map(|p| p.3.map(|f| f.currency.as_str()))
+                .map(|p| p.fee.map(|f| f.currency.as_str()))
                 .collect::<Vec<_>>(),
         )
         .bind(vec![RefundStatus::Pending.as_str(); progress.len()])
@@ -617,24 +625,29 @@ fn decide<'a>(
             fee,
         } => {
             if from == RefundStatus::Pending {
-                let (reference_now, fee_now) = (provider_reference.as_deref(), fee.as_ref());
+                let now = Progress {
+                    reference: reference.clone(),
+                    provider_reference: provider_reference.as_deref(),
+                    provider_status,
+                    fee: fee.as_ref(),
+                };
                 // One row per refund in the update: a later status merges into an earlier one
                 // as the second of two single updates would have.
-                match changes.progress.iter_mut().find(|p| p.0 == reference) {
-                    Some(p) => {
-                        *p = (
-                            reference.clone(),
-                            reference_now.or(p.1),
-                            provider_status,
-                            fee_now.or(p.3),
-                        )
+                match changes
+                    .progress
+                    .iter_mut()
+                    .find(|p| p.reference == reference)
+                {
+                    Some(earlier) => {
+                        *earlier = Progress {
+                            provider_reference: now
+                                .provider_reference
+                                .or(earlier.provider_reference),
+                            fee: now.fee.or(earlier.fee),
+                            ..now
+                        }
                     }
-                    None => changes.progress.push((
-                        reference.clone(),
-                        reference_now,
-                        provider_status,
-                        fee_now,
-                    )),
+                    None => changes.progress.push(now),
                 }
             }
             return Some(unchanged());
@@ -926,9 +939,13 @@ mod tests {
             );
         }
         assert_eq!(changes.progress.len(), 1);
-        let (reference, provider_reference, status, _) = &changes.progress[0];
+        let merged = &changes.progress[0];
         assert_eq!(
-            (reference.as_str(), *provider_reference, *status),
+            (
+                merged.reference.as_str(),
+                merged.provider_reference,
+                merged.provider_status
+            ),
             ("R-1", Some("PR-9"), "PROCESSING")
         );
     }
