@@ -157,6 +157,31 @@ async fn the_ingress_answers_503_when_the_broker_cannot_take_the_webhook() {
     app.cleanup().await;
 }
 
+/// The next message on the webhooks' dead-letter queue (waiting up to 5 s): its body and
+/// the reason header.
+async fn next_dead_letter(app: &TestApp) -> (Vec<u8>, String) {
+    let channel = app.connection.create_channel().await.unwrap();
+    for _ in 0..100 {
+        if let Some(msg) = channel
+            .basic_get(
+                &app.topology.webhooks_dlq,
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            let reason = refund_worker::broker::topology::header_str(
+                msg.delivery.properties.headers(),
+                refund_worker::broker::ERROR_HEADER,
+            )
+            .expect("a dead letter carries its reason");
+            return (msg.delivery.data, reason);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no dead letter within 5 s");
+}
+
 #[tokio::test]
 async fn a_webhook_the_consumer_cannot_parse_is_dead_lettered_with_the_reason() {
     let mut app = TestApp::spawn().await;
@@ -165,27 +190,8 @@ async fn a_webhook_the_consumer_cannot_parse_is_dead_lettered_with_the_reason() 
     // Signed correctly, but not a notification: no transactionReference.
     let body = r#"{"amount": 5, "success": true}"#;
     assert_eq!(post_va(&base, body, Some(sign(body))).await.status(), 200);
-    let dlq = app.topology.webhooks_dlq.clone();
-    let channel = app.connection.create_channel().await.unwrap();
-    let mut found = None;
-    for _ in 0..100 {
-        if let Some(msg) = channel
-            .basic_get(&dlq, lapin::options::BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            found = Some(msg.delivery);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let delivery = found.expect("dead letter");
-    assert_eq!(delivery.data, body.as_bytes());
-    let reason = refund_worker::broker::topology::header_str(
-        delivery.properties.headers(),
-        refund_worker::broker::ERROR_HEADER,
-    )
-    .unwrap();
+    let (data, reason) = next_dead_letter(&app).await;
+    assert_eq!(data, body.as_bytes());
     assert!(reason.contains("transactionReference"), "{reason}");
     app.cleanup().await;
 }
@@ -216,29 +222,8 @@ async fn a_webhook_the_database_refuses_is_dead_lettered_and_its_batch_mates_are
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(applied.is_some(), "the good pay-in is applied");
-    let channel = app.connection.create_channel().await.unwrap();
-    let mut found = None;
-    for _ in 0..100 {
-        if let Some(msg) = channel
-            .basic_get(
-                &app.topology.webhooks_dlq,
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        {
-            found = Some(msg.delivery);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let delivery = found.expect("dead letter");
-    assert_eq!(delivery.data, bad.as_bytes());
-    let reason = refund_worker::broker::topology::header_str(
-        delivery.properties.headers(),
-        refund_worker::broker::ERROR_HEADER,
-    )
-    .unwrap();
+    let (data, reason) = next_dead_letter(&app).await;
+    assert_eq!(data, bad.as_bytes());
     assert!(
         reason.contains("the database refused this webhook"),
         "{reason}"
