@@ -431,18 +431,13 @@ async fn apply_all(
                 .collect();
             found[*i] = Some(pick(mine, keys.transaction_reference));
         }
-        let mut references: Vec<&str> = found
-            .iter()
-            .filter_map(|f| match f {
-                Some(Ok(Some(r))) => Some(r.as_str()),
-                _ => None,
-            })
-            .collect();
-        references.sort_unstable();
-        references.dedup();
+        let references = found.iter().filter_map(|f| match f {
+            Some(Ok(Some(r))) => Some(r.as_str()),
+            _ => None,
+        });
         // Locked in key order (as the dispatcher's recorder locks them); the status read
         // here is the one decided on.
-        for (reference, status) in lock_in_order(tx, &references).await? {
+        for (reference, status) in lock_in_order(tx, references).await? {
             let status = RefundStatus::parse(&status).ok_or_else(|| {
                 StoreError::Corrupt(format!("refund {reference} has status {status}"))
             })?;

@@ -917,18 +917,9 @@ pub async fn record_steps(
             }
         }
     }
-    // Indices into `steps`, in lock order.
-    let mut order: Vec<usize> = (0..steps.len()).collect();
-    order.sort_by(|&a, &b| {
-        steps[a]
-            .claimed
-            .row
-            .refund_reference
-            .cmp(&steps[b].claimed.row.refund_reference)
-    });
-    let (finishes, reschedules): (Vec<usize>, Vec<usize>) = order
-        .into_iter()
-        .partition(|&i| matches!(steps[i].update, StoreUpdate::Finish { .. }));
+    // Indices into `steps`.
+    let (finishes, reschedules): (Vec<usize>, Vec<usize>) =
+        (0..steps.len()).partition(|&i| matches!(steps[i].update, StoreUpdate::Finish { .. }));
 
     let mut applied = vec![false; steps.len()];
     let mut events: Vec<Option<RefundEvent>> = vec![None; steps.len()];
@@ -936,13 +927,13 @@ pub async fn record_steps(
     // Lock every step's row first, in key order: the updates below lock reschedules, then
     // finishes, each in whatever order their join runs, and a provider webhook batch locks
     // its refunds in key order; without this the two could each wait for the other.
-    let mut references: Vec<&str> = steps
-        .iter()
-        .map(|s| s.claimed.row.refund_reference.as_str())
-        .collect();
-    references.sort_unstable();
-    references.dedup();
-    lock_in_order(&mut tx, &references).await?;
+    lock_in_order(
+        &mut tx,
+        steps
+            .iter()
+            .map(|s| s.claimed.row.refund_reference.as_str()),
+    )
+    .await?;
 
     if !reschedules.is_empty() {
         let mut rows = RescheduleArrays::default();
@@ -1285,14 +1276,17 @@ pub(crate) async fn finish_many(
     .await?)
 }
 
-/// Locks refunds in `references` order (sorted by the caller), and returns their statuses.
+/// Locks the refunds named (repeats allowed) in key order, and returns their statuses.
 ///
 /// Every transaction that changes several refunds locks them through here first, so two of
 /// them always take the locks in the same order and never deadlock.
-pub(crate) async fn lock_in_order(
+pub(crate) async fn lock_in_order<'r>(
     tx: &mut Transaction<'_, Postgres>,
-    references: &[&str],
+    references: impl IntoIterator<Item = &'r str>,
 ) -> Result<Vec<(String, String)>, StoreError> {
+    let mut references: Vec<&str> = references.into_iter().collect();
+    references.sort_unstable();
+    references.dedup();
     if references.is_empty() {
         return Ok(Vec::new());
     }
@@ -1301,7 +1295,7 @@ pub(crate) async fn lock_in_order(
          WHERE refund_reference = ANY($1) ORDER BY refund_reference FOR UPDATE",
     )
     .persistent(false) // planned per execution: see the store module's "Plans"
-    .bind(references)
+    .bind(&references)
     .fetch_all(&mut **tx)
     .await?)
 }
