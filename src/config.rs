@@ -213,7 +213,7 @@ impl Config {
             prefetch: u16::try_from(num("PREFETCH", 64)?)
                 .map_err(|_| ConfigError("PREFETCH must be at most 65535".into()))?,
             intake_batch: num("INTAKE_BATCH", 32)? as usize,
-            webhook_lanes: num("WEBHOOK_LANES", 4)? as usize,
+            webhook_lanes: num("WEBHOOK_LANES", 1)? as usize,
             dispatch_batch: num("DISPATCH_BATCH", 32)? as i64,
             dispatch_concurrency: num("DISPATCH_CONCURRENCY", 32)? as usize,
             idle_poll: ms("IDLE_POLL_MS", 250)?,

@@ -241,9 +241,9 @@ struct Received {
 /// Messages go to `WEBHOOK_LANES` ordered lanes by what they are about. Notifications about
 /// one refund or payment always take the same lane, so they are applied in their queue
 /// order (the pay-ins ledger keeps the last status it was given); different ones are applied
-/// side by side, so a burst of webhooks does not queue behind one transaction at a time.
-/// Fewer lanes make bigger batches: on 2 CPUs, 2 or 4 lanes cost about 20% less CPU per
-/// refund than 8 (BENCHMARKS.md).
+/// side by side. Fewer lanes make bigger batches and cost less CPU per webhook: on 2 CPUs
+/// one lane (the default) beat 4 in every paired run, 4 and 2 beat 8 (BENCHMARKS.md). More
+/// lanes overlap more round trips, which pays when the database is remote.
 pub async fn consume(
     ctx: &Context,
     connection: &Connection,

@@ -252,6 +252,47 @@ fn succeeded() -> ProviderOutcome {
 }
 
 #[tokio::test]
+async fn with_several_lanes_each_payment_keeps_its_notifications_in_queue_order() {
+    // The default is one lane; several lanes must still apply everything, once, and keep
+    // each payment's notifications in the order they were queued (the ledger keeps the
+    // last status it was given).
+    let mut app = TestApp::spawn_with(Options {
+        env: vec![("WEBHOOK_LANES", "3".into())],
+        ..Options::default()
+    })
+    .await;
+    let base = app.serve_http().await;
+    let payments: Vec<String> = (0..9).map(|i| reference(&format!("lanes-{i}"))).collect();
+    // Queued before the worker starts, so the lanes find them waiting together.
+    for txn in &payments {
+        for (amount, trace) in [("10.00", "first"), ("20.00", "second"), ("30.00", "third")] {
+            let body = va_pay_in(txn, amount, &reference(trace));
+            assert_eq!(post_va(&base, &body, Some(sign(&body))).await.status(), 200);
+        }
+    }
+    app.start_worker();
+    app.eventually("every notification is in the inbox", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM provider_webhook_inbox
+             WHERE provider = 'va_services' AND state = 'APPLIED'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        n == 27
+    })
+    .await;
+    for txn in &payments {
+        assert_eq!(
+            pay_in(&app, txn).await,
+            Some(("30.00".into(), 3)),
+            "payment {txn}: the last notification queued is the one kept, each applied once"
+        );
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn refund_webhooks_are_applied_once_in_order_and_contradictions_are_raised() {
     let app = TestApp::spawn().await;
     let r = reference("wh-order");
