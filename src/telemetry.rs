@@ -6,18 +6,37 @@ use tracing_subscriber::EnvFilter;
 /// Default filter for services: our info logs, libraries' warnings.
 pub const SERVICE_FILTER: &str = "info,sqlx=warn,lapin=warn,hyper=warn";
 
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTo {
+    /// Standard output: the long-running services (`run`, `sandbox`), whose output is logs.
+    Stdout,
+    /// Standard error: commands whose standard output is their result (`bench --json`,
+    /// `refunds show`, `dlq list`...), so a log line never corrupts it.
+    Stderr,
+}
+
 /// Installs the global subscriber (once; later calls are no-ops). `RUST_LOG` overrides
 /// `default_filter`.
-pub fn init(default_filter: &str) {
+pub fn init(default_filter: &str, to: LogTo) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     // Colours only for a person at a terminal: a log file or a collector gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let ansi = match to {
+        LogTo::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        LogTo::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            match to {
+                LogTo::Stdout => Box::new(std::io::stdout()),
+                LogTo::Stderr => Box::new(std::io::stderr()),
+            }
+        });
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {

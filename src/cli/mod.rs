@@ -10,6 +10,7 @@ mod webhooks;
 use crate::config::Config;
 use crate::pipeline::{worker, Context};
 use crate::providers::Providers;
+use crate::telemetry::LogTo;
 use crate::{http, store};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -67,7 +68,11 @@ pub async fn main() -> anyhow::Result<ExitCode> {
         Command::Demo(_) | Command::Bench(_) => "warn",
         _ => crate::telemetry::SERVICE_FILTER,
     };
-    crate::telemetry::init(default_filter);
+    let log_to = match cli.command {
+        Command::Run | Command::Sandbox(_) => LogTo::Stdout,
+        _ => LogTo::Stderr,
+    };
+    crate::telemetry::init(default_filter, log_to);
     match cli.command {
         Command::Run => run(Config::from_env()?).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate => {

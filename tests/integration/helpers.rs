@@ -512,7 +512,10 @@ pub fn reference(tag: &str) -> String {
 
 fn tracing_subscriber_init() -> Result<(), ()> {
     if std::env::var("TEST_LOG").is_ok() {
-        refund_worker::telemetry::init(refund_worker::telemetry::SERVICE_FILTER);
+        refund_worker::telemetry::init(
+            refund_worker::telemetry::SERVICE_FILTER,
+            refund_worker::telemetry::LogTo::Stdout,
+        );
     }
     Ok(())
 }
