@@ -472,7 +472,7 @@ async fn intake_round(
 }
 
 /// Creates the batch's missing payment rows (with the first command's amount and currency,
-/// as if it had arrived alone), locks them all in key order, and reads what the guard
+/// as if it had arrived alone) and locks them all in key order, in one statement, and reads what the guard
 /// needs: amount, currency, refunded so far and the pay-ins ledger's word.
 async fn lock_payments(
     tx: &mut Transaction<'_, Postgres>,
@@ -493,32 +493,24 @@ async fn lock_payments(
         .iter()
         .map(|c| c.transaction_reference.as_str())
         .collect();
+    // One statement creates the missing rows and locks the existing ones, in key order (so
+    // concurrent batches cannot deadlock): `DO UPDATE ... WHERE false` updates nothing but
+    // still locks each conflicting row (FOR NO KEY UPDATE, which serialises intake batches
+    // of one payment: only they lock payments), including a row another batch inserted and
+    // committed while we waited for it, which a `SELECT ... FOR UPDATE` in the same
+    // statement would not see. Rows inserted here are ours until the commit anyway.
     sqlx::query(
         "INSERT INTO payments (provider, transaction_reference, payment_amount, currency, amount_source)
          SELECT p, t, a, c, CASE WHEN a IS NULL THEN NULL ELSE 'command' END
          FROM UNNEST($1::text[], $2::text[], $3::numeric[], $4::text[]) AS k(p, t, a, c)
          ORDER BY p, t
-         ON CONFLICT (provider, transaction_reference) DO NOTHING",
+         ON CONFLICT (provider, transaction_reference) DO UPDATE SET updated_at = payments.updated_at
+             WHERE false",
     )
     .bind(&providers)
     .bind(&transactions)
     .bind(first.iter().map(|c| c.payment_amount).collect::<Vec<_>>())
     .bind(first.iter().map(|c| c.currency.as_str()).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "SELECT 1 FROM payments p
-         JOIN UNNEST($1::text[], $2::text[]) AS k(pr, tr)
-             ON p.provider = k.pr AND p.transaction_reference = k.tr
-         WHERE p.provider = ANY($1) AND p.transaction_reference = ANY($2)
-         ORDER BY p.provider, p.transaction_reference FOR UPDATE OF p",
-    )
-    // Planned per execution (see the store module's "Plans"): the cached generic plan was
-    // made while `payments` was a page or two and kept scanning the whole table once it had
-    // grown (3 to 6 ms a batch at 25,000 payments, until the next ANALYZE).
-    .persistent(false)
-    .bind(&providers)
-    .bind(&transactions)
     .execute(&mut **tx)
     .await?;
     // A second statement, so its snapshot includes what committed while we waited for
@@ -545,7 +537,7 @@ async fn lock_payments(
              ON p.provider = k.pr AND p.transaction_reference = k.tr
          WHERE p.provider = ANY($1) AND p.transaction_reference = ANY($2)",
     )
-    .persistent(false) // as the lock above
+    .persistent(false) // planned per execution: see the store module's "Plans"
     .bind(&providers)
     .bind(&transactions)
     .fetch_all(&mut **tx)
