@@ -472,8 +472,9 @@ async fn intake_round(
 }
 
 /// Creates the batch's missing payment rows (with the first command's amount and currency,
-/// as if it had arrived alone) and locks them all in key order, in one statement, and reads what the guard
-/// needs: amount, currency, refunded so far and the pay-ins ledger's word.
+/// as if it had arrived alone) and locks them all in key order, in one statement, then
+/// reads what the guard needs: amount, currency, refunded so far and the pay-ins ledger's
+/// word.
 async fn lock_payments(
     tx: &mut Transaction<'_, Postgres>,
     items: &[IntakeItem<'_>],
