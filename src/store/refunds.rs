@@ -245,8 +245,13 @@ pub async fn intake_batch_claiming(
     sink: &EventSink,
     preclaim: Preclaim,
 ) -> Result<(Vec<Intake>, Vec<ClaimedRefund>), StoreError> {
-    for _ in 0..INTAKE_ROUNDS {
-        if let Some(done) = intake_round(pool, items, sink, preclaim).await? {
+    // The first round assumes every reference is new and skips reading the stored ones: a
+    // batch of new commands (nearly all of them) saves a round trip. A reference already
+    // stored makes its insert come back short, exactly as one inserted concurrently does,
+    // and the rounds after it read them.
+    for round in 0..=INTAKE_ROUNDS {
+        let read_stored = round > 0;
+        if let Some(done) = intake_round(pool, items, sink, preclaim, read_stored).await? {
             return Ok(done);
         }
     }
@@ -258,31 +263,38 @@ pub async fn intake_batch_claiming(
 /// A payment's key: provider and transaction reference.
 type PaymentKey = (String, String);
 
-/// One judging of a batch. `None` when a reference judged new was inserted concurrently:
-/// the transaction is rolled back and the batch must be judged again.
+/// One judging of a batch. `None` when a reference judged new turned out to be stored
+/// (before, or concurrently): the transaction is rolled back and the batch must be judged
+/// again. `read_stored` reads the batch's stored references first, to judge them as
+/// repeats or conflicts.
 async fn intake_round(
     pool: &PgPool,
     items: &[IntakeItem<'_>],
     sink: &EventSink,
     preclaim: Preclaim,
+    read_stored: bool,
 ) -> Result<Option<(Vec<Intake>, Vec<ClaimedRefund>)>, StoreError> {
     let mut tx = pool.begin().await?;
     let mut payments = lock_payments(&mut tx, items).await?;
     // Read after the payments are locked, so a refund committed by a batch we waited for
     // is seen.
-    let references: Vec<&str> = items
-        .iter()
-        .map(|i| i.cmd.refund_reference.as_str())
+    let mut existing: HashMap<String, (String, String)> = HashMap::new();
+    if read_stored {
+        let references: Vec<&str> = items
+            .iter()
+            .map(|i| i.cmd.refund_reference.as_str())
+            .collect();
+        existing = sqlx::query_as::<_, (String, String, String)>(
+            "SELECT refund_reference, command_hash, status FROM refunds
+             WHERE refund_reference = ANY($1)",
+        )
+        .bind(&references)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(r, hash, status)| (r, (hash, status)))
         .collect();
-    let existing: HashMap<String, (String, String)> = sqlx::query_as::<_, (String, String, String)>(
-        "SELECT refund_reference, command_hash, status FROM refunds WHERE refund_reference = ANY($1)",
-    )
-    .bind(&references)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|(r, hash, status)| (r, (hash, status)))
-    .collect();
+    }
 
     // Judge in arrival order. `None` in `answers` marks a command to insert, in `fresh`.
     let mut answers: Vec<Option<Intake>> = Vec::with_capacity(items.len());
@@ -410,8 +422,9 @@ async fn intake_round(
     .fetch_all(&mut *tx)
     .await?;
     if rows.len() != fresh.len() {
-        // Another writer stored one of these references after our look-up (it committed
-        // while we waited on its row): judge the batch again, seeing it.
+        // One of these references is stored: before this batch (the first round does not
+        // look) or by another writer after our look-up (it committed while we waited on
+        // its row). Judge the batch again, seeing it.
         tx.rollback().await?;
         return Ok(None);
     }
