@@ -212,7 +212,7 @@ const INTAKE_ROUNDS: usize = 5;
 ///
 /// The guard locks the batch's payment rows (in key order, so concurrent batches cannot
 /// deadlock), then judges the commands one after the other against committed refunds and
-/// the batch's own earlier ones ([`PaymentState::check`]). One transaction and about eight
+/// the batch's own earlier ones ([`PaymentState::check`]). One transaction and about six
 /// statements serve the whole batch, instead of a transaction of eight per command.
 pub async fn intake_batch(
     pool: &PgPool,
