@@ -278,13 +278,12 @@ async fn intake_round(
     let mut payments = lock_payments(&mut tx, items).await?;
     // Read after the payments are locked, so a refund committed by a batch we waited for
     // is seen.
-    let mut existing: HashMap<String, (String, String)> = HashMap::new();
-    if read_stored {
+    let existing: HashMap<String, (String, String)> = if read_stored {
         let references: Vec<&str> = items
             .iter()
             .map(|i| i.cmd.refund_reference.as_str())
             .collect();
-        existing = sqlx::query_as::<_, (String, String, String)>(
+        sqlx::query_as::<_, (String, String, String)>(
             "SELECT refund_reference, command_hash, status FROM refunds
              WHERE refund_reference = ANY($1)",
         )
@@ -293,8 +292,10 @@ async fn intake_round(
         .await?
         .into_iter()
         .map(|(r, hash, status)| (r, (hash, status)))
-        .collect();
-    }
+        .collect()
+    } else {
+        HashMap::new()
+    };
 
     // Judge in arrival order. `None` in `answers` marks a command to insert, in `fresh`.
     let mut answers: Vec<Option<Intake>> = Vec::with_capacity(items.len());
