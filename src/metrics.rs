@@ -1,14 +1,17 @@
 //! Prometheus metrics, served at `/metrics`.
 //!
 //! Counters and histograms are recorded where things happen (intake, dispatch, delivery);
-//! gauges that describe stored state (refunds by status, outbox lag, queue depths) are
-//! sampled periodically by [`sample`] so that a scrape never runs heavy queries.
+//! gauges that describe the work in flight (PENDING refunds, outbox lag, queued and failed
+//! merchant webhooks, queue depths) are sampled periodically by [`sample`] so that a scrape
+//! never runs a query. The sample reads only rows still moving (`store::stats`).
 
+use crate::store::stats::InFlight;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
+use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -49,7 +52,11 @@ fn describe() {
     );
     describe_gauge!(
         "refund_worker_refunds",
-        "Refunds stored, by provider and status (sampled)."
+        "PENDING refunds, by provider (sampled; final statuses are counted by refund_worker_refund_events_total)."
+    );
+    describe_gauge!(
+        "refund_worker_refunds_oldest_pending_seconds",
+        "Age of the oldest PENDING refund (sampled)."
     );
     describe_histogram!(
         "refund_worker_provider_call_seconds",
@@ -84,7 +91,7 @@ fn describe() {
     );
     describe_gauge!(
         "refund_worker_webhook_deliveries",
-        "Merchant webhook deliveries, by state (sampled)."
+        "Merchant webhook deliveries queued or failed (sampled)."
     );
     describe_gauge!(
         "refund_worker_queue_depth",
@@ -180,38 +187,39 @@ pub fn queue_depth(queue: &str, depth: u32) {
 /// Samples the database gauges and runs the exporter's upkeep, every `every`, until
 /// `shutdown`.
 pub async fn sample(pool: PgPool, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
+    // Providers reported PENDING before: one that drops out of the query's groups is set
+    // back to 0 rather than left at its last count.
+    let mut seen = BTreeSet::new();
     loop {
         if let Some(h) = handle() {
             h.run_upkeep();
         }
-        if let Err(e) = sample_once(&pool).await {
-            tracing::debug!(error = %e, "metrics sampling failed");
+        match crate::store::stats::in_flight(&pool).await {
+            Ok(now) => record_in_flight(&now, &mut seen),
+            Err(e) => tracing::debug!(error = %e, "metrics sampling failed"),
         }
         tokio::select! { _ = tokio::time::sleep(every) => {}, _ = shutdown.cancelled() => return }
     }
 }
 
-async fn sample_once(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let rows: Vec<(Option<String>, String, i64)> =
-        sqlx::query_as("SELECT provider, status, count(*) FROM refunds GROUP BY provider, status")
-            .fetch_all(pool)
-            .await?;
-    for (provider, status, n) in rows {
-        gauge!("refund_worker_refunds", "provider" => provider.unwrap_or_default(), "status" => status).set(n as f64);
+/// Sets the sampled gauges from a snapshot of the work in flight.
+fn record_in_flight(now: &InFlight, seen: &mut BTreeSet<String>) {
+    for provider in seen.iter() {
+        if !now.pending_by_provider.iter().any(|(p, _)| p == provider) {
+            gauge!("refund_worker_refunds", "provider" => provider.clone(), "status" => "PENDING")
+                .set(0.0);
+        }
     }
-    let (pending, lag): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox WHERE published_at IS NULL",
-    )
-    .fetch_one(pool)
-    .await?;
-    gauge!("refund_worker_outbox_pending").set(pending as f64);
-    gauge!("refund_worker_outbox_lag_seconds").set(lag.unwrap_or(0.0));
-    let states: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM webhook_deliveries GROUP BY state")
-            .fetch_all(pool)
-            .await?;
-    for (state, n) in states {
-        gauge!("refund_worker_webhook_deliveries", "state" => state).set(n as f64);
+    for (provider, n) in &now.pending_by_provider {
+        gauge!("refund_worker_refunds", "provider" => provider.clone(), "status" => "PENDING")
+            .set(*n as f64);
+        seen.insert(provider.clone());
     }
-    Ok(())
+    gauge!("refund_worker_refunds_oldest_pending_seconds").set(now.oldest_pending_secs);
+    gauge!("refund_worker_outbox_pending").set(now.outbox_pending as f64);
+    gauge!("refund_worker_outbox_lag_seconds").set(now.outbox_lag_secs);
+    gauge!("refund_worker_webhook_deliveries", "state" => "queued")
+        .set(now.deliveries_queued as f64);
+    gauge!("refund_worker_webhook_deliveries", "state" => "failed")
+        .set(now.deliveries_failed as f64);
 }

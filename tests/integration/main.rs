@@ -17,4 +17,5 @@ mod provider_bvnk;
 mod provider_webhooks;
 mod resilience;
 mod secrets;
+mod stats;
 mod webhooks;
