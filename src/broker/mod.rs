@@ -1,9 +1,11 @@
 //! RabbitMQ: topology, publishing with confirms, consuming with manual acks.
 
+pub mod acks;
 pub mod dlq;
 pub mod publisher;
 pub mod topology;
 
+pub use acks::AckWindow;
 pub use publisher::{PublishError, Publisher};
 pub use topology::Topology;
 

@@ -12,9 +12,10 @@
 //! boundary, so the consumer only parses. A message that cannot be parsed, names an unknown
 //! provider or one that is not configured is dead-lettered with the reason.
 
-use super::Context;
+use super::{ConsumeError, Context};
 use crate::broker::publisher::Publisher;
 use crate::broker::topology::header_str;
+use crate::broker::AckWindow;
 use crate::domain::ProviderName;
 use crate::providers::{ProviderWebhook, WebhookKind};
 use crate::store::inbound::{self, Applied};
@@ -248,7 +249,7 @@ pub async fn consume(
     ctx: &Context,
     connection: &Connection,
     shutdown: &CancellationToken,
-) -> Result<(), lapin::Error> {
+) -> Result<(), ConsumeError> {
     let queue = super::QueueConsumer::open(
         ctx,
         connection,
@@ -257,6 +258,7 @@ pub async fn consume(
     )
     .await?;
     let (publisher, mut consumer) = (queue.publisher.clone(), queue.consumer.clone());
+    let acks = queue.acks.clone();
     let lane_count = ctx.config.webhook_lanes.max(1);
     let mut lanes = Vec::with_capacity(lane_count);
     let mut workers = tokio::task::JoinSet::new();
@@ -265,6 +267,7 @@ pub async fn consume(
         let (send, mut receive) = tokio::sync::mpsc::unbounded_channel::<Received>();
         lanes.push(send);
         let (ctx, publisher, shutdown) = (ctx.clone(), publisher.clone(), shutdown.clone());
+        let acks = acks.clone();
         workers.spawn(async move {
             while let Some(first) = receive.recv().await {
                 let mut batch = vec![first];
@@ -274,7 +277,7 @@ pub async fn consume(
                         Err(_) => break,
                     }
                 }
-                process_batch(&ctx, &publisher, batch, &shutdown).await;
+                process_batch(&ctx, &publisher, &acks, batch, &shutdown).await;
             }
         });
     }
@@ -293,9 +296,10 @@ pub async fn consume(
         };
         let delivery = match next {
             Some(Ok(d)) => d,
-            Some(Err(e)) => break Err(e),
-            None => break Err(queue.ended()),
+            Some(Err(e)) => break Err(e.into()),
+            None => break Err(queue.ended().into()),
         };
+        acks.received(&delivery);
         let provider = header_str(delivery.properties.headers(), PROVIDER_HEADER)
             .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
         let parsed = parse(ctx, &provider, &delivery.data);
@@ -305,11 +309,11 @@ pub async fn consume(
             provider,
             parsed,
         };
-        if let Err(e) = lanes[lane].send(received) {
-            // Only if the lane's task ended (it panicked): leave the message unacked; it
-            // comes back when the channel closes.
-            tracing::error!(lane, "webhook lane stopped; message left for redelivery");
-            drop(e);
+        if lanes[lane].send(received).is_err() {
+            // Only if the lane's task ended (it panicked): what it held can never be
+            // settled, so give up the channel; closing it redelivers the messages.
+            tracing::error!(lane, "webhook lane stopped; reopening the channel");
+            break Err(ConsumeError::TaskPanicked("provider webhook lane"));
         }
     };
     // Drain: let the lanes finish and acknowledge what they hold before the channel closes.
@@ -354,6 +358,7 @@ fn lane_of(provider: &str, parsed: &Parsed) -> usize {
 async fn process_batch(
     ctx: &Context,
     publisher: &Publisher,
+    acks: &AckWindow,
     batch: Vec<Received>,
     shutdown: &CancellationToken,
 ) {
@@ -367,11 +372,15 @@ async fn process_batch(
         .zip(&described)
         .map(|(d, (_, parsed))| (d.data.as_slice(), parsed))
         .collect();
-    let Some(outcomes) =
-        super::until_stored(ctx, &deliveries, shutdown, "provider webhooks", || {
-            store(ctx, &messages)
-        })
-        .await
+    let Some(outcomes) = super::until_stored(
+        ctx,
+        acks,
+        &deliveries,
+        shutdown,
+        "provider webhooks",
+        || store(ctx, &messages),
+    )
+    .await
     else {
         return;
     };
@@ -386,6 +395,6 @@ async fn process_batch(
             }
             InboundOutcome::Applied(_) => None,
         };
-        super::settle(ctx, publisher, delivery, dead_letter).await;
+        super::settle(ctx, publisher, acks, delivery, dead_letter).await;
     }
 }

@@ -9,8 +9,9 @@
 //! (begin, commit, the WAL flush, round trips) is shared, while each command is judged as
 //! if it had come alone. A lone command is a batch of one, so nothing waits to fill a batch.
 
-use super::Context;
+use super::{ConsumeError, Context};
 use crate::broker::publisher::Publisher;
+use crate::broker::AckWindow;
 use crate::domain::{command, CommandError, RefundCommand};
 use crate::store::{self, Intake, IntakeItem, StoreError};
 use futures::{FutureExt, StreamExt};
@@ -247,7 +248,7 @@ pub async fn consume(
     ctx: &Context,
     connection: &Connection,
     shutdown: &CancellationToken,
-) -> Result<(), lapin::Error> {
+) -> Result<(), ConsumeError> {
     let queue = super::QueueConsumer::open(
         ctx,
         connection,
@@ -256,6 +257,7 @@ pub async fn consume(
     )
     .await?;
     let (publisher, mut consumer) = (queue.publisher.clone(), queue.consumer.clone());
+    let acks = queue.acks.clone();
     let batch_size = ctx.config.intake_batch;
     let batches = usize::from(ctx.config.prefetch).div_ceil(batch_size).max(1);
     let permits = Arc::new(Semaphore::new(batches));
@@ -268,9 +270,10 @@ pub async fn consume(
         };
         let first = match next {
             Some(Ok(d)) => d,
-            Some(Err(e)) => break Err(e),
-            None => break Err(queue.ended()),
+            Some(Err(e)) => break Err(e.into()),
+            None => break Err(queue.ended().into()),
         };
+        acks.received(&first);
         // Move the permit into the task: it returns to the semaphore when the task ends.
         // While we wait for one, more messages arrive and join the next batch.
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -280,7 +283,10 @@ pub async fn consume(
         let mut failed = None;
         while deliveries.len() < batch_size {
             match consumer.next().now_or_never() {
-                Some(Some(Ok(d))) => deliveries.push(d),
+                Some(Some(Ok(d))) => {
+                    acks.received(&d);
+                    deliveries.push(d);
+                }
                 Some(Some(Err(e))) => {
                     failed = Some(e);
                     break;
@@ -293,17 +299,19 @@ pub async fn consume(
             }
         }
         let (ctx, publisher, shutdown) = (ctx.clone(), publisher.clone(), shutdown.clone());
-        let in_flight = in_flight.clone();
+        let (in_flight, acks) = (in_flight.clone(), acks.clone());
         let n = deliveries.len();
         crate::metrics::commands_in_flight(in_flight.fetch_add(n, Ordering::Relaxed) + n);
         tasks.spawn(async move {
-            process_batch(&ctx, &publisher, deliveries, &shutdown).await;
+            process_batch(&ctx, &publisher, &acks, deliveries, &shutdown).await;
             drop(permit);
             crate::metrics::commands_in_flight(in_flight.fetch_sub(n, Ordering::Relaxed) - n);
         });
-        while tasks.try_join_next().is_some() {}
         if let Some(e) = failed {
-            break Err(e);
+            break Err(e.into());
+        }
+        if panicked(&mut tasks) {
+            break Err(ConsumeError::TaskPanicked("intake batch"));
         }
     };
     // Drain: let in-flight messages finish and be acknowledged before the channel closes.
@@ -312,15 +320,29 @@ pub async fn consume(
     result
 }
 
-/// Handles a batch of deliveries end to end: store, then ack each (or dead-letter, then ack).
+/// Reaps finished batch tasks; true if one panicked.
+fn panicked(tasks: &mut tokio::task::JoinSet<()>) -> bool {
+    let mut panicked = false;
+    while let Some(done) = tasks.try_join_next() {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "intake batch task failed");
+            panicked = true;
+        }
+    }
+    panicked
+}
+
+/// Handles a batch of deliveries end to end: store, then settle each (dead letters first
+/// go to their queue); the acks go out a run at a time.
 async fn process_batch(
     ctx: &Context,
     publisher: &Publisher,
+    acks: &AckWindow,
     deliveries: Vec<Delivery>,
     shutdown: &CancellationToken,
 ) {
     let prepared: Vec<Prepared> = deliveries.iter().map(|d| prepare(ctx, &d.data)).collect();
-    let Some(outcomes) = super::until_stored(ctx, &deliveries, shutdown, "intake", || {
+    let Some(outcomes) = super::until_stored(ctx, acks, &deliveries, shutdown, "intake", || {
         store(ctx, &prepared)
     })
     .await
@@ -328,7 +350,7 @@ async fn process_batch(
         return;
     };
     for (delivery, outcome) in deliveries.into_iter().zip(outcomes) {
-        settle_command(ctx, publisher, delivery, outcome).await;
+        settle_command(ctx, publisher, acks, delivery, outcome).await;
     }
 }
 
@@ -336,6 +358,7 @@ async fn process_batch(
 async fn settle_command(
     ctx: &Context,
     publisher: &Publisher,
+    acks: &AckWindow,
     delivery: Delivery,
     outcome: IntakeOutcome,
 ) {
@@ -360,5 +383,5 @@ async fn settle_command(
         }
         _ => None,
     };
-    super::settle(ctx, publisher, delivery, dead_letter).await;
+    super::settle(ctx, publisher, acks, delivery, dead_letter).await;
 }

@@ -75,6 +75,19 @@ impl Context {
     }
 }
 
+/// Why a consumer loop ended; the worker reconnects after either.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The broker connection or channel failed.
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    /// A task holding deliveries panicked. Its deliveries can never be settled, and no
+    /// acknowledgement may pass them, so the channel is given up: closing it redelivers
+    /// them (a stored one comes back as a duplicate).
+    #[error("a {0} task panicked; its messages are redelivered on a new channel")]
+    TaskPanicked(&'static str),
+}
+
 /// Sleeps for `idle` unless `wakeup` fires or shutdown is requested first.
 pub async fn idle(
     wakeup: &Notify,
@@ -93,6 +106,7 @@ pub async fn idle(
 /// Returns `None` on shutdown, after nacking the deliveries so they are redelivered.
 pub(crate) async fn until_stored<T, F, Fut>(
     ctx: &Context,
+    acks: &crate::broker::AckWindow,
     deliveries: &[lapin::message::Delivery],
     shutdown: &tokio_util::sync::CancellationToken,
     what: &'static str,
@@ -118,9 +132,7 @@ where
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => {
                         for delivery in deliveries {
-                            let _ = delivery
-                                .nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() })
-                                .await;
+                            requeue(acks, delivery).await;
                         }
                         return None;
                     }
@@ -130,12 +142,26 @@ where
     }
 }
 
+/// Nacks a delivery for redelivery and settles it in the ack window.
+async fn requeue(acks: &crate::broker::AckWindow, delivery: &lapin::message::Delivery) {
+    let _ = delivery
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = acks.settle(delivery, false).await {
+        tracing::warn!(error = %e, "ack failed; the messages will be redelivered and deduplicated");
+    }
+}
+
 /// Settles a processed delivery: with a `dead_letter` (queue, reason) it is first copied
 /// to that dead-letter queue with its reason (and nacked for redelivery if the broker did
-/// not confirm the copy); then it is acknowledged.
+/// not confirm the copy); then it is acknowledged, with the run it closes (`AckWindow`).
 pub(crate) async fn settle(
     ctx: &Context,
     publisher: &crate::broker::Publisher,
+    acks: &crate::broker::AckWindow,
     delivery: lapin::message::Delivery,
     dead_letter: Option<(&str, &str)>,
 ) {
@@ -152,24 +178,16 @@ pub(crate) async fn settle(
             )
             .await
         {
-            // Not confirmed: leave it unacked; it comes back after reconnecting.
+            // Not confirmed: leave it for redelivery; it comes back after reconnecting.
             tracing::error!(error = %e, "dead-letter publish failed; message kept");
-            let _ = delivery
-                .nack(lapin::options::BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            requeue(acks, &delivery).await;
             return;
         }
     }
-    if let Err(e) = delivery
-        .ack(lapin::options::BasicAckOptions::default())
-        .await
-    {
+    if let Err(e) = acks.settle(&delivery, true).await {
         // The channel died after the commit: the broker redelivers, and the redelivery is
         // recognised as a duplicate.
-        tracing::warn!(error = %e, "ack failed; the message will be redelivered and deduplicated");
+        tracing::warn!(error = %e, "ack failed; the messages will be redelivered and deduplicated");
     }
 }
 
@@ -182,6 +200,8 @@ pub(crate) struct QueueConsumer {
     pub publisher: crate::broker::Publisher,
     /// The deliveries.
     pub consumer: lapin::Consumer,
+    /// Acknowledges the deliveries a run at a time; every delivery is registered on receipt.
+    pub acks: std::sync::Arc<crate::broker::AckWindow>,
 }
 
 impl QueueConsumer {
@@ -212,6 +232,7 @@ impl QueueConsumer {
             channel,
             publisher,
             consumer,
+            acks: Default::default(),
         })
     }
 

@@ -360,6 +360,24 @@ impl TestApp {
         None
     }
 
+    /// Messages ready in `queue` (not counting those delivered and not yet acknowledged).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let q = channel
+            .queue_declare(
+                queue,
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        let _ = channel.close(200, "done").await;
+        q.message_count()
+    }
+
     /// Injects sandbox faults.
     pub fn faults(&self, faults: Faults) {
         self.sandbox.inject(faults);

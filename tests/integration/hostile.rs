@@ -369,19 +369,7 @@ fn code(answer: &Value) -> &str {
 
 /// Messages the ingress published to `provider.webhooks` that no consumer took yet.
 async fn queued_webhooks(app: &TestApp) -> u32 {
-    let channel = app.connection.create_channel().await.expect("channel");
-    let q = channel
-        .queue_declare(
-            &app.topology.webhooks_queue,
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .expect("queue exists");
-    q.message_count()
+    app.queue_depth(&app.topology.webhooks_queue).await
 }
 
 #[tokio::test]

@@ -454,6 +454,65 @@ async fn a_burst_is_stored_in_batches_and_the_guard_still_holds() {
 }
 
 #[tokio::test]
+async fn every_message_is_acknowledged_once_whichever_batch_settles_first() {
+    // Small batches, several at once: batches finish out of order, dead letters wait for
+    // their confirm, and the acks go out a run at a time (`broker::acks`). A multiple ack
+    // sent too early would lose messages; one left out would leave them unacked (back in
+    // the queue when the worker stops); one naming a tag the broker no longer holds would
+    // close the channel and redeliver, and the dead letters would be copied twice.
+    let mut app = TestApp::spawn_with(Options {
+        env: vec![("INTAKE_BATCH", "3".into()), ("PREFETCH", "24".into())],
+        ..Options::default()
+    })
+    .await;
+    let (mut dead, mut stored) = (0, 0);
+    for i in 0..90 {
+        match i % 5 {
+            0 => {
+                app.publish_raw(format!("not json {i}").as_bytes()).await;
+                dead += 1;
+            }
+            1 => {
+                let mut invalid = va_command(&format!("acks-{i}"), "1.00");
+                invalid["amount"] = json!("-1");
+                app.publish(&invalid).await;
+                stored += 1;
+            }
+            _ => {
+                app.publish(&va_command(&format!("acks-{i}"), "1.00")).await;
+                stored += 1;
+                if i % 7 == 0 {
+                    app.publish(&va_command(&format!("acks-{i}"), "1.00")).await;
+                }
+            }
+        }
+    }
+    app.start_worker();
+    app.eventually("every command stored", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM refunds")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        n == stored
+    })
+    .await;
+    app.eventually("every dead letter copied", || async {
+        app.queue_depth(&app.topology.commands_dlq).await >= dead
+    })
+    .await;
+    app.stop_worker().await;
+    assert_eq!(app.queue_depth(&app.topology.commands_queue).await, 0);
+    assert_eq!(app.queue_depth(&app.topology.commands_dlq).await, dead);
+    let refused: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM refunds WHERE failure_code = 'INVALID_COMMAND'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(refused, 18);
+    app.cleanup().await;
+}
+
+#[tokio::test]
 async fn intake_claims_new_refunds_for_the_dispatcher_as_a_claim_would() {
     use refund_worker::domain::{Phase, RefundCommand};
     use refund_worker::store::{refunds, Intake, IntakeItem, Preclaim, StepRecord, StoreUpdate};
