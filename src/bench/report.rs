@@ -29,7 +29,7 @@ const TARGET_RSS_MIB: f64 = 64.0;
 /// Per refund: the command is consumed once, and two events are published (PENDING at
 /// intake, COMPLETED when recorded). Commits, as if nothing were batched: one intake
 /// transaction, then per provider call one claim (`store::refunds::claim_due`) and one
-/// record (`record_step`), and the relay's mark (`outbox::mark_published`) per event. The
+/// record (`record_step`), and the relay's mark (`outbox::take_batch`) per event. The
 /// real worker batches intake, claims, records and relay marks (what the rows prove is in
 /// [`RowCommits`]). The number of provider calls comes from the run: with the sandbox's
 /// completion delay at 0 the submit itself answers COMPLETED, so it is one.

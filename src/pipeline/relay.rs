@@ -1,9 +1,10 @@
 //! Relay: publishes committed outbox events with publisher confirms.
 //!
-//! A batch is locked (`FOR UPDATE SKIP LOCKED`, so several workers share the outbox),
-//! published in a pipeline, and marked published only after every confirm arrived. If the
-//! process dies in between, the rows stay unpublished and are sent again with the same
-//! `eventId` (at-least-once; consumers dedupe on `eventId`).
+//! A batch is taken and stamped published in one statement (`FOR UPDATE SKIP LOCKED`, so
+//! several workers share the outbox), published in a pipeline, and committed only after
+//! every confirm arrived. If the process dies in between, the transaction never commits,
+//! the rows stay unpublished and are sent again with the same `eventId` (at-least-once;
+//! consumers dedupe on `eventId`).
 
 use super::Context;
 use crate::broker::publisher::{json_properties, Outgoing, PublishError, Publisher};
@@ -42,7 +43,7 @@ pub enum RelayOutcome {
 /// Publishes one batch of outbox events.
 pub async fn step(ctx: &Context, publisher: &Publisher) -> Result<RelayOutcome, RelayError> {
     let mut tx = ctx.pool.begin().await?;
-    let rows = outbox::lock_batch(&mut tx, BATCH).await?;
+    let rows = outbox::take_batch(&mut tx, BATCH).await?;
     if rows.is_empty() {
         tx.commit().await?;
         return Ok(RelayOutcome::Idle);
@@ -70,8 +71,6 @@ pub async fn step(ctx: &Context, publisher: &Publisher) -> Result<RelayOutcome, 
     for confirm in confirms {
         Publisher::confirmed(confirm).await?;
     }
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    outbox::mark_published(&mut tx, &ids).await?;
     tx.commit().await?;
     crate::metrics::events_published(rows.len());
     Ok(RelayOutcome::Published(rows.len()))
