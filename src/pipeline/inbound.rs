@@ -292,6 +292,12 @@ pub async fn consume(
                 }
                 continue;
             }
+            // A lane ends only when its sender is dropped after this loop: here it panicked,
+            // holding deliveries no ack may pass.
+            done = workers.join_next(), if !workers.is_empty() => {
+                let cause = done.and_then(Result::err);
+                break Err(super::task_failed(cause, "provider webhook lane"));
+            }
             next = consumer.next() => next,
         };
         let delivery = match next {
@@ -312,8 +318,7 @@ pub async fn consume(
         if lanes[lane].send(received).is_err() {
             // Only if the lane's task ended (it panicked): what it held can never be
             // settled, so give up the channel; closing it redelivers the messages.
-            tracing::error!(lane, "webhook lane stopped; reopening the channel");
-            break Err(ConsumeError::TaskPanicked("provider webhook lane"));
+            break Err(super::task_failed(None, "provider webhook lane"));
         }
     };
     // Drain: let the lanes finish and acknowledge what they hold before the channel closes.

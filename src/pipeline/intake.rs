@@ -266,6 +266,12 @@ pub async fn consume(
     let result = loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            // A batch that panicked holds deliveries no ack may pass: notice it even when
+            // the prefetch window is full and no delivery comes.
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
+                Ok(()) => continue,
+                Err(e) => break Err(super::task_failed(Some(e), "intake batch")),
+            },
             next = consumer.next() => next,
         };
         let first = match next {
@@ -310,26 +316,11 @@ pub async fn consume(
         if let Some(e) = failed {
             break Err(e.into());
         }
-        if panicked(&mut tasks) {
-            break Err(ConsumeError::TaskPanicked("intake batch"));
-        }
     };
     // Drain: let in-flight messages finish and be acknowledged before the channel closes.
     while tasks.join_next().await.is_some() {}
     queue.close().await;
     result
-}
-
-/// Reaps finished batch tasks; true if one panicked.
-fn panicked(tasks: &mut tokio::task::JoinSet<()>) -> bool {
-    let mut panicked = false;
-    while let Some(done) = tasks.try_join_next() {
-        if let Err(e) = done {
-            tracing::error!(error = %e, "intake batch task failed");
-            panicked = true;
-        }
-    }
-    panicked
 }
 
 /// Handles a batch of deliveries end to end: store, then settle each (dead letters first

@@ -88,6 +88,19 @@ pub enum ConsumeError {
     TaskPanicked(&'static str),
 }
 
+/// The error that ends a consumer loop when one of its tasks stopped (it panicked): logs
+/// the cause, if known.
+pub(crate) fn task_failed(
+    cause: Option<tokio::task::JoinError>,
+    what: &'static str,
+) -> ConsumeError {
+    match cause {
+        Some(e) => tracing::error!(error = %e, "{what} task failed"),
+        None => tracing::error!("{what} task stopped"),
+    }
+    ConsumeError::TaskPanicked(what)
+}
+
 /// Sleeps for `idle` unless `wakeup` fires or shutdown is requested first.
 pub async fn idle(
     wakeup: &Notify,
