@@ -24,8 +24,14 @@ What is checked (each line printed as `ok` or `FAIL`):
   TriggerAuthentication, never to zero and with at least 2 pods for the budget, and its
   maximum fits PostgreSQL's max_connections; the Policy matches refund.commands only and
   names DLX `refunds.dlx`, routing key `refund.commands.dlq` and delivery-limit 20 (the
-  values in src/broker/topology.rs); the RabbitmqCluster and CloudNativePG Cluster have 3
-  members.
+  values in src/broker/topology.rs); the worker's Permission grants configure, write and read
+  on every exchange and queue name in src/broker/topology.rs; the RabbitmqCluster and
+  CloudNativePG Cluster have 3 members.
+- Monitoring (when the overlay includes deploy/components/monitoring): the PodMonitor scrapes
+  /metrics on the port the Deployment names `http` and selects the pods; every rule has an
+  alert name, an expression and a severity; every metric a rule reads is one src/metrics.rs
+  exports; with promtool installed, `promtool check rules` and the unit tests in
+  rules.test.yaml.
 - docker-compose.yml: `config -q` with each compose tool found; structurally, the five
   services, an image or build each, healthchecks where depends_on waits for health,
   depends_on targets that exist, a one-shot `migrate`, the worker wired to the sandbox (which
@@ -121,6 +127,8 @@ def code_facts(rep: Report) -> dict:
             m = re.search(rf'{field}:\s*format!\("\{{prefix\}}([^"]+)"\)', topo)
             if m:
                 facts[key] = m.group(1)
+        m = re.search(r"fn with_prefix.*?\n    \}", topo, re.S)
+        facts["topology_names"] = sorted(set(re.findall(r'format!\("\{prefix\}([^"]+)"\)', m.group(0)))) if m else []
         m = re.search(r"pub const DELIVERY_LIMIT:\s*i64\s*=\s*(\d+)", topo)
         if m:
             facts["delivery_limit"] = int(m.group(1))
@@ -457,6 +465,18 @@ def check_kubernetes(docs: list[dict], facts: dict, rep: Report) -> None:
             rep.check(apply_to in ("queues", "quorum_queues", "all"), "the Policy applies to (quorum) queues", f"got {apply_to!r}")
             if vhosts:
                 rep.check(dig(p, "spec", "vhost", default="/") in vhosts, "the Policy's vhost is a rendered Vhost", f"got {dig(p, 'spec', 'vhost')!r}, vhosts {sorted(vhosts)}")
+        # The worker declares every exchange and queue of its topology at start-up, binds,
+        # publishes and consumes: its user needs configure, write and read on all of them.
+        names = facts.get("topology_names", [])
+        rep.check(len(names) >= 6, f"topology names read from src/broker/topology.rs ({len(names)})", str(names))
+        for perm in by_kind(docs, "Permission"):
+            for access in ("configure", "write", "read"):
+                pattern = dig(perm, "spec", "permissions", access, default="")
+                try:
+                    missing = [n for n in names if not re.search(pattern, n)]
+                except re.error as e:
+                    missing = [f"pattern does not compile: {e}"]
+                rep.check(not missing, f"Permission {name_of(perm)} grants {access} on every exchange and queue the worker declares", f"not matched: {missing}")
         refs = [(o.get("kind"), name_of(o), dig(o, "spec", "rabbitmqClusterReference", "name"))
                 for o in docs if isinstance(o, dict) and dig(o, "spec", "rabbitmqClusterReference") is not None]
         dangling = [f"{k}/{n} -> {r}" for k, n, r in refs if r not in cluster_names]
@@ -666,6 +686,57 @@ def check_dockerfile(rep: Report) -> None:
         rep.check(not missing, f"the Dockerfile copies every file the build reads outside src/ ({len(reads)})", f"missing or ignored: {missing}")
 
 
+# --------------------------------------------------------------------------------------------
+# Monitoring
+# --------------------------------------------------------------------------------------------
+
+
+def check_monitoring(docs: list[dict], rep: Report) -> None:
+    monitors, rules = by_kind(docs, "PodMonitor"), by_kind(docs, "PrometheusRule")
+    if not monitors and not rules:
+        rep.note("no monitoring component in this overlay")
+        return
+    deployments = [d for d in by_kind(docs, "Deployment") if name_of(d) == DEPLOYMENT]
+    pod_labels = {}
+    ports = set()
+    for d in deployments:
+        template = d.get("spec", {}).get("template", {})
+        pod_labels = template.get("metadata", {}).get("labels", {}) or {}
+        for c in template.get("spec", {}).get("containers", []) or []:
+            ports |= {p.get("name") for p in c.get("ports", []) or []}
+    for m in monitors:
+        spec = m.get("spec", {})
+        selector = spec.get("selector", {}).get("matchLabels", {}) or {}
+        rep.check(bool(selector) and all(pod_labels.get(k) == v for k, v in selector.items()),
+                  f"PodMonitor {name_of(m)} selects the worker's pods", f"{selector} vs {pod_labels}")
+        endpoints = spec.get("podMetricsEndpoints", []) or []
+        rep.check(any(e.get("path") == "/metrics" and e.get("port") in ports for e in endpoints),
+                  f"PodMonitor {name_of(m)} scrapes /metrics on a named container port", f"{endpoints} vs ports {sorted(p for p in ports if p)}")
+    exported = set(re.findall(r'"(refund_worker_[a-z_]+)"', (ROOT / "src/metrics.rs").read_text(encoding="utf-8")))
+    for r in rules:
+        groups = r.get("spec", {}).get("groups", []) or []
+        for rule in (x for g in groups for x in g.get("rules", []) or []):
+            name = rule.get("alert", "?")
+            rep.check(bool(rule.get("alert")) and bool(rule.get("expr")) and rule.get("labels", {}).get("severity") in ("critical", "warning", "info"),
+                      f"alert {name} has a name, an expression and a severity", str(rule))
+            used = set(re.findall(r"refund_worker_[a-z_]+", str(rule.get("expr", ""))))
+            rep.check(bool(used) and used <= exported, f"alert {name} reads metrics the worker exports", f"unknown: {sorted(used - exported)}")
+        promtool = shutil.which("promtool")
+        if not promtool:
+            rep.note("promtool not installed: rule syntax and unit tests not run (apt-get install prometheus)")
+            continue
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
+            proc = subprocess.run([promtool, "check", "rules", "rules.yaml"], cwd=tmp, capture_output=True, text=True)
+            rep.check(proc.returncode == 0, f"promtool check rules ({name_of(r)})", (proc.stdout + proc.stderr).strip())
+            tests = ROOT / "deploy/components/monitoring/rules.test.yaml"
+            if tests.is_file():
+                shutil.copy(tests, Path(tmp) / "rules.test.yaml")
+                proc = subprocess.run([promtool, "test", "rules", "rules.test.yaml"], cwd=tmp, capture_output=True, text=True)
+                rep.check(proc.returncode == 0, f"promtool test rules ({tests.relative_to(ROOT)})", (proc.stdout + proc.stderr).strip())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--overlay", default=str(ROOT / "deploy/overlays/example"), help="kustomize overlay to render and check")
@@ -679,6 +750,8 @@ def main() -> int:
     docs = render(Path(args.overlay), rep)
     if docs is not None:
         check_kubernetes(docs, facts, rep)
+        rep.start("Monitoring")
+        check_monitoring(docs, rep)
     check_compose(facts, not args.no_compose_tool, rep)
     check_dockerfile(rep)
 
