@@ -100,9 +100,65 @@ pub async fn ensure_database(url: &str) -> Result<(), StoreError> {
 ///
 /// Migrations newer than this binary are tolerated, so the previous release can still
 /// start during a rollback (migrations are additive; see docs/operations.md).
+///
+/// Every pod migrates at start, so several may try at once. sqlx serialises them with a
+/// *blocking* `pg_advisory_lock`, and a pod waiting in that statement holds a snapshot,
+/// which a `CREATE INDEX CONCURRENTLY` in the lock holder's migration waits for: a lock
+/// cycle PostgreSQL breaks by cancelling one side. If it cancels the index build, an
+/// INVALID index is left behind, and the next pod's `CREATE INDEX ... IF NOT EXISTS` skips
+/// it and records the migration as applied (the same bug: element-hq/matrix-authentication-
+/// service#5297). So the worker takes sqlx's own lock (same key, so older binaries still
+/// exclude us) by polling `pg_try_advisory_lock`, which holds no snapshot while it waits,
+/// and afterwards refuses to start if any index of the schema is INVALID.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.set_ignore_missing(true);
-    migrator.run(pool).await?;
+    migrator.set_locking(false);
+    let mut conn = pool.acquire().await?;
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut *conn)
+        .await?;
+    let key = migration_lock_key(&database);
+    while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await?
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // `run_direct` on our connection: `run` takes an `Acquire`, whose lifetimes do not let
+    // the future be spawned (sqlx's own comment on `run_direct`).
+    let applied = migrator.run_direct(&mut *conn).await;
+    // Released with the session too, should this connection die first.
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *conn)
+        .await;
+    applied?;
+    let invalid: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_index i
+         JOIN pg_class c ON c.oid = i.indexrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE NOT i.indisvalid AND n.nspname = current_schema()
+         ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if !invalid.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "INVALID index(es) {} (a CREATE INDEX CONCURRENTLY that did not finish): \
+             run DROP INDEX CONCURRENTLY on each, then start again so the migration rebuilds it \
+             (docs/operations.md, \"Upgrades and migrations\")",
+            invalid.join(", ")
+        )));
+    }
     Ok(())
+}
+
+/// The advisory lock key sqlx's PostgreSQL migrator uses for `database` (sqlx-postgres
+/// `generate_lock_id`): sharing it keeps binaries that lock the sqlx way and ours mutually
+/// exclusive.
+fn migration_lock_key(database: &str) -> i64 {
+    const CRC_IEEE: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32ad9e * i64::from(CRC_IEEE.checksum(database.as_bytes()))
 }

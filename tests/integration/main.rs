@@ -10,6 +10,7 @@ mod helpers;
 mod hostile;
 mod inbound;
 mod intake;
+mod migrations;
 mod pipeline;
 mod provider_binance_pay;
 mod provider_bpn;
