@@ -27,6 +27,8 @@ What is checked (each line printed as `ok` or `FAIL`):
   values in src/broker/topology.rs); the worker's Permission grants configure, write and read
   on every exchange and queue name in src/broker/topology.rs; the RabbitmqCluster and
   CloudNativePG Cluster have 3 members.
+- Webhook ingress: an Ingress publishes POST /webhooks/ (and only that prefix: the admin
+  API, /metrics and /openapi.json share the listener) to the worker Service's port, with TLS.
 - Monitoring (when the overlay includes deploy/components/monitoring): the PodMonitor scrapes
   /metrics on the port the Deployment names `http` and selects the pods; every rule has an
   alert name, an expression and a severity; every metric a rule reads is one src/metrics.rs
@@ -391,7 +393,9 @@ def check_kubernetes(docs: list[dict], facts: dict, rep: Report) -> None:
         targets = [port_number(p.get("targetPort", p.get("port")), main) for p in ports]
         rep.check(listen_port in targets, f"the Service targets port {listen_port}", f"targets {targets}")
     if rep.check(len(pdbs) == 1, "one PodDisruptionBudget selects the worker pods", f"found {len(pdbs)}"):
-        rep.check(to_int(dig(pdbs[0], "spec", "minAvailable")) == 1, "PodDisruptionBudget minAvailable is 1", f"got {dig(pdbs[0], 'spec', 'minAvailable')!r}")
+        # One at a time (maxUnavailable 1); with at least 2 replicas that never takes the last.
+        rep.check(to_int(dig(pdbs[0], "spec", "maxUnavailable")) == 1 and dig(pdbs[0], "spec", "minAvailable") is None,
+                  "PodDisruptionBudget allows one pod at a time (maxUnavailable 1)", f"got {dig(pdbs[0], 'spec')!r}")
     if not scaled:
         rep.check(replicas is not None and to_int(replicas, 0) >= 2, "without a ScaledObject, replicas >= 2 (or the budget blocks every drain)", f"replicas={replicas!r}")
 
@@ -691,6 +695,25 @@ def check_dockerfile(rep: Report) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def check_ingress(docs: list[dict], rep: Report) -> None:
+    """Providers must reach POST /webhooks/{provider}, and nothing else of the listener."""
+    ingresses = by_kind(docs, "Ingress")
+    rep.check(bool(ingresses), "an Ingress publishes the provider webhook ingress", "none rendered: providers could not reach /webhooks/")
+    services = {name_of(s): s for s in by_kind(docs, "Service")}
+    for ing in ingresses:
+        paths = [p for r in dig(ing, "spec", "rules", default=[]) or [] for p in dig(r, "http", "paths", default=[]) or []]
+        rep.check(bool(paths) and all(p.get("path", "").startswith("/webhooks/") for p in paths),
+                  f"Ingress {name_of(ing)} routes only /webhooks/ (the admin API, /metrics and /openapi.json stay internal)",
+                  str([p.get("path") for p in paths]))
+        for p in paths:
+            svc = dig(p, "backend", "service", "name")
+            port = dig(p, "backend", "service", "port", "name") or dig(p, "backend", "service", "port", "number")
+            ports = [sp.get("name") for sp in dig(services.get(svc, {}), "spec", "ports", default=[]) or []] + \
+                    [sp.get("port") for sp in dig(services.get(svc, {}), "spec", "ports", default=[]) or []]
+            rep.check(svc == DEPLOYMENT and port in ports, f"Ingress {name_of(ing)} path {p.get('path')} reaches the worker Service's port", f"{svc}:{port}")
+        rep.check(bool(dig(ing, "spec", "tls")), f"Ingress {name_of(ing)} terminates TLS", "no spec.tls")
+
+
 def check_monitoring(docs: list[dict], rep: Report) -> None:
     monitors, rules = by_kind(docs, "PodMonitor"), by_kind(docs, "PrometheusRule")
     if not monitors and not rules:
@@ -750,6 +773,8 @@ def main() -> int:
     docs = render(Path(args.overlay), rep)
     if docs is not None:
         check_kubernetes(docs, facts, rep)
+        rep.start("Webhook ingress")
+        check_ingress(docs, rep)
         rep.start("Monitoring")
         check_monitoring(docs, rep)
     check_compose(facts, not args.no_compose_tool, rep)

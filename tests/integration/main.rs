@@ -19,4 +19,5 @@ mod provider_webhooks;
 mod resilience;
 mod secrets;
 mod stats;
+mod tls;
 mod webhooks;

@@ -1,0 +1,22 @@
+//! The worker can reach PostgreSQL over TLS (a managed database that enforces it, or a
+//! network that must not carry refund data in clear text).
+
+use crate::helpers::pg_server;
+use refund_worker::store;
+
+#[tokio::test]
+async fn database_connections_can_require_tls() {
+    // The local server has TLS on (Debian's default snakeoil certificate); `require`
+    // encrypts without verifying the certificate, `verify-full` would also check it.
+    let url = format!("{}/postgres?sslmode=require", pg_server());
+    let pool = store::connect(&url, 1)
+        .await
+        .expect("sslmode=require connects: sqlx is built with TLS");
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(encrypted, "the session is not encrypted");
+    pool.close().await;
+}
