@@ -95,7 +95,7 @@ fn describe() {
     );
     describe_gauge!(
         "refund_worker_queue_depth",
-        "Messages in the command queue and its dead-letter queue (sampled)."
+        "Messages in the command and provider webhook queues, their dead-letter queues and refunds.unrouted (sampled)."
     );
     describe_gauge!(
         "refund_worker_commands_in_flight",

@@ -114,6 +114,8 @@ async fn session(
                     &topology.commands_dlq,
                     &topology.webhooks_queue,
                     &topology.webhooks_dlq,
+                    // Events no subscriber was bound for: kept, so they can grow unseen.
+                    &topology.unrouted,
                 ] {
                     if let Ok(d) = crate::broker::dlq::depth_on(&channel, q).await {
                         crate::metrics::queue_depth(q, d);
