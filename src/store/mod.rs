@@ -25,7 +25,7 @@ pub mod stats;
 pub mod webhooks;
 
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use std::time::Duration;
 
 pub use refunds::{
@@ -78,14 +78,35 @@ impl StoreError {
 /// Opens a connection pool. Connections are made lazily and re-made after the server
 /// restarts, so a pool survives PostgreSQL restarts on its own.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let mut options: PgConnectOptions = url.parse()?;
+    let sslmode_given = std::env::var_os("PGSSLMODE").is_some()
+        || url::Url::parse(url).map_or(true, |u| u.query_pairs().any(|(k, _)| k == "sslmode"));
+    if skip_tls(sslmode_given, options.get_host()) {
+        options = options.ssl_mode(PgSslMode::Disable);
+    }
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         // No `SELECT 1` round trip before every checkout: a dead connection fails its
         // query instead, which every caller already treats as retryable (see error.rs).
         .test_before_acquire(false)
-        .connect(url)
+        .connect_with(options)
         .await?)
+}
+
+/// Whether to connect without TLS: only when nobody chose an `sslmode` (in the URL or
+/// `PGSSLMODE`) and the server is on this machine (loopback or a Unix socket), where TLS
+/// protects nothing and costs CPU on both ends (6% of the benchmark's throughput on the
+/// loopback, BENCHMARKS.md). Anywhere else sqlx's default, `prefer`, uses TLS whenever the
+/// server offers it.
+fn skip_tls(sslmode_given: bool, host: &str) -> bool {
+    let local = host == "localhost"
+        || host.starts_with('/')
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !sslmode_given && local
 }
 
 /// Creates the database if it does not exist (local setups and tests).
@@ -161,4 +182,26 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 fn migration_lock_key(database: &str) -> i64 {
     const CRC_IEEE: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
     0x3d32ad9e * i64::from(CRC_IEEE.checksum(database.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_tls;
+
+    #[test]
+    fn tls_is_skipped_only_for_a_local_server_nobody_chose_a_mode_for() {
+        for host in [
+            "127.0.0.1",
+            "localhost",
+            "::1",
+            "[::1]",
+            "/var/run/postgresql",
+        ] {
+            assert!(skip_tls(false, host), "{host}");
+            assert!(!skip_tls(true, host), "{host} with an explicit sslmode");
+        }
+        for host in ["db.internal", "10.0.0.5", "refunds-pg-rw.refunds.svc"] {
+            assert!(!skip_tls(false, host), "{host}");
+        }
+    }
 }

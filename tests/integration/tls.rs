@@ -20,3 +20,19 @@ async fn database_connections_can_require_tls() {
     assert!(encrypted, "the session is not encrypted");
     pool.close().await;
 }
+
+#[tokio::test]
+async fn a_local_server_without_a_chosen_sslmode_is_reached_in_clear() {
+    // Loopback: TLS would protect nothing and cost CPU on both ends. A mode in the URL (as
+    // above) or in PGSSLMODE is always obeyed.
+    let pool = store::connect(&format!("{}/postgres", pg_server()), 1)
+        .await
+        .unwrap();
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!encrypted);
+    pool.close().await;
+}
