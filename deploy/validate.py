@@ -67,6 +67,7 @@ CONTAINER = "refund-worker"
 PROVIDER_SECRET = "refund-worker-providers"
 PROVIDER_SUFFIXES_SECRET = ("API_KEY", "API_SECRET", "WEBHOOK_SECRET")
 DEFAULT_SHUTDOWN_GRACE = 25  # src/config.rs
+HTTP_DRAIN = 3  # src/cli/mod.rs: after the drain, HTTP requests in flight get this long
 DEFAULT_CLAIM_LEASE = 60  # src/config.rs
 DEFAULT_PROVIDER_TIMEOUT_MS = 10_000  # src/config.rs
 DEFAULT_DB_MAX_CONNECTIONS = 10  # src/config.rs
@@ -311,8 +312,8 @@ def check_kubernetes(docs: list[dict], facts: dict, rep: Report) -> None:
     grace = to_int(env.get("SHUTDOWN_GRACE_SECS") if isinstance(env.get("SHUTDOWN_GRACE_SECS"), str) else None, DEFAULT_SHUTDOWN_GRACE)
     tgps = to_int(pod.get("terminationGracePeriodSeconds"), 30)  # Kubernetes default 30
     rep.check(
-        tgps > max(grace, DEFAULT_SHUTDOWN_GRACE),
-        f"terminationGracePeriodSeconds ({tgps}) > SHUTDOWN_GRACE_SECS ({grace}) and > {DEFAULT_SHUTDOWN_GRACE}",
+        tgps > max(grace, DEFAULT_SHUTDOWN_GRACE) + HTTP_DRAIN,
+        f"terminationGracePeriodSeconds ({tgps}) > SHUTDOWN_GRACE_SECS ({grace}, at least {DEFAULT_SHUTDOWN_GRACE}) + the HTTP drain ({HTTP_DRAIN} s)",
     )
 
     # Security context, per container (container settings override the pod's).

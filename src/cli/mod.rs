@@ -107,6 +107,8 @@ pub async fn migrate(config: &Config) -> anyhow::Result<sqlx::PgPool> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let pool = migrate(&config).await?;
     let shutdown = CancellationToken::new();
+    // The HTTP endpoints stop after the drain, not with it (see below).
+    let http_stop = CancellationToken::new();
     let grace = config.shutdown_grace;
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
@@ -124,7 +126,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             topology: ctx.topology.clone(),
             providers: ctx.providers.clone(),
         });
-        let stop = shutdown.clone();
+        let stop = http_stop.clone();
         tokio::spawn(async move {
             // Connect info gives the ingress's rate limit the source address.
             axum::serve(
@@ -152,9 +154,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
             "drain took longer than SHUTDOWN_GRACE_SECS; unacked commands will be redelivered"
         ),
     }
-    let _ = server.await;
+    // The HTTP endpoints served through the drain: a provider webhook routed here while the
+    // pod's removal from the Service propagates is still taken (it only goes to the queue,
+    // where the other pods apply it). Requests still running get HTTP_DRAIN, not the admin
+    // API's own timeout, so the process ends within SHUTDOWN_GRACE_SECS + HTTP_DRAIN.
+    http_stop.cancel();
+    if tokio::time::timeout(HTTP_DRAIN, server).await.is_err() {
+        tracing::warn!(
+            ?HTTP_DRAIN,
+            "HTTP requests still running at exit were cut off"
+        );
+    }
     Ok(())
 }
+
+/// How long `run` lets HTTP requests in flight finish after the drain. With the default
+/// SHUTDOWN_GRACE_SECS (25) it keeps the whole shutdown inside Kubernetes' 30 s.
+const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Resolves on ctrl-c or SIGTERM.
 pub async fn wait_for_signal() {
