@@ -3,6 +3,15 @@
 
 use crate::helpers::pg_server;
 use refund_worker::store;
+use sqlx::PgPool;
+
+/// Whether this pool's session to the server is encrypted.
+async fn encrypted(pool: &PgPool) -> bool {
+    sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn database_connections_can_require_tls() {
@@ -12,11 +21,7 @@ async fn database_connections_can_require_tls() {
     let pool = store::connect(&url, 1)
         .await
         .expect("sslmode=require connects: sqlx is built with TLS");
-    let encrypted: bool =
-        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let encrypted = encrypted(&pool).await;
     assert!(encrypted, "the session is not encrypted");
     pool.close().await;
 }
@@ -28,11 +33,7 @@ async fn a_local_server_without_a_chosen_sslmode_is_reached_in_clear() {
     let pool = store::connect(&format!("{}/postgres", pg_server()), 1)
         .await
         .unwrap();
-    let encrypted: bool =
-        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let encrypted = encrypted(&pool).await;
     assert!(!encrypted);
     pool.close().await;
 }
