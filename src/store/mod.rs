@@ -168,7 +168,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     if !invalid.is_empty() {
         return Err(StoreError::Invalid(format!(
             "INVALID index(es) {} (a CREATE INDEX CONCURRENTLY that did not finish): \
-             run DROP INDEX CONCURRENTLY on each, then start again so the migration rebuilds it \
+             run REINDEX INDEX CONCURRENTLY on each, then start again (dropping it instead \
+             would lose it for good when its migration is already recorded as applied) \
              (docs/operations.md, \"Upgrades and migrations\")",
             invalid.join(", ")
         )));

@@ -81,14 +81,26 @@ async fn an_invalid_index_stops_the_start_and_is_named() {
         .expect_err("a pod must not start over an INVALID index")
         .to_string();
     assert!(
-        error.contains("leftovers_x") && error.contains("DROP INDEX CONCURRENTLY"),
+        error.contains("leftovers_x") && error.contains("REINDEX INDEX CONCURRENTLY"),
         "{error}"
     );
-    sqlx::query("DROP INDEX CONCURRENTLY leftovers_x")
-        .execute(&pool)
+    // The advice works: without the duplicate, the index rebuilds in place and is kept.
+    for statement in [
+        "DELETE FROM leftovers WHERE ctid = (SELECT max(ctid) FROM leftovers)",
+        "REINDEX INDEX CONCURRENTLY leftovers_x",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    store::migrate(&pool)
         .await
-        .unwrap();
-    store::migrate(&pool).await.expect("starts once it is gone");
+        .expect("starts once it is valid");
+    let valid: bool = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'leftovers_x'::regclass",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(valid);
     pool.close().await;
     drop_database(&name).await;
 }
