@@ -163,7 +163,14 @@ async fn requeue(acks: &crate::broker::AckWindow, delivery: &lapin::message::Del
             ..Default::default()
         })
         .await;
-    if let Err(e) = acks.settle(delivery, false).await {
+    settled(acks, delivery, false).await;
+}
+
+/// Settles a delivery in the ack window (`ack`: to acknowledge, or already nacked). If the
+/// ack the window sends fails, the channel died after the commit: the broker redelivers,
+/// and the redeliveries are recognised as duplicates.
+async fn settled(acks: &crate::broker::AckWindow, delivery: &lapin::message::Delivery, ack: bool) {
+    if let Err(e) = acks.settle(delivery, ack).await {
         tracing::warn!(error = %e, "ack failed; the messages will be redelivered and deduplicated");
     }
 }
@@ -197,11 +204,7 @@ pub(crate) async fn settle(
             return;
         }
     }
-    if let Err(e) = acks.settle(&delivery, true).await {
-        // The channel died after the commit: the broker redelivers, and the redelivery is
-        // recognised as a duplicate.
-        tracing::warn!(error = %e, "ack failed; the messages will be redelivered and deduplicated");
-    }
+    settled(acks, &delivery, true).await;
 }
 
 /// One queue's consumer as both consumer loops open it: its own channel with the `PREFETCH`
