@@ -118,6 +118,15 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     /// `ADMIN_TOKEN`: bearer token of the admin API; the admin routes are off without it.
     pub admin_token: Option<SecretString>,
+    /// `REVIEW_AFTER`: a refund still without a final answer this long after it was
+    /// accepted is flagged for operator review.
+    pub review_after: Duration,
+    /// `REVIEW_POLL`: how often a refund in review is still asked about (at least).
+    pub review_poll: Duration,
+    /// `REQUIRE_PAYMENT_AMOUNT`: refuse (`INVALID_COMMAND`) a refund that nothing can guard
+    /// against over-refunding (no paymentAmount, no pay-in in the ledger, and a provider
+    /// that does not report the refundable amount before the refund call).
+    pub require_payment_amount: bool,
 }
 
 impl Config {
@@ -137,6 +146,21 @@ impl Config {
             }
         };
         let ms = |key: &str, default: u64| num(key, default).map(Duration::from_millis);
+        let duration = |key: &str, default: &str| -> Result<Duration, ConfigError> {
+            let text = get(key).unwrap_or_else(|| default.into());
+            crate::webhooks::schedule::parse_duration(text.trim())
+                .map_err(|e| ConfigError(format!("{key}: {e}")))
+        };
+        let flag = |key: &str| -> Result<bool, ConfigError> {
+            match get(key).map(|v| v.trim().to_ascii_lowercase()) {
+                None => Ok(false),
+                Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+                Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+                Some(v) => Err(ConfigError(format!(
+                    "{key} must be true or false, got `{v}`"
+                ))),
+            }
+        };
 
         let mut providers = BTreeMap::new();
         for name in ProviderName::ALL {
@@ -254,6 +278,9 @@ impl Config {
                 }
                 t => t.map(Into::into),
             },
+            review_after: duration("REVIEW_AFTER", "24h")?,
+            review_poll: duration("REVIEW_POLL", "15m")?,
+            require_payment_amount: flag("REQUIRE_PAYMENT_AMOUNT")?,
         };
         config.validate()?;
         Ok(config)
@@ -281,6 +308,19 @@ impl Config {
                 "CLAIM_LEASE_SECS ({}s) must exceed WEBHOOK_TIMEOUT_MS by at least 5s",
                 self.claim_lease.as_secs()
             )));
+        }
+        // PostgreSQL's interval arithmetic and our clock both handle ten years.
+        let ten_years = Duration::from_secs(3650 * 86_400);
+        for (key, d) in [
+            ("REVIEW_AFTER", self.review_after),
+            ("REVIEW_POLL", self.review_poll),
+        ] {
+            if d < Duration::from_secs(1) || d > ten_years {
+                return Err(ConfigError(format!(
+                    "{key} must be between 1s and 3650d, got {}s",
+                    d.as_secs_f64()
+                )));
+            }
         }
         if self.retry.max_attempts == 0 {
             return Err(ConfigError("MAX_SUBMIT_ATTEMPTS must be at least 1".into()));

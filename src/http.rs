@@ -36,6 +36,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/webhooks/{provider}"),
     ("get", "/v1/refunds"),
     ("get", "/v1/refunds/{refundReference}"),
+    ("post", "/v1/refunds/{refundReference}/recheck"),
+    ("post", "/v1/refunds/{refundReference}/resolve"),
+    ("get", "/v1/provider-webhooks"),
     ("post", "/v1/webhooks/resend"),
     ("get", "/v1/webhooks/failed"),
     ("get", "/v1/dlq/{queue}"),
@@ -62,6 +65,8 @@ pub struct AppState {
     pub topology: Topology,
     /// Provider adapters (the webhook ingress verifies signatures with them).
     pub providers: crate::providers::Providers,
+    /// The worker's context: operator actions (recheck) run the pipeline's own steps.
+    pub context: crate::pipeline::Context,
 }
 
 /// Builds the router.
@@ -85,6 +90,15 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/refunds", get(list_refunds))
         .route("/v1/refunds/{refundReference}", get(get_refund))
+        .route(
+            "/v1/refunds/{refundReference}/recheck",
+            post(recheck_refund),
+        )
+        .route(
+            "/v1/refunds/{refundReference}/resolve",
+            post(resolve_refund),
+        )
+        .route("/v1/provider-webhooks", get(list_provider_webhooks))
         .route("/v1/webhooks/resend", post(resend_webhooks))
         .route("/v1/webhooks/failed", get(failed_webhooks))
         .route("/v1/dlq/{queue}", get(list_dlq))
@@ -356,6 +370,131 @@ async fn list_refunds(
         }
     }
     Ok(Json(store::refunds::list(&state.pool, &filter).await?))
+}
+
+/// `POST /v1/refunds/{ref}/recheck`: optional body `{"reason": "..."}`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RecheckBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn recheck_refund(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    body: Option<Json<RecheckBody>>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::pipeline::review::RecheckError;
+    let reason = body.and_then(|Json(b)| b.reason);
+    let view = crate::pipeline::review::recheck(&state.context, &reference, reason.as_deref())
+        .await
+        .map_err(|e| match e {
+            RecheckError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            RecheckError::Final { .. } | RecheckError::Busy(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            RecheckError::Store(e) => e.into(),
+        })?;
+    Ok(Json(
+        serde_json::to_value(&view).map_err(ApiError::internal)?,
+    ))
+}
+
+/// `POST /v1/refunds/{ref}/resolve`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ResolveBody {
+    status: String,
+    reason: String,
+    #[serde(default)]
+    provider_reference: Option<String>,
+}
+
+async fn resolve_refund(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    body: Result<Json<ResolveBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::domain::review::{ResolveRefused, ResolveRequest};
+    use crate::store::review::{ResolveError, Resolved};
+    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
+    let status = crate::domain::RefundStatus::parse(&body.status)
+        .filter(|s| s.is_final())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("status `{}` is not COMPLETED or REFUND_FAIL", body.status),
+            )
+        })?;
+    let request = ResolveRequest {
+        status,
+        reason: body.reason,
+        provider_reference: body.provider_reference.filter(|r| !r.trim().is_empty()),
+    };
+    let resolved = store::review::resolve(&state.pool, &reference, &request, &state.context.sink)
+        .await
+        .map_err(|e| match e {
+            ResolveError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            ResolveError::Refused(ResolveRefused::Invalid(m)) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m)
+            }
+            ResolveError::Refused(r) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", r.to_string())
+            }
+            ResolveError::Store(e) => e.into(),
+        })?;
+    let answer = match resolved {
+        Resolved::Finished(event) => {
+            state.context.event_committed();
+            crate::metrics::refund_event(&event);
+            tracing::warn!(refund_reference = %reference, status = %event.status,
+                "refund resolved by an operator");
+            json!({"resolved": true, "event": event})
+        }
+        Resolved::Acknowledged => json!({"resolved": true, "acknowledged": true}),
+    };
+    Ok(Json(answer))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboxQuery {
+    state: String,
+    limit: Option<i64>,
+}
+
+async fn list_provider_webhooks(
+    State(state): State<AppState>,
+    Query(q): Query<InboxQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let wanted = q.state.to_ascii_lowercase();
+    if !store::inbound::OPERATOR_STATES.contains(&wanted.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "state `{}` is not one of {}",
+                q.state,
+                store::inbound::OPERATOR_STATES.join(", ")
+            ),
+        ));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("limit must be between 1 and 500, got {limit}"),
+        ));
+    }
+    let items = store::inbound::list_for_operators(&state.pool, &wanted, limit).await?;
+    Ok(Json(json!({"state": wanted, "items": items})))
 }
 
 #[derive(Debug, serde::Deserialize)]

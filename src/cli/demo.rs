@@ -165,6 +165,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             config: ctx.config.clone(),
             topology: ctx.topology.clone(),
             providers: ctx.providers.clone(),
+            context: ctx.clone(),
         });
         let stop = worker_stop.clone();
         tokio::spawn(async move {

@@ -61,6 +61,17 @@ impl ProviderName {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
+
+    /// Whether the adapter asks the provider what is left to refund before every refund
+    /// call, and refuses more (`AMOUNT_EXCEEDS_REFUNDABLE`) without calling: BVNK's
+    /// estimate (`maxAvailableToRefund`) and BPN's order lookup. The over-refund guard's
+    /// source is then `provider` when nothing else knows the payment's amount.
+    pub fn checks_refundable_first(self) -> bool {
+        match self {
+            Self::Bvnk | Self::Bpn => true,
+            Self::VaServices | Self::BinancePay => false,
+        }
+    }
 }
 
 impl fmt::Display for ProviderName {

@@ -40,19 +40,26 @@ impl Schedule {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Parses one duration: a whole number with a unit, `ms`, `s`, `m`, `h` or `d` (`90s`,
+/// `24h`, `30d`); a bare number is seconds. Shared by every duration setting.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 5s, 5m or 2h"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("`{s}` has an unknown unit (use ms, s, m or h)")),
+        .map_err(|_| format!("`{s}` is not a duration like 90s, 5m, 24h or 30d"))?;
+    let secs = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{s}` is too long"))
     };
-    Ok(d)
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!("`{s}` has an unknown unit (use ms, s, m, h or d)")),
+    }
 }
 
 #[cfg(test)]

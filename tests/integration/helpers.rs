@@ -192,6 +192,7 @@ impl TestApp {
                 config: ctx.config.clone(),
                 topology: topology.clone(),
                 providers: ctx.providers.clone(),
+                context: ctx.clone(),
             });
             tokio::spawn(async move { axum::serve(listener, router).await });
             base
@@ -416,6 +417,7 @@ impl TestApp {
             config: self.ctx.config.clone(),
             topology: self.topology.clone(),
             providers: self.ctx.providers.clone(),
+            context: self.ctx.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -17,6 +17,7 @@ mod provider_bpn;
 mod provider_bvnk;
 mod provider_webhooks;
 mod resilience;
+mod review;
 mod secrets;
 mod stats;
 mod tls;
