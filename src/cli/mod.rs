@@ -114,7 +114,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
     tracing::info!(addr = %config.http_addr, providers = ?config.providers.keys().collect::<Vec<_>>(), "refund-worker starting");
-    let providers = Providers::from_config(&config);
+    let providers = Providers::from_config(&config)?;
     let ctx = Context::new(pool.clone(), config, providers);
     let status = Arc::new(worker::Status::default());
 

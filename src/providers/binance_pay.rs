@@ -731,8 +731,8 @@ pub struct BinancePay {
 
 impl BinancePay {
     /// Creates the adapter.
-    pub fn new(settings: ProviderSettings) -> Self {
-        let client = http_client(&settings);
+    pub fn new(settings: ProviderSettings) -> Result<Self, crate::config::ConfigError> {
+        let client = http_client(&settings)?;
         let webhook_key = settings
             .webhook_secret
             .as_ref()
@@ -740,11 +740,11 @@ impl BinancePay {
         if let Some(Err(e)) = &webhook_key {
             tracing::error!(error = %e, "PROVIDER_BINANCE_PAY_WEBHOOK_SECRET is unusable; Binance Pay webhooks will be refused");
         }
-        Self {
+        Ok(Self {
             settings,
             client,
             webhook_key,
-        }
+        })
     }
 
     fn url(&self, path: &str) -> reqwest::Url {
@@ -1348,7 +1348,7 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-            BinancePay::new(config.providers[&ProviderName::BinancePay].clone())
+            BinancePay::new(config.providers[&ProviderName::BinancePay].clone()).unwrap()
         };
         let binance = adapter_with(&config.binance_api_secret);
         let mut r = request("r-wire", "25.17");
@@ -1409,7 +1409,7 @@ mod tests {
 
     #[test]
     fn webhook_signature_is_rsa_sha256_checked_against_openssl() {
-        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY)));
+        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY))).unwrap();
         let now = at(1_700_000_000_000 + 1_000);
         let headers = webhook_headers(TS, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
         assert_eq!(
@@ -1453,7 +1453,7 @@ mod tests {
 
     #[test]
     fn webhook_timestamp_tolerance_applies() {
-        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY)));
+        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY))).unwrap();
         let headers = webhook_headers(TS, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
         let body = WEBHOOK_REFUND.as_bytes();
         // Default tolerance 300 s, either direction.
@@ -1477,21 +1477,21 @@ mod tests {
 
     #[test]
     fn webhook_keys_are_configured_as_pem() {
-        let unconfigured = BinancePay::new(settings(None));
+        let unconfigured = BinancePay::new(settings(None)).unwrap();
         let headers = webhook_headers(TS, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
         let now = at(1_700_000_000_000);
         assert_eq!(
             unconfigured.verify_webhook(&headers, WEBHOOK_REFUND.as_bytes(), now),
             Err(WebhookError::NotConfigured(ProviderName::BinancePay))
         );
-        let broken = BinancePay::new(settings(Some("not a key")));
+        let broken = BinancePay::new(settings(Some("not a key"))).unwrap();
         assert!(matches!(
             broken.verify_webhook(&headers, WEBHOOK_REFUND.as_bytes(), now),
             Err(WebhookError::BadSignature(m)) if m.contains("unusable")
         ));
         // One-line form with \n escapes, as an environment variable holds it.
         let one_line = TEST_PUBLIC_KEY.trim().replace('\n', "\\n");
-        let escaped = BinancePay::new(settings(Some(&one_line)));
+        let escaped = BinancePay::new(settings(Some(&one_line))).unwrap();
         assert_eq!(
             escaped.verify_webhook(&headers, WEBHOOK_REFUND.as_bytes(), now),
             Ok(())
@@ -1613,7 +1613,7 @@ mod tests {
                 "{bad}"
             );
         }
-        let binance = BinancePay::new(settings(None));
+        let binance = BinancePay::new(settings(None)).unwrap();
         assert_eq!(
             binance.webhook_ack(),
             json!({"returnCode": "SUCCESS", "returnMessage": null})

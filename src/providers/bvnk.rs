@@ -176,9 +176,9 @@ pub struct Bvnk {
 
 impl Bvnk {
     /// Creates the adapter.
-    pub fn new(settings: ProviderSettings) -> Self {
-        let client = http_client(&settings);
-        Self { settings, client }
+    pub fn new(settings: ProviderSettings) -> Result<Self, crate::config::ConfigError> {
+        let client = http_client(&settings)?;
+        Ok(Self { settings, client })
     }
 
     fn url(&self, transaction_reference: &str, last: &str) -> reqwest::Url {
@@ -1096,7 +1096,7 @@ mod tests {
 
     #[test]
     fn webhook_signature_is_hmac_of_the_raw_body() {
-        let bvnk = Bvnk::new(settings(Some("wh-secret")));
+        let bvnk = Bvnk::new(settings(Some("wh-secret"))).unwrap();
         // printf '%s' "$(cat fixtures/bvnk/payout-status-change-webhook.json)" | openssl dgst -sha256 -hmac wh-secret
         // (the helper is itself checked against openssl in signing.rs)
         let sig = crate::providers::signing::hmac_sha256_hex(
@@ -1120,7 +1120,11 @@ mod tests {
             Err(WebhookError::BadSignature(m)) if m.contains("missing")
         ));
         assert_eq!(
-            Bvnk::new(settings(None)).verify_webhook(&headers, DOC_PAYOUT_WEBHOOK.as_bytes(), now),
+            Bvnk::new(settings(None)).unwrap().verify_webhook(
+                &headers,
+                DOC_PAYOUT_WEBHOOK.as_bytes(),
+                now
+            ),
             Err(WebhookError::NotConfigured(ProviderName::Bvnk))
         );
     }

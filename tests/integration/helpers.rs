@@ -157,7 +157,7 @@ impl TestApp {
             .await
             .expect("connect");
         store::migrate(&pool).await.expect("migrate");
-        let providers = Providers::from_config(&config);
+        let providers = Providers::from_config(&config).expect("providers");
         let ctx = Context::new(pool.clone(), config, providers);
         let topology = ctx.topology.clone();
 
