@@ -103,6 +103,10 @@ pub enum WebhookError {
     /// The signed timestamp is outside the tolerance (a replay, or a skewed clock).
     #[error("webhook timestamp outside the tolerance: {0}")]
     StaleTimestamp(String),
+    /// A signed notification already taken within the tolerance window (the same nonce),
+    /// sent again: a replay (answered 401, nothing published).
+    #[error("webhook replayed: {0}")]
+    Replayed(String),
     /// No webhook secret (or public key) is configured for this provider.
     #[error("webhook verification is not configured for {0}")]
     NotConfigured(ProviderName),
@@ -130,6 +134,16 @@ pub trait Provider: Send + Sync + 'static {
         body: &[u8],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), WebhookError>;
+    /// Called by the ingress once a verified webhook is safely queued, so the adapter can
+    /// remember what must not be taken again (Binance Pay's nonce). Not in
+    /// [`Provider::verify_webhook`]: a webhook that could not be queued (503) must still be
+    /// accepted when the provider retries it.
+    fn webhook_queued(
+        &self,
+        _headers: &reqwest::header::HeaderMap,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) {
+    }
     /// Parses a verified webhook body.
     fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError>;
     /// The JSON body the provider expects in our 2xx answer to its webhook.
