@@ -126,16 +126,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             topology: ctx.topology.clone(),
             providers: ctx.providers.clone(),
         });
-        let stop = http_stop.clone();
-        tokio::spawn(async move {
-            // Connect info gives the ingress's rate limit the source address.
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        })
+        // Header-read timeout and connection cap (HTTP_HEADER_TIMEOUT_MS,
+        // HTTP_MAX_CONNECTIONS); requests carry the peer address for the rate limits.
+        let limits = http::ServeLimits::from_config(&ctx.config);
+        tokio::spawn(http::serve(listener, app, limits, http_stop.clone()))
     };
     crate::metrics::handle();
     tokio::spawn(crate::metrics::sample(

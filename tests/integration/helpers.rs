@@ -193,7 +193,13 @@ impl TestApp {
                 topology: topology.clone(),
                 providers: ctx.providers.clone(),
             });
-            tokio::spawn(async move { axum::serve(listener, router).await });
+            let limits = refund_worker::http::ServeLimits::from_config(&ctx.config);
+            tokio::spawn(refund_worker::http::serve(
+                listener,
+                router,
+                limits,
+                CancellationToken::new(),
+            ));
             base
         });
         Self {
@@ -421,7 +427,13 @@ impl TestApp {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        // Served as `run` serves it (limits, and the peer address for the rate limits).
+        tokio::spawn(refund_worker::http::serve(
+            listener,
+            router,
+            refund_worker::http::ServeLimits::from_config(&self.ctx.config),
+            CancellationToken::new(),
+        ));
         format!("http://{addr}")
     }
 
