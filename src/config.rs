@@ -68,7 +68,7 @@ pub struct WebhookSettings {
 }
 
 /// Everything the worker needs to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// `DATABASE_URL`.
     pub database_url: String,
@@ -106,6 +106,14 @@ pub struct Config {
     pub ingress_rate_per_sec: u32,
     /// `WEBHOOK_INGRESS_BURST`: how many a source may send at once above the rate.
     pub ingress_burst: u32,
+    /// `WEBHOOK_INGRESS_TIMEOUT_MS`: whole-request limit of one provider webhook (reading
+    /// the body included); slower requests get 408.
+    pub ingress_timeout: Duration,
+    /// `HTTP_HEADER_TIMEOUT_MS`: how long a client may take to send a request's headers
+    /// (and how long an idle keep-alive connection stays open) before it is closed.
+    pub http_header_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`: most connections served at once; more wait to be accepted.
+    pub http_max_connections: usize,
     /// Retry schedule for failed provider calls (`RETRY_*`, `MAX_SUBMIT_ATTEMPTS`).
     pub retry: RetryPolicy,
     /// Status polling schedule for accepted refunds (`POLL_*`).
@@ -256,6 +264,9 @@ impl Config {
                 .ok_or_else(|| {
                     ConfigError("WEBHOOK_INGRESS_BURST must be between 1 and 4294967295".into())
                 })?,
+            ingress_timeout: ms("WEBHOOK_INGRESS_TIMEOUT_MS", 15_000)?,
+            http_header_timeout: ms("HTTP_HEADER_TIMEOUT_MS", 10_000)?,
+            http_max_connections: num("HTTP_MAX_CONNECTIONS", 1024)? as usize,
             claim_lease: Duration::from_secs(num("CLAIM_LEASE_SECS", 60)?),
             retry: RetryPolicy {
                 initial: ms("RETRY_INITIAL_MS", 1_000)?,
@@ -296,6 +307,16 @@ impl Config {
         {
             return Err(ConfigError(
                 "PREFETCH, INTAKE_BATCH, WEBHOOK_LANES, DISPATCH_BATCH and DISPATCH_CONCURRENCY \
+                 must be at least 1"
+                    .into(),
+            ));
+        }
+        if self.http_max_connections == 0
+            || self.http_header_timeout.is_zero()
+            || self.ingress_timeout.is_zero()
+        {
+            return Err(ConfigError(
+                "HTTP_MAX_CONNECTIONS, HTTP_HEADER_TIMEOUT_MS and WEBHOOK_INGRESS_TIMEOUT_MS \
                  must be at least 1"
                     .into(),
             ));
@@ -345,6 +366,84 @@ impl Config {
     }
 }
 
+/// `url` with its password replaced by `***`, for logs and `Debug`. A URL that does not
+/// parse is not shown at all: it may still hold a password.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() && u.set_password(Some("***")).is_err() {
+                return "<URL with a password, not shown>".into();
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparseable URL, not shown>".into(),
+    }
+}
+
+/// Written out (not derived) so the database and broker URLs show without their passwords.
+/// The destructuring is exhaustive on purpose: a new field does not compile until it is
+/// decided here whether it may be printed.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Config {
+            database_url,
+            database_max_connections,
+            amqp_url,
+            amqp_name_prefix,
+            http_addr,
+            prefetch,
+            intake_batch,
+            webhook_lanes,
+            dispatch_batch,
+            dispatch_concurrency,
+            idle_poll,
+            claim_lease,
+            parked_retry,
+            parked_max_age,
+            ingress_max_bytes,
+            ingress_rate_per_sec,
+            ingress_burst,
+            ingress_timeout,
+            http_header_timeout,
+            http_max_connections,
+            retry,
+            poll,
+            shutdown_grace,
+            providers,
+            webhooks,
+            admin_token,
+        } = self;
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(database_url))
+            .field("database_max_connections", database_max_connections)
+            .field("amqp_url", &redact_url(amqp_url))
+            .field("amqp_name_prefix", amqp_name_prefix)
+            .field("http_addr", http_addr)
+            .field("prefetch", prefetch)
+            .field("intake_batch", intake_batch)
+            .field("webhook_lanes", webhook_lanes)
+            .field("dispatch_batch", dispatch_batch)
+            .field("dispatch_concurrency", dispatch_concurrency)
+            .field("idle_poll", idle_poll)
+            .field("claim_lease", claim_lease)
+            .field("parked_retry", parked_retry)
+            .field("parked_max_age", parked_max_age)
+            .field("ingress_max_bytes", ingress_max_bytes)
+            .field("ingress_rate_per_sec", ingress_rate_per_sec)
+            .field("ingress_burst", ingress_burst)
+            .field("ingress_timeout", ingress_timeout)
+            .field("http_header_timeout", http_header_timeout)
+            .field("http_max_connections", http_max_connections)
+            .field("retry", retry)
+            .field("poll", poll)
+            .field("shutdown_grace", shutdown_grace)
+            .field("providers", providers)
+            .field("webhooks", webhooks)
+            .field("admin_token", admin_token)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +484,31 @@ mod tests {
         assert!(!dbg.contains("admin-token-789"));
         assert!(!dbg.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
         assert!(c.provider(ProviderName::VaServices).is_some());
+    }
+
+    #[test]
+    fn connection_url_passwords_never_show_in_debug() {
+        let c = from(&[
+            (
+                "DATABASE_URL",
+                "postgres://worker:pg-pass-0f3a9@db.internal:5432/refund_worker",
+            ),
+            (
+                "AMQP_URL",
+                "amqps://worker:mq-pass-77d1@mq.internal:5671/%2f",
+            ),
+        ])
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("pg-pass-0f3a9"), "{dbg}");
+        assert!(!dbg.contains("mq-pass-77d1"), "{dbg}");
+        assert!(dbg.contains("postgres://worker:***@db.internal:5432/refund_worker"));
+        assert!(dbg.contains("amqps://worker:***@mq.internal:5671/%2f"));
+        assert_eq!(redact_url("not a url pass"), "<unparseable URL, not shown>");
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/db"),
+            "postgres://postgres@127.0.0.1/db"
+        );
     }
 
     #[test]

@@ -118,7 +118,7 @@ fn providers() -> &'static Providers {
             }
         };
         let config = Config::from_lookup(env).expect("fuzz configuration");
-        Providers::from_config(&config)
+        Providers::from_config(&config).expect("fuzz providers")
     })
 }
 

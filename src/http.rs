@@ -24,6 +24,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
+mod limits;
+mod serve;
+
+use limits::{AuthFailures, IngressLimit};
+pub use serve::{serve, ServeLimits};
+
 /// The OpenAPI document of these routes (kept in the repository at `docs/openapi.json`).
 pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 
@@ -47,8 +53,6 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// Largest admin request body.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
-/// Whole-request limit of the webhook ingress (reading the body included).
-const INGRESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Whole-request limit of the admin API.
 const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -109,7 +113,13 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             ADMIN_TIMEOUT,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            TokenGate {
+                state: state.clone(),
+                failures: AuthFailures::new(),
+            },
+            require_token,
+        ))
         .layer(middleware::from_fn(json_errors));
     let limit = IngressLimit::new(
         state.config.ingress_rate_per_sec,
@@ -122,11 +132,11 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(DefaultBodyLimit::max(state.config.ingress_max_bytes))
         .layer(middleware::from_fn_with_state(limit, limit_ingress))
-        // A provider that cannot send its body within this gets 408; the broker's own
-        // confirm wait (5 s) fits well inside.
+        // A provider that cannot send its body within this (WEBHOOK_INGRESS_TIMEOUT_MS,
+        // default 15 s) gets 408; the broker's own confirm wait (5 s) fits well inside.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            INGRESS_TIMEOUT,
+            state.config.ingress_timeout,
         ))
         .with_state(crate::webhooks::ingress::Ingress::new(
             state.providers.clone(),
@@ -138,23 +148,15 @@ pub fn router(state: AppState) -> Router {
     } else {
         public
     };
-    router.with_state(state).merge(ingress)
-}
-
-/// Per-source-address rate limit of the webhook ingress (GCRA, `governor`). The source is
-/// the TCP peer (`run` serves with connect info); behind a proxy every provider shares the
-/// proxy's address, so size the limit for the proxy or rate-limit there.
-#[derive(Clone)]
-struct IngressLimit(Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>);
-
-impl IngressLimit {
-    fn new(per_second: u32, burst: u32) -> Self {
-        let quota = governor::Quota::per_second(
-            std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN),
-        )
-        .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
-        Self(Arc::new(governor::RateLimiter::keyed(quota)))
-    }
+    router
+        .with_state(state)
+        .merge(ingress)
+        // Unknown routes (and `/v1/...` while the admin API is off) answer in the error
+        // shape too.
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        // Outermost, so what axum and tower-http answer in plain text or with an empty body
+        // (405, the ingress's 408, extractor rejections) keeps the error shape as well.
+        .layer(middleware::from_fn(json_errors))
 }
 
 /// Refuses a source over its rate with 429 and `Retry-After`, before reading the body.
@@ -164,17 +166,9 @@ async fn limit_ingress(
     next: Next,
 ) -> Response {
     use governor::clock::Clock;
-    let source = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let verdict = limit.0.check_key(&source);
-    // Forget sources idle long enough to be back at full allowance, so the table stays small.
-    if limit.0.len() > 10_000 {
-        limit.0.retain_recent();
-    }
-    match verdict {
+    // The TCP peer (IPv6 by its /64); the table is pruned in the background.
+    let source = limits::peer_key(&request);
+    match limit.0.check_key(&source) {
         Ok(()) => next.run(request).await,
         Err(not_until) => {
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
@@ -276,7 +270,8 @@ async fn json_errors(request: Request, next: Next) -> Response {
         StatusCode::NOT_FOUND => "not_found",
         _ => "client_error",
     };
-    let text = axum::body::to_bytes(response.into_body(), 4096)
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
@@ -288,15 +283,33 @@ async fn json_errors(request: Request, next: Next) -> Response {
     } else {
         text
     };
-    ApiError::new(status, code, message).into_response()
+    let mut answer = ApiError::new(status, code, message).into_response();
+    // Keep what else was said (`Allow` on a 405, `Retry-After`), not the old body's framing.
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
+/// What the admin token check needs: the settings, and the failed attempts per source.
+#[derive(Clone)]
+struct TokenGate {
+    state: AppState,
+    failures: AuthFailures,
+}
+
+/// Checks the bearer token. A source that failed too often recently gets 429 with
+/// `Retry-After` before its token is even compared, so guessing is slow and a guess that
+/// happens to be right during the lockout is not confirmed.
 async fn require_token(
-    State(state): State<AppState>,
+    State(gate): State<TokenGate>,
     headers: HeaderMap,
     request: Request,
     next: Next,
 ) -> Response {
+    let state = &gate.state;
     let Some(expected) = &state.config.admin_token else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "admin API disabled")
             .into_response();
@@ -306,12 +319,28 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    let source = limits::peer_key(&request);
+    if let Some(wait) = gate.failures.blocked(source) {
+        tracing::warn!(source = %source, "admin API: too many failed authentications");
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed authentications from this address; retry later",
+        )
+        .into_response();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Ok(v) = header::HeaderValue::from_str(&secs.max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
     // Hash both sides so the comparison is constant-time whatever their lengths.
     let a = Sha256::digest(given.as_bytes());
     let b = Sha256::digest(expected.expose_secret().as_bytes());
     if bool::from(a.ct_eq(&b)) {
         next.run(request).await
     } else {
+        gate.failures.failed(source);
         let mut response = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -133,7 +133,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let ctx = Context::new(
         pool.clone(),
         config.clone(),
-        Providers::from_config(&config),
+        Providers::from_config(&config)?,
     );
     let topology = ctx.topology.clone();
     let connection = broker::connect(&config.amqp_url, "refund-worker-demo")

@@ -121,7 +121,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
     tracing::info!(addr = %config.http_addr, providers = ?config.providers.keys().collect::<Vec<_>>(), "refund-worker starting");
-    let providers = Providers::from_config(&config);
+    let providers = Providers::from_config(&config)?;
     let ctx = Context::new(pool.clone(), config, providers);
     let status = Arc::new(worker::Status::default());
 
@@ -134,16 +134,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             providers: ctx.providers.clone(),
             context: ctx.clone(),
         });
-        let stop = http_stop.clone();
-        tokio::spawn(async move {
-            // Connect info gives the ingress's rate limit the source address.
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        })
+        // Header-read timeout and connection cap (HTTP_HEADER_TIMEOUT_MS,
+        // HTTP_MAX_CONNECTIONS); requests carry the peer address for the rate limits.
+        let limits = http::ServeLimits::from_config(&ctx.config);
+        tokio::spawn(http::serve(listener, app, limits, http_stop.clone()))
     };
     crate::metrics::handle();
     tokio::spawn(crate::metrics::sample(

@@ -221,7 +221,7 @@ async fn at_provider(config: &Config, size: u32, max_pages: u32) -> anyhow::Resu
         eprintln!("VA Services is not configured (PROVIDER_VA_SERVICES_BASE_URL, _API_KEY)");
         return Ok(ExitCode::from(2));
     };
-    let va = crate::providers::va_services::VaServices::new(settings.clone());
+    let va = crate::providers::va_services::VaServices::new(settings.clone())?;
     let refunds = match va.list_all(size.clamp(1, 1000), max_pages.max(1)).await {
         Ok(r) => r,
         Err(e) => {

@@ -721,18 +721,80 @@ pub fn verify_webhook_signature(
         .is_ok()
 }
 
+/// Most webhook nonces remembered per process. At the default 300 s tolerance this is
+/// over 600 webhooks a second for the whole window; beyond it the oldest are forgotten
+/// early (their replays are still caught by the inbox's deduplication).
+const MAX_REMEMBERED_NONCES: usize = 200_000;
+
+/// Nonces of webhooks taken, each kept until its signed timestamp leaves the tolerance
+/// window (after that the timestamp check refuses a replay anyway), so memory is bounded by
+/// the webhook rate times the window, and by [`MAX_REMEMBERED_NONCES`].
+///
+/// Per process: another pod does not know them. A replay sent to another pod is queued
+/// and then recognised by the inbox's deduplication (on the notification's `bizIdStr` and
+/// status), so it is never applied twice; this set only keeps replays off the queue.
+#[derive(Default)]
+struct NonceWindow {
+    inner: std::sync::Mutex<NonceWindowInner>,
+}
+
+#[derive(Default)]
+struct NonceWindowInner {
+    /// nonce -> when it may be forgotten (ms since the epoch).
+    expiry: std::collections::HashMap<String, i64>,
+    /// (expiry, nonce), oldest first, to forget without scanning.
+    order: std::collections::BTreeSet<(i64, String)>,
+}
+
+impl NonceWindow {
+    fn seen(&self, nonce: &str, now_ms: i64) -> bool {
+        let Ok(inner) = self.inner.lock() else {
+            return false;
+        };
+        inner
+            .expiry
+            .get(nonce)
+            .is_some_and(|&until| until >= now_ms)
+    }
+
+    fn remember(&self, nonce: &str, until_ms: i64, now_ms: i64) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let inner = &mut *inner;
+        while let Some(first) = inner.order.first().cloned() {
+            if first.0 >= now_ms && inner.order.len() < MAX_REMEMBERED_NONCES {
+                break;
+            }
+            inner.order.remove(&first);
+            inner.expiry.remove(&first.1);
+        }
+        if let Some(old) = inner.expiry.insert(nonce.to_owned(), until_ms) {
+            inner.order.remove(&(old, nonce.to_owned()));
+        }
+        inner.order.insert((until_ms, nonce.to_owned()));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().map(|i| i.expiry.len()).unwrap_or(0)
+    }
+}
+
 /// The Binance Pay adapter.
 pub struct BinancePay {
     settings: ProviderSettings,
     client: reqwest::Client,
     /// The webhook public key, parsed once (`None`: not configured).
     webhook_key: Option<Result<RsaPublicKey, String>>,
+    /// Nonces of the webhooks taken within the tolerance window (replays are refused).
+    nonces: NonceWindow,
 }
 
 impl BinancePay {
     /// Creates the adapter.
-    pub fn new(settings: ProviderSettings) -> Self {
-        let client = http_client(&settings);
+    pub fn new(settings: ProviderSettings) -> Result<Self, crate::config::ConfigError> {
+        let client = http_client(&settings)?;
         let webhook_key = settings
             .webhook_secret
             .as_ref()
@@ -740,11 +802,12 @@ impl BinancePay {
         if let Some(Err(e)) = &webhook_key {
             tracing::error!(error = %e, "PROVIDER_BINANCE_PAY_WEBHOOK_SECRET is unusable; Binance Pay webhooks will be refused");
         }
-        Self {
+        Ok(Self {
             settings,
             client,
             webhook_key,
-        }
+            nonces: NonceWindow::default(),
+        })
     }
 
     fn url(&self, path: &str) -> reqwest::Url {
@@ -859,13 +922,39 @@ impl Provider for BinancePay {
                 "{HEADER_TIMESTAMP} is {skew_ms} ms from our clock (tolerance {tolerance_ms} ms)"
             )));
         }
-        if verify_webhook_signature(key, timestamp, nonce, body, signature) {
-            Ok(())
-        } else {
-            Err(WebhookError::BadSignature(format!(
+        if !verify_webhook_signature(key, timestamp, nonce, body, signature) {
+            return Err(WebhookError::BadSignature(format!(
                 "{HEADER_SIGNATURE} does not match the body"
-            )))
+            )));
         }
+        // Checked after the signature, so only Binance's own nonces are looked up.
+        if self.nonces.seen(nonce, now.timestamp_millis()) {
+            return Err(WebhookError::Replayed(format!(
+                "{HEADER_NONCE} was already taken within the tolerance window"
+            )));
+        }
+        Ok(())
+    }
+
+    fn webhook_queued(&self, headers: &reqwest::header::HeaderMap, now: DateTime<Utc>) {
+        let value = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let (Some(nonce), Some(Ok(sent_ms))) = (
+            value(HEADER_NONCE),
+            value(HEADER_TIMESTAMP).map(str::parse::<i64>),
+        ) else {
+            return;
+        };
+        let tolerance_ms =
+            i64::try_from(self.settings.webhook_tolerance.as_millis()).unwrap_or(i64::MAX);
+        // Past this its timestamp is stale: the nonce need not be remembered any longer.
+        let until_ms = sent_ms.saturating_add(tolerance_ms);
+        self.nonces
+            .remember(nonce, until_ms, now.timestamp_millis());
     }
 
     fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError> {
@@ -1348,7 +1437,7 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-            BinancePay::new(config.providers[&ProviderName::BinancePay].clone())
+            BinancePay::new(config.providers[&ProviderName::BinancePay].clone()).unwrap()
         };
         let binance = adapter_with(&config.binance_api_secret);
         let mut r = request("r-wire", "25.17");
@@ -1409,7 +1498,7 @@ mod tests {
 
     #[test]
     fn webhook_signature_is_rsa_sha256_checked_against_openssl() {
-        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY)));
+        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY))).unwrap();
         let now = at(1_700_000_000_000 + 1_000);
         let headers = webhook_headers(TS, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
         assert_eq!(
@@ -1452,8 +1541,45 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_taken_once_is_refused_as_a_replay_within_the_window() {
+        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY))).unwrap();
+        let headers = webhook_headers(TS, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
+        let body = WEBHOOK_REFUND.as_bytes();
+        let now = at(1_700_000_000_000 + 1_000);
+        assert_eq!(binance.verify_webhook(&headers, body, now), Ok(()));
+        // Not queued (the broker was down, 503): the provider's retry is still taken.
+        assert_eq!(binance.verify_webhook(&headers, body, now), Ok(()));
+        binance.webhook_queued(&headers, now);
+        assert!(matches!(
+            binance.verify_webhook(&headers, body, at(1_700_000_010_000)),
+            Err(WebhookError::Replayed(_))
+        ));
+        // Past the window it is stale, and the nonce is forgotten with the next one taken.
+        assert!(matches!(
+            binance.verify_webhook(&headers, body, at(1_700_000_300_001)),
+            Err(WebhookError::StaleTimestamp(_))
+        ));
+        let mut other = headers.clone();
+        other.insert(HEADER_NONCE, "Y".repeat(32).parse().unwrap());
+        other.insert(HEADER_TIMESTAMP, "1700000400000".parse().unwrap());
+        binance.webhook_queued(&other, at(1_700_000_400_000));
+        assert_eq!(binance.nonces.len(), 1);
+    }
+
+    #[test]
+    fn the_nonce_window_is_bounded() {
+        let window = NonceWindow::default();
+        for i in 0..(MAX_REMEMBERED_NONCES + 10) {
+            window.remember(&format!("n{i}"), 1_000_000 + i as i64, 0);
+        }
+        assert_eq!(window.len(), MAX_REMEMBERED_NONCES);
+        assert!(!window.seen("n0", 0), "the oldest went first");
+        assert!(window.seen(&format!("n{}", MAX_REMEMBERED_NONCES + 9), 0));
+    }
+
+    #[test]
     fn webhook_timestamp_tolerance_applies() {
-        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY)));
+        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY))).unwrap();
         let headers = webhook_headers(TS, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
         let body = WEBHOOK_REFUND.as_bytes();
         // Default tolerance 300 s, either direction.
@@ -1477,21 +1603,21 @@ mod tests {
 
     #[test]
     fn webhook_keys_are_configured_as_pem() {
-        let unconfigured = BinancePay::new(settings(None));
+        let unconfigured = BinancePay::new(settings(None)).unwrap();
         let headers = webhook_headers(TS, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
         let now = at(1_700_000_000_000);
         assert_eq!(
             unconfigured.verify_webhook(&headers, WEBHOOK_REFUND.as_bytes(), now),
             Err(WebhookError::NotConfigured(ProviderName::BinancePay))
         );
-        let broken = BinancePay::new(settings(Some("not a key")));
+        let broken = BinancePay::new(settings(Some("not a key"))).unwrap();
         assert!(matches!(
             broken.verify_webhook(&headers, WEBHOOK_REFUND.as_bytes(), now),
             Err(WebhookError::BadSignature(m)) if m.contains("unusable")
         ));
         // One-line form with \n escapes, as an environment variable holds it.
         let one_line = TEST_PUBLIC_KEY.trim().replace('\n', "\\n");
-        let escaped = BinancePay::new(settings(Some(&one_line)));
+        let escaped = BinancePay::new(settings(Some(&one_line))).unwrap();
         assert_eq!(
             escaped.verify_webhook(&headers, WEBHOOK_REFUND.as_bytes(), now),
             Ok(())
@@ -1613,7 +1739,7 @@ mod tests {
                 "{bad}"
             );
         }
-        let binance = BinancePay::new(settings(None));
+        let binance = BinancePay::new(settings(None)).unwrap();
         assert_eq!(
             binance.webhook_ack(),
             json!({"returnCode": "SUCCESS", "returnMessage": null})

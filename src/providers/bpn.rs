@@ -611,9 +611,9 @@ pub struct Bpn {
 
 impl Bpn {
     /// Creates the adapter.
-    pub fn new(settings: ProviderSettings) -> Self {
-        let client = http_client(&settings);
-        Self { settings, client }
+    pub fn new(settings: ProviderSettings) -> Result<Self, crate::config::ConfigError> {
+        let client = http_client(&settings)?;
+        Ok(Self { settings, client })
     }
 
     fn url(&self, path: &str, params: &[(String, String)]) -> reqwest::Url {
@@ -1307,7 +1307,7 @@ mod tests {
         if let Some(h) = header {
             env.push(("PROVIDER_BPN_WEBHOOK_SIGNATURE_HEADER", h.to_owned()));
         }
-        Bpn::new(settings(&env))
+        Bpn::new(settings(&env)).unwrap()
     }
 
     #[test]
@@ -1426,7 +1426,7 @@ mod tests {
             env.push((k.to_string(), v.clone()));
         }
         let pairs: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        (Bpn::new(settings(&pairs)), sandbox, stop)
+        (Bpn::new(settings(&pairs)).unwrap(), sandbox, stop)
     }
 
     fn usd_order(sandbox: &Sandbox, id: &str, amount: &str) {

@@ -176,9 +176,9 @@ pub struct Bvnk {
 
 impl Bvnk {
     /// Creates the adapter.
-    pub fn new(settings: ProviderSettings) -> Self {
-        let client = http_client(&settings);
-        Self { settings, client }
+    pub fn new(settings: ProviderSettings) -> Result<Self, crate::config::ConfigError> {
+        let client = http_client(&settings)?;
+        Ok(Self { settings, client })
     }
 
     fn url(&self, transaction_reference: &str, last: &str) -> reqwest::Url {
@@ -546,6 +546,64 @@ pub struct Notification {
     pub data: Option<Value>,
 }
 
+/// BVNK signs the body only, and its envelope carries `timestamp` (RFC 3339, e.g.
+/// `2024-10-28T12:25:21.716405000Z`, as in their payout webhook example): the signed
+/// timestamp must be within `tolerance` of `now` (`PROVIDER_BVNK_WEBHOOK_TOLERANCE_SECS`),
+/// or the body is an old one replayed. Called after the signature checked out, so only
+/// BVNK's own bytes are parsed here.
+///
+/// A body without `timestamp` (their documentation does not promise it on every event)
+/// or that is not a JSON object is let through to the parser, which dead-letters what it
+/// cannot read; such a replay is then caught only by the inbox's deduplication on
+/// `eventId`. A `timestamp` that is there but unreadable is refused: it cannot be checked.
+fn check_signed_timestamp(
+    body: &[u8],
+    now: chrono::DateTime<chrono::Utc>,
+    tolerance: std::time::Duration,
+) -> Result<(), WebhookError> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        timestamp: Option<Value>,
+    }
+    // Objects only: serde would read a struct from an array's elements too.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Ok(());
+    }
+    let Ok(Envelope {
+        timestamp: Some(timestamp),
+    }) = serde_json::from_slice::<Envelope>(body)
+    else {
+        return Ok(());
+    };
+    let sent_ms = match &timestamp {
+        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text.trim())
+            .map(|t| t.timestamp_millis())
+            .ok(),
+        // Epoch numbers, should BVNK send them: milliseconds when that large, else seconds.
+        Value::Number(n) => n.as_i64().map(|v| {
+            if v.unsigned_abs() >= 100_000_000_000 {
+                v
+            } else {
+                v.saturating_mul(1000)
+            }
+        }),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        WebhookError::BadSignature(
+            "the signed timestamp is not an RFC 3339 time or a number".into(),
+        )
+    })?;
+    let skew_ms = now.timestamp_millis().abs_diff(sent_ms);
+    let tolerance_ms = u64::try_from(tolerance.as_millis()).unwrap_or(u64::MAX);
+    if skew_ms > tolerance_ms {
+        return Err(WebhookError::StaleTimestamp(format!(
+            "the body's timestamp is {skew_ms} ms from our clock (tolerance {tolerance_ms} ms)"
+        )));
+    }
+    Ok(())
+}
+
 /// Parses a verified webhook body.
 pub fn parse_notification(body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError> {
     let n: Notification = serde_json::from_slice(body)
@@ -691,7 +749,7 @@ impl Provider for Bvnk {
         &self,
         headers: &reqwest::header::HeaderMap,
         body: &[u8],
-        _now: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), WebhookError> {
         super::signing::verify_body_hmac_header(
             ProviderName::Bvnk,
@@ -699,7 +757,8 @@ impl Provider for Bvnk {
             DEFAULT_SIGNATURE_HEADER,
             headers,
             body,
-        )
+        )?;
+        check_signed_timestamp(body, now, self.settings.webhook_tolerance)
     }
 
     fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError> {
@@ -1096,7 +1155,7 @@ mod tests {
 
     #[test]
     fn webhook_signature_is_hmac_of_the_raw_body() {
-        let bvnk = Bvnk::new(settings(Some("wh-secret")));
+        let bvnk = Bvnk::new(settings(Some("wh-secret"))).unwrap();
         // printf '%s' "$(cat fixtures/bvnk/payout-status-change-webhook.json)" | openssl dgst -sha256 -hmac wh-secret
         // (the helper is itself checked against openssl in signing.rs)
         let sig = crate::providers::signing::hmac_sha256_hex(
@@ -1105,7 +1164,8 @@ mod tests {
         );
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(DEFAULT_SIGNATURE_HEADER, sig.parse().unwrap());
-        let now = chrono::Utc::now();
+        // A minute after the example's signed `timestamp` (2024-10-28T12:25:21.716405Z).
+        let now = doc_timestamp() + chrono::Duration::seconds(60);
         assert_eq!(
             bvnk.verify_webhook(&headers, DOC_PAYOUT_WEBHOOK.as_bytes(), now),
             Ok(())
@@ -1120,9 +1180,83 @@ mod tests {
             Err(WebhookError::BadSignature(m)) if m.contains("missing")
         ));
         assert_eq!(
-            Bvnk::new(settings(None)).verify_webhook(&headers, DOC_PAYOUT_WEBHOOK.as_bytes(), now),
+            Bvnk::new(settings(None)).unwrap().verify_webhook(
+                &headers,
+                DOC_PAYOUT_WEBHOOK.as_bytes(),
+                now
+            ),
             Err(WebhookError::NotConfigured(ProviderName::Bvnk))
         );
+    }
+
+    fn doc_timestamp() -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::parse_from_rfc3339("2024-10-28T12:25:21.716405000Z")
+            .unwrap()
+            .into()
+    }
+
+    #[test]
+    fn webhook_signed_timestamp_tolerance_applies() {
+        let bvnk = Bvnk::new(settings(Some("wh-secret"))).unwrap();
+        let sign = |body: &str| {
+            let sig = crate::providers::signing::hmac_sha256_hex(b"wh-secret", &[body.as_bytes()]);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(DEFAULT_SIGNATURE_HEADER, sig.parse().unwrap());
+            headers
+        };
+        let headers = sign(DOC_PAYOUT_WEBHOOK);
+        let body = DOC_PAYOUT_WEBHOOK.as_bytes();
+        let t = doc_timestamp();
+        // Default tolerance 300 s, either direction.
+        for offset in [-300_000, 0, 300_000] {
+            assert_eq!(
+                bvnk.verify_webhook(&headers, body, t + chrono::Duration::milliseconds(offset)),
+                Ok(()),
+                "{offset}"
+            );
+        }
+        for offset in [-300_001, 300_001, 86_400_000] {
+            assert!(
+                matches!(
+                    bvnk.verify_webhook(&headers, body, t + chrono::Duration::milliseconds(offset)),
+                    Err(WebhookError::StaleTimestamp(_))
+                ),
+                "{offset}"
+            );
+        }
+        // Epoch seconds and milliseconds are read too.
+        let now = chrono::DateTime::from_timestamp(1_730_118_321, 0).unwrap();
+        for ts in ["1730118321", "1730118321000"] {
+            let body = format!(r#"{{"event":"x","timestamp":{ts},"data":{{}}}}"#);
+            assert_eq!(
+                bvnk.verify_webhook(&sign(&body), body.as_bytes(), now),
+                Ok(())
+            );
+        }
+        // Unreadable: refused; absent, or a body that is not an object: left to the parser.
+        let body = r#"{"event":"x","timestamp":"yesterday","data":{}}"#;
+        assert!(matches!(
+            bvnk.verify_webhook(&sign(body), body.as_bytes(), now),
+            Err(WebhookError::BadSignature(_))
+        ));
+        for body in [r#"{"event":"x","data":{}}"#, "not json", "[[[]]]"] {
+            assert_eq!(
+                bvnk.verify_webhook(&sign(body), body.as_bytes(), now),
+                Ok(())
+            );
+        }
+        // The setting applies.
+        let mut strict = settings(Some("wh-secret"));
+        strict.webhook_tolerance = std::time::Duration::from_secs(10);
+        let strict = Bvnk::new(strict).unwrap();
+        assert!(matches!(
+            strict.verify_webhook(
+                &headers,
+                DOC_PAYOUT_WEBHOOK.as_bytes(),
+                t + chrono::Duration::seconds(11)
+            ),
+            Err(WebhookError::StaleTimestamp(_))
+        ));
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub fn classify_send_error(e: &reqwest::Error) -> ProviderOutcome {
     }
 }
 
-/// Maps status codes with the same meaning for every provider: 429 and 5xx are retryable.
-/// Returns `None` for the others, which the adapter interprets.
+/// Maps status codes with the same meaning for every provider: 429, 5xx and 3xx are
+/// retryable. Returns `None` for the others, which the adapter interprets.
 pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> Option<ProviderOutcome> {
     let retry_after = headers
         .get(RETRY_AFTER)
@@ -35,6 +35,18 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> Option<Provid
             reason: "HTTP 429 Too Many Requests".into(),
             retry_after,
             may_have_reached_provider: false,
+        });
+    }
+    if status.is_redirection() {
+        // The client follows no redirects (they would carry our signed headers to another
+        // host), so a 3xx is what we get. It is neither success nor a refusal: a moved API
+        // is an operator's problem to fix, and a status lookup must never turn it into a
+        // final failure. Whether a submit took effect is unknown, so the pipeline asks the
+        // provider before sending it again.
+        return Some(ProviderOutcome::Retryable {
+            reason: format!("HTTP {status} (redirects are not followed)"),
+            retry_after,
+            may_have_reached_provider: true,
         });
     }
     if status.is_server_error() {
@@ -88,6 +100,20 @@ mod tests {
                 ..
             })
         ));
+        for redirect in [
+            StatusCode::FOUND,
+            StatusCode::MOVED_PERMANENTLY,
+            StatusCode::TEMPORARY_REDIRECT,
+            StatusCode::NOT_MODIFIED,
+        ] {
+            assert!(matches!(
+                classify_status(redirect, &HeaderMap::new()),
+                Some(ProviderOutcome::Retryable {
+                    may_have_reached_provider: true,
+                    ..
+                })
+            ));
+        }
         assert_eq!(classify_status(StatusCode::OK, &HeaderMap::new()), None);
         assert_eq!(
             classify_status(StatusCode::BAD_REQUEST, &HeaderMap::new()),

@@ -202,9 +202,9 @@ pub fn interpret_page(status: reqwest::StatusCode, body: &[u8]) -> Result<VaPage
 
 impl VaServices {
     /// Creates the adapter.
-    pub fn new(settings: ProviderSettings) -> Self {
-        let client = http_client(&settings);
-        Self { settings, client }
+    pub fn new(settings: ProviderSettings) -> Result<Self, crate::config::ConfigError> {
+        let client = http_client(&settings)?;
+        Ok(Self { settings, client })
     }
 
     fn url(&self, segments: &[&str]) -> reqwest::Url {
@@ -618,7 +618,7 @@ mod tests {
 
     #[test]
     fn webhook_signature_is_hmac_of_the_raw_body() {
-        let va = VaServices::new(settings(Some("wh-secret")));
+        let va = VaServices::new(settings(Some("wh-secret"))).unwrap();
         // printf '%s' "$NOTIFICATION" | openssl dgst -sha256 -hmac wh-secret
         let sig =
             crate::providers::signing::hmac_sha256_hex(b"wh-secret", &[NOTIFICATION.as_bytes()]);
@@ -638,7 +638,7 @@ mod tests {
             va.verify_webhook(&Default::default(), NOTIFICATION.as_bytes(), now),
             Err(WebhookError::BadSignature(m)) if m.contains("missing")
         ));
-        let unconfigured = VaServices::new(settings(None));
+        let unconfigured = VaServices::new(settings(None)).unwrap();
         assert_eq!(
             unconfigured.verify_webhook(&headers, NOTIFICATION.as_bytes(), now),
             Err(WebhookError::NotConfigured(ProviderName::VaServices))
@@ -758,7 +758,8 @@ mod tests {
             .unwrap()
             .providers[&ProviderName::VaServices]
                 .clone(),
-        );
+        )
+        .unwrap();
         for n in 0..5 {
             let r = RefundRequest {
                 refund_reference: format!("list-{n}"),

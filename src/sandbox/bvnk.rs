@@ -1378,7 +1378,7 @@ mod adapter_tests {
             _ => None,
         })
         .unwrap();
-        Bvnk::new(config.providers[&ProviderName::Bvnk].clone())
+        Bvnk::new(config.providers[&ProviderName::Bvnk].clone()).unwrap()
     }
 
     fn request(reference: &str, amount: &str) -> RefundRequest {

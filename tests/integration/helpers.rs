@@ -157,7 +157,7 @@ impl TestApp {
             .await
             .expect("connect");
         store::migrate(&pool).await.expect("migrate");
-        let providers = Providers::from_config(&config);
+        let providers = Providers::from_config(&config).expect("providers");
         let ctx = Context::new(pool.clone(), config, providers);
         let topology = ctx.topology.clone();
 
@@ -194,7 +194,13 @@ impl TestApp {
                 providers: ctx.providers.clone(),
                 context: ctx.clone(),
             });
-            tokio::spawn(async move { axum::serve(listener, router).await });
+            let limits = refund_worker::http::ServeLimits::from_config(&ctx.config);
+            tokio::spawn(refund_worker::http::serve(
+                listener,
+                router,
+                limits,
+                CancellationToken::new(),
+            ));
             base
         });
         Self {
@@ -423,7 +429,13 @@ impl TestApp {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        // Served as `run` serves it (limits, and the peer address for the rate limits).
+        tokio::spawn(refund_worker::http::serve(
+            listener,
+            router,
+            refund_worker::http::ServeLimits::from_config(&self.ctx.config),
+            CancellationToken::new(),
+        ));
         format!("http://{addr}")
     }
 

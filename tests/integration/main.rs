@@ -8,6 +8,7 @@ mod cli;
 mod dispatch;
 mod helpers;
 mod hostile;
+mod http_server;
 mod inbound;
 mod intake;
 mod migrations;
