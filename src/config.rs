@@ -412,6 +412,9 @@ impl std::fmt::Debug for Config {
             providers,
             webhooks,
             admin_token,
+            review_after,
+            review_poll,
+            require_payment_amount,
         } = self;
         f.debug_struct("Config")
             .field("database_url", &redact_url(database_url))
@@ -440,6 +443,9 @@ impl std::fmt::Debug for Config {
             .field("providers", providers)
             .field("webhooks", webhooks)
             .field("admin_token", admin_token)
+            .field("review_after", review_after)
+            .field("review_poll", review_poll)
+            .field("require_payment_amount", require_payment_amount)
             .finish()
     }
 }

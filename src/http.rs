@@ -73,6 +73,20 @@ pub struct AppState {
     pub context: crate::pipeline::Context,
 }
 
+impl AppState {
+    /// The state for a worker's context (the usual way: one context wires everything).
+    pub fn new(context: crate::pipeline::Context, status: Arc<Status>) -> Self {
+        Self {
+            pool: context.pool.clone(),
+            status,
+            config: context.config.clone(),
+            topology: context.topology.clone(),
+            providers: context.providers.clone(),
+            context,
+        }
+    }
+}
+
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let public = Router::new()

@@ -123,7 +123,7 @@ pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
             json,
         } => {
             use crate::pipeline::review::{recheck, RecheckError};
-            let providers = crate::providers::Providers::from_config(&config);
+            let providers = crate::providers::Providers::from_config(&config)?;
             let ctx = crate::pipeline::Context::new(pool.clone(), config, providers);
             match recheck(&ctx, &refund_reference, reason.as_deref()).await {
                 Ok(view) => {

@@ -3,7 +3,6 @@
 //! database is never reached by these requests (a lazy pool).
 
 use crate::helpers::ADMIN_TOKEN;
-use refund_worker::broker::Topology;
 use refund_worker::config::Config;
 use refund_worker::http::{self, AppState, ServeLimits};
 use refund_worker::pipeline::worker::Status;
@@ -25,13 +24,8 @@ async fn serve(env: &[(&str, &str)]) -> (String, CancellationToken) {
     let config = Config::from_lookup(|k| env.get(k).cloned()).expect("config");
     let pool = sqlx::PgPool::connect_lazy(&config.database_url).expect("lazy pool");
     let limits = ServeLimits::from_config(&config);
-    let router = http::router(AppState {
-        pool,
-        status: Arc::new(Status::default()),
-        config: Arc::new(config),
-        topology: Topology::with_prefix("http-server-tests."),
-        providers: Providers::default(),
-    });
+    let context = refund_worker::pipeline::Context::new(pool, config, Providers::default());
+    let router = http::router(AppState::new(context, Arc::new(Status::default())));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
