@@ -45,15 +45,28 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("`{s}` is not a duration like 5s, 5m or 2h"))?;
+    let too_long =
+        || format!("`{s}` is longer than the longest delay allowed ({MAX_DELAY_DAYS} days)");
+    // Checked: `n * 3600` must not overflow on an absurd setting (a panic at start, or a
+    // wrapped small delay in a release build).
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_long)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
         _ => return Err(format!("`{s}` has an unknown unit (use ms, s, m or h)")),
     };
+    if d > MAX_DELAY {
+        return Err(too_long());
+    }
     Ok(d)
 }
+
+/// Longest delay a schedule may name, in days: the next attempt is stored as a PostgreSQL
+/// interval from now, which a huge value would overflow (and the delivery would never be
+/// recorded again).
+pub const MAX_DELAY_DAYS: u64 = 30;
+const MAX_DELAY: Duration = Duration::from_secs(MAX_DELAY_DAYS * 86_400);
 
 #[cfg(test)]
 mod tests {
@@ -70,6 +83,16 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(s.next_delay(8), None);
+    }
+
+    #[test]
+    fn absurd_delays_are_refused_not_overflowed() {
+        assert!(Schedule::parse("99999999999999999h")
+            .unwrap_err()
+            .contains("longest delay"));
+        assert!(Schedule::parse("0s,31d").is_err());
+        assert!(Schedule::parse("0s,721h").unwrap_err().contains("30 days"));
+        assert!(Schedule::parse("0s,720h").is_ok());
     }
 
     #[test]
