@@ -539,6 +539,34 @@ pub fn interpret_detail(status: StatusCode, body: &[u8]) -> Lookup {
     }
 }
 
+/// What an order lookup says about the refund (the status answer). Only the order's own
+/// refund state can fail it: a lookup BPN refused (credentials, an odd business code) says
+/// nothing about the refund, which BPN may have, so it is unknown and asked again later.
+pub fn status_of(lookup: Lookup, order_id: &str) -> ProviderOutcome {
+    match lookup {
+        Lookup::Order(order) => refund_outcome(&order, order_id),
+        Lookup::NoSuchOrder => ProviderOutcome::NotFound,
+        Lookup::EndpointMissing => ProviderOutcome::Unknown {
+            reason: "BPN order lookup endpoint missing".into(),
+        },
+        Lookup::Failed(ProviderOutcome::Failed(reason)) => ProviderOutcome::Unknown {
+            reason: format!(
+                "order lookup refused ({}): {}",
+                reason.code.as_str(),
+                reason.message
+            ),
+        },
+        Lookup::Failed(outcome) => outcome,
+    }
+}
+
+/// The status answer from one order-detail response (the pure part of
+/// [`Provider::status`]; the adapter falls back to the list when the detail endpoint is
+/// missing, which this reports as unknown).
+pub fn interpret_status(status: StatusCode, body: &[u8], order_id: &str) -> ProviderOutcome {
+    status_of(interpret_detail(status, body), order_id)
+}
+
 /// One page of "List Virtual Account Orders".
 #[derive(Debug, Clone)]
 pub struct ListPage {
@@ -874,23 +902,7 @@ impl Provider for Bpn {
 
     async fn status(&self, refund: &RefundRequest) -> ProviderOutcome {
         let order_id = refund.transaction_reference.as_str();
-        match self.find_order(order_id).await {
-            Lookup::Order(order) => refund_outcome(&order, order_id),
-            Lookup::NoSuchOrder => ProviderOutcome::NotFound,
-            Lookup::EndpointMissing => ProviderOutcome::Unknown {
-                reason: "BPN order lookup endpoint missing".into(),
-            },
-            // A lookup BPN refused (credentials, an odd business code) says nothing about the
-            // refund: it must not fail a refund BPN may have, so it is retried like a timeout.
-            Lookup::Failed(ProviderOutcome::Failed(reason)) => ProviderOutcome::Unknown {
-                reason: format!(
-                    "order lookup refused ({}): {}",
-                    reason.code.as_str(),
-                    reason.message
-                ),
-            },
-            Lookup::Failed(outcome) => outcome,
-        }
+        status_of(self.find_order(order_id).await, order_id)
     }
 
     fn verify_webhook(
@@ -1026,6 +1038,80 @@ mod tests {
         json!({"status": code, "message": message, "data": null, "traceId": "trace-42"})
             .to_string()
             .into_bytes()
+    }
+
+    /// Which BPN call a classification row answers.
+    #[derive(Debug, Clone, Copy)]
+    enum Call {
+        Refund,
+        Status,
+    }
+
+    /// The classification table: the documented answer and every assumed one, as (call,
+    /// HTTP status, body, expected outcome class). Status rows answer "Get Virtual Account
+    /// Order Detail" (the list fallback is tested in `detail_and_list_answers`). 429 and
+    /// 5xx are classified before (`classify_status`).
+    fn classification() -> Vec<(Call, u16, String, &'static str)> {
+        use Call::*;
+        let detail = |refund_status: Value| {
+            json!({"status": 0, "message": "success", "traceId": "t",
+                   "data": {"orderId": "o-1", "amount": "10.00", "currency": "USD",
+                            "status": "SUCCESS", "refundStatus": refund_status}})
+            .to_string()
+        };
+        let err = |code: i64, message: &str| String::from_utf8(error_body(code, message)).unwrap();
+        vec![
+            // Documented refund answer (placeholder words): accepted.
+            (Refund, 200, DOC_RESPONSE.into(), "accepted"),
+            (Refund, 200, err(20004, "amount too large"), "failed"),
+            (Refund, 200, err(50001, "busy"), "retryable"),
+            (Refund, 200, err(50000, "system error"), "retryable"),
+            (Refund, 200, "<html>".into(), "unknown"),
+            // The order's refund state.
+            (Status, 200, detail(json!("REFUNDED")), "succeeded"),
+            (Status, 200, detail(json!("REFUNDING")), "accepted"),
+            (Status, 200, detail(json!("SOMETHING_NEW")), "accepted"),
+            (Status, 200, detail(json!("REFUND_FAILED")), "failed"),
+            (Status, 200, detail(Value::Null), "not_found"),
+            (Status, 200, detail(json!("NONE")), "not_found"),
+            // BPN's "no such order".
+            (Status, 200, err(20001, "order not found"), "not_found"),
+            (
+                Status,
+                200,
+                json!({"status": 0, "message": "success", "data": null, "traceId": "t"})
+                    .to_string(),
+                "not_found",
+            ),
+            // Refused, odd or unreadable lookups: never final.
+            (Status, 401, String::new(), "unknown"),
+            (Status, 403, err(10002, "invalid signature"), "unknown"),
+            (Status, 200, err(10001, "invalid api key"), "unknown"),
+            (Status, 200, err(20002, "already refunded"), "unknown"),
+            (Status, 200, err(99999, "something odd"), "unknown"),
+            (Status, 200, err(50001, "busy"), "retryable"),
+            (Status, 400, "<html>".into(), "unknown"),
+            (Status, 200, "<html>".into(), "unknown"),
+            // The detail endpoint missing: the adapter falls back to the list.
+            (Status, 404, "<html>".into(), "unknown"),
+            (Status, 405, String::new(), "unknown"),
+        ]
+    }
+
+    #[test]
+    fn classification_table() {
+        for (call, status, body, expected) in classification() {
+            let http = StatusCode::from_u16(status).unwrap();
+            let outcome = match call {
+                Call::Refund => interpret_refund(http, body.as_bytes(), "o-1"),
+                Call::Status => interpret_status(http, body.as_bytes(), "o-1"),
+            };
+            assert_eq!(
+                outcome.describe().0,
+                expected,
+                "{call:?} HTTP {status} {body}: {outcome:?}"
+            );
+        }
     }
 
     fn failure(o: ProviderOutcome) -> FailureReason {
