@@ -391,3 +391,93 @@ async fn a_huge_retry_after_on_a_submit_is_clamped_to_the_ceiling() {
     assert_eq!(calls, vec![("submit".to_string(), "retryable".to_string())]);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn bvnk_estimate_carries_its_own_key_and_the_refund_path_is_configurable() {
+    use refund_worker::providers::bvnk::{estimate_idempotency_key, idempotency_key};
+    let server = MockServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        env: vec![
+            ("PROVIDER_BVNK_BASE_URL", server.uri()),
+            // The docs' curl example form, chosen by configuration.
+            (
+                "PROVIDER_BVNK_REFUND_PATH",
+                "/payment/v1/payouts/{transactionReference}/refund".into(),
+            ),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let r = reference("docs-bvnk");
+    let payin = format!("payin-{r}");
+    let command = json!({"refundReference": r, "provider": "bvnk", "transactionReference": payin,
+        "amount": "150", "currency": "EUR", "reason": "Order cancelled!"});
+    // The documented answers, verbatim.
+    Mock::given(method("GET"))
+        .and(path(format!("/payment/v1/payins/{payin}/estimate")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(include_str!("../../fixtures/bvnk/estimate-response.json")),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/payment/v1/payouts/{payin}/refund")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(include_str!("../../fixtures/bvnk/refund-response.json")),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/payment/v1/payins/{payin}/refund")))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!([{"customerReference": r, "status": "COMPLETED"}])),
+        )
+        .mount(&server)
+        .await;
+    due_refund(&app, &command, "NOT_SUBMITTED").await;
+    step_until(&app, "the refund completes", || async {
+        app.db_status(&r).await.as_deref() == Some("COMPLETED")
+    })
+    .await;
+
+    let requests = server.received_requests().await.expect("recording");
+    let key_of = |suffix: &str| -> Vec<String> {
+        requests
+            .iter()
+            .filter(|q| q.url.path().ends_with(suffix))
+            .map(|q| {
+                q.headers
+                    .get("x-idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        key_of("/estimate"),
+        vec![estimate_idempotency_key(&r).to_string()],
+        "the docs mark X-Idempotency-Key required on the estimate"
+    );
+    let refund_posts: Vec<_> = requests
+        .iter()
+        .filter(|q| q.method.as_str() == "POST")
+        .collect();
+    assert_eq!(refund_posts.len(), 1);
+    assert_eq!(
+        refund_posts[0].url.path(),
+        format!("/payment/v1/payouts/{payin}/refund")
+    );
+    assert_eq!(
+        refund_posts[0]
+            .headers
+            .get("x-idempotency-key")
+            .and_then(|v| v.to_str().ok()),
+        Some(idempotency_key(&r).to_string().as_str())
+    );
+    assert_ne!(estimate_idempotency_key(&r), idempotency_key(&r));
+    app.cleanup().await;
+}
