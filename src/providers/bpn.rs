@@ -17,7 +17,8 @@
 //! - No idempotency key and no refund-status endpoint. `status()` looks the *order* up with
 //!   "Get Virtual Account Order Detail" (`GET`, default [`DEFAULT_ORDER_DETAIL_PATH`]
 //!   `?orderId=`, `PROVIDER_BPN_ORDER_DETAIL_PATH`) and reads its refund state: no refund
-//!   (`refundStatus` absent/empty/`NONE`) is `NotFound`, `REFUNDED`-like is success,
+//!   (`refundStatus` absent/empty/`NONE` on an order we can read; an answer with nothing of
+//!   an order in it is unknown) is `NotFound`, `REFUNDED`-like is success,
 //!   `REFUND_FAILED`-like is a final failure, anything else is still pending. When the detail
 //!   endpoint does not exist at all (HTTP 404/405 without BPN's envelope) it falls back to
 //!   "List Virtual Account Orders" (`GET`, default [`DEFAULT_ORDER_LIST_PATH`],
@@ -531,6 +532,17 @@ pub fn interpret_detail(status: StatusCode, body: &[u8]) -> Lookup {
     match envelope.data {
         None | Some(Value::Null) => Lookup::NoSuchOrder,
         Some(data) => match serde_json::from_value::<BpnOrder>(data) {
+            // Nothing of an order in it (`{}`, another object): not an answer we read, and
+            // certainly not "this order has no refund".
+            Ok(order)
+                if order.order_id.is_none()
+                    && order.status.is_none()
+                    && order.refund_status.is_none() =>
+            {
+                Lookup::Failed(ProviderOutcome::Unknown {
+                    reason: "BPN order detail without an order we can read".into(),
+                })
+            }
             Ok(order) => Lookup::Order(order),
             Err(e) => Lookup::Failed(ProviderOutcome::Unknown {
                 reason: format!("unreadable BPN order detail: {e}"),
@@ -1092,6 +1104,19 @@ mod tests {
             (Status, 200, err(50001, "busy"), "retryable"),
             (Status, 400, "<html>".into(), "unknown"),
             (Status, 200, "<html>".into(), "unknown"),
+            (
+                Status,
+                200,
+                json!({"status": 0, "message": "success", "data": {}, "traceId": "t"}).to_string(),
+                "unknown",
+            ),
+            (
+                Status,
+                200,
+                json!({"status": 0, "message": "success", "data": {"foo": 1}, "traceId": "t"})
+                    .to_string(),
+                "unknown",
+            ),
             // The detail endpoint missing: the adapter falls back to the list.
             (Status, 404, "<html>".into(), "unknown"),
             (Status, 405, String::new(), "unknown"),

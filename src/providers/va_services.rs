@@ -300,20 +300,38 @@ impl VaServices {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<(reqwest::StatusCode, axum::body::Bytes), ProviderOutcome> {
+        let (status, headers, bytes) = self.fetch_raw(request).await?;
+        if let Some(outcome) = classify_status(status, &headers) {
+            return Err(outcome);
+        }
+        Ok((status, bytes))
+    }
+
+    /// Sends an authenticated request and reads the answer, whatever its status; only
+    /// transport errors come back classified.
+    async fn fetch_raw(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<
+        (
+            reqwest::StatusCode,
+            reqwest::header::HeaderMap,
+            axum::body::Bytes,
+        ),
+        ProviderOutcome,
+    > {
         let response = request
             .bearer_auth(self.settings.api_key.expose_secret())
             .send()
             .await
             .map_err(|e| classify_send_error(&e))?;
         let status = response.status();
-        if let Some(outcome) = classify_status(status, response.headers()) {
-            return Err(outcome);
-        }
+        let headers = response.headers().clone();
         let bytes = response
             .bytes()
             .await
             .map_err(|e| classify_send_error(&e))?;
-        Ok((status, bytes))
+        Ok((status, headers, bytes))
     }
 }
 
@@ -367,13 +385,24 @@ impl VaServices {
             return ProviderOutcome::NotFound;
         };
         let url = self.templated(template, refund);
-        match self.fetch(self.client.get(url)).await {
-            Ok((status, body)) => interpret_history(
+        match self.fetch_raw(self.client.get(url)).await {
+            // A 501 "Not Implemented" without VA's envelope is a missing endpoint, not a
+            // transient 5xx: the documented not-found decides (see `interpret_history`).
+            Ok((status, _, body)) if is_missing_endpoint(status, &body) => interpret_history(
                 status,
                 &body,
                 &refund.refund_reference,
                 self.settings.timezone,
             ),
+            Ok((status, headers, body)) => match classify_status(status, &headers) {
+                Some(outcome) => outcome,
+                None => interpret_history(
+                    status,
+                    &body,
+                    &refund.refund_reference,
+                    self.settings.timezone,
+                ),
+            },
             Err(outcome) => outcome,
         }
     }
@@ -1030,6 +1059,80 @@ mod tests {
             .collect();
         assert_eq!(refs, ["list-0", "list-1", "list-2", "list-3", "list-4"]);
         assert_eq!(sandbox.ledger().list_calls, 3, "pages of 2, 2 and 1");
+    }
+
+    /// The adapter itself, against a VA built from the docs: the documented "not found"
+    /// decides when Refund Details is missing (404, 405, 501 without the envelope) or
+    /// switched off, not when it is merely failing (503).
+    #[tokio::test]
+    async fn documented_not_found_decides_when_refund_details_is_missing() {
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let request = |reference: &str| RefundRequest {
+            refund_reference: reference.into(),
+            transaction_reference: format!("tx-{reference}"),
+            amount: rust_decimal::Decimal::new(1000, 2),
+            currency: "NGN".into(),
+            reason: "r".into(),
+            customer_note: None,
+            destination: None,
+            provider_reference: None,
+            metadata: None,
+        };
+        let server = MockServer::start().await;
+        let adapter = |details: Option<&str>| {
+            let uri = server.uri();
+            let details = details.map(str::to_owned);
+            VaServices::new(
+                crate::config::Config::from_lookup(move |k| match k {
+                    "PROVIDER_VA_SERVICES_BASE_URL" => Some(uri.clone()),
+                    "PROVIDER_VA_SERVICES_API_KEY" => Some("k".into()),
+                    "PROVIDER_VA_SERVICES_DETAILS_PATH" => details.clone(),
+                    _ => None,
+                })
+                .unwrap()
+                .providers[&ProviderName::VaServices]
+                    .clone(),
+            )
+        };
+        for (reference, details_status) in [
+            ("r-404", 404),
+            ("r-405", 405),
+            ("r-501", 501),
+            ("r-503", 503),
+        ] {
+            Mock::given(method("GET"))
+                .and(path(format!("/va/refunds/{reference}")))
+                .respond_with(ResponseTemplate::new(404).set_body_string(NOT_FOUND_ENVELOPE))
+                .mount(&server)
+                .await;
+            Mock::given(method("GET"))
+                .and(path(format!("/va/refunds/details/tx-{reference}")))
+                .respond_with(ResponseTemplate::new(details_status))
+                .mount(&server)
+                .await;
+        }
+        let va = adapter(None);
+        for reference in ["r-404", "r-405", "r-501"] {
+            assert_eq!(
+                va.status(&request(reference)).await,
+                ProviderOutcome::NotFound,
+                "{reference}"
+            );
+        }
+        assert!(matches!(
+            va.status(&request("r-503")).await,
+            ProviderOutcome::Retryable { .. }
+        ));
+        // Switched off: the status lookup alone decides, and details is never asked.
+        let before = server.received_requests().await.unwrap().len();
+        assert_eq!(
+            adapter(Some("off")).status(&request("r-503")).await,
+            ProviderOutcome::NotFound
+        );
+        let asked = server.received_requests().await.unwrap();
+        assert_eq!(asked.len(), before + 1);
+        assert!(!asked[before].url.path().contains("details"));
     }
 
     #[test]
