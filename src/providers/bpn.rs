@@ -37,8 +37,11 @@
 //!   code set our sandbox uses (10001-10004 auth, 20001 order not found, 20002 already
 //!   refunded, 20003 not refundable, 20004 amount, 50000 system error, 50001 busy) and, for
 //!   other codes, by the message's words ([`classify_error`]). Unknown codes are a final
-//!   `PROVIDER_REJECTED` with BPN's message, code and traceId. HTTP 401/403 and auth codes say
-//!   to check `PROVIDER_BPN_API_KEY` / `PROVIDER_BPN_API_SECRET`.
+//!   `PROVIDER_REJECTED` with BPN's message, code and traceId. HTTP 401/403 and auth codes
+//!   (refused before processing) are retried with `may_have_reached_provider: false` and say
+//!   to check `PROVIDER_BPN_API_KEY` / `PROVIDER_BPN_API_SECRET`: a refund ends
+//!   `RETRIES_EXHAUSTED`, a lookup keeps the refund pending. A non-2xx without BPN's envelope
+//!   is not BPN's answer: retried (a refund after an order lookup).
 //! - Our refund reference never reaches BPN: the provider reference we keep is the order id.
 //! - Webhooks ("Transaction Status Notification", "virtual account payment status"): the
 //!   payloads are not in our pages. We read an object (or its `data` object) with `orderId`;
@@ -316,11 +319,13 @@ pub fn classify_error(code: Option<i64>, message: &str, trace_id: &str) -> Provi
     let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
     let failed =
         |code: FailureCode, text: String| ProviderOutcome::Failed(FailureReason::new(code, text));
-    let auth = || {
-        failed(
-            FailureCode::ProviderRejected,
-            format!("BPN refused our credentials: {detail}; {CREDENTIALS_HINT}"),
-        )
+    // Refused before processing: BPN has nothing from this call. Retried (a refund ends
+    // RETRIES_EXHAUSTED with the hint; a lookup keeps the refund pending), so a rotated key
+    // fixed in time fails nothing.
+    let auth = || ProviderOutcome::Retryable {
+        reason: format!("BPN refused our credentials: {detail}; {CREDENTIALS_HINT}"),
+        retry_after: None,
+        may_have_reached_provider: false,
     };
     match code {
         Some(10001..=10004) => auth(),
@@ -405,10 +410,11 @@ fn read_envelope(status: StatusCode, body: &[u8]) -> Result<Envelope, ProviderOu
     let envelope: Envelope = match serde_json::from_slice(body) {
         Ok(e) => e,
         Err(_) if auth_status => {
-            return Err(ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                format!("BPN refused our credentials (HTTP {status}); {CREDENTIALS_HINT}"),
-            )))
+            return Err(ProviderOutcome::Retryable {
+                reason: format!("BPN refused our credentials (HTTP {status}); {CREDENTIALS_HINT}"),
+                retry_after: None,
+                may_have_reached_provider: false,
+            })
         }
         // A 2xx we cannot read may still mean the refund was made.
         Err(e) if status.is_success() => {
@@ -416,24 +422,28 @@ fn read_envelope(status: StatusCode, body: &[u8]) -> Result<Envelope, ProviderOu
                 reason: format!("unreadable BPN response (HTTP {status}): {e}"),
             })
         }
+        // Not BPN's answer (a proxy, a gateway): it may or may not have reached BPN, so a
+        // refund is looked up before anything is sent again.
         Err(_) => {
-            return Err(ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                format!("BPN answered HTTP {status} without its envelope"),
-            )))
+            return Err(ProviderOutcome::Retryable {
+                reason: format!("BPN answered HTTP {status} without its envelope"),
+                retry_after: None,
+                may_have_reached_provider: true,
+            })
         }
     };
     if auth_status {
-        return Err(ProviderOutcome::Failed(FailureReason::new(
-            FailureCode::ProviderRejected,
-            format!(
+        return Err(ProviderOutcome::Retryable {
+            reason: format!(
                 "BPN refused our credentials (HTTP {}): {} (status {}, traceId {}); {CREDENTIALS_HINT}",
                 status.as_u16(),
                 envelope.message(),
                 envelope.code().map_or_else(|| "none".into(), |c| c.to_string()),
                 envelope.trace()
             ),
-        )));
+            retry_after: None,
+            may_have_reached_provider: false,
+        });
     }
     match envelope.code() {
         Some(0) if status.is_success() => Ok(envelope),
@@ -676,10 +686,12 @@ impl Bpn {
         content: SignedContent<'_>,
     ) -> Result<reqwest::RequestBuilder, ProviderOutcome> {
         let Some(secret) = self.settings.api_secret.as_ref() else {
-            return Err(ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                "PROVIDER_BPN_API_SECRET is not set: BPN requests cannot be signed",
-            )));
+            // Nothing was sent: retried like a refused key (RETRIES_EXHAUSTED in the end).
+            return Err(ProviderOutcome::Retryable {
+                reason: "PROVIDER_BPN_API_SECRET is not set: BPN requests cannot be signed".into(),
+                retry_after: None,
+                may_have_reached_provider: false,
+            });
         };
         let timestamp = chrono::Utc::now().timestamp_millis().to_string();
         let sig = signature(secret.expose_secret().as_bytes(), content, &timestamp);
@@ -1096,13 +1108,17 @@ mod tests {
                 "not_found",
             ),
             // Refused, odd or unreadable lookups: never final.
-            (Status, 401, String::new(), "unknown"),
-            (Status, 403, err(10002, "invalid signature"), "unknown"),
-            (Status, 200, err(10001, "invalid api key"), "unknown"),
+            (Status, 401, String::new(), "retryable"),
+            (Status, 403, err(10002, "invalid signature"), "retryable"),
+            (Status, 200, err(10001, "invalid api key"), "retryable"),
+            (Refund, 401, String::new(), "retryable"),
+            (Refund, 403, err(10002, "invalid signature"), "retryable"),
+            (Refund, 502, String::new(), "retryable"),
+            (Refund, 400, "<html>".into(), "retryable"),
             (Status, 200, err(20002, "already refunded"), "unknown"),
             (Status, 200, err(99999, "something odd"), "unknown"),
             (Status, 200, err(50001, "busy"), "retryable"),
-            (Status, 400, "<html>".into(), "unknown"),
+            (Status, 400, "<html>".into(), "retryable"),
             (Status, 200, "<html>".into(), "unknown"),
             (
                 Status,
@@ -1179,7 +1195,6 @@ mod tests {
                 "refund declined by risk control",
                 FailureCode::ProviderRejected,
             ),
-            (10001, "invalid API-KEY", FailureCode::ProviderRejected),
             (
                 77777,
                 "Refund amount is greater than available",
@@ -1201,7 +1216,8 @@ mod tests {
             assert_eq!(r.code, expected, "{code} {message}");
             assert!(r.message.contains(message), "{}", r.message);
         }
-        // Credential errors carry the hint, with or without BPN's envelope.
+        // Credential errors (refused before processing) are retried, never a made-up
+        // rejection, and carry the hint, with or without BPN's envelope.
         for (status, body) in [
             (
                 StatusCode::UNAUTHORIZED,
@@ -1209,14 +1225,16 @@ mod tests {
             ),
             (StatusCode::FORBIDDEN, b"<html>forbidden</html>".to_vec()),
             (StatusCode::OK, error_body(10003, "API-TIMESTAMP expired")),
+            (StatusCode::OK, error_body(10001, "invalid API-KEY")),
         ] {
-            let r = failure(interpret_refund(status, &body, "o"));
-            assert_eq!(r.code, FailureCode::ProviderRejected);
-            assert!(
-                r.message.contains("PROVIDER_BPN_API_SECRET"),
-                "{}",
-                r.message
-            );
+            match interpret_refund(status, &body, "o") {
+                ProviderOutcome::Retryable {
+                    reason,
+                    may_have_reached_provider: false,
+                    ..
+                } => assert!(reason.contains("PROVIDER_BPN_API_SECRET"), "{reason}"),
+                other => panic!("{status}: {other:?}"),
+            }
         }
         // Busy answers were not processed; system errors may have been.
         assert!(matches!(
@@ -1614,14 +1632,22 @@ mod tests {
     async fn wrong_secret_is_refused_with_the_hint() {
         let (bpn, sandbox, stop) =
             against_sandbox(quick(), &[("PROVIDER_BPN_API_SECRET", "wrong".to_owned())]).await;
-        let r = failure(bpn.submit(&request("25.17", "USD")).await);
-        assert_eq!(r.code, FailureCode::ProviderRejected);
-        assert!(r.message.contains("invalid signature"), "{}", r.message);
-        assert!(r.message.contains("PROVIDER_BPN_API_KEY"), "{}", r.message);
+        // Refused before anything was refunded: retried (RETRIES_EXHAUSTED in the end).
+        match bpn.submit(&request("25.17", "USD")).await {
+            ProviderOutcome::Retryable {
+                reason,
+                may_have_reached_provider: false,
+                ..
+            } => {
+                assert!(reason.contains("invalid signature"), "{reason}");
+                assert!(reason.contains("PROVIDER_BPN_API_KEY"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
         // A refused lookup never fails a refund BPN may have.
         assert!(matches!(
             bpn.status(&request("25.17", "USD")).await,
-            ProviderOutcome::Unknown { .. }
+            ProviderOutcome::Retryable { .. }
         ));
         assert_eq!(sandbox.ledger().rejected_auth, 2);
         stop.cancel();
