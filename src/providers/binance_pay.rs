@@ -31,6 +31,12 @@
 //!   found), `400609` SYSTEM_BUSY (retryable). The sandbox answers with these.
 //! - Only a refund's own status fails it from a query: a query refused for any other reason
 //!   (signature, key, clock, a CloudFront 403 page) is retried, since the refund may exist.
+//!   "No such refund" on a query comes from the code table only (`400202`, `400607`): an
+//!   unknown code whose message reads "not found" is retried, not taken as absent.
+//! - A body without Binance's envelope (no `status`, no `code`) is not Binance's answer: on a
+//!   refund, 401/403 is retried as unprocessed (the refund ends `RETRIES_EXHAUSTED`), any
+//!   other status after a query; a missing `PROVIDER_BINANCE_PAY_API_SECRET` is retried too
+//!   (nothing was sent), never a made-up rejection.
 //! - `remainingAttempts` (refunds left on the order): an order with 0 attempts left is final.
 //!   Where it bites: Binance refuses a *new* refund on it (`400606`, or any error whose data
 //!   shows `remainingAttempts: 0`) and we fail it `NOT_REFUNDABLE` at once, without retries;
