@@ -48,6 +48,15 @@ pub struct ProviderSettings {
     pub order_detail_path: Option<String>,
     /// BPN: path of "List Virtual Account Orders" (left open by their docs).
     pub order_list_path: Option<String>,
+    /// `PROVIDER_<NAME>_STATUS_PATH`: path template of the refund status lookup, where the
+    /// docs leave it open (VA Services, BVNK); `None` means the adapter's default.
+    pub status_path: Option<String>,
+    /// `PROVIDER_<NAME>_DETAILS_PATH`: VA Services' "Refund Details" path template (`off`
+    /// disables that extra check); `None` means the adapter's default.
+    pub details_path: Option<String>,
+    /// `PROVIDER_<NAME>_REFUND_PATH`: path template of the refund call, where the docs show
+    /// more than one (BVNK); `None` means the adapter's default.
+    pub refund_path: Option<String>,
 }
 
 /// Outbound merchant webhooks.
@@ -205,6 +214,9 @@ impl Config {
                     )?),
                     order_detail_path: get(&format!("{prefix}_ORDER_DETAIL_PATH")),
                     order_list_path: get(&format!("{prefix}_ORDER_LIST_PATH")),
+                    status_path: get(&format!("{prefix}_STATUS_PATH")),
+                    details_path: get(&format!("{prefix}_DETAILS_PATH")),
+                    refund_path: get(&format!("{prefix}_REFUND_PATH")),
                 },
             );
         }

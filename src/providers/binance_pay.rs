@@ -31,6 +31,12 @@
 //!   found), `400609` SYSTEM_BUSY (retryable). The sandbox answers with these.
 //! - Only a refund's own status fails it from a query: a query refused for any other reason
 //!   (signature, key, clock, a CloudFront 403 page) is retried, since the refund may exist.
+//!   "No such refund" on a query comes from the code table only (`400202`, `400607`): an
+//!   unknown code whose message reads "not found" is retried, not taken as absent.
+//! - A body without Binance's envelope (no `status`, no `code`) is not Binance's answer: on a
+//!   refund, 401/403 is retried as unprocessed (the refund ends `RETRIES_EXHAUSTED`), any
+//!   other status after a query; a missing `PROVIDER_BINANCE_PAY_API_SECRET` is retried too
+//!   (nothing was sent), never a made-up rejection.
 //! - `remainingAttempts` (refunds left on the order): an order with 0 attempts left is final.
 //!   Where it bites: Binance refuses a *new* refund on it (`400606`, or any error whose data
 //!   shows `remainingAttempts: 0`) and we fail it `NOT_REFUNDABLE` at once, without retries;
@@ -383,7 +389,15 @@ pub fn interpret(
     call: CallKind,
     requested: Option<Decimal>,
 ) -> ProviderOutcome {
-    let envelope: Envelope = match serde_json::from_slice(body) {
+    // Binance's envelope carries `status` or `code`; any other body (HTML from a proxy,
+    // `{}`) is not Binance's answer.
+    let envelope = serde_json::from_slice::<Envelope>(body)
+        .map_err(|e| e.to_string())
+        .and_then(|e| match e.status.is_some() || e.code.is_some() {
+            true => Ok(e),
+            false => Err("no status or code".to_owned()),
+        });
+    let envelope: Envelope = match envelope {
         Ok(e) => e,
         // A 2xx we cannot read may still mean the refund was created.
         Err(e) if status.is_success() => {
@@ -399,11 +413,24 @@ pub fn interpret(
                 may_have_reached_provider: false,
             }
         }
+        // Refused before processing (credentials, a proxy's auth): Binance has nothing from
+        // this call. Retried, so a submit ends RETRIES_EXHAUSTED rather than a made-up
+        // rejection.
+        Err(_) if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN => {
+            return ProviderOutcome::Retryable {
+                reason: format!("Binance Pay refused the refund with HTTP {status} and no envelope; check PROVIDER_BINANCE_PAY_API_KEY / PROVIDER_BINANCE_PAY_API_SECRET"),
+                retry_after: None,
+                may_have_reached_provider: false,
+            }
+        }
+        // Not Binance's answer: it may or may not have reached Binance, so the pipeline
+        // queries the refund before sending it again (same refundRequestId).
         Err(_) => {
-            return ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                format!("Binance Pay answered HTTP {status} without an envelope"),
-            ))
+            return ProviderOutcome::Retryable {
+                reason: format!("Binance Pay answered the refund HTTP {status} without an envelope"),
+                retry_after: None,
+                may_have_reached_provider: true,
+            }
         }
     };
     let code = envelope.code();
@@ -469,8 +496,17 @@ fn error_outcome(
         status.as_u16()
     );
     match (class, call) {
-        (ErrorClass::Missing | ErrorClass::MissingRefund, CallKind::Status) => {
+        // Only a code from the table says "no such refund" (it leads to a resubmit); the same
+        // words in an unknown code's message are not explicit enough.
+        (ErrorClass::Missing | ErrorClass::MissingRefund, CallKind::Status) if name.is_some() => {
             ProviderOutcome::NotFound
+        }
+        (ErrorClass::Missing | ErrorClass::MissingRefund, CallKind::Status) => {
+            ProviderOutcome::Retryable {
+                reason: format!("Binance Pay refused the query: {described}"),
+                retry_after: None,
+                may_have_reached_provider: false,
+            }
         }
         // Only the refund's own status may fail it: a query refused for our credentials or
         // request (a rotated key, a bad clock) keeps the refund as it was and asks again.
@@ -829,10 +865,13 @@ impl BinancePay {
         requested: Option<Decimal>,
     ) -> ProviderOutcome {
         let Some(secret) = self.settings.api_secret.as_ref() else {
-            return ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                "PROVIDER_BINANCE_PAY_API_SECRET is not configured",
-            ));
+            // Nothing was sent: a query must not fail a refund Binance may have, and a
+            // refund ends RETRIES_EXHAUSTED with this reason (Binance certainly has nothing).
+            return ProviderOutcome::Retryable {
+                reason: "PROVIDER_BINANCE_PAY_API_SECRET is not configured".into(),
+                retry_after: None,
+                may_have_reached_provider: false,
+            };
         };
         let bytes = body.to_string().into_bytes();
         let timestamp = Utc::now().timestamp_millis().to_string();
@@ -1234,6 +1273,82 @@ mod tests {
         );
     }
 
+    /// The classification table: every documented answer and every assumed one, as
+    /// (call, HTTP status, body, expected outcome class). 429 and 5xx are classified before
+    /// (`classify_status`).
+    fn classification() -> Vec<(CallKind, u16, String, &'static str)> {
+        use CallKind::{Status, Submit};
+        let refund = without_doc_typo(DOC_REFUND_RESPONSE);
+        let query = without_doc_typo(DOC_QUERY_RESPONSE);
+        let word = |w: &str| {
+            json!({"status": "SUCCESS", "code": "000000", "data": {"refundRequestId": "r-1", "refundStatus": w}, "errorMessage": ""}).to_string()
+        };
+        let mut rows = vec![
+            // Documented examples (once their trailing comma is removed); verbatim, unreadable.
+            (Submit, 200, refund.clone(), "accepted"),
+            (Status, 200, query.clone(), "accepted"),
+            (Submit, 200, DOC_REFUND_RESPONSE.to_owned(), "unknown"),
+            (Status, 200, DOC_QUERY_RESPONSE.to_owned(), "unknown"),
+            // Documented refundStatus words; unknown words stay pending.
+            (Status, 200, word("REFUND_SUCCESS"), "succeeded"),
+            (Status, 200, word("REFUND_PENDING"), "accepted"),
+            (Status, 200, word("REFUND_FAIL"), "failed"),
+            (Status, 200, word("SOMETHING_NEW"), "accepted"),
+            // "No such refund/order" from the table: not found on a query.
+            (
+                Status,
+                200,
+                fail("400607", "Refund order not found."),
+                "not_found",
+            ),
+            (Status, 200, fail("400202", "Order not found."), "not_found"),
+            (Submit, 200, fail("400202", "Order not found."), "failed"),
+            // Words alone (an unknown code) are not explicit enough on a query.
+            (Status, 200, fail("499999", "refund not exist"), "retryable"),
+            // Busy and system errors: retried.
+            (Submit, 200, fail("400609", "System busy"), "retryable"),
+            (Status, 200, fail("400000", "unknown error"), "retryable"),
+            // Non-envelope answers: a query is retried; a refund too (401/403: not processed).
+            (Status, 401, String::new(), "retryable"),
+            (Status, 403, "<html>".into(), "retryable"),
+            (Status, 404, "<html>".into(), "retryable"),
+            (Status, 400, "{}".into(), "retryable"),
+            (Submit, 401, String::new(), "retryable"),
+            (Submit, 403, "<html>".into(), "retryable"),
+            (Submit, 404, "<html>".into(), "retryable"),
+            (Submit, 200, "<html>".into(), "unknown"),
+            (Status, 200, "<html>".into(), "unknown"),
+            (
+                Submit,
+                200,
+                json!({"status": "SUCCESS", "code": "000000"}).to_string(),
+                "unknown",
+            ),
+        ];
+        // Every documented final code is final on a refund and retried on a query.
+        for (code, _, class) in ERROR_CODES {
+            if let ErrorClass::Final(_) = class {
+                rows.push((Submit, 400, fail(code, "refused"), "failed"));
+                rows.push((Status, 400, fail(code, "refused"), "retryable"));
+                rows.push((Status, 401, fail(code, "refused"), "retryable"));
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn classification_table() {
+        for (call, status, body, expected) in classification() {
+            let http = StatusCode::from_u16(status).unwrap();
+            let outcome = interpret(http, body.as_bytes(), call, None);
+            assert_eq!(
+                outcome.describe().0,
+                expected,
+                "{call:?} HTTP {status} {body}: {outcome:?}"
+            );
+        }
+    }
+
     fn fail(code: &str, message: &str) -> String {
         json!({"status": "FAIL", "code": code, "data": null, "errorMessage": message}).to_string()
     }
@@ -1364,15 +1479,17 @@ mod tests {
                 ProviderOutcome::NotFound
             );
         }
-        assert_eq!(
+        // An unknown code whose words say "no such refund" is not explicit enough to lead to
+        // a resubmit: asked again.
+        assert!(matches!(
             interpret(
                 StatusCode::OK,
                 fail("499999", "refund not exist").as_bytes(),
                 CallKind::Status,
                 None
             ),
-            ProviderOutcome::NotFound
-        );
+            ProviderOutcome::Retryable { .. }
+        ));
         // On a refund call, "no such refund" makes no sense: a rejection, never NotFound.
         assert!(matches!(
             interpret(StatusCode::OK, fail("400607", "Refund order not found.").as_bytes(), CallKind::Submit, None),
@@ -1383,9 +1500,13 @@ mod tests {
             interpret(StatusCode::FORBIDDEN, b"<html>", CallKind::Status, None),
             ProviderOutcome::Retryable { .. }
         ));
+        // Refused before processing on a refund: retried (RETRIES_EXHAUSTED in the end).
         assert!(matches!(
             interpret(StatusCode::FORBIDDEN, b"<html>", CallKind::Submit, None),
-            ProviderOutcome::Failed(r) if r.code == FailureCode::ProviderRejected
+            ProviderOutcome::Retryable {
+                may_have_reached_provider: false,
+                ..
+            }
         ));
         assert!(matches!(
             interpret(

@@ -2,9 +2,8 @@
 //! status codes that mean the same thing whichever provider answered.
 
 use crate::domain::ProviderOutcome;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
-use std::time::Duration;
 
 /// Maps a transport error. A connect failure never reached the provider, so it is safe to
 /// resend; anything after the request left (timeouts, broken bodies) may have been applied.
@@ -22,13 +21,10 @@ pub fn classify_send_error(e: &reqwest::Error) -> ProviderOutcome {
 }
 
 /// Maps status codes with the same meaning for every provider: 429, 5xx and 3xx are
-/// retryable. Returns `None` for the others, which the adapter interprets.
+/// retryable. Returns `None` for the others, which the adapter interprets. `Retry-After`
+/// (seconds or an HTTP-date) is kept, clamped to [`crate::retry::MAX_RETRY_AFTER`].
 pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> Option<ProviderOutcome> {
-    let retry_after = headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = crate::retry::retry_after_header(headers);
     if status == StatusCode::TOO_MANY_REQUESTS {
         // Rate-limited requests are rejected before processing.
         return Some(ProviderOutcome::Retryable {
@@ -59,6 +55,31 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> Option<Provid
     None
 }
 
+/// `base` joined with a path template such as `/va/refunds/{refundReference}`: each
+/// `{name}` is replaced by its value from `vars`, percent-encoded as one path segment (a `/`
+/// in a reference cannot change the path). Unknown placeholders are left as written, so a
+/// typo in a configured template shows in the provider's 404 rather than silently vanishing.
+pub fn templated_url(base: &reqwest::Url, template: &str, vars: &[(&str, &str)]) -> reqwest::Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty();
+        for segment in template.split('/').filter(|s| !s.is_empty()) {
+            let mut value = segment.to_owned();
+            for (name, v) in vars {
+                value = value.replace(&format!("{{{name}}}"), v);
+            }
+            path.push(&value);
+        }
+    }
+    url
+}
+
+/// Whether a configured optional path means "this endpoint is not used".
+pub fn is_disabled(path: &str) -> bool {
+    let p = path.trim();
+    p.is_empty() || p.eq_ignore_ascii_case("off") || p.eq_ignore_ascii_case("none")
+}
+
 /// A short description of a transport error without the URL (it may carry credentials or
 /// account data in a query string).
 pub(crate) fn describe(e: &reqwest::Error) -> String {
@@ -80,6 +101,8 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::RETRY_AFTER;
+    use std::time::Duration;
 
     #[test]
     fn status_codes_classify() {
@@ -114,11 +137,37 @@ mod tests {
                 })
             ));
         }
+        // A huge Retry-After is clamped to the ceiling, never taken as is.
+        let mut huge = HeaderMap::new();
+        huge.insert(RETRY_AFTER, "1000000000000".parse().unwrap());
+        assert!(matches!(
+            classify_status(StatusCode::SERVICE_UNAVAILABLE, &huge),
+            Some(ProviderOutcome::Retryable { retry_after: Some(d), .. }) if d == crate::retry::MAX_RETRY_AFTER
+        ));
         assert_eq!(classify_status(StatusCode::OK, &HeaderMap::new()), None);
         assert_eq!(
             classify_status(StatusCode::BAD_REQUEST, &HeaderMap::new()),
             None
         );
+    }
+
+    #[test]
+    fn templates_fill_and_encode_one_segment_each() {
+        let base = reqwest::Url::parse("http://h:1/api/").unwrap();
+        let url = templated_url(
+            &base,
+            "/va/refunds/{refundReference}",
+            &[("refundReference", "a/b c?")],
+        );
+        assert_eq!(url.as_str(), "http://h:1/api/va/refunds/a%2Fb%20c%3F");
+        let url = templated_url(
+            &base,
+            "payment/v1/payins/{transactionReference}/refund",
+            &[("transactionReference", "t-1")],
+        );
+        assert_eq!(url.as_str(), "http://h:1/api/payment/v1/payins/t-1/refund");
+        assert!(is_disabled("off") && is_disabled(" NONE ") && is_disabled(""));
+        assert!(!is_disabled("/va/refunds/details/{transactionReference}"));
     }
 
     #[tokio::test]

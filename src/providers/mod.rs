@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use http::{classify_send_error, classify_status};
+pub use http::{classify_send_error, classify_status, is_disabled, templated_url};
 
 /// What an adapter needs to know about a refund.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use crate::store::webhooks::{self, AttemptResult, ClaimedDelivery, Next};
 use crate::store::StoreError;
 use chrono::Utc;
 use futures::StreamExt;
-use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use sqlx::PgPool;
 use std::error::Error as _;
 use std::sync::Arc;
@@ -198,12 +198,9 @@ impl Deliverer {
             }
             Ok(mut response) => {
                 let status = response.status();
-                let retry_after = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                // Clamped (crate::retry::MAX_RETRY_AFTER): a merchant's huge value must not
+                // park the delivery for ever or overflow its stored next attempt.
+                let retry_after = crate::retry::retry_after_header(response.headers());
                 let mut excerpt = Vec::new();
                 while excerpt.len() < EXCERPT_BYTES {
                     match response.chunk().await {

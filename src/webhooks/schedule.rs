@@ -18,7 +18,16 @@ impl Schedule {
     pub fn parse(text: &str) -> Result<Self, String> {
         let delays = text
             .split(',')
-            .map(|part| parse_duration(part.trim()))
+            .map(|part| {
+                let d = parse_duration(part.trim())?;
+                if d > MAX_DELAY {
+                    return Err(format!(
+                        "`{}` is longer than the longest delay allowed ({MAX_DELAY_DAYS} days)",
+                        part.trim()
+                    ));
+                }
+                Ok(d)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if delays.is_empty() {
             return Err("the schedule needs at least one delay".into());
@@ -50,7 +59,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let secs = |per: u64| {
         n.checked_mul(per)
             .map(Duration::from_secs)
-            .ok_or_else(|| format!("`{s}` is too long"))
+            .ok_or_else(|| format!("`{s}` is longer than the longest delay allowed"))
     };
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
@@ -61,6 +70,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => Err(format!("`{s}` has an unknown unit (use ms, s, m, h or d)")),
     }
 }
+
+/// Longest delay a schedule may name, in days: the next attempt is stored as a PostgreSQL
+/// interval from now, which a huge value would overflow (and the delivery would never be
+/// recorded again).
+pub const MAX_DELAY_DAYS: u64 = 30;
+const MAX_DELAY: Duration = Duration::from_secs(MAX_DELAY_DAYS * 86_400);
 
 #[cfg(test)]
 mod tests {
@@ -77,6 +92,16 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(s.next_delay(8), None);
+    }
+
+    #[test]
+    fn absurd_delays_are_refused_not_overflowed() {
+        assert!(Schedule::parse("99999999999999999h")
+            .unwrap_err()
+            .contains("longest delay"));
+        assert!(Schedule::parse("0s,31d").is_err());
+        assert!(Schedule::parse("0s,721h").unwrap_err().contains("30 days"));
+        assert!(Schedule::parse("0s,720h").is_ok());
     }
 
     #[test]

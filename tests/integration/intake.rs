@@ -103,6 +103,7 @@ async fn a_provider_that_is_not_configured_fails_clearly() {
     let r = reference("bvnk");
     let mut cmd = va_command(&r, "10.00");
     cmd["provider"] = json!("bvnk");
+    cmd["currency"] = json!("EUR");
     app.publish(&cmd).await;
     let e = app.wait_for(&r, RefundStatus::RefundFail).await;
     let f = e.failure_reason.expect("reason");

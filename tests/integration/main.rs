@@ -6,6 +6,7 @@
 mod admin;
 mod cli;
 mod dispatch;
+mod docs_providers;
 mod helpers;
 mod hostile;
 mod http_server;
