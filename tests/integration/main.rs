@@ -19,6 +19,7 @@ mod provider_bpn;
 mod provider_bvnk;
 mod provider_webhooks;
 mod resilience;
+mod retention;
 mod review;
 mod secrets;
 mod stats;
