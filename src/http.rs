@@ -8,9 +8,10 @@
 
 use crate::broker::{self, dlq, Topology};
 use crate::config::Config;
+use crate::http_validation::{StrictJson, StrictQuery};
 use crate::pipeline::worker::Status;
 use crate::store::{self, webhooks::ResendFilter, StoreError};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -197,8 +198,13 @@ impl ApiError {
         }
     }
 
+    /// The message (tests and logs).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// A body the JSON extractor refused: too large (413), not JSON (415), or malformed (400).
-    fn from_json_rejection(e: axum::extract::rejection::JsonRejection) -> Self {
+    pub(crate) fn from_json_rejection(e: axum::extract::rejection::JsonRejection) -> Self {
         let (status, code) = match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
@@ -344,7 +350,7 @@ async fn get_refund(
 
 async fn list_refunds(
     State(state): State<AppState>,
-    Query(filter): Query<store::refunds::ListFilter>,
+    StrictQuery(filter): StrictQuery<store::refunds::ListFilter>,
 ) -> Result<Json<store::refunds::RefundPage>, ApiError> {
     if let Some(s) = &filter.status {
         if crate::domain::RefundStatus::parse(s).is_none() {
@@ -358,30 +364,41 @@ async fn list_refunds(
     Ok(Json(store::refunds::list(&state.pool, &filter).await?))
 }
 
+/// `POST /v1/webhooks/resend`. The fields are inline (not a flattened [`ResendFilter`]) so
+/// [`StrictJson`] knows them all and refuses a misspelt `dry_run` instead of resending.
 #[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ResendBody {
-    #[serde(flatten)]
-    filter: ResendFilter,
+    event_ids: Option<Vec<uuid::Uuid>>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    provider: Option<String>,
+    status: Option<String>,
     #[serde(default)]
     dry_run: bool,
 }
 
 async fn resend_webhooks(
     State(state): State<AppState>,
-    body: Result<Json<ResendBody>, axum::extract::rejection::JsonRejection>,
+    StrictJson(body): StrictJson<ResendBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
-    body.filter
+    let filter = ResendFilter {
+        event_ids: body.event_ids,
+        since: body.since,
+        until: body.until,
+        provider: body.provider,
+        status: body.status,
+    };
+    filter
         .validate()
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
     if body.dry_run {
-        let n = store::webhooks::count_resendable(&state.pool, &body.filter).await?;
+        let n = store::webhooks::count_resendable(&state.pool, &filter).await?;
         return Ok(Json(json!({"dryRun": true, "wouldQueue": n})));
     }
     let mut queued = Vec::new();
     loop {
-        let batch = store::webhooks::resend(&state.pool, &body.filter, 500).await?;
+        let batch = store::webhooks::resend(&state.pool, &filter, 500).await?;
         let done = batch.len() < 500;
         queued.extend(batch);
         if done {
@@ -392,13 +409,14 @@ async fn resend_webhooks(
 }
 
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LimitQuery {
     limit: Option<i64>,
 }
 
 async fn failed_webhooks(
     State(state): State<AppState>,
-    Query(q): Query<LimitQuery>,
+    StrictQuery(q): StrictQuery<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let rows =
         store::webhooks::list_failed(&state.pool, q.limit.unwrap_or(100).clamp(1, 1000)).await?;
@@ -435,7 +453,7 @@ async fn broker_connection(state: &AppState) -> Result<lapin::Connection, ApiErr
 async fn list_dlq(
     State(state): State<AppState>,
     Path(queue): Path<String>,
-    Query(q): Query<LimitQuery>,
+    StrictQuery(q): StrictQuery<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
     dlq_target(&state, &queue)?;
     let connection = broker_connection(&state).await?;
@@ -453,11 +471,15 @@ async fn list_dlq(
     ))
 }
 
+/// `POST /v1/dlq/{queue}/replay`. Inline fields, for the same reason as [`ResendBody`].
 #[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ReplayBody {
-    #[serde(flatten)]
-    filter: dlq::ReplayFilter,
+    message_id: Option<String>,
+    position: Option<usize>,
+    reason_contains: Option<String>,
+    #[serde(default)]
+    all: bool,
     #[serde(default)]
     dry_run: bool,
 }
@@ -465,10 +487,15 @@ struct ReplayBody {
 async fn replay_dlq(
     State(state): State<AppState>,
     Path(queue): Path<String>,
-    body: Result<Json<ReplayBody>, axum::extract::rejection::JsonRejection>,
+    StrictJson(body): StrictJson<ReplayBody>,
 ) -> Result<Json<dlq::ReplayReport>, ApiError> {
-    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
-    body.filter
+    let filter = dlq::ReplayFilter {
+        message_id: body.message_id,
+        position: body.position,
+        reason_contains: body.reason_contains,
+        all: body.all,
+    };
+    filter
         .validate()
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
     let (exchange, routing_key) = dlq_target(&state, &queue)?;
@@ -476,7 +503,7 @@ async fn replay_dlq(
     let report = dlq::replay(
         &connection,
         &queue,
-        &body.filter,
+        &filter,
         (&exchange, &routing_key),
         body.dry_run,
         |_, _| {},
@@ -532,5 +559,24 @@ mod tests {
             ROUTES.len(),
             "docs/openapi.json documents routes the server does not have"
         );
+        // Admin bodies refuse unknown fields (http_validation::StrictJson); the document
+        // says so, and documents the 400 that says which field.
+        for (method, path) in ROUTES.iter().filter(|(_, p)| p.starts_with("/v1/")) {
+            let op = &doc["paths"][path][method];
+            if let Some(schema) = op["requestBody"]["content"]["application/json"]["schema"]
+                .get("$ref")
+                .and_then(Value::as_str)
+            {
+                let name = schema.trim_start_matches("#/components/schemas/");
+                assert_eq!(
+                    doc["components"]["schemas"][name]["additionalProperties"], false,
+                    "{name} (body of {method} {path}) must set additionalProperties: false"
+                );
+                assert!(
+                    op["responses"]["400"].is_object(),
+                    "{method} {path}: no 400"
+                );
+            }
+        }
     }
 }

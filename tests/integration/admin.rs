@@ -262,3 +262,90 @@ async fn admin_rejections_keep_the_json_error_contract() {
     }
     app.cleanup().await;
 }
+
+/// Publishes `body` straight into the commands' dead-letter queue, as the worker would.
+async fn dead_letter(app: &TestApp, message_id: Option<&str>, body: &[u8], reason: &str) {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ERROR_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    let properties = match message_id {
+        Some(id) => json_properties(id),
+        None => lapin::BasicProperties::default(),
+    };
+    app.publisher
+        .publish(Outgoing {
+            exchange: &app.topology.dlx,
+            routing_key: &app.topology.commands_dlq,
+            payload: body,
+            properties: properties.with_headers(headers),
+        })
+        .await
+        .unwrap();
+}
+
+/// Asserts a 400 in the error contract whose message contains `needle`; returns the message.
+async fn assert_400(answer: reqwest::Response, needle: &str) -> String {
+    assert_eq!(answer.status(), 400);
+    let error: Value = answer.json().await.unwrap();
+    let message = error["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(error["error"]["code"].is_string(), "{error}");
+    assert!(message.contains(needle), "`{needle}` not in {error}");
+    message
+}
+
+#[tokio::test]
+async fn unknown_fields_in_bodies_and_query_strings_are_refused_naming_the_closest_one() {
+    let app = TestApp::spawn().await;
+    dead_letter(&app, Some("dl-1"), b"{}", "bad").await;
+    let admin = app.admin().await;
+    let replay = format!("/v1/dlq/{}/replay", app.topology.commands_dlq);
+    // snake_case instead of dryRun: this used to replay for real.
+    let answer = admin
+        .post(&replay, &json!({"all": true, "dry_run": true}))
+        .await;
+    assert_400(answer, "unknown field `dry_run`; did you mean `dryRun`?").await;
+    assert_eq!(app.queue_depth(&app.topology.commands_dlq).await, 1);
+
+    let answer = admin
+        .post(
+            "/v1/webhooks/resend",
+            &json!({"since": "2026-01-01T00:00:00Z", "dry_run": true}),
+        )
+        .await;
+    let message = assert_400(answer, "did you mean `dryRun`?").await;
+    assert!(message.starts_with("unknown field `dry_run`"), "{message}");
+    let answer = admin
+        .post("/v1/webhooks/resend", &json!({"event_ids": []}))
+        .await;
+    assert_400(answer, "did you mean `eventIds`?").await;
+    let answer = admin
+        .post(&replay, &json!({"all": true, "queue": "x"}))
+        .await;
+    assert_400(answer, "known fields: `messageId`").await;
+
+    for (path, needle) in [
+        (
+            "/v1/refunds?stauts=PENDING",
+            "`stauts`; did you mean `status`?",
+        ),
+        (
+            "/v1/webhooks/failed?limt=5",
+            "`limt`; did you mean `limit`?",
+        ),
+        (
+            &format!("/v1/dlq/{}?max=5", app.topology.commands_dlq),
+            "unknown field `max`",
+        ),
+    ] {
+        assert_400(admin.get(path).await, needle).await;
+    }
+    // Known fields still work.
+    let dry = admin
+        .post_json(&replay, &json!({"all": true, "dryRun": true}))
+        .await;
+    assert_eq!(dry["matched"], 1, "{dry}");
+    assert_eq!(admin.get("/v1/webhooks/failed?limit=5").await.status(), 200);
+    app.cleanup().await;
+}
