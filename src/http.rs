@@ -8,7 +8,7 @@
 
 use crate::broker::{self, dlq, Topology};
 use crate::config::Config;
-use crate::http_validation::{StrictJson, StrictQuery};
+use crate::http_validation::{self as validation, StrictJson, StrictQuery};
 use crate::pipeline::worker::Status;
 use crate::store::{self, webhooks::ResendFilter, StoreError};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -352,15 +352,9 @@ async fn list_refunds(
     State(state): State<AppState>,
     StrictQuery(filter): StrictQuery<store::refunds::ListFilter>,
 ) -> Result<Json<store::refunds::RefundPage>, ApiError> {
-    if let Some(s) = &filter.status {
-        if crate::domain::RefundStatus::parse(s).is_none() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("status `{s}` is not PENDING, COMPLETED or REFUND_FAIL"),
-            ));
-        }
-    }
+    // A provider or status outside the set would match nothing: say so instead of an empty page.
+    validation::check_status(filter.status.as_deref())?;
+    validation::check_provider(filter.provider.as_deref())?;
     Ok(Json(store::refunds::list(&state.pool, &filter).await?))
 }
 
@@ -382,6 +376,9 @@ async fn resend_webhooks(
     State(state): State<AppState>,
     StrictJson(body): StrictJson<ResendBody>,
 ) -> Result<Json<Value>, ApiError> {
+    // `"provider": "paypal"` used to answer "0 would be queued"; it is a mistake, not a filter.
+    validation::check_status(body.status.as_deref())?;
+    validation::check_provider(body.provider.as_deref())?;
     let filter = ResendFilter {
         event_ids: body.event_ids,
         since: body.since,

@@ -115,6 +115,53 @@ pub fn one_of<T>(
     })
 }
 
+/// The statuses a filter may name, in their wire form.
+pub fn status_names() -> Vec<&'static str> {
+    use crate::domain::RefundStatus;
+    [
+        RefundStatus::Pending,
+        RefundStatus::Completed,
+        RefundStatus::RefundFail,
+    ]
+    .map(RefundStatus::as_str)
+    .to_vec()
+}
+
+/// The providers a filter may name, in their wire form.
+pub fn provider_names() -> Vec<&'static str> {
+    crate::domain::ProviderName::ALL
+        .map(crate::domain::ProviderName::as_str)
+        .to_vec()
+}
+
+/// Checks an optional `status` filter (`PENDING`, `COMPLETED`, `REFUND_FAIL`).
+pub fn check_status(value: Option<&str>) -> Result<(), ApiError> {
+    match value {
+        Some(v) => one_of(
+            "status",
+            v,
+            &status_names(),
+            crate::domain::RefundStatus::parse,
+        )
+        .map(drop),
+        None => Ok(()),
+    }
+}
+
+/// Checks an optional `provider` filter (`va_services`, `bpn`, `binance_pay`, `bvnk`).
+pub fn check_provider(value: Option<&str>) -> Result<(), ApiError> {
+    match value {
+        Some(v) => one_of(
+            "provider",
+            v,
+            &provider_names(),
+            crate::domain::ProviderName::parse,
+        )
+        .map(drop),
+        None => Ok(()),
+    }
+}
+
 /// Checks `limit` is within `1..=max` (the range the OpenAPI document gives).
 pub fn limit_in_range(limit: Option<i64>, max: i64) -> Result<(), ApiError> {
     match limit {

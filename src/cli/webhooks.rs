@@ -1,9 +1,11 @@
 //! `refund-worker webhooks`: failed merchant webhooks, and resending them.
 
 use crate::config::Config;
+use crate::http_validation as validation;
 use crate::store::{self, webhooks::ResendFilter};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use clap::builder::PossibleValuesParser;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
 
@@ -31,10 +33,10 @@ pub enum WebhooksCommand {
         #[arg(long, requires = "since")]
         until: Option<DateTime<Utc>>,
         /// Only this provider.
-        #[arg(long)]
+        #[arg(long, value_parser = PossibleValuesParser::new(validation::provider_names()))]
         provider: Option<String>,
-        /// Only events with this status (PENDING, COMPLETED, REFUND_FAIL).
-        #[arg(long)]
+        /// Only events with this status.
+        #[arg(long, value_parser = PossibleValuesParser::new(validation::status_names()))]
         status: Option<String>,
         /// Count what would be resent; change nothing.
         #[arg(long)]

@@ -349,3 +349,55 @@ async fn unknown_fields_in_bodies_and_query_strings_are_refused_naming_the_close
     assert_eq!(admin.get("/v1/webhooks/failed?limit=5").await.status(), 200);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_status_or_provider_outside_the_set_is_refused_naming_the_valid_values() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let window = |extra: Value| {
+        let mut body = json!({"since": "2026-01-01T00:00:00Z", "dryRun": true});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // Used to answer "0 would be queued", as if the filter were fine.
+    let answer = admin
+        .post(
+            "/v1/webhooks/resend",
+            &window(json!({"provider": "paypal"})),
+        )
+        .await;
+    assert_400(
+        answer,
+        "`provider` must be one of va_services, bpn, binance_pay, bvnk",
+    )
+    .await;
+    let answer = admin
+        .post("/v1/webhooks/resend", &window(json!({"status": "done"})))
+        .await;
+    assert_400(
+        answer,
+        "`status` must be one of PENDING, COMPLETED, REFUND_FAIL",
+    )
+    .await;
+    assert_400(
+        admin.get("/v1/refunds?provider=paypal").await,
+        "`provider` must be one of va_services",
+    )
+    .await;
+    assert_400(
+        admin.get("/v1/refunds?status=completed").await,
+        "did you mean `COMPLETED`?",
+    )
+    .await;
+    let fine = admin
+        .post_json(
+            "/v1/webhooks/resend",
+            &window(json!({"provider": "bpn", "status": "COMPLETED"})),
+        )
+        .await;
+    assert_eq!(fine["wouldQueue"], 0, "{fine}");
+    assert_eq!(admin.get("/v1/refunds?provider=bvnk").await.status(), 200);
+    app.cleanup().await;
+}

@@ -30,3 +30,31 @@ async fn a_one_shot_command_logs_to_stderr_and_keeps_stdout_for_its_result() {
         .await
         .unwrap();
 }
+
+/// Runs the binary with `args` (and no database or broker behind it: usage errors come first).
+async fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_refund-worker"));
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().await.expect("refund-worker runs")
+}
+
+/// Asserts a usage error (exit 2) whose standard error contains every one of `needles`.
+fn assert_usage_error(out: &std::process::Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "`{needle}` not in:\n{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_provider_or_status_is_a_usage_error_listing_the_valid_values() {
+    let since = ["webhooks", "resend", "--since", "2026-01-01T00:00:00Z"];
+    let out = run_cli(&[&since[..], &["--provider", "paypal"]].concat(), &[]).await;
+    assert_usage_error(&out, &["paypal", "va_services, bpn, binance_pay, bvnk"]);
+    let out = run_cli(&[&since[..], &["--status", "done"]].concat(), &[]).await;
+    assert_usage_error(&out, &["done", "PENDING, COMPLETED, REFUND_FAIL"]);
+}
