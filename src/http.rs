@@ -486,15 +486,14 @@ async fn replay_dlq(
     Path(queue): Path<String>,
     StrictJson(body): StrictJson<ReplayBody>,
 ) -> Result<Json<dlq::ReplayReport>, ApiError> {
-    let filter = dlq::ReplayFilter {
-        message_id: body.message_id,
-        position: body.position,
-        reason_contains: body.reason_contains,
-        all: body.all,
-    };
-    filter
-        .validate()
-        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
+    let filter = dlq::ReplayFilter::exactly_one(
+        body.message_id,
+        body.position,
+        body.reason_contains,
+        body.all,
+        ["messageId", "position", "reasonContains", "all"],
+    )
+    .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
     let (exchange, routing_key) = dlq_target(&state, &queue)?;
     let connection = broker_connection(&state).await?;
     let report = dlq::replay(

@@ -36,43 +36,71 @@ pub struct DeadLetter {
     pub body: String,
 }
 
-/// Which dead letters to replay.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ReplayFilter {
-    /// Only the message with this `message_id`.
-    pub message_id: Option<String>,
-    /// Only the message at this position (as `list` shows it).
-    pub position: Option<usize>,
-    /// Only messages whose reason contains this text.
-    pub reason_contains: Option<String>,
-    /// Every message (required when no other filter is given).
-    #[serde(default)]
-    pub all: bool,
+/// Which dead letters to replay: exactly one selector. They used to be optional fields that
+/// were ANDed together, so `--id X --position 1` replayed nothing or something unexpected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayFilter {
+    /// The message with this `message_id`.
+    Id(String),
+    /// The message at this position (1-based, as `list` shows it).
+    Position(usize),
+    /// Messages whose reason contains this text.
+    ReasonContains(String),
+    /// Every message.
+    All,
 }
 
 impl ReplayFilter {
-    /// A replay must say what it replays; "everything" must be asked for.
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.all
-            && self.message_id.is_none()
-            && self.position.is_none()
-            && self.reason_contains.is_none()
-        {
-            return Err("say what to replay: messageId, position, reasonContains, or all".into());
+    /// The one selector among optional ones (a request body's or flags'), or why not:
+    /// `names` are how the caller calls them (`messageId` or `--id`...), for the message.
+    pub fn exactly_one(
+        id: Option<String>,
+        position: Option<usize>,
+        reason_contains: Option<String>,
+        all: bool,
+        names: [&str; 4],
+    ) -> Result<Self, String> {
+        let mut given = Vec::new();
+        if let Some(id) = id {
+            given.push((names[0], Self::Id(id)));
         }
-        Ok(())
+        if let Some(p) = position {
+            if p == 0 {
+                return Err(format!("{} counts from 1", names[1]));
+            }
+            given.push((names[1], Self::Position(p)));
+        }
+        if let Some(text) = reason_contains {
+            given.push((names[2], Self::ReasonContains(text)));
+        }
+        if all {
+            given.push((names[3], Self::All));
+        }
+        match given.len() {
+            1 => Ok(given.remove(0).1),
+            0 => Err(format!(
+                "say what to replay: exactly one of {}",
+                names.join(", ")
+            )),
+            _ => Err(format!(
+                "give exactly one of {}, not {}",
+                names.join(", "),
+                given
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )),
+        }
     }
 
     fn matches(&self, d: &DeadLetter) -> bool {
-        self.message_id
-            .as_ref()
-            .is_none_or(|id| d.message_id.as_ref() == Some(id))
-            && self.position.is_none_or(|p| p == d.position)
-            && self
-                .reason_contains
-                .as_ref()
-                .is_none_or(|r| d.reason.as_deref().unwrap_or("").contains(r.as_str()))
+        match self {
+            Self::Id(id) => d.message_id.as_ref() == Some(id),
+            Self::Position(p) => *p == d.position,
+            Self::ReasonContains(text) => d.reason.as_deref().unwrap_or("").contains(text.as_str()),
+            Self::All => true,
+        }
     }
 }
 

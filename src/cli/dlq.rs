@@ -32,35 +32,58 @@ pub enum DlqCommand {
         /// Dead-letter queue: refund.commands.dlq (default) or provider.webhooks.dlq.
         #[arg(long)]
         queue: Option<String>,
-        /// Only the message with this AMQP message id.
-        #[arg(long)]
-        id: Option<String>,
-        /// Only the message at this position.
-        #[arg(long)]
-        position: Option<usize>,
-        /// Only messages whose reason contains this text.
-        #[arg(long)]
-        reason_contains: Option<String>,
-        /// Every message in the queue.
-        #[arg(long)]
-        all: bool,
+        /// Which dead letters: exactly one selector.
+        #[command(flatten)]
+        selector: Selector,
         /// Show what would be replayed; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
 }
 
+/// What `dlq replay` replays: exactly one of these (clap refuses none or several with a
+/// usage error; they used to be ANDed silently).
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Selector {
+    /// Only the message with this AMQP message id.
+    #[arg(long)]
+    id: Option<String>,
+    /// Only the message at this position (1-based, as `dlq list` shows it).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    position: Option<u64>,
+    /// Only messages whose reason contains this text.
+    #[arg(long)]
+    reason_contains: Option<String>,
+    /// Every message in the queue.
+    #[arg(long)]
+    all: bool,
+}
+
 /// Runs `dlq ...`.
 pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
     let topology = Topology::with_prefix(&config.amqp_name_prefix);
+    // Only the worker's dead-letter queues: `dlq list --queue refunds.unrouted` used to list
+    // status events as if they were dead letters. Checked before connecting.
+    let queue = match &command {
+        DlqCommand::List { queue, .. }
+        | DlqCommand::Show { queue, .. }
+        | DlqCommand::Replay { queue, .. } => queue.clone(),
+    }
+    .unwrap_or_else(|| topology.commands_dlq.clone());
+    let Some((exchange, routing_key)) = topology.replay_target(&queue) else {
+        eprintln!(
+            "error: `{queue}` is not a dead-letter queue of this worker; --queue takes {} or {}",
+            topology.commands_dlq, topology.webhooks_dlq
+        );
+        return Ok(ExitCode::from(2));
+    };
     let connection = broker::connect(&config.amqp_url, "refund-worker-dlq")
         .await
         .context("connecting to RabbitMQ")?;
-    let queue_or_default = |q: Option<String>| q.unwrap_or_else(|| topology.commands_dlq.clone());
     let code = match command {
-        DlqCommand::List { queue, limit } => {
-            let queue = queue_or_default(queue);
+        DlqCommand::List { queue: _, limit } => {
             let depth = dlq::depth(&connection, &queue).await?;
             let items = dlq::list(&connection, &queue, limit).await?;
             println!("{queue}: {depth} dead letter(s)");
@@ -75,8 +98,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
             }
             ExitCode::SUCCESS
         }
-        DlqCommand::Show { which, queue } => {
-            let queue = queue_or_default(queue);
+        DlqCommand::Show { which, queue: _ } => {
             let items = dlq::list(&connection, &queue, usize::MAX).await?;
             let found = items.into_iter().find(|d| {
                 which.parse::<usize>().ok() == Some(d.position)
@@ -94,28 +116,23 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DlqCommand::Replay {
-            queue,
-            id,
-            position,
-            reason_contains,
-            all,
+            queue: _,
+            selector,
             dry_run,
         } => {
-            let queue = queue_or_default(queue);
-            let filter = dlq::ReplayFilter {
-                message_id: id,
+            let position = selector
+                .position
+                .map(usize::try_from)
+                .transpose()
+                .context("--position is too large")?;
+            let filter = dlq::ReplayFilter::exactly_one(
+                selector.id,
                 position,
-                reason_contains,
-                all,
-            };
-            filter.validate().map_err(anyhow::Error::msg)?;
-            let (exchange, routing_key) = topology.replay_target(&queue).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "`{queue}` is not a dead-letter queue of this worker (known: {}, {})",
-                    topology.commands_dlq,
-                    topology.webhooks_dlq
-                )
-            })?;
+                selector.reason_contains,
+                selector.all,
+                ["--id", "--position", "--reason-contains", "--all"],
+            )
+            .map_err(anyhow::Error::msg)?;
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template("{bar:40} {pos}/{len} examined")

@@ -401,3 +401,60 @@ async fn a_status_or_provider_outside_the_set_is_refused_naming_the_valid_values
     assert_eq!(admin.get("/v1/refunds?provider=bvnk").await.status(), 200);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_replay_names_exactly_one_selector() {
+    let app = TestApp::spawn().await;
+    dead_letter(&app, Some("dl-1"), b"{}", "bad").await;
+    dead_letter(&app, Some("dl-2"), b"{}", "worse").await;
+    let admin = app.admin().await;
+    let replay = format!("/v1/dlq/{}/replay", app.topology.commands_dlq);
+    // These used to be ANDed: messageId dl-2 at position 1 matched nothing, silently.
+    let answer = admin
+        .post(
+            &replay,
+            &json!({"messageId": "dl-2", "position": 1, "dryRun": true}),
+        )
+        .await;
+    assert_400(
+        answer,
+        "give exactly one of messageId, position, reasonContains, all",
+    )
+    .await;
+    let answer = admin
+        .post(
+            &replay,
+            &json!({"all": true, "reasonContains": "bad", "dryRun": true}),
+        )
+        .await;
+    assert_400(answer, "not reasonContains and all").await;
+    assert_400(
+        admin.post(&replay, &json!({"dryRun": true})).await,
+        "say what to replay",
+    )
+    .await;
+    assert_400(
+        admin
+            .post(&replay, &json!({"position": 0, "dryRun": true}))
+            .await,
+        "position counts from 1",
+    )
+    .await;
+    let one = admin
+        .post_json(
+            &replay,
+            &json!({"messageId": "dl-2", "all": false, "dryRun": true}),
+        )
+        .await;
+    assert_eq!(one["matched"], 1, "{one}");
+    assert_eq!(app.queue_depth(&app.topology.commands_dlq).await, 2);
+    // Only the worker's dead-letter queues.
+    let answer = admin
+        .get(&format!("/v1/dlq/{}", app.topology.unrouted))
+        .await;
+    assert_eq!(answer.status(), 404);
+    let error: Value = answer.json().await.unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&app.topology.webhooks_dlq), "{message}");
+    app.cleanup().await;
+}

@@ -58,3 +58,46 @@ async fn an_unknown_provider_or_status_is_a_usage_error_listing_the_valid_values
     let out = run_cli(&[&since[..], &["--status", "done"]].concat(), &[]).await;
     assert_usage_error(&out, &["done", "PENDING, COMPLETED, REFUND_FAIL"]);
 }
+
+#[tokio::test]
+async fn dlq_replay_takes_exactly_one_selector() {
+    let out = run_cli(&["dlq", "replay", "--id", "x", "--position", "1"], &[]).await;
+    assert_usage_error(&out, &["--id <ID>", "cannot be used with", "--position"]);
+    let out = run_cli(&["dlq", "replay", "--all", "--reason-contains", "db"], &[]).await;
+    assert_usage_error(&out, &["cannot be used with"]);
+    let out = run_cli(&["dlq", "replay", "--dry-run"], &[]).await;
+    assert_usage_error(&out, &["required", "--id", "--position", "--all"]);
+    let out = run_cli(&["dlq", "replay", "--position", "0"], &[]).await;
+    assert_usage_error(&out, &["--position"]);
+}
+
+#[tokio::test]
+async fn dlq_commands_refuse_queues_that_are_not_dead_letter_queues() {
+    for args in [
+        &["dlq", "list", "--queue", "refunds.unrouted"][..],
+        &["dlq", "show", "1", "--queue", "refund.commands"],
+        &[
+            "dlq",
+            "replay",
+            "--all",
+            "--dry-run",
+            "--queue",
+            "refunds.unrouted",
+        ],
+    ] {
+        // The prefix is the configured one; the broker is never reached.
+        let env = [
+            ("AMQP_NAME_PREFIX", "staging."),
+            ("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+        ];
+        let out = run_cli(args, &env).await;
+        assert_usage_error(
+            &out,
+            &[
+                "is not a dead-letter queue",
+                "staging.refund.commands.dlq",
+                "staging.provider.webhooks.dlq",
+            ],
+        );
+    }
+}
