@@ -12,6 +12,7 @@ use super::ERROR_HEADER;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection};
+use sha2::{Digest, Sha256};
 
 /// Header counting how many times a message was replayed.
 pub const REPLAYED_HEADER: &str = "x-refund-worker-replayed";
@@ -20,6 +21,10 @@ pub const REPLAYED_HEADER: &str = "x-refund-worker-replayed";
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
+    /// Stable id: the AMQP `message_id`, or `sha256:` and 16 hex digits of a hash of the
+    /// message when it has none (see [`stable_id`]). Positions shift when messages are
+    /// replayed; this does not.
+    pub id: String,
     /// Position in the queue when listed (1-based).
     pub position: usize,
     /// AMQP `message_id`, if the publisher set one.
@@ -40,7 +45,8 @@ pub struct DeadLetter {
 /// were ANDed together, so `--id X --position 1` replayed nothing or something unexpected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplayFilter {
-    /// The message with this `message_id`.
+    /// The message(s) with this id ([`DeadLetter::id`]: the `message_id`, or the derived
+    /// `sha256:...` one).
     Id(String),
     /// The message at this position (1-based, as `list` shows it).
     Position(usize),
@@ -96,7 +102,7 @@ impl ReplayFilter {
 
     fn matches(&self, d: &DeadLetter) -> bool {
         match self {
-            Self::Id(id) => d.message_id.as_ref() == Some(id),
+            Self::Id(id) => d.id == *id,
             Self::Position(p) => *p == d.position,
             Self::ReasonContains(text) => d.reason.as_deref().unwrap_or("").contains(text.as_str()),
             Self::All => true,
@@ -295,6 +301,7 @@ fn describe(position: usize, props: &BasicProperties, body: &[u8]) -> DeadLetter
         text.push_str("...");
     }
     DeadLetter {
+        id: stable_id(props, body),
         position,
         message_id: props.message_id().as_ref().map(|m| m.to_string()),
         reason: header_str(headers, ERROR_HEADER).or_else(|| death_reason(headers)),
@@ -303,6 +310,34 @@ fn describe(position: usize, props: &BasicProperties, body: &[u8]) -> DeadLetter
         replayed,
         body: text,
     }
+}
+
+/// Headers the broker changes while a message sits in a queue (each time a listing returns
+/// it): left out of the derived id, which must not change between listings.
+const VOLATILE_HEADERS: [&str; 2] = ["x-delivery-count", "x-acquired-count"];
+
+/// A dead letter's id: its AMQP `message_id`, or, when the publisher set none, `sha256:` and
+/// the first 16 hex digits of a SHA-256 of its headers (but the volatile ones) and body.
+/// Identical messages without a message id share the id (replaying by it replays them all).
+pub fn stable_id(props: &BasicProperties, body: &[u8]) -> String {
+    if let Some(id) = props.message_id() {
+        return id.to_string();
+    }
+    let mut hash = Sha256::new();
+    if let Some(headers) = props.headers() {
+        let stable: std::collections::BTreeMap<&str, &AMQPValue> = headers
+            .inner()
+            .iter()
+            .filter(|(k, _)| !VOLATILE_HEADERS.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        // Serialization of a BTreeMap is in key order, so the same headers hash the same.
+        hash.update(serde_json::to_vec(&stable).unwrap_or_default());
+    }
+    hash.update([0]);
+    hash.update(body);
+    let digest = hex::encode(hash.finalize());
+    format!("sha256:{}", &digest[..16])
 }
 
 /// The broker's own reason (`x-death[0].reason`, e.g. `delivery_limit`).
@@ -341,4 +376,54 @@ fn replay_properties(original: &BasicProperties, replayed: i64) -> BasicProperti
         AMQPValue::LongString(LongString::from("refund-worker dlq replay")),
     );
     original.clone().with_headers(cleaned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_headers(pairs: &[(&str, AMQPValue)]) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        for (k, v) in pairs {
+            headers.insert((*k).into(), v.clone());
+        }
+        BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn a_dead_letter_without_message_id_gets_an_id_that_survives_redelivery() {
+        let reason = (ERROR_HEADER, AMQPValue::LongString("bad".into()));
+        let first = stable_id(&with_headers(std::slice::from_ref(&reason)), b"body");
+        assert!(
+            first.starts_with("sha256:") && first.len() == 7 + 16,
+            "{first}"
+        );
+        let redelivered = with_headers(&[
+            reason.clone(),
+            ("x-delivery-count", AMQPValue::LongLongInt(3)),
+        ]);
+        assert_eq!(stable_id(&redelivered, b"body"), first);
+        assert_ne!(
+            stable_id(&with_headers(std::slice::from_ref(&reason)), b"other"),
+            first
+        );
+        let other_reason = (ERROR_HEADER, AMQPValue::LongString("worse".into()));
+        assert_ne!(stable_id(&with_headers(&[other_reason]), b"body"), first);
+        let named = BasicProperties::default().with_message_id("m-1".into());
+        assert_eq!(stable_id(&named, b"body"), "m-1");
+    }
+
+    #[test]
+    fn a_replay_takes_exactly_one_selector() {
+        let names = ["--id", "--position", "--reason-contains", "--all"];
+        let one = ReplayFilter::exactly_one(None, Some(2), None, false, names);
+        assert_eq!(one, Ok(ReplayFilter::Position(2)));
+        let two = ReplayFilter::exactly_one(Some("x".into()), Some(2), None, false, names);
+        assert_eq!(
+            two,
+            Err("give exactly one of --id, --position, --reason-contains, --all, not --id and --position".into())
+        );
+        assert!(ReplayFilter::exactly_one(None, None, None, false, names).is_err());
+        assert!(ReplayFilter::exactly_one(None, Some(0), None, false, names).is_err());
+    }
 }

@@ -18,9 +18,9 @@ pub enum DlqCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Show one dead letter in full, by position (from `list`) or message id.
+    /// Show one dead letter in full, by id (from `list`) or position.
     Show {
-        /// Position (1-based) or AMQP message id.
+        /// Id (the AMQP message id, or the `sha256:...` one `list` shows) or position (1-based).
         which: String,
         /// Dead-letter queue (default: refund.commands.dlq).
         #[arg(long)]
@@ -38,6 +38,11 @@ pub enum DlqCommand {
         /// Show what would be replayed; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With --position: replay the message it picks (which is shown first) without
+        /// stopping. Positions shift as messages come and go, so without --yes (or
+        /// --dry-run) --position only shows what it picks.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -46,7 +51,8 @@ pub enum DlqCommand {
 #[derive(Debug, clap::Args)]
 #[group(required = true, multiple = false)]
 pub struct Selector {
-    /// Only the message with this AMQP message id.
+    /// Only the message with this id (as `dlq list` shows it: the AMQP message id, or
+    /// `sha256:...` for a message without one).
     #[arg(long)]
     id: Option<String>,
     /// Only the message at this position (1-based, as `dlq list` shows it).
@@ -91,7 +97,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 println!(
                     "{:>4}  {}  replayed {}  {}",
                     d.position,
-                    d.message_id.as_deref().unwrap_or("-"),
+                    d.id,
                     d.replayed,
                     d.reason.as_deref().unwrap_or("(no reason header)")
                 );
@@ -100,10 +106,13 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
         }
         DlqCommand::Show { which, queue: _ } => {
             let items = dlq::list(&connection, &queue, usize::MAX).await?;
-            let found = items.into_iter().find(|d| {
-                which.parse::<usize>().ok() == Some(d.position)
-                    || d.message_id.as_deref() == Some(which.as_str())
-            });
+            // An id first: a message id may look like a number.
+            let found = match items.iter().position(|d| d.id == which) {
+                Some(i) => items.into_iter().nth(i),
+                None => items
+                    .into_iter()
+                    .find(|d| which.parse::<usize>().ok() == Some(d.position)),
+            };
             match found {
                 Some(d) => {
                     println!("{}", serde_json::to_string_pretty(&d)?);
@@ -119,6 +128,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
             queue: _,
             selector,
             dry_run,
+            yes,
         } => {
             let position = selector
                 .position
@@ -133,6 +143,33 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 ["--id", "--position", "--reason-contains", "--all"],
             )
             .map_err(anyhow::Error::msg)?;
+            let filter = match filter {
+                dlq::ReplayFilter::Position(p) => {
+                    // Positions shift when messages are replayed or added: show what this
+                    // one picks, and act on its id, so what was shown is what is replayed.
+                    let items = dlq::list(&connection, &queue, p).await?;
+                    let Some(picked) = items.into_iter().find(|d| d.position == p) else {
+                        eprintln!("error: no dead letter at position {p} in {queue}");
+                        let _ = connection.close(200, "bye").await;
+                        return Ok(ExitCode::from(2));
+                    };
+                    println!(
+                        "position {p} is {}: {}",
+                        picked.id,
+                        picked.reason.as_deref().unwrap_or("(no reason header)")
+                    );
+                    if !dry_run && !yes {
+                        eprintln!(
+                            "not replayed: check it is the one, then add --yes, or use --id {}",
+                            picked.id
+                        );
+                        let _ = connection.close(200, "bye").await;
+                        return Ok(ExitCode::from(2));
+                    }
+                    dlq::ReplayFilter::Id(picked.id)
+                }
+                other => other,
+            };
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template("{bar:40} {pos}/{len} examined")
@@ -158,8 +195,9 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 );
                 for d in &report.messages {
                     println!(
-                        "  {:>4}  {}",
+                        "  {:>4}  {}  {}",
                         d.position,
+                        d.id,
                         d.reason.as_deref().unwrap_or("-")
                     );
                 }

@@ -458,3 +458,47 @@ async fn a_replay_names_exactly_one_selector() {
     assert!(message.contains(&app.topology.webhooks_dlq), "{message}");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn dead_letters_have_stable_ids_even_without_a_message_id() {
+    let app = TestApp::spawn().await;
+    dead_letter(&app, None, b"first", "bad").await;
+    dead_letter(&app, None, b"second", "bad").await;
+    dead_letter(&app, Some("named"), b"third", "bad").await;
+    let admin = app.admin().await;
+    let path = format!("/v1/dlq/{}", app.topology.commands_dlq);
+    let ids = |listed: &Value| -> Vec<String> {
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let before = ids(&admin.get_json(&path).await);
+    assert_eq!(before.len(), 3);
+    assert!(
+        before[0].starts_with("sha256:") && before[0].len() == 23,
+        "{before:?}"
+    );
+    assert_ne!(before[0], before[1]);
+    assert_eq!(before[2], "named");
+    // Listing returns the messages to the queue (the broker counts a redelivery): same ids.
+    assert_eq!(ids(&admin.get_json(&path).await), before);
+
+    // Replaying the first by its id leaves the others, whose positions shift but ids do not.
+    let replay = format!("{path}/replay");
+    let report = admin
+        .post_json(&replay, &json!({"messageId": before[0]}))
+        .await;
+    assert_eq!(report["replayed"], 1, "{report}");
+    assert_eq!(report["messages"][0]["id"], before[0].as_str());
+    let after = ids(&admin.get_json(&path).await);
+    assert_eq!(after, before[1..].to_vec());
+    // A position answer says what it picked.
+    let picked = admin
+        .post_json(&replay, &json!({"position": 1, "dryRun": true}))
+        .await;
+    assert_eq!(picked["messages"][0]["id"], before[1].as_str(), "{picked}");
+    app.cleanup().await;
+}

@@ -101,3 +101,76 @@ async fn dlq_commands_refuse_queues_that_are_not_dead_letter_queues() {
         );
     }
 }
+
+#[tokio::test]
+async fn dlq_replay_by_position_shows_its_pick_and_needs_yes() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    use refund_worker::broker::publisher::Outgoing;
+    let app = crate::helpers::TestApp::spawn().await;
+    for body in [&b"first"[..], b"second"] {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            refund_worker::broker::ERROR_HEADER.into(),
+            AMQPValue::LongString(LongString::from("bad input")),
+        );
+        app.publisher
+            .publish(Outgoing {
+                exchange: &app.topology.dlx,
+                routing_key: &app.topology.commands_dlq,
+                payload: body,
+                properties: lapin::BasicProperties::default().with_headers(headers),
+            })
+            .await
+            .unwrap();
+    }
+    let prefix = app.ctx.config.amqp_name_prefix.clone();
+    let amqp = crate::helpers::amqp_url();
+    let env = [
+        ("AMQP_NAME_PREFIX", prefix.as_str()),
+        ("AMQP_URL", amqp.as_str()),
+    ];
+    let listed = run_cli(&["dlq", "list"], &env).await;
+    assert!(listed.status.success(), "{listed:?}");
+    let listing = String::from_utf8_lossy(&listed.stdout).to_string();
+    let ids: Vec<&str> = listing
+        .split_whitespace()
+        .filter(|w| w.starts_with("sha256:"))
+        .collect();
+    assert_eq!(ids.len(), 2, "{listing}");
+
+    // Without --yes: the pick is shown, nothing replayed, exit 2.
+    let out = run_cli(&["dlq", "replay", "--position", "1"], &env).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("position 1 is {}: bad input", ids[0])),
+        "{out:?}"
+    );
+    assert_usage_error(&out, &["add --yes", ids[0]]);
+    assert_eq!(app.queue_depth(&app.topology.commands_dlq).await, 2);
+
+    // With --yes: the pick is shown and replayed by its id. Which message position 1 is now
+    // is the broker's business (a quorum queue puts what a partial listing returned at the
+    // back), which is why positions are only for looking.
+    let out = run_cli(&["dlq", "replay", "--position", "1", "--yes"], &env).await;
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(stdout.contains("replayed 1, failed 0"), "{stdout}");
+    let picked = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .map(|w| w.trim_end_matches(':'))
+        .unwrap_or_default();
+    assert!(ids.contains(&picked), "{stdout}");
+    assert_eq!(app.queue_depth(&app.topology.commands_dlq).await, 1);
+    // The other one, by its id, which did not change when its position did.
+    let other = ids.iter().find(|id| **id != picked).unwrap();
+    let out = run_cli(&["dlq", "show", other], &env).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"position\": 1"),
+        "{out:?}"
+    );
+    let out = run_cli(&["dlq", "show", picked], &env).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    app.cleanup().await;
+}
