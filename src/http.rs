@@ -43,6 +43,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/dlq/{queue}/replay"),
 ];
 
+/// Largest `limit` of `GET /v1/refunds` (as docs/openapi.json says).
+pub const REFUNDS_MAX_LIMIT: i64 = 500;
+/// Largest `limit` of the other admin lists (failed webhooks, dead letters).
+pub const LIST_MAX_LIMIT: i64 = 1000;
+
 /// Largest admin request body.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 /// Whole-request limit of the webhook ingress (reading the body included).
@@ -355,6 +360,8 @@ async fn list_refunds(
     // A provider or status outside the set would match nothing: say so instead of an empty page.
     validation::check_status(filter.status.as_deref())?;
     validation::check_provider(filter.provider.as_deref())?;
+    // Out of range used to be clamped silently (limit=0 gave one row, limit=-5 one row too).
+    validation::limit_in_range(filter.limit, REFUNDS_MAX_LIMIT)?;
     Ok(Json(store::refunds::list(&state.pool, &filter).await?))
 }
 
@@ -415,6 +422,7 @@ async fn failed_webhooks(
     State(state): State<AppState>,
     StrictQuery(q): StrictQuery<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    validation::limit_in_range(q.limit, LIST_MAX_LIMIT)?;
     let rows =
         store::webhooks::list_failed(&state.pool, q.limit.unwrap_or(100).clamp(1, 1000)).await?;
     Ok(Json(json!({"items": rows})))
@@ -453,6 +461,7 @@ async fn list_dlq(
     StrictQuery(q): StrictQuery<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
     dlq_target(&state, &queue)?;
+    validation::limit_in_range(q.limit, LIST_MAX_LIMIT)?;
     let connection = broker_connection(&state).await?;
     let depth = dlq::depth(&connection, &queue).await.map_err(dlq_error)?;
     let items = dlq::list(

@@ -14,9 +14,9 @@ pub enum DlqCommand {
         /// Dead-letter queue (default: refund.commands.dlq).
         #[arg(long)]
         queue: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        limit: u64,
     },
     /// Show one dead letter in full, by id (from `list`) or position.
     Show {
@@ -91,6 +91,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let code = match command {
         DlqCommand::List { queue: _, limit } => {
             let depth = dlq::depth(&connection, &queue).await?;
+            let limit = usize::try_from(limit).context("--limit is too large")?;
             let items = dlq::list(&connection, &queue, limit).await?;
             println!("{queue}: {depth} dead letter(s)");
             for d in items {

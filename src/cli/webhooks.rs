@@ -17,8 +17,8 @@ pub enum WebhooksCommand {
         /// Only failed deliveries (the only listing for now; kept for clarity in scripts).
         #[arg(long)]
         failed: bool,
-        /// At most this many, newest first.
-        #[arg(long, default_value_t = 50)]
+        /// At most this many, newest first (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
     },
     /// Re-queue failed deliveries for a new round of attempts (idempotent).

@@ -502,3 +502,30 @@ async fn dead_letters_have_stable_ids_even_without_a_message_id() {
     assert_eq!(picked["messages"][0]["id"], before[1].as_str(), "{picked}");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_limit_out_of_range_is_refused() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let dlq = format!("/v1/dlq/{}", app.topology.commands_dlq);
+    for (path, max) in [
+        ("/v1/refunds".to_string(), 500),
+        ("/v1/webhooks/failed".to_string(), 1000),
+        (dlq, 1000),
+    ] {
+        for bad in [0, -1, max + 1] {
+            let answer = admin.get(&format!("{path}?limit={bad}")).await;
+            assert_400(
+                answer,
+                &format!("`limit` must be between 1 and {max}, not {bad}"),
+            )
+            .await;
+        }
+        assert_eq!(
+            admin.get(&format!("{path}?limit={max}")).await.status(),
+            200
+        );
+        assert_eq!(admin.get(&format!("{path}?limit=1")).await.status(), 200);
+    }
+    app.cleanup().await;
+}

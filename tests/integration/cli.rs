@@ -174,3 +174,17 @@ async fn dlq_replay_by_position_shows_its_pick_and_needs_yes() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_limit_out_of_range_is_a_usage_error() {
+    for args in [
+        &["dlq", "list", "--limit", "0"][..],
+        &["dlq", "list", "--limit", "1001"],
+        &["webhooks", "list", "--failed", "--limit", "0"],
+        &["webhooks", "list", "--failed", "--limit=-3"],
+        &["webhooks", "list", "--failed", "--limit", "1001"],
+    ] {
+        let out = run_cli(args, &[]).await;
+        assert_usage_error(&out, &["--limit"]);
+    }
+}
