@@ -423,9 +423,12 @@ async fn failed_webhooks(
     StrictQuery(q): StrictQuery<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
     validation::limit_in_range(q.limit, LIST_MAX_LIMIT)?;
-    let rows =
-        store::webhooks::list_failed(&state.pool, q.limit.unwrap_or(100).clamp(1, 1000)).await?;
-    Ok(Json(json!({"items": rows})))
+    let limit = q.limit.unwrap_or(100);
+    // One more than asked, to say whether there are more than shown.
+    let mut rows = store::webhooks::list_failed(&state.pool, limit + 1).await?;
+    let truncated = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(Json(json!({"items": rows, "truncated": truncated})))
 }
 
 /// The dead-letter queues operators may touch, with where their messages go back to.
@@ -472,8 +475,9 @@ async fn list_dlq(
     .await
     .map_err(dlq_error)?;
     let _ = connection.close(200, "done").await;
+    let truncated = items.len() < depth as usize;
     Ok(Json(
-        json!({"queue": queue, "depth": depth, "items": items}),
+        json!({"queue": queue, "depth": depth, "items": items, "truncated": truncated}),
     ))
 }
 

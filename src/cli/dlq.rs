@@ -17,6 +17,9 @@ pub enum DlqCommand {
         /// At most this many (1 to 1000).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
         limit: u64,
+        /// Print JSON (`queue`, `depth`, `items`, `truncated`) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Show one dead letter in full, by id (from `list`) or position.
     Show {
@@ -25,6 +28,9 @@ pub enum DlqCommand {
         /// Dead-letter queue (default: refund.commands.dlq).
         #[arg(long)]
         queue: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Republish dead letters to where they came from; each is removed from the dead-letter
     /// queue only after the broker confirmed its copy.
@@ -89,23 +95,48 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
         .await
         .context("connecting to RabbitMQ")?;
     let code = match command {
-        DlqCommand::List { queue: _, limit } => {
+        DlqCommand::List {
+            queue: _,
+            limit,
+            json,
+        } => {
             let depth = dlq::depth(&connection, &queue).await?;
             let limit = usize::try_from(limit).context("--limit is too large")?;
             let items = dlq::list(&connection, &queue, limit).await?;
-            println!("{queue}: {depth} dead letter(s)");
-            for d in items {
-                println!(
-                    "{:>4}  {}  replayed {}  {}",
-                    d.position,
-                    d.id,
-                    d.replayed,
-                    d.reason.as_deref().unwrap_or("(no reason header)")
-                );
+            let truncated = items.len() < depth as usize;
+            if json {
+                let listing = serde_json::json!({
+                    "queue": queue, "depth": depth, "items": items, "truncated": truncated,
+                });
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                println!("{queue}: {depth} dead letter(s)");
+                if !items.is_empty() {
+                    println!("{:>4}  {:<36}  {:>8}  REASON", "POS", "ID", "REPLAYED");
+                }
+                for d in &items {
+                    println!(
+                        "{:>4}  {:<36}  {:>8}  {}",
+                        d.position,
+                        d.id,
+                        d.replayed,
+                        d.reason.as_deref().unwrap_or("(no reason header)")
+                    );
+                }
+                if truncated {
+                    println!(
+                        "(showing {} of {depth}; --limit shows more, up to 1000)",
+                        items.len()
+                    );
+                }
             }
             ExitCode::SUCCESS
         }
-        DlqCommand::Show { which, queue: _ } => {
+        DlqCommand::Show {
+            which,
+            queue: _,
+            json,
+        } => {
             let items = dlq::list(&connection, &queue, usize::MAX).await?;
             // An id first: a message id may look like a number.
             let found = match items.iter().position(|d| d.id == which) {
@@ -115,8 +146,12 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                     .find(|d| which.parse::<usize>().ok() == Some(d.position)),
             };
             match found {
-                Some(d) => {
+                Some(d) if json => {
                     println!("{}", serde_json::to_string_pretty(&d)?);
+                    ExitCode::SUCCESS
+                }
+                Some(d) => {
+                    print!("{}", render(&d));
                     ExitCode::SUCCESS
                 }
                 None => {
@@ -217,4 +252,20 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     };
     let _ = connection.close(200, "bye").await;
     Ok(code)
+}
+
+/// `dlq show` as text: one field a line, then the body.
+fn render(d: &dlq::DeadLetter) -> String {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    format!(
+        "id:          {}\nposition:    {}\nmessage id:  {}\nreason:      {}\noriginally:  exchange {}, routing key {}\nreplayed:    {}\nbody:\n{}\n",
+        d.id,
+        d.position,
+        or_dash(&d.message_id),
+        d.reason.as_deref().unwrap_or("(no reason header)"),
+        or_dash(&d.original_exchange),
+        or_dash(&d.original_routing_key),
+        d.replayed,
+        d.body
+    )
 }

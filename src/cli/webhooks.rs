@@ -20,6 +20,9 @@ pub enum WebhooksCommand {
         /// At most this many, newest first (1 to 1000).
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=1000))]
         limit: i64,
+        /// Print JSON (`items`, `truncated`) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-queue failed deliveries for a new round of attempts (idempotent).
     Resend {
@@ -51,16 +54,33 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
         .await
         .context("connecting to PostgreSQL")?;
     match command {
-        WebhooksCommand::List { failed: _, limit } => {
-            let rows = store::webhooks::list_failed(&pool, limit).await?;
+        WebhooksCommand::List {
+            failed: _,
+            limit,
+            json,
+        } => {
+            // One more than asked, to know whether there are more than shown.
+            let mut rows = store::webhooks::list_failed(&pool, limit + 1).await?;
+            let truncated = rows.len() as i64 > limit;
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            if json {
+                let listing = serde_json::json!({"items": rows, "truncated": truncated});
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             if rows.is_empty() {
                 println!("no failed webhook deliveries");
+            } else {
+                println!(
+                    "{:<36}  {:<19}  {:<11} {:<28} {:>8}  {:>4}  ERROR",
+                    "EVENT ID", "QUEUED (UTC)", "STATUS", "REFUND", "ATTEMPTS", "LAST"
+                );
             }
             for r in rows {
                 println!(
-                    "{}  {}  {:<11} {:<28} attempts {:>2}  last {}  {}",
-                    r.event_id,
-                    r.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    "{:<36}  {:<19}  {:<11} {:<28} {:>8}  {:>4}  {}",
+                    r.event_id.to_string(),
+                    r.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                     r.event_status,
                     r.refund_reference,
                     r.attempts,
@@ -69,6 +89,9 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
                         .unwrap_or_else(|| "-".into()),
                     r.last_error.unwrap_or_default()
                 );
+            }
+            if truncated {
+                println!("(more failed deliveries than the {limit} shown; --limit shows more, up to 1000)");
             }
             Ok(ExitCode::SUCCESS)
         }

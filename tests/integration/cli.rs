@@ -104,24 +104,9 @@ async fn dlq_commands_refuse_queues_that_are_not_dead_letter_queues() {
 
 #[tokio::test]
 async fn dlq_replay_by_position_shows_its_pick_and_needs_yes() {
-    use lapin::types::{AMQPValue, FieldTable, LongString};
-    use refund_worker::broker::publisher::Outgoing;
     let app = crate::helpers::TestApp::spawn().await;
     for body in [&b"first"[..], b"second"] {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            refund_worker::broker::ERROR_HEADER.into(),
-            AMQPValue::LongString(LongString::from("bad input")),
-        );
-        app.publisher
-            .publish(Outgoing {
-                exchange: &app.topology.dlx,
-                routing_key: &app.topology.commands_dlq,
-                payload: body,
-                properties: lapin::BasicProperties::default().with_headers(headers),
-            })
-            .await
-            .unwrap();
+        dead_letter(&app, body).await;
     }
     let prefix = app.ctx.config.amqp_name_prefix.clone();
     let amqp = crate::helpers::amqp_url();
@@ -164,7 +149,7 @@ async fn dlq_replay_by_position_shows_its_pick_and_needs_yes() {
     assert_eq!(app.queue_depth(&app.topology.commands_dlq).await, 1);
     // The other one, by its id, which did not change when its position did.
     let other = ids.iter().find(|id| **id != picked).unwrap();
-    let out = run_cli(&["dlq", "show", other], &env).await;
+    let out = run_cli(&["dlq", "show", other, "--json"], &env).await;
     assert!(out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("\"position\": 1"),
@@ -187,4 +172,99 @@ async fn a_limit_out_of_range_is_a_usage_error() {
         let out = run_cli(args, &[]).await;
         assert_usage_error(&out, &["--limit"]);
     }
+}
+
+/// Publishes `body` into the commands' dead-letter queue with the reason "bad input".
+async fn dead_letter(app: &crate::helpers::TestApp, body: &[u8]) {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    use refund_worker::broker::publisher::Outgoing;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        refund_worker::broker::ERROR_HEADER.into(),
+        AMQPValue::LongString(LongString::from("bad input")),
+    );
+    app.publisher
+        .publish(Outgoing {
+            exchange: &app.topology.dlx,
+            routing_key: &app.topology.commands_dlq,
+            payload: body,
+            properties: lapin::BasicProperties::default().with_headers(headers),
+        })
+        .await
+        .unwrap();
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test]
+async fn read_commands_have_json_a_header_row_and_say_when_truncated() {
+    use crate::helpers::*;
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let mut app = TestApp::spawn().await;
+    dead_letter(&app, b"first").await;
+    dead_letter(&app, b"second").await;
+    let prefix = app.ctx.config.amqp_name_prefix.clone();
+    let amqp = amqp_url();
+    let database = app.ctx.config.database_url.clone();
+    let env = [
+        ("AMQP_NAME_PREFIX", prefix.as_str()),
+        ("AMQP_URL", amqp.as_str()),
+        ("DATABASE_URL", database.as_str()),
+    ];
+
+    let text = stdout(&run_cli(&["dlq", "list", "--limit", "1"], &env).await);
+    assert!(text.contains("POS  ID"), "{text}");
+    assert!(text.contains("(showing 1 of 2;"), "{text}");
+    let listing: serde_json::Value = serde_json::from_str(&stdout(
+        &run_cli(&["dlq", "list", "--limit", "1", "--json"], &env).await,
+    ))
+    .unwrap();
+    assert_eq!(listing["truncated"], true, "{listing}");
+    assert_eq!(listing["depth"], 2);
+    let id = listing["items"][0]["id"].as_str().unwrap().to_string();
+    let text = stdout(&run_cli(&["dlq", "show", &id], &env).await);
+    assert!(text.contains(&format!("id:          {id}")), "{text}");
+    assert!(text.contains("reason:      bad input"), "{text}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout(
+        &run_cli(&["dlq", "show", &id, "--json"], &env).await,
+    ))
+    .unwrap();
+    assert_eq!(shown["id"], id.as_str());
+
+    // Two failed merchant webhooks (the merchant answers 410 Gone).
+    let merchant = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(410))
+        .mount(&merchant)
+        .await;
+    app.start_worker();
+    let r = reference("cli-list");
+    let mut cmd = va_command(&r, "1.00");
+    cmd["callbackUrl"] = serde_json::json!(merchant.uri());
+    app.publish(&cmd).await;
+    app.eventually("both failed", || async {
+        let d = app.deliveries(&r).await;
+        d.len() == 2 && d.iter().all(|d| d.state == "failed")
+    })
+    .await;
+    let args = ["webhooks", "list", "--failed", "--limit", "1"];
+    let text = stdout(&run_cli(&args, &env).await);
+    assert!(text.starts_with("EVENT ID"), "{text}");
+    assert!(
+        text.contains("(more failed deliveries than the 1 shown;"),
+        "{text}"
+    );
+    let listing: serde_json::Value = serde_json::from_str(&stdout(
+        &run_cli(&[&args[..], &["--json"]].concat(), &env).await,
+    ))
+    .unwrap();
+    assert_eq!(listing["truncated"], true, "{listing}");
+    assert_eq!(listing["items"].as_array().map(Vec::len), Some(1));
+    let all = stdout(&run_cli(&["webhooks", "list", "--failed", "--json"], &env).await);
+    assert!(all.contains("\"truncated\": false"), "{all}");
+    app.cleanup().await;
 }
