@@ -29,11 +29,12 @@ pub enum WebhooksCommand {
         /// Resend the delivery of this event (repeatable).
         #[arg(long = "event", conflicts_with_all = ["since", "until"])]
         events: Vec<uuid::Uuid>,
-        /// Resend failed deliveries of events queued at or after this time (RFC 3339).
-        #[arg(long)]
+        /// Resend failed deliveries of events queued at or after this time: RFC 3339
+        /// (2026-03-01T12:00:00Z) or a date (2026-03-01, midnight UTC).
+        #[arg(long, value_parser = super::parse_time)]
         since: Option<DateTime<Utc>>,
-        /// ... and before this time.
-        #[arg(long, requires = "since")]
+        /// ... and before this time (RFC 3339 or a date, as --since).
+        #[arg(long, requires = "since", value_parser = super::parse_time)]
         until: Option<DateTime<Utc>>,
         /// Only this provider.
         #[arg(long, value_parser = PossibleValuesParser::new(validation::provider_names()))]

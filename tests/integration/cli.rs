@@ -268,3 +268,30 @@ async fn read_commands_have_json_a_header_row_and_say_when_truncated() {
     assert!(all.contains("\"truncated\": false"), "{all}");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_time_option_says_what_it_expects_and_takes_a_plain_date() {
+    let out = run_cli(
+        &["webhooks", "resend", "--since", "yesterday", "--dry-run"],
+        &[],
+    )
+    .await;
+    assert_usage_error(&out, &["--since", "RFC 3339", "2026-03-01, midnight UTC"]);
+    let help = run_cli(&["webhooks", "resend", "--help"], &[]).await;
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("RFC 3339"),
+        "{help:?}"
+    );
+    // A plain date gets past parsing (to the database, which is not there: exit 1, not 2).
+    let env = [("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")];
+    let args = [
+        "webhooks",
+        "resend",
+        "--since",
+        "2026-03-01",
+        "--until",
+        "2026-03-02",
+    ];
+    let out = run_cli(&[&args[..], &["--dry-run"]].concat(), &env).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
