@@ -8,7 +8,7 @@
 
 use crate::broker::{self, dlq, Topology};
 use crate::config::Config;
-use crate::http_validation::{self as validation, StrictJson, StrictQuery};
+use crate::http_validation::{self as validation, NoQuery, StrictJson, StrictQuery};
 use crate::pipeline::worker::Status;
 use crate::store::{self, webhooks::ResendFilter, StoreError};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -220,7 +220,7 @@ impl ApiError {
         Self::new(status, code, e.body_text())
     }
 
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "admin API internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -337,6 +337,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 async fn get_refund(
     State(state): State<AppState>,
     Path(reference): Path<String>,
+    _: StrictQuery<NoQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let view = store::refunds::show(&state.pool, &reference)
         .await?
@@ -381,6 +382,7 @@ struct ResendBody {
 
 async fn resend_webhooks(
     State(state): State<AppState>,
+    _: StrictQuery<NoQuery>,
     StrictJson(body): StrictJson<ResendBody>,
 ) -> Result<Json<Value>, ApiError> {
     // `"provider": "paypal"` used to answer "0 would be queued"; it is a mistake, not a filter.
@@ -497,6 +499,7 @@ struct ReplayBody {
 async fn replay_dlq(
     State(state): State<AppState>,
     Path(queue): Path<String>,
+    _: StrictQuery<NoQuery>,
     StrictJson(body): StrictJson<ReplayBody>,
 ) -> Result<Json<dlq::ReplayReport>, ApiError> {
     let filter = dlq::ReplayFilter::exactly_one(

@@ -15,6 +15,9 @@
 //! struct: `#[serde(flatten)]` hides its fields from serde (and is why the bodies used to
 //! accept anything), so a flattened type would refuse every field (a test catches that).
 //!
+//! A route without parameters takes `_: StrictQuery<NoQuery>`, so `POST ...?dryRun=true`
+//! is refused too rather than run for real.
+//!
 //! [`one_of`] checks enum-like values (`status`, `provider`) the same way, naming the valid
 //! values.
 
@@ -41,11 +44,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
             Value::Object(map) => check_keys(map.keys().map(String::as_str), fields_of::<T>())?,
             _ => return Err(bad_request("the body must be a JSON object")),
         }
-        serde_json::from_value(value)
-            .map(StrictJson)
-            .map_err(|e| bad_request(format!("invalid body: {e}")))
+        // Through axum's own path-tracking deserializer (not `from_value`), so a wrong type
+        // names its field: "position: invalid type: string \"1\", expected usize".
+        let bytes = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+        Json::<T>::from_bytes(&bytes)
+            .map(|Json(t)| StrictJson(t))
+            .map_err(|e| {
+                let text = e.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                    .unwrap_or(&text);
+                bad_request(format!("invalid body: {detail}"))
+            })
     }
 }
+
+/// No parameters: for a route that takes none, so `?dryRun=true` on a POST is refused rather
+/// than ignored (the action would run for real).
+#[derive(Debug, serde::Deserialize)]
+pub struct NoQuery {}
 
 /// A query string whose parameters must all be fields of `T` (400 `unknown_field` otherwise).
 #[derive(Debug)]
@@ -62,7 +79,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for StrictQuery<T>
         check_keys(keys.iter().map(String::as_str), fields_of::<T>())?;
         Query::<T>::try_from_uri(&parts.uri)
             .map(|Query(t)| StrictQuery(t))
-            .map_err(|e| bad_request(format!("invalid query string: {}", e.body_text())))
+            .map_err(|e| {
+                let text = e.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
+                bad_request(format!("invalid query string: {detail}"))
+            })
     }
 }
 
@@ -77,7 +100,9 @@ pub fn check_keys<'a>(
         }
         let message = match closest(key, known) {
             Some(near) => format!("unknown field `{key}`; did you mean `{near}`?"),
-            None if known.is_empty() => format!("unknown field `{key}`; none are accepted here"),
+            None if known.is_empty() => {
+                format!("unknown field `{key}`; this takes no parameters")
+            }
             None => format!(
                 "unknown field `{key}`; known fields: {}",
                 known

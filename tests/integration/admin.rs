@@ -341,6 +341,19 @@ async fn unknown_fields_in_bodies_and_query_strings_are_refused_naming_the_close
     ] {
         assert_400(admin.get(path).await, needle).await;
     }
+    // A POST takes no query string: dryRun there would be ignored, so it is refused.
+    let answer = admin
+        .post(&format!("{replay}?dryRun=true"), &json!({"all": true}))
+        .await;
+    assert_400(answer, "unknown field `dryRun`; this takes no parameters").await;
+    assert_eq!(app.queue_depth(&app.topology.commands_dlq).await, 1);
+    assert_400(admin.get("/v1/refunds/r-1?verbose=1").await, "`verbose`").await;
+    // A wrong type names its field.
+    let answer = admin
+        .post(&replay, &json!({"position": "1", "dryRun": true}))
+        .await;
+    assert_400(answer, "invalid body: position: invalid type").await;
+    assert_400(admin.get("/v1/webhooks/failed?limit=ten").await, "limit").await;
     // Known fields still work.
     let dry = admin
         .post_json(&replay, &json!({"all": true, "dryRun": true}))
