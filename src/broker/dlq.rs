@@ -180,20 +180,23 @@ pub async fn list(
             &msg.delivery.data,
         ));
     }
-    // Closing the channel returns every unacknowledged message to the queue.
+    // Closing the channel returns every unacknowledged message to the queue. Wait for the
+    // whole queue, not just for as many as were read: the unread ones are counted at once,
+    // so "at least as many as read" held before anything came back, and a replay right
+    // after a partial listing (`--position N --yes`) missed the message it was to replay.
     let _ = channel.close(200, "listed").await;
-    settle_depth(connection, queue, out.len()).await;
+    settle_depth(connection, queue, total).await;
     Ok(out)
 }
 
-/// Waits (briefly) until `queue` counts at least `returned` messages again: a quorum queue
-/// takes the messages we put back through its log, and an operator's next `list` or `replay`
-/// right after this one must see them all.
-async fn settle_depth(connection: &Connection, queue: &str, returned: usize) {
+/// Waits (briefly) until `queue` counts at least `expected` messages again (all it held but
+/// those removed): a quorum queue takes the messages we put back through its log, and an
+/// operator's next `list` or `replay` right after this one must see them all.
+async fn settle_depth(connection: &Connection, queue: &str, expected: usize) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
     while tokio::time::Instant::now() < deadline {
         match depth(connection, queue).await {
-            Ok(d) if d as usize >= returned => return,
+            Ok(d) if d as usize >= expected => return,
             Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             Err(_) => return,
         }
@@ -265,7 +268,6 @@ pub async fn replay(
             }
         }
     }
-    let kept = keep.len();
     for delivery in keep {
         delivery
             .nack(BasicNackOptions {
@@ -276,7 +278,7 @@ pub async fn replay(
     }
     let _ = channel.close(200, "replayed").await;
     let _ = publisher.channel().close(200, "replayed").await;
-    settle_depth(connection, queue, kept).await;
+    settle_depth(connection, queue, total.saturating_sub(report.replayed)).await;
     Ok(report)
 }
 

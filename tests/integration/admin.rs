@@ -550,3 +550,31 @@ async fn a_limit_out_of_range_is_refused() {
     }
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_partial_listing_leaves_every_message_visible_to_the_next_operation() {
+    let app = TestApp::spawn().await;
+    for body in [&b"one"[..], b"two", b"three"] {
+        dead_letter(&app, None, body, "bad").await;
+    }
+    let queue = &app.topology.commands_dlq;
+    let c = refund_worker::broker::connect(&amqp_url(), "t")
+        .await
+        .unwrap();
+    let target = (app.topology.exchange.as_str(), "refund.request");
+    // What `dlq replay --position 1 --yes` does: list up to the position, then act on the id
+    // right away. The listing's returned message must be back before the replay counts.
+    for round in 0..15 {
+        let listed = dlq::list(&c, queue, 1).await.unwrap();
+        let filter = dlq::ReplayFilter::Id(listed[0].id.clone());
+        let report = dlq::replay(&c, queue, &filter, target, true, |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.examined, report.matched),
+            (3, 1),
+            "round {round}: {report:?}"
+        );
+    }
+    app.cleanup().await;
+}
