@@ -48,6 +48,15 @@ pub struct ProviderSettings {
     pub order_detail_path: Option<String>,
     /// BPN: path of "List Virtual Account Orders" (left open by their docs).
     pub order_list_path: Option<String>,
+    /// `PROVIDER_<NAME>_STATUS_PATH`: path template of the refund status lookup, where the
+    /// docs leave it open (VA Services, BVNK); `None` means the adapter's default.
+    pub status_path: Option<String>,
+    /// `PROVIDER_<NAME>_DETAILS_PATH`: VA Services' "Refund Details" path template (`off`
+    /// disables that extra check); `None` means the adapter's default.
+    pub details_path: Option<String>,
+    /// `PROVIDER_<NAME>_REFUND_PATH`: path template of the refund call, where the docs show
+    /// more than one (BVNK); `None` means the adapter's default.
+    pub refund_path: Option<String>,
 }
 
 /// Outbound merchant webhooks.
@@ -68,7 +77,7 @@ pub struct WebhookSettings {
 }
 
 /// Everything the worker needs to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// `DATABASE_URL`.
     pub database_url: String,
@@ -106,6 +115,14 @@ pub struct Config {
     pub ingress_rate_per_sec: u32,
     /// `WEBHOOK_INGRESS_BURST`: how many a source may send at once above the rate.
     pub ingress_burst: u32,
+    /// `WEBHOOK_INGRESS_TIMEOUT_MS`: whole-request limit of one provider webhook (reading
+    /// the body included); slower requests get 408.
+    pub ingress_timeout: Duration,
+    /// `HTTP_HEADER_TIMEOUT_MS`: how long a client may take to send a request's headers
+    /// (and how long an idle keep-alive connection stays open) before it is closed.
+    pub http_header_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`: most connections served at once; more wait to be accepted.
+    pub http_max_connections: usize,
     /// Retry schedule for failed provider calls (`RETRY_*`, `MAX_SUBMIT_ATTEMPTS`).
     pub retry: RetryPolicy,
     /// Status polling schedule for accepted refunds (`POLL_*`).
@@ -118,6 +135,15 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     /// `ADMIN_TOKEN`: bearer token of the admin API; the admin routes are off without it.
     pub admin_token: Option<SecretString>,
+    /// `REVIEW_AFTER`: a refund still without a final answer this long after it was
+    /// accepted is flagged for operator review.
+    pub review_after: Duration,
+    /// `REVIEW_POLL`: how often a refund in review is still asked about (at least).
+    pub review_poll: Duration,
+    /// `REQUIRE_PAYMENT_AMOUNT`: refuse (`INVALID_COMMAND`) a refund that nothing can guard
+    /// against over-refunding (no paymentAmount, no pay-in in the ledger, and a provider
+    /// that does not report the refundable amount before the refund call).
+    pub require_payment_amount: bool,
 }
 
 impl Config {
@@ -137,6 +163,21 @@ impl Config {
             }
         };
         let ms = |key: &str, default: u64| num(key, default).map(Duration::from_millis);
+        let duration = |key: &str, default: &str| -> Result<Duration, ConfigError> {
+            let text = get(key).unwrap_or_else(|| default.into());
+            crate::webhooks::schedule::parse_duration(text.trim())
+                .map_err(|e| ConfigError(format!("{key}: {e}")))
+        };
+        let flag = |key: &str| -> Result<bool, ConfigError> {
+            match get(key).map(|v| v.trim().to_ascii_lowercase()) {
+                None => Ok(false),
+                Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+                Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+                Some(v) => Err(ConfigError(format!(
+                    "{key} must be true or false, got `{v}`"
+                ))),
+            }
+        };
 
         let mut providers = BTreeMap::new();
         for name in ProviderName::ALL {
@@ -173,6 +214,9 @@ impl Config {
                     )?),
                     order_detail_path: get(&format!("{prefix}_ORDER_DETAIL_PATH")),
                     order_list_path: get(&format!("{prefix}_ORDER_LIST_PATH")),
+                    status_path: get(&format!("{prefix}_STATUS_PATH")),
+                    details_path: get(&format!("{prefix}_DETAILS_PATH")),
+                    refund_path: get(&format!("{prefix}_REFUND_PATH")),
                 },
             );
         }
@@ -232,6 +276,9 @@ impl Config {
                 .ok_or_else(|| {
                     ConfigError("WEBHOOK_INGRESS_BURST must be between 1 and 4294967295".into())
                 })?,
+            ingress_timeout: ms("WEBHOOK_INGRESS_TIMEOUT_MS", 15_000)?,
+            http_header_timeout: ms("HTTP_HEADER_TIMEOUT_MS", 10_000)?,
+            http_max_connections: num("HTTP_MAX_CONNECTIONS", 1024)? as usize,
             claim_lease: Duration::from_secs(num("CLAIM_LEASE_SECS", 60)?),
             retry: RetryPolicy {
                 initial: ms("RETRY_INITIAL_MS", 1_000)?,
@@ -254,6 +301,9 @@ impl Config {
                 }
                 t => t.map(Into::into),
             },
+            review_after: duration("REVIEW_AFTER", "24h")?,
+            review_poll: duration("REVIEW_POLL", "15m")?,
+            require_payment_amount: flag("REQUIRE_PAYMENT_AMOUNT")?,
         };
         config.validate()?;
         Ok(config)
@@ -273,6 +323,16 @@ impl Config {
                     .into(),
             ));
         }
+        if self.http_max_connections == 0
+            || self.http_header_timeout.is_zero()
+            || self.ingress_timeout.is_zero()
+        {
+            return Err(ConfigError(
+                "HTTP_MAX_CONNECTIONS, HTTP_HEADER_TIMEOUT_MS and WEBHOOK_INGRESS_TIMEOUT_MS \
+                 must be at least 1"
+                    .into(),
+            ));
+        }
         if self.webhooks.concurrency == 0 {
             return Err(ConfigError("WEBHOOK_CONCURRENCY must be at least 1".into()));
         }
@@ -281,6 +341,19 @@ impl Config {
                 "CLAIM_LEASE_SECS ({}s) must exceed WEBHOOK_TIMEOUT_MS by at least 5s",
                 self.claim_lease.as_secs()
             )));
+        }
+        // PostgreSQL's interval arithmetic and our clock both handle ten years.
+        let ten_years = Duration::from_secs(3650 * 86_400);
+        for (key, d) in [
+            ("REVIEW_AFTER", self.review_after),
+            ("REVIEW_POLL", self.review_poll),
+        ] {
+            if d < Duration::from_secs(1) || d > ten_years {
+                return Err(ConfigError(format!(
+                    "{key} must be between 1s and 3650d, got {}s",
+                    d.as_secs_f64()
+                )));
+            }
         }
         if self.retry.max_attempts == 0 {
             return Err(ConfigError("MAX_SUBMIT_ATTEMPTS must be at least 1".into()));
@@ -302,6 +375,90 @@ impl Config {
     /// Settings for a provider, if configured.
     pub fn provider(&self, name: ProviderName) -> Option<&ProviderSettings> {
         self.providers.get(&name)
+    }
+}
+
+/// `url` with its password replaced by `***`, for logs and `Debug`. A URL that does not
+/// parse is not shown at all: it may still hold a password.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() && u.set_password(Some("***")).is_err() {
+                return "<URL with a password, not shown>".into();
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparseable URL, not shown>".into(),
+    }
+}
+
+/// Written out (not derived) so the database and broker URLs show without their passwords.
+/// The destructuring is exhaustive on purpose: a new field does not compile until it is
+/// decided here whether it may be printed.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Config {
+            database_url,
+            database_max_connections,
+            amqp_url,
+            amqp_name_prefix,
+            http_addr,
+            prefetch,
+            intake_batch,
+            webhook_lanes,
+            dispatch_batch,
+            dispatch_concurrency,
+            idle_poll,
+            claim_lease,
+            parked_retry,
+            parked_max_age,
+            ingress_max_bytes,
+            ingress_rate_per_sec,
+            ingress_burst,
+            ingress_timeout,
+            http_header_timeout,
+            http_max_connections,
+            retry,
+            poll,
+            shutdown_grace,
+            providers,
+            webhooks,
+            admin_token,
+            review_after,
+            review_poll,
+            require_payment_amount,
+        } = self;
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(database_url))
+            .field("database_max_connections", database_max_connections)
+            .field("amqp_url", &redact_url(amqp_url))
+            .field("amqp_name_prefix", amqp_name_prefix)
+            .field("http_addr", http_addr)
+            .field("prefetch", prefetch)
+            .field("intake_batch", intake_batch)
+            .field("webhook_lanes", webhook_lanes)
+            .field("dispatch_batch", dispatch_batch)
+            .field("dispatch_concurrency", dispatch_concurrency)
+            .field("idle_poll", idle_poll)
+            .field("claim_lease", claim_lease)
+            .field("parked_retry", parked_retry)
+            .field("parked_max_age", parked_max_age)
+            .field("ingress_max_bytes", ingress_max_bytes)
+            .field("ingress_rate_per_sec", ingress_rate_per_sec)
+            .field("ingress_burst", ingress_burst)
+            .field("ingress_timeout", ingress_timeout)
+            .field("http_header_timeout", http_header_timeout)
+            .field("http_max_connections", http_max_connections)
+            .field("retry", retry)
+            .field("poll", poll)
+            .field("shutdown_grace", shutdown_grace)
+            .field("providers", providers)
+            .field("webhooks", webhooks)
+            .field("admin_token", admin_token)
+            .field("review_after", review_after)
+            .field("review_poll", review_poll)
+            .field("require_payment_amount", require_payment_amount)
+            .finish()
     }
 }
 
@@ -345,6 +502,31 @@ mod tests {
         assert!(!dbg.contains("admin-token-789"));
         assert!(!dbg.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
         assert!(c.provider(ProviderName::VaServices).is_some());
+    }
+
+    #[test]
+    fn connection_url_passwords_never_show_in_debug() {
+        let c = from(&[
+            (
+                "DATABASE_URL",
+                "postgres://worker:pg-pass-0f3a9@db.internal:5432/refund_worker",
+            ),
+            (
+                "AMQP_URL",
+                "amqps://worker:mq-pass-77d1@mq.internal:5671/%2f",
+            ),
+        ])
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("pg-pass-0f3a9"), "{dbg}");
+        assert!(!dbg.contains("mq-pass-77d1"), "{dbg}");
+        assert!(dbg.contains("postgres://worker:***@db.internal:5432/refund_worker"));
+        assert!(dbg.contains("amqps://worker:***@mq.internal:5671/%2f"));
+        assert_eq!(redact_url("not a url pass"), "<unparseable URL, not shown>");
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/db"),
+            "postgres://postgres@127.0.0.1/db"
+        );
     }
 
     #[test]

@@ -118,7 +118,7 @@ fn providers() -> &'static Providers {
             }
         };
         let config = Config::from_lookup(env).expect("fuzz configuration");
-        Providers::from_config(&config)
+        Providers::from_config(&config).expect("fuzz providers")
     })
 }
 
@@ -261,12 +261,19 @@ pub fn interpret(provider: ProviderName, data: &[u8]) {
                 va_services::interpret(status, body, selector % 2 == 0, chrono_tz::Africa::Lagos);
             let _ =
                 va_services::parse_date(&String::from_utf8_lossy(body), chrono_tz::Africa::Lagos);
+            let _ = va_services::interpret_history(
+                status,
+                body,
+                &refund.refund_reference,
+                chrono_tz::Africa::Lagos,
+            );
         }
         ProviderName::Bpn => match selector % 3 {
             0 => {
                 let _ = bpn::interpret_refund(status, body, "fuzz-order-1");
             }
             1 => {
+                let _ = bpn::interpret_status(status, body, "fuzz-order-1");
                 if let bpn::Lookup::Order(order) = bpn::interpret_detail(status, body) {
                     let _ = bpn::refund_outcome(&order, "fuzz-order-1");
                     let _ = bpn::check_refundable(&order, &refund);

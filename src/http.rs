@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::http_validation::{self as validation, NoQuery, StrictJson, StrictQuery};
 use crate::pipeline::worker::Status;
 use crate::store::{self, webhooks::ResendFilter, StoreError};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
+mod limits;
+mod serve;
+
+use limits::{AuthFailures, IngressLimit};
+pub use serve::{serve, ServeLimits};
+
 /// The OpenAPI document of these routes (kept in the repository at `docs/openapi.json`).
 pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 
@@ -37,6 +43,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/webhooks/{provider}"),
     ("get", "/v1/refunds"),
     ("get", "/v1/refunds/{refundReference}"),
+    ("post", "/v1/refunds/{refundReference}/recheck"),
+    ("post", "/v1/refunds/{refundReference}/resolve"),
+    ("get", "/v1/provider-webhooks"),
     ("post", "/v1/webhooks/resend"),
     ("get", "/v1/webhooks/failed"),
     ("get", "/v1/dlq/{queue}"),
@@ -50,8 +59,6 @@ pub const LIST_MAX_LIMIT: i64 = 1000;
 
 /// Largest admin request body.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
-/// Whole-request limit of the webhook ingress (reading the body included).
-const INGRESS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Whole-request limit of the admin API.
 const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -68,6 +75,22 @@ pub struct AppState {
     pub topology: Topology,
     /// Provider adapters (the webhook ingress verifies signatures with them).
     pub providers: crate::providers::Providers,
+    /// The worker's context: operator actions (recheck) run the pipeline's own steps.
+    pub context: crate::pipeline::Context,
+}
+
+impl AppState {
+    /// The state for a worker's context (the usual way: one context wires everything).
+    pub fn new(context: crate::pipeline::Context, status: Arc<Status>) -> Self {
+        Self {
+            pool: context.pool.clone(),
+            status,
+            config: context.config.clone(),
+            topology: context.topology.clone(),
+            providers: context.providers.clone(),
+            context,
+        }
+    }
 }
 
 /// Builds the router.
@@ -91,6 +114,15 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/refunds", get(list_refunds))
         .route("/v1/refunds/{refundReference}", get(get_refund))
+        .route(
+            "/v1/refunds/{refundReference}/recheck",
+            post(recheck_refund),
+        )
+        .route(
+            "/v1/refunds/{refundReference}/resolve",
+            post(resolve_refund),
+        )
+        .route("/v1/provider-webhooks", get(list_provider_webhooks))
         .route("/v1/webhooks/resend", post(resend_webhooks))
         .route("/v1/webhooks/failed", get(failed_webhooks))
         .route("/v1/dlq/{queue}", get(list_dlq))
@@ -101,7 +133,13 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             ADMIN_TIMEOUT,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(
+            TokenGate {
+                state: state.clone(),
+                failures: AuthFailures::new(),
+            },
+            require_token,
+        ))
         .layer(middleware::from_fn(json_errors));
     let limit = IngressLimit::new(
         state.config.ingress_rate_per_sec,
@@ -114,11 +152,11 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(DefaultBodyLimit::max(state.config.ingress_max_bytes))
         .layer(middleware::from_fn_with_state(limit, limit_ingress))
-        // A provider that cannot send its body within this gets 408; the broker's own
-        // confirm wait (5 s) fits well inside.
+        // A provider that cannot send its body within this (WEBHOOK_INGRESS_TIMEOUT_MS,
+        // default 15 s) gets 408; the broker's own confirm wait (5 s) fits well inside.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            INGRESS_TIMEOUT,
+            state.config.ingress_timeout,
         ))
         .with_state(crate::webhooks::ingress::Ingress::new(
             state.providers.clone(),
@@ -130,23 +168,15 @@ pub fn router(state: AppState) -> Router {
     } else {
         public
     };
-    router.with_state(state).merge(ingress)
-}
-
-/// Per-source-address rate limit of the webhook ingress (GCRA, `governor`). The source is
-/// the TCP peer (`run` serves with connect info); behind a proxy every provider shares the
-/// proxy's address, so size the limit for the proxy or rate-limit there.
-#[derive(Clone)]
-struct IngressLimit(Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>);
-
-impl IngressLimit {
-    fn new(per_second: u32, burst: u32) -> Self {
-        let quota = governor::Quota::per_second(
-            std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN),
-        )
-        .allow_burst(std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN));
-        Self(Arc::new(governor::RateLimiter::keyed(quota)))
-    }
+    router
+        .with_state(state)
+        .merge(ingress)
+        // Unknown routes (and `/v1/...` while the admin API is off) answer in the error
+        // shape too.
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        // Outermost, so what axum and tower-http answer in plain text or with an empty body
+        // (405, the ingress's 408, extractor rejections) keeps the error shape as well.
+        .layer(middleware::from_fn(json_errors))
 }
 
 /// Refuses a source over its rate with 429 and `Retry-After`, before reading the body.
@@ -156,17 +186,9 @@ async fn limit_ingress(
     next: Next,
 ) -> Response {
     use governor::clock::Clock;
-    let source = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let verdict = limit.0.check_key(&source);
-    // Forget sources idle long enough to be back at full allowance, so the table stays small.
-    if limit.0.len() > 10_000 {
-        limit.0.retain_recent();
-    }
-    match verdict {
+    // The TCP peer (IPv6 by its /64); the table is pruned in the background.
+    let source = limits::peer_key(&request);
+    match limit.0.check_key(&source) {
         Ok(()) => next.run(request).await,
         Err(not_until) => {
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
@@ -273,7 +295,8 @@ async fn json_errors(request: Request, next: Next) -> Response {
         StatusCode::NOT_FOUND => "not_found",
         _ => "client_error",
     };
-    let text = axum::body::to_bytes(response.into_body(), 4096)
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
@@ -285,15 +308,33 @@ async fn json_errors(request: Request, next: Next) -> Response {
     } else {
         text
     };
-    ApiError::new(status, code, message).into_response()
+    let mut answer = ApiError::new(status, code, message).into_response();
+    // Keep what else was said (`Allow` on a 405, `Retry-After`), not the old body's framing.
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
+/// What the admin token check needs: the settings, and the failed attempts per source.
+#[derive(Clone)]
+struct TokenGate {
+    state: AppState,
+    failures: AuthFailures,
+}
+
+/// Checks the bearer token. A source that failed too often recently gets 429 with
+/// `Retry-After` before its token is even compared, so guessing is slow and a guess that
+/// happens to be right during the lockout is not confirmed.
 async fn require_token(
-    State(state): State<AppState>,
+    State(gate): State<TokenGate>,
     headers: HeaderMap,
     request: Request,
     next: Next,
 ) -> Response {
+    let state = &gate.state;
     let Some(expected) = &state.config.admin_token else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "admin API disabled")
             .into_response();
@@ -303,12 +344,28 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
+    let source = limits::peer_key(&request);
+    if let Some(wait) = gate.failures.blocked(source) {
+        tracing::warn!(source = %source, "admin API: too many failed authentications");
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed authentications from this address; retry later",
+        )
+        .into_response();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Ok(v) = header::HeaderValue::from_str(&secs.max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
     // Hash both sides so the comparison is constant-time whatever their lengths.
     let a = Sha256::digest(given.as_bytes());
     let b = Sha256::digest(expected.expose_secret().as_bytes());
     if bool::from(a.ct_eq(&b)) {
         next.run(request).await
     } else {
+        gate.failures.failed(source);
         let mut response = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -364,6 +421,131 @@ async fn list_refunds(
     // Out of range used to be clamped silently (limit=0 gave one row, limit=-5 one row too).
     validation::limit_in_range(filter.limit, REFUNDS_MAX_LIMIT)?;
     Ok(Json(store::refunds::list(&state.pool, &filter).await?))
+}
+
+/// `POST /v1/refunds/{ref}/recheck`: optional body `{"reason": "..."}`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RecheckBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn recheck_refund(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    body: Option<Json<RecheckBody>>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::pipeline::review::RecheckError;
+    let reason = body.and_then(|Json(b)| b.reason);
+    let view = crate::pipeline::review::recheck(&state.context, &reference, reason.as_deref())
+        .await
+        .map_err(|e| match e {
+            RecheckError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            RecheckError::Final { .. } | RecheckError::Busy(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            RecheckError::Store(e) => e.into(),
+        })?;
+    Ok(Json(
+        serde_json::to_value(&view).map_err(ApiError::internal)?,
+    ))
+}
+
+/// `POST /v1/refunds/{ref}/resolve`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ResolveBody {
+    status: String,
+    reason: String,
+    #[serde(default)]
+    provider_reference: Option<String>,
+}
+
+async fn resolve_refund(
+    State(state): State<AppState>,
+    Path(reference): Path<String>,
+    body: Result<Json<ResolveBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::domain::review::{ResolveRefused, ResolveRequest};
+    use crate::store::review::{ResolveError, Resolved};
+    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
+    let status = crate::domain::RefundStatus::parse(&body.status)
+        .filter(|s| s.is_final())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("status `{}` is not COMPLETED or REFUND_FAIL", body.status),
+            )
+        })?;
+    let request = ResolveRequest {
+        status,
+        reason: body.reason,
+        provider_reference: body.provider_reference.filter(|r| !r.trim().is_empty()),
+    };
+    let resolved = store::review::resolve(&state.pool, &reference, &request, &state.context.sink)
+        .await
+        .map_err(|e| match e {
+            ResolveError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            ResolveError::Refused(ResolveRefused::Invalid(m)) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m)
+            }
+            ResolveError::Refused(r) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", r.to_string())
+            }
+            ResolveError::Store(e) => e.into(),
+        })?;
+    let answer = match resolved {
+        Resolved::Finished(event) => {
+            state.context.event_committed();
+            crate::metrics::refund_event(&event);
+            tracing::warn!(refund_reference = %reference, status = %event.status,
+                "refund resolved by an operator");
+            json!({"resolved": true, "event": event})
+        }
+        Resolved::Acknowledged => json!({"resolved": true, "acknowledged": true}),
+    };
+    Ok(Json(answer))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboxQuery {
+    state: String,
+    limit: Option<i64>,
+}
+
+async fn list_provider_webhooks(
+    State(state): State<AppState>,
+    Query(q): Query<InboxQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let wanted = q.state.to_ascii_lowercase();
+    if !store::inbound::OPERATOR_STATES.contains(&wanted.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!(
+                "state `{}` is not one of {}",
+                q.state,
+                store::inbound::OPERATOR_STATES.join(", ")
+            ),
+        ));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("limit must be between 1 and 500, got {limit}"),
+        ));
+    }
+    let items = store::inbound::list_for_operators(&state.pool, &wanted, limit).await?;
+    Ok(Json(json!({"state": wanted, "items": items})))
 }
 
 /// `POST /v1/webhooks/resend`. The fields are inline (not a flattened [`ResendFilter`]) so

@@ -109,6 +109,10 @@ fn describe() {
         "refund_worker_provider_webhooks_applied_total",
         "Provider webhooks consumed, by provider and what applying them did (applied, unchanged, duplicate, parked, contradiction, ...)."
     );
+    describe_gauge!(
+        "refund_worker_refunds_in_review",
+        "Refunds flagged for operator review: no final answer after REVIEW_AFTER, or contradicting provider webhooks (sampled)."
+    );
     describe_counter!(
         "refund_worker_provider_webhook_contradictions_total",
         "ALERT: a provider reported a final status contradicting the refund's final status (never applied)."
@@ -222,4 +226,5 @@ fn record_in_flight(now: &InFlight, seen: &mut BTreeSet<String>) {
         .set(now.deliveries_queued as f64);
     gauge!("refund_worker_webhook_deliveries", "state" => "failed")
         .set(now.deliveries_failed as f64);
+    gauge!("refund_worker_refunds_in_review").set(now.refunds_in_review as f64);
 }

@@ -9,7 +9,40 @@
 
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoffBuilder;
+use chrono::{DateTime, Utc};
 use std::time::Duration;
+
+/// The longest `Retry-After` we honour, from a provider or a merchant endpoint. A longer one
+/// (a typo, a misconfigured proxy, `10^12` seconds) would otherwise park a refund or a
+/// delivery for ever, or overflow the database interval it is stored as; past an hour we
+/// look again anyway and let the other side tell us to wait once more.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Reads a `Retry-After` header value: delay-seconds or an HTTP-date (RFC 9110 section
+/// 10.2.3; the IMF-fixdate form is RFC 2822, which chrono parses), relative to `now`. A date
+/// in the past is no wait; anything else unreadable is ignored. Clamped to
+/// [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else if value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
+        // Digits too long for u64: certainly beyond the ceiling.
+        MAX_RETRY_AFTER
+    } else {
+        let at = DateTime::parse_from_rfc2822(value)
+            .ok()?
+            .with_timezone(&Utc);
+        (at - now).to_std().unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// [`parse_retry_after`] of a response's `Retry-After` header, if it has a readable one.
+pub fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, Utc::now())
+}
 
 /// Exponential backoff settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,10 +59,11 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// Delay before retry number `failures` (1 = first retry), full jitter, and never
-    /// shorter than the provider's `Retry-After`.
+    /// shorter than the provider's `Retry-After` (itself at most [`MAX_RETRY_AFTER`], also
+    /// when a caller built the outcome by hand).
     pub fn delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
         let jittered = self.ceiling(failures).mul_f64(rand::random::<f64>());
-        jittered.max(retry_after.unwrap_or_default())
+        jittered.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER))
     }
 
     /// The exponential ceiling for retry number `failures`, as the `backoff` crate computes it.
@@ -89,5 +123,49 @@ mod tests {
     fn retry_after_is_honoured() {
         let p = policy();
         assert!(p.delay(1, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+    }
+
+    #[test]
+    fn retry_after_is_clamped_to_the_ceiling() {
+        let p = policy();
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(1_000_000_000_000))),
+            MAX_RETRY_AFTER
+        );
+        let now = Utc::now();
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after(" 1000000000000 ", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        // More digits than u64 holds.
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[test]
+    fn retry_after_accepts_an_http_date() {
+        let now = DateTime::parse_from_rfc3339("1994-11-06T08:49:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(37))
+        );
+        // In the past: no wait.
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:48:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        // Years ahead: the ceiling.
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
     }
 }

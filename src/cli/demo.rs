@@ -133,7 +133,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let ctx = Context::new(
         pool.clone(),
         config.clone(),
-        Providers::from_config(&config),
+        Providers::from_config(&config)?,
     );
     let topology = ctx.topology.clone();
     let connection = broker::connect(&config.amqp_url, "refund-worker-demo")
@@ -165,6 +165,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             config: ctx.config.clone(),
             topology: ctx.topology.clone(),
             providers: ctx.providers.clone(),
+            context: ctx.clone(),
         });
         let stop = worker_stop.clone();
         tokio::spawn(async move {

@@ -2,6 +2,7 @@
 
 mod demo;
 mod dlq;
+mod inbox;
 mod refunds;
 mod sandbox;
 mod submit;
@@ -38,7 +39,7 @@ enum Command {
     Sandbox(sandbox::SandboxArgs),
     /// Publish a refund command (from a JSON file or flags) with publisher confirms.
     Submit(submit::SubmitArgs),
-    /// Inspect refunds.
+    /// Inspect refunds; the review queue; recheck and resolve refunds in review.
     Refunds {
         #[command(subcommand)]
         command: refunds::RefundsCommand,
@@ -49,6 +50,11 @@ enum Command {
     Webhooks {
         #[command(subcommand)]
         command: webhooks::WebhooksCommand,
+    },
+    /// Provider webhooks an operator must look at: parked, unmatched, contradicting.
+    Inbox {
+        #[command(subcommand)]
+        command: inbox::InboxCommand,
     },
     /// Dead letters: list, show, replay.
     Dlq {
@@ -87,6 +93,7 @@ pub async fn main() -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args).await,
         Command::Webhooks { command } => webhooks::run(command).await,
         Command::Dlq { command } => dlq::run(command).await,
+        Command::Inbox { command } => inbox::run(command).await,
         Command::Bench(args) => crate::bench::run(args).await,
     }
 }
@@ -114,7 +121,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
     tracing::info!(addr = %config.http_addr, providers = ?config.providers.keys().collect::<Vec<_>>(), "refund-worker starting");
-    let providers = Providers::from_config(&config);
+    let providers = Providers::from_config(&config)?;
     let ctx = Context::new(pool.clone(), config, providers);
     let status = Arc::new(worker::Status::default());
 
@@ -125,17 +132,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
             config: ctx.config.clone(),
             topology: ctx.topology.clone(),
             providers: ctx.providers.clone(),
+            context: ctx.clone(),
         });
-        let stop = http_stop.clone();
-        tokio::spawn(async move {
-            // Connect info gives the ingress's rate limit the source address.
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        })
+        // Header-read timeout and connection cap (HTTP_HEADER_TIMEOUT_MS,
+        // HTTP_MAX_CONNECTIONS); requests carry the peer address for the rate limits.
+        let limits = http::ServeLimits::from_config(&ctx.config);
+        tokio::spawn(http::serve(listener, app, limits, http_stop.clone()))
     };
     crate::metrics::handle();
     tokio::spawn(crate::metrics::sample(

@@ -1,4 +1,5 @@
-//! `refund-worker refunds show`: a refund's state, attempts and history.
+//! `refund-worker refunds ...`: a refund's state, attempts and history; the review queue and
+//! an operator's recheck and resolution of refunds no machine can settle.
 
 use crate::config::Config;
 use crate::store;
@@ -15,6 +16,45 @@ pub enum RefundsCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// List the refunds flagged for operator review, longest waiting first.
+    Review {
+        /// At most this many (1-500).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=500))]
+        limit: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the provider about a refund now (its status; or its submit, if the provider
+    /// certainly does not have it yet) and apply the answer as the dispatcher would.
+    Recheck {
+        /// The refundReference.
+        refund_reference: String,
+        /// Why, for the refund's history.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle a refund in review by hand: publishes its final event with
+    /// `resolution: {"by": "operator", "reason": ...}`. Never moves a final refund.
+    Resolve {
+        /// The refundReference.
+        refund_reference: String,
+        /// It was refunded (confirmed with the provider).
+        #[arg(long, conflicts_with = "failed", required_unless_present = "failed")]
+        completed: bool,
+        /// It will not be refunded (failure code RESOLVED_BY_OPERATOR).
+        #[arg(long)]
+        failed: bool,
+        /// Why (required; kept in the history and the event).
+        #[arg(long)]
+        reason: String,
+        /// The provider's id for the refund, if you know it.
+        #[arg(long)]
+        provider_reference: Option<String>,
     },
     /// List the refunds VA Services holds (its paginated `GET /va/refunds`), dates in UTC:
     /// for reconciling with ours.
@@ -39,6 +79,123 @@ pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
         .context("connecting to PostgreSQL")?;
     match command {
         RefundsCommand::AtProvider { .. } => Ok(ExitCode::SUCCESS),
+        RefundsCommand::Review { limit, json } => {
+            let rows = store::review::in_review(&pool, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<32} {:<12} {:<12} {:>14} {:<24} {:>9}  reason",
+                "refundReference",
+                "provider",
+                "status",
+                "amount",
+                "in review since (UTC)",
+                "waiting"
+            );
+            let now = chrono::Utc::now();
+            for r in &rows {
+                let since = r.review_since.unwrap_or(now);
+                println!(
+                    "{:<32} {:<12} {:<12} {:>14} {:<24} {:>9}  {}",
+                    r.refund_reference,
+                    r.provider.as_deref().unwrap_or("-"),
+                    r.status,
+                    format!(
+                        "{} {}",
+                        r.amount.map(|a| a.to_string()).unwrap_or_default(),
+                        r.currency.as_deref().unwrap_or("")
+                    ),
+                    since.format("%Y-%m-%d %H:%M:%S"),
+                    waited(now - since),
+                    r.review_reason.as_deref().unwrap_or("")
+                );
+            }
+            if rows.len() as i64 == limit {
+                eprintln!("(showing the first {limit}; raise --limit for more)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RefundsCommand::Recheck {
+            refund_reference,
+            reason,
+            json,
+        } => {
+            use crate::pipeline::review::{recheck, RecheckError};
+            let providers = crate::providers::Providers::from_config(&config)?;
+            let ctx = crate::pipeline::Context::new(pool.clone(), config, providers);
+            match recheck(&ctx, &refund_reference, reason.as_deref()).await {
+                Ok(view) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&view)?);
+                    } else {
+                        print!("{}", render(&view));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e @ RecheckError::NotFound(_)) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(2))
+                }
+                Err(e @ (RecheckError::Final { .. } | RecheckError::Busy(_))) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(RecheckError::Store(e)) => Err(e.into()),
+            }
+        }
+        RefundsCommand::Resolve {
+            refund_reference,
+            completed,
+            failed: _,
+            reason,
+            provider_reference,
+        } => {
+            use crate::domain::review::{ResolveRefused, ResolveRequest};
+            use crate::domain::RefundStatus;
+            use crate::store::review::{resolve, ResolveError, Resolved};
+            let request = ResolveRequest {
+                status: if completed {
+                    RefundStatus::Completed
+                } else {
+                    RefundStatus::RefundFail
+                },
+                reason,
+                provider_reference,
+            };
+            let topology = crate::broker::Topology::with_prefix(&config.amqp_name_prefix);
+            let sink = store::EventSink {
+                exchange: topology.exchange.clone(),
+                webhook_default_url: config.webhooks.default_url.clone(),
+            };
+            match resolve(&pool, &refund_reference, &request, &sink).await {
+                Ok(Resolved::Finished(event)) => {
+                    println!(
+                        "{refund_reference} resolved {} (event {}); the worker publishes it",
+                        event.status, event.event_id
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(Resolved::Acknowledged) => {
+                    println!("{refund_reference}: review acknowledged, status unchanged");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e @ ResolveError::NotFound(_)) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(2))
+                }
+                Err(ResolveError::Refused(ResolveRefused::Invalid(m))) => {
+                    eprintln!("--reason: {m}");
+                    Ok(ExitCode::from(2))
+                }
+                Err(ResolveError::Refused(r)) => {
+                    eprintln!("{refund_reference}: {r}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(ResolveError::Store(e)) => Err(e.into()),
+            }
+        }
         RefundsCommand::Show {
             refund_reference,
             json,
@@ -64,7 +221,7 @@ async fn at_provider(config: &Config, size: u32, max_pages: u32) -> anyhow::Resu
         eprintln!("VA Services is not configured (PROVIDER_VA_SERVICES_BASE_URL, _API_KEY)");
         return Ok(ExitCode::from(2));
     };
-    let va = crate::providers::va_services::VaServices::new(settings.clone());
+    let va = crate::providers::va_services::VaServices::new(settings.clone())?;
     let refunds = match va.list_all(size.clamp(1, 1000), max_pages.max(1)).await {
         Ok(r) => r,
         Err(e) => {
@@ -98,6 +255,16 @@ async fn at_provider(config: &Config, size: u32, max_pages: u32) -> anyhow::Resu
     }
     println!("{} refund(s)", refunds.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `3d 4h`, `12m` for how long a refund has waited.
+fn waited(d: chrono::Duration) -> String {
+    let m = d.num_minutes().max(0);
+    match m {
+        m if m >= 1440 => format!("{}d {}h", m / 1440, (m % 1440) / 60),
+        m if m >= 60 => format!("{}h {}m", m / 60, m % 60),
+        m => format!("{m}m"),
+    }
 }
 
 /// Renders a refund for people.
@@ -134,6 +301,18 @@ pub fn render(view: &store::RefundView) -> String {
     if let Some(code) = &r.failure_code {
         let _ = writeln!(out, "failure      {code}: {}", opt(&r.failure_message));
     }
+    if let (Some(reason), Some(since)) = (&r.review_reason, r.review_since) {
+        let _ = writeln!(
+            out,
+            "IN REVIEW    since {}: {reason}",
+            since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "guard        {}",
+        r.guard_source.as_deref().unwrap_or("-")
+    );
     let _ = writeln!(
         out,
         "attempts     {} submits, {} polls, {} consecutive failures",

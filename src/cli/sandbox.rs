@@ -48,6 +48,10 @@ pub struct SandboxArgs {
     /// Share (0 to 1) of notifications held back so later ones overtake them.
     #[arg(long, default_value_t = 0.0)]
     webhook_reorder_rate: f64,
+    /// Serve only the endpoints the providers' docs define (no VA Services "Refund
+    /// Details" at our guessed path): what refund-worker meets at a real provider.
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Runs the sandbox until ctrl-c or SIGTERM.
@@ -78,16 +82,24 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
         webhook_duplicate_rate: args.webhook_duplicate_rate,
         webhook_bad_signature_rate: args.webhook_bad_signature_rate,
         webhook_reorder_rate: args.webhook_reorder_rate,
+        strict: args.strict,
         ..SandboxConfig::default()
     };
     let sandbox = Sandbox::new(config.clone());
     let (addr, handle) = sandbox
         .spawn_on((args.bind, args.port).into(), super::wait_for_signal())
         .await?;
-    println!("provider sandbox listening on http://{addr} (VA Services, BPN, Binance Pay, BVNK)");
+    println!(
+        "provider sandbox listening on http://{addr} (VA Services, BPN, Binance Pay, BVNK){}",
+        if config.strict {
+            ", strict: documented endpoints only"
+        } else {
+            ""
+        }
+    );
     println!("  point refund-worker at it with (sandbox credentials, not secrets):");
     for (key, value) in config.provider_env(addr) {
-        println!("    export {key}={value}");
+        println!("    export {key}={}", shell_quote(&value));
     }
     match &config.webhook_url {
         Some(url) => println!("  notifications go to {url}/webhooks/<provider>"),
@@ -96,4 +108,30 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     println!("  ledger: curl http://{addr}/sandbox/ledger");
     handle.await?;
     Ok(())
+}
+
+/// One shell word for `value`, pasteable as printed: single-quoted, and a multi-line value
+/// (the Binance Pay public key) on one line with `\n` escapes, which refund-worker reads.
+fn shell_quote(value: &str) -> String {
+    let one_line = value.trim_end().replace('\n', "\\n");
+    format!("'{}'", one_line.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn printed_settings_are_one_shell_word_each() {
+        assert_eq!(
+            shell_quote("http://127.0.0.1:8090"),
+            "'http://127.0.0.1:8090'"
+        );
+        let pem = "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----\n";
+        assert_eq!(
+            shell_quote(pem),
+            "'-----BEGIN PUBLIC KEY-----\\nMIIB\\n-----END PUBLIC KEY-----'"
+        );
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
 }

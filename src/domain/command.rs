@@ -61,6 +61,26 @@ impl ProviderName {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
+
+    /// The currencies the provider's docs say its refunds support, where they limit them
+    /// (BVNK: "GBP, USD, EUR"); `None` where the docs name no limit.
+    pub fn refund_currencies(self) -> Option<&'static [&'static str]> {
+        match self {
+            Self::Bvnk => Some(&["GBP", "USD", "EUR"]),
+            Self::VaServices | Self::Bpn | Self::BinancePay => None,
+        }
+    }
+
+    /// Whether the adapter asks the provider what is left to refund before every refund
+    /// call, and refuses more (`AMOUNT_EXCEEDS_REFUNDABLE`) without calling: BVNK's
+    /// estimate (`maxAvailableToRefund`) and BPN's order lookup. The over-refund guard's
+    /// source is then `provider` when nothing else knows the payment's amount.
+    pub fn checks_refundable_first(self) -> bool {
+        match self {
+            Self::Bvnk | Self::Bpn => true,
+            Self::VaServices | Self::BinancePay => false,
+        }
+    }
 }
 
 impl fmt::Display for ProviderName {
@@ -401,6 +421,16 @@ impl RefundCommand {
                 None
             }
         });
+        if let (Some(p), Some(c)) = (provider, currency.as_deref()) {
+            if let Some(allowed) = p.refund_currencies() {
+                if !allowed.contains(&c) {
+                    v.problems.push(format!(
+                        "currency {c} is not one {p} refunds support ({})",
+                        allowed.join(", ")
+                    ));
+                }
+            }
+        }
         let amount = v.amount("amount", currency.as_deref(), true);
         let payment_amount = v.amount("paymentAmount", currency.as_deref(), false);
         let reason = v.text("reason", true);
@@ -714,6 +744,23 @@ mod tests {
     }
 
     #[test]
+    fn bvnk_refunds_only_the_currencies_its_docs_list() {
+        let cmd = |currency: &str| {
+            json!({
+                "refundReference": "rf-1", "provider": "bvnk", "transactionReference": "t1",
+                "amount": "1.00", "currency": currency, "reason": "r"
+            })
+        };
+        for ok in ["GBP", "USD", "EUR"] {
+            assert!(RefundCommand::from_value(cmd(ok)).is_ok(), "{ok}");
+        }
+        assert_eq!(
+            problems(cmd("NGN")),
+            vec!["currency NGN is not one bvnk refunds support (GBP, USD, EUR)"]
+        );
+    }
+
+    #[test]
     fn va_services_needs_a_destination() {
         let mut v = valid();
         v.as_object_mut().unwrap().remove("destination");
@@ -723,6 +770,7 @@ mod tests {
         );
         let mut v = valid();
         v["provider"] = json!("bvnk");
+        v["currency"] = json!("EUR");
         v.as_object_mut().unwrap().remove("destination");
         assert!(RefundCommand::from_value(v).is_ok());
     }

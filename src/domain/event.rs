@@ -2,6 +2,7 @@
 
 use super::command::ProviderName;
 use super::refund::{FailureReason, RefundStatus};
+use super::review::{Resolution, Review};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
@@ -37,12 +38,23 @@ pub struct RefundEvent {
     /// When the status changed, RFC 3339 UTC.
     #[serde(serialize_with = "rfc3339_utc")]
     pub occurred_at: DateTime<Utc>,
+    /// Set only on `refund.status.review_required` events: why the refund needs an
+    /// operator, and since when. The status is unchanged by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
+    /// Set only on a final event an operator caused (`refunds resolve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
 }
 
 impl RefundEvent {
-    /// The routing key this event is published with.
+    /// The routing key this event is published with: a review flag has its own
+    /// (`refund.status.review_required`), every other event its status's.
     pub fn routing_key(&self) -> &'static str {
-        self.status.routing_key()
+        match self.review {
+            Some(_) => super::review::REVIEW_ROUTING_KEY,
+            None => self.status.routing_key(),
+        }
     }
 
     /// Whether the provider named is one we know.
@@ -74,6 +86,8 @@ mod tests {
             failure_reason: Some(FailureReason::new(FailureCode::InvalidCommand, "bad")),
             attempts: 0,
             occurred_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            review: None,
+            resolution: None,
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["status"], "REFUND_FAIL");
@@ -82,7 +96,36 @@ mod tests {
         assert_eq!(v["amount"], "25.17");
         assert!(v["providerReference"].is_null());
         assert_eq!(e.routing_key(), "refund.status.refund_fail");
+        assert!(v.get("review").is_none() && v.get("resolution").is_none());
         let back: RefundEvent = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn a_review_event_has_its_own_routing_key_and_object() {
+        let since = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let e = RefundEvent {
+            event_id: Uuid::nil(),
+            refund_reference: "rf-1".into(),
+            provider: Some("va_services".into()),
+            transaction_reference: Some("t1".into()),
+            provider_reference: None,
+            amount: Some("25.17".into()),
+            currency: Some("NGN".into()),
+            status: RefundStatus::Pending,
+            failure_reason: None,
+            attempts: 1,
+            occurred_at: since,
+            review: Some(Review {
+                reason: "still unknown".into(),
+                since,
+            }),
+            resolution: None,
+        };
+        assert_eq!(e.routing_key(), "refund.status.review_required");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["status"], "PENDING");
+        assert_eq!(v["review"]["reason"], "still unknown");
+        assert_eq!(v["review"]["since"], "2023-11-14T22:13:20.000Z");
     }
 }

@@ -9,12 +9,14 @@ pub mod event;
 pub mod guard;
 pub mod money;
 pub mod refund;
+pub mod review;
 
 pub use command::{CommandError, Destination, ProviderName, RefundCommand};
 pub use event::RefundEvent;
-pub use guard::{AmountSource, PaymentState};
+pub use guard::{AmountSource, Fallback, PaymentState};
 pub use money::{currency_decimals, format_amount, json_number, parse_amount, MoneyError};
 pub use refund::{
     decide, transition, CallKind, Decision, FailureCode, FailureReason, Fee, Phase,
     ProviderOutcome, RefundStatus, Transition, Wait,
 };
+pub use review::{GuardSource, Resolution, Review};

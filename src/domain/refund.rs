@@ -144,6 +144,9 @@ pub enum FailureCode {
     RetriesExhausted,
     /// A 4-eyes approval was rejected at the provider.
     ApprovalRejected,
+    /// An operator resolved a refund in review as failed (the provider never gave a final
+    /// answer; the operator's reason is the message).
+    ResolvedByOperator,
 }
 
 impl FailureCode {
@@ -156,6 +159,7 @@ impl FailureCode {
             Self::ProviderRejected => "PROVIDER_REJECTED",
             Self::RetriesExhausted => "RETRIES_EXHAUSTED",
             Self::ApprovalRejected => "APPROVAL_REJECTED",
+            Self::ResolvedByOperator => "RESOLVED_BY_OPERATOR",
         }
     }
 
@@ -168,6 +172,7 @@ impl FailureCode {
             Self::ProviderRejected,
             Self::RetriesExhausted,
             Self::ApprovalRejected,
+            Self::ResolvedByOperator,
         ]
         .into_iter()
         .find(|c| c.as_str() == s)

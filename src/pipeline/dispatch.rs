@@ -118,7 +118,7 @@ impl Handoff {
 const RECORD_BATCH: usize = 64;
 
 /// One claimed refund's step, done and waiting to be recorded.
-struct Outcome {
+pub(crate) struct Outcome {
     claimed: ClaimedRefund,
     extra_submits: i32,
     calls: Vec<CallRecord>,
@@ -380,7 +380,7 @@ async fn claim(ctx: &Context, limit: i64) -> Result<Vec<(ClaimedRefund, Instant)
 }
 
 /// Records step outcomes in one transaction, then counts, logs and announces their events.
-async fn record(ctx: &Context, outcomes: &[Outcome]) -> Result<(), StoreError> {
+pub(crate) async fn record(ctx: &Context, outcomes: &[Outcome]) -> Result<(), StoreError> {
     let steps: Vec<StepRecord<'_>> = outcomes
         .iter()
         .map(|o| StepRecord {
@@ -408,7 +408,11 @@ async fn record(ctx: &Context, outcomes: &[Outcome]) -> Result<(), StoreError> {
 }
 
 /// [`process`] inside the refund's span.
-async fn process_in_span(ctx: &Context, c: ClaimedRefund, lease_ends: Instant) -> Outcome {
+pub(crate) async fn process_in_span(
+    ctx: &Context,
+    c: ClaimedRefund,
+    lease_ends: Instant,
+) -> Outcome {
     // `instrument`, not `Span::enter`: an entered guard held across `.await` corrupts
     // the subscriber's span registry when steps interleave (seen under load).
     let span = tracing::info_span!("refund", refund_reference = %c.row.refund_reference,
@@ -528,6 +532,13 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> (i32, Vec<CallRecord>, Sto
                     let n = u32::try_from(c.row.polls).unwrap_or(0) + 1;
                     (ctx.config.poll.delay(n, None), false)
                 }
+            };
+            // In review, an operator is on it: keep asking the provider, on the slow
+            // schedule. A submit that never reached the provider keeps its backoff, so it
+            // still ends RETRIES_EXHAUSTED in its time.
+            let delay = match c.row.review_since {
+                Some(_) if phase != Phase::NotSubmitted => delay.max(ctx.config.review_poll),
+                _ => delay,
             };
             StoreUpdate::Reschedule {
                 phase,

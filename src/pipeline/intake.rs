@@ -116,6 +116,10 @@ async fn store(ctx: &Context, prepared: &[Prepared]) -> Result<Vec<IntakeOutcome
                 raw,
                 command_hash: hash,
                 provider_configured: *configured,
+                fallback: crate::domain::Fallback {
+                    provider_checks: cmd.provider.checks_refundable_first(),
+                    required: ctx.config.require_payment_amount,
+                },
             }),
             _ => None,
         })

@@ -5,6 +5,8 @@
 //! - [`intake`]: one command message -> a refund row (or a dead letter).
 //! - [`dispatch`]: due refunds -> provider calls -> recorded outcomes.
 //! - [`relay`]: outbox rows -> published events (with confirms).
+//! - [`review`]: refunds still open after `REVIEW_AFTER` -> flagged for an operator; an
+//!   operator's recheck, through the dispatcher's own step.
 //! - [`worker`]: runs them all, reconnects after broker or database outages, drains on
 //!   shutdown.
 
@@ -12,6 +14,7 @@ pub mod dispatch;
 pub mod inbound;
 pub mod intake;
 pub mod relay;
+pub mod review;
 pub mod worker;
 
 use crate::broker::Topology;

@@ -6,7 +6,7 @@
 //! steps in flight, then let the relay publish everything committed meanwhile, then close
 //! the connection.
 
-use super::{dispatch, inbound, intake, relay, Context};
+use super::{dispatch, inbound, intake, relay, review, Context};
 use crate::broker::{self, Publisher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,6 +29,12 @@ pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken)
             let _done = done.drop_guard();
             dispatch::run(&ctx, &shutdown).await;
         })
+    };
+
+    // The review sweep needs only the database too.
+    let reviewer = {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tokio::spawn(async move { review::run(&ctx, &shutdown).await })
     };
 
     // Webhook delivery needs only the database, like the dispatcher.
@@ -77,6 +83,7 @@ pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken)
     }
     status.broker_ready.store(false, Ordering::SeqCst);
     let _ = dispatcher.await;
+    let _ = reviewer.await;
     if let Some(d) = deliverer {
         let _ = d.await;
     }

@@ -31,6 +31,12 @@
 //!   found), `400609` SYSTEM_BUSY (retryable). The sandbox answers with these.
 //! - Only a refund's own status fails it from a query: a query refused for any other reason
 //!   (signature, key, clock, a CloudFront 403 page) is retried, since the refund may exist.
+//!   "No such refund" on a query comes from the code table only (`400202`, `400607`): an
+//!   unknown code whose message reads "not found" is retried, not taken as absent.
+//! - A body without Binance's envelope (no `status`, no `code`) is not Binance's answer: on a
+//!   refund, 401/403 is retried as unprocessed (the refund ends `RETRIES_EXHAUSTED`), any
+//!   other status after a query; a missing `PROVIDER_BINANCE_PAY_API_SECRET` is retried too
+//!   (nothing was sent), never a made-up rejection.
 //! - `remainingAttempts` (refunds left on the order): an order with 0 attempts left is final.
 //!   Where it bites: Binance refuses a *new* refund on it (`400606`, or any error whose data
 //!   shows `remainingAttempts: 0`) and we fail it `NOT_REFUNDABLE` at once, without retries;
@@ -383,7 +389,15 @@ pub fn interpret(
     call: CallKind,
     requested: Option<Decimal>,
 ) -> ProviderOutcome {
-    let envelope: Envelope = match serde_json::from_slice(body) {
+    // Binance's envelope carries `status` or `code`; any other body (HTML from a proxy,
+    // `{}`) is not Binance's answer.
+    let envelope = serde_json::from_slice::<Envelope>(body)
+        .map_err(|e| e.to_string())
+        .and_then(|e| match e.status.is_some() || e.code.is_some() {
+            true => Ok(e),
+            false => Err("no status or code".to_owned()),
+        });
+    let envelope: Envelope = match envelope {
         Ok(e) => e,
         // A 2xx we cannot read may still mean the refund was created.
         Err(e) if status.is_success() => {
@@ -399,11 +413,24 @@ pub fn interpret(
                 may_have_reached_provider: false,
             }
         }
+        // Refused before processing (credentials, a proxy's auth): Binance has nothing from
+        // this call. Retried, so a submit ends RETRIES_EXHAUSTED rather than a made-up
+        // rejection.
+        Err(_) if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN => {
+            return ProviderOutcome::Retryable {
+                reason: format!("Binance Pay refused the refund with HTTP {status} and no envelope; check PROVIDER_BINANCE_PAY_API_KEY / PROVIDER_BINANCE_PAY_API_SECRET"),
+                retry_after: None,
+                may_have_reached_provider: false,
+            }
+        }
+        // Not Binance's answer: it may or may not have reached Binance, so the pipeline
+        // queries the refund before sending it again (same refundRequestId).
         Err(_) => {
-            return ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                format!("Binance Pay answered HTTP {status} without an envelope"),
-            ))
+            return ProviderOutcome::Retryable {
+                reason: format!("Binance Pay answered the refund HTTP {status} without an envelope"),
+                retry_after: None,
+                may_have_reached_provider: true,
+            }
         }
     };
     let code = envelope.code();
@@ -469,8 +496,17 @@ fn error_outcome(
         status.as_u16()
     );
     match (class, call) {
-        (ErrorClass::Missing | ErrorClass::MissingRefund, CallKind::Status) => {
+        // Only a code from the table says "no such refund" (it leads to a resubmit); the same
+        // words in an unknown code's message are not explicit enough.
+        (ErrorClass::Missing | ErrorClass::MissingRefund, CallKind::Status) if name.is_some() => {
             ProviderOutcome::NotFound
+        }
+        (ErrorClass::Missing | ErrorClass::MissingRefund, CallKind::Status) => {
+            ProviderOutcome::Retryable {
+                reason: format!("Binance Pay refused the query: {described}"),
+                retry_after: None,
+                may_have_reached_provider: false,
+            }
         }
         // Only the refund's own status may fail it: a query refused for our credentials or
         // request (a rotated key, a bad clock) keeps the refund as it was and asks again.
@@ -721,18 +757,80 @@ pub fn verify_webhook_signature(
         .is_ok()
 }
 
+/// Most webhook nonces remembered per process. At the default 300 s tolerance this is
+/// over 600 webhooks a second for the whole window; beyond it the oldest are forgotten
+/// early (their replays are still caught by the inbox's deduplication).
+const MAX_REMEMBERED_NONCES: usize = 200_000;
+
+/// Nonces of webhooks taken, each kept until its signed timestamp leaves the tolerance
+/// window (after that the timestamp check refuses a replay anyway), so memory is bounded by
+/// the webhook rate times the window, and by [`MAX_REMEMBERED_NONCES`].
+///
+/// Per process: another pod does not know them. A replay sent to another pod is queued
+/// and then recognised by the inbox's deduplication (on the notification's `bizIdStr` and
+/// status), so it is never applied twice; this set only keeps replays off the queue.
+#[derive(Default)]
+struct NonceWindow {
+    inner: std::sync::Mutex<NonceWindowInner>,
+}
+
+#[derive(Default)]
+struct NonceWindowInner {
+    /// nonce -> when it may be forgotten (ms since the epoch).
+    expiry: std::collections::HashMap<String, i64>,
+    /// (expiry, nonce), oldest first, to forget without scanning.
+    order: std::collections::BTreeSet<(i64, String)>,
+}
+
+impl NonceWindow {
+    fn seen(&self, nonce: &str, now_ms: i64) -> bool {
+        let Ok(inner) = self.inner.lock() else {
+            return false;
+        };
+        inner
+            .expiry
+            .get(nonce)
+            .is_some_and(|&until| until >= now_ms)
+    }
+
+    fn remember(&self, nonce: &str, until_ms: i64, now_ms: i64) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let inner = &mut *inner;
+        while let Some(first) = inner.order.first().cloned() {
+            if first.0 >= now_ms && inner.order.len() < MAX_REMEMBERED_NONCES {
+                break;
+            }
+            inner.order.remove(&first);
+            inner.expiry.remove(&first.1);
+        }
+        if let Some(old) = inner.expiry.insert(nonce.to_owned(), until_ms) {
+            inner.order.remove(&(old, nonce.to_owned()));
+        }
+        inner.order.insert((until_ms, nonce.to_owned()));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().map(|i| i.expiry.len()).unwrap_or(0)
+    }
+}
+
 /// The Binance Pay adapter.
 pub struct BinancePay {
     settings: ProviderSettings,
     client: reqwest::Client,
     /// The webhook public key, parsed once (`None`: not configured).
     webhook_key: Option<Result<RsaPublicKey, String>>,
+    /// Nonces of the webhooks taken within the tolerance window (replays are refused).
+    nonces: NonceWindow,
 }
 
 impl BinancePay {
     /// Creates the adapter.
-    pub fn new(settings: ProviderSettings) -> Self {
-        let client = http_client(&settings);
+    pub fn new(settings: ProviderSettings) -> Result<Self, crate::config::ConfigError> {
+        let client = http_client(&settings)?;
         let webhook_key = settings
             .webhook_secret
             .as_ref()
@@ -740,11 +838,12 @@ impl BinancePay {
         if let Some(Err(e)) = &webhook_key {
             tracing::error!(error = %e, "PROVIDER_BINANCE_PAY_WEBHOOK_SECRET is unusable; Binance Pay webhooks will be refused");
         }
-        Self {
+        Ok(Self {
             settings,
             client,
             webhook_key,
-        }
+            nonces: NonceWindow::default(),
+        })
     }
 
     fn url(&self, path: &str) -> reqwest::Url {
@@ -766,10 +865,13 @@ impl BinancePay {
         requested: Option<Decimal>,
     ) -> ProviderOutcome {
         let Some(secret) = self.settings.api_secret.as_ref() else {
-            return ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                "PROVIDER_BINANCE_PAY_API_SECRET is not configured",
-            ));
+            // Nothing was sent: a query must not fail a refund Binance may have, and a
+            // refund ends RETRIES_EXHAUSTED with this reason (Binance certainly has nothing).
+            return ProviderOutcome::Retryable {
+                reason: "PROVIDER_BINANCE_PAY_API_SECRET is not configured".into(),
+                retry_after: None,
+                may_have_reached_provider: false,
+            };
         };
         let bytes = body.to_string().into_bytes();
         let timestamp = Utc::now().timestamp_millis().to_string();
@@ -859,13 +961,39 @@ impl Provider for BinancePay {
                 "{HEADER_TIMESTAMP} is {skew_ms} ms from our clock (tolerance {tolerance_ms} ms)"
             )));
         }
-        if verify_webhook_signature(key, timestamp, nonce, body, signature) {
-            Ok(())
-        } else {
-            Err(WebhookError::BadSignature(format!(
+        if !verify_webhook_signature(key, timestamp, nonce, body, signature) {
+            return Err(WebhookError::BadSignature(format!(
                 "{HEADER_SIGNATURE} does not match the body"
-            )))
+            )));
         }
+        // Checked after the signature, so only Binance's own nonces are looked up.
+        if self.nonces.seen(nonce, now.timestamp_millis()) {
+            return Err(WebhookError::Replayed(format!(
+                "{HEADER_NONCE} was already taken within the tolerance window"
+            )));
+        }
+        Ok(())
+    }
+
+    fn webhook_queued(&self, headers: &reqwest::header::HeaderMap, now: DateTime<Utc>) {
+        let value = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let (Some(nonce), Some(Ok(sent_ms))) = (
+            value(HEADER_NONCE),
+            value(HEADER_TIMESTAMP).map(str::parse::<i64>),
+        ) else {
+            return;
+        };
+        let tolerance_ms =
+            i64::try_from(self.settings.webhook_tolerance.as_millis()).unwrap_or(i64::MAX);
+        // Past this its timestamp is stale: the nonce need not be remembered any longer.
+        let until_ms = sent_ms.saturating_add(tolerance_ms);
+        self.nonces
+            .remember(nonce, until_ms, now.timestamp_millis());
     }
 
     fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError> {
@@ -1145,6 +1273,82 @@ mod tests {
         );
     }
 
+    /// The classification table: every documented answer and every assumed one, as
+    /// (call, HTTP status, body, expected outcome class). 429 and 5xx are classified before
+    /// (`classify_status`).
+    fn classification() -> Vec<(CallKind, u16, String, &'static str)> {
+        use CallKind::{Status, Submit};
+        let refund = without_doc_typo(DOC_REFUND_RESPONSE);
+        let query = without_doc_typo(DOC_QUERY_RESPONSE);
+        let word = |w: &str| {
+            json!({"status": "SUCCESS", "code": "000000", "data": {"refundRequestId": "r-1", "refundStatus": w}, "errorMessage": ""}).to_string()
+        };
+        let mut rows = vec![
+            // Documented examples (once their trailing comma is removed); verbatim, unreadable.
+            (Submit, 200, refund.clone(), "accepted"),
+            (Status, 200, query.clone(), "accepted"),
+            (Submit, 200, DOC_REFUND_RESPONSE.to_owned(), "unknown"),
+            (Status, 200, DOC_QUERY_RESPONSE.to_owned(), "unknown"),
+            // Documented refundStatus words; unknown words stay pending.
+            (Status, 200, word("REFUND_SUCCESS"), "succeeded"),
+            (Status, 200, word("REFUND_PENDING"), "accepted"),
+            (Status, 200, word("REFUND_FAIL"), "failed"),
+            (Status, 200, word("SOMETHING_NEW"), "accepted"),
+            // "No such refund/order" from the table: not found on a query.
+            (
+                Status,
+                200,
+                fail("400607", "Refund order not found."),
+                "not_found",
+            ),
+            (Status, 200, fail("400202", "Order not found."), "not_found"),
+            (Submit, 200, fail("400202", "Order not found."), "failed"),
+            // Words alone (an unknown code) are not explicit enough on a query.
+            (Status, 200, fail("499999", "refund not exist"), "retryable"),
+            // Busy and system errors: retried.
+            (Submit, 200, fail("400609", "System busy"), "retryable"),
+            (Status, 200, fail("400000", "unknown error"), "retryable"),
+            // Non-envelope answers: a query is retried; a refund too (401/403: not processed).
+            (Status, 401, String::new(), "retryable"),
+            (Status, 403, "<html>".into(), "retryable"),
+            (Status, 404, "<html>".into(), "retryable"),
+            (Status, 400, "{}".into(), "retryable"),
+            (Submit, 401, String::new(), "retryable"),
+            (Submit, 403, "<html>".into(), "retryable"),
+            (Submit, 404, "<html>".into(), "retryable"),
+            (Submit, 200, "<html>".into(), "unknown"),
+            (Status, 200, "<html>".into(), "unknown"),
+            (
+                Submit,
+                200,
+                json!({"status": "SUCCESS", "code": "000000"}).to_string(),
+                "unknown",
+            ),
+        ];
+        // Every documented final code is final on a refund and retried on a query.
+        for (code, _, class) in ERROR_CODES {
+            if let ErrorClass::Final(_) = class {
+                rows.push((Submit, 400, fail(code, "refused"), "failed"));
+                rows.push((Status, 400, fail(code, "refused"), "retryable"));
+                rows.push((Status, 401, fail(code, "refused"), "retryable"));
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn classification_table() {
+        for (call, status, body, expected) in classification() {
+            let http = StatusCode::from_u16(status).unwrap();
+            let outcome = interpret(http, body.as_bytes(), call, None);
+            assert_eq!(
+                outcome.describe().0,
+                expected,
+                "{call:?} HTTP {status} {body}: {outcome:?}"
+            );
+        }
+    }
+
     fn fail(code: &str, message: &str) -> String {
         json!({"status": "FAIL", "code": code, "data": null, "errorMessage": message}).to_string()
     }
@@ -1275,15 +1479,17 @@ mod tests {
                 ProviderOutcome::NotFound
             );
         }
-        assert_eq!(
+        // An unknown code whose words say "no such refund" is not explicit enough to lead to
+        // a resubmit: asked again.
+        assert!(matches!(
             interpret(
                 StatusCode::OK,
                 fail("499999", "refund not exist").as_bytes(),
                 CallKind::Status,
                 None
             ),
-            ProviderOutcome::NotFound
-        );
+            ProviderOutcome::Retryable { .. }
+        ));
         // On a refund call, "no such refund" makes no sense: a rejection, never NotFound.
         assert!(matches!(
             interpret(StatusCode::OK, fail("400607", "Refund order not found.").as_bytes(), CallKind::Submit, None),
@@ -1294,9 +1500,13 @@ mod tests {
             interpret(StatusCode::FORBIDDEN, b"<html>", CallKind::Status, None),
             ProviderOutcome::Retryable { .. }
         ));
+        // Refused before processing on a refund: retried (RETRIES_EXHAUSTED in the end).
         assert!(matches!(
             interpret(StatusCode::FORBIDDEN, b"<html>", CallKind::Submit, None),
-            ProviderOutcome::Failed(r) if r.code == FailureCode::ProviderRejected
+            ProviderOutcome::Retryable {
+                may_have_reached_provider: false,
+                ..
+            }
         ));
         assert!(matches!(
             interpret(
@@ -1348,7 +1558,7 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-            BinancePay::new(config.providers[&ProviderName::BinancePay].clone())
+            BinancePay::new(config.providers[&ProviderName::BinancePay].clone()).unwrap()
         };
         let binance = adapter_with(&config.binance_api_secret);
         let mut r = request("r-wire", "25.17");
@@ -1409,7 +1619,7 @@ mod tests {
 
     #[test]
     fn webhook_signature_is_rsa_sha256_checked_against_openssl() {
-        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY)));
+        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY))).unwrap();
         let now = at(1_700_000_000_000 + 1_000);
         let headers = webhook_headers(TS, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
         assert_eq!(
@@ -1452,8 +1662,45 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_taken_once_is_refused_as_a_replay_within_the_window() {
+        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY))).unwrap();
+        let headers = webhook_headers(TS, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
+        let body = WEBHOOK_REFUND.as_bytes();
+        let now = at(1_700_000_000_000 + 1_000);
+        assert_eq!(binance.verify_webhook(&headers, body, now), Ok(()));
+        // Not queued (the broker was down, 503): the provider's retry is still taken.
+        assert_eq!(binance.verify_webhook(&headers, body, now), Ok(()));
+        binance.webhook_queued(&headers, now);
+        assert!(matches!(
+            binance.verify_webhook(&headers, body, at(1_700_000_010_000)),
+            Err(WebhookError::Replayed(_))
+        ));
+        // Past the window it is stale, and the nonce is forgotten with the next one taken.
+        assert!(matches!(
+            binance.verify_webhook(&headers, body, at(1_700_000_300_001)),
+            Err(WebhookError::StaleTimestamp(_))
+        ));
+        let mut other = headers.clone();
+        other.insert(HEADER_NONCE, "Y".repeat(32).parse().unwrap());
+        other.insert(HEADER_TIMESTAMP, "1700000400000".parse().unwrap());
+        binance.webhook_queued(&other, at(1_700_000_400_000));
+        assert_eq!(binance.nonces.len(), 1);
+    }
+
+    #[test]
+    fn the_nonce_window_is_bounded() {
+        let window = NonceWindow::default();
+        for i in 0..(MAX_REMEMBERED_NONCES + 10) {
+            window.remember(&format!("n{i}"), 1_000_000 + i as i64, 0);
+        }
+        assert_eq!(window.len(), MAX_REMEMBERED_NONCES);
+        assert!(!window.seen("n0", 0), "the oldest went first");
+        assert!(window.seen(&format!("n{}", MAX_REMEMBERED_NONCES + 9), 0));
+    }
+
+    #[test]
     fn webhook_timestamp_tolerance_applies() {
-        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY)));
+        let binance = BinancePay::new(settings(Some(TEST_PUBLIC_KEY))).unwrap();
         let headers = webhook_headers(TS, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
         let body = WEBHOOK_REFUND.as_bytes();
         // Default tolerance 300 s, either direction.
@@ -1477,21 +1724,21 @@ mod tests {
 
     #[test]
     fn webhook_keys_are_configured_as_pem() {
-        let unconfigured = BinancePay::new(settings(None));
+        let unconfigured = BinancePay::new(settings(None)).unwrap();
         let headers = webhook_headers(TS, OPENSSL_REFUND_WEBHOOK_SIGNATURE);
         let now = at(1_700_000_000_000);
         assert_eq!(
             unconfigured.verify_webhook(&headers, WEBHOOK_REFUND.as_bytes(), now),
             Err(WebhookError::NotConfigured(ProviderName::BinancePay))
         );
-        let broken = BinancePay::new(settings(Some("not a key")));
+        let broken = BinancePay::new(settings(Some("not a key"))).unwrap();
         assert!(matches!(
             broken.verify_webhook(&headers, WEBHOOK_REFUND.as_bytes(), now),
             Err(WebhookError::BadSignature(m)) if m.contains("unusable")
         ));
         // One-line form with \n escapes, as an environment variable holds it.
         let one_line = TEST_PUBLIC_KEY.trim().replace('\n', "\\n");
-        let escaped = BinancePay::new(settings(Some(&one_line)));
+        let escaped = BinancePay::new(settings(Some(&one_line))).unwrap();
         assert_eq!(
             escaped.verify_webhook(&headers, WEBHOOK_REFUND.as_bytes(), now),
             Ok(())
@@ -1613,7 +1860,7 @@ mod tests {
                 "{bad}"
             );
         }
-        let binance = BinancePay::new(settings(None));
+        let binance = BinancePay::new(settings(None)).unwrap();
         assert_eq!(
             binance.webhook_ack(),
             json!({"returnCode": "SUCCESS", "returnMessage": null})

@@ -17,7 +17,8 @@
 //! - No idempotency key and no refund-status endpoint. `status()` looks the *order* up with
 //!   "Get Virtual Account Order Detail" (`GET`, default [`DEFAULT_ORDER_DETAIL_PATH`]
 //!   `?orderId=`, `PROVIDER_BPN_ORDER_DETAIL_PATH`) and reads its refund state: no refund
-//!   (`refundStatus` absent/empty/`NONE`) is `NotFound`, `REFUNDED`-like is success,
+//!   (`refundStatus` absent/empty/`NONE` on an order we can read; an answer with nothing of
+//!   an order in it is unknown) is `NotFound`, `REFUNDED`-like is success,
 //!   `REFUND_FAILED`-like is a final failure, anything else is still pending. When the detail
 //!   endpoint does not exist at all (HTTP 404/405 without BPN's envelope) it falls back to
 //!   "List Virtual Account Orders" (`GET`, default [`DEFAULT_ORDER_LIST_PATH`],
@@ -36,8 +37,11 @@
 //!   code set our sandbox uses (10001-10004 auth, 20001 order not found, 20002 already
 //!   refunded, 20003 not refundable, 20004 amount, 50000 system error, 50001 busy) and, for
 //!   other codes, by the message's words ([`classify_error`]). Unknown codes are a final
-//!   `PROVIDER_REJECTED` with BPN's message, code and traceId. HTTP 401/403 and auth codes say
-//!   to check `PROVIDER_BPN_API_KEY` / `PROVIDER_BPN_API_SECRET`.
+//!   `PROVIDER_REJECTED` with BPN's message, code and traceId. HTTP 401/403 and auth codes
+//!   (refused before processing) are retried with `may_have_reached_provider: false` and say
+//!   to check `PROVIDER_BPN_API_KEY` / `PROVIDER_BPN_API_SECRET`: a refund ends
+//!   `RETRIES_EXHAUSTED`, a lookup keeps the refund pending. A non-2xx without BPN's envelope
+//!   is not BPN's answer: retried (a refund after an order lookup).
 //! - Our refund reference never reaches BPN: the provider reference we keep is the order id.
 //! - Webhooks ("Transaction Status Notification", "virtual account payment status"): the
 //!   payloads are not in our pages. We read an object (or its `data` object) with `orderId`;
@@ -315,11 +319,13 @@ pub fn classify_error(code: Option<i64>, message: &str, trace_id: &str) -> Provi
     let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
     let failed =
         |code: FailureCode, text: String| ProviderOutcome::Failed(FailureReason::new(code, text));
-    let auth = || {
-        failed(
-            FailureCode::ProviderRejected,
-            format!("BPN refused our credentials: {detail}; {CREDENTIALS_HINT}"),
-        )
+    // Refused before processing: BPN has nothing from this call. Retried (a refund ends
+    // RETRIES_EXHAUSTED with the hint; a lookup keeps the refund pending), so a rotated key
+    // fixed in time fails nothing.
+    let auth = || ProviderOutcome::Retryable {
+        reason: format!("BPN refused our credentials: {detail}; {CREDENTIALS_HINT}"),
+        retry_after: None,
+        may_have_reached_provider: false,
     };
     match code {
         Some(10001..=10004) => auth(),
@@ -404,10 +410,11 @@ fn read_envelope(status: StatusCode, body: &[u8]) -> Result<Envelope, ProviderOu
     let envelope: Envelope = match serde_json::from_slice(body) {
         Ok(e) => e,
         Err(_) if auth_status => {
-            return Err(ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                format!("BPN refused our credentials (HTTP {status}); {CREDENTIALS_HINT}"),
-            )))
+            return Err(ProviderOutcome::Retryable {
+                reason: format!("BPN refused our credentials (HTTP {status}); {CREDENTIALS_HINT}"),
+                retry_after: None,
+                may_have_reached_provider: false,
+            })
         }
         // A 2xx we cannot read may still mean the refund was made.
         Err(e) if status.is_success() => {
@@ -415,24 +422,28 @@ fn read_envelope(status: StatusCode, body: &[u8]) -> Result<Envelope, ProviderOu
                 reason: format!("unreadable BPN response (HTTP {status}): {e}"),
             })
         }
+        // Not BPN's answer (a proxy, a gateway): it may or may not have reached BPN, so a
+        // refund is looked up before anything is sent again.
         Err(_) => {
-            return Err(ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                format!("BPN answered HTTP {status} without its envelope"),
-            )))
+            return Err(ProviderOutcome::Retryable {
+                reason: format!("BPN answered HTTP {status} without its envelope"),
+                retry_after: None,
+                may_have_reached_provider: true,
+            })
         }
     };
     if auth_status {
-        return Err(ProviderOutcome::Failed(FailureReason::new(
-            FailureCode::ProviderRejected,
-            format!(
+        return Err(ProviderOutcome::Retryable {
+            reason: format!(
                 "BPN refused our credentials (HTTP {}): {} (status {}, traceId {}); {CREDENTIALS_HINT}",
                 status.as_u16(),
                 envelope.message(),
                 envelope.code().map_or_else(|| "none".into(), |c| c.to_string()),
                 envelope.trace()
             ),
-        )));
+            retry_after: None,
+            may_have_reached_provider: false,
+        });
     }
     match envelope.code() {
         Some(0) if status.is_success() => Ok(envelope),
@@ -531,12 +542,51 @@ pub fn interpret_detail(status: StatusCode, body: &[u8]) -> Lookup {
     match envelope.data {
         None | Some(Value::Null) => Lookup::NoSuchOrder,
         Some(data) => match serde_json::from_value::<BpnOrder>(data) {
+            // Nothing of an order in it (`{}`, another object): not an answer we read, and
+            // certainly not "this order has no refund".
+            Ok(order)
+                if order.order_id.is_none()
+                    && order.status.is_none()
+                    && order.refund_status.is_none() =>
+            {
+                Lookup::Failed(ProviderOutcome::Unknown {
+                    reason: "BPN order detail without an order we can read".into(),
+                })
+            }
             Ok(order) => Lookup::Order(order),
             Err(e) => Lookup::Failed(ProviderOutcome::Unknown {
                 reason: format!("unreadable BPN order detail: {e}"),
             }),
         },
     }
+}
+
+/// What an order lookup says about the refund (the status answer). Only the order's own
+/// refund state can fail it: a lookup BPN refused (credentials, an odd business code) says
+/// nothing about the refund, which BPN may have, so it is unknown and asked again later.
+pub fn status_of(lookup: Lookup, order_id: &str) -> ProviderOutcome {
+    match lookup {
+        Lookup::Order(order) => refund_outcome(&order, order_id),
+        Lookup::NoSuchOrder => ProviderOutcome::NotFound,
+        Lookup::EndpointMissing => ProviderOutcome::Unknown {
+            reason: "BPN order lookup endpoint missing".into(),
+        },
+        Lookup::Failed(ProviderOutcome::Failed(reason)) => ProviderOutcome::Unknown {
+            reason: format!(
+                "order lookup refused ({}): {}",
+                reason.code.as_str(),
+                reason.message
+            ),
+        },
+        Lookup::Failed(outcome) => outcome,
+    }
+}
+
+/// The status answer from one order-detail response (the pure part of
+/// [`Provider::status`]; the adapter falls back to the list when the detail endpoint is
+/// missing, which this reports as unknown).
+pub fn interpret_status(status: StatusCode, body: &[u8], order_id: &str) -> ProviderOutcome {
+    status_of(interpret_detail(status, body), order_id)
 }
 
 /// One page of "List Virtual Account Orders".
@@ -611,9 +661,9 @@ pub struct Bpn {
 
 impl Bpn {
     /// Creates the adapter.
-    pub fn new(settings: ProviderSettings) -> Self {
-        let client = http_client(&settings);
-        Self { settings, client }
+    pub fn new(settings: ProviderSettings) -> Result<Self, crate::config::ConfigError> {
+        let client = http_client(&settings)?;
+        Ok(Self { settings, client })
     }
 
     fn url(&self, path: &str, params: &[(String, String)]) -> reqwest::Url {
@@ -636,10 +686,12 @@ impl Bpn {
         content: SignedContent<'_>,
     ) -> Result<reqwest::RequestBuilder, ProviderOutcome> {
         let Some(secret) = self.settings.api_secret.as_ref() else {
-            return Err(ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                "PROVIDER_BPN_API_SECRET is not set: BPN requests cannot be signed",
-            )));
+            // Nothing was sent: retried like a refused key (RETRIES_EXHAUSTED in the end).
+            return Err(ProviderOutcome::Retryable {
+                reason: "PROVIDER_BPN_API_SECRET is not set: BPN requests cannot be signed".into(),
+                retry_after: None,
+                may_have_reached_provider: false,
+            });
         };
         let timestamp = chrono::Utc::now().timestamp_millis().to_string();
         let sig = signature(secret.expose_secret().as_bytes(), content, &timestamp);
@@ -874,23 +926,7 @@ impl Provider for Bpn {
 
     async fn status(&self, refund: &RefundRequest) -> ProviderOutcome {
         let order_id = refund.transaction_reference.as_str();
-        match self.find_order(order_id).await {
-            Lookup::Order(order) => refund_outcome(&order, order_id),
-            Lookup::NoSuchOrder => ProviderOutcome::NotFound,
-            Lookup::EndpointMissing => ProviderOutcome::Unknown {
-                reason: "BPN order lookup endpoint missing".into(),
-            },
-            // A lookup BPN refused (credentials, an odd business code) says nothing about the
-            // refund: it must not fail a refund BPN may have, so it is retried like a timeout.
-            Lookup::Failed(ProviderOutcome::Failed(reason)) => ProviderOutcome::Unknown {
-                reason: format!(
-                    "order lookup refused ({}): {}",
-                    reason.code.as_str(),
-                    reason.message
-                ),
-            },
-            Lookup::Failed(outcome) => outcome,
-        }
+        status_of(self.find_order(order_id).await, order_id)
     }
 
     fn verify_webhook(
@@ -1028,6 +1064,97 @@ mod tests {
             .into_bytes()
     }
 
+    /// Which BPN call a classification row answers.
+    #[derive(Debug, Clone, Copy)]
+    enum Call {
+        Refund,
+        Status,
+    }
+
+    /// The classification table: the documented answer and every assumed one, as (call,
+    /// HTTP status, body, expected outcome class). Status rows answer "Get Virtual Account
+    /// Order Detail" (the list fallback is tested in `detail_and_list_answers`). 429 and
+    /// 5xx are classified before (`classify_status`).
+    fn classification() -> Vec<(Call, u16, String, &'static str)> {
+        use Call::*;
+        let detail = |refund_status: Value| {
+            json!({"status": 0, "message": "success", "traceId": "t",
+                   "data": {"orderId": "o-1", "amount": "10.00", "currency": "USD",
+                            "status": "SUCCESS", "refundStatus": refund_status}})
+            .to_string()
+        };
+        let err = |code: i64, message: &str| String::from_utf8(error_body(code, message)).unwrap();
+        vec![
+            // Documented refund answer (placeholder words): accepted.
+            (Refund, 200, DOC_RESPONSE.into(), "accepted"),
+            (Refund, 200, err(20004, "amount too large"), "failed"),
+            (Refund, 200, err(50001, "busy"), "retryable"),
+            (Refund, 200, err(50000, "system error"), "retryable"),
+            (Refund, 200, "<html>".into(), "unknown"),
+            // The order's refund state.
+            (Status, 200, detail(json!("REFUNDED")), "succeeded"),
+            (Status, 200, detail(json!("REFUNDING")), "accepted"),
+            (Status, 200, detail(json!("SOMETHING_NEW")), "accepted"),
+            (Status, 200, detail(json!("REFUND_FAILED")), "failed"),
+            (Status, 200, detail(Value::Null), "not_found"),
+            (Status, 200, detail(json!("NONE")), "not_found"),
+            // BPN's "no such order".
+            (Status, 200, err(20001, "order not found"), "not_found"),
+            (
+                Status,
+                200,
+                json!({"status": 0, "message": "success", "data": null, "traceId": "t"})
+                    .to_string(),
+                "not_found",
+            ),
+            // Refused, odd or unreadable lookups: never final.
+            (Status, 401, String::new(), "retryable"),
+            (Status, 403, err(10002, "invalid signature"), "retryable"),
+            (Status, 200, err(10001, "invalid api key"), "retryable"),
+            (Refund, 401, String::new(), "retryable"),
+            (Refund, 403, err(10002, "invalid signature"), "retryable"),
+            (Refund, 502, String::new(), "retryable"),
+            (Refund, 400, "<html>".into(), "retryable"),
+            (Status, 200, err(20002, "already refunded"), "unknown"),
+            (Status, 200, err(99999, "something odd"), "unknown"),
+            (Status, 200, err(50001, "busy"), "retryable"),
+            (Status, 400, "<html>".into(), "retryable"),
+            (Status, 200, "<html>".into(), "unknown"),
+            (
+                Status,
+                200,
+                json!({"status": 0, "message": "success", "data": {}, "traceId": "t"}).to_string(),
+                "unknown",
+            ),
+            (
+                Status,
+                200,
+                json!({"status": 0, "message": "success", "data": {"foo": 1}, "traceId": "t"})
+                    .to_string(),
+                "unknown",
+            ),
+            // The detail endpoint missing: the adapter falls back to the list.
+            (Status, 404, "<html>".into(), "unknown"),
+            (Status, 405, String::new(), "unknown"),
+        ]
+    }
+
+    #[test]
+    fn classification_table() {
+        for (call, status, body, expected) in classification() {
+            let http = StatusCode::from_u16(status).unwrap();
+            let outcome = match call {
+                Call::Refund => interpret_refund(http, body.as_bytes(), "o-1"),
+                Call::Status => interpret_status(http, body.as_bytes(), "o-1"),
+            };
+            assert_eq!(
+                outcome.describe().0,
+                expected,
+                "{call:?} HTTP {status} {body}: {outcome:?}"
+            );
+        }
+    }
+
     fn failure(o: ProviderOutcome) -> FailureReason {
         match o {
             ProviderOutcome::Failed(r) => r,
@@ -1068,7 +1195,6 @@ mod tests {
                 "refund declined by risk control",
                 FailureCode::ProviderRejected,
             ),
-            (10001, "invalid API-KEY", FailureCode::ProviderRejected),
             (
                 77777,
                 "Refund amount is greater than available",
@@ -1090,7 +1216,8 @@ mod tests {
             assert_eq!(r.code, expected, "{code} {message}");
             assert!(r.message.contains(message), "{}", r.message);
         }
-        // Credential errors carry the hint, with or without BPN's envelope.
+        // Credential errors (refused before processing) are retried, never a made-up
+        // rejection, and carry the hint, with or without BPN's envelope.
         for (status, body) in [
             (
                 StatusCode::UNAUTHORIZED,
@@ -1098,14 +1225,16 @@ mod tests {
             ),
             (StatusCode::FORBIDDEN, b"<html>forbidden</html>".to_vec()),
             (StatusCode::OK, error_body(10003, "API-TIMESTAMP expired")),
+            (StatusCode::OK, error_body(10001, "invalid API-KEY")),
         ] {
-            let r = failure(interpret_refund(status, &body, "o"));
-            assert_eq!(r.code, FailureCode::ProviderRejected);
-            assert!(
-                r.message.contains("PROVIDER_BPN_API_SECRET"),
-                "{}",
-                r.message
-            );
+            match interpret_refund(status, &body, "o") {
+                ProviderOutcome::Retryable {
+                    reason,
+                    may_have_reached_provider: false,
+                    ..
+                } => assert!(reason.contains("PROVIDER_BPN_API_SECRET"), "{reason}"),
+                other => panic!("{status}: {other:?}"),
+            }
         }
         // Busy answers were not processed; system errors may have been.
         assert!(matches!(
@@ -1307,7 +1436,7 @@ mod tests {
         if let Some(h) = header {
             env.push(("PROVIDER_BPN_WEBHOOK_SIGNATURE_HEADER", h.to_owned()));
         }
-        Bpn::new(settings(&env))
+        Bpn::new(settings(&env)).unwrap()
     }
 
     #[test]
@@ -1426,7 +1555,7 @@ mod tests {
             env.push((k.to_string(), v.clone()));
         }
         let pairs: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        (Bpn::new(settings(&pairs)), sandbox, stop)
+        (Bpn::new(settings(&pairs)).unwrap(), sandbox, stop)
     }
 
     fn usd_order(sandbox: &Sandbox, id: &str, amount: &str) {
@@ -1503,14 +1632,22 @@ mod tests {
     async fn wrong_secret_is_refused_with_the_hint() {
         let (bpn, sandbox, stop) =
             against_sandbox(quick(), &[("PROVIDER_BPN_API_SECRET", "wrong".to_owned())]).await;
-        let r = failure(bpn.submit(&request("25.17", "USD")).await);
-        assert_eq!(r.code, FailureCode::ProviderRejected);
-        assert!(r.message.contains("invalid signature"), "{}", r.message);
-        assert!(r.message.contains("PROVIDER_BPN_API_KEY"), "{}", r.message);
+        // Refused before anything was refunded: retried (RETRIES_EXHAUSTED in the end).
+        match bpn.submit(&request("25.17", "USD")).await {
+            ProviderOutcome::Retryable {
+                reason,
+                may_have_reached_provider: false,
+                ..
+            } => {
+                assert!(reason.contains("invalid signature"), "{reason}");
+                assert!(reason.contains("PROVIDER_BPN_API_KEY"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
         // A refused lookup never fails a refund BPN may have.
         assert!(matches!(
             bpn.status(&request("25.17", "USD")).await,
-            ProviderOutcome::Unknown { .. }
+            ProviderOutcome::Retryable { .. }
         ));
         assert_eq!(sandbox.ledger().rejected_auth, 2);
         stop.cancel();

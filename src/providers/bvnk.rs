@@ -9,24 +9,32 @@
 //!   and `maxAvailableToRefund` (`{value, currency}`). An amount above
 //!   `maxAvailableToRefund` fails `AMOUNT_EXCEEDS_REFUNDABLE` without any refund call; a
 //!   currency other than the estimate's fails `PROVIDER_REJECTED` (we never let BVNK
-//!   convert). Their example sends the refund body with the GET; we do the same, without
-//!   an idempotency key (reusing the refund's key on a read could make BVNK replay the
-//!   estimate for the refund). An estimate that fails for transport/5xx/429 reasons is
-//!   retryable with `may_have_reached_provider: false`: no refund was sent.
-//! - Refund: `POST /payment/v1/payins/{transactionReference}/refund` with
-//!   `X-Idempotency-Key` = UUID v5 of our `refundReference` in [`IDEMPOTENCY_NAMESPACE`] (a
-//!   retry reuses it), body `customerReference` (our `refundReference`), `amount`
+//!   convert). Their example sends the refund body with the GET; we do the same. The page
+//!   marks `X-Idempotency-Key` required on the estimate too: we send
+//!   [`estimate_idempotency_key`], a UUID v5 of `"estimate:" + refundReference` in the same
+//!   namespace, deterministic (a retried estimate reuses it) but never the refund's key (so
+//!   BVNK cannot answer the refund with the estimate's cached result, or the reverse). An
+//!   estimate that fails for transport/5xx/429 reasons is retryable with
+//!   `may_have_reached_provider: false`: no refund was sent.
+//! - Refund: `POST` to `PROVIDER_BVNK_REFUND_PATH` (default [`DEFAULT_REFUND_PATH`],
+//!   `/payment/v1/payins/{transactionReference}/refund`) with `X-Idempotency-Key` = UUID v5
+//!   of our `refundReference` in [`IDEMPOTENCY_NAMESPACE`] (a retry reuses it), body
+//!   `customerReference` (our `refundReference`), `amount`
 //!   `{value: "<exact digits as a string>", currency}`, `metadata`. The docs' pages also
-//!   show `/{transactionReference}/refund` and `/payment/v1/payouts/<uuid>/refund`; we use
-//!   the pay-ins path, consistent with the estimate and status endpoints.
+//!   show `/{transactionReference}/refund` and `/payment/v1/payouts/<uuid>/refund`; the
+//!   default is the pay-ins form because it is exactly the documented status path (and the
+//!   estimate's sibling), the one form consistent with the rest of the page.
 //! - The answer's `fee` (falling back to the estimate's) is returned on the outcome and
 //!   kept on the refund (`refunds.provider_fee`). Its `transactionReference` is "the
 //!   associated pay-in" per the docs, so it becomes our provider reference only when it
 //!   differs from the pay-in's.
-//! - Status: `GET /payment/v1/payins/{transactionReference}/refund`. The docs point to the
+//! - Status: `GET` on `PROVIDER_BVNK_STATUS_PATH` (default [`DEFAULT_STATUS_PATH`], the
+//!   documented `/payment/v1/payins/{transactionReference}/refund`). The docs point to the
 //!   payout status page for its shape; we accept a JSON array of refunds, an object
 //!   wrapping one (`content`, `refunds`, `data`, `items`) or a single refund, and find ours
-//!   by `customerReference` (or `idempotencyKey`). Absent, or HTTP 404: `NotFound`.
+//!   by `customerReference` (or `idempotencyKey`). Absent from a readable answer, or an
+//!   HTTP 404 with BVNK's JSON error: `NotFound`. A 404 without a JSON body is not BVNK's
+//!   answer (a proxy, a wrong path): unknown, so it never leads to a resubmit.
 //! - States (payout state machine), case-insensitive: `PENDING_APPROVAL` (4-eyes) stays
 //!   pending with provider status `awaiting_approval`; `PROCESSING` and unknown words stay
 //!   pending; `COMPLETED` succeeds; `FAILED`, `RETURNED` fail `PROVIDER_REJECTED` naming the
@@ -35,11 +43,15 @@
 //!   approval was rejected or timed out); any other `CANCELLED` fails `PROVIDER_REJECTED`.
 //! - Errors: HTTP 400 `Pay-in {ref} not refundable.` -> `NOT_REFUNDABLE`; `Invalid amount to
 //!   refund from pay-in: {ref}. Available amount: {amount}.` -> `AMOUNT_EXCEEDS_REFUNDABLE`;
-//!   other 4xx -> `PROVIDER_REJECTED`; 401/403 -> `PROVIDER_REJECTED` (credentials); 409 on
-//!   the refund call (same key in flight) -> unknown, resolved by a status lookup; 429/5xx
-//!   per `classify_status`. The provider's message is kept in every failure. A status
-//!   lookup is never a final failure: its refusals (401, 400...) are retryable, since the
-//!   refund may exist; a missing Hawk key is retryable too (nothing was sent).
+//!   other 4xx with BVNK's JSON error -> `PROVIDER_REJECTED`; 401/403 (refused before
+//!   processing) -> retryable with `may_have_reached_provider: false` and the hint to check
+//!   the Hawk id and key (a submit ends `RETRIES_EXHAUSTED`: BVNK certainly has nothing);
+//!   a non-2xx without a JSON body (not BVNK's answer) -> retryable, after a status lookup
+//!   for the refund call; 409 on the refund call (same key in flight) -> unknown, resolved
+//!   by a status lookup; 429/5xx per `classify_status`. The provider's message is kept in
+//!   every failure. A status lookup is never a final failure: its refusals (401, 400...)
+//!   are retryable, since the refund may exist; a missing Hawk key is retryable too
+//!   (nothing was sent).
 //! - Before failing `AMOUNT_EXCEEDS_REFUNDABLE` on the estimate, the adapter looks for our
 //!   own refund on the pay-in: after a lost answer, the refund "missing" from a lagging
 //!   list may be the one using the balance, and a refund BVNK has is never failed.
@@ -51,8 +63,8 @@
 //!   -> `WebhookKind::Payment`, others ignored.
 
 use super::{
-    classify_send_error, classify_status, http_client, Provider, ProviderWebhook, RefundRequest,
-    WebhookError, WebhookKind,
+    classify_send_error, classify_status, http_client, is_disabled, templated_url, Provider,
+    ProviderWebhook, RefundRequest, WebhookError, WebhookKind,
 };
 use crate::config::ProviderSettings;
 use crate::domain::{FailureCode, FailureReason, Fee, ProviderName, ProviderOutcome};
@@ -77,9 +89,25 @@ pub const DEFAULT_SIGNATURE_HEADER: &str = "x-signature";
 /// Provider status recorded while a refund waits for 4-eyes approval.
 pub const AWAITING_APPROVAL: &str = "awaiting_approval";
 
+/// Default refund path (`PROVIDER_BVNK_REFUND_PATH`): the pay-ins form, which matches the
+/// documented status path.
+pub const DEFAULT_REFUND_PATH: &str = "/payment/v1/payins/{transactionReference}/refund";
+
+/// Default status path (`PROVIDER_BVNK_STATUS_PATH`), as documented.
+pub const DEFAULT_STATUS_PATH: &str = "/payment/v1/payins/{transactionReference}/refund";
+
 /// The `X-Idempotency-Key` of a refund: the same for every attempt of the same refund.
 pub fn idempotency_key(refund_reference: &str) -> Uuid {
     Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, refund_reference.as_bytes())
+}
+
+/// The `X-Idempotency-Key` of a refund's estimate (required by the docs): deterministic like
+/// the refund's, and never equal to it.
+pub fn estimate_idempotency_key(refund_reference: &str) -> Uuid {
+    Uuid::new_v5(
+        &IDEMPOTENCY_NAMESPACE,
+        format!("estimate:{refund_reference}").as_bytes(),
+    )
 }
 
 /// The `Authorization` header value for one request: `Hawk id="..", ts="..", nonce="..",
@@ -172,22 +200,41 @@ pub struct BvnkRefund {
 pub struct Bvnk {
     settings: ProviderSettings,
     client: reqwest::Client,
+    /// Refund path template.
+    refund_path: String,
+    /// Status path template.
+    status_path: String,
 }
 
 impl Bvnk {
     /// Creates the adapter.
-    pub fn new(settings: ProviderSettings) -> Self {
-        let client = http_client(&settings);
-        Self { settings, client }
+    pub fn new(settings: ProviderSettings) -> Result<Self, crate::config::ConfigError> {
+        let client = http_client(&settings)?;
+        let path = |configured: &Option<String>, default: &str| {
+            configured
+                .clone()
+                .filter(|p| !is_disabled(p))
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let refund_path = path(&settings.refund_path, DEFAULT_REFUND_PATH);
+        let status_path = path(&settings.status_path, DEFAULT_STATUS_PATH);
+        Ok(Self {
+            settings,
+            client,
+            refund_path,
+            status_path,
+        })
     }
 
-    fn url(&self, transaction_reference: &str, last: &str) -> reqwest::Url {
-        let mut url = self.settings.base_url.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty()
-                .extend(["payment", "v1", "payins", transaction_reference, last]);
-        }
-        url
+    fn url(&self, template: &str, refund: &RefundRequest) -> reqwest::Url {
+        templated_url(
+            &self.settings.base_url,
+            template,
+            &[
+                ("transactionReference", &refund.transaction_reference),
+                ("refundReference", &refund.refund_reference),
+            ],
+        )
     }
 
     /// The refund (and estimate) body: the amount's exact digits as a string.
@@ -338,6 +385,43 @@ pub fn rejection(status: StatusCode, body: &[u8]) -> FailureReason {
     FailureReason::new(code, format!("BVNK: {message} (HTTP {http})"))
 }
 
+/// Whether a non-2xx body is BVNK's own answer: a JSON object (their error with a
+/// message), or one of the two documented error texts. Anything else (an HTML page from a
+/// proxy, an empty body) may not come from BVNK at all.
+fn is_bvnk_answer(body: &[u8]) -> bool {
+    if matches!(serde_json::from_slice::<Value>(body), Ok(Value::Object(_))) {
+        return true;
+    }
+    let lower = error_message(body).to_ascii_lowercase();
+    lower.starts_with("invalid amount to refund") || lower.contains("not refundable")
+}
+
+/// Maps a refused estimate or refund call (non-2xx; 429/5xx are handled before): BVNK's
+/// explicit error is final; 401/403 and answers that are not BVNK's are retried.
+/// `may_have_reached` is whether the call could have created a refund (the refund call).
+fn refusal(status: StatusCode, body: &[u8], may_have_reached: bool) -> ProviderOutcome {
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        // Refused before processing: BVNK certainly has nothing from this call.
+        return ProviderOutcome::Retryable {
+            reason: rejection(status, body).message,
+            retry_after: None,
+            may_have_reached_provider: false,
+        };
+    }
+    if !is_bvnk_answer(body) {
+        return ProviderOutcome::Retryable {
+            reason: format!(
+                "BVNK answered HTTP {} without its JSON error: {}",
+                status.as_u16(),
+                error_message(body)
+            ),
+            retry_after: None,
+            may_have_reached_provider: may_have_reached,
+        };
+    }
+    ProviderOutcome::Failed(rejection(status, body))
+}
+
 /// What the estimate decided: go on with the refund (carrying the estimated fee), or stop
 /// with this outcome.
 pub fn interpret_estimate(
@@ -346,7 +430,7 @@ pub fn interpret_estimate(
     refund: &RefundRequest,
 ) -> Result<Option<Fee>, ProviderOutcome> {
     if !status.is_success() {
-        return Err(ProviderOutcome::Failed(rejection(status, body)));
+        return Err(refusal(status, body, false));
     }
     // A read that failed says nothing about a refund: safe to try again.
     let unreadable = |why: String| ProviderOutcome::Retryable {
@@ -399,7 +483,7 @@ pub fn interpret_refund(
         };
     }
     if !status.is_success() {
-        return ProviderOutcome::Failed(rejection(status, body));
+        return refusal(status, body, true);
     }
     match serde_json::from_slice::<RefundCreated>(body) {
         Ok(created) => ProviderOutcome::Accepted {
@@ -416,23 +500,24 @@ pub fn interpret_refund(
     }
 }
 
-/// The refunds listed in a status answer.
-fn refunds_in(value: Value) -> Vec<Value> {
+/// The refunds listed in a status answer, or `None` when the answer has none of the shapes
+/// we read (then it cannot say our refund is absent).
+fn refunds_in(value: Value) -> Option<Vec<Value>> {
     match value {
-        Value::Array(items) => items,
+        Value::Array(items) => Some(items),
         Value::Object(mut map) => {
             for field in ["content", "refunds", "data", "items"] {
                 if let Some(Value::Array(items)) = map.remove(field) {
-                    return items;
+                    return Some(items);
                 }
             }
             if map.contains_key("status") {
-                vec![Value::Object(map)]
+                Some(vec![Value::Object(map)])
             } else {
-                Vec::new()
+                None
             }
         }
-        _ => Vec::new(),
+        _ => None,
     }
 }
 
@@ -442,8 +527,19 @@ pub fn interpret_status(
     body: &[u8],
     refund_reference: &str,
 ) -> ProviderOutcome {
+    // BVNK's own 404 (its JSON error: no such pay-in, so no refund of it). A 404 that is
+    // not BVNK's answer could hide a refund BVNK has: unknown, never a resubmit.
     if status == StatusCode::NOT_FOUND {
-        return ProviderOutcome::NotFound;
+        return if matches!(serde_json::from_slice::<Value>(body), Ok(Value::Object(_))) {
+            ProviderOutcome::NotFound
+        } else {
+            ProviderOutcome::Unknown {
+                reason: format!(
+                    "BVNK status lookup answered HTTP 404 without its JSON error: {} (check PROVIDER_BVNK_STATUS_PATH)",
+                    error_message(body)
+                ),
+            }
+        };
     }
     // A lookup that was refused says nothing about the refund, which BVNK may have: never
     // a final failure (401 after a key rotation would otherwise fail live refunds).
@@ -462,8 +558,16 @@ pub fn interpret_status(
             }
         }
     };
+    let Some(refunds) = refunds_in(value) else {
+        return ProviderOutcome::Unknown {
+            reason: format!(
+                "BVNK refund status (HTTP {status}) in a shape we do not read: {}",
+                error_message(body)
+            ),
+        };
+    };
     let key = idempotency_key(refund_reference).to_string();
-    let ours = refunds_in(value)
+    let ours = refunds
         .into_iter()
         .filter_map(|item| serde_json::from_value::<BvnkRefund>(item).ok())
         .find(|r| {
@@ -544,6 +648,64 @@ pub struct Notification {
     pub event_id: Option<String>,
     /// The payload.
     pub data: Option<Value>,
+}
+
+/// BVNK signs the body only, and its envelope carries `timestamp` (RFC 3339, e.g.
+/// `2024-10-28T12:25:21.716405000Z`, as in their payout webhook example): the signed
+/// timestamp must be within `tolerance` of `now` (`PROVIDER_BVNK_WEBHOOK_TOLERANCE_SECS`),
+/// or the body is an old one replayed. Called after the signature checked out, so only
+/// BVNK's own bytes are parsed here.
+///
+/// A body without `timestamp` (their documentation does not promise it on every event)
+/// or that is not a JSON object is let through to the parser, which dead-letters what it
+/// cannot read; such a replay is then caught only by the inbox's deduplication on
+/// `eventId`. A `timestamp` that is there but unreadable is refused: it cannot be checked.
+fn check_signed_timestamp(
+    body: &[u8],
+    now: chrono::DateTime<chrono::Utc>,
+    tolerance: std::time::Duration,
+) -> Result<(), WebhookError> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        timestamp: Option<Value>,
+    }
+    // Objects only: serde would read a struct from an array's elements too.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Ok(());
+    }
+    let Ok(Envelope {
+        timestamp: Some(timestamp),
+    }) = serde_json::from_slice::<Envelope>(body)
+    else {
+        return Ok(());
+    };
+    let sent_ms = match &timestamp {
+        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text.trim())
+            .map(|t| t.timestamp_millis())
+            .ok(),
+        // Epoch numbers, should BVNK send them: milliseconds when that large, else seconds.
+        Value::Number(n) => n.as_i64().map(|v| {
+            if v.unsigned_abs() >= 100_000_000_000 {
+                v
+            } else {
+                v.saturating_mul(1000)
+            }
+        }),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        WebhookError::BadSignature(
+            "the signed timestamp is not an RFC 3339 time or a number".into(),
+        )
+    })?;
+    let skew_ms = now.timestamp_millis().abs_diff(sent_ms);
+    let tolerance_ms = u64::try_from(tolerance.as_millis()).unwrap_or(u64::MAX);
+    if skew_ms > tolerance_ms {
+        return Err(WebhookError::StaleTimestamp(format!(
+            "the body's timestamp is {skew_ms} ms from our clock (tolerance {tolerance_ms} ms)"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses a verified webhook body.
@@ -627,9 +789,19 @@ impl Provider for Bvnk {
         let body = Self::refund_body(refund).to_string();
         let tx = &refund.transaction_reference;
 
-        let estimate_url = self.url(tx, "estimate");
+        let estimate_url = templated_url(
+            &self.settings.base_url,
+            "/payment/v1/payins/{transactionReference}/estimate",
+            &[("transactionReference", tx)],
+        );
+        let estimate_key = estimate_idempotency_key(&refund.refund_reference);
         let fee = match self
-            .send(reqwest::Method::GET, estimate_url, body.as_bytes(), None)
+            .send(
+                reqwest::Method::GET,
+                estimate_url,
+                body.as_bytes(),
+                Some(estimate_key),
+            )
             .await
         {
             Ok((status, response)) => match interpret_estimate(status, &response, refund) {
@@ -663,7 +835,7 @@ impl Provider for Bvnk {
             Err(other) => return other,
         };
 
-        let refund_url = self.url(tx, "refund");
+        let refund_url = self.url(&self.refund_path, refund);
         let key = idempotency_key(&refund.refund_reference);
         match self
             .send(
@@ -680,7 +852,7 @@ impl Provider for Bvnk {
     }
 
     async fn status(&self, refund: &RefundRequest) -> ProviderOutcome {
-        let url = self.url(&refund.transaction_reference, "refund");
+        let url = self.url(&self.status_path, refund);
         match self.send(reqwest::Method::GET, url, b"", None).await {
             Ok((status, response)) => interpret_status(status, &response, &refund.refund_reference),
             Err(outcome) => outcome,
@@ -691,7 +863,7 @@ impl Provider for Bvnk {
         &self,
         headers: &reqwest::header::HeaderMap,
         body: &[u8],
-        _now: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), WebhookError> {
         super::signing::verify_body_hmac_header(
             ProviderName::Bvnk,
@@ -699,7 +871,8 @@ impl Provider for Bvnk {
             DEFAULT_SIGNATURE_HEADER,
             headers,
             body,
-        )
+        )?;
+        check_signed_timestamp(body, now, self.settings.webhook_tolerance)
     }
 
     fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError> {
@@ -845,6 +1018,20 @@ mod tests {
         assert_eq!(idempotency_key("r-1"), idempotency_key("r-1"));
         assert_ne!(idempotency_key("r-1"), idempotency_key("r-2"));
         assert_eq!(idempotency_key("r-1").get_version_num(), 5);
+        // The estimate's key: v5 of "estimate:" + reference, never the refund's.
+        // python3 -c "import uuid; print(uuid.uuid5(uuid.UUID('602877d1-7067-4785-b031-2d011436bfa1'), 'estimate:909090911'))"
+        assert_eq!(
+            estimate_idempotency_key("909090911").to_string(),
+            "9a76e067-8fcd-5da3-9ab7-688b8bb4e028"
+        );
+        assert_ne!(
+            estimate_idempotency_key("909090911"),
+            idempotency_key("909090911")
+        );
+        assert_eq!(
+            estimate_idempotency_key("r-1"),
+            estimate_idempotency_key("r-1")
+        );
     }
 
     #[test]
@@ -949,6 +1136,15 @@ mod tests {
                 message.to_owned(),
             ] {
                 match interpret_refund(StatusCode::BAD_REQUEST, body.as_bytes(), &r, None) {
+                    // Undocumented plain text may not be BVNK's answer: retried after a
+                    // status lookup rather than taken as final.
+                    ProviderOutcome::Retryable {
+                        may_have_reached_provider: true,
+                        reason,
+                        ..
+                    } if code == FailureCode::ProviderRejected && body == message => {
+                        assert!(reason.contains(message), "{reason}")
+                    }
                     ProviderOutcome::Failed(f) => {
                         assert_eq!(f.code, code, "{body}");
                         assert!(f.message.contains(message), "{}", f.message);
@@ -967,11 +1163,13 @@ mod tests {
             ),
             Err(ProviderOutcome::Failed(f)) if f.code == FailureCode::NotRefundable
         ));
+        // Refused before processing: retried (ending RETRIES_EXHAUSTED), with the hint.
         match interpret_refund(StatusCode::UNAUTHORIZED, b"", &r, None) {
-            ProviderOutcome::Failed(f) => {
-                assert_eq!(f.code, FailureCode::ProviderRejected);
-                assert!(f.message.contains("Hawk credentials"));
-            }
+            ProviderOutcome::Retryable {
+                reason,
+                may_have_reached_provider: false,
+                ..
+            } => assert!(reason.contains("Hawk credentials"), "{reason}"),
             other => panic!("{other:?}"),
         }
         // A refused status lookup never fails the refund: BVNK may have it.
@@ -1061,9 +1259,20 @@ mod tests {
             ProviderOutcome::NotFound
         );
         assert_eq!(
-            interpret_status(StatusCode::NOT_FOUND, b"{}", "r-1"),
+            interpret_status(
+                StatusCode::NOT_FOUND,
+                br#"{"code":"NOT_FOUND","message":"Pay-in p not found."}"#,
+                "r-1"
+            ),
             ProviderOutcome::NotFound
         );
+        // Not BVNK's answer: never "absent".
+        for body in [&b""[..], b"<html>Not Found</html>"] {
+            assert!(matches!(
+                interpret_status(StatusCode::NOT_FOUND, body, "r-1"),
+                ProviderOutcome::Unknown { .. }
+            ));
+        }
         // Wrapped lists, a single object, and a match by idempotency key.
         let key = idempotency_key("r-1").to_string();
         for body in [
@@ -1082,6 +1291,126 @@ mod tests {
         ));
     }
 
+    /// Which BVNK call a classification row answers.
+    #[derive(Debug, Clone, Copy)]
+    enum Call {
+        Estimate,
+        Refund,
+        Status,
+    }
+
+    /// The classification table: every documented answer and every assumed one, as
+    /// (call, HTTP status, body, expected outcome class; "go" = the estimate lets the refund
+    /// call happen). 429 and 5xx are classified before (`classify_status`).
+    fn classification() -> Vec<(Call, u16, String, &'static str)> {
+        use Call::*;
+        let not_refundable =
+            json!({"message": "Pay-in 018e5e83-ac50-4df0-a7e4-c9f15d493f90 not refundable."})
+                .to_string();
+        let invalid_amount = json!({"message": "Invalid amount to refund from pay-in: 018e5e83-ac50-4df0-a7e4-c9f15d493f90. Available amount: 20.00."}).to_string();
+        let item =
+            |status: &str| json!([{"customerReference": "r-1", "status": status}]).to_string();
+        vec![
+            // Documented examples.
+            (Estimate, 200, DOC_ESTIMATE.into(), "go"),
+            (Refund, 200, DOC_REFUND_RESPONSE.into(), "accepted"),
+            (Refund, 201, DOC_REFUND_RESPONSE.into(), "accepted"),
+            // Documented errors (HTTP 400 with a message): final on estimate and refund.
+            (Estimate, 400, not_refundable.clone(), "failed"),
+            (Refund, 400, not_refundable.clone(), "failed"),
+            (Refund, 400, invalid_amount.clone(), "failed"),
+            (
+                Refund,
+                400,
+                "Pay-in 018e5e83 not refundable.".into(),
+                "failed",
+            ),
+            (Refund, 422, json!({"message": "odd"}).to_string(), "failed"),
+            // Credentials refused: before processing, retried.
+            (Estimate, 401, String::new(), "retryable"),
+            (
+                Refund,
+                401,
+                json!({"message": "Unauthorized"}).to_string(),
+                "retryable",
+            ),
+            (Refund, 403, String::new(), "retryable"),
+            // Not BVNK's answer: retried (the refund after a status lookup).
+            (Estimate, 404, "<html>Not Found</html>".into(), "retryable"),
+            (Refund, 404, "<html>Not Found</html>".into(), "retryable"),
+            (Refund, 400, String::new(), "retryable"),
+            // Same key in flight; unreadable 2xx.
+            (
+                Refund,
+                409,
+                json!({"message": "in flight"}).to_string(),
+                "unknown",
+            ),
+            (Refund, 200, "<html>".into(), "unknown"),
+            (Estimate, 200, "<html>".into(), "retryable"),
+            // Status: documented payout states; 4-eyes; unknown words stay pending.
+            (Status, 200, item("COMPLETED"), "succeeded"),
+            (Status, 200, item("PROCESSING"), "accepted"),
+            (Status, 200, item("PENDING_APPROVAL"), "accepted"),
+            (Status, 200, item("SOMETHING_NEW"), "accepted"),
+            (
+                Status,
+                200,
+                json!([{"customerReference": "r-1"}]).to_string(),
+                "accepted",
+            ),
+            (Status, 200, item("FAILED"), "failed"),
+            (Status, 200, item("RETURNED"), "failed"),
+            (Status, 200, item("CANCELLED"), "failed"),
+            (Status, 200, item("REJECTED"), "failed"),
+            // Absent from a readable answer, or BVNK's own 404: not found.
+            (Status, 200, "[]".into(), "not_found"),
+            (
+                Status,
+                404,
+                json!({"code": "NOT_FOUND", "message": "Pay-in p not found."}).to_string(),
+                "not_found",
+            ),
+            // Refused, unreadable, or not BVNK's answer: never final, never absent.
+            (Status, 401, String::new(), "retryable"),
+            (
+                Status,
+                403,
+                json!({"message": "Forbidden"}).to_string(),
+                "retryable",
+            ),
+            (Status, 400, not_refundable, "retryable"),
+            (Status, 404, "<html>Not Found</html>".into(), "unknown"),
+            (Status, 404, String::new(), "unknown"),
+            (Status, 200, "<html>".into(), "unknown"),
+            (
+                Status,
+                200,
+                json!({"message": "odd"}).to_string(),
+                "unknown",
+            ),
+            (Status, 200, "\"text\"".into(), "unknown"),
+        ]
+    }
+
+    #[test]
+    fn classification_table() {
+        for (call, status, body, expected) in classification() {
+            let http = StatusCode::from_u16(status).unwrap();
+            let r = request("r-1", "150", "EUR");
+            let outcome = match call {
+                Call::Estimate => interpret_estimate(http, body.as_bytes(), &r).err(),
+                Call::Refund => Some(interpret_refund(http, body.as_bytes(), &r, None)),
+                Call::Status => Some(interpret_status(http, body.as_bytes(), "r-1")),
+            };
+            let class = outcome.as_ref().map_or("go", |o| o.describe().0);
+            assert_eq!(
+                class, expected,
+                "{call:?} HTTP {status} {body}: {outcome:?}"
+            );
+        }
+    }
+
     fn settings(secret: Option<&str>) -> ProviderSettings {
         let config = crate::config::Config::from_lookup(|k| match k {
             "PROVIDER_BVNK_BASE_URL" => Some("http://127.0.0.1:1".into()),
@@ -1096,7 +1425,7 @@ mod tests {
 
     #[test]
     fn webhook_signature_is_hmac_of_the_raw_body() {
-        let bvnk = Bvnk::new(settings(Some("wh-secret")));
+        let bvnk = Bvnk::new(settings(Some("wh-secret"))).unwrap();
         // printf '%s' "$(cat fixtures/bvnk/payout-status-change-webhook.json)" | openssl dgst -sha256 -hmac wh-secret
         // (the helper is itself checked against openssl in signing.rs)
         let sig = crate::providers::signing::hmac_sha256_hex(
@@ -1105,7 +1434,8 @@ mod tests {
         );
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(DEFAULT_SIGNATURE_HEADER, sig.parse().unwrap());
-        let now = chrono::Utc::now();
+        // A minute after the example's signed `timestamp` (2024-10-28T12:25:21.716405Z).
+        let now = doc_timestamp() + chrono::Duration::seconds(60);
         assert_eq!(
             bvnk.verify_webhook(&headers, DOC_PAYOUT_WEBHOOK.as_bytes(), now),
             Ok(())
@@ -1120,9 +1450,83 @@ mod tests {
             Err(WebhookError::BadSignature(m)) if m.contains("missing")
         ));
         assert_eq!(
-            Bvnk::new(settings(None)).verify_webhook(&headers, DOC_PAYOUT_WEBHOOK.as_bytes(), now),
+            Bvnk::new(settings(None)).unwrap().verify_webhook(
+                &headers,
+                DOC_PAYOUT_WEBHOOK.as_bytes(),
+                now
+            ),
             Err(WebhookError::NotConfigured(ProviderName::Bvnk))
         );
+    }
+
+    fn doc_timestamp() -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::parse_from_rfc3339("2024-10-28T12:25:21.716405000Z")
+            .unwrap()
+            .into()
+    }
+
+    #[test]
+    fn webhook_signed_timestamp_tolerance_applies() {
+        let bvnk = Bvnk::new(settings(Some("wh-secret"))).unwrap();
+        let sign = |body: &str| {
+            let sig = crate::providers::signing::hmac_sha256_hex(b"wh-secret", &[body.as_bytes()]);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(DEFAULT_SIGNATURE_HEADER, sig.parse().unwrap());
+            headers
+        };
+        let headers = sign(DOC_PAYOUT_WEBHOOK);
+        let body = DOC_PAYOUT_WEBHOOK.as_bytes();
+        let t = doc_timestamp();
+        // Default tolerance 300 s, either direction.
+        for offset in [-300_000, 0, 300_000] {
+            assert_eq!(
+                bvnk.verify_webhook(&headers, body, t + chrono::Duration::milliseconds(offset)),
+                Ok(()),
+                "{offset}"
+            );
+        }
+        for offset in [-300_001, 300_001, 86_400_000] {
+            assert!(
+                matches!(
+                    bvnk.verify_webhook(&headers, body, t + chrono::Duration::milliseconds(offset)),
+                    Err(WebhookError::StaleTimestamp(_))
+                ),
+                "{offset}"
+            );
+        }
+        // Epoch seconds and milliseconds are read too.
+        let now = chrono::DateTime::from_timestamp(1_730_118_321, 0).unwrap();
+        for ts in ["1730118321", "1730118321000"] {
+            let body = format!(r#"{{"event":"x","timestamp":{ts},"data":{{}}}}"#);
+            assert_eq!(
+                bvnk.verify_webhook(&sign(&body), body.as_bytes(), now),
+                Ok(())
+            );
+        }
+        // Unreadable: refused; absent, or a body that is not an object: left to the parser.
+        let body = r#"{"event":"x","timestamp":"yesterday","data":{}}"#;
+        assert!(matches!(
+            bvnk.verify_webhook(&sign(body), body.as_bytes(), now),
+            Err(WebhookError::BadSignature(_))
+        ));
+        for body in [r#"{"event":"x","data":{}}"#, "not json", "[[[]]]"] {
+            assert_eq!(
+                bvnk.verify_webhook(&sign(body), body.as_bytes(), now),
+                Ok(())
+            );
+        }
+        // The setting applies.
+        let mut strict = settings(Some("wh-secret"));
+        strict.webhook_tolerance = std::time::Duration::from_secs(10);
+        let strict = Bvnk::new(strict).unwrap();
+        assert!(matches!(
+            strict.verify_webhook(
+                &headers,
+                DOC_PAYOUT_WEBHOOK.as_bytes(),
+                t + chrono::Duration::seconds(11)
+            ),
+            Err(WebhookError::StaleTimestamp(_))
+        ));
     }
 
     #[test]

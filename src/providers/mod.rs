@@ -17,14 +17,14 @@ mod http;
 pub mod signing;
 pub mod va_services;
 
-use crate::config::{Config, ProviderSettings};
+use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::domain::{Destination, ProviderName, ProviderOutcome};
 use async_trait::async_trait;
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use http::{classify_send_error, classify_status};
+pub use http::{classify_send_error, classify_status, is_disabled, templated_url};
 
 /// What an adapter needs to know about a refund.
 #[derive(Debug, Clone)]
@@ -103,6 +103,10 @@ pub enum WebhookError {
     /// The signed timestamp is outside the tolerance (a replay, or a skewed clock).
     #[error("webhook timestamp outside the tolerance: {0}")]
     StaleTimestamp(String),
+    /// A signed notification already taken within the tolerance window (the same nonce),
+    /// sent again: a replay (answered 401, nothing published).
+    #[error("webhook replayed: {0}")]
+    Replayed(String),
     /// No webhook secret (or public key) is configured for this provider.
     #[error("webhook verification is not configured for {0}")]
     NotConfigured(ProviderName),
@@ -130,6 +134,16 @@ pub trait Provider: Send + Sync + 'static {
         body: &[u8],
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), WebhookError>;
+    /// Called by the ingress once a verified webhook is safely queued, so the adapter can
+    /// remember what must not be taken again (Binance Pay's nonce). Not in
+    /// [`Provider::verify_webhook`]: a webhook that could not be queued (503) must still be
+    /// accepted when the provider retries it.
+    fn webhook_queued(
+        &self,
+        _headers: &reqwest::header::HeaderMap,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) {
+    }
     /// Parses a verified webhook body.
     fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError>;
     /// The JSON body the provider expects in our 2xx answer to its webhook.
@@ -139,15 +153,28 @@ pub trait Provider: Send + Sync + 'static {
 }
 
 /// Builds the HTTP client every adapter uses, with the provider's timeouts.
-pub fn http_client(settings: &ProviderSettings) -> reqwest::Client {
+///
+/// Redirects are not followed: reqwest strips only `Authorization` and `Cookie` on a
+/// cross-host redirect, so BPN's `API-KEY`/`API-SIGNATURE`, Binance Pay's certificate
+/// serial and the like would go to whatever host a 3xx names. A 3xx is an answer like any
+/// other, classified by [`classify_status`] (retryable, never success or a final failure).
+/// Proxies from the environment are honoured (operators route egress through them).
+///
+/// An error (the TLS backend cannot initialise) stops the start: a fallback client would
+/// have no timeouts.
+pub fn http_client(settings: &ProviderSettings) -> Result<reqwest::Client, ConfigError> {
     reqwest::Client::builder()
         .timeout(settings.timeout)
         .connect_timeout(settings.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("refund-worker/", env!("CARGO_PKG_VERSION")))
         .build()
-        // Building only fails when the TLS backend cannot initialise; fall back to the
-        // default client rather than refusing to start (timeouts are still per request).
-        .unwrap_or_default()
+        .map_err(|e| {
+            ConfigError(format!(
+                "the provider HTTP client cannot be built: {}",
+                http::describe(&e)
+            ))
+        })
 }
 
 /// The configured providers.
@@ -157,20 +184,21 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// Builds an adapter for every provider with settings in `config`.
-    pub fn from_config(config: &Config) -> Self {
+    /// Builds an adapter for every provider with settings in `config`; fails when one
+    /// cannot be built (its HTTP client), so `run` stops at start instead of limping on.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let mut providers = Self::default();
         for (name, settings) in &config.providers {
             let settings = settings.clone();
             let adapter: Arc<dyn Provider> = match name {
-                ProviderName::VaServices => Arc::new(va_services::VaServices::new(settings)),
-                ProviderName::Bpn => Arc::new(bpn::Bpn::new(settings)),
-                ProviderName::BinancePay => Arc::new(binance_pay::BinancePay::new(settings)),
-                ProviderName::Bvnk => Arc::new(bvnk::Bvnk::new(settings)),
+                ProviderName::VaServices => Arc::new(va_services::VaServices::new(settings)?),
+                ProviderName::Bpn => Arc::new(bpn::Bpn::new(settings)?),
+                ProviderName::BinancePay => Arc::new(binance_pay::BinancePay::new(settings)?),
+                ProviderName::Bvnk => Arc::new(bvnk::Bvnk::new(settings)?),
             };
             providers.insert(adapter);
         }
-        providers
+        Ok(providers)
     }
 
     /// Adds (or replaces) an adapter.
@@ -181,5 +209,89 @@ impl Providers {
     /// The adapter for `name`, if configured.
     pub fn get(&self, name: ProviderName) -> Option<Arc<dyn Provider>> {
         self.map.get(&name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wiremock::matchers::any;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn refund() -> RefundRequest {
+        RefundRequest {
+            refund_reference: "redirect-1".into(),
+            transaction_reference: "tx-redirect-1".into(),
+            amount: Decimal::new(1017, 2),
+            currency: "USDT".into(),
+            reason: "Order cancelled!".into(),
+            customer_note: None,
+            destination: Some(Destination {
+                account_number: "0040088210".into(),
+                bank_code: "000012".into(),
+            }),
+            provider_reference: Some("prov-1".into()),
+            metadata: None,
+        }
+    }
+
+    /// Every adapter, pointed at a provider that answers 302 to another host: nothing
+    /// reaches that host (our signed headers would go with it), the submit is retryable
+    /// (not success, not a final failure) and so is the status lookup.
+    #[tokio::test]
+    async fn redirects_are_not_followed_and_a_3xx_is_retryable() {
+        let elsewhere = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(200).set_body_string("{}"))
+            .mount(&elsewhere)
+            .await;
+        let provider = MockServer::start().await;
+        Mock::given(any())
+            .respond_with(
+                ResponseTemplate::new(302)
+                    .insert_header("location", format!("{}/collect", elsewhere.uri())),
+            )
+            .mount(&provider)
+            .await;
+        let base = provider.uri();
+        let config = Config::from_lookup(|k| {
+            let known = ["VA_SERVICES", "BPN", "BINANCE_PAY", "BVNK"]
+                .iter()
+                .any(|p| k.starts_with(&format!("PROVIDER_{p}_")));
+            match k {
+                _ if !known => None,
+                k if k.ends_with("_BASE_URL") => Some(base.clone()),
+                k if k.ends_with("_API_KEY") => Some("key-that-must-not-travel".into()),
+                k if k.ends_with("_API_SECRET") => Some("secret-that-must-not-travel".into()),
+                _ => None,
+            }
+        })
+        .unwrap();
+        let providers = Providers::from_config(&config).unwrap();
+        for name in ProviderName::ALL {
+            let adapter = providers.get(name).unwrap();
+            let before = provider.received_requests().await.unwrap_or_default().len();
+            let submitted = adapter.submit(&refund()).await;
+            let status = adapter.status(&refund()).await;
+            let after = provider.received_requests().await.unwrap_or_default().len();
+            assert!(after > before, "{name} called the provider");
+            assert!(
+                matches!(submitted, ProviderOutcome::Retryable { .. }),
+                "{name} submit after a 302: {submitted:?}"
+            );
+            assert!(
+                matches!(status, ProviderOutcome::Retryable { .. }),
+                "{name} status after a 302: {status:?}"
+            );
+        }
+        assert_eq!(
+            elsewhere
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .len(),
+            0,
+            "a redirect was followed to another host"
+        );
     }
 }

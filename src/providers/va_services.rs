@@ -1,14 +1,28 @@
 //! VA Services (Transaction Point virtual accounts) refund adapter.
 //!
 //! - Initiate: `POST /va/refunds/initiate-refund`; our `refundReference` is their refund
-//!   reference, so a resubmit after a confirmed "not found" reuses the same key.
-//! - Status: `GET /va/refunds/{refundReference}` (the docs name "Get Refund Status" without a
-//!   path; this one is our assumption and is configurable through the base URL only). A 404
-//!   there is confirmed with "Refund Details" (`GET /va/refunds/details/{transactionReference}`,
-//!   the payment's `refundsHistory`) before the refund is taken as absent (and resubmitted).
+//!   reference (VA's idempotency key), so a resubmit after a confirmed "not found" reuses it.
+//! - Status: "Get Refund Status" is documented without a path; ours is
+//!   `PROVIDER_VA_SERVICES_STATUS_PATH` (default [`DEFAULT_STATUS_PATH`],
+//!   `/va/refunds/{refundReference}`). Its "not found" is an HTTP 404 carrying VA's envelope
+//!   (`requestSuccessful: false`): only that answer makes a refund absent. A 404 without the
+//!   envelope is not VA's answer (a wrong path, a proxy) and is unknown, never "absent".
+//! - Refund Details (path open too): `PROVIDER_VA_SERVICES_DETAILS_PATH` (default
+//!   [`DEFAULT_DETAILS_PATH`], `/va/refunds/details/{transactionReference}`; `off` disables
+//!   it) is asked after a documented "not found", as an extra check in the payment's
+//!   `refundsHistory`. It is never load-bearing: when it does not exist (404/405/501 without
+//!   VA's envelope) the documented "not found" decides and the refund is resubmitted under
+//!   the same `refundReference`. When it answers readably, that answer is used.
 //! - Envelope: `{requestSuccessful, responseMessage, responseCode ("0" = success),
-//!   responseBody}`; `requestSuccessful: false` or a non-"0" code is a final rejection
-//!   carrying their message and code.
+//!   responseBody}`. On a *submit*, an envelope with `requestSuccessful: false` or a non-"0"
+//!   code is VA's explicit answer: a final `PROVIDER_REJECTED` carrying their message and
+//!   code. On a *status lookup* it only says the lookup failed: retried, never a failure.
+//! - HTTP 401/403 (refused before processing): retryable with
+//!   `may_have_reached_provider: false` and the hint to check `PROVIDER_VA_SERVICES_API_KEY`,
+//!   on a submit as on a lookup; a submit refused like that ends `RETRIES_EXHAUSTED` once
+//!   the attempts run out, which is right since VA certainly does not have the refund. A
+//!   submit answered by a non-2xx without VA's envelope may have gone anywhere: retried after
+//!   a status lookup.
 //! - Auth is not documented: we send the API key as a bearer token.
 //! - Dates (`25/01/2024 01:35:27 AM`) carry no zone: read in the configured zone
 //!   (default Africa/Lagos) and converted to UTC.
@@ -22,8 +36,8 @@
 //!   else (`PENDING`, unknown words) is still in progress. Compared case-insensitively.
 
 use super::{
-    classify_send_error, classify_status, http_client, Provider, ProviderWebhook, RefundRequest,
-    WebhookError, WebhookKind,
+    classify_send_error, classify_status, http_client, is_disabled, templated_url, Provider,
+    ProviderWebhook, RefundRequest, WebhookError, WebhookKind,
 };
 use crate::config::ProviderSettings;
 use crate::domain::money::json_number;
@@ -36,6 +50,16 @@ use serde_json::{json, Value};
 
 /// Default header of the webhook signature (VA's docs leave it open).
 pub const DEFAULT_SIGNATURE_HEADER: &str = "X-VA-Signature";
+
+/// Default "Get Refund Status" path (`PROVIDER_VA_SERVICES_STATUS_PATH`; the docs name the
+/// call, not its path).
+pub const DEFAULT_STATUS_PATH: &str = "/va/refunds/{refundReference}";
+
+/// Default "Refund Details" path (`PROVIDER_VA_SERVICES_DETAILS_PATH`, `off` disables it).
+pub const DEFAULT_DETAILS_PATH: &str = "/va/refunds/details/{transactionReference}";
+
+/// What to check when VA refuses our credentials.
+const CREDENTIALS_HINT: &str = "check PROVIDER_VA_SERVICES_API_KEY";
 
 /// A pay-in (transaction) notification as the README of the provider describes it.
 #[derive(Debug, Deserialize)]
@@ -99,6 +123,10 @@ pub const DATE_FORMAT: &str = "%d/%m/%Y %I:%M:%S %p";
 pub struct VaServices {
     settings: ProviderSettings,
     client: reqwest::Client,
+    /// "Get Refund Status" path template.
+    status_path: String,
+    /// "Refund Details" path template; `None` when disabled.
+    details_path: Option<String>,
 }
 
 /// VA's response envelope.
@@ -202,9 +230,35 @@ pub fn interpret_page(status: reqwest::StatusCode, body: &[u8]) -> Result<VaPage
 
 impl VaServices {
     /// Creates the adapter.
-    pub fn new(settings: ProviderSettings) -> Self {
-        let client = http_client(&settings);
-        Self { settings, client }
+    pub fn new(settings: ProviderSettings) -> Result<Self, crate::config::ConfigError> {
+        let client = http_client(&settings)?;
+        let status_path = settings
+            .status_path
+            .clone()
+            .filter(|p| !is_disabled(p))
+            .unwrap_or_else(|| DEFAULT_STATUS_PATH.into());
+        let details_path = match settings.details_path.as_deref() {
+            None => Some(DEFAULT_DETAILS_PATH.to_owned()),
+            Some(p) if is_disabled(p) => None,
+            Some(p) => Some(p.to_owned()),
+        };
+        Ok(Self {
+            settings,
+            client,
+            status_path,
+            details_path,
+        })
+    }
+
+    fn templated(&self, template: &str, refund: &RefundRequest) -> reqwest::Url {
+        templated_url(
+            &self.settings.base_url,
+            template,
+            &[
+                ("refundReference", &refund.refund_reference),
+                ("transactionReference", &refund.transaction_reference),
+            ],
+        )
     }
 
     fn url(&self, segments: &[&str]) -> reqwest::Url {
@@ -246,20 +300,38 @@ impl VaServices {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<(reqwest::StatusCode, axum::body::Bytes), ProviderOutcome> {
+        let (status, headers, bytes) = self.fetch_raw(request).await?;
+        if let Some(outcome) = classify_status(status, &headers) {
+            return Err(outcome);
+        }
+        Ok((status, bytes))
+    }
+
+    /// Sends an authenticated request and reads the answer, whatever its status; only
+    /// transport errors come back classified.
+    async fn fetch_raw(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<
+        (
+            reqwest::StatusCode,
+            reqwest::header::HeaderMap,
+            axum::body::Bytes,
+        ),
+        ProviderOutcome,
+    > {
         let response = request
             .bearer_auth(self.settings.api_key.expose_secret())
             .send()
             .await
             .map_err(|e| classify_send_error(&e))?;
         let status = response.status();
-        if let Some(outcome) = classify_status(status, response.headers()) {
-            return Err(outcome);
-        }
+        let headers = response.headers().clone();
         let bytes = response
             .bytes()
             .await
             .map_err(|e| classify_send_error(&e))?;
-        Ok((status, bytes))
+        Ok((status, headers, bytes))
     }
 }
 
@@ -305,24 +377,74 @@ impl VaServices {
         self.settings.timezone
     }
 
-    /// Looks for our refund in the payment's refund history
-    /// (`GET /va/refunds/details/{transactionReference}`): its status when listed,
-    /// `NotFound` only when the history was read and does not list it, `Unknown` otherwise.
+    /// After a documented "not found", looks for our refund in the payment's refund history
+    /// ("Refund Details"): see [`interpret_history`]. Without a details path, the documented
+    /// "not found" stands.
     async fn confirm_absent(&self, refund: &RefundRequest) -> ProviderOutcome {
-        let url = self.url(&["va", "refunds", "details", &refund.transaction_reference]);
-        match self.fetch(self.client.get(url)).await {
-            Ok((status, body)) => interpret_history(
+        let Some(template) = self.details_path.as_deref() else {
+            return ProviderOutcome::NotFound;
+        };
+        let url = self.templated(template, refund);
+        match self.fetch_raw(self.client.get(url)).await {
+            // A 501 "Not Implemented" without VA's envelope is a missing endpoint, not a
+            // transient 5xx: the documented not-found decides (see `interpret_history`).
+            Ok((status, _, body)) if is_missing_endpoint(status, &body) => interpret_history(
                 status,
                 &body,
                 &refund.refund_reference,
                 self.settings.timezone,
             ),
+            Ok((status, headers, body)) => match classify_status(status, &headers) {
+                Some(outcome) => outcome,
+                None => interpret_history(
+                    status,
+                    &body,
+                    &refund.refund_reference,
+                    self.settings.timezone,
+                ),
+            },
             Err(outcome) => outcome,
         }
     }
 }
 
-/// Reads a "Refund Details" answer: our refund's outcome if its history lists it.
+/// Reads VA's envelope, when the body is one: a JSON object carrying `requestSuccessful` or
+/// `responseCode`. Anything else (HTML from a proxy, `{}`, a framework's error page) is not
+/// VA's answer.
+pub fn read_envelope(body: &[u8]) -> Option<Envelope> {
+    serde_json::from_slice::<Envelope>(body)
+        .ok()
+        .filter(|e| e.request_successful.is_some() || e.response_code.is_some())
+}
+
+fn is_success(status: reqwest::StatusCode, envelope: &Envelope) -> bool {
+    status.is_success()
+        && envelope.request_successful == Some(true)
+        && envelope.response_code.as_deref() == Some("0")
+}
+
+fn describe_envelope(status: reqwest::StatusCode, envelope: &Envelope) -> String {
+    format!(
+        "{} (responseCode {}, HTTP {})",
+        envelope.response_message.as_deref().unwrap_or("no message"),
+        envelope.response_code.as_deref().unwrap_or(""),
+        status.as_u16()
+    )
+}
+
+/// Whether an answer says the endpoint itself does not exist: 404, 405 or 501 without VA's
+/// envelope (a documented "not found" carries the envelope).
+pub fn is_missing_endpoint(status: reqwest::StatusCode, body: &[u8]) -> bool {
+    matches!(status.as_u16(), 404 | 405 | 501) && read_envelope(body).is_none()
+}
+
+/// Reads a "Refund Details" answer, asked only after "Get Refund Status" gave its documented
+/// "not found": our refund's outcome if its history lists it, `NotFound` if the history was
+/// read and does not list it or VA answers its own "not found" (404 with the envelope: no
+/// such payment, so no refund of it), and also `NotFound` when the endpoint does not exist (the
+/// assumed extra check is missing, so the documented answer decides). Anything else (a
+/// refusal, 5xx, an unreadable or incomplete answer) leaves the outcome unknown and the
+/// refund is looked at again later.
 pub fn interpret_history(
     status: reqwest::StatusCode,
     body: &[u8],
@@ -332,17 +454,23 @@ pub fn interpret_history(
     let unknown = |why: String| ProviderOutcome::Unknown {
         reason: format!("VA Services refund details: {why}"),
     };
-    if !status.is_success() {
-        return unknown(format!("HTTP {status}"));
+    if is_missing_endpoint(status, body) {
+        tracing::debug!(%status, "VA Services refund details endpoint absent; the documented not-found decides");
+        return ProviderOutcome::NotFound;
     }
-    let envelope: Envelope = match serde_json::from_slice(body) {
-        Ok(e) => e,
-        Err(e) => return unknown(format!("unreadable answer: {e}")),
+    let Some(envelope) = read_envelope(body) else {
+        return unknown(format!(
+            "HTTP {status} without VA's envelope (set PROVIDER_VA_SERVICES_DETAILS_PATH=off if this endpoint is not available to you)"
+        ));
     };
-    if envelope.request_successful != Some(true) || envelope.response_code.as_deref() != Some("0") {
+    // VA's own "not found" for the payment: it has no refunds of it either.
+    if status == reqwest::StatusCode::NOT_FOUND && !is_success(status, &envelope) {
+        return ProviderOutcome::NotFound;
+    }
+    if !is_success(status, &envelope) {
         return unknown(format!(
             "not successful: {}",
-            envelope.response_message.unwrap_or_default()
+            describe_envelope(status, &envelope)
         ));
     }
     let history = envelope
@@ -363,48 +491,71 @@ pub fn interpret_history(
     }
 }
 
-/// Maps one VA response (status code and body) to an outcome.
+/// Maps one VA response (status code and body) to an outcome; `submit` says whether it
+/// answers "Initiate Refund" (else "Get Refund Status"). 429 and 5xx never get here
+/// ([`classify_status`] takes them first). The classification table is in the module
+/// comment and in the tests' `CLASSIFICATION`.
 pub fn interpret(
     status: reqwest::StatusCode,
     body: &[u8],
     submit: bool,
     zone: chrono_tz::Tz,
 ) -> ProviderOutcome {
-    if !submit && status == reqwest::StatusCode::NOT_FOUND {
-        return ProviderOutcome::NotFound;
-    }
+    let call = if submit { "refund" } else { "status lookup" };
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return ProviderOutcome::Failed(FailureReason::new(
-            FailureCode::ProviderRejected,
-            format!("VA Services refused our credentials (HTTP {status}); check PROVIDER_VA_SERVICES_API_KEY"),
-        ));
+        // Refused before processing: VA certainly does not have the refund from this call.
+        return ProviderOutcome::Retryable {
+            reason: format!(
+                "VA Services refused our credentials on the {call} (HTTP {}); {CREDENTIALS_HINT}",
+                status.as_u16()
+            ),
+            retry_after: None,
+            may_have_reached_provider: false,
+        };
     }
-    let envelope: Envelope = match serde_json::from_slice(body) {
-        Ok(e) => e,
-        // A 2xx we cannot read may still mean the refund was created.
-        Err(e) if status.is_success() => {
-            return ProviderOutcome::Unknown {
-                reason: format!("unreadable VA Services response (HTTP {status}): {e}"),
+    let Some(envelope) = read_envelope(body) else {
+        return if status.is_success() {
+            // A 2xx we cannot read may still mean the refund was created.
+            ProviderOutcome::Unknown {
+                reason: format!("unreadable VA Services {call} answer (HTTP {status})"),
             }
-        }
-        Err(_) => {
-            return ProviderOutcome::Failed(FailureReason::new(
-                FailureCode::ProviderRejected,
-                format!("VA Services answered HTTP {status} without an envelope"),
-            ))
-        }
+        } else if submit {
+            // Not VA's answer (a proxy, a wrong path): it may or may not have reached VA,
+            // so the pipeline asks for the status before sending it again.
+            ProviderOutcome::Retryable {
+                reason: format!("VA Services refund answered HTTP {status} without VA's envelope"),
+                retry_after: None,
+                may_have_reached_provider: true,
+            }
+        } else {
+            ProviderOutcome::Unknown {
+                reason: format!(
+                    "VA Services status lookup answered HTTP {status} without VA's envelope (check PROVIDER_VA_SERVICES_STATUS_PATH)"
+                ),
+            }
+        };
     };
-    let code = envelope.response_code.clone().unwrap_or_default();
-    let message = envelope
-        .response_message
-        .clone()
-        .unwrap_or_else(|| "no message".into());
-    if envelope.request_successful != Some(true) || code != "0" || !status.is_success() {
+    if !is_success(status, &envelope) {
+        if !submit {
+            // Get Refund Status's documented "not found": VA's envelope on an HTTP 404.
+            if status == reqwest::StatusCode::NOT_FOUND {
+                return ProviderOutcome::NotFound;
+            }
+            // A failed lookup says nothing about the refund, which VA may have.
+            return ProviderOutcome::Retryable {
+                reason: format!(
+                    "VA Services refused the status lookup: {}",
+                    describe_envelope(status, &envelope)
+                ),
+                retry_after: None,
+                may_have_reached_provider: false,
+            };
+        }
         return ProviderOutcome::Failed(FailureReason::new(
             FailureCode::ProviderRejected,
             format!(
-                "VA Services rejected the refund: {message} (responseCode {code}, HTTP {})",
-                status.as_u16()
+                "VA Services rejected the refund: {}",
+                describe_envelope(status, &envelope)
             ),
         ));
     }
@@ -416,7 +567,7 @@ pub fn interpret(
         Ok(Some(r)) => r,
         Ok(None) | Err(_) => {
             return ProviderOutcome::Unknown {
-                reason: "VA Services answered success without a refund body".into(),
+                reason: format!("VA Services answered the {call} with success but no refund body"),
             }
         }
     };
@@ -484,10 +635,10 @@ impl Provider for VaServices {
     }
 
     async fn status(&self, refund: &RefundRequest) -> ProviderOutcome {
-        let url = self.url(&["va", "refunds", &refund.refund_reference]);
+        let url = self.templated(&self.status_path, refund);
         match self.call(self.client.get(url), false).await {
-            // "No such refund" decides a resubmit, so it is confirmed with "Refund Details"
-            // (the payment's refund history) before it is believed.
+            // "No such refund" decides a resubmit, so it is checked against "Refund Details"
+            // (the payment's refund history) when that endpoint exists.
             ProviderOutcome::NotFound => self.confirm_absent(refund).await,
             other => other,
         }
@@ -523,6 +674,10 @@ mod tests {
     /// The "Initiate Refund" response example, verbatim from the provider's docs.
     const DOC_INITIATE_RESPONSE: &str =
         include_str!("../../fixtures/va_services/initiate-refund-response.json");
+
+    /// Get Refund Status's "not found": VA's envelope with `requestSuccessful: false` on an
+    /// HTTP 404 (the shape the docs give every answer; the message is ours).
+    const NOT_FOUND_ENVELOPE: &str = r#"{"requestSuccessful":false,"responseMessage":"Refund not found","responseCode":"404","responseBody":null}"#;
 
     #[test]
     fn documented_initiate_response_is_accepted() {
@@ -589,18 +744,117 @@ mod tests {
 
     #[test]
     fn not_found_and_unreadable() {
+        // The documented "not found" carries VA's envelope; a bare 404 is not VA's answer.
         assert_eq!(
-            interpret(StatusCode::NOT_FOUND, b"{}", false, LAGOS),
+            interpret(
+                StatusCode::NOT_FOUND,
+                NOT_FOUND_ENVELOPE.as_bytes(),
+                false,
+                LAGOS
+            ),
             ProviderOutcome::NotFound
         );
+        assert!(matches!(
+            interpret(StatusCode::NOT_FOUND, b"{}", false, LAGOS),
+            ProviderOutcome::Unknown { .. }
+        ));
         assert!(matches!(
             interpret(StatusCode::OK, b"<html>", true, LAGOS),
             ProviderOutcome::Unknown { .. }
         ));
-        assert!(matches!(
-            interpret(StatusCode::UNAUTHORIZED, b"", true, LAGOS),
-            ProviderOutcome::Failed(_)
-        ));
+        // Refused before processing: retried with the hint, never a final failure.
+        match interpret(StatusCode::UNAUTHORIZED, b"", true, LAGOS) {
+            ProviderOutcome::Retryable {
+                reason,
+                may_have_reached_provider: false,
+                ..
+            } => assert!(reason.contains("PROVIDER_VA_SERVICES_API_KEY"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Whether the row answers a submit ("Initiate Refund") or a status lookup.
+    const SUBMIT: bool = true;
+    const STATUS: bool = false;
+
+    /// The classification table: every documented answer and every assumed one, as
+    /// (call, HTTP status, body, expected outcome class). 429 and 5xx are classified before
+    /// `interpret` (`classify_status`, tested in `providers::http`).
+    fn classification() -> Vec<(bool, u16, String, &'static str)> {
+        let doc = DOC_INITIATE_RESPONSE.to_string();
+        let word = |w: &str| doc.replace("\"PENDING\"", &format!("\"{w}\""));
+        let rejected = r#"{"requestSuccessful":false,"responseMessage":"Refund amount exceeds refundable amount","responseCode":"99","responseBody":null}"#;
+        let odd_code = r#"{"requestSuccessful":true,"responseMessage":"odd","responseCode":"12","responseBody":null}"#;
+        let no_body = r#"{"requestSuccessful":true,"responseMessage":"success","responseCode":"0","responseBody":null}"#;
+        let unauthorized = r#"{"requestSuccessful":false,"responseMessage":"Unauthorized","responseCode":"401","responseBody":null}"#;
+        vec![
+            // Documented: the Initiate Refund example (PENDING), and the same body on a lookup.
+            (SUBMIT, 200, doc.clone(), "accepted"),
+            (STATUS, 200, doc.clone(), "accepted"),
+            // Documented status words; assumed final failures; unknown words stay pending.
+            (STATUS, 200, word("COMPLETED"), "succeeded"),
+            (STATUS, 200, word("completed"), "succeeded"),
+            (SUBMIT, 200, word("COMPLETED"), "succeeded"),
+            (STATUS, 200, word("FAILED"), "failed"),
+            (STATUS, 200, word("Reversed"), "failed"),
+            (STATUS, 200, word("IN_REVIEW"), "accepted"),
+            (
+                STATUS,
+                200,
+                doc.replace("\"refundStatus\": \"PENDING\",", ""),
+                "accepted",
+            ),
+            // A documented rejection envelope is final on a submit only.
+            (SUBMIT, 200, rejected.into(), "failed"),
+            (SUBMIT, 400, rejected.into(), "failed"),
+            (SUBMIT, 200, odd_code.into(), "failed"),
+            (STATUS, 200, rejected.into(), "retryable"),
+            (STATUS, 400, rejected.into(), "retryable"),
+            (STATUS, 200, odd_code.into(), "retryable"),
+            // Credentials refused: before processing, never final.
+            (SUBMIT, 401, String::new(), "retryable"),
+            (SUBMIT, 403, unauthorized.into(), "retryable"),
+            (STATUS, 401, unauthorized.into(), "retryable"),
+            (STATUS, 403, "<html>Forbidden</html>".into(), "retryable"),
+            // Get Refund Status's "not found": 404 with VA's envelope. Without it, unknown.
+            (STATUS, 404, NOT_FOUND_ENVELOPE.into(), "not_found"),
+            (STATUS, 404, "{}".into(), "unknown"),
+            (STATUS, 404, String::new(), "unknown"),
+            (STATUS, 404, "<html>Not Found</html>".into(), "unknown"),
+            (STATUS, 405, String::new(), "unknown"),
+            (STATUS, 400, "<html>Bad Request</html>".into(), "unknown"),
+            (SUBMIT, 404, NOT_FOUND_ENVELOPE.into(), "failed"),
+            // Not VA's answer on a submit: it may have reached VA; status first.
+            (SUBMIT, 404, "<html>Not Found</html>".into(), "retryable"),
+            (SUBMIT, 400, String::new(), "retryable"),
+            // A 2xx we cannot read, or success without a refund: unknown.
+            (SUBMIT, 200, "<html>".into(), "unknown"),
+            (STATUS, 200, "<html>".into(), "unknown"),
+            (SUBMIT, 200, no_body.into(), "unknown"),
+            (STATUS, 200, no_body.into(), "unknown"),
+            (STATUS, 200, "{}".into(), "unknown"),
+        ]
+    }
+
+    #[test]
+    fn classification_table() {
+        for (submit, status, body, expected) in classification() {
+            let status = StatusCode::from_u16(status).unwrap();
+            let outcome = interpret(status, body.as_bytes(), submit, LAGOS);
+            assert_eq!(
+                outcome.describe().0,
+                expected,
+                "submit={submit} HTTP {status} {body}: {outcome:?}"
+            );
+            if !submit {
+                assert!(
+                    !matches!(outcome, ProviderOutcome::Failed(_))
+                        || body.contains("FAILED")
+                        || body.contains("Reversed"),
+                    "only a final refund status fails a lookup: {body}"
+                );
+            }
+        }
     }
 
     fn settings(secret: Option<&str>) -> ProviderSettings {
@@ -618,7 +872,7 @@ mod tests {
 
     #[test]
     fn webhook_signature_is_hmac_of_the_raw_body() {
-        let va = VaServices::new(settings(Some("wh-secret")));
+        let va = VaServices::new(settings(Some("wh-secret"))).unwrap();
         // printf '%s' "$NOTIFICATION" | openssl dgst -sha256 -hmac wh-secret
         let sig =
             crate::providers::signing::hmac_sha256_hex(b"wh-secret", &[NOTIFICATION.as_bytes()]);
@@ -638,7 +892,7 @@ mod tests {
             va.verify_webhook(&Default::default(), NOTIFICATION.as_bytes(), now),
             Err(WebhookError::BadSignature(m)) if m.contains("missing")
         ));
-        let unconfigured = VaServices::new(settings(None));
+        let unconfigured = VaServices::new(settings(None)).unwrap();
         assert_eq!(
             unconfigured.verify_webhook(&headers, NOTIFICATION.as_bytes(), now),
             Err(WebhookError::NotConfigured(ProviderName::VaServices))
@@ -691,8 +945,26 @@ mod tests {
             interpret_history(StatusCode::OK, history("").as_bytes(), "r-1", LAGOS),
             ProviderOutcome::NotFound
         );
+        // The endpoint does not exist: the documented "not found" decides.
         for (status, body) in [
-            (StatusCode::NOT_FOUND, "{}".to_string()),
+            (StatusCode::NOT_FOUND, "{}"),
+            (StatusCode::NOT_FOUND, ""),
+            (StatusCode::NOT_FOUND, NOT_FOUND_ENVELOPE),
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "<html>Method Not Allowed</html>",
+            ),
+            (StatusCode::NOT_IMPLEMENTED, ""),
+        ] {
+            assert_eq!(
+                interpret_history(status, body.as_bytes(), "r-1", LAGOS),
+                ProviderOutcome::NotFound,
+                "{status} {body}"
+            );
+        }
+        for (status, body) in [
+            (StatusCode::UNAUTHORIZED, "".to_string()),
+            (StatusCode::FORBIDDEN, NOT_FOUND_ENVELOPE.to_string()),
             (StatusCode::OK, "<html>".to_string()),
             (
                 StatusCode::OK,
@@ -758,7 +1030,8 @@ mod tests {
             .unwrap()
             .providers[&ProviderName::VaServices]
                 .clone(),
-        );
+        )
+        .unwrap();
         for n in 0..5 {
             let r = RefundRequest {
                 refund_reference: format!("list-{n}"),
@@ -787,6 +1060,81 @@ mod tests {
             .collect();
         assert_eq!(refs, ["list-0", "list-1", "list-2", "list-3", "list-4"]);
         assert_eq!(sandbox.ledger().list_calls, 3, "pages of 2, 2 and 1");
+    }
+
+    /// The adapter itself, against a VA built from the docs: the documented "not found"
+    /// decides when Refund Details is missing (404, 405, 501 without the envelope) or
+    /// switched off, not when it is merely failing (503).
+    #[tokio::test]
+    async fn documented_not_found_decides_when_refund_details_is_missing() {
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+        let request = |reference: &str| RefundRequest {
+            refund_reference: reference.into(),
+            transaction_reference: format!("tx-{reference}"),
+            amount: rust_decimal::Decimal::new(1000, 2),
+            currency: "NGN".into(),
+            reason: "r".into(),
+            customer_note: None,
+            destination: None,
+            provider_reference: None,
+            metadata: None,
+        };
+        let server = MockServer::start().await;
+        let adapter = |details: Option<&str>| {
+            let uri = server.uri();
+            let details = details.map(str::to_owned);
+            VaServices::new(
+                crate::config::Config::from_lookup(move |k| match k {
+                    "PROVIDER_VA_SERVICES_BASE_URL" => Some(uri.clone()),
+                    "PROVIDER_VA_SERVICES_API_KEY" => Some("k".into()),
+                    "PROVIDER_VA_SERVICES_DETAILS_PATH" => details.clone(),
+                    _ => None,
+                })
+                .unwrap()
+                .providers[&ProviderName::VaServices]
+                    .clone(),
+            )
+            .unwrap()
+        };
+        for (reference, details_status) in [
+            ("r-404", 404),
+            ("r-405", 405),
+            ("r-501", 501),
+            ("r-503", 503),
+        ] {
+            Mock::given(method("GET"))
+                .and(path(format!("/va/refunds/{reference}")))
+                .respond_with(ResponseTemplate::new(404).set_body_string(NOT_FOUND_ENVELOPE))
+                .mount(&server)
+                .await;
+            Mock::given(method("GET"))
+                .and(path(format!("/va/refunds/details/tx-{reference}")))
+                .respond_with(ResponseTemplate::new(details_status))
+                .mount(&server)
+                .await;
+        }
+        let va = adapter(None);
+        for reference in ["r-404", "r-405", "r-501"] {
+            assert_eq!(
+                va.status(&request(reference)).await,
+                ProviderOutcome::NotFound,
+                "{reference}"
+            );
+        }
+        assert!(matches!(
+            va.status(&request("r-503")).await,
+            ProviderOutcome::Retryable { .. }
+        ));
+        // Switched off: the status lookup alone decides, and details is never asked.
+        let before = server.received_requests().await.unwrap().len();
+        assert_eq!(
+            adapter(Some("off")).status(&request("r-503")).await,
+            ProviderOutcome::NotFound
+        );
+        let asked = server.received_requests().await.unwrap();
+        assert_eq!(asked.len(), before + 1);
+        assert!(!asked[before].url.path().contains("details"));
     }
 
     #[test]

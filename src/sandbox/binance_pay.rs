@@ -129,33 +129,43 @@ pub(super) struct UnsignedWebhooks {
 impl UnsignedWebhooks {
     /// Signs each body with a fresh timestamp and nonce, like Binance Pay does.
     pub(super) fn sign(self) -> Vec<super::notify::Outbound> {
-        let mut out = Vec::with_capacity(self.bodies.len());
-        for body in self.bodies {
-            let timestamp = Utc::now().timestamp_millis().to_string();
-            let nonce = uuid::Uuid::new_v4().simple().to_string();
-            let payload = format!("{timestamp}\n{nonce}\n{body}\n");
-            let signature = match sign_webhook(&self.key, payload.as_bytes()) {
-                Ok(signature) => signature,
-                // ring fails only on a wrong buffer length, which the key itself sizes.
-                Err(e) => {
-                    tracing::error!(error = %e, "binance sandbox: webhook signing failed");
-                    continue;
-                }
-            };
-            out.push(super::notify::Outbound {
-                provider: Provider::BinancePay,
-                body: body.into_bytes(),
-                headers: vec![
-                    ("content-type".into(), "application/json".into()),
-                    ("BinancePay-Timestamp".into(), timestamp),
-                    ("BinancePay-Nonce".into(), nonce),
-                    ("BinancePay-Signature".into(), signature),
-                ],
-                signature_header: "BinancePay-Signature".into(),
-            });
-        }
-        out
+        self.bodies
+            .into_iter()
+            .filter_map(|body| signed_outbound(&self.key, body))
+            .collect()
     }
+}
+
+/// One Binance Pay notification of `body`, signed now with a fresh nonce. A copy sent again
+/// (the sandbox's duplicates) is signed anew, as a provider sending it again would: the
+/// ingress refuses the same nonce twice.
+pub(super) fn signed_outbound(
+    key: &Arc<RsaKeyPair>,
+    body: String,
+) -> Option<super::notify::Outbound> {
+    let timestamp = Utc::now().timestamp_millis().to_string();
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let payload = format!("{timestamp}\n{nonce}\n{body}\n");
+    let signature = match sign_webhook(key, payload.as_bytes()) {
+        Ok(signature) => signature,
+        // ring fails only on a wrong buffer length, which the key itself sizes.
+        Err(e) => {
+            tracing::error!(error = %e, "binance sandbox: webhook signing failed");
+            return None;
+        }
+    };
+    Some(super::notify::Outbound {
+        provider: Provider::BinancePay,
+        body: body.into_bytes(),
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("BinancePay-Timestamp".into(), timestamp),
+            ("BinancePay-Nonce".into(), nonce),
+            ("BinancePay-Signature".into(), signature),
+        ],
+        signature_header: "BinancePay-Signature".into(),
+        resign_with: Some(key.clone()),
+    })
 }
 
 struct BinanceRefund {

@@ -1378,7 +1378,7 @@ mod adapter_tests {
             _ => None,
         })
         .unwrap();
-        Bvnk::new(config.providers[&ProviderName::Bvnk].clone())
+        Bvnk::new(config.providers[&ProviderName::Bvnk].clone()).unwrap()
     }
 
     fn request(reference: &str, amount: &str) -> RefundRequest {
@@ -1431,12 +1431,15 @@ mod adapter_tests {
             ProviderOutcome::NotFound
         );
 
+        // Refused before processing: retried (RETRIES_EXHAUSTED in the end), never a
+        // made-up rejection.
         let wrong = adapter(&server, "not-the-key");
         match wrong.submit(&request("r-3", "1")).await {
-            ProviderOutcome::Failed(f) => {
-                assert_eq!(f.code, FailureCode::ProviderRejected);
-                assert!(f.message.contains("HTTP 401"), "{}", f.message);
-            }
+            ProviderOutcome::Retryable {
+                reason,
+                may_have_reached_provider: false,
+                ..
+            } => assert!(reason.contains("HTTP 401"), "{reason}"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(

@@ -94,6 +94,10 @@ pub struct SandboxConfig {
     pub default_payment_amount: Decimal,
     /// Zone of VA Services' zone-less dates (their docs leave it open).
     pub zone: chrono_tz::Tz,
+    /// Serve only what the providers' docs define: no endpoint whose path is our guess
+    /// for an extra (VA Services' "Refund Details"). Adapters must still finish every
+    /// refund, falling back to the documented endpoints.
+    pub strict: bool,
 }
 
 impl Default for SandboxConfig {
@@ -118,6 +122,7 @@ impl Default for SandboxConfig {
             completion_delay: Duration::from_millis(200),
             default_payment_amount: Decimal::from(1_000_000),
             zone: chrono_tz::Africa::Lagos,
+            strict: false,
         }
     }
 }
@@ -148,6 +153,7 @@ impl fmt::Debug for SandboxConfig {
             .field("completion_delay", &self.completion_delay)
             .field("default_payment_amount", &self.default_payment_amount)
             .field("zone", &self.zone)
+            .field("strict", &self.strict)
             .finish()
     }
 }

@@ -23,6 +23,8 @@ pub(super) struct Outbound {
     pub headers: Vec<(String, String)>,
     /// Name of the header whose value a "bad signature" corrupts.
     pub signature_header: String,
+    /// Binance Pay's key: a copy sent again is signed again (fresh timestamp and nonce).
+    pub resign_with: Option<std::sync::Arc<ring::signature::RsaKeyPair>>,
 }
 
 impl Outbound {
@@ -44,6 +46,7 @@ impl Outbound {
                 (signature_header.into(), signature),
             ],
             signature_header: signature_header.into(),
+            resign_with: None,
         }
     }
 }
@@ -147,11 +150,19 @@ impl Sandbox {
         } else {
             1
         };
-        for _ in 0..copies {
+        for copy in 0..copies {
+            let resigned = match (&out.resign_with, copy) {
+                (Some(key), 1..) => super::binance_pay::signed_outbound(
+                    key,
+                    String::from_utf8_lossy(&out.body).into_owned(),
+                ),
+                _ => None,
+            };
+            let out = resigned.as_ref().unwrap_or(&out);
             let mut delay = Duration::from_millis(100);
             let mut delivered = false;
             for _ in 0..12 {
-                match post(client, &url, &out).await {
+                match post(client, &url, out).await {
                     Ok(status) if status.is_success() => {
                         delivered = true;
                         break;

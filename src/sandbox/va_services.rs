@@ -631,6 +631,11 @@ async fn details(
     headers: HeaderMap,
     Path(transaction_reference): Path<String>,
 ) -> Response {
+    // Strict: only what VA's docs define. "Refund Details" is a documented page without a
+    // documented path, so a strict VA answers ours like any unknown path.
+    if sandbox.config().strict {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     va_call(&sandbox, &headers, CallKind::Details, |state, config| {
         let now = Instant::now();
         let va = &state.va;

@@ -19,6 +19,9 @@ use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::HashMap;
 
 /// What applying one provider webhook did.
+// The event is the answer's whole point and is moved once; boxing it would cost an
+// allocation per refund on the hot path to save stack space nobody runs short of.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
     /// Seen before (same provider and event key): nothing changed.
@@ -466,10 +469,21 @@ async fn apply_all(
                     "INSERT INTO pay_ins (provider, transaction_reference, amount, currency, status,
                          succeeded, event_key)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     -- The ledger only moves forward: a late or reordered notification
+                     -- that is not a success never hides a succeeded pay-in from the
+                     -- over-refund guard, and a succeeded pay-in's amount never shrinks.
                      ON CONFLICT (provider, transaction_reference) DO UPDATE SET
-                         amount = COALESCE(EXCLUDED.amount, pay_ins.amount),
-                         currency = COALESCE(EXCLUDED.currency, pay_ins.currency),
-                         status = EXCLUDED.status, succeeded = EXCLUDED.succeeded,
+                         amount = CASE
+                             WHEN pay_ins.succeeded AND NOT EXCLUDED.succeeded THEN pay_ins.amount
+                             WHEN pay_ins.succeeded THEN GREATEST(pay_ins.amount, EXCLUDED.amount)
+                             ELSE COALESCE(EXCLUDED.amount, pay_ins.amount) END,
+                         currency = CASE
+                             WHEN pay_ins.succeeded AND NOT EXCLUDED.succeeded THEN pay_ins.currency
+                             ELSE COALESCE(EXCLUDED.currency, pay_ins.currency) END,
+                         status = CASE
+                             WHEN pay_ins.succeeded AND NOT EXCLUDED.succeeded THEN pay_ins.status
+                             ELSE EXCLUDED.status END,
+                         succeeded = pay_ins.succeeded OR EXCLUDED.succeeded,
                          event_key = EXCLUDED.event_key,
                          notifications = pay_ins.notifications + 1, updated_at = now()",
                 )
@@ -561,6 +575,7 @@ async fn apply_all(
                 from: Some(f.from),
                 event,
                 cause: "provider webhook",
+                detail: None,
             })
             .collect();
         record_transitions(tx, &writes, sink).await?;
@@ -571,6 +586,24 @@ async fn apply_all(
             results[f.at] = Some(refund_result(Applied::Transitioned(event), outcome));
         }
     }
+    // A provider contradicting a final status is for an operator: flag the refund for
+    // review (once) in the same transaction.
+    let contradictions: Vec<(String, String)> = results
+        .iter()
+        .flatten()
+        .filter_map(|d| match &d.applied {
+            Applied::Contradiction {
+                refund_reference,
+                ours,
+                theirs,
+            } => Some((
+                refund_reference.clone(),
+                crate::domain::review::contradiction_reason(*ours, *theirs),
+            )),
+            _ => None,
+        })
+        .collect();
+    super::review::flag(tx, &contradictions, sink).await?;
     results
         .into_iter()
         .map(|r| r.ok_or_else(|| StoreError::Corrupt("a webhook was left undecided".into())))
@@ -704,6 +737,72 @@ fn refund_result(applied: Applied, outcome: &ProviderOutcome) -> Decided {
         refund_reference,
         detail,
     }
+}
+
+/// The inbox states an operator lists (`GET /v1/provider-webhooks?state=`).
+pub const OPERATOR_STATES: [&str; 3] = ["parked", "unmatched", "contradiction"];
+
+/// A provider webhook as an operator sees it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboxRow {
+    /// Provider wire name.
+    pub provider: String,
+    /// Inbox key: the provider's event id, or `sha256:` of the body.
+    pub event_key: String,
+    /// Which notification of the body.
+    pub part: i32,
+    /// PARKED, UNMATCHED, CONTRADICTION, ...
+    pub state: String,
+    /// The refund it concerns, when known.
+    pub refund_reference: Option<String>,
+    /// What happened (the contradiction, why it is unmatched).
+    pub detail: Option<String>,
+    /// Tries while parked.
+    pub park_attempts: i32,
+    /// When it arrived.
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    /// Last change.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// The body as received (text; bytes that are not UTF-8 are replaced).
+    pub body: String,
+}
+
+/// Provider webhooks in `state` (one of [`OPERATOR_STATES`], any case), oldest first.
+pub async fn list_for_operators(
+    pool: &PgPool,
+    state: &str,
+    limit: i64,
+) -> Result<Vec<InboxRow>, StoreError> {
+    let state = state.to_ascii_uppercase();
+    Ok(sqlx::query_as(
+        "SELECT provider, event_key, part, state, refund_reference, detail, park_attempts,
+             received_at, updated_at, convert_from(body, 'UTF8') AS body
+         FROM provider_webhook_inbox
+         WHERE state = $1 AND state IN ('PARKED', 'UNMATCHED', 'CONTRADICTION')
+         ORDER BY received_at LIMIT $2",
+    )
+    .bind(state)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One provider webhook by provider and inbox key.
+pub async fn show_for_operators(
+    pool: &PgPool,
+    provider: &str,
+    event_key: &str,
+) -> Result<Vec<InboxRow>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT provider, event_key, part, state, refund_reference, detail, park_attempts,
+             received_at, updated_at, convert_from(body, 'UTF8') AS body
+         FROM provider_webhook_inbox WHERE provider = $1 AND event_key = $2 ORDER BY part",
+    )
+    .bind(provider)
+    .bind(event_key)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// A parked webhook waiting for its refund.

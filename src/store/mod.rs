@@ -21,6 +21,7 @@
 pub mod inbound;
 pub mod outbox;
 pub mod refunds;
+pub mod review;
 pub mod stats;
 pub mod webhooks;
 

@@ -3,8 +3,8 @@
 
 use super::{EventSink, StoreError};
 use crate::domain::{
-    transition, AmountSource, FailureCode, FailureReason, Fee, PaymentState, Phase, RefundCommand,
-    RefundEvent, RefundStatus, Transition,
+    transition, AmountSource, FailureCode, FailureReason, Fallback, Fee, GuardSource, PaymentState,
+    Phase, RefundCommand, RefundEvent, RefundStatus, Transition,
 };
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -15,6 +15,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// What happened to an incoming command.
+// The event is the answer's whole point and is moved once; boxing it would cost an
+// allocation per refund on the hot path to save stack space nobody runs short of.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Intake {
     /// A new refund was stored; its first event is in the outbox.
@@ -74,6 +77,13 @@ pub struct RefundRow {
     pub updated_at: DateTime<Utc>,
     /// When it became final.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Why it is flagged for operator review (none when it is not).
+    pub review_reason: Option<String>,
+    /// Since when it is flagged for review.
+    pub review_since: Option<DateTime<Utc>>,
+    /// What the over-refund guard judged it against: `command`, `ledger`, `provider`,
+    /// `none` (null for refunds stored before this was recorded, and invalid commands).
+    pub guard_source: Option<String>,
 }
 
 /// One row of a refund's transition history.
@@ -184,10 +194,10 @@ pub enum StoreUpdate {
     },
 }
 
-const ROW_COLUMNS: &str =
+pub(crate) const ROW_COLUMNS: &str =
     "refund_reference, provider, transaction_reference, amount, currency, status, phase,
     provider_reference, provider_status, provider_fee, provider_fee_currency, failure_code, failure_message, attempts, failures, polls,
-    next_attempt_at, created_at, updated_at, finished_at";
+    next_attempt_at, created_at, updated_at, finished_at, review_reason, review_since, guard_source";
 
 /// One validated command for [`intake_batch`].
 #[derive(Debug, Clone, Copy)]
@@ -200,6 +210,8 @@ pub struct IntakeItem<'a> {
     pub command_hash: &'a str,
     /// Whether its provider is configured here; if not, the refund is refused.
     pub provider_configured: bool,
+    /// What guards it when nothing we hold knows the payment's amount.
+    pub fallback: Fallback,
 }
 
 /// How often a batch is judged again after a concurrent writer inserted one of its
@@ -300,6 +312,8 @@ async fn intake_round(
     // Judge in arrival order. `None` in `answers` marks a command to insert, in `fresh`.
     let mut answers: Vec<Option<Intake>> = Vec::with_capacity(items.len());
     let mut fresh: Vec<(usize, Option<FailureReason>)> = Vec::new();
+    // What each of `fresh` was judged against (none for a refusal).
+    let mut sources: Vec<Option<&'static str>> = Vec::new();
     let mut in_batch: HashMap<&str, (&str, RefundStatus)> = HashMap::new();
     for (n, item) in items.iter().enumerate() {
         let reference = item.cmd.refund_reference.as_str();
@@ -321,13 +335,13 @@ async fn intake_round(
             }));
             continue;
         }
-        let refusal = if item.provider_configured {
+        let judged: Result<GuardSource, FailureReason> = if item.provider_configured {
             let key = (
                 item.cmd.provider.as_str().to_owned(),
                 item.cmd.transaction_reference.clone(),
             );
             match payments.get_mut(&key) {
-                Some(payment) => payment.check(item.cmd).err(),
+                Some(payment) => payment.check(item.cmd, item.fallback),
                 None => {
                     return Err(StoreError::Corrupt(format!(
                         "payment {key:?} was not locked"
@@ -335,11 +349,13 @@ async fn intake_round(
                 }
             }
         } else {
-            Some(FailureReason::new(
+            Err(FailureReason::new(
                 FailureCode::InvalidCommand,
                 format!("provider {} is not configured", item.cmd.provider),
             ))
         };
+        sources.push(judged.as_ref().ok().map(|g| g.as_str()));
+        let refusal = judged.err();
         let status = if refusal.is_some() {
             RefundStatus::RefundFail
         } else {
@@ -376,16 +392,17 @@ async fn intake_round(
     let rows: Vec<RefundRow> = sqlx::query_as(&format!(
         "INSERT INTO refunds (refund_reference, provider, transaction_reference, amount, currency,
              status, phase, failure_code, failure_message, next_attempt_at, command, command_hash,
-             finished_at, claim_token, attempts)
+             finished_at, claim_token, attempts, guard_source)
          SELECT r, p, t, a, c, s, CASE WHEN cl THEN 'SUBMITTING' ELSE ph END, fc, fm,
              CASE WHEN s <> 'PENDING' THEN NULL
                   WHEN cl THEN now() + make_interval(secs => $13)
                   ELSE now() END,
              cmd, h, CASE WHEN s = 'PENDING' THEN NULL ELSE now() END,
-             CASE WHEN cl THEN $14::uuid END, CASE WHEN cl THEN 1 ELSE 0 END
+             CASE WHEN cl THEN $14::uuid END, CASE WHEN cl THEN 1 ELSE 0 END, gs
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[], $6::text[],
-             $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::bool[])
-             AS n(r, p, t, a, c, s, ph, fc, fm, cmd, h, cl)
+             $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::text[], $12::bool[],
+             $15::text[])
+             AS n(r, p, t, a, c, s, ph, fc, fm, cmd, h, cl, gs)
          ORDER BY r
          ON CONFLICT (refund_reference) DO NOTHING
          RETURNING {ROW_COLUMNS}"
@@ -420,6 +437,7 @@ async fn intake_round(
     .bind(&claims)
     .bind(preclaim.lease.as_secs_f64())
     .bind(token)
+    .bind(&sources)
     .fetch_all(&mut *tx)
     .await?;
     if rows.len() != fresh.len() {
@@ -466,6 +484,8 @@ async fn intake_round(
                 failure_reason: refusal,
                 attempts: 0,
                 occurred_at,
+                review: None,
+                resolution: None,
             },
         ));
     }
@@ -475,6 +495,7 @@ async fn intake_round(
             from: None,
             event,
             cause: "command received",
+            detail: None,
         })
         .collect();
     record_transitions(&mut tx, &writes, sink).await?;
@@ -538,13 +559,14 @@ async fn lock_payments(
         Decimal,
         Option<Decimal>,
         Option<String>,
+        Option<String>,
     );
     let rows: Vec<StateRow> = sqlx::query_as(
         "SELECT p.provider, p.transaction_reference, p.payment_amount, p.currency,
              (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r
               WHERE r.provider = p.provider AND r.transaction_reference = p.transaction_reference
                 AND r.status <> 'REFUND_FAIL'),
-             i.amount, i.currency
+             i.amount, i.currency, p.amount_source
          FROM payments p
          LEFT JOIN pay_ins i ON i.provider = p.provider
              AND i.transaction_reference = p.transaction_reference AND i.succeeded
@@ -568,6 +590,7 @@ async fn lock_payments(
                 refunded,
                 ledger_amount,
                 ledger_currency,
+                amount_source,
             )| {
                 let state = PaymentState {
                     amount,
@@ -575,6 +598,7 @@ async fn lock_payments(
                     refunded,
                     ledger: ledger_amount.map(|a| (a, ledger_currency)),
                     learned: None,
+                    source: amount_source.as_deref().and_then(AmountSource::parse),
                 };
                 ((provider, transaction), state)
             },
@@ -668,6 +692,8 @@ pub async fn intake_invalid(
         failure_reason: Some(failure),
         attempts: 0,
         occurred_at: created_at,
+        review: None,
+        resolution: None,
     };
     record_transition(&mut tx, None, &event, "invalid command", sink).await?;
     tx.commit().await?;
@@ -705,6 +731,8 @@ pub(crate) struct TransitionWrite<'a> {
     pub event: &'a RefundEvent,
     /// What caused it, for the history.
     pub cause: &'a str,
+    /// The history's detail, when not the failure message (an operator's reason).
+    pub detail: Option<&'a str>,
 }
 
 /// Writes the history row, the outbox event and (when the refund has a callback URL or
@@ -716,7 +744,13 @@ pub(crate) async fn record_transition(
     cause: &str,
     sink: &EventSink,
 ) -> Result<(), StoreError> {
-    record_transitions(tx, &[TransitionWrite { from, event, cause }], sink).await
+    let write = TransitionWrite {
+        from,
+        event,
+        cause,
+        detail: None,
+    };
+    record_transitions(tx, &[write], sink).await
 }
 
 /// [`record_transition`] for many status changes at once.
@@ -773,8 +807,12 @@ pub(crate) async fn record_transitions(
     .bind(events().map(|e| e.status.as_str()).collect::<Vec<_>>())
     .bind(writes.iter().map(|w| w.cause).collect::<Vec<_>>())
     .bind(
-        events()
-            .map(|e| e.failure_reason.as_ref().map(|r| r.message.as_str()))
+        writes
+            .iter()
+            .map(|w| {
+                w.detail
+                    .or(w.event.failure_reason.as_ref().map(|r| r.message.as_str()))
+            })
             .collect::<Vec<_>>(),
     )
     .bind(events().map(|e| e.event_id).collect::<Vec<_>>())
@@ -832,6 +870,67 @@ pub async fn claim_due(
             })
         })
         .collect()
+}
+
+/// Why one refund could not be claimed by [`claim_one`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOne {
+    /// No refund with that reference.
+    NotFound,
+    /// The refund is final: nothing to ask the provider.
+    Final(String),
+    /// A dispatcher holds it right now (its step will record the provider's answer).
+    Busy,
+}
+
+/// Claims one pending refund now, due or not, exactly as [`claim_due`] claims due ones
+/// (an operator's recheck): unless a dispatcher holds a live claim on it.
+pub async fn claim_one(
+    pool: &PgPool,
+    reference: &str,
+    lease: Duration,
+) -> Result<Result<ClaimedRefund, ClaimOne>, StoreError> {
+    let token = Uuid::new_v4();
+    let row: Option<ClaimRow> = sqlx::query_as(&format!(
+        "WITH one AS (
+             SELECT refund_reference AS due_reference, phase AS phase_before FROM refunds
+             WHERE refund_reference = $1 AND status = 'PENDING'
+                 AND NOT (claim_token IS NOT NULL AND next_attempt_at > now())
+             FOR UPDATE SKIP LOCKED)
+         UPDATE refunds r SET
+             next_attempt_at = now() + make_interval(secs => $2),
+             claim_token = $3,
+             phase = CASE WHEN r.phase = 'NOT_SUBMITTED' THEN 'SUBMITTING' ELSE r.phase END,
+             attempts = r.attempts + CASE WHEN r.phase = 'NOT_SUBMITTED' THEN 1 ELSE 0 END,
+             updated_at = now()
+         FROM one WHERE r.refund_reference = one.due_reference
+         RETURNING {ROW_COLUMNS}, one.phase_before, r.command"
+    ))
+    .bind(reference)
+    .bind(lease.as_secs_f64())
+    .bind(token)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(r) = row {
+        let phase_before = Phase::parse(&r.phase_before)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown phase {}", r.phase_before)))?;
+        return Ok(Ok(ClaimedRefund {
+            row: r.row,
+            phase_before,
+            command: r.command,
+            token,
+        }));
+    }
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM refunds WHERE refund_reference = $1")
+            .bind(reference)
+            .fetch_optional(pool)
+            .await?;
+    Ok(Err(match status {
+        None => ClaimOne::NotFound,
+        Some(s) if s != RefundStatus::Pending.as_str() => ClaimOne::Final(s),
+        Some(_) => ClaimOne::Busy,
+    }))
 }
 
 /// A claimed row as `claim_due` reads it back.
@@ -1065,6 +1164,7 @@ pub async fn record_steps(
                     RefundStatus::Completed => CAUSE_PROVIDER_CONFIRMED,
                     _ => CAUSE_PROVIDER_OUTCOME,
                 },
+                detail: None,
             })
         })
         .collect();
@@ -1254,6 +1354,8 @@ pub(crate) async fn finish_many(
              provider_status = COALESCE(u.new_provider_status, r.provider_status),
              provider_fee = COALESCE(u.new_fee, r.provider_fee),
              provider_fee_currency = COALESCE(u.new_fee_currency, r.provider_fee_currency),
+             -- A final answer settles what a review was waiting for.
+             review_reason = NULL, review_since = NULL,
              updated_at = now(), finished_at = now()
          FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int4[],
                  $7::int4[], $8::text[], $9::text[], $10::numeric[], $11::text[], $12::text[])
@@ -1325,6 +1427,8 @@ pub(crate) fn event_for(
         failure_reason: failure,
         attempts: row.attempts,
         occurred_at: row.finished_at.unwrap_or(row.updated_at),
+        review: None,
+        resolution: None,
     })
 }
 
@@ -1370,6 +1474,10 @@ pub struct ListFilter {
     pub provider: Option<String>,
     /// Only refunds created at or after this time.
     pub since: Option<DateTime<Utc>>,
+    /// Only refunds created before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only refunds in review (`true`) or not in review (`false`).
+    pub review: Option<bool>,
     /// Page size (1 to 500, default 50).
     pub limit: Option<i64>,
     /// Continue after this cursor (from the previous page's `nextCursor`).
@@ -1414,6 +1522,8 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<RefundPage, StoreErro
          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR provider = $2)
            AND ($3::timestamptz IS NULL OR created_at >= $3)
            AND ($4::timestamptz IS NULL OR (created_at, refund_reference) < ($4, $5))
+           AND ($7::timestamptz IS NULL OR created_at < $7)
+           AND ($8::bool IS NULL OR (review_since IS NOT NULL) = $8)
          ORDER BY created_at DESC, refund_reference DESC LIMIT $6"
     ))
     .bind(&f.status)
@@ -1422,6 +1532,8 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<RefundPage, StoreErro
     .bind(after.as_ref().map(|a| a.0))
     .bind(after.as_ref().map(|a| a.1.as_str()))
     .bind(limit + 1)
+    .bind(f.until)
+    .bind(f.review)
     .fetch_all(pool)
     .await?;
     let next_cursor = if items.len() as i64 > limit {

@@ -24,6 +24,8 @@ pub struct InFlight {
     pub deliveries_queued: i64,
     /// Merchant webhook deliveries that gave up (candidates for the resend endpoint).
     pub deliveries_failed: i64,
+    /// Refunds flagged for operator review.
+    pub refunds_in_review: i64,
 }
 
 /// PENDING refunds by provider.
@@ -36,13 +38,15 @@ const AGES_AND_BACKLOGS: &str = "SELECT
      (SELECT count(*) FROM outbox WHERE published_at IS NULL),
      (SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox WHERE published_at IS NULL),
      (SELECT count(*) FROM webhook_deliveries WHERE state = 'queued'),
-     (SELECT count(*) FROM webhook_deliveries WHERE state = 'failed')";
+     (SELECT count(*) FROM webhook_deliveries WHERE state = 'failed'),
+     (SELECT count(*) FROM refunds WHERE review_since IS NOT NULL)";
 
 /// The statements [`in_flight`] runs, so that a test can check their plans.
 pub const STATEMENTS: [&str; 2] = [PENDING_BY_PROVIDER, AGES_AND_BACKLOGS];
 
 /// Reads the snapshot. The `WHERE` clauses repeat the partial indexes' predicates
-/// (`refunds_due`, `outbox_unpublished`, `webhook_deliveries_due`, `webhook_deliveries_failed`)
+/// (`refunds_due`, `outbox_unpublished`, `webhook_deliveries_due`, `webhook_deliveries_failed`,
+/// `refunds_in_review`)
 /// word for word, which is what lets the planner use them.
 pub async fn in_flight(pool: &PgPool) -> Result<InFlight, sqlx::Error> {
     let pending_by_provider: Vec<(Option<String>, i64)> =
@@ -53,7 +57,8 @@ pub async fn in_flight(pool: &PgPool) -> Result<InFlight, sqlx::Error> {
         outbox_lag_secs,
         deliveries_queued,
         deliveries_failed,
-    ): (Option<f64>, i64, Option<f64>, i64, i64) =
+        refunds_in_review,
+    ): (Option<f64>, i64, Option<f64>, i64, i64, i64) =
         sqlx::query_as(AGES_AND_BACKLOGS).fetch_one(pool).await?;
     Ok(InFlight {
         pending_by_provider: pending_by_provider
@@ -65,5 +70,6 @@ pub async fn in_flight(pool: &PgPool) -> Result<InFlight, sqlx::Error> {
         outbox_lag_secs: outbox_lag_secs.unwrap_or(0.0).max(0.0),
         deliveries_queued,
         deliveries_failed,
+        refunds_in_review,
     })
 }

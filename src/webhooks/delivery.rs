@@ -10,7 +10,7 @@ use crate::store::webhooks::{self, AttemptResult, ClaimedDelivery, Next};
 use crate::store::StoreError;
 use chrono::Utc;
 use futures::StreamExt;
-use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
 use sqlx::PgPool;
 use std::error::Error as _;
 use std::sync::Arc;
@@ -30,6 +30,30 @@ pub enum DeliveryOutcome {
     Idle,
 }
 
+/// The HTTP client of merchant deliveries: every address it connects to passes `policy`.
+///
+/// Proxies from the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`) are not used:
+/// through a proxy the resolver would check only the proxy's address, and the proxy would
+/// then reach whatever the merchant's URL names, internal hosts included. Redirects are not
+/// followed (a redirect could lead to an internal address; merchants must give the final
+/// URL).
+pub fn client(
+    settings: &WebhookSettings,
+    policy: Arc<NetworkPolicy>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver::new(policy)))
+        .user_agent(concat!(
+            "refund-worker-webhooks/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+}
+
 /// Sends webhooks.
 pub struct Deliverer {
     pool: PgPool,
@@ -47,18 +71,13 @@ impl Deliverer {
     pub fn new(pool: PgPool, settings: &WebhookSettings, lease: Duration) -> Option<Self> {
         let key = settings.signing_key.clone()?;
         let policy = Arc::new(settings.network_policy.clone());
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            // A redirect could lead to an internal address; merchants must give the final URL.
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
-            .user_agent(concat!(
-                "refund-worker-webhooks/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .ok()?;
+        let client = match client(settings, policy.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %describe(&e), "the merchant webhook client cannot be built");
+                return None;
+            }
+        };
         Some(Self {
             pool,
             client,
@@ -179,12 +198,9 @@ impl Deliverer {
             }
             Ok(mut response) => {
                 let status = response.status();
-                let retry_after = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                // Clamped (crate::retry::MAX_RETRY_AFTER): a merchant's huge value must not
+                // park the delivery for ever or overflow its stored next attempt.
+                let retry_after = crate::retry::retry_after_header(response.headers());
                 let mut excerpt = Vec::new();
                 while excerpt.len() < EXCERPT_BYTES {
                     match response.chunk().await {

@@ -225,7 +225,8 @@ pub async fn receive(
             problem,
         );
     }
-    if let Err(e) = adapter.verify_webhook(&headers, &body, chrono::Utc::now()) {
+    let now = chrono::Utc::now();
+    if let Err(e) = adapter.verify_webhook(&headers, &body, now) {
         let (status, code, label) = match &e {
             WebhookError::NotConfigured(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -235,6 +236,7 @@ pub async fn receive(
             WebhookError::StaleTimestamp(_) => {
                 (StatusCode::UNAUTHORIZED, "stale_timestamp", "stale")
             }
+            WebhookError::Replayed(_) => (StatusCode::UNAUTHORIZED, "replayed", "replayed"),
             WebhookError::BadSignature(_) | WebhookError::Malformed(_) => {
                 (StatusCode::UNAUTHORIZED, "bad_signature", "bad_signature")
             }
@@ -245,6 +247,7 @@ pub async fn receive(
     }
     match tokio::time::timeout(BROKER_TIMEOUT, ingress.publish(name, &headers, &body)).await {
         Ok(Ok(())) => {
+            adapter.webhook_queued(&headers, now);
             crate::metrics::provider_webhook_received(name.as_str(), "accepted");
             (StatusCode::OK, Json(adapter.webhook_ack())).into_response()
         }

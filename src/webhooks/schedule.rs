@@ -18,7 +18,16 @@ impl Schedule {
     pub fn parse(text: &str) -> Result<Self, String> {
         let delays = text
             .split(',')
-            .map(|part| parse_duration(part.trim()))
+            .map(|part| {
+                let d = parse_duration(part.trim())?;
+                if d > MAX_DELAY {
+                    return Err(format!(
+                        "`{}` is longer than the longest delay allowed ({MAX_DELAY_DAYS} days)",
+                        part.trim()
+                    ));
+                }
+                Ok(d)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if delays.is_empty() {
             return Err("the schedule needs at least one delay".into());
@@ -40,20 +49,33 @@ impl Schedule {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Parses one duration: a whole number with a unit, `ms`, `s`, `m`, `h` or `d` (`90s`,
+/// `24h`, `30d`); a bare number is seconds. Shared by every duration setting.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 5s, 5m or 2h"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("`{s}` has an unknown unit (use ms, s, m or h)")),
+        .map_err(|_| format!("`{s}` is not a duration like 90s, 5m, 24h or 30d"))?;
+    let secs = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{s}` is longer than the longest delay allowed"))
     };
-    Ok(d)
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(format!("`{s}` has an unknown unit (use ms, s, m, h or d)")),
+    }
 }
+
+/// Longest delay a schedule may name, in days: the next attempt is stored as a PostgreSQL
+/// interval from now, which a huge value would overflow (and the delivery would never be
+/// recorded again).
+pub const MAX_DELAY_DAYS: u64 = 30;
+const MAX_DELAY: Duration = Duration::from_secs(MAX_DELAY_DAYS * 86_400);
 
 #[cfg(test)]
 mod tests {
@@ -70,6 +92,16 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(s.next_delay(8), None);
+    }
+
+    #[test]
+    fn absurd_delays_are_refused_not_overflowed() {
+        assert!(Schedule::parse("99999999999999999h")
+            .unwrap_err()
+            .contains("longest delay"));
+        assert!(Schedule::parse("0s,31d").is_err());
+        assert!(Schedule::parse("0s,721h").unwrap_err().contains("30 days"));
+        assert!(Schedule::parse("0s,720h").is_ok());
     }
 
     #[test]

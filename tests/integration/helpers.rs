@@ -157,7 +157,7 @@ impl TestApp {
             .await
             .expect("connect");
         store::migrate(&pool).await.expect("migrate");
-        let providers = Providers::from_config(&config);
+        let providers = Providers::from_config(&config).expect("providers");
         let ctx = Context::new(pool.clone(), config, providers);
         let topology = ctx.topology.clone();
 
@@ -192,8 +192,15 @@ impl TestApp {
                 config: ctx.config.clone(),
                 topology: topology.clone(),
                 providers: ctx.providers.clone(),
+                context: ctx.clone(),
             });
-            tokio::spawn(async move { axum::serve(listener, router).await });
+            let limits = refund_worker::http::ServeLimits::from_config(&ctx.config);
+            tokio::spawn(refund_worker::http::serve(
+                listener,
+                router,
+                limits,
+                CancellationToken::new(),
+            ));
             base
         });
         Self {
@@ -416,12 +423,19 @@ impl TestApp {
             config: self.ctx.config.clone(),
             topology: self.topology.clone(),
             providers: self.ctx.providers.clone(),
+            context: self.ctx.clone(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        // Served as `run` serves it (limits, and the peer address for the rate limits).
+        tokio::spawn(refund_worker::http::serve(
+            listener,
+            router,
+            refund_worker::http::ServeLimits::from_config(&self.ctx.config),
+            CancellationToken::new(),
+        ));
         format!("http://{addr}")
     }
 

@@ -620,12 +620,56 @@ async fn hostile_binance_pay_webhook_replayed_outside_the_tolerance_is_401_stale
         },
     )
     .await;
+    // The same signed notification again, within the window: a replay, refused.
+    let (status, answer) = send(now.to_string()).await;
+    assert_eq!((status, code(&answer)), (401, "replayed"), "{answer}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM provider_webhook_inbox")
         .fetch_one(&app.pool)
         .await
         .unwrap();
     assert_eq!(n, 1, "the stale replays were never queued");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn hostile_bvnk_webhook_with_a_stale_signed_timestamp_is_401_stale() {
+    // No worker: whatever the ingress queues stays in the queue, where we can count it.
+    let app = TestApp::spawn().await;
+    let base = app.serve_http().await;
+    let body = |ts: &str| {
+        format!(
+            r#"{{"event":"bvnk:payment:payout:status-change","eventId":"e-1","timestamp":"{ts}","data":{{"status":"COMPLETED","customerReference":"r-1","transactionReference":"t-1"}}}}"#
+        )
+    };
+    let now = chrono::Utc::now();
+    for ts in [
+        now - chrono::Duration::seconds(301),
+        now + chrono::Duration::seconds(301),
+    ] {
+        let body = body(&ts.to_rfc3339());
+        let sig = hmac_sha256_hex(SECRET.as_bytes(), &[body.as_bytes()]);
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-signature", sig.as_str()),
+        ];
+        let (status, answer) = post(&base, "bvnk", &headers, body).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (401, "stale_timestamp"),
+            "{answer}"
+        );
+    }
+    assert_eq!(queued_webhooks(&app).await, 0);
+    // The control: fresh, accepted and queued.
+    let body = body(&now.to_rfc3339());
+    let sig = hmac_sha256_hex(SECRET.as_bytes(), &[body.as_bytes()]);
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-signature", sig.as_str()),
+    ];
+    let (status, answer) = post(&base, "bvnk", &headers, body).await;
+    assert_eq!(status, 200, "{answer}");
     app.cleanup().await;
 }
 

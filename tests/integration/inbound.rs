@@ -145,6 +145,7 @@ async fn the_ingress_answers_503_when_the_broker_cannot_take_the_webhook() {
         config: Arc::new(config),
         topology: app.topology.clone(),
         providers: app.ctx.providers.clone(),
+        context: app.ctx.clone(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -391,7 +392,25 @@ async fn refund_webhooks_are_applied_once_in_order_and_contradictions_are_raised
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(causes, vec!["command received", "provider webhook"]);
+    // The contradiction flagged the refund for an operator, once; its status stays.
+    assert_eq!(
+        causes,
+        vec!["command received", "provider webhook", "flagged for review"]
+    );
+    let review: (Option<String>, String) =
+        sqlx::query_as("SELECT review_reason, status FROM refunds WHERE refund_reference = $1")
+            .bind(&r)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(
+        review
+            .0
+            .as_deref()
+            .is_some_and(|m| m.contains("contradict")),
+        "{review:?}"
+    );
+    assert_eq!(review.1, "COMPLETED");
     app.cleanup().await;
 }
 
@@ -498,7 +517,8 @@ async fn a_batch_of_webhooks_applies_as_if_they_came_one_at_a_time_in_one_transa
         )
     );
     let transitions: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM refund_transitions WHERE refund_reference = $1 AND to_status = 'COMPLETED'",
+        "SELECT count(*) FROM refund_transitions WHERE refund_reference = $1 AND to_status = 'COMPLETED'
+             AND from_status IS DISTINCT FROM to_status",
     )
     .bind(&a)
     .fetch_one(&app.pool)

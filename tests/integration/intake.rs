@@ -103,6 +103,7 @@ async fn a_provider_that_is_not_configured_fails_clearly() {
     let r = reference("bvnk");
     let mut cmd = va_command(&r, "10.00");
     cmd["provider"] = json!("bvnk");
+    cmd["currency"] = json!("EUR");
     app.publish(&cmd).await;
     let e = app.wait_for(&r, RefundStatus::RefundFail).await;
     let f = e.failure_reason.expect("reason");
@@ -299,6 +300,7 @@ async fn a_batch_is_judged_as_if_its_commands_came_one_at_a_time() {
         raw,
         command_hash: hash,
         provider_configured: configured,
+        fallback: Default::default(),
     };
     let first = refunds::intake_batch(
         &app.pool,
@@ -533,6 +535,7 @@ async fn intake_claims_new_refunds_for_the_dispatcher_as_a_claim_would() {
             command_hash: ["h1", "h2", "h3"][n],
             // The first one's provider is "not configured": refused, never claimed.
             provider_configured: n != 0,
+            fallback: Default::default(),
         })
         .collect();
     let preclaim = Preclaim {

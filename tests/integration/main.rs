@@ -6,8 +6,10 @@
 mod admin;
 mod cli;
 mod dispatch;
+mod docs_providers;
 mod helpers;
 mod hostile;
+mod http_server;
 mod inbound;
 mod intake;
 mod migrations;
@@ -17,6 +19,7 @@ mod provider_bpn;
 mod provider_bvnk;
 mod provider_webhooks;
 mod resilience;
+mod review;
 mod secrets;
 mod stats;
 mod tls;

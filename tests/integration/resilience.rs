@@ -209,6 +209,7 @@ async fn readiness_follows_the_broker_connection() {
         config: app.ctx.config.clone(),
         topology: app.topology.clone(),
         providers: app.ctx.providers.clone(),
+        context: app.ctx.clone(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

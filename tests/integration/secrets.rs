@@ -68,13 +68,27 @@ async fn a_full_run_never_logs_a_secret_an_account_number_or_a_note() {
         secrets.push(material.to_owned());
     }
 
+    // Connection URLs with passwords: PostgreSQL's trust authentication here ignores the
+    // one in DATABASE_URL, so it can be a secret of ours; RabbitMQ's is checked, so
+    // AMQP_URL keeps guest's (and a config dump would show it as `***`, checked below).
+    let db_password = secret("db-password");
+    secrets.push(db_password.clone());
+    let database_url_with_password = database_url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{db_password}@"),
+        1,
+    );
+    assert_ne!(
+        database_url_with_password, database_url,
+        "TEST_DATABASE_SERVER has no user@"
+    );
     let prefix = format!("secrets-{id}.");
     let mut env: Vec<(String, String)> = sandbox_config.provider_env(addr);
     env.retain(|(k, _)| k != "PROVIDER_VA_SERVICES_API_KEY");
     env.extend(
         [
             ("PROVIDER_VA_SERVICES_API_KEY", wrong_va_key.clone()),
-            ("DATABASE_URL", database_url.clone()),
+            ("DATABASE_URL", database_url_with_password.clone()),
             ("AMQP_URL", amqp_url()),
             ("AMQP_NAME_PREFIX", prefix.clone()),
             ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
@@ -94,6 +108,29 @@ async fn a_full_run_never_logs_a_secret_an_account_number_or_a_note() {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
+    // The configuration as `Debug` prints it (what a log of it would show).
+    let shown = {
+        let map: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+        format!(
+            "{:?}",
+            refund_worker::config::Config::from_lookup(|k| map.get(k).cloned()).unwrap()
+        )
+    };
+    assert!(
+        !shown.contains(&db_password),
+        "DATABASE_URL's password in Config's Debug"
+    );
+    assert!(
+        !shown.contains("guest:guest@"),
+        "AMQP_URL's password in Config's Debug"
+    );
+    for s in &secrets {
+        assert!(
+            !shown.contains(s.as_str()),
+            "a secret in Config's Debug: {}…",
+            &s[..12]
+        );
+    }
     let log_path = std::env::temp_dir().join(format!("rw-secrets-{id}.log"));
     let log = std::fs::File::create(&log_path).unwrap();
     let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_refund-worker"))

@@ -90,6 +90,7 @@ async fn in_flight_never_scans_a_whole_table() {
         "outbox_unpublished",
         "webhook_deliveries_due",
         "webhook_deliveries_failed",
+        "refunds_in_review",
     ];
     for statement in STATEMENTS {
         let plan: serde_json::Value =
