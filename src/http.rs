@@ -731,6 +731,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_strict_bodies_and_queries_expose_their_fields() {
+        use crate::http_validation::fields_of;
+        // A `#[serde(flatten)]` would hide them: StrictJson would refuse every field.
+        assert_eq!(
+            fields_of::<ResendBody>(),
+            ["eventIds", "since", "until", "provider", "status", "dryRun"]
+        );
+        assert_eq!(
+            fields_of::<ReplayBody>(),
+            ["messageId", "position", "reasonContains", "all", "dryRun"]
+        );
+        assert_eq!(fields_of::<LimitQuery>(), ["limit"]);
+        assert!(fields_of::<store::refunds::ListFilter>().contains(&"status"));
+        assert!(fields_of::<NoQuery>().is_empty());
+    }
+
+    #[test]
     fn the_openapi_document_covers_every_route() {
         let doc: Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
         assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3."));

@@ -13,7 +13,8 @@
 //! The known fields come from the type's own `Deserialize` impl ([`fields_of`]), so a field
 //! added to a body is known without a second list to keep in step. The type must be a plain
 //! struct: `#[serde(flatten)]` hides its fields from serde (and is why the bodies used to
-//! accept anything), so a flattened type would refuse every field (a test catches that).
+//! accept anything), so a flattened type would refuse every field (add it to the test
+//! `the_strict_bodies_and_queries_expose_their_fields` in `http.rs`).
 //!
 //! A route without parameters takes `_: StrictQuery<NoQuery>`, so `POST ...?dryRun=true`
 //! is refused too rather than run for real.
