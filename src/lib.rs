@@ -26,6 +26,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod http_validation;
 pub mod metrics;
 pub mod pipeline;
 pub mod providers;
