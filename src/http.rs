@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::http_validation::{self as validation, NoQuery, StrictJson, StrictQuery};
 use crate::pipeline::worker::Status;
 use crate::store::{self, webhooks::ResendFilter, StoreError};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -434,6 +434,8 @@ struct RecheckBody {
 async fn recheck_refund(
     State(state): State<AppState>,
     Path(reference): Path<String>,
+    _: StrictQuery<NoQuery>,
+    // Optional, so a bare POST works; unknown fields are refused by serde, naming `reason`.
     body: Option<Json<RecheckBody>>,
 ) -> Result<Json<Value>, ApiError> {
     use crate::pipeline::review::RecheckError;
@@ -456,7 +458,7 @@ async fn recheck_refund(
 
 /// `POST /v1/refunds/{ref}/resolve`.
 #[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct ResolveBody {
     status: String,
     reason: String,
@@ -467,11 +469,11 @@ struct ResolveBody {
 async fn resolve_refund(
     State(state): State<AppState>,
     Path(reference): Path<String>,
-    body: Result<Json<ResolveBody>, axum::extract::rejection::JsonRejection>,
+    _: StrictQuery<NoQuery>,
+    StrictJson(body): StrictJson<ResolveBody>,
 ) -> Result<Json<Value>, ApiError> {
     use crate::domain::review::{ResolveRefused, ResolveRequest};
     use crate::store::review::{ResolveError, Resolved};
-    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
     let status = crate::domain::RefundStatus::parse(&body.status)
         .filter(|s| s.is_final())
         .ok_or_else(|| {
@@ -514,7 +516,6 @@ async fn resolve_refund(
 }
 
 #[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct InboxQuery {
     state: String,
     limit: Option<i64>,
@@ -522,7 +523,7 @@ struct InboxQuery {
 
 async fn list_provider_webhooks(
     State(state): State<AppState>,
-    Query(q): Query<InboxQuery>,
+    StrictQuery(q): StrictQuery<InboxQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let wanted = q.state.to_ascii_lowercase();
     if !store::inbound::OPERATOR_STATES.contains(&wanted.as_str()) {
@@ -536,14 +537,8 @@ async fn list_provider_webhooks(
             ),
         ));
     }
+    validation::limit_in_range(q.limit, 500)?;
     let limit = q.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("limit must be between 1 and 500, got {limit}"),
-        ));
-    }
     let items = store::inbound::list_for_operators(&state.pool, &wanted, limit).await?;
     Ok(Json(json!({"state": wanted, "items": items})))
 }
@@ -745,6 +740,11 @@ mod tests {
         assert_eq!(fields_of::<LimitQuery>(), ["limit"]);
         assert!(fields_of::<store::refunds::ListFilter>().contains(&"status"));
         assert!(fields_of::<NoQuery>().is_empty());
+        assert_eq!(
+            fields_of::<ResolveBody>(),
+            ["status", "reason", "providerReference"]
+        );
+        assert_eq!(fields_of::<InboxQuery>(), ["state", "limit"]);
     }
 
     #[test]
