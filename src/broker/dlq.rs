@@ -282,7 +282,8 @@ pub async fn replay(
     Ok(report)
 }
 
-fn describe(position: usize, props: &BasicProperties, body: &[u8]) -> DeadLetter {
+/// What `dlq list` shows of one message (also the fuzz harness's dead-letter decoding).
+pub fn describe(position: usize, props: &BasicProperties, body: &[u8]) -> DeadLetter {
     let headers = props.headers();
     let replayed = headers
         .as_ref()
