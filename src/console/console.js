@@ -27,7 +27,8 @@ function el(spec, attrs, ...children) {
       else node.id = part.slice(1);
     }
   }
-  if (attrs && (typeof attrs !== 'object' || attrs instanceof Node || Array.isArray(attrs))) {
+  if (attrs !== null && attrs !== undefined &&
+    (typeof attrs !== 'object' || attrs instanceof Node || Array.isArray(attrs))) {
     children.unshift(attrs);
     attrs = null;
   }
@@ -450,8 +451,10 @@ function reviewActions(r) {
     clear(result).append(notice('info', 'Rechecking…'));
     try {
       const view = await api('POST', `/v1/refunds/${encodeURIComponent(r.refundReference)}/recheck`, { reason: 'recheck from the operations console' });
-      clear(result).append(notice('ok', `Rechecked: status ${view.refund ? view.refund.status : '?'}, phase ${view.refund ? view.refund.phase : '?'}.`));
-      setTimeout(route, 1200);
+      const text = `Rechecked: status ${view.refund ? view.refund.status : '?'}, phase ${view.refund ? view.refund.phase : '?'}.`;
+      // Show the refund as it is now, with the answer on top.
+      await route();
+      ($('action-result') || $('view')).append(notice('ok', el('span#recheck-result', text)));
     } catch (e) {
       if (!(e instanceof Unauthorized)) clear(result).append(notice('error', `Recheck refused: ${errorText(e)}`));
     } finally {
@@ -489,8 +492,9 @@ function reviewActions(r) {
         const answer = await api('POST', `/v1/refunds/${encodeURIComponent(r.refundReference)}/resolve`, body);
         confirmBox.hidden = true;
         const what = answer.event ? `final event ${answer.event.status} (${answer.event.eventId})` : 'acknowledged';
-        clear(result).append(notice('ok', el('span#resolve-result', `Resolved: ${what}.`)));
-        setTimeout(route, 1500);
+        await route();
+        const top = $('refund') || $('view');
+        top.insertBefore(notice('ok', el('span#resolve-result', `Resolved: ${what}.`)), top.children[1] || null);
       } catch (err) {
         if (!(err instanceof Unauthorized)) clear(result).append(notice('error', `Resolve refused: ${errorText(err)}`));
         yes.disabled = false;
@@ -521,7 +525,7 @@ async function viewReview(root) {
       items.map((r) => el('tr', { dataset: { ref: r.refundReference } },
         el('td', refundLink(r.refundReference)), el('td', r.provider || '-'), el('td.num', amount(r)),
         el('td', badge(r.status)), el('td', r.reviewReason || ''), el('td.nowrap', fmtTime(r.reviewSince)),
-        el('td.nowrap', since(r.reviewSince))))),
+        el('td.nowrap', since(r.reviewSince)))),
       'No refund is waiting for review.'));
 }
 
