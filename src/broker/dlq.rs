@@ -367,31 +367,6 @@ pub fn mask_account_numbers(body: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod mask_tests {
-    use super::mask_account_numbers;
-
-    #[test]
-    fn account_numbers_in_dead_letter_bodies_are_masked() {
-        assert_eq!(
-            mask_account_numbers(
-                r#"{"destination":{"accountNumber": "1234567886","bankCode":"X"}}"#
-            ),
-            r#"{"destination":{"accountNumber": "******7886","bankCode":"X"}}"#
-        );
-        // Not valid JSON, a number, snake case, an escaped quote, a truncated body.
-        assert_eq!(
-            mask_account_numbers(r#"{"account_number":99887766, "accountNumber":"12\"345678"#),
-            r#"{"account_number":****7766, "accountNumber":"******5678"#
-        );
-        assert_eq!(mask_account_numbers("not json at all"), "not json at all");
-        assert_eq!(
-            mask_account_numbers(r#"{"accountNumber" "x"}"#),
-            r#"{"accountNumber" "x"}"#
-        );
-    }
-}
-
 /// Headers the broker changes while a message sits in a queue (each time a listing returns
 /// it): left out of the derived id, which must not change between listings.
 const VOLATILE_HEADERS: [&str; 2] = ["x-delivery-count", "x-acquired-count"];
@@ -505,5 +480,25 @@ mod tests {
         );
         assert!(ReplayFilter::exactly_one(None, None, None, false, names).is_err());
         assert!(ReplayFilter::exactly_one(None, Some(0), None, false, names).is_err());
+    }
+
+    #[test]
+    fn account_numbers_in_dead_letter_bodies_are_masked() {
+        assert_eq!(
+            mask_account_numbers(
+                r#"{"destination":{"accountNumber": "1234567886","bankCode":"X"}}"#
+            ),
+            r#"{"destination":{"accountNumber": "******7886","bankCode":"X"}}"#
+        );
+        // Not valid JSON, a number, snake case, an escaped quote, a truncated body.
+        assert_eq!(
+            mask_account_numbers(r#"{"account_number":99887766, "accountNumber":"12\"345678"#),
+            r#"{"account_number":****7766, "accountNumber":"******5678"#
+        );
+        assert_eq!(mask_account_numbers("not json at all"), "not json at all");
+        assert_eq!(
+            mask_account_numbers(r#"{"accountNumber" "x"}"#),
+            r#"{"accountNumber" "x"}"#
+        );
     }
 }
