@@ -610,12 +610,13 @@ async function renderDlq(box, i, name) {
     if (text) replay({ reasonContains: text }, `reason contains “${text}”`);
   });
   list.append(el('p', `${data.depth} message(s) in ${data.queue}${data.items.length < data.depth ? `, first ${data.items.length} shown` : ''}.`),
-    table(['#', 'reason', 'message id', 'replayed', 'body', ''],
+    table(['#', 'reason', 'id', 'replayed', 'body', ''],
       data.items.map((m) => el('tr', { dataset: { position: m.position } },
-        el('td', m.position), el('td', m.reason || ''), el('td.mono', m.messageId || ''), el('td.num', m.replayed),
+        el('td', m.position), el('td', m.reason || ''), el('td.mono', m.id || m.messageId || ''), el('td.num', m.replayed),
         el('td', el('pre.body', m.body)),
         el('td', el('button.secondary.replay-one', { type: 'button',
-          onClick: () => replay(m.messageId ? { messageId: m.messageId } : { position: m.position }, `message ${m.position}`) }, 'Replay…')))),
+          // By its stable id (positions shift as messages are replayed).
+          onClick: () => replay(m.id ? { messageId: m.id } : { position: m.position }, `message ${m.id || m.position}`) }, 'Replay…')))),
       'The queue is empty.'),
     bulk, result);
 }
@@ -655,7 +656,7 @@ async function viewWebhooks(root) {
   root.append(windowForm, result, list);
   const drawList = async () => {
     const data = await api('GET', '/v1/webhooks/failed?limit=500');
-    clear(list).append(el('p', `${data.items.length} failed delivery(ies).`),
+    clear(list).append(el('p', `${data.items.length}${data.truncated ? ' (more not shown)' : ''} failed delivery(ies).`),
       table(['queued', 'refund', 'event', 'status', 'url', 'attempts', 'last answer', ''],
         data.items.map((d) => el('tr', { dataset: { event: d.eventId } },
           el('td.nowrap', fmtTime(d.createdAt)), el('td', refundLink(d.refundReference)), el('td.mono', d.eventId),
