@@ -438,6 +438,10 @@ async fn an_operator_works_through_the_console_in_a_browser() {
         click(&c, "#dlq-load-0 button").await;
         let listed = wait_text(&c, "#dlq-0", "******8210").await;
         assert!(!listed.contains("0040088210"), "{listed}");
+        let webhooks_dlq = app.topology.webhooks_dlq.clone();
+        fill(&c, "#dlq-name-1", &webhooks_dlq).await;
+        click(&c, "#dlq-load-1 button").await;
+        wait_text(&c, "#dlq-1", &format!("0 message(s) in {webhooks_dlq}")).await;
         screenshot(&c, "dead-letters").await;
         click(&c, "#dlq-0 .replay-one").await;
         wait_text(&c, "#dlq-result-0", "1 would be replayed").await;

@@ -532,35 +532,40 @@ async function viewReview(root) {
 // ---- dead letters -------------------------------------------------------------------
 
 // The queues' names may carry AMQP_NAME_PREFIX: take them from /metrics' queue depths when
-// the worker reports them, else the unprefixed names (editable).
+// the worker reports exactly one of each, else the unprefixed names; the field is editable,
+// with every name /metrics knows as a suggestion (a 404 also names the worker's queues).
 async function dlqNames() {
+  let queues = [];
   try {
-    const depths = (await fetchMetrics()).filter((s) => s.name === 'refund_worker_queue_depth');
-    return DLQS.map((base) => {
-      const found = depths.map((s) => s.labels.queue).filter((q) => q === base || q.endsWith(`.${base}`));
-      return found.length === 1 ? found[0] : base;
-    });
+    queues = (await fetchMetrics()).filter((s) => s.name === 'refund_worker_queue_depth')
+      .map((s) => s.labels.queue);
   } catch {
-    return DLQS.slice();
+    queues = [];
   }
+  return DLQS.map((base) => {
+    const found = queues.filter((q) => q === base || q.endsWith(`.${base}`)).sort();
+    return { name: found.length === 1 ? found[0] : base, candidates: found };
+  });
 }
 
 async function viewDlq(root) {
   root.append(el('h2', 'Dead letters'),
     el('p.muted', 'Messages the worker could not process. Replay sends them back where they came from; a dry run shows what would be replayed first.'));
   const names = await dlqNames();
-  for (const [i, name] of names.entries()) {
+  for (const [i, { name, candidates }] of names.entries()) {
     const box = el(`section.dlq#dlq-${i}`);
     root.append(box);
-    await renderDlq(box, i, name);
+    await renderDlq(box, i, name, candidates);
   }
 }
 
-async function renderDlq(box, i, name) {
+async function renderDlq(box, i, name, candidates = []) {
   clear(box);
-  const nameInput = el(`input#dlq-name-${i}.queue-name`, { type: 'text', value: name, size: 40 });
-  const load = el(`form#dlq-load-${i}.inline`, el('label', 'queue ', nameInput), el('button.secondary', { type: 'submit' }, 'Load'));
-  load.addEventListener('submit', (e) => { e.preventDefault(); renderDlq(box, i, nameInput.value.trim()); });
+  const nameInput = el(`input#dlq-name-${i}.queue-name`, { type: 'text', value: name, size: 40, list: `dlq-names-${i}` });
+  const suggestions = el(`datalist#dlq-names-${i}`, candidates.map((q) => el('option', { value: q })));
+  const load = el(`form#dlq-load-${i}.inline`, el('label', 'queue ', nameInput), suggestions,
+    el('button.secondary', { type: 'submit' }, 'Load'));
+  load.addEventListener('submit', (e) => { e.preventDefault(); renderDlq(box, i, nameInput.value.trim(), candidates); });
   box.append(el('h3', DLQS[i]), load);
   const list = el('div.dlq-list');
   const result = el(`div#dlq-result-${i}.result`);
@@ -587,7 +592,7 @@ async function renderDlq(box, i, name) {
         go.disabled = true;
         try {
           const done = await api('POST', `/v1/dlq/${encodeURIComponent(name)}/replay`, { ...filter, dryRun: false });
-          await renderDlq(box, i, name);
+          await renderDlq(box, i, name, candidates);
           box.append(notice(done.failed ? 'error' : 'ok', el(`span#dlq-replayed-${i}`,
             `Replayed ${done.replayed} of ${done.matched} matched (${done.failed} failed).`)));
         } catch (err) {
