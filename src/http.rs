@@ -50,6 +50,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/webhooks/failed"),
     ("get", "/v1/dlq/{queue}"),
     ("post", "/v1/dlq/{queue}/replay"),
+    // The operations console (crate::console), with the admin API only.
+    ("get", "/console"),
+    ("get", "/console/console.js"),
+    ("get", "/console/console.css"),
 ];
 
 /// Largest `limit` of `GET /v1/refunds` (as docs/openapi.json says).
@@ -164,7 +168,7 @@ pub fn router(state: AppState) -> Router {
             state.topology.clone(),
         ));
     let router = if state.config.admin_token.is_some() {
-        public.merge(admin)
+        public.merge(admin).merge(crate::console::routes())
     } else {
         public
     };

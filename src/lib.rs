@@ -6,7 +6,7 @@
 //! ```text
 //!  cli ─ run, demo, bench, operator commands (one binary)
 //!   │
-//!  http ─ health, metrics, admin API (+ http_validation), provider webhook ingress
+//!  http ─ health, metrics, admin API (+ http_validation, console), provider webhook ingress
 //!   │
 //!  pipeline ─ intake, provider webhooks in, dispatch, relay, review, retention:
 //!   │          each a step function (tests drive it) inside a thin loop (production runs it)
@@ -32,6 +32,7 @@
 //!   (open too long -> operator), retention (old operational rows -> gone).
 //! - [`retry`]: the one retry policy (exponential backoff, full jitter, `Retry-After` ceiling).
 //! - [`http`]: health, readiness, metrics, the admin API and the ingress's routes.
+//! - [`console`]: the operations console, a static page over the admin API (`/console`).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`schema`]: JSON Schemas of the command and the event.
 //! - [`config`], [`error`], [`telemetry`]: settings, error classes, logging.
@@ -44,6 +45,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod error;
 #[doc(hidden)]

@@ -311,7 +311,60 @@ pub fn describe(position: usize, props: &BasicProperties, body: &[u8]) -> DeadLe
         original_exchange: header_str(headers, "x-original-exchange"),
         original_routing_key: header_str(headers, "x-original-routing-key"),
         replayed,
-        body: text,
+        body: mask_account_numbers(&text),
+    }
+}
+
+/// Masks the value of every `accountNumber` (or `account_number`) in a message body as
+/// everywhere else (`******7886`, see [`crate::domain::command::mask`]), whether or not the
+/// body is valid JSON: operators see the reason and the shape, not the account. Only what is
+/// shown is masked; a replay republishes the original bytes.
+pub fn mask_account_numbers(body: &str) -> String {
+    let mut out = String::with_capacity(body.len());
+    let mut rest = body;
+    loop {
+        let next = ["\"accountNumber\"", "\"account_number\""]
+            .iter()
+            .filter_map(|k| rest.find(k).map(|i| (i, k.len())))
+            .min();
+        let Some((at, key_len)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        let (head, tail) = rest.split_at(at + key_len);
+        out.push_str(head);
+        // Whitespace, a colon, whitespace, then a string or a bare number.
+        let after_colon = tail.trim_start();
+        let Some(value) = after_colon.strip_prefix(':') else {
+            rest = tail;
+            continue;
+        };
+        let value_start = value.trim_start();
+        out.push_str(&tail[..tail.len() - value_start.len()]);
+        if let Some(inner) = value_start.strip_prefix('"') {
+            // Up to the closing quote (not one escaped), or the end of a truncated body.
+            let mut end = inner.len();
+            let mut escaped = false;
+            for (i, c) in inner.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        end = i;
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            out.push('"');
+            out.push_str(&crate::domain::command::mask(&inner[..end]));
+            rest = &inner[end..];
+        } else {
+            let end = value_start
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+                .unwrap_or(value_start.len());
+            out.push_str(&crate::domain::command::mask(&value_start[..end]));
+            rest = &value_start[end..];
+        }
     }
 }
 
@@ -428,5 +481,25 @@ mod tests {
         );
         assert!(ReplayFilter::exactly_one(None, None, None, false, names).is_err());
         assert!(ReplayFilter::exactly_one(None, Some(0), None, false, names).is_err());
+    }
+
+    #[test]
+    fn account_numbers_in_dead_letter_bodies_are_masked() {
+        assert_eq!(
+            mask_account_numbers(
+                r#"{"destination":{"accountNumber": "1234567886","bankCode":"X"}}"#
+            ),
+            r#"{"destination":{"accountNumber": "******7886","bankCode":"X"}}"#
+        );
+        // Not valid JSON, a number, snake case, an escaped quote, a truncated body.
+        assert_eq!(
+            mask_account_numbers(r#"{"account_number":99887766, "accountNumber":"12\"345678"#),
+            r#"{"account_number":****7766, "accountNumber":"******5678"#
+        );
+        assert_eq!(mask_account_numbers("not json at all"), "not json at all");
+        assert_eq!(
+            mask_account_numbers(r#"{"accountNumber" "x"}"#),
+            r#"{"accountNumber" "x"}"#
+        );
     }
 }

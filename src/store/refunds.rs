@@ -1478,6 +1478,9 @@ pub struct ListFilter {
     pub until: Option<DateTime<Utc>>,
     /// Only refunds in review (`true`) or not in review (`false`).
     pub review: Option<bool>,
+    /// Only refunds whose reference starts with this text (literally: `%` and `_` are not
+    /// wildcards).
+    pub reference_prefix: Option<String>,
     /// Page size (1 to 500, default 50).
     pub limit: Option<i64>,
     /// Continue after this cursor (from the previous page's `nextCursor`).
@@ -1492,6 +1495,19 @@ pub struct RefundPage {
     pub items: Vec<RefundRow>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// `text` for a LIKE pattern, its wildcards (`%`, `_`) and the escape character (`\`) taken
+/// literally.
+fn like_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Lists refunds with keyset pagination on (created_at, refund_reference), so pages stay
@@ -1524,6 +1540,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<RefundPage, StoreErro
            AND ($4::timestamptz IS NULL OR (created_at, refund_reference) < ($4, $5))
            AND ($7::timestamptz IS NULL OR created_at < $7)
            AND ($8::bool IS NULL OR (review_since IS NOT NULL) = $8)
+           AND ($9::text IS NULL OR refund_reference LIKE $9 || '%' ESCAPE '\\')
          ORDER BY created_at DESC, refund_reference DESC LIMIT $6"
     ))
     .bind(&f.status)
@@ -1534,6 +1551,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<RefundPage, StoreErro
     .bind(limit + 1)
     .bind(f.until)
     .bind(f.review)
+    .bind(f.reference_prefix.as_deref().map(like_literal))
     .fetch_all(pool)
     .await?;
     let next_cursor = if items.len() as i64 > limit {
