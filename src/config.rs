@@ -100,6 +100,9 @@ pub struct Config {
     pub dispatch_batch: i64,
     /// `DISPATCH_CONCURRENCY`: provider calls in flight per worker.
     pub dispatch_concurrency: usize,
+    /// `DISPATCH_CONCURRENCY_MAX`: the most provider calls in flight the adaptive limit may
+    /// grow to when providers are slow (at least `dispatch_concurrency`).
+    pub dispatch_concurrency_max: usize,
     /// `IDLE_POLL_MS`: how often idle loops look for work they were not woken for.
     pub idle_poll: Duration,
     /// `CLAIM_LEASE_SECS`: how long a claimed refund is reserved for one worker.
@@ -281,6 +284,7 @@ impl Config {
             webhook_lanes: num("WEBHOOK_LANES", 1)? as usize,
             dispatch_batch: num("DISPATCH_BATCH", 32)? as i64,
             dispatch_concurrency: num("DISPATCH_CONCURRENCY", 32)? as usize,
+            dispatch_concurrency_max: num("DISPATCH_CONCURRENCY_MAX", 512)? as usize,
             idle_poll: ms("IDLE_POLL_MS", 250)?,
             parked_retry: ms("PARKED_RETRY_MS", 1_000)?,
             parked_max_age: Duration::from_secs(num("PARKED_MAX_AGE_SECS", 86_400)?),
@@ -451,6 +455,7 @@ impl std::fmt::Debug for Config {
             webhook_lanes,
             dispatch_batch,
             dispatch_concurrency,
+            dispatch_concurrency_max,
             idle_poll,
             claim_lease,
             parked_retry,
@@ -483,6 +488,7 @@ impl std::fmt::Debug for Config {
             .field("webhook_lanes", webhook_lanes)
             .field("dispatch_batch", dispatch_batch)
             .field("dispatch_concurrency", dispatch_concurrency)
+            .field("dispatch_concurrency_max", dispatch_concurrency_max)
             .field("idle_poll", idle_poll)
             .field("claim_lease", claim_lease)
             .field("parked_retry", parked_retry)

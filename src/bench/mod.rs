@@ -85,6 +85,39 @@ pub struct BenchArgs {
         default_value = "va_services,bvnk,binance_pay,bpn"
     )]
     pub providers: Vec<ProviderName>,
+    /// How long the simulated providers take to answer: `300ms`, or a median and a 99th
+    /// percentile, `300ms,2s` (log-normal) [default: 0].
+    #[arg(long, value_name = "P50[,P99]", value_parser = parse_latency)]
+    pub provider_latency: Option<ProviderLatency>,
+}
+
+/// `--provider-latency`: a median, and optionally a 99th percentile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProviderLatency {
+    /// Median (every answer's, without `p99`).
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Option<Duration>,
+}
+
+fn parse_latency(text: &str) -> Result<ProviderLatency, String> {
+    let one = |t: &str| crate::webhooks::schedule::parse_duration(t.trim());
+    match text.split_once(',') {
+        None => Ok(ProviderLatency {
+            p50: one(text)?,
+            p99: None,
+        }),
+        Some((p50, p99)) => {
+            let (p50, p99) = (one(p50)?, one(p99)?);
+            if p99 < p50 {
+                return Err(format!("the p99 ({p99:?}) is below the median ({p50:?})"));
+            }
+            Ok(ProviderLatency {
+                p50,
+                p99: Some(p99),
+            })
+        }
+    }
 }
 
 /// One name of `--providers`; the error lists the valid ones.
@@ -112,6 +145,7 @@ struct Plan {
     stall: Duration,
     keep_log: bool,
     providers: Vec<ProviderName>,
+    provider_latency: Option<ProviderLatency>,
 }
 
 impl Plan {
@@ -136,6 +170,7 @@ impl Plan {
             stall: Duration::from_secs(args.stall_secs.max(1)),
             keep_log: args.keep_log,
             providers: args.providers.clone(),
+            provider_latency: args.provider_latency,
         };
         if plan.providers.is_empty() {
             anyhow::bail!("--providers needs at least one provider");
@@ -361,6 +396,8 @@ async fn measure(
     let sandbox = Sandbox::new(SandboxConfig {
         completion_delay: Duration::ZERO,
         webhook_url: Some(format!("http://{http_addr}")),
+        latency: plan.provider_latency.map(|l| l.p50).unwrap_or_default(),
+        latency_p99: plan.provider_latency.and_then(|l| l.p99),
         ..SandboxConfig::default()
     });
     let stop = sandbox_stop.clone();
@@ -483,6 +520,28 @@ async fn measure(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn provider_latency_is_a_median_and_an_optional_p99() {
+        assert_eq!(
+            parse_latency("300ms"),
+            Ok(ProviderLatency {
+                p50: Duration::from_millis(300),
+                p99: None
+            })
+        );
+        assert_eq!(
+            parse_latency("300ms,2s"),
+            Ok(ProviderLatency {
+                p50: Duration::from_millis(300),
+                p99: Some(Duration::from_secs(2))
+            })
+        );
+        assert!(parse_latency("2s,300ms")
+            .unwrap_err()
+            .contains("below the median"));
+        assert!(parse_latency("soon").is_err());
+    }
     use super::*;
     use clap::Parser;
 

@@ -23,6 +23,10 @@ pub struct SandboxArgs {
     /// Latency added to every provider API response, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// With --latency-ms as the median: a log-normal spread whose 99th percentile is this,
+    /// in milliseconds (e.g. --latency-ms 300 --latency-p99-ms 2000).
+    #[arg(long)]
+    latency_p99_ms: Option<u64>,
     /// Share (0 to 1) of provider calls answered with HTTP 500.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
@@ -74,6 +78,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let config = SandboxConfig {
         va_api_key: args.va_api_key,
         latency: Duration::from_millis(args.latency_ms),
+        latency_p99: args.latency_p99_ms.map(Duration::from_millis),
         error_rate: args.error_rate,
         timeout_rate: args.timeout_rate,
         hang: Duration::from_millis(args.hang_ms),

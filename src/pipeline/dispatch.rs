@@ -6,14 +6,16 @@
 //! idempotency reference. The decision is [`crate::domain::decide`]'s; this module only
 //! runs calls and records results. No database transaction is open during a call.
 //!
-//! [`run`] keeps up to `DISPATCH_CONCURRENCY` refunds in flight, claiming more as slots free
-//! up rather than waiting for the slowest of a batch, and one recorder writes finished
+//! [`run`] keeps up to the adaptive limit of refunds in flight ([`super::limit`]: from
+//! `DISPATCH_CONCURRENCY` up to `DISPATCH_CONCURRENCY_MAX` as the providers' latency asks),
+//! claiming more as slots free up rather than waiting for the slowest of a batch, and one recorder writes finished
 //! steps in batches ([`store::refunds::record_steps`]: one transaction for whatever is
 //! ready). Until it is recorded, an outcome lives only in memory: if it is lost (crash,
 //! or the database down for longer than the claim's lease) the lease expires, the refund is
 //! claimed again, and its phase (moved to `SUBMITTING` by the claim itself) makes that step
 //! ask the provider before submitting again.
 
+use super::limit::CallLoad;
 use super::Context;
 use crate::domain::{
     decide, CallKind, Decision, FailureCode, FailureReason, Phase, ProviderOutcome, RefundCommand,
@@ -48,7 +50,10 @@ pub enum DispatchOutcome {
 /// A handed-over refund is claimed with the usual lease, so if this worker dies before the
 /// step is recorded, the lease expires and any worker takes it up as after a crash mid-call.
 pub struct Handoff {
+    /// `DISPATCH_CONCURRENCY_MAX` permits; how many may be taken at once is `limit`'s.
     slots: Arc<Semaphore>,
+    /// Calls allowed in flight now (adapts to the providers' latency).
+    pub limit: Arc<super::limit::AdaptiveLimit>,
     sender: mpsc::UnboundedSender<Handed>,
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Handed>>>,
     /// Whether a dispatcher is running to take them (tests drive intake without one).
@@ -63,11 +68,13 @@ struct Handed {
 }
 
 impl Handoff {
-    /// A hand-off with `slots` dispatcher slots.
-    pub fn new(slots: usize) -> Self {
+    /// A hand-off with at least `floor` and at most `ceiling` dispatcher slots.
+    pub fn new(floor: usize, ceiling: usize) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
+        let limit = Arc::new(super::limit::AdaptiveLimit::new(floor, ceiling));
         Self {
-            slots: Arc::new(Semaphore::new(slots.max(1))),
+            slots: Arc::new(Semaphore::new(limit.ceiling())),
+            limit,
             sender,
             receiver: Mutex::new(Some(receiver)),
             open: AtomicBool::new(false),
@@ -83,10 +90,16 @@ impl Handoff {
         self.take_slots(wanted)
     }
 
-    /// Takes up to `n` free slots, without waiting.
+    /// Slots free under the current limit.
+    fn free(&self) -> usize {
+        let in_use = self.limit.ceiling() - self.slots.available_permits();
+        self.limit.current().saturating_sub(in_use)
+    }
+
+    /// Takes up to `n` free slots (within the current limit), without waiting.
     fn take_slots(&self, n: usize) -> Vec<OwnedSemaphorePermit> {
         std::iter::from_fn(|| self.slots.clone().try_acquire_owned().ok())
-            .take(n)
+            .take(n.min(self.free()))
             .collect()
     }
 
@@ -157,7 +170,7 @@ pub async fn step(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
 pub async fn run(ctx: &Context, shutdown: &CancellationToken) {
     // Bounded: while the recorder is behind (database trouble), finished steps wait to be
     // handed over and keep their slots, so nothing more is claimed meanwhile.
-    let (outcomes, recorded) = mpsc::channel(ctx.config.dispatch_concurrency.max(1));
+    let (outcomes, recorded) = mpsc::channel(ctx.handoff.limit.ceiling());
     tokio::join!(
         dispatch(ctx, shutdown, outcomes),
         recorder(ctx, recorded, shutdown)
@@ -168,10 +181,11 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) {
 /// progress while this loop waits on the database) and hands its outcome to the recorder.
 async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::Sender<Outcome>) {
     let shared = Arc::new(ctx.clone());
-    let concurrency = ctx.config.dispatch_concurrency.max(1);
     // Claim again once a quarter of the slots are free: a claim per finished call would
     // cost a round trip per refund, waiting for all of them is waiting for the slowest.
-    let refill = (concurrency / 4).max(1);
+    let refill = || (ctx.handoff.limit.current() / 4).max(1);
+    // Whether the last claim came back full: more was due than the slots could take.
+    let mut more_due = false;
     let batch = usize::try_from(ctx.config.dispatch_batch)
         .unwrap_or(1)
         .max(1);
@@ -204,8 +218,12 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
         while let Some(h) = handed.as_mut().and_then(|r| r.try_recv().ok()) {
             spawn(&mut in_flight, h);
         }
-        let free = handoff.slots.available_permits();
-        let busy = free < refill;
+        let free = handoff.free();
+        let busy = free < refill();
+        if busy && more_due {
+            // Due work waits for slots: the limit may grow if the providers keep up.
+            handoff.limit.note_saturated();
+        }
         if busy || Instant::now() < look_at {
             // Busy: only a finished call can make room. The slots are the context's, so
             // another dispatcher on it (or intake's hand-off) may hold them while this one
@@ -229,6 +247,7 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
         match claim(ctx, i64::try_from(limit).unwrap_or(1)).await {
             Ok(claimed) => {
                 failures = 0;
+                more_due = claimed.len() >= limit;
                 // Fewer than asked for: nothing else is due now.
                 look_at = match claimed.len() < limit {
                     true => Instant::now() + ctx.config.idle_poll,
@@ -467,12 +486,26 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> (i32, Vec<CallRecord>, Sto
         Phase::Submitting | Phase::Accepted | Phase::Final => CallKind::Status,
     };
     let provider_name = cmd.provider.as_str();
-    let outcome = timed(provider.as_ref(), call, &request, &mut calls).await;
+    let outcome = timed(
+        provider.as_ref(),
+        &ctx.handoff.limit,
+        call,
+        &request,
+        &mut calls,
+    )
+    .await;
     let mut decision = decide(c.phase_before, call, outcome, attempts, max);
     let mut extra_submits = 0;
     if decision == Decision::Submit {
         extra_submits = 1;
-        let outcome = timed(provider.as_ref(), CallKind::Submit, &request, &mut calls).await;
+        let outcome = timed(
+            provider.as_ref(),
+            &ctx.handoff.limit,
+            CallKind::Submit,
+            &request,
+            &mut calls,
+        )
+        .await;
         decision = decide(
             Phase::Submitting,
             CallKind::Submit,
@@ -556,6 +589,7 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> (i32, Vec<CallRecord>, Sto
 /// Makes one provider call and logs it for the attempts table.
 async fn timed(
     provider: &dyn Provider,
+    limit: &super::limit::AdaptiveLimit,
     call: CallKind,
     request: &RefundRequest,
     calls: &mut Vec<CallRecord>,
@@ -566,6 +600,7 @@ async fn timed(
         CallKind::Submit => provider.submit(request).await,
         CallKind::Status => provider.status(request).await,
     };
+    limit.record(start.elapsed(), load_of(&outcome));
     let (label, detail) = outcome.describe();
     let call_name = match call {
         CallKind::Submit => "submit",
@@ -590,4 +625,18 @@ async fn timed(
         latency: start.elapsed(),
     });
     outcome
+}
+
+/// What a call's outcome says about the provider's load, for the adaptive limit.
+fn load_of(outcome: &ProviderOutcome) -> CallLoad {
+    match outcome {
+        // A timeout after sending, or the provider telling us to slow down.
+        ProviderOutcome::Unknown { .. } => CallLoad::PushedBack,
+        ProviderOutcome::Retryable { reason, .. } if reason.contains("429") => CallLoad::PushedBack,
+        ProviderOutcome::Retryable {
+            may_have_reached_provider: true,
+            ..
+        } => CallLoad::Failed,
+        _ => CallLoad::Answered,
+    }
 }

@@ -14,6 +14,7 @@
 pub mod dispatch;
 pub mod inbound;
 pub mod intake;
+pub mod limit;
 pub mod relay;
 pub mod retention;
 pub mod review;
@@ -57,7 +58,7 @@ impl Context {
             exchange: topology.exchange.clone(),
             webhook_default_url: config.webhooks.default_url.clone(),
         };
-        let slots = config.dispatch_concurrency;
+        let (floor, ceiling) = (config.dispatch_concurrency, config.dispatch_concurrency_max);
         Self {
             sink,
             pool,
@@ -67,7 +68,7 @@ impl Context {
             relay_wakeup: Arc::new(Notify::new()),
             dispatch_wakeup: Arc::new(Notify::new()),
             delivery_wakeup: Arc::new(Notify::new()),
-            handoff: Arc::new(dispatch::Handoff::new(slots)),
+            handoff: Arc::new(dispatch::Handoff::new(floor, ceiling)),
         }
     }
 }

@@ -80,8 +80,12 @@ pub struct SandboxConfig {
     pub webhook_bad_signature_rate: f64,
     /// Share (0..1) of notifications held back so later ones overtake them.
     pub webhook_reorder_rate: f64,
-    /// Added to every provider API response (never to `/sandbox/*`).
+    /// Added to every provider API response (never to `/sandbox/*`): the median when
+    /// `latency_p99` is set, else every response's.
     pub latency: Duration,
+    /// With `latency` as the median: a log-normal spread whose 99th percentile is this
+    /// (real providers' tails), e.g. p50 300 ms / p99 2 s.
+    pub latency_p99: Option<Duration>,
     /// Share (0..1) of provider API calls answered with HTTP 500 at random, before any work.
     pub error_rate: f64,
     /// Share (0..1) of accepted initiate calls that are recorded but then hang for `hang`:
@@ -117,6 +121,7 @@ impl Default for SandboxConfig {
             webhook_bad_signature_rate: 0.0,
             webhook_reorder_rate: 0.0,
             latency: Duration::ZERO,
+            latency_p99: None,
             error_rate: 0.0,
             timeout_rate: 0.0,
             hang: Duration::from_secs(30),
@@ -148,6 +153,7 @@ impl fmt::Debug for SandboxConfig {
             )
             .field("webhook_reorder_rate", &self.webhook_reorder_rate)
             .field("latency", &self.latency)
+            .field("latency_p99", &self.latency_p99)
             .field("error_rate", &self.error_rate)
             .field("timeout_rate", &self.timeout_rate)
             .field("hang", &self.hang)
@@ -157,6 +163,21 @@ impl fmt::Debug for SandboxConfig {
             .field("strict", &self.strict)
             .finish()
     }
+}
+
+/// One response's latency: `p50` as is, or drawn from the log-normal distribution with
+/// median `p50` and 99th percentile `p99` (capped at ten times `p99`).
+pub fn sample_latency(p50: Duration, p99: Option<Duration>) -> Duration {
+    let Some(p99) = p99.filter(|p99| *p99 > p50 && !p50.is_zero()) else {
+        return p50;
+    };
+    // Box-Muller: a standard normal draw from two uniform ones.
+    let (u1, u2): (f64, f64) = (rand::random::<f64>().max(f64::MIN_POSITIVE), rand::random());
+    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+    // The 99th percentile of a standard normal is 2.3263.
+    let sigma = (p99.as_secs_f64() / p50.as_secs_f64()).ln() / 2.3263;
+    let secs = p50.as_secs_f64() * (sigma * z).exp();
+    Duration::from_secs_f64(secs.min(p99.as_secs_f64() * 10.0))
 }
 
 /// TEST-ONLY RSA key the simulated Binance Pay signs its webhooks with (never a real key).
@@ -740,7 +761,7 @@ impl Sandbox {
         }
         let latency = match self.lock().faults.latency_ms {
             Some(ms) => Duration::from_millis(ms),
-            None => self.config().latency,
+            None => sample_latency(self.config().latency, self.config().latency_p99),
         };
         if !latency.is_zero() {
             self.pause(latency).await;
@@ -944,6 +965,21 @@ mod test_support {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sampled_latency_has_the_asked_median_and_tail() {
+        let (p50, p99) = (Duration::from_millis(300), Duration::from_secs(2));
+        let mut draws: Vec<Duration> = (0..20_000)
+            .map(|_| sample_latency(p50, Some(p99)))
+            .collect();
+        draws.sort();
+        let at = |q: f64| draws[((draws.len() as f64) * q) as usize];
+        let (m, t) = (at(0.5).as_secs_f64(), at(0.99).as_secs_f64());
+        assert!((0.27..0.33).contains(&m), "median {m}");
+        assert!((1.6..2.5).contains(&t), "p99 {t}");
+        assert!(draws.iter().all(|d| *d <= p99 * 10));
+        assert_eq!(sample_latency(p50, None), p50);
+    }
     use super::test_support::{refund_body, start};
     use super::*;
     use serde_json::json;
