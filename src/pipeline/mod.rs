@@ -7,12 +7,15 @@
 //! - [`relay`]: outbox rows -> published events (with confirms).
 //! - [`review`]: refunds still open after `REVIEW_AFTER` -> flagged for an operator; an
 //!   operator's recheck, through the dispatcher's own step.
+//! - [`recover`]: after an outage, every pending refund of a window asked about at once, and
+//!   the providers' webhooks re-sent where they document a way.
 //! - [`worker`]: runs them all, reconnects after broker or database outages, drains on
 //!   shutdown.
 
 pub mod dispatch;
 pub mod inbound;
 pub mod intake;
+pub mod recover;
 pub mod relay;
 pub mod review;
 pub mod worker;

@@ -106,6 +106,13 @@ pub const DEFAULT_REFUND_AMOUNT_FIELD: &str = "amount";
 pub const DEFAULT_REFUND_TRANSACTION_FIELD: &str = "transactionReference";
 /// The command's `metadata` key naming the pay-in to refund by transaction reference.
 pub const PAY_IN_METADATA_KEY: &str = "bpnPayInReference";
+/// Default path of "resend fail webhook" (BPN's menu names the call, not its path: ours,
+/// `PROVIDER_BPN_RESEND_WEBHOOK_PATH`, `off` disables it).
+pub const DEFAULT_RESEND_WEBHOOK_PATH: &str = "/v1/webhook/resend";
+/// Default body of "resend fail webhook" (`PROVIDER_BPN_RESEND_WEBHOOK_BODY`, a JSON template:
+/// `"{sinceMs}"`/`"{untilMs}"` become the window in ms since the epoch, `"{since}"`/`"{until}"`
+/// RFC 3339 text). Our guess, like the path.
+pub const DEFAULT_RESEND_WEBHOOK_BODY: &str = r#"{"startTime":"{sinceMs}","endTime":"{untilMs}"}"#;
 /// Hint attached to every credential error.
 const CREDENTIALS_HINT: &str = "check PROVIDER_BPN_API_KEY and PROVIDER_BPN_API_SECRET";
 
@@ -1118,6 +1125,106 @@ impl Provider for Bpn {
 
     fn webhook_ack(&self) -> Value {
         json!({ "status": 0, "message": "success" })
+    }
+
+    async fn resend_webhooks(
+        &self,
+        window: &super::resend::ResendWindow,
+        dry_run: bool,
+    ) -> super::resend::WebhookResend {
+        use super::resend::{fill_template, ResendRequest, WebhookResend};
+        let path = self
+            .settings
+            .resend_webhook_path
+            .as_deref()
+            .unwrap_or(DEFAULT_RESEND_WEBHOOK_PATH);
+        if super::is_disabled(path) {
+            return WebhookResend::Disabled;
+        }
+        let template = self
+            .settings
+            .resend_webhook_body
+            .as_deref()
+            .unwrap_or(DEFAULT_RESEND_WEBHOOK_BODY);
+        let vars = [
+            ("sinceMs", json!(window.since.timestamp_millis())),
+            ("untilMs", json!(window.until.timestamp_millis())),
+            ("since", json!(window.since.to_rfc3339())),
+            ("until", json!(window.until.to_rfc3339())),
+        ];
+        let request = |detail: String, ok: Option<bool>, body: &str| ResendRequest {
+            request: format!("POST {path} {body}"),
+            ok,
+            detail,
+        };
+        let body = match fill_template(template, &vars) {
+            Ok(b) => b.to_string(),
+            Err(e) => {
+                let detail = format!("PROVIDER_BPN_RESEND_WEBHOOK_BODY: {e}");
+                return WebhookResend::Requests {
+                    requests: vec![request(detail, Some(false), template)],
+                };
+            }
+        };
+        if dry_run {
+            return WebhookResend::Requests {
+                requests: vec![request("dry run: not sent".into(), None, &body)],
+            };
+        }
+        let (ok, detail) = self.send_resend(path, body.as_bytes()).await;
+        WebhookResend::Requests {
+            requests: vec![request(detail, Some(ok), &body)],
+        }
+    }
+}
+
+impl Bpn {
+    /// The signed "resend fail webhook" call: whether BPN accepted it, and its answer.
+    async fn send_resend(&self, path: &str, body: &[u8]) -> (bool, String) {
+        let url = self.url(path, &[]);
+        let request = match self.signed(
+            self.client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json"),
+            SignedContent::Body(body),
+        ) {
+            Ok(r) => r,
+            Err(outcome) => return (false, outcome_text(&outcome)),
+        };
+        let response = match request.body(body.to_vec()).send().await {
+            Ok(r) => r,
+            Err(e) => return (false, outcome_text(&classify_send_error(&e))),
+        };
+        let status = response.status();
+        if let Some(outcome) = classify_status(status, response.headers()) {
+            return (false, outcome_text(&outcome));
+        }
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return (false, outcome_text(&classify_send_error(&e))),
+        };
+        match read_envelope(status, &bytes) {
+            Ok(envelope) => (
+                true,
+                format!(
+                    "BPN accepted: {} (traceId {})",
+                    envelope.message(),
+                    envelope.trace()
+                ),
+            ),
+            Err(outcome) => (false, outcome_text(&outcome)),
+        }
+    }
+}
+
+/// An outcome's reason, for reports.
+fn outcome_text(outcome: &ProviderOutcome) -> String {
+    match outcome {
+        ProviderOutcome::Retryable { reason, .. } | ProviderOutcome::Unknown { reason } => {
+            reason.clone()
+        }
+        ProviderOutcome::Failed(f) => format!("{}: {}", f.code.as_str(), f.message),
+        other => format!("{other:?}"),
     }
 }
 

@@ -18,6 +18,7 @@ mod provider_binance_pay;
 mod provider_bpn;
 mod provider_bvnk;
 mod provider_webhooks;
+mod recovery;
 mod resilience;
 mod review;
 mod secrets;
