@@ -3,6 +3,7 @@
 mod demo;
 mod dlq;
 mod inbox;
+mod reconcile;
 mod recover;
 mod refunds;
 mod sandbox;
@@ -48,6 +49,8 @@ enum Command {
     /// After an outage: ask the providers about every pending refund of a window now, and
     /// have them re-send their webhooks where they document a way.
     Recover(recover::RecoverArgs),
+    /// Compare a provider's view of our refunds with our database; exit 3 on mismatches.
+    Reconcile(reconcile::ReconcileArgs),
     /// Measure throughput and latency: the raw broker/database bound and the worker end to end.
     Bench(crate::bench::BenchArgs),
     /// Merchant webhooks: list failed deliveries, resend them.
@@ -99,6 +102,7 @@ pub async fn main() -> anyhow::Result<ExitCode> {
         Command::Dlq { command } => dlq::run(command).await,
         Command::Inbox { command } => inbox::run(command).await,
         Command::Recover(args) => recover::run(args).await,
+        Command::Reconcile(args) => reconcile::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
     }
 }

@@ -9,12 +9,14 @@
 //!   operator's recheck, through the dispatcher's own step.
 //! - [`recover`]: after an outage, every pending refund of a window asked about at once, and
 //!   the providers' webhooks re-sent where they document a way.
+//! - [`reconcile`]: a provider's view of our refunds against our database (operators).
 //! - [`worker`]: runs them all, reconnects after broker or database outages, drains on
 //!   shutdown.
 
 pub mod dispatch;
 pub mod inbound;
 pub mod intake;
+pub mod reconcile;
 pub mod recover;
 pub mod relay;
 pub mod review;
