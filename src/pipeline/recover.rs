@@ -252,7 +252,24 @@ pub async fn run(
             })
             .collect();
     } else {
-        futures::stream::iter(pending.iter())
+        // A refund of a provider not configured here is not rechecked: the dispatcher's step
+        // would fail it as never sent, which recovery must not decide for a refund the
+        // provider may have. It is counted as an error for the operator to look at.
+        let configured = |r: &&recovery::WindowRefund| {
+            r.provider
+                .as_deref()
+                .and_then(ProviderName::parse)
+                .is_some_and(|p| ctx.providers.get(p).is_some())
+        };
+        for r in pending.iter().filter(|r| !configured(r)) {
+            progress.error(format!(
+                "{}: provider {} is not configured here; not rechecked",
+                r.refund_reference,
+                r.provider.as_deref().unwrap_or("-")
+            ));
+            progress.checked.fetch_add(1, Ordering::Relaxed);
+        }
+        futures::stream::iter(pending.iter().filter(configured))
             .for_each_concurrent(CONCURRENCY, |r| {
                 check_one(ctx, &r.refund_reference, progress)
             })

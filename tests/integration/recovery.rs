@@ -447,6 +447,37 @@ async fn recovery_brings_refunds_accepted_during_an_outage_to_final() {
     app.cleanup().await;
 }
 
+/// A pending refund of a provider not configured in this process is reported, never failed
+/// (the dispatcher's step would fail it as never sent, though the provider may have it).
+#[tokio::test]
+async fn a_refund_of_a_provider_not_configured_here_is_an_error_not_a_failure() {
+    let mock = MockServer::start().await;
+    let app = TestApp::spawn_with(Options {
+        env: vec![
+            ("PROVIDER_VA_SERVICES_BASE_URL", mock.uri()),
+            ("PROVIDER_BPN_BASE_URL", String::new()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let r = reference("rec-unconfigured");
+    accepted_refund(&app, &bpn_command(&r, "ORDER-9"), Utc::now()).await;
+    let window = Window::parse(
+        &(Utc::now() - TimeDelta::minutes(5)).to_rfc3339(),
+        None,
+        None,
+        Utc::now() + TimeDelta::seconds(1),
+    )
+    .expect("window");
+    let summary = recover::run(&app.ctx, &window, false, &Progress::default())
+        .await
+        .expect("recovery");
+    assert_eq!((summary.counts.errors, summary.counts.changed), (1, 0));
+    assert!(summary.error_messages[0].contains("not configured"));
+    assert_eq!(status_of(&app, &r).await, "PENDING");
+    app.cleanup().await;
+}
+
 #[tokio::test]
 async fn the_admin_api_runs_a_recovery_in_the_background_and_reports_it() {
     let s = setup().await;
