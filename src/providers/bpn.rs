@@ -62,6 +62,11 @@
 //!   to check `PROVIDER_BPN_API_KEY` / `PROVIDER_BPN_API_SECRET`: a refund ends
 //!   `RETRIES_EXHAUSTED`, a lookup keeps the refund pending. A non-2xx without BPN's envelope
 //!   is not BPN's answer: retried (a refund after an order lookup).
+//! - "resend fail webhook" (used by `recover`): BPN's menu names it, not its path or body. Ours
+//!   are [`DEFAULT_RESEND_WEBHOOK_PATH`] (`PROVIDER_BPN_RESEND_WEBHOOK_PATH`, `off` disables it)
+//!   and [`DEFAULT_RESEND_WEBHOOK_BODY`] (`PROVIDER_BPN_RESEND_WEBHOOK_BODY`, a JSON template
+//!   filled by `providers::resend`), signed like every other call; accepted when BPN answers
+//!   its envelope with status 0.
 //! - Our refund reference never reaches BPN: the provider reference we keep is the order id.
 //! - Webhooks ("Transaction Status Notification", "virtual account payment status"): the
 //!   payloads are not in our pages. We read an object (or its `data` object) with `orderId`;
@@ -232,16 +237,24 @@ pub fn refund_body(order_id: &str, by: &RefundBy, fields: &RefundFields) -> Vec<
         .unwrap_or_else(|_| format!("{{\"orderId\":{order_id:?}}}").into_bytes())
 }
 
-/// The pay-in a command names for "refund by transaction reference", if any.
-pub fn pay_in_reference(refund: &RefundRequest) -> Option<String> {
-    refund
+/// The pay-in a command names for "refund by transaction reference": `Ok(None)` when it
+/// names none, `Err` when `metadata.bpnPayInReference` is there but not a non-empty string
+/// (refunding by amount instead would not be what was asked).
+pub fn pay_in_reference(refund: &RefundRequest) -> Result<Option<String>, FailureReason> {
+    let Some(value) = refund
         .metadata
-        .as_ref()?
-        .get(PAY_IN_METADATA_KEY)?
-        .as_str()
-        .map(str::trim)
-        .filter(|r| !r.is_empty())
-        .map(str::to_owned)
+        .as_ref()
+        .and_then(|m| m.get(PAY_IN_METADATA_KEY))
+    else {
+        return Ok(None);
+    };
+    match value.as_str().map(str::trim) {
+        Some(r) if !r.is_empty() => Ok(Some(r.to_owned())),
+        _ => Err(FailureReason::new(
+            FailureCode::InvalidCommand,
+            format!("metadata.{PAY_IN_METADATA_KEY} must be a non-empty string (the BPN pay-in to refund)"),
+        )),
+    }
 }
 
 /// BPN's response envelope.
@@ -462,7 +475,7 @@ pub fn plan_refund(order: &BpnOrder, refund: &RefundRequest) -> Result<RefundBy,
             ),
         ));
     }
-    if let Some(reference) = pay_in_reference(refund) {
+    if let Some(reference) = pay_in_reference(refund)? {
         return Ok(RefundBy::PayIn {
             reference,
             amount: refund.amount,
@@ -1657,6 +1670,11 @@ mod tests {
                 reference: "payin-7".into(),
                 amount: Decimal::new(1000, 2)
             })
+        );
+        by_pay_in.metadata = Some(json!({ "bpnPayInReference": 42 }));
+        assert_eq!(
+            plan(&paid, &by_pay_in).unwrap_err().code,
+            FailureCode::InvalidCommand
         );
         let currency = plan(&paid, &request("25.17", "EUR")).unwrap_err();
         assert_eq!(currency.code, FailureCode::InvalidCommand);

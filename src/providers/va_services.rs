@@ -32,6 +32,12 @@
 //!   refund webhook exists: refunds are polled. The signature scheme is not documented: we
 //!   verify hex HMAC-SHA256 of the raw body with `PROVIDER_VA_SERVICES_WEBHOOK_SECRET` in
 //!   header `X-VA-Signature` (name configurable with `_WEBHOOK_SIGNATURE_HEADER`).
+//! - "Send Notification" (used by `recover`): documented as a POST with a
+//!   `transactionReference` that makes VA resend a notification, without its path. Ours is
+//!   [`DEFAULT_SEND_NOTIFICATION_PATH`] (`PROVIDER_VA_SERVICES_SEND_NOTIFICATION_PATH`, `off`
+//!   disables it) with body [`DEFAULT_SEND_NOTIFICATION_BODY`]
+//!   (`PROVIDER_VA_SERVICES_SEND_NOTIFICATION_BODY`), once per payment of the window (at most
+//!   [`MAX_SEND_NOTIFICATIONS`]); accepted when VA answers its success envelope.
 //! - Status words: `COMPLETED` is success; `FAILED`-like words are final failures; anything
 //!   else (`PENDING`, unknown words) is still in progress. Compared case-insensitively.
 
