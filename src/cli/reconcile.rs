@@ -91,9 +91,14 @@ pub fn render(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{}: {} of our refunds compared{}{} (by {})",
+        "{}: {} of our refunds compared{}{}{} (by {})",
         r.provider,
         r.compared,
+        if r.not_compared > 0 {
+            format!(" ({} BPN never accepted, not compared)", r.not_compared)
+        } else {
+            String::new()
+        },
         r.listed
             .map(|n| format!(", {n} listed by the provider"))
             .unwrap_or_default(),

@@ -14,7 +14,10 @@
 //!   succeeded, or ours final and theirs still in progress;
 //! - `amountDiffers`: both have the refund with different amounts.
 //!
-//! Our `PENDING` refunds are in flight and only checked for amount. A lookup the provider did
+//! Our `PENDING` refunds are in flight and only checked for amount. BPN shows one refund state
+//! per *order*, not per refund: a refund of ours BPN never accepted (failed before or at the
+//! refund call, so no provider reference) has no state there, and the order's state (another
+//! refund's) would read as a false mismatch; such refunds are counted `notCompared`. A lookup the provider did
 //! not answer clearly (an error, an answer we cannot attribute) is an error, not a mismatch:
 //! the reconciliation is incomplete for that refund.
 
@@ -92,6 +95,9 @@ pub struct Report {
     pub compared: usize,
     /// Refunds the provider listed (VA).
     pub listed: Option<usize>,
+    /// Our refunds with nothing at the provider to compare with (BPN refunds it never
+    /// accepted: its one state per order would be another refund's).
+    pub not_compared: usize,
     /// The differences.
     pub mismatches: Vec<Mismatch>,
     /// Refunds the provider did not answer clearly about, and why.
@@ -316,9 +322,16 @@ async fn reconcile_va(
         method: "list",
         compared: ours.len(),
         listed: Some(listed_count),
+        not_compared: 0,
         mismatches,
         errors,
     })
+}
+
+/// Whether the provider's status lookup can speak for this refund: BPN answers per order, so
+/// a failed refund BPN never accepted (no provider reference) has nothing there of its own.
+fn comparable(provider: ProviderName, r: &WindowRefund) -> bool {
+    !(provider == ProviderName::Bpn && r.status == "REFUND_FAIL" && r.provider_reference.is_none())
 }
 
 /// The request an adapter looks a stored refund up with, as the dispatcher builds it.
@@ -347,6 +360,8 @@ async fn reconcile_by_status(
         .providers
         .get(provider)
         .ok_or(ReconcileError::NotConfigured(provider))?;
+    let (ours, skipped): (Vec<WindowRefund>, Vec<WindowRefund>) =
+        ours.into_iter().partition(|r| comparable(provider, r));
     let answers: Vec<(usize, Answer)> = futures::stream::iter(ours.iter().enumerate())
         .map(|(i, r)| {
             let adapter = adapter.clone();
@@ -378,6 +393,7 @@ async fn reconcile_by_status(
         method: "status",
         compared: ours.len(),
         listed: None,
+        not_compared: skipped.len(),
         mismatches,
         errors,
     })

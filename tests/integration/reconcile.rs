@@ -282,3 +282,51 @@ async fn other_providers_are_reconciled_by_status_lookups() {
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     app.cleanup().await;
 }
+
+/// BPN answers per order: a second command for an order, refused before any refund call, is
+/// not compared with the order's state (which is the first refund's), so no false mismatch.
+#[tokio::test]
+async fn bpn_refunds_it_never_accepted_are_not_compared_with_the_orders_state() {
+    let mut app = TestApp::spawn().await;
+    app.start_worker();
+    let (first, second) = (reference("rc-bpn-1"), reference("rc-bpn-2"));
+    let order = format!("VA-{first}");
+    app.sandbox.add_payment(refund_worker::sandbox::Payment {
+        provider: Provider::Bpn,
+        transaction_reference: order.clone(),
+        amount: "25.17".parse().expect("amount"),
+        currency: "USD".into(),
+    });
+    for r in [&first, &second] {
+        app.publish(&json!({
+            "refundReference": r, "provider": "bpn", "transactionReference": order,
+            "amount": "25.17", "currency": "USD", "reason": "Order cancelled!"
+        }))
+        .await;
+        app.wait_final(r).await;
+    }
+    assert_eq!(app.db_status(&second).await.as_deref(), Some("REFUND_FAIL"));
+    let report = reconcile::run(&app.ctx, ProviderName::Bpn, None)
+        .await
+        .expect("reconcile");
+    assert_eq!((report.compared, report.not_compared), (1, 1));
+    assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);
+    // The one compared is checked for real: BPN now says its refund failed.
+    app.sandbox.set_outcome(
+        Provider::Bpn,
+        &order,
+        ForcedOutcome {
+            status: OutcomeStatus::Failed,
+        },
+    );
+    let report = reconcile::run(&app.ctx, ProviderName::Bpn, None)
+        .await
+        .expect("reconcile");
+    let found: Vec<_> = report
+        .mismatches
+        .iter()
+        .map(|m| (m.kind, m.refund_reference.clone()))
+        .collect();
+    assert_eq!(found, [(MismatchKind::StatusDiffers, first.clone())]);
+    app.cleanup().await;
+}
