@@ -71,8 +71,8 @@
 //! - Webhooks ("Transaction Status Notification", "virtual account payment status"): the
 //!   payloads are not in our pages. We read an object (or its `data` object) with `orderId`;
 //!   a refund state (`refundStatus`, or `status` on a refund-type notification) makes it a
-//!   `WebhookKind::Refund` keyed by the order as the payment (its one pending refund, or its
-//!   only one; not as the provider reference, which every refund of the order shares), a payment/transaction notification a
+//!   `WebhookKind::Refund` keyed by the order (the provider reference of every refund of it:
+//!   the consumer takes the one still pending, else the oldest), a payment/transaction notification a
 //!   `WebhookKind::Payment`, any other type (KYB, account...) `Ignored`. Signature: lowercase
 //!   hex HMAC-SHA256 of the raw body with `PROVIDER_BPN_WEBHOOK_SECRET`, in header
 //!   [`DEFAULT_SIGNATURE_HEADER`] (`PROVIDER_BPN_WEBHOOK_SIGNATURE_HEADER`); the scheme has no
@@ -1021,10 +1021,10 @@ pub fn parse_notification(body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookEr
                 event_id,
                 kind: WebhookKind::Refund {
                     refund_reference: None,
-                    // Not the order id as the provider reference: every refund of an order
-                    // has it, and that match takes the oldest. By the order (the payment),
-                    // the consumer takes its one pending refund, or the only one.
-                    provider_reference: None,
+                    // Every refund of the order has the order id as our provider reference:
+                    // the consumer takes the one still pending (partial refunds), else the
+                    // oldest; by the order as the payment when none was accepted yet.
+                    provider_reference: Some(order_id.clone()),
                     transaction_reference: Some(order_id.clone()),
                     outcome: refund_outcome(&order, &order_id),
                 },
@@ -1895,7 +1895,7 @@ mod tests {
                 event_id: Some("ntf-9001".into()),
                 kind: WebhookKind::Refund {
                     refund_reference: None,
-                    provider_reference: None,
+                    provider_reference: Some("VA-ORDER-1001".into()),
                     transaction_reference: Some("VA-ORDER-1001".into()),
                     outcome: ProviderOutcome::Succeeded {
                         provider_reference: Some("VA-ORDER-1001".into()),
