@@ -530,27 +530,19 @@ async fn outage_recovery_and_reconcile<T>(d: OutageDemo<'_, T>) -> anyhow::Resul
     let window = recover::Window {
         since: d.since,
         until: chrono::Utc::now() + chrono::TimeDelta::seconds(1),
-        provider: Some(crate::domain::ProviderName::Bvnk),
+        provider: None,
     };
     let progress = recover::Progress::default();
     let summary = recover::run(&ctx, &window, false, &progress).await?;
     let c = summary.counts;
     println!(
-        "      refund-worker recover --since {} --provider bvnk: checked {}, changed {}, still pending {}, errors {}; webhook re-send: {}",
-        d.since.format("%Y-%m-%dT%H:%M:%SZ"),
-        c.checked,
-        c.changed,
-        c.still_pending,
-        c.errors,
-        summary
-            .webhook_resends
-            .first()
-            .map(|p| match p.resend {
-                crate::providers::resend::WebhookResend::NotDocumented => "not documented for BVNK",
-                _ => "asked",
-            })
-            .unwrap_or("-")
+        "      refund-worker recover --since {}:",
+        d.since.format("%Y-%m-%dT%H:%M:%SZ")
     );
+    for line in super::recover::render(&summary).lines().skip(1) {
+        println!("        {line}");
+    }
+    let resends_ok = super::recover::exit_code(&summary) == ExitCode::SUCCESS;
     let after = crate::store::refunds::show(d.pool, &reference).await?;
     let status = after
         .as_ref()
@@ -584,7 +576,11 @@ async fn outage_recovery_and_reconcile<T>(d: OutageDemo<'_, T>) -> anyhow::Resul
             .refund(&reference)
             .map(|r| r.submit_count.to_string())
             .unwrap_or_default(),
-        ok: before == "PENDING" && status == "COMPLETED" && c.changed >= 1 && c.errors == 0,
+        ok: before == "PENDING"
+            && status == "COMPLETED"
+            && c.changed >= 1
+            && c.errors == 0
+            && resends_ok,
     });
     println!();
 

@@ -59,6 +59,11 @@ use crate::providers::signing::verify_hmac_sha256_hex;
 pub const REFUND_AMOUNT_FIELD: &str = "amount";
 /// The refund body's pay-in field ("refund by transaction reference"; not named either).
 pub const REFUND_TRANSACTION_FIELD: &str = "transactionReference";
+/// "resend fail webhook": the path and the window's fields (ms since the epoch), the same
+/// guesses as the adapter's defaults, written here again. Not served with `--strict`.
+pub const RESEND_WEBHOOK_PATH: &str = "/v1/webhook/resend";
+const RESEND_START_FIELD: &str = "startTime";
+const RESEND_END_FIELD: &str = "endTime";
 const DEFAULT_PAGE_SIZE: usize = 10;
 const MAX_PAGE_SIZE: usize = 100;
 /// How far `API-TIMESTAMP` may be from our clock.
@@ -70,6 +75,7 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/v1/virtual-account/order/refund", post(refund))
         .route("/v1/virtual-account/order/detail", get(detail))
         .route("/v1/virtual-account/order/list", get(list))
+        .route(RESEND_WEBHOOK_PATH, post(resend))
         .route(
             "/sandbox/bpn/refunds/{order_id}/outcome",
             post(outcome_route),
@@ -297,6 +303,23 @@ impl BpnState {
             "orderId": order_id,
             "status": RefundStatus::Refunding.as_str(),
         })))
+    }
+
+    /// Makes every final refund created in `[start, end)` be notified again; returns how many.
+    fn renotify(&mut self, start: DateTime<Utc>, end: DateTime<Utc>) -> usize {
+        let mut n = 0;
+        for list in self.refunds.values() {
+            for r in list
+                .iter()
+                .filter(|r| r.created_at >= start && r.created_at < end)
+            {
+                if self.notified.remove(&r.key).is_some() {
+                    self.unsettled.insert(r.order_id.clone());
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Refund status notifications (`notifyType: REFUND`, signed with `X-BPN-Signature`,
@@ -535,6 +558,39 @@ async fn refund(
             // Recorded first, hang after: the "timeout after accept" a worker must resolve.
             let hang = state.take_timeout(config);
             Ok(Reply { response, hang })
+        },
+    )
+    .await
+}
+
+/// `POST /v1/webhook/resend` with `{"startTime", "endTime"}` (ms): the refunds of that window
+/// are notified again. Signed like every BPN call.
+async fn resend(
+    AxumState(sandbox): AxumState<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if sandbox.config().strict {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    bpn_call(
+        &sandbox,
+        &headers,
+        &body,
+        CallKind::Resend,
+        |state, _config| {
+            let value: Value = serde_json::from_slice(&body)
+                .map_err(|e| BpnError::Invalid(format!("malformed JSON body: {e}")))?;
+            let at = |field: &str| {
+                value
+                    .get(field)
+                    .and_then(Value::as_i64)
+                    .and_then(DateTime::<Utc>::from_timestamp_millis)
+                    .ok_or_else(|| BpnError::Invalid(format!("{field} (ms) is required")))
+            };
+            let (start, end) = (at(RESEND_START_FIELD)?, at(RESEND_END_FIELD)?);
+            let resent = state.bpn.renotify(start, end);
+            Ok(Reply::now(success(json!({ "resent": resent }))))
         },
     )
     .await

@@ -580,3 +580,64 @@ async fn the_recover_command_prints_json_and_exits_2_on_a_bad_window() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("since"));
     s.app.cleanup().await;
 }
+
+/// Against the sandbox (the demo's and `docker compose`'s provider): BPN's "resend fail
+/// webhook" makes it notify the window's refunds again (applied as repeats: nothing changes),
+/// VA's "Send Notification" is acknowledged, and recovery exits clean.
+#[tokio::test]
+async fn against_the_sandbox_bpn_notifies_again_and_va_acknowledges() {
+    let mut app = TestApp::spawn_with(Options {
+        ingress: true,
+        ..Options::default()
+    })
+    .await;
+    app.start_worker();
+    let since = Utc::now() - TimeDelta::seconds(5);
+    let (bpn, va) = (reference("rec-sb-bpn"), reference("rec-sb-va"));
+    let order = format!("VA-{bpn}");
+    app.sandbox.add_payment(refund_worker::sandbox::Payment {
+        provider: refund_worker::sandbox::Provider::Bpn,
+        transaction_reference: order.clone(),
+        amount: "25.17".parse().expect("amount"),
+        currency: "USD".into(),
+    });
+    app.publish(&bpn_command(&bpn, &order)).await;
+    app.publish(&va_command(&va, "TX-SB-1")).await;
+    app.wait_for(&bpn, refund_worker::domain::RefundStatus::Completed)
+        .await;
+    app.wait_for(&va, refund_worker::domain::RefundStatus::Completed)
+        .await;
+    app.eventually("BPN's notification delivered", || async {
+        app.sandbox.ledger().webhooks.delivered >= 1
+    })
+    .await;
+    let delivered = app.sandbox.ledger().webhooks.delivered;
+    let window = Window::parse(&since.to_rfc3339(), None, None, Utc::now()).expect("window");
+    let summary = recover::run(&app.ctx, &window, false, &Progress::default())
+        .await
+        .expect("recovery");
+    assert_eq!(requests(&summary, ProviderName::Bpn).len(), 1);
+    assert_eq!(requests(&summary, ProviderName::Bpn)[0].1, Some(true));
+    assert_eq!(
+        requests(&summary, ProviderName::VaServices),
+        [(
+            r#"POST /va/notifications/send {"transactionReference":"TX-SB-1"}"#.to_owned(),
+            Some(true)
+        )]
+    );
+    assert_eq!(app.sandbox.ledger().resend_calls, 2);
+    app.eventually("BPN notified the refund again", || async {
+        app.sandbox.ledger().webhooks.delivered > delivered
+    })
+    .await;
+    // A repeat of the final status changes nothing: still one final event.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.db_status(&bpn).await.as_deref(), Some("COMPLETED"));
+    let finals = app
+        .events_for(&bpn)
+        .iter()
+        .filter(|e| e.status.is_final())
+        .count();
+    assert_eq!(finals, 1);
+    app.cleanup().await;
+}
