@@ -160,6 +160,27 @@ pub struct Config {
     /// against over-refunding (no paymentAmount, no pay-in in the ledger, and a provider
     /// that does not report the refundable amount before the refund call).
     pub require_payment_amount: bool,
+    /// How long operational rows are kept (`RETENTION`, per-table `RETENTION_*`).
+    pub retention: Retention,
+}
+
+/// How long operational rows are kept before the retention sweep removes them. Refunds and
+/// their transition history are kept for ever; these are the rows that only serve
+/// operations for a while: published outbox events, settled provider webhooks, merchant
+/// delivery attempts and provider call records of final refunds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Published outbox rows (`RETENTION_OUTBOX`).
+    pub outbox: Duration,
+    /// Applied, unchanged and ignored provider webhooks (`RETENTION_INBOX`); parked,
+    /// unmatched and contradicting ones are kept for an operator.
+    pub inbox: Duration,
+    /// Merchant webhook delivery attempts (`RETENTION_WEBHOOK_ATTEMPTS`).
+    pub webhook_attempts: Duration,
+    /// Provider calls of final refunds (`RETENTION_PROVIDER_ATTEMPTS`).
+    pub provider_attempts: Duration,
+    /// How often the sweep runs (`RETENTION_INTERVAL`).
+    pub interval: Duration,
 }
 
 impl Config {
@@ -326,6 +347,17 @@ impl Config {
             review_after: duration("REVIEW_AFTER", "24h")?,
             review_poll: duration("REVIEW_POLL", "15m")?,
             require_payment_amount: flag("REQUIRE_PAYMENT_AMOUNT")?,
+            retention: {
+                let all = get("RETENTION").unwrap_or_else(|| "30d".into());
+                let table = |key: &str| duration(key, &all);
+                Retention {
+                    outbox: table("RETENTION_OUTBOX")?,
+                    inbox: table("RETENTION_INBOX")?,
+                    webhook_attempts: table("RETENTION_WEBHOOK_ATTEMPTS")?,
+                    provider_attempts: table("RETENTION_PROVIDER_ATTEMPTS")?,
+                    interval: duration("RETENTION_INTERVAL", "10m")?,
+                }
+            },
         };
         config.validate()?;
         Ok(config)
@@ -369,6 +401,17 @@ impl Config {
         for (key, d) in [
             ("REVIEW_AFTER", self.review_after),
             ("REVIEW_POLL", self.review_poll),
+            ("RETENTION_OUTBOX", self.retention.outbox),
+            ("RETENTION_INBOX", self.retention.inbox),
+            (
+                "RETENTION_WEBHOOK_ATTEMPTS",
+                self.retention.webhook_attempts,
+            ),
+            (
+                "RETENTION_PROVIDER_ATTEMPTS",
+                self.retention.provider_attempts,
+            ),
+            ("RETENTION_INTERVAL", self.retention.interval),
         ] {
             if d < Duration::from_secs(1) || d > ten_years {
                 return Err(ConfigError(format!(
@@ -449,6 +492,7 @@ impl std::fmt::Debug for Config {
             review_after,
             review_poll,
             require_payment_amount,
+            retention,
         } = self;
         f.debug_struct("Config")
             .field("database_url", &redact_url(database_url))
@@ -480,6 +524,7 @@ impl std::fmt::Debug for Config {
             .field("review_after", review_after)
             .field("review_poll", review_poll)
             .field("require_payment_amount", require_payment_amount)
+            .field("retention", retention)
             .finish()
     }
 }

@@ -30,6 +30,9 @@ pub const TARGETS: &[&str] = &[
     "interpret_bpn",
     "interpret_binance_pay",
     "interpret_bvnk",
+    "retry_after",
+    "ingress_headers",
+    "dead_letter",
 ];
 
 /// The HMAC webhook secret the verification harnesses are configured with.
@@ -51,6 +54,9 @@ pub fn run(target: &str, data: &[u8]) -> bool {
         "interpret_bpn" => interpret(ProviderName::Bpn, data),
         "interpret_binance_pay" => interpret(ProviderName::BinancePay, data),
         "interpret_bvnk" => interpret(ProviderName::Bvnk, data),
+        "retry_after" => retry_after(data),
+        "ingress_headers" => ingress_headers(data),
+        "dead_letter" => dead_letter(data),
         _ => return false,
     }
     true
@@ -314,4 +320,111 @@ pub fn interpret(provider: ProviderName, data: &[u8]) {
             }
         },
     }
+}
+
+/// A provider's `Retry-After` (seconds, an HTTP-date, or anything): never more than the
+/// ceiling, never a panic, whatever the text.
+pub fn retry_after(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+    if let Some(wait) = crate::retry::parse_retry_after(&text, now) {
+        assert!(
+            wait <= crate::retry::MAX_RETRY_AFTER,
+            "{wait:?} over the ceiling"
+        );
+    }
+    // Through a header map, as a response brings it.
+    if let Ok(value) = HeaderValue::from_bytes(data) {
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, value);
+        if let Some(wait) = crate::retry::retry_after_header(&headers) {
+            assert!(wait <= crate::retry::MAX_RETRY_AFTER);
+        }
+    }
+}
+
+/// The ingress's header handling: the content-type check and the headers kept with a
+/// queued webhook. Input: `name: value` lines (any bytes). What is kept must fit an AMQP
+/// frame: names of at most 255 bytes, values within the total bound, never a credential.
+pub fn ingress_headers(data: &[u8]) {
+    let mut headers = HeaderMap::new();
+    for line in data.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(value.trim_ascii()),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    let _ = crate::webhooks::ingress::content_type_problem(&headers);
+    let table = crate::webhooks::ingress::kept_headers(ProviderName::Bpn, &headers);
+    let mut bytes = 0usize;
+    for (key, value) in table.inner() {
+        let key = key.as_str();
+        assert!(key.len() <= 255, "an AMQP field name over 255 bytes");
+        assert!(
+            !key.contains("authorization") && !key.contains("cookie"),
+            "a credential header was kept: {key}"
+        );
+        if let lapin::types::AMQPValue::LongString(v) = value {
+            bytes += key.len() + v.as_bytes().len();
+        }
+    }
+    // The provider header comes on top of the bound.
+    assert!(bytes <= crate::webhooks::ingress::KEPT_HEADER_BYTES + 64);
+}
+
+/// What `dlq list` decodes from a dead letter: headers (`name=value` lines, a line `#id`
+/// sets the message id, `!reason` an `x-death` reason), a blank line, then the body.
+pub fn dead_letter(data: &[u8]) {
+    use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+    let split = data
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .unwrap_or(data.len());
+    let (head, body) = (&data[..split], data.get(split + 2..).unwrap_or_default());
+    let mut table = FieldTable::default();
+    let mut props = lapin::BasicProperties::default();
+    for line in head.split(|b| *b == b'\n') {
+        let text = String::from_utf8_lossy(line);
+        if let Some(id) = text.strip_prefix('#') {
+            props =
+                props.with_message_id(ShortString::from(id.chars().take(255).collect::<String>()));
+        } else if let Some(reason) = text.strip_prefix('!') {
+            let mut death = FieldTable::default();
+            death.insert(
+                "reason".into(),
+                AMQPValue::LongString(LongString::from(reason.as_bytes().to_vec())),
+            );
+            table.insert(
+                "x-death".into(),
+                AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+            );
+        } else if let Some((k, v)) = text.split_once('=') {
+            let k: String = k.chars().take(200).collect();
+            let value = match v.parse::<i64>() {
+                Ok(n) => AMQPValue::LongLongInt(n),
+                Err(_) => AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
+            };
+            table.insert(ShortString::from(k), value);
+        }
+    }
+    let props = props.with_headers(table);
+    let d = crate::broker::dlq::describe(1, &props, body);
+    let again = crate::broker::dlq::describe(2, &props, body);
+    assert_eq!(d.id, again.id, "a dead letter's id is stable");
+    match props.message_id() {
+        Some(id) => assert_eq!(d.id, id.as_str()),
+        None => assert!(
+            d.id.starts_with("sha256:") && d.id.len() == 7 + 16,
+            "{}",
+            d.id
+        ),
+    }
+    assert!(d.body.len() <= 4096 + 3, "the shown body is bounded");
 }

@@ -8,9 +8,10 @@
 
 use crate::broker::{self, dlq, Topology};
 use crate::config::Config;
+use crate::http_validation::{self as validation, NoQuery, StrictJson, StrictQuery};
 use crate::pipeline::worker::Status;
 use crate::store::{self, webhooks::ResendFilter, StoreError};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -51,7 +52,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/dlq/{queue}/replay"),
     ("post", "/v1/recover"),
     ("get", "/v1/recover/{id}"),
+    // The operations console (crate::console), with the admin API only.
+    ("get", "/console"),
+    ("get", "/console/console.js"),
+    ("get", "/console/console.css"),
 ];
+
+/// Largest `limit` of `GET /v1/refunds` (as docs/openapi.json says).
+pub const REFUNDS_MAX_LIMIT: i64 = 500;
+/// Largest `limit` of the other admin lists (failed webhooks, dead letters).
+pub const LIST_MAX_LIMIT: i64 = 1000;
 
 /// Largest admin request body.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
@@ -162,7 +172,7 @@ pub fn router(state: AppState) -> Router {
             state.topology.clone(),
         ));
     let router = if state.config.admin_token.is_some() {
-        public.merge(admin)
+        public.merge(admin).merge(crate::console::routes())
     } else {
         public
     };
@@ -223,8 +233,13 @@ impl ApiError {
         }
     }
 
+    /// The message (tests and logs).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// A body the JSON extractor refused: too large (413), not JSON (415), or malformed (400).
-    fn from_json_rejection(e: axum::extract::rejection::JsonRejection) -> Self {
+    pub(crate) fn from_json_rejection(e: axum::extract::rejection::JsonRejection) -> Self {
         let (status, code) = match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
@@ -235,7 +250,7 @@ impl ApiError {
         Self::new(status, code, e.body_text())
     }
 
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "admin API internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -387,6 +402,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
 async fn get_refund(
     State(state): State<AppState>,
     Path(reference): Path<String>,
+    _: StrictQuery<NoQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let view = store::refunds::show(&state.pool, &reference)
         .await?
@@ -405,17 +421,13 @@ async fn get_refund(
 
 async fn list_refunds(
     State(state): State<AppState>,
-    Query(filter): Query<store::refunds::ListFilter>,
+    StrictQuery(filter): StrictQuery<store::refunds::ListFilter>,
 ) -> Result<Json<store::refunds::RefundPage>, ApiError> {
-    if let Some(s) = &filter.status {
-        if crate::domain::RefundStatus::parse(s).is_none() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("status `{s}` is not PENDING, COMPLETED or REFUND_FAIL"),
-            ));
-        }
-    }
+    // A provider or status outside the set would match nothing: say so instead of an empty page.
+    validation::check_status(filter.status.as_deref())?;
+    validation::check_provider(filter.provider.as_deref())?;
+    // Out of range used to be clamped silently (limit=0 gave one row, limit=-5 one row too).
+    validation::limit_in_range(filter.limit, REFUNDS_MAX_LIMIT)?;
     Ok(Json(store::refunds::list(&state.pool, &filter).await?))
 }
 
@@ -430,6 +442,8 @@ struct RecheckBody {
 async fn recheck_refund(
     State(state): State<AppState>,
     Path(reference): Path<String>,
+    _: StrictQuery<NoQuery>,
+    // Optional, so a bare POST works; unknown fields are refused by serde, naming `reason`.
     body: Option<Json<RecheckBody>>,
 ) -> Result<Json<Value>, ApiError> {
     use crate::pipeline::review::RecheckError;
@@ -452,7 +466,7 @@ async fn recheck_refund(
 
 /// `POST /v1/refunds/{ref}/resolve`.
 #[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct ResolveBody {
     status: String,
     reason: String,
@@ -463,11 +477,11 @@ struct ResolveBody {
 async fn resolve_refund(
     State(state): State<AppState>,
     Path(reference): Path<String>,
-    body: Result<Json<ResolveBody>, axum::extract::rejection::JsonRejection>,
+    _: StrictQuery<NoQuery>,
+    StrictJson(body): StrictJson<ResolveBody>,
 ) -> Result<Json<Value>, ApiError> {
     use crate::domain::review::{ResolveRefused, ResolveRequest};
     use crate::store::review::{ResolveError, Resolved};
-    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
     let status = crate::domain::RefundStatus::parse(&body.status)
         .filter(|s| s.is_final())
         .ok_or_else(|| {
@@ -510,7 +524,6 @@ async fn resolve_refund(
 }
 
 #[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct InboxQuery {
     state: String,
     limit: Option<i64>,
@@ -518,7 +531,7 @@ struct InboxQuery {
 
 async fn list_provider_webhooks(
     State(state): State<AppState>,
-    Query(q): Query<InboxQuery>,
+    StrictQuery(q): StrictQuery<InboxQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let wanted = q.state.to_ascii_lowercase();
     if !store::inbound::OPERATOR_STATES.contains(&wanted.as_str()) {
@@ -532,42 +545,51 @@ async fn list_provider_webhooks(
             ),
         ));
     }
+    validation::limit_in_range(q.limit, 500)?;
     let limit = q.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("limit must be between 1 and 500, got {limit}"),
-        ));
-    }
     let items = store::inbound::list_for_operators(&state.pool, &wanted, limit).await?;
     Ok(Json(json!({"state": wanted, "items": items})))
 }
 
+/// `POST /v1/webhooks/resend`. The fields are inline (not a flattened [`ResendFilter`]) so
+/// [`StrictJson`] knows them all and refuses a misspelt `dry_run` instead of resending.
 #[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ResendBody {
-    #[serde(flatten)]
-    filter: ResendFilter,
+    event_ids: Option<Vec<uuid::Uuid>>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    provider: Option<String>,
+    status: Option<String>,
     #[serde(default)]
     dry_run: bool,
 }
 
 async fn resend_webhooks(
     State(state): State<AppState>,
-    body: Result<Json<ResendBody>, axum::extract::rejection::JsonRejection>,
+    _: StrictQuery<NoQuery>,
+    StrictJson(body): StrictJson<ResendBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
-    body.filter
+    // `"provider": "paypal"` used to answer "0 would be queued"; it is a mistake, not a filter.
+    validation::check_status(body.status.as_deref())?;
+    validation::check_provider(body.provider.as_deref())?;
+    let filter = ResendFilter {
+        event_ids: body.event_ids,
+        since: body.since,
+        until: body.until,
+        provider: body.provider,
+        status: body.status,
+    };
+    filter
         .validate()
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
     if body.dry_run {
-        let n = store::webhooks::count_resendable(&state.pool, &body.filter).await?;
+        let n = store::webhooks::count_resendable(&state.pool, &filter).await?;
         return Ok(Json(json!({"dryRun": true, "wouldQueue": n})));
     }
     let mut queued = Vec::new();
     loop {
-        let batch = store::webhooks::resend(&state.pool, &body.filter, 500).await?;
+        let batch = store::webhooks::resend(&state.pool, &filter, 500).await?;
         let done = batch.len() < 500;
         queued.extend(batch);
         if done {
@@ -578,17 +600,22 @@ async fn resend_webhooks(
 }
 
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LimitQuery {
     limit: Option<i64>,
 }
 
 async fn failed_webhooks(
     State(state): State<AppState>,
-    Query(q): Query<LimitQuery>,
+    StrictQuery(q): StrictQuery<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let rows =
-        store::webhooks::list_failed(&state.pool, q.limit.unwrap_or(100).clamp(1, 1000)).await?;
-    Ok(Json(json!({"items": rows})))
+    validation::limit_in_range(q.limit, LIST_MAX_LIMIT)?;
+    let limit = q.limit.unwrap_or(100);
+    // One more than asked, to say whether there are more than shown.
+    let mut rows = store::webhooks::list_failed(&state.pool, limit + 1).await?;
+    let truncated = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(Json(json!({"items": rows, "truncated": truncated})))
 }
 
 /// The dead-letter queues operators may touch, with where their messages go back to.
@@ -621,9 +648,10 @@ async fn broker_connection(state: &AppState) -> Result<lapin::Connection, ApiErr
 async fn list_dlq(
     State(state): State<AppState>,
     Path(queue): Path<String>,
-    Query(q): Query<LimitQuery>,
+    StrictQuery(q): StrictQuery<LimitQuery>,
 ) -> Result<Json<Value>, ApiError> {
     dlq_target(&state, &queue)?;
+    validation::limit_in_range(q.limit, LIST_MAX_LIMIT)?;
     let connection = broker_connection(&state).await?;
     let depth = dlq::depth(&connection, &queue).await.map_err(dlq_error)?;
     let items = dlq::list(
@@ -634,16 +662,21 @@ async fn list_dlq(
     .await
     .map_err(dlq_error)?;
     let _ = connection.close(200, "done").await;
+    let truncated = items.len() < depth as usize;
     Ok(Json(
-        json!({"queue": queue, "depth": depth, "items": items}),
+        json!({"queue": queue, "depth": depth, "items": items, "truncated": truncated}),
     ))
 }
 
+/// `POST /v1/dlq/{queue}/replay`. Inline fields, for the same reason as [`ResendBody`].
 #[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ReplayBody {
-    #[serde(flatten)]
-    filter: dlq::ReplayFilter,
+    message_id: Option<String>,
+    position: Option<usize>,
+    reason_contains: Option<String>,
+    #[serde(default)]
+    all: bool,
     #[serde(default)]
     dry_run: bool,
 }
@@ -651,18 +684,23 @@ struct ReplayBody {
 async fn replay_dlq(
     State(state): State<AppState>,
     Path(queue): Path<String>,
-    body: Result<Json<ReplayBody>, axum::extract::rejection::JsonRejection>,
+    _: StrictQuery<NoQuery>,
+    StrictJson(body): StrictJson<ReplayBody>,
 ) -> Result<Json<dlq::ReplayReport>, ApiError> {
-    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
-    body.filter
-        .validate()
-        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
+    let filter = dlq::ReplayFilter::exactly_one(
+        body.message_id,
+        body.position,
+        body.reason_contains,
+        body.all,
+        ["messageId", "position", "reasonContains", "all"],
+    )
+    .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
     let (exchange, routing_key) = dlq_target(&state, &queue)?;
     let connection = broker_connection(&state).await?;
     let report = dlq::replay(
         &connection,
         &queue,
-        &body.filter,
+        &filter,
         (&exchange, &routing_key),
         body.dry_run,
         |_, _| {},
@@ -708,10 +746,11 @@ struct RecoverBody {
 /// [`crate::pipeline::recover`]); 202 with the job, to be followed at `GET /v1/recover/{id}`.
 async fn start_recovery(
     State(state): State<AppState>,
-    body: Result<Json<RecoverBody>, axum::extract::rejection::JsonRejection>,
+    _: StrictQuery<NoQuery>,
+    StrictJson(body): StrictJson<RecoverBody>,
 ) -> Result<Response, ApiError> {
     use crate::pipeline::recover;
-    let Json(body) = body.map_err(ApiError::from_json_rejection)?;
+    validation::check_provider(body.provider.as_deref())?;
     let window = recover::Window::parse(
         &body.since,
         body.until.as_deref(),
@@ -731,7 +770,10 @@ async fn start_recovery(
 }
 
 /// `GET /v1/recover/{id}`: a recovery's progress, and its summary once done.
-async fn get_recovery(Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_recovery(
+    Path(id): Path<String>,
+    _: StrictQuery<NoQuery>,
+) -> Result<Json<Value>, ApiError> {
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -747,6 +789,28 @@ async fn get_recovery(Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_strict_bodies_and_queries_expose_their_fields() {
+        use crate::http_validation::fields_of;
+        // A `#[serde(flatten)]` would hide them: StrictJson would refuse every field.
+        assert_eq!(
+            fields_of::<ResendBody>(),
+            ["eventIds", "since", "until", "provider", "status", "dryRun"]
+        );
+        assert_eq!(
+            fields_of::<ReplayBody>(),
+            ["messageId", "position", "reasonContains", "all", "dryRun"]
+        );
+        assert_eq!(fields_of::<LimitQuery>(), ["limit"]);
+        assert!(fields_of::<store::refunds::ListFilter>().contains(&"status"));
+        assert!(fields_of::<NoQuery>().is_empty());
+        assert_eq!(
+            fields_of::<ResolveBody>(),
+            ["status", "reason", "providerReference"]
+        );
+        assert_eq!(fields_of::<InboxQuery>(), ["state", "limit"]);
+    }
 
     #[test]
     fn the_openapi_document_covers_every_route() {
@@ -771,5 +835,24 @@ mod tests {
             ROUTES.len(),
             "docs/openapi.json documents routes the server does not have"
         );
+        // Admin bodies refuse unknown fields (http_validation::StrictJson); the document
+        // says so, and documents the 400 that says which field.
+        for (method, path) in ROUTES.iter().filter(|(_, p)| p.starts_with("/v1/")) {
+            let op = &doc["paths"][path][method];
+            if let Some(schema) = op["requestBody"]["content"]["application/json"]["schema"]
+                .get("$ref")
+                .and_then(Value::as_str)
+            {
+                let name = schema.trim_start_matches("#/components/schemas/");
+                assert_eq!(
+                    doc["components"]["schemas"][name]["additionalProperties"], false,
+                    "{name} (body of {method} {path}) must set additionalProperties: false"
+                );
+                assert!(
+                    op["responses"]["400"].is_object(),
+                    "{method} {path}: no 400"
+                );
+            }
+        }
     }
 }

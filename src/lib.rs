@@ -1,19 +1,43 @@
 //! refund-worker: moves refunds through payment providers, driven by RabbitMQ commands.
 //!
-//! The pieces, in the order data flows through them:
+//! The layers, from the rules at the bottom to the wiring at the top; each layer imports
+//! only the ones below it:
 //!
-//! - [`broker`]: RabbitMQ topology, the command consumer, publishing with confirms.
-//! - [`domain`]: pure rules: exact money, command validation, the refund state machine.
-//! - [`store`]: PostgreSQL, the source of truth: refunds, history, attempts, the outbox.
-//! - [`pipeline`]: the loops that move work: intake (command -> row), dispatch (row ->
-//!   provider -> row), relay (outbox -> broker), each a step function plus a thin loop.
+//! ```text
+//!  cli ─ run, demo, bench, operator commands (one binary)
+//!   │
+//!  http ─ health, metrics, admin API (+ http_validation, console), provider webhook ingress
+//!   │
+//!  pipeline ─ intake, provider webhooks in, dispatch, relay, review, retention:
+//!   │          each a step function (tests drive it) inside a thin loop (production runs it)
+//!   ├── providers ─ one adapter per provider: signing, requests, classification
+//!   ├── broker ─── RabbitMQ topology, consuming with an ack window, publishing with confirms
+//!   ├── webhooks ─ merchant webhooks out: signing, delivery, network policy
+//!   └── store ──── PostgreSQL: reads and writes inside one transaction per change
+//!        │
+//!  domain ─ pure rules: money, commands, the state machine, the retry decision, the guard,
+//!           review and resolution; no I/O, unit-tested without a database
+//! ```
+//!
+//! - [`domain`]: pure rules: exact money, command validation, the refund state machine
+//!   ([`domain::transition`], [`domain::decide`]), the over-refund guard, operator review.
+//! - [`store`]: PostgreSQL, the source of truth: refunds, history, attempts, the outbox, the
+//!   provider webhook inbox, review flags, retention.
+//! - [`broker`]: RabbitMQ topology, the consumers' ack window, publishing with confirms.
 //! - [`providers`]: one adapter per payment provider behind the [`providers::Provider`] trait.
-//! - [`retry`]: the one retry policy (exponential backoff, full jitter).
-//! - [`webhooks`]: outbound merchant webhooks (signing, delivery, network policy).
-//! - [`http`]: health, readiness, metrics and the admin API.
+//! - [`webhooks`]: merchant webhooks out (signing, delivery, network policy) and the provider
+//!   webhook ingress in.
+//! - [`pipeline`]: the loops that move work: intake (command -> row), inbound (provider
+//!   webhook -> row), dispatch (row -> provider -> row), relay (outbox -> broker), review
+//!   (open too long -> operator), retention (old operational rows -> gone).
+//! - [`retry`]: the one retry policy (exponential backoff, full jitter, `Retry-After` ceiling).
+//! - [`http`]: health, readiness, metrics, the admin API and the ingress's routes.
+//! - [`console`]: the operations console, a static page over the admin API (`/console`).
 //! - [`metrics`]: Prometheus metrics.
 //! - [`schema`]: JSON Schemas of the command and the event.
-//! - [`sandbox`]: a local simulator of the providers' APIs, for the demo and the tests.
+//! - [`config`], [`error`], [`telemetry`]: settings, error classes, logging.
+//! - [`sandbox`]: a local simulator of the providers' APIs, for the demo, the bench and the
+//!   chaos suite (written from the providers' docs, not from the adapters).
 //! - [`cli`]: the `refund-worker` command line.
 //! - [`bench`]: the benchmark (`refund-worker bench`).
 
@@ -21,11 +45,13 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod http_validation;
 pub mod metrics;
 pub mod pipeline;
 pub mod providers;

@@ -50,11 +50,17 @@ mod tests {
             "event-pending.json",
             "event-completed.json",
             "event-refund-fail.json",
+            "event-review-required.json",
+            "event-resolved-by-operator.json",
         ] {
             let bytes = std::fs::read(dir.join(name)).unwrap();
             let e: RefundEvent =
                 serde_json::from_slice(&bytes).unwrap_or_else(|err| panic!("{name}: {err}"));
             assert_eq!(e.refund_reference, parsed.refund_reference, "{name}");
+            // Read back exactly as written: no field is lost or renamed.
+            let again = serde_json::to_value(&e).unwrap();
+            let original: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(again, original, "{name}");
         }
         // The schema names every field of the example command.
         let schema = command();

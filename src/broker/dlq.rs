@@ -12,6 +12,7 @@ use super::ERROR_HEADER;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection};
+use sha2::{Digest, Sha256};
 
 /// Header counting how many times a message was replayed.
 pub const REPLAYED_HEADER: &str = "x-refund-worker-replayed";
@@ -20,6 +21,10 @@ pub const REPLAYED_HEADER: &str = "x-refund-worker-replayed";
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
+    /// Stable id: the AMQP `message_id`, or `sha256:` and 16 hex digits of a hash of the
+    /// message when it has none (see [`stable_id`]). Positions shift when messages are
+    /// replayed; this does not.
+    pub id: String,
     /// Position in the queue when listed (1-based).
     pub position: usize,
     /// AMQP `message_id`, if the publisher set one.
@@ -36,43 +41,72 @@ pub struct DeadLetter {
     pub body: String,
 }
 
-/// Which dead letters to replay.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ReplayFilter {
-    /// Only the message with this `message_id`.
-    pub message_id: Option<String>,
-    /// Only the message at this position (as `list` shows it).
-    pub position: Option<usize>,
-    /// Only messages whose reason contains this text.
-    pub reason_contains: Option<String>,
-    /// Every message (required when no other filter is given).
-    #[serde(default)]
-    pub all: bool,
+/// Which dead letters to replay: exactly one selector. They used to be optional fields that
+/// were ANDed together, so `--id X --position 1` replayed nothing or something unexpected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayFilter {
+    /// The message(s) with this id ([`DeadLetter::id`]: the `message_id`, or the derived
+    /// `sha256:...` one).
+    Id(String),
+    /// The message at this position (1-based, as `list` shows it).
+    Position(usize),
+    /// Messages whose reason contains this text.
+    ReasonContains(String),
+    /// Every message.
+    All,
 }
 
 impl ReplayFilter {
-    /// A replay must say what it replays; "everything" must be asked for.
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.all
-            && self.message_id.is_none()
-            && self.position.is_none()
-            && self.reason_contains.is_none()
-        {
-            return Err("say what to replay: messageId, position, reasonContains, or all".into());
+    /// The one selector among optional ones (a request body's or flags'), or why not:
+    /// `names` are how the caller calls them (`messageId` or `--id`...), for the message.
+    pub fn exactly_one(
+        id: Option<String>,
+        position: Option<usize>,
+        reason_contains: Option<String>,
+        all: bool,
+        names: [&str; 4],
+    ) -> Result<Self, String> {
+        let mut given = Vec::new();
+        if let Some(id) = id {
+            given.push((names[0], Self::Id(id)));
         }
-        Ok(())
+        if let Some(p) = position {
+            if p == 0 {
+                return Err(format!("{} counts from 1", names[1]));
+            }
+            given.push((names[1], Self::Position(p)));
+        }
+        if let Some(text) = reason_contains {
+            given.push((names[2], Self::ReasonContains(text)));
+        }
+        if all {
+            given.push((names[3], Self::All));
+        }
+        match given.len() {
+            1 => Ok(given.remove(0).1),
+            0 => Err(format!(
+                "say what to replay: exactly one of {}",
+                names.join(", ")
+            )),
+            _ => Err(format!(
+                "give exactly one of {}, not {}",
+                names.join(", "),
+                given
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )),
+        }
     }
 
     fn matches(&self, d: &DeadLetter) -> bool {
-        self.message_id
-            .as_ref()
-            .is_none_or(|id| d.message_id.as_ref() == Some(id))
-            && self.position.is_none_or(|p| p == d.position)
-            && self
-                .reason_contains
-                .as_ref()
-                .is_none_or(|r| d.reason.as_deref().unwrap_or("").contains(r.as_str()))
+        match self {
+            Self::Id(id) => d.id == *id,
+            Self::Position(p) => *p == d.position,
+            Self::ReasonContains(text) => d.reason.as_deref().unwrap_or("").contains(text.as_str()),
+            Self::All => true,
+        }
     }
 }
 
@@ -146,20 +180,23 @@ pub async fn list(
             &msg.delivery.data,
         ));
     }
-    // Closing the channel returns every unacknowledged message to the queue.
+    // Closing the channel returns every unacknowledged message to the queue. Wait for the
+    // whole queue, not just for as many as were read: the unread ones are counted at once,
+    // so "at least as many as read" held before anything came back, and a replay right
+    // after a partial listing (`--position N --yes`) missed the message it was to replay.
     let _ = channel.close(200, "listed").await;
-    settle_depth(connection, queue, out.len()).await;
+    settle_depth(connection, queue, total).await;
     Ok(out)
 }
 
-/// Waits (briefly) until `queue` counts at least `returned` messages again: a quorum queue
-/// takes the messages we put back through its log, and an operator's next `list` or `replay`
-/// right after this one must see them all.
-async fn settle_depth(connection: &Connection, queue: &str, returned: usize) {
+/// Waits (briefly) until `queue` counts at least `expected` messages again (all it held but
+/// those removed): a quorum queue takes the messages we put back through its log, and an
+/// operator's next `list` or `replay` right after this one must see them all.
+async fn settle_depth(connection: &Connection, queue: &str, expected: usize) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
     while tokio::time::Instant::now() < deadline {
         match depth(connection, queue).await {
-            Ok(d) if d as usize >= returned => return,
+            Ok(d) if d as usize >= expected => return,
             Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             Err(_) => return,
         }
@@ -231,7 +268,6 @@ pub async fn replay(
             }
         }
     }
-    let kept = keep.len();
     for delivery in keep {
         delivery
             .nack(BasicNackOptions {
@@ -242,11 +278,12 @@ pub async fn replay(
     }
     let _ = channel.close(200, "replayed").await;
     let _ = publisher.channel().close(200, "replayed").await;
-    settle_depth(connection, queue, kept).await;
+    settle_depth(connection, queue, total.saturating_sub(report.replayed)).await;
     Ok(report)
 }
 
-fn describe(position: usize, props: &BasicProperties, body: &[u8]) -> DeadLetter {
+/// What `dlq list` shows of one message (also the fuzz harness's dead-letter decoding).
+pub fn describe(position: usize, props: &BasicProperties, body: &[u8]) -> DeadLetter {
     let headers = props.headers();
     let replayed = headers
         .as_ref()
@@ -267,14 +304,96 @@ fn describe(position: usize, props: &BasicProperties, body: &[u8]) -> DeadLetter
         text.push_str("...");
     }
     DeadLetter {
+        id: stable_id(props, body),
         position,
         message_id: props.message_id().as_ref().map(|m| m.to_string()),
         reason: header_str(headers, ERROR_HEADER).or_else(|| death_reason(headers)),
         original_exchange: header_str(headers, "x-original-exchange"),
         original_routing_key: header_str(headers, "x-original-routing-key"),
         replayed,
-        body: text,
+        body: mask_account_numbers(&text),
     }
+}
+
+/// Masks the value of every `accountNumber` (or `account_number`) in a message body as
+/// everywhere else (`******7886`, see [`crate::domain::command::mask`]), whether or not the
+/// body is valid JSON: operators see the reason and the shape, not the account. Only what is
+/// shown is masked; a replay republishes the original bytes.
+pub fn mask_account_numbers(body: &str) -> String {
+    let mut out = String::with_capacity(body.len());
+    let mut rest = body;
+    loop {
+        let next = ["\"accountNumber\"", "\"account_number\""]
+            .iter()
+            .filter_map(|k| rest.find(k).map(|i| (i, k.len())))
+            .min();
+        let Some((at, key_len)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        let (head, tail) = rest.split_at(at + key_len);
+        out.push_str(head);
+        // Whitespace, a colon, whitespace, then a string or a bare number.
+        let after_colon = tail.trim_start();
+        let Some(value) = after_colon.strip_prefix(':') else {
+            rest = tail;
+            continue;
+        };
+        let value_start = value.trim_start();
+        out.push_str(&tail[..tail.len() - value_start.len()]);
+        if let Some(inner) = value_start.strip_prefix('"') {
+            // Up to the closing quote (not one escaped), or the end of a truncated body.
+            let mut end = inner.len();
+            let mut escaped = false;
+            for (i, c) in inner.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        end = i;
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            out.push('"');
+            out.push_str(&crate::domain::command::mask(&inner[..end]));
+            rest = &inner[end..];
+        } else {
+            let end = value_start
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+                .unwrap_or(value_start.len());
+            out.push_str(&crate::domain::command::mask(&value_start[..end]));
+            rest = &value_start[end..];
+        }
+    }
+}
+
+/// Headers the broker changes while a message sits in a queue (each time a listing returns
+/// it): left out of the derived id, which must not change between listings.
+const VOLATILE_HEADERS: [&str; 2] = ["x-delivery-count", "x-acquired-count"];
+
+/// A dead letter's id: its AMQP `message_id`, or, when the publisher set none, `sha256:` and
+/// the first 16 hex digits of a SHA-256 of its headers (but the volatile ones) and body.
+/// Identical messages without a message id share the id (replaying by it replays them all).
+pub fn stable_id(props: &BasicProperties, body: &[u8]) -> String {
+    if let Some(id) = props.message_id() {
+        return id.to_string();
+    }
+    let mut hash = Sha256::new();
+    if let Some(headers) = props.headers() {
+        let stable: std::collections::BTreeMap<&str, &AMQPValue> = headers
+            .inner()
+            .iter()
+            .filter(|(k, _)| !VOLATILE_HEADERS.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        // Serialization of a BTreeMap is in key order, so the same headers hash the same.
+        hash.update(serde_json::to_vec(&stable).unwrap_or_default());
+    }
+    hash.update([0]);
+    hash.update(body);
+    let digest = hex::encode(hash.finalize());
+    format!("sha256:{}", &digest[..16])
 }
 
 /// The broker's own reason (`x-death[0].reason`, e.g. `delivery_limit`).
@@ -313,4 +432,74 @@ fn replay_properties(original: &BasicProperties, replayed: i64) -> BasicProperti
         AMQPValue::LongString(LongString::from("refund-worker dlq replay")),
     );
     original.clone().with_headers(cleaned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_headers(pairs: &[(&str, AMQPValue)]) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        for (k, v) in pairs {
+            headers.insert((*k).into(), v.clone());
+        }
+        BasicProperties::default().with_headers(headers)
+    }
+
+    #[test]
+    fn a_dead_letter_without_message_id_gets_an_id_that_survives_redelivery() {
+        let reason = (ERROR_HEADER, AMQPValue::LongString("bad".into()));
+        let first = stable_id(&with_headers(std::slice::from_ref(&reason)), b"body");
+        assert!(
+            first.starts_with("sha256:") && first.len() == 7 + 16,
+            "{first}"
+        );
+        let redelivered = with_headers(&[
+            reason.clone(),
+            ("x-delivery-count", AMQPValue::LongLongInt(3)),
+        ]);
+        assert_eq!(stable_id(&redelivered, b"body"), first);
+        assert_ne!(
+            stable_id(&with_headers(std::slice::from_ref(&reason)), b"other"),
+            first
+        );
+        let other_reason = (ERROR_HEADER, AMQPValue::LongString("worse".into()));
+        assert_ne!(stable_id(&with_headers(&[other_reason]), b"body"), first);
+        let named = BasicProperties::default().with_message_id("m-1".into());
+        assert_eq!(stable_id(&named, b"body"), "m-1");
+    }
+
+    #[test]
+    fn a_replay_takes_exactly_one_selector() {
+        let names = ["--id", "--position", "--reason-contains", "--all"];
+        let one = ReplayFilter::exactly_one(None, Some(2), None, false, names);
+        assert_eq!(one, Ok(ReplayFilter::Position(2)));
+        let two = ReplayFilter::exactly_one(Some("x".into()), Some(2), None, false, names);
+        assert_eq!(
+            two,
+            Err("give exactly one of --id, --position, --reason-contains, --all, not --id and --position".into())
+        );
+        assert!(ReplayFilter::exactly_one(None, None, None, false, names).is_err());
+        assert!(ReplayFilter::exactly_one(None, Some(0), None, false, names).is_err());
+    }
+
+    #[test]
+    fn account_numbers_in_dead_letter_bodies_are_masked() {
+        assert_eq!(
+            mask_account_numbers(
+                r#"{"destination":{"accountNumber": "1234567886","bankCode":"X"}}"#
+            ),
+            r#"{"destination":{"accountNumber": "******7886","bankCode":"X"}}"#
+        );
+        // Not valid JSON, a number, snake case, an escaped quote, a truncated body.
+        assert_eq!(
+            mask_account_numbers(r#"{"account_number":99887766, "accountNumber":"12\"345678"#),
+            r#"{"account_number":****7766, "accountNumber":"******5678"#
+        );
+        assert_eq!(mask_account_numbers("not json at all"), "not json at all");
+        assert_eq!(
+            mask_account_numbers(r#"{"accountNumber" "x"}"#),
+            r#"{"accountNumber" "x"}"#
+        );
+    }
 }

@@ -34,6 +34,10 @@ pub struct DemoArgs {
     /// How long to wait for one refund to reach a final status, in seconds.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+    /// After the summary, keep the worker, the sandbox and the HTTP server (admin API and
+    /// operations console) running until ctrl-c, to look around in the console.
+    #[arg(long)]
+    keep: bool,
 }
 
 /// What a scenario expects.
@@ -91,6 +95,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // A merchant endpoint on loopback that checks every webhook's signature.
     let webhook_secret = crate::webhooks::signing::SigningKey::generate_secret();
     let merchant = Merchant::start(&webhook_secret).await?;
+    // The demo's own admin token (random, this run only): the admin API and the operations
+    // console are served on the HTTP address.
+    let admin_token = format!(
+        "demo-{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
 
     // The environment decides where PostgreSQL and RabbitMQ are; the demo decides the rest.
     let mut overrides: HashMap<String, String> = [
@@ -105,6 +116,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ("WEBHOOK_TIMEOUT_MS", "2000".into()),
         // The merchant endpoint is on loopback, which callbacks may not reach by default.
         ("WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8".into()),
+        ("ADMIN_TOKEN", admin_token.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -126,6 +138,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "  merchant endpoint {}  (verifies every webhook signature)",
         merchant.url
     );
+    println!("  console           http://{http_addr}/console  (token: {admin_token}; `demo --keep` keeps it up after the summary)");
     println!("  database          {}", redact_url(&config.database_url));
     println!(
         "  broker            {}  (exchanges and queues prefixed `demo-{run_id}.`)\n",
@@ -177,6 +190,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 .await
         });
     }
+    // The gauges /metrics (and the console's overview) show.
+    crate::metrics::handle();
+    tokio::spawn(crate::metrics::sample(
+        pool.clone(),
+        Duration::from_secs(2),
+        worker_stop.clone(),
+    ));
     let worker_task = tokio::spawn(worker::run(ctx, status, worker_stop.clone()));
 
     let mut rows = Vec::new();
@@ -330,29 +350,43 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ok: w.bad_signatures == w.bad_signatures_refused && w.abandoned == 0,
     });
 
-    // An outage (the worker and its ingress down), recovery, and a reconciliation; it stops
-    // the worker.
-    rows.extend(
-        outage_recovery_and_reconcile(OutageDemo {
-            run: &run_id,
-            since: demo_started,
-            sandbox: &sandbox,
-            publisher: &publisher,
-            topology: &topology,
-            worker_stop: &worker_stop,
-            worker_task,
-            pool: &pool,
-            config: &config,
-            wait,
-        })
-        .await?,
-    );
+    if args.keep {
+        // The outage part stops the worker, which --keep is there to keep: it is left out.
+        println!("(--keep: the outage, recovery and reconciliation part is left out: it stops the worker)\n");
+        print_summary(&rows);
+        println!("\nconsole: http://{http_addr}/console (token: {admin_token})");
+        println!("the worker, the sandbox and the HTTP server keep running; ctrl-c stops them and cleans up");
+        tokio::signal::ctrl_c().await?;
+        println!();
+        worker_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker_task).await;
+    } else {
+        // An outage (the worker and its ingress down), recovery, and a reconciliation; it
+        // stops the worker.
+        rows.extend(
+            outage_recovery_and_reconcile(OutageDemo {
+                run: &run_id,
+                since: demo_started,
+                sandbox: &sandbox,
+                publisher: &publisher,
+                topology: &topology,
+                worker_stop: &worker_stop,
+                worker_task,
+                pool: &pool,
+                config: &config,
+                wait,
+            })
+            .await?,
+        );
+    }
     merchant.stop.cancel();
     let _ = topology.delete(&channel).await;
     let _ = connection.close(200, "demo done").await;
     sandbox_stop.cancel();
 
-    print_summary(&rows);
+    if !args.keep {
+        print_summary(&rows);
+    }
     let failed = rows.iter().filter(|r| !r.ok).count();
     let ledger = sandbox.ledger();
     println!(

@@ -14,17 +14,23 @@ pub enum DlqCommand {
         /// Dead-letter queue (default: refund.commands.dlq).
         #[arg(long)]
         queue: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        limit: u64,
+        /// Print JSON (`queue`, `depth`, `items`, `truncated`) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
-    /// Show one dead letter in full, by position (from `list`) or message id.
+    /// Show one dead letter in full, by id (from `list`) or position.
     Show {
-        /// Position (1-based) or AMQP message id.
+        /// Id (the AMQP message id, or the `sha256:...` one `list` shows) or position (1-based).
         which: String,
         /// Dead-letter queue (default: refund.commands.dlq).
         #[arg(long)]
         queue: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Republish dead letters to where they came from; each is removed from the dead-letter
     /// queue only after the broker confirmed its copy.
@@ -32,59 +38,120 @@ pub enum DlqCommand {
         /// Dead-letter queue: refund.commands.dlq (default) or provider.webhooks.dlq.
         #[arg(long)]
         queue: Option<String>,
-        /// Only the message with this AMQP message id.
-        #[arg(long)]
-        id: Option<String>,
-        /// Only the message at this position.
-        #[arg(long)]
-        position: Option<usize>,
-        /// Only messages whose reason contains this text.
-        #[arg(long)]
-        reason_contains: Option<String>,
-        /// Every message in the queue.
-        #[arg(long)]
-        all: bool,
+        /// Which dead letters: exactly one selector.
+        #[command(flatten)]
+        selector: Selector,
         /// Show what would be replayed; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With --position: replay the message it picks (which is shown first) without
+        /// stopping. Positions shift as messages come and go, so without --yes (or
+        /// --dry-run) --position only shows what it picks.
+        #[arg(long)]
+        yes: bool,
     },
+}
+
+/// What `dlq replay` replays: exactly one of these (clap refuses none or several with a
+/// usage error; they used to be ANDed silently).
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Selector {
+    /// Only the message with this id (as `dlq list` shows it: the AMQP message id, or
+    /// `sha256:...` for a message without one).
+    #[arg(long)]
+    id: Option<String>,
+    /// Only the message at this position (1-based, as `dlq list` shows it).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    position: Option<u64>,
+    /// Only messages whose reason contains this text.
+    #[arg(long)]
+    reason_contains: Option<String>,
+    /// Every message in the queue.
+    #[arg(long)]
+    all: bool,
 }
 
 /// Runs `dlq ...`.
 pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
     let topology = Topology::with_prefix(&config.amqp_name_prefix);
+    // Only the worker's dead-letter queues: `dlq list --queue refunds.unrouted` used to list
+    // status events as if they were dead letters. Checked before connecting.
+    let queue = match &command {
+        DlqCommand::List { queue, .. }
+        | DlqCommand::Show { queue, .. }
+        | DlqCommand::Replay { queue, .. } => queue.clone(),
+    }
+    .unwrap_or_else(|| topology.commands_dlq.clone());
+    let Some((exchange, routing_key)) = topology.replay_target(&queue) else {
+        eprintln!(
+            "error: `{queue}` is not a dead-letter queue of this worker; --queue takes {} or {}",
+            topology.commands_dlq, topology.webhooks_dlq
+        );
+        return Ok(ExitCode::from(2));
+    };
     let connection = broker::connect(&config.amqp_url, "refund-worker-dlq")
         .await
         .context("connecting to RabbitMQ")?;
-    let queue_or_default = |q: Option<String>| q.unwrap_or_else(|| topology.commands_dlq.clone());
     let code = match command {
-        DlqCommand::List { queue, limit } => {
-            let queue = queue_or_default(queue);
+        DlqCommand::List {
+            queue: _,
+            limit,
+            json,
+        } => {
             let depth = dlq::depth(&connection, &queue).await?;
+            let limit = usize::try_from(limit).context("--limit is too large")?;
             let items = dlq::list(&connection, &queue, limit).await?;
-            println!("{queue}: {depth} dead letter(s)");
-            for d in items {
-                println!(
-                    "{:>4}  {}  replayed {}  {}",
-                    d.position,
-                    d.message_id.as_deref().unwrap_or("-"),
-                    d.replayed,
-                    d.reason.as_deref().unwrap_or("(no reason header)")
-                );
+            let truncated = items.len() < depth as usize;
+            if json {
+                let listing = serde_json::json!({
+                    "queue": queue, "depth": depth, "items": items, "truncated": truncated,
+                });
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                println!("{queue}: {depth} dead letter(s)");
+                if !items.is_empty() {
+                    println!("{:>4}  {:<36}  {:>8}  REASON", "POS", "ID", "REPLAYED");
+                }
+                for d in &items {
+                    println!(
+                        "{:>4}  {:<36}  {:>8}  {}",
+                        d.position,
+                        d.id,
+                        d.replayed,
+                        d.reason.as_deref().unwrap_or("(no reason header)")
+                    );
+                }
+                if truncated {
+                    println!(
+                        "(showing {} of {depth}; --limit shows more, up to 1000)",
+                        items.len()
+                    );
+                }
             }
             ExitCode::SUCCESS
         }
-        DlqCommand::Show { which, queue } => {
-            let queue = queue_or_default(queue);
+        DlqCommand::Show {
+            which,
+            queue: _,
+            json,
+        } => {
             let items = dlq::list(&connection, &queue, usize::MAX).await?;
-            let found = items.into_iter().find(|d| {
-                which.parse::<usize>().ok() == Some(d.position)
-                    || d.message_id.as_deref() == Some(which.as_str())
-            });
+            // An id first: a message id may look like a number.
+            let found = match items.iter().position(|d| d.id == which) {
+                Some(i) => items.into_iter().nth(i),
+                None => items
+                    .into_iter()
+                    .find(|d| which.parse::<usize>().ok() == Some(d.position)),
+            };
             match found {
-                Some(d) => {
+                Some(d) if json => {
                     println!("{}", serde_json::to_string_pretty(&d)?);
+                    ExitCode::SUCCESS
+                }
+                Some(d) => {
+                    print!("{}", render(&d));
                     ExitCode::SUCCESS
                 }
                 None => {
@@ -94,28 +161,51 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DlqCommand::Replay {
-            queue,
-            id,
-            position,
-            reason_contains,
-            all,
+            queue: _,
+            selector,
             dry_run,
+            yes,
         } => {
-            let queue = queue_or_default(queue);
-            let filter = dlq::ReplayFilter {
-                message_id: id,
+            let position = selector
+                .position
+                .map(usize::try_from)
+                .transpose()
+                .context("--position is too large")?;
+            let filter = dlq::ReplayFilter::exactly_one(
+                selector.id,
                 position,
-                reason_contains,
-                all,
+                selector.reason_contains,
+                selector.all,
+                ["--id", "--position", "--reason-contains", "--all"],
+            )
+            .map_err(anyhow::Error::msg)?;
+            let filter = match filter {
+                dlq::ReplayFilter::Position(p) => {
+                    // Positions shift when messages are replayed or added: show what this
+                    // one picks, and act on its id, so what was shown is what is replayed.
+                    let items = dlq::list(&connection, &queue, p).await?;
+                    let Some(picked) = items.into_iter().find(|d| d.position == p) else {
+                        eprintln!("error: no dead letter at position {p} in {queue}");
+                        let _ = connection.close(200, "bye").await;
+                        return Ok(ExitCode::from(2));
+                    };
+                    println!(
+                        "position {p} is {}: {}",
+                        picked.id,
+                        picked.reason.as_deref().unwrap_or("(no reason header)")
+                    );
+                    if !dry_run && !yes {
+                        eprintln!(
+                            "not replayed: check it is the one, then add --yes, or use --id {}",
+                            picked.id
+                        );
+                        let _ = connection.close(200, "bye").await;
+                        return Ok(ExitCode::from(2));
+                    }
+                    dlq::ReplayFilter::Id(picked.id)
+                }
+                other => other,
             };
-            filter.validate().map_err(anyhow::Error::msg)?;
-            let (exchange, routing_key) = topology.replay_target(&queue).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "`{queue}` is not a dead-letter queue of this worker (known: {}, {})",
-                    topology.commands_dlq,
-                    topology.webhooks_dlq
-                )
-            })?;
             let bar = ProgressBar::new(0);
             bar.set_style(
                 ProgressStyle::with_template("{bar:40} {pos}/{len} examined")
@@ -141,8 +231,9 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 );
                 for d in &report.messages {
                     println!(
-                        "  {:>4}  {}",
+                        "  {:>4}  {}  {}",
                         d.position,
+                        d.id,
                         d.reason.as_deref().unwrap_or("-")
                     );
                 }
@@ -161,4 +252,20 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     };
     let _ = connection.close(200, "bye").await;
     Ok(code)
+}
+
+/// `dlq show` as text: one field a line, then the body.
+fn render(d: &dlq::DeadLetter) -> String {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    format!(
+        "id:          {}\nposition:    {}\nmessage id:  {}\nreason:      {}\noriginally:  exchange {}, routing key {}\nreplayed:    {}\nbody:\n{}\n",
+        d.id,
+        d.position,
+        or_dash(&d.message_id),
+        d.reason.as_deref().unwrap_or("(no reason header)"),
+        or_dash(&d.original_exchange),
+        or_dash(&d.original_routing_key),
+        d.replayed,
+        d.body
+    )
 }

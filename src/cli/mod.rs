@@ -201,3 +201,45 @@ pub async fn wait_for_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
+
+/// Parses a time option (`--since`, `--until`): RFC 3339, or a plain date meaning midnight
+/// UTC (operators think in days; `2026-03-01` used to be refused with a bare parse error).
+pub(crate) fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            format!(
+                "`{text}` is not a time: expected RFC 3339 (2026-03-01T12:00:00Z) or a date \
+                 (2026-03-01, midnight UTC)"
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_option_takes_rfc3339_or_a_plain_date() {
+        let midnight = chrono::DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
+            .map(|t| t.with_timezone(&chrono::Utc));
+        assert_eq!(parse_time("2026-03-01").ok(), midnight.ok());
+        let noon = parse_time("2026-03-01T13:00:00+01:00").map(|t| t.to_rfc3339());
+        assert_eq!(noon.as_deref(), Ok("2026-03-01T12:00:00+00:00"));
+        for bad in ["yesterday", "2026-13-01", "2026-03-01 12:00", ""] {
+            let error = parse_time(bad).unwrap_err();
+            assert!(error.contains("RFC 3339"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

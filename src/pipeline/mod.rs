@@ -5,6 +5,7 @@
 //! - [`intake`]: one command message -> a refund row (or a dead letter).
 //! - [`dispatch`]: due refunds -> provider calls -> recorded outcomes.
 //! - [`relay`]: outbox rows -> published events (with confirms).
+//! - [`retention`]: removes operational rows past `RETENTION` (refunds and history stay).
 //! - [`review`]: refunds still open after `REVIEW_AFTER` -> flagged for an operator; an
 //!   operator's recheck, through the dispatcher's own step.
 //! - [`recover`]: after an outage, every pending refund of a window asked about at once, and
@@ -19,6 +20,7 @@ pub mod intake;
 pub mod reconcile;
 pub mod recover;
 pub mod relay;
+pub mod retention;
 pub mod review;
 pub mod worker;
 

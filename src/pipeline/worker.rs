@@ -6,7 +6,7 @@
 //! steps in flight, then let the relay publish everything committed meanwhile, then close
 //! the connection.
 
-use super::{dispatch, inbound, intake, relay, review, Context};
+use super::{dispatch, inbound, intake, relay, retention, review, Context};
 use crate::broker::{self, Publisher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +35,10 @@ pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken)
     let reviewer = {
         let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
         tokio::spawn(async move { review::run(&ctx, &shutdown).await })
+    };
+    let sweeper = {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tokio::spawn(async move { retention::run(&ctx, &shutdown).await })
     };
 
     // Webhook delivery needs only the database, like the dispatcher.
@@ -84,6 +88,7 @@ pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken)
     status.broker_ready.store(false, Ordering::SeqCst);
     let _ = dispatcher.await;
     let _ = reviewer.await;
+    let _ = sweeper.await;
     if let Some(d) = deliverer {
         let _ = d.await;
     }

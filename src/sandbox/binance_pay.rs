@@ -49,7 +49,9 @@ use super::{
     admin_error, decimal_and_text, parse_admin, CallKind, ForcedOutcome, Indexed, LedgerRefund,
     OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig, State,
 };
-use crate::providers::binance_pay as api;
+// Paths, headers, limits and the signature as Binance Pay's docs give them, from the
+// simulator's own reading (never the adapter's).
+use super::docs::binance as api;
 
 /// Refunds an order allows (our assumption; Binance's docs do not say).
 pub const MAX_REFUND_ATTEMPTS: u64 = 10;
@@ -261,7 +263,8 @@ fn success(data: Value) -> Response {
 /// A refund's `refundRequestId` from a test's key: our long references map to their
 /// derived id, anything else is used as is.
 fn key_of(key: &str) -> String {
-    api::refund_request_id(key)
+    // Our naming convention (README), not Binance's: how tests address a refund.
+    crate::providers::binance_pay::refund_request_id(key)
 }
 
 impl BinanceState {
@@ -601,7 +604,7 @@ fn authenticate(
     let signature = header(api::HEADER_SIGNATURE).ok_or(BinanceError::BadSignature)?;
     // Binance wants the hex in upper case; lower case is a wrong signature.
     if signature.bytes().any(|b| b.is_ascii_lowercase())
-        || !api::verify_request(
+        || !api::signature_ok(
             config.binance_api_secret.as_bytes(),
             timestamp,
             nonce,

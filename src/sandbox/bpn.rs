@@ -53,7 +53,6 @@ use super::{
     admin_error, decimal_to_json, default_currency, parse_admin, CallKind, ForcedOutcome,
     LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig, State,
 };
-use crate::providers::signing::verify_hmac_sha256_hex;
 
 /// The refund body's amount field ("refund by amount"; BPN's page names no field).
 pub const REFUND_AMOUNT_FIELD: &str = "amount";
@@ -457,11 +456,7 @@ fn authenticate(
         return Err(BpnError::BadTimestamp);
     }
     let given = header("API-SIGNATURE").ok_or(BpnError::BadSignature)?;
-    if verify_hmac_sha256_hex(
-        config.bpn_api_secret.as_bytes(),
-        &[content, b"&", timestamp.as_bytes()],
-        given,
-    ) {
+    if super::docs::bpn_signature_ok(config.bpn_api_secret.as_bytes(), content, timestamp, given) {
         Ok(())
     } else {
         Err(BpnError::BadSignature)

@@ -25,6 +25,7 @@
 mod binance_pay;
 mod bpn;
 mod bvnk;
+mod docs;
 mod notify;
 mod va_services;
 

@@ -36,8 +36,7 @@ impl Outbound {
         secret: &str,
         signature_header: &str,
     ) -> Self {
-        let signature =
-            crate::providers::signing::hmac_sha256_hex(secret.as_bytes(), &[body.as_bytes()]);
+        let signature = super::docs::webhook_signature(secret.as_bytes(), body.as_bytes());
         Self {
             provider,
             body: body.into_bytes(),

@@ -22,6 +22,7 @@ pub mod inbound;
 pub mod outbox;
 pub mod recovery;
 pub mod refunds;
+pub mod retention;
 pub mod review;
 pub mod stats;
 pub mod webhooks;

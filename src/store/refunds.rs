@@ -838,12 +838,25 @@ pub async fn claim_due(
     lease: Duration,
 ) -> Result<Vec<ClaimedRefund>, StoreError> {
     let token = Uuid::new_v4();
-    // Claim and read in one statement: RETURNING gives the rows as updated.
-    let rows: Vec<ClaimRow> = sqlx::query_as(&format!(
-        "WITH due AS (
-             SELECT refund_reference AS due_reference, phase AS phase_before FROM refunds
-             WHERE status = 'PENDING' AND next_attempt_at <= now()
-             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+    let rows: Vec<ClaimRow> = sqlx::query_as(&claim_sql(
+        "SELECT refund_reference AS due_reference, phase AS phase_before FROM refunds
+         WHERE status = 'PENDING' AND next_attempt_at <= now()
+         ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    ))
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .bind(token)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(|r| r.claimed(token)).collect()
+}
+
+/// The claim itself, for the refunds a `due` query picks (`due_reference`, `phase_before`;
+/// `$2` is the lease in seconds, `$3` the token). Claim and read in one statement:
+/// RETURNING gives the rows as updated.
+fn claim_sql(due: &str) -> String {
+    format!(
+        "WITH due AS ({due})
          UPDATE refunds r SET
              next_attempt_at = now() + make_interval(secs => $2),
              claim_token = $3,
@@ -852,24 +865,7 @@ pub async fn claim_due(
              updated_at = now()
          FROM due WHERE r.refund_reference = due.due_reference
          RETURNING {ROW_COLUMNS}, due.phase_before, r.command"
-    ))
-    .bind(limit)
-    .bind(lease.as_secs_f64())
-    .bind(token)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            let phase_before = Phase::parse(&r.phase_before)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown phase {}", r.phase_before)))?;
-            Ok(ClaimedRefund {
-                row: r.row,
-                phase_before,
-                command: r.command,
-                token,
-            })
-        })
-        .collect()
+    )
 }
 
 /// Why one refund could not be claimed by [`claim_one`].
@@ -891,20 +887,11 @@ pub async fn claim_one(
     lease: Duration,
 ) -> Result<Result<ClaimedRefund, ClaimOne>, StoreError> {
     let token = Uuid::new_v4();
-    let row: Option<ClaimRow> = sqlx::query_as(&format!(
-        "WITH one AS (
-             SELECT refund_reference AS due_reference, phase AS phase_before FROM refunds
-             WHERE refund_reference = $1 AND status = 'PENDING'
-                 AND NOT (claim_token IS NOT NULL AND next_attempt_at > now())
-             FOR UPDATE SKIP LOCKED)
-         UPDATE refunds r SET
-             next_attempt_at = now() + make_interval(secs => $2),
-             claim_token = $3,
-             phase = CASE WHEN r.phase = 'NOT_SUBMITTED' THEN 'SUBMITTING' ELSE r.phase END,
-             attempts = r.attempts + CASE WHEN r.phase = 'NOT_SUBMITTED' THEN 1 ELSE 0 END,
-             updated_at = now()
-         FROM one WHERE r.refund_reference = one.due_reference
-         RETURNING {ROW_COLUMNS}, one.phase_before, r.command"
+    let row: Option<ClaimRow> = sqlx::query_as(&claim_sql(
+        "SELECT refund_reference AS due_reference, phase AS phase_before FROM refunds
+         WHERE refund_reference = $1 AND status = 'PENDING'
+             AND NOT (claim_token IS NOT NULL AND next_attempt_at > now())
+         FOR UPDATE SKIP LOCKED",
     ))
     .bind(reference)
     .bind(lease.as_secs_f64())
@@ -912,14 +899,7 @@ pub async fn claim_one(
     .fetch_optional(pool)
     .await?;
     if let Some(r) = row {
-        let phase_before = Phase::parse(&r.phase_before)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown phase {}", r.phase_before)))?;
-        return Ok(Ok(ClaimedRefund {
-            row: r.row,
-            phase_before,
-            command: r.command,
-            token,
-        }));
+        return Ok(Ok(r.claimed(token)?));
     }
     let status: Option<String> =
         sqlx::query_scalar("SELECT status FROM refunds WHERE refund_reference = $1")
@@ -940,6 +920,19 @@ struct ClaimRow {
     row: RefundRow,
     phase_before: String,
     command: Value,
+}
+
+impl ClaimRow {
+    fn claimed(self, token: Uuid) -> Result<ClaimedRefund, StoreError> {
+        let phase_before = Phase::parse(&self.phase_before)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown phase {}", self.phase_before)))?;
+        Ok(ClaimedRefund {
+            row: self.row,
+            phase_before,
+            command: self.command,
+            token,
+        })
+    }
 }
 
 /// One claimed refund's step outcome, for [`record_steps`].
@@ -1478,6 +1471,9 @@ pub struct ListFilter {
     pub until: Option<DateTime<Utc>>,
     /// Only refunds in review (`true`) or not in review (`false`).
     pub review: Option<bool>,
+    /// Only refunds whose reference starts with this text (literally: `%` and `_` are not
+    /// wildcards).
+    pub reference_prefix: Option<String>,
     /// Page size (1 to 500, default 50).
     pub limit: Option<i64>,
     /// Continue after this cursor (from the previous page's `nextCursor`).
@@ -1492,6 +1488,19 @@ pub struct RefundPage {
     pub items: Vec<RefundRow>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// `text` for a LIKE pattern, its wildcards (`%`, `_`) and the escape character (`\`) taken
+/// literally.
+fn like_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Lists refunds with keyset pagination on (created_at, refund_reference), so pages stay
@@ -1524,6 +1533,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<RefundPage, StoreErro
            AND ($4::timestamptz IS NULL OR (created_at, refund_reference) < ($4, $5))
            AND ($7::timestamptz IS NULL OR created_at < $7)
            AND ($8::bool IS NULL OR (review_since IS NOT NULL) = $8)
+           AND ($9::text IS NULL OR refund_reference LIKE $9 || '%' ESCAPE '\\')
          ORDER BY created_at DESC, refund_reference DESC LIMIT $6"
     ))
     .bind(&f.status)
@@ -1534,6 +1544,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<RefundPage, StoreErro
     .bind(limit + 1)
     .bind(f.until)
     .bind(f.review)
+    .bind(f.reference_prefix.as_deref().map(like_literal))
     .fetch_all(pool)
     .await?;
     let next_cursor = if items.len() as i64 > limit {

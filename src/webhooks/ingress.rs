@@ -96,32 +96,7 @@ impl Ingress {
         body: &[u8],
     ) -> Result<(), PublishError> {
         let publisher = self.publisher().await?;
-        let mut table = FieldTable::default();
-        let mut kept_bytes = 0usize;
-        for (name, value) in headers {
-            if let (true, Ok(v)) = (keep_header(name.as_str()), value.to_str()) {
-                let key = format!("http-{}", name.as_str());
-                let v: String = v.chars().take(2000).collect();
-                // Header names and values are not signed, so anyone replaying a signed body
-                // can add any. AMQP field names are short strings (at most 255 bytes; lapin
-                // would silently write a wrong length and corrupt the frame), and the whole
-                // table must fit well inside one frame: keep what fits, drop the rest.
-                if key.len() > MAX_HEADER_NAME_BYTES
-                    || kept_bytes + key.len() + v.len() > MAX_KEPT_HEADER_BYTES
-                {
-                    continue;
-                }
-                kept_bytes += key.len() + v.len();
-                table.insert(
-                    ShortString::from(key),
-                    AMQPValue::LongString(LongString::from(v.into_bytes())),
-                );
-            }
-        }
-        table.insert(
-            PROVIDER_HEADER.into(),
-            AMQPValue::LongString(LongString::from(provider.as_str().as_bytes().to_vec())),
-        );
+        let table = kept_headers(provider, headers);
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(ShortString::from(uuid::Uuid::new_v4().to_string()))
@@ -148,11 +123,46 @@ fn refusal(status: StatusCode, code: &'static str, message: impl Into<String>) -
     crate::http::ApiError::new(status, code, message).into_response()
 }
 
+/// The AMQP headers a queued webhook carries: the request headers worth keeping (see
+/// [`keep_header`]) as `http-<name>`, bounded in name length and total size, plus the
+/// provider. Header names and values are not signed, so anyone replaying a signed body can
+/// add any: AMQP field names are short strings (at most 255 bytes; lapin would silently
+/// write a wrong length and corrupt the frame), and the whole table must fit well inside
+/// one frame, so what does not fit is dropped.
+pub fn kept_headers(provider: ProviderName, headers: &HeaderMap) -> FieldTable {
+    let mut table = FieldTable::default();
+    let mut kept_bytes = 0usize;
+    for (name, value) in headers {
+        if let (true, Ok(v)) = (keep_header(name.as_str()), value.to_str()) {
+            let key = format!("http-{}", name.as_str());
+            let v: String = v.chars().take(2000).collect();
+            if key.len() > MAX_HEADER_NAME_BYTES
+                || kept_bytes + key.len() + v.len() > MAX_KEPT_HEADER_BYTES
+            {
+                continue;
+            }
+            kept_bytes += key.len() + v.len();
+            table.insert(
+                ShortString::from(key),
+                AMQPValue::LongString(LongString::from(v.into_bytes())),
+            );
+        }
+    }
+    table.insert(
+        PROVIDER_HEADER.into(),
+        AMQPValue::LongString(LongString::from(provider.as_str().as_bytes().to_vec())),
+    );
+    table
+}
+
+/// Most header bytes [`kept_headers`] keeps (names and values), for the fuzz harness.
+pub const KEPT_HEADER_BYTES: usize = MAX_KEPT_HEADER_BYTES;
+
 /// Whether the declared content type is JSON (`application/json`, `application/*+json`,
 /// `text/json`, any parameters). A missing content type is accepted: the signature is the
 /// authentication and the body is parsed as JSON anyway; a declared non-JSON type (a form,
 /// multipart, plain text) is not what any provider sends, so it is refused before any work.
-fn content_type_problem(headers: &HeaderMap) -> Option<String> {
+pub fn content_type_problem(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(axum::http::header::CONTENT_TYPE)?;
     let Ok(text) = value.to_str() else {
         return Some("the content-type header is not readable text".into());

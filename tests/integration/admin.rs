@@ -262,3 +262,319 @@ async fn admin_rejections_keep_the_json_error_contract() {
     }
     app.cleanup().await;
 }
+
+/// Publishes `body` straight into the commands' dead-letter queue, as the worker would.
+async fn dead_letter(app: &TestApp, message_id: Option<&str>, body: &[u8], reason: &str) {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ERROR_HEADER.into(),
+        AMQPValue::LongString(LongString::from(reason)),
+    );
+    let properties = match message_id {
+        Some(id) => json_properties(id),
+        None => lapin::BasicProperties::default(),
+    };
+    app.publisher
+        .publish(Outgoing {
+            exchange: &app.topology.dlx,
+            routing_key: &app.topology.commands_dlq,
+            payload: body,
+            properties: properties.with_headers(headers),
+        })
+        .await
+        .unwrap();
+}
+
+/// Asserts a 400 in the error contract whose message contains `needle`; returns the message.
+async fn assert_400(answer: reqwest::Response, needle: &str) -> String {
+    assert_eq!(answer.status(), 400);
+    let error: Value = answer.json().await.unwrap();
+    let message = error["error"]["message"].as_str().unwrap_or("").to_string();
+    assert!(error["error"]["code"].is_string(), "{error}");
+    assert!(message.contains(needle), "`{needle}` not in {error}");
+    message
+}
+
+#[tokio::test]
+async fn unknown_fields_in_bodies_and_query_strings_are_refused_naming_the_closest_one() {
+    let app = TestApp::spawn().await;
+    dead_letter(&app, Some("dl-1"), b"{}", "bad").await;
+    let admin = app.admin().await;
+    let replay = format!("/v1/dlq/{}/replay", app.topology.commands_dlq);
+    // snake_case instead of dryRun: this used to replay for real.
+    let answer = admin
+        .post(&replay, &json!({"all": true, "dry_run": true}))
+        .await;
+    assert_400(answer, "unknown field `dry_run`; did you mean `dryRun`?").await;
+    assert_eq!(app.queue_depth(&app.topology.commands_dlq).await, 1);
+
+    let answer = admin
+        .post(
+            "/v1/webhooks/resend",
+            &json!({"since": "2026-01-01T00:00:00Z", "dry_run": true}),
+        )
+        .await;
+    let message = assert_400(answer, "did you mean `dryRun`?").await;
+    assert!(message.starts_with("unknown field `dry_run`"), "{message}");
+    let answer = admin
+        .post("/v1/webhooks/resend", &json!({"event_ids": []}))
+        .await;
+    assert_400(answer, "did you mean `eventIds`?").await;
+    let answer = admin
+        .post(&replay, &json!({"all": true, "queue": "x"}))
+        .await;
+    assert_400(answer, "known fields: `messageId`").await;
+
+    for (path, needle) in [
+        (
+            "/v1/refunds?stauts=PENDING",
+            "`stauts`; did you mean `status`?",
+        ),
+        (
+            "/v1/webhooks/failed?limt=5",
+            "`limt`; did you mean `limit`?",
+        ),
+        (
+            &format!("/v1/dlq/{}?max=5", app.topology.commands_dlq),
+            "unknown field `max`",
+        ),
+    ] {
+        assert_400(admin.get(path).await, needle).await;
+    }
+    // A POST takes no query string: dryRun there would be ignored, so it is refused.
+    let answer = admin
+        .post(&format!("{replay}?dryRun=true"), &json!({"all": true}))
+        .await;
+    assert_400(answer, "unknown field `dryRun`; this takes no parameters").await;
+    assert_eq!(app.queue_depth(&app.topology.commands_dlq).await, 1);
+    assert_400(admin.get("/v1/refunds/r-1?verbose=1").await, "`verbose`").await;
+    // A wrong type names its field.
+    let answer = admin
+        .post(&replay, &json!({"position": "1", "dryRun": true}))
+        .await;
+    assert_400(answer, "invalid body: position: invalid type").await;
+    assert_400(admin.get("/v1/webhooks/failed?limit=ten").await, "limit").await;
+    // Known fields still work.
+    let dry = admin
+        .post_json(&replay, &json!({"all": true, "dryRun": true}))
+        .await;
+    assert_eq!(dry["matched"], 1, "{dry}");
+    assert_eq!(admin.get("/v1/webhooks/failed?limit=5").await.status(), 200);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_status_or_provider_outside_the_set_is_refused_naming_the_valid_values() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let window = |extra: Value| {
+        let mut body = json!({"since": "2026-01-01T00:00:00Z", "dryRun": true});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // Used to answer "0 would be queued", as if the filter were fine.
+    let answer = admin
+        .post(
+            "/v1/webhooks/resend",
+            &window(json!({"provider": "paypal"})),
+        )
+        .await;
+    assert_400(
+        answer,
+        "`provider` must be one of va_services, bpn, binance_pay, bvnk",
+    )
+    .await;
+    let answer = admin
+        .post("/v1/webhooks/resend", &window(json!({"status": "done"})))
+        .await;
+    assert_400(
+        answer,
+        "`status` must be one of PENDING, COMPLETED, REFUND_FAIL",
+    )
+    .await;
+    assert_400(
+        admin.get("/v1/refunds?provider=paypal").await,
+        "`provider` must be one of va_services",
+    )
+    .await;
+    assert_400(
+        admin.get("/v1/refunds?status=completed").await,
+        "did you mean `COMPLETED`?",
+    )
+    .await;
+    let fine = admin
+        .post_json(
+            "/v1/webhooks/resend",
+            &window(json!({"provider": "bpn", "status": "COMPLETED"})),
+        )
+        .await;
+    assert_eq!(fine["wouldQueue"], 0, "{fine}");
+    assert_eq!(admin.get("/v1/refunds?provider=bvnk").await.status(), 200);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_replay_names_exactly_one_selector() {
+    let app = TestApp::spawn().await;
+    dead_letter(&app, Some("dl-1"), b"{}", "bad").await;
+    dead_letter(&app, Some("dl-2"), b"{}", "worse").await;
+    let admin = app.admin().await;
+    let replay = format!("/v1/dlq/{}/replay", app.topology.commands_dlq);
+    // These used to be ANDed: messageId dl-2 at position 1 matched nothing, silently.
+    let answer = admin
+        .post(
+            &replay,
+            &json!({"messageId": "dl-2", "position": 1, "dryRun": true}),
+        )
+        .await;
+    assert_400(
+        answer,
+        "give exactly one of messageId, position, reasonContains, all",
+    )
+    .await;
+    let answer = admin
+        .post(
+            &replay,
+            &json!({"all": true, "reasonContains": "bad", "dryRun": true}),
+        )
+        .await;
+    assert_400(answer, "not reasonContains and all").await;
+    assert_400(
+        admin.post(&replay, &json!({"dryRun": true})).await,
+        "say what to replay",
+    )
+    .await;
+    assert_400(
+        admin
+            .post(&replay, &json!({"position": 0, "dryRun": true}))
+            .await,
+        "position counts from 1",
+    )
+    .await;
+    let one = admin
+        .post_json(
+            &replay,
+            &json!({"messageId": "dl-2", "all": false, "dryRun": true}),
+        )
+        .await;
+    assert_eq!(one["matched"], 1, "{one}");
+    assert_eq!(app.queue_depth(&app.topology.commands_dlq).await, 2);
+    // Only the worker's dead-letter queues.
+    let answer = admin
+        .get(&format!("/v1/dlq/{}", app.topology.unrouted))
+        .await;
+    assert_eq!(answer.status(), 404);
+    let error: Value = answer.json().await.unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&app.topology.webhooks_dlq), "{message}");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn dead_letters_have_stable_ids_even_without_a_message_id() {
+    let app = TestApp::spawn().await;
+    dead_letter(&app, None, b"first", "bad").await;
+    dead_letter(&app, None, b"second", "bad").await;
+    dead_letter(&app, Some("named"), b"third", "bad").await;
+    let admin = app.admin().await;
+    let path = format!("/v1/dlq/{}", app.topology.commands_dlq);
+    let ids = |listed: &Value| -> Vec<String> {
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let before = ids(&admin.get_json(&path).await);
+    assert_eq!(before.len(), 3);
+    assert!(
+        before[0].starts_with("sha256:") && before[0].len() == 23,
+        "{before:?}"
+    );
+    assert_ne!(before[0], before[1]);
+    assert_eq!(before[2], "named");
+    // Listing returns the messages to the queue (the broker counts a redelivery): same ids.
+    assert_eq!(ids(&admin.get_json(&path).await), before);
+    assert_eq!(admin.get_json(&path).await["truncated"], false);
+    let part = admin.get_json(&format!("{path}?limit=2")).await;
+    assert_eq!(part["truncated"], true, "{part}");
+
+    // Replaying the first by its id leaves the others, whose positions shift but ids do not.
+    let replay = format!("{path}/replay");
+    let report = admin
+        .post_json(&replay, &json!({"messageId": before[0]}))
+        .await;
+    assert_eq!(report["replayed"], 1, "{report}");
+    assert_eq!(report["messages"][0]["id"], before[0].as_str());
+    // (In whichever order: the partial listing above moved what it read to the back.)
+    let after = ids(&admin.get_json(&path).await);
+    let mut sorted = after.clone();
+    sorted.sort();
+    let mut rest = before[1..].to_vec();
+    rest.sort();
+    assert_eq!(sorted, rest);
+    // A position answer says what it picked.
+    let picked = admin
+        .post_json(&replay, &json!({"position": 1, "dryRun": true}))
+        .await;
+    assert_eq!(picked["messages"][0]["id"], after[0].as_str(), "{picked}");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_limit_out_of_range_is_refused() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin().await;
+    let dlq = format!("/v1/dlq/{}", app.topology.commands_dlq);
+    for (path, max) in [
+        ("/v1/refunds".to_string(), 500),
+        ("/v1/webhooks/failed".to_string(), 1000),
+        (dlq, 1000),
+    ] {
+        for bad in [0, -1, max + 1] {
+            let answer = admin.get(&format!("{path}?limit={bad}")).await;
+            assert_400(
+                answer,
+                &format!("`limit` must be between 1 and {max}, not {bad}"),
+            )
+            .await;
+        }
+        assert_eq!(
+            admin.get(&format!("{path}?limit={max}")).await.status(),
+            200
+        );
+        assert_eq!(admin.get(&format!("{path}?limit=1")).await.status(), 200);
+    }
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_partial_listing_leaves_every_message_visible_to_the_next_operation() {
+    let app = TestApp::spawn().await;
+    for body in [&b"one"[..], b"two", b"three"] {
+        dead_letter(&app, None, body, "bad").await;
+    }
+    let queue = &app.topology.commands_dlq;
+    let c = refund_worker::broker::connect(&amqp_url(), "t")
+        .await
+        .unwrap();
+    let target = (app.topology.exchange.as_str(), "refund.request");
+    // What `dlq replay --position 1 --yes` does: list up to the position, then act on the id
+    // right away. The listing's returned message must be back before the replay counts.
+    for round in 0..15 {
+        let listed = dlq::list(&c, queue, 1).await.unwrap();
+        let filter = dlq::ReplayFilter::Id(listed[0].id.clone());
+        let report = dlq::replay(&c, queue, &filter, target, true, |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.examined, report.matched),
+            (3, 1),
+            "round {round}: {report:?}"
+        );
+    }
+    app.cleanup().await;
+}

@@ -551,3 +551,49 @@ fn tracing_subscriber_init() -> Result<(), ()> {
     }
     Ok(())
 }
+
+/// The plans of `statements` (EXPLAIN, JSON) with sequential scans disabled: the planner
+/// then picks one only where no index can answer, so a plan with one means a statement
+/// that reads a whole table.
+pub async fn plans_without_seq_scans(
+    app: &TestApp,
+    statements: impl IntoIterator<Item = String>,
+) -> Vec<(String, Value)> {
+    let mut conn = app.pool.acquire().await.expect("connection");
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .expect("set");
+    let mut plans = Vec::new();
+    for statement in statements {
+        let plan: Value = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {statement}"))
+            .fetch_one(&mut *conn)
+            .await
+            .expect("explain");
+        plans.push((statement, plan));
+    }
+    plans
+}
+
+/// Every scan node of a JSON plan with the index it reads (None for a sequential scan); a
+/// bitmap heap scan is judged by the bitmap index scan below it.
+pub fn collect_scans(plan: &Value) -> Vec<(String, Option<String>)> {
+    fn walk(plan: &Value, out: &mut Vec<(String, Option<String>)>) {
+        match plan {
+            Value::Object(node) => {
+                if let Some(kind) = node.get("Node Type").and_then(|k| k.as_str()) {
+                    let index = node.get("Index Name").and_then(|i| i.as_str());
+                    if kind == "Seq Scan" || index.is_some() {
+                        out.push((kind.to_owned(), index.map(str::to_owned)));
+                    }
+                }
+                node.values().for_each(|v| walk(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(plan, &mut out);
+    out
+}

@@ -21,6 +21,7 @@ mod provider_webhooks;
 mod reconcile;
 mod recovery;
 mod resilience;
+mod retention;
 mod review;
 mod secrets;
 mod stats;

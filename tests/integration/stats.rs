@@ -79,11 +79,6 @@ async fn in_flight_never_scans_a_whole_table() {
     // a statement drifting from its index would scan a table that only grows. With
     // sequential scans disabled the planner still picks one when nothing else can answer.
     let app = TestApp::spawn().await;
-    let mut conn = app.pool.acquire().await.unwrap();
-    sqlx::query("SET enable_seqscan = off")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
     let bounded = [
         "refunds_due",
         "refunds_by_status",
@@ -92,14 +87,8 @@ async fn in_flight_never_scans_a_whole_table() {
         "webhook_deliveries_failed",
         "refunds_in_review",
     ];
-    for statement in STATEMENTS {
-        let plan: serde_json::Value =
-            sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {statement}"))
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
-        let mut scans = Vec::new();
-        collect_scans(&plan, &mut scans);
+    for (statement, plan) in plans_without_seq_scans(&app, STATEMENTS.map(String::from)).await {
+        let scans = collect_scans(&plan);
         assert!(!scans.is_empty(), "{plan}");
         for (node, index) in scans {
             assert!(
@@ -108,24 +97,5 @@ async fn in_flight_never_scans_a_whole_table() {
             );
         }
     }
-    drop(conn);
     app.cleanup().await;
-}
-
-/// Every scan node of a JSON plan, with the index it reads (None for a sequential scan).
-fn collect_scans(plan: &serde_json::Value, out: &mut Vec<(String, Option<String>)>) {
-    match plan {
-        serde_json::Value::Object(node) => {
-            // A bitmap heap scan is judged by the bitmap index scan below it.
-            if let Some(kind) = node.get("Node Type").and_then(|k| k.as_str()) {
-                let index = node.get("Index Name").and_then(|i| i.as_str());
-                if kind == "Seq Scan" || index.is_some() {
-                    out.push((kind.to_owned(), index.map(str::to_owned)));
-                }
-            }
-            node.values().for_each(|v| collect_scans(v, out));
-        }
-        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_scans(v, out)),
-        _ => {}
-    }
 }

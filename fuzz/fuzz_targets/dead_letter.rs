@@ -1,0 +1,8 @@
+#![no_main]
+//! Fuzz target `dead_letter`: see `refund_worker::fuzzing` (the corpus test calls the same function).
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    refund_worker::fuzzing::run("dead_letter", data);
+});

@@ -1,0 +1,102 @@
+//! The operations console: a browser page served by the worker itself (`GET /console`) on
+//! the admin API's listener, only when `ADMIN_TOKEN` is set.
+//!
+//! Plain HTML, one vanilla JavaScript module and one stylesheet, embedded in the binary
+//! with `include_str!`: nothing to fetch from elsewhere, nothing to build, a few KB. The page
+//! itself holds no data and needs no token; everything it shows comes from the admin API
+//! (`/v1/...`, bearer token kept in the tab's `sessionStorage`) and `/metrics`. No cookies,
+//! so no CSRF; a strict Content-Security-Policy allows only these same-origin files (no
+//! inline script or style, no other origin), and everything rendered goes through
+//! `textContent`.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+/// The page.
+pub const INDEX_HTML: &str = include_str!("index.html");
+/// The script (an ES module).
+pub const CONSOLE_JS: &str = include_str!("console.js");
+/// The stylesheet.
+pub const CONSOLE_CSS: &str = include_str!("console.css");
+
+/// The Content-Security-Policy of every console response.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+/// The console's routes; merged by `http::router` only when the admin API exists.
+pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route(
+            "/console",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/console/console.js",
+            get(|| async { asset("text/javascript; charset=utf-8", CONSOLE_JS) }),
+        )
+        .route(
+            "/console/console.css",
+            get(|| async { asset("text/css; charset=utf-8", CONSOLE_CSS) }),
+        )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_has_no_inline_script_style_or_handlers() {
+        let page = INDEX_HTML.to_ascii_lowercase();
+        // Only the external module, which the CSP's script-src 'self' allows.
+        assert_eq!(page.matches("<script").count(), 1);
+        assert!(page.contains(r#"<script type="module" src="/console/console.js"></script>"#));
+        assert!(!page.contains("<style"), "no inline style");
+        assert!(!page.contains(" style="), "no inline style attribute");
+        // No inline event handler: no attribute named on... in any tag.
+        for tag in page.split('<').skip(1) {
+            let tag = tag.split('>').next().unwrap_or("");
+            assert!(
+                !tag.split_whitespace().skip(1).any(|a| a.starts_with("on")),
+                "inline handler in <{tag}>"
+            );
+        }
+        assert!(!page.contains("http://") && !page.contains("https://"));
+    }
+
+    #[test]
+    fn the_script_never_renders_data_as_html() {
+        for forbidden in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(
+                !CONSOLE_JS.contains(forbidden),
+                "console.js uses {forbidden}"
+            );
+        }
+        // The token is kept for the tab only.
+        assert!(!CONSOLE_JS.contains("localStorage"));
+        assert!(!CONSOLE_JS.contains("document.cookie"));
+    }
+}
