@@ -57,6 +57,22 @@ pub struct ProviderSettings {
     /// `PROVIDER_<NAME>_REFUND_PATH`: path template of the refund call, where the docs show
     /// more than one (BVNK); `None` means the adapter's default.
     pub refund_path: Option<String>,
+    /// `PROVIDER_<NAME>_REFUND_AMOUNT_FIELD`: the refund body's amount field where the docs
+    /// do not name it (BPN's "refund by amount"); `None` means the adapter's default.
+    pub refund_amount_field: Option<String>,
+    /// `PROVIDER_<NAME>_REFUND_TRANSACTION_FIELD`: the refund body's pay-in reference field
+    /// (BPN's "refund by transaction reference"); `None` means the adapter's default.
+    pub refund_transaction_field: Option<String>,
+    /// `PROVIDER_<NAME>_RESEND_WEBHOOK_PATH` / `_RESEND_WEBHOOK_BODY`: BPN's "resend fail
+    /// webhook" call (path and JSON body template left open by their docs; `off` disables).
+    pub resend_webhook_path: Option<String>,
+    /// See `resend_webhook_path`.
+    pub resend_webhook_body: Option<String>,
+    /// `PROVIDER_<NAME>_SEND_NOTIFICATION_PATH` / `_SEND_NOTIFICATION_BODY`: VA Services'
+    /// "Send Notification" call (path and body template left open; `off` disables).
+    pub send_notification_path: Option<String>,
+    /// See `send_notification_path`.
+    pub send_notification_body: Option<String>,
 }
 
 /// Outbound merchant webhooks.
@@ -241,6 +257,12 @@ impl Config {
                     status_path: get(&format!("{prefix}_STATUS_PATH")),
                     details_path: get(&format!("{prefix}_DETAILS_PATH")),
                     refund_path: get(&format!("{prefix}_REFUND_PATH")),
+                    refund_amount_field: get(&format!("{prefix}_REFUND_AMOUNT_FIELD")),
+                    refund_transaction_field: get(&format!("{prefix}_REFUND_TRANSACTION_FIELD")),
+                    resend_webhook_path: get(&format!("{prefix}_RESEND_WEBHOOK_PATH")),
+                    resend_webhook_body: get(&format!("{prefix}_RESEND_WEBHOOK_BODY")),
+                    send_notification_path: get(&format!("{prefix}_SEND_NOTIFICATION_PATH")),
+                    send_notification_body: get(&format!("{prefix}_SEND_NOTIFICATION_BODY")),
                 },
             );
         }

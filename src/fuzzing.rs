@@ -282,14 +282,14 @@ pub fn interpret(provider: ProviderName, data: &[u8]) {
                 let _ = bpn::interpret_status(status, body, "fuzz-order-1");
                 if let bpn::Lookup::Order(order) = bpn::interpret_detail(status, body) {
                     let _ = bpn::refund_outcome(&order, "fuzz-order-1");
-                    let _ = bpn::check_refundable(&order, &refund);
+                    let _ = bpn::plan_refund(&order, &refund);
                 }
             }
             _ => {
                 if let Ok(page) = bpn::interpret_list(status, body) {
                     for order in &page.orders {
                         let _ = bpn::refund_outcome(order, "fuzz-order-1");
-                        let _ = bpn::check_refundable(order, &refund);
+                        let _ = bpn::plan_refund(order, &refund);
                     }
                 }
             }

@@ -50,6 +50,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/webhooks/failed"),
     ("get", "/v1/dlq/{queue}"),
     ("post", "/v1/dlq/{queue}/replay"),
+    ("post", "/v1/recover"),
+    ("get", "/v1/recover/{id}"),
     // The operations console (crate::console), with the admin API only.
     ("get", "/console"),
     ("get", "/console/console.js"),
@@ -131,6 +133,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/failed", get(failed_webhooks))
         .route("/v1/dlq/{queue}", get(list_dlq))
         .route("/v1/dlq/{queue}/replay", post(replay_dlq))
+        .route("/v1/recover", post(start_recovery))
+        .route("/v1/recover/{id}", get(get_recovery))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         // Dead-letter replays of large queues take the longest; nothing should take longer.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -723,6 +727,63 @@ fn dlq_error(e: dlq::DlqError) -> ApiError {
             )
         }
     }
+}
+
+/// `POST /v1/recover`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RecoverBody {
+    since: String,
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Starts a recovery in the background of this worker process (see
+/// [`crate::pipeline::recover`]); 202 with the job, to be followed at `GET /v1/recover/{id}`.
+async fn start_recovery(
+    State(state): State<AppState>,
+    _: StrictQuery<NoQuery>,
+    StrictJson(body): StrictJson<RecoverBody>,
+) -> Result<Response, ApiError> {
+    use crate::pipeline::recover;
+    validation::check_provider(body.provider.as_deref())?;
+    let window = recover::Window::parse(
+        &body.since,
+        body.until.as_deref(),
+        body.provider.as_deref(),
+        chrono::Utc::now(),
+    )
+    .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
+    let job = recover::spawn(state.context.clone(), window, body.dry_run);
+    tracing::warn!(job = %job.id, dry_run = body.dry_run, "recovery started through the admin API");
+    let location = format!("/v1/recover/{}", job.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(job.view()),
+    )
+        .into_response())
+}
+
+/// `GET /v1/recover/{id}`: a recovery's progress, and its summary once done.
+async fn get_recovery(
+    Path(id): Path<String>,
+    _: StrictQuery<NoQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no recovery {id} in this worker process (jobs live in the process that started them)"),
+        )
+    };
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let job = crate::pipeline::recover::job(id).ok_or_else(not_found)?;
+    Ok(Json(job.view()))
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //!  http ─ health, metrics, admin API (+ http_validation, console), provider webhook ingress
 //!   │
 //!  pipeline ─ intake, provider webhooks in, dispatch, relay, review, retention:
-//!   │          each a step function (tests drive it) inside a thin loop (production runs it)
+//!   │          each a step function (tests drive it) inside a thin loop (production runs it);
+//!   │          recover and reconcile, an operator's one-off runs
 //!   ├── providers ─ one adapter per provider: signing, requests, classification
 //!   ├── broker ─── RabbitMQ topology, consuming with an ack window, publishing with confirms
 //!   ├── webhooks ─ merchant webhooks out: signing, delivery, network policy
@@ -29,7 +30,9 @@
 //!   webhook ingress in.
 //! - [`pipeline`]: the loops that move work: intake (command -> row), inbound (provider
 //!   webhook -> row), dispatch (row -> provider -> row), relay (outbox -> broker), review
-//!   (open too long -> operator), retention (old operational rows -> gone).
+//!   (open too long -> operator), retention (old operational rows -> gone); and an operator's
+//!   recover (after an outage: a window's pending refunds asked about, webhooks re-sent) and
+//!   reconcile (a provider's view against ours).
 //! - [`retry`]: the one retry policy (exponential backoff, full jitter, `Retry-After` ceiling).
 //! - [`http`]: health, readiness, metrics, the admin API and the ingress's routes.
 //! - [`console`]: the operations console, a static page over the admin API (`/console`).

@@ -3,7 +3,8 @@
 //! Starts the provider sandbox and a worker in-process (against the configured PostgreSQL
 //! and RabbitMQ, under a throw-away exchange/queue prefix), pushes a scripted set of
 //! refunds through every path (success, partial refunds, the over-refund guard, duplicates,
-//! provider errors and timeouts, invalid input, dead letters), prints each refund's journey
+//! provider errors and timeouts, invalid input, dead letters, BPN partial refunds, an outage
+//! and its recovery, a reconciliation with a planted mismatch), prints each refund's journey
 //! and a summary, cleans up, and exits non-zero if any refund ended unexpectedly, so the
 //! demo doubles as a smoke test.
 
@@ -68,6 +69,8 @@ struct Row {
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    // Recovery and reconciliation look at this run's refunds only (the database is shared).
+    let demo_started = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
     // refund-worker's HTTP server (the provider webhook ingress), bound first so the
     // sandbox's providers know where to send their signed notifications.
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -348,14 +351,34 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     });
 
     if args.keep {
+        // The outage part stops the worker, which --keep is there to keep: it is left out.
+        println!("(--keep: the outage, recovery and reconciliation part is left out: it stops the worker)\n");
         print_summary(&rows);
         println!("\nconsole: http://{http_addr}/console (token: {admin_token})");
         println!("the worker, the sandbox and the HTTP server keep running; ctrl-c stops them and cleans up");
         tokio::signal::ctrl_c().await?;
         println!();
+        worker_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), worker_task).await;
+    } else {
+        // An outage (the worker and its ingress down), recovery, and a reconciliation; it
+        // stops the worker.
+        rows.extend(
+            outage_recovery_and_reconcile(OutageDemo {
+                run: &run_id,
+                since: demo_started,
+                sandbox: &sandbox,
+                publisher: &publisher,
+                topology: &topology,
+                worker_stop: &worker_stop,
+                worker_task,
+                pool: &pool,
+                config: &config,
+                wait,
+            })
+            .await?,
+        );
     }
-    worker_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), worker_task).await;
     merchant.stop.cancel();
     let _ = topology.delete(&channel).await;
     let _ = connection.close(200, "demo done").await;
@@ -455,6 +478,183 @@ async fn dead_letter(
     Ok(None)
 }
 
+/// What the outage part of the demo needs.
+struct OutageDemo<'a, T> {
+    run: &'a str,
+    since: chrono::DateTime<chrono::Utc>,
+    sandbox: &'a Sandbox,
+    publisher: &'a Publisher,
+    topology: &'a Topology,
+    worker_stop: &'a CancellationToken,
+    worker_task: tokio::task::JoinHandle<T>,
+    pool: &'a sqlx::PgPool,
+    config: &'a Config,
+    wait: Duration,
+}
+
+/// An outage and what brings the refunds back: a BVNK refund waits for 4-eyes approval, the
+/// worker (and its webhook ingress) goes down, BVNK's operator approves, BVNK's webhook finds
+/// nobody listening (and no poll runs); `recover` asks BVNK and the refund completes. Then a
+/// reconciliation finds one planted mismatch: Binance Pay is made to report a refund we
+/// completed as failed. Stops the worker.
+async fn outage_recovery_and_reconcile<T>(d: OutageDemo<'_, T>) -> anyhow::Result<Vec<Row>> {
+    use crate::pipeline::{reconcile, recover};
+    let mut rows = Vec::new();
+    let reference = format!("demo-{}-outage", d.run);
+    let title = "outage: BVNK approves while the worker is down, recover finishes";
+    println!("    {title}");
+    d.sandbox.bvnk_four_eyes(true);
+    let command = json!({
+        "refundReference": reference,
+        "provider": "bvnk",
+        "transactionReference": format!("demo-{}-payin-outage", d.run),
+        "amount": "30",
+        "currency": "EUR",
+        "reason": "Order cancelled!"
+    });
+    let started = Instant::now();
+    d.publisher
+        .publish(broker::publisher::Outgoing {
+            exchange: &d.topology.exchange,
+            routing_key: topology::COMMAND_ROUTING_KEY,
+            payload: command.to_string().as_bytes(),
+            properties: json_properties(&uuid::Uuid::new_v4().to_string()),
+        })
+        .await
+        .context("publishing a command")?;
+    // Until BVNK holds it, waiting for approval.
+    let deadline = started + d.wait;
+    while d.sandbox.ledger().refund(&reference).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.sandbox.bvnk_four_eyes(false);
+    println!(
+        "      {:>6} ms  BVNK holds the refund, waiting for approval",
+        started.elapsed().as_millis()
+    );
+    d.worker_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), d.worker_task).await;
+    println!(
+        "      {:>6} ms  the worker and its webhook ingress are down",
+        started.elapsed().as_millis()
+    );
+    if let Err(e) = d.sandbox.bvnk_approve(&reference) {
+        println!("      (approval failed: {e})");
+    }
+    // BVNK completes it and tries to notify an ingress that is not there.
+    let failed_before = d.sandbox.ledger().webhooks.failed_attempts;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.sandbox.ledger().webhooks.failed_attempts == failed_before && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = crate::store::refunds::show(d.pool, &reference)
+        .await?
+        .map(|v| v.refund.status)
+        .unwrap_or_default();
+    println!(
+        "      {:>6} ms  BVNK approved and completed it; its webhook found no ingress; ours is still {before}",
+        started.elapsed().as_millis()
+    );
+    let ctx = Context::new(
+        d.pool.clone(),
+        d.config.clone(),
+        Providers::from_config(d.config)?,
+    );
+    let window = recover::Window {
+        since: d.since,
+        until: chrono::Utc::now() + chrono::TimeDelta::seconds(1),
+        provider: None,
+    };
+    let progress = recover::Progress::default();
+    let summary = recover::run(&ctx, &window, false, &progress).await?;
+    let c = summary.counts;
+    println!(
+        "      refund-worker recover --since {}:",
+        d.since.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    for line in super::recover::render(&summary).lines().skip(1) {
+        println!("        {line}");
+    }
+    let resends_ok = super::recover::exit_code(&summary) == ExitCode::SUCCESS;
+    let after = crate::store::refunds::show(d.pool, &reference).await?;
+    let status = after
+        .as_ref()
+        .map(|v| v.refund.status.clone())
+        .unwrap_or_default();
+    // The relay is down with the worker: publish the outbox now (the event of the change
+    // above), so no event of this run is left for a later run's relay, whose exchange this
+    // run is about to delete.
+    for _ in 0..50 {
+        match crate::pipeline::relay::step(&ctx, d.publisher).await {
+            Ok(crate::pipeline::relay::RelayOutcome::Published(_)) => continue,
+            Ok(crate::pipeline::relay::RelayOutcome::Idle) => break,
+            Err(e) => {
+                println!("      (publishing the outbox failed: {e})");
+                break;
+            }
+        }
+    }
+    println!("      after recovery: {status}, its event published");
+    rows.push(Row {
+        title,
+        reference: reference.clone(),
+        outcome: format!("{before} -> {status} (recover changed {})", c.changed),
+        attempts: after
+            .as_ref()
+            .map(|v| v.refund.attempts.to_string())
+            .unwrap_or_default(),
+        provider_submits: d
+            .sandbox
+            .ledger()
+            .refund(&reference)
+            .map(|r| r.submit_count.to_string())
+            .unwrap_or_default(),
+        ok: before == "PENDING"
+            && status == "COMPLETED"
+            && c.changed >= 1
+            && c.errors == 0
+            && resends_ok,
+    });
+    println!();
+
+    // Reconciliation with one planted mismatch: a refund we completed, reported failed.
+    let planted = format!("demo-{}-20", d.run);
+    let title = "reconcile: Binance Pay now reports a completed refund failed";
+    println!("    {title}");
+    d.sandbox.set_outcome(
+        SandboxProvider::BinancePay,
+        &planted,
+        ForcedOutcome {
+            status: OutcomeStatus::Failed,
+        },
+    );
+    let report =
+        reconcile::run(&ctx, crate::domain::ProviderName::BinancePay, Some(d.since)).await?;
+    print!("{}", super::reconcile::render(&report));
+    let found: Vec<(reconcile::MismatchKind, &str)> = report
+        .mismatches
+        .iter()
+        .map(|m| (m.kind, m.refund_reference.as_str()))
+        .collect();
+    rows.push(Row {
+        title,
+        reference: planted.clone(),
+        outcome: format!(
+            "{} mismatch(es) of {} compared (exit code {})",
+            report.mismatches.len(),
+            report.compared,
+            super::reconcile::EXIT_MISMATCHES
+        ),
+        attempts: "-".into(),
+        provider_submits: "-".into(),
+        ok: found == [(reconcile::MismatchKind::StatusDiffers, planted.as_str())]
+            && report.errors.is_empty(),
+    });
+    println!();
+    Ok(rows)
+}
+
 fn print_summary(rows: &[Row]) {
     println!("summary");
     println!(
@@ -521,6 +721,25 @@ fn scenarios(run: &str) -> Vec<Scenario> {
         "currency": "USD",
         "reason": "Order cancelled!"
     });
+    // A second order, refunded in parts: by amount, then by pay-in reference.
+    let bpn_order_2 = format!("DEMO-{run}-ORDER-2");
+    let bpn_partial = {
+        let order = bpn_order_2.clone();
+        move |n: u32, amount: &str, pay_in: Option<&str>| {
+            let mut c = json!({
+                "refundReference": format!("demo-{run}-{n}"),
+                "provider": "bpn",
+                "transactionReference": order,
+                "amount": amount,
+                "currency": "USD",
+                "reason": "Order cancelled!"
+            });
+            if let Some(p) = pay_in {
+                c["metadata"] = json!({ "bpnPayInReference": p });
+            }
+            c
+        }
+    };
     // Binance Pay prepay ids are numeric, at most 19 digits.
     let prepay: u64 = u64::from_str_radix(&run[..8], 16).unwrap_or(1) % 1_000_000_000;
     let binance = |n: u32, amount: &str| {
@@ -645,6 +864,31 @@ fn scenarios(run: &str) -> Vec<Scenario> {
                 c["refundReference"] = json!(format!("demo-{run}-bpn-again"));
                 c
             },
+            setup: None,
+            expect: fails(FailureCode::NotRefundable),
+        },
+        Scenario {
+            title: "BPN: partial refund by amount, 40.00 of a 100.00 order",
+            command: bpn_partial(40, "40.00", None),
+            setup: Some(Box::new(move |s, _| {
+                s.add_payment(crate::sandbox::Payment {
+                    provider: SandboxProvider::Bpn,
+                    transaction_reference: bpn_order_2.clone(),
+                    amount: rust_decimal::Decimal::new(10_000, 2),
+                    currency: "USD".into(),
+                })
+            })),
+            expect: Expect::Final(RefundStatus::Completed, None),
+        },
+        Scenario {
+            title: "BPN: the other 60.00 by pay-in reference, settled by BPN's webhook",
+            command: bpn_partial(41, "60.00", Some("DEMO-PAYIN-2")),
+            setup: None,
+            expect: Expect::Final(RefundStatus::Completed, None),
+        },
+        Scenario {
+            title: "BPN: nothing left of the order, refused before any refund call",
+            command: bpn_partial(42, "0.01", None),
             setup: None,
             expect: fails(FailureCode::NotRefundable),
         },

@@ -3,6 +3,8 @@
 mod demo;
 mod dlq;
 mod inbox;
+mod reconcile;
+mod recover;
 mod refunds;
 mod sandbox;
 mod submit;
@@ -44,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         command: refunds::RefundsCommand,
     },
+    /// After an outage: ask the providers about every pending refund of a window now, and
+    /// have them re-send their webhooks where they document a way.
+    Recover(recover::RecoverArgs),
+    /// Compare a provider's view of our refunds with our database; exit 3 on mismatches.
+    Reconcile(reconcile::ReconcileArgs),
     /// Measure throughput and latency: the raw broker/database bound and the worker end to end.
     Bench(crate::bench::BenchArgs),
     /// Merchant webhooks: list failed deliveries, resend them.
@@ -94,6 +101,8 @@ pub async fn main() -> anyhow::Result<ExitCode> {
         Command::Webhooks { command } => webhooks::run(command).await,
         Command::Dlq { command } => dlq::run(command).await,
         Command::Inbox { command } => inbox::run(command).await,
+        Command::Recover(args) => recover::run(args).await,
+        Command::Reconcile(args) => reconcile::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
     }
 }

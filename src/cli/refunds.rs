@@ -56,8 +56,8 @@ pub enum RefundsCommand {
         #[arg(long)]
         provider_reference: Option<String>,
     },
-    /// List the refunds VA Services holds (its paginated `GET /va/refunds`), dates in UTC:
-    /// for reconciling with ours.
+    /// Deprecated: use `refund-worker reconcile --provider va_services`, which compares VA's
+    /// list with ours. Still lists the refunds VA Services holds (`GET /va/refunds`).
     AtProvider {
         /// Page size.
         #[arg(long, default_value_t = 100)]
@@ -72,6 +72,7 @@ pub enum RefundsCommand {
 pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
     if let RefundsCommand::AtProvider { size, max_pages } = command {
+        eprintln!("`refunds at-provider` is deprecated and will be removed: `refund-worker reconcile --provider va_services` compares VA's list with our refunds");
         return at_provider(&config, size, max_pages).await;
     }
     let pool = store::connect(&config.database_url, 2)

@@ -3,11 +3,15 @@
 //! early when another part has work for it, and stops when shutdown is requested.
 //!
 //! - [`intake`]: one command message -> a refund row (or a dead letter).
-//! - [`dispatch`]: due refunds -> provider calls -> recorded outcomes.
+//! - [`dispatch`]: due refunds -> provider calls -> recorded outcomes, as many calls in
+//!   flight as [`limit`] allows (it follows the providers' latency).
 //! - [`relay`]: outbox rows -> published events (with confirms).
 //! - [`retention`]: removes operational rows past `RETENTION` (refunds and history stay).
 //! - [`review`]: refunds still open after `REVIEW_AFTER` -> flagged for an operator; an
 //!   operator's recheck, through the dispatcher's own step.
+//! - [`recover`]: after an outage, every pending refund of a window asked about at once, and
+//!   the providers' webhooks re-sent where they document a way.
+//! - [`reconcile`]: a provider's view of our refunds against our database (operators).
 //! - [`worker`]: runs them all, reconnects after broker or database outages, drains on
 //!   shutdown.
 
@@ -15,6 +19,8 @@ pub mod dispatch;
 pub mod inbound;
 pub mod intake;
 pub mod limit;
+pub mod reconcile;
+pub mod recover;
 pub mod relay;
 pub mod retention;
 pub mod review;

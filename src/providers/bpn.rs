@@ -25,14 +25,34 @@
 //!   `PROVIDER_BPN_ORDER_LIST_PATH`, paged with `pageNum` from 1 and `pageSize`
 //!   [`LIST_PAGE_SIZE`]), scanning at most [`MAX_LIST_PAGES`] pages; an order not seen within
 //!   that bound is `Unknown` (never `NotFound`, which would allow a resubmit).
-//! - Whole-order refunds only. Before the refund call, `submit()` looks the order up: a command
-//!   whose amount is above the order amount fails `AMOUNT_EXCEEDS_REFUNDABLE`, a smaller one
-//!   `INVALID_COMMAND` (BPN cannot refund part of an order), another currency
-//!   `INVALID_COMMAND`, an unpaid or unknown order `NOT_REFUNDABLE`, and an order that already
-//!   shows a pending or completed refund `NOT_REFUNDABLE` (someone else refunded it: sending
-//!   ours would refund it twice). A failed lookup is retryable and certain not to have refunded
-//!   anything. Since the refund carries no key of ours, a resubmit only ever follows a
-//!   `status()` that said `NotFound`, and BPN itself refuses a second refund of an order.
+//! - Refund by amount, and by transaction reference (BPN's page documents both, shows only
+//!   `{"orderId"}`, and names no other field). Before the refund call `submit()` looks the
+//!   order up ([`plan_refund`]): another currency is `INVALID_COMMAND`, an unpaid or unknown
+//!   order `NOT_REFUNDABLE`, and an amount above what is left of the order (its amount less
+//!   `refundedAmount`, an order field we assume, which counts refunds in progress too)
+//!   `AMOUNT_EXCEEDS_REFUNDABLE`. When the order shows a refund but no `refundedAmount`, what
+//!   is left cannot be known and the refund is `NOT_REFUNDABLE` (sending it could refund the
+//!   order twice). Then the body is:
+//!   - `{"orderId"}`, exactly the documented example, for the whole amount of an order with
+//!     no refund yet;
+//!   - `{"orderId", "<amount field>": 12.50}` for any other amount ("refund by amount");
+//!   - `{"orderId", "<transaction field>": "...", "<amount field>": 12.50}` when the command's
+//!     `metadata.bpnPayInReference` ([`PAY_IN_METADATA_KEY`]) names a pay-in ("refund by
+//!     transaction reference"; the amount goes too, so BPN never picks one for us).
+//!
+//!   The field names are assumptions: [`DEFAULT_REFUND_AMOUNT_FIELD`] (`amount`,
+//!   `PROVIDER_BPN_REFUND_AMOUNT_FIELD`) and [`DEFAULT_REFUND_TRANSACTION_FIELD`]
+//!   (`transactionReference`, `PROVIDER_BPN_REFUND_TRANSACTION_FIELD`), used in
+//!   [`RefundFields`] only. The amount is a JSON number with the command's exact digits.
+//!   A failed lookup is retryable and certain not to have refunded anything. Since the
+//!   refund carries no key of ours, a resubmit only ever follows a `status()` that said
+//!   `NotFound`.
+//! - Status of one refund among several of an order: BPN shows one refund state per order.
+//!   When the order shows `refundedAmount`, its state is read as ours only when that amount is
+//!   ours (or zero, for a failure or no refund); otherwise the state may be another refund's,
+//!   so the answer is `Unknown` (never a success, failure or "not found" that is not ours): the
+//!   refund stays pending until BPN's refund webhook (matched by order) or an operator (review)
+//!   settles it. Without `refundedAmount` the order's state is ours, as for whole orders.
 //! - Error codes: the pages we have document none beyond `status != 0`. We classify by the
 //!   code set our sandbox uses (10001-10004 auth, 20001 order not found, 20002 already
 //!   refunded, 20003 not refundable, 20004 amount, 50000 system error, 50001 busy) and, for
@@ -42,11 +62,17 @@
 //!   to check `PROVIDER_BPN_API_KEY` / `PROVIDER_BPN_API_SECRET`: a refund ends
 //!   `RETRIES_EXHAUSTED`, a lookup keeps the refund pending. A non-2xx without BPN's envelope
 //!   is not BPN's answer: retried (a refund after an order lookup).
+//! - "resend fail webhook" (used by `recover`): BPN's menu names it, not its path or body. Ours
+//!   are [`DEFAULT_RESEND_WEBHOOK_PATH`] (`PROVIDER_BPN_RESEND_WEBHOOK_PATH`, `off` disables it)
+//!   and [`DEFAULT_RESEND_WEBHOOK_BODY`] (`PROVIDER_BPN_RESEND_WEBHOOK_BODY`, a JSON template
+//!   filled by `providers::resend`), signed like every other call; accepted when BPN answers
+//!   its envelope with status 0.
 //! - Our refund reference never reaches BPN: the provider reference we keep is the order id.
 //! - Webhooks ("Transaction Status Notification", "virtual account payment status"): the
 //!   payloads are not in our pages. We read an object (or its `data` object) with `orderId`;
 //!   a refund state (`refundStatus`, or `status` on a refund-type notification) makes it a
-//!   `WebhookKind::Refund` keyed by the order, a payment/transaction notification a
+//!   `WebhookKind::Refund` keyed by the order (the provider reference of every refund of it:
+//!   the consumer takes the one still pending, else the oldest), a payment/transaction notification a
 //!   `WebhookKind::Payment`, any other type (KYB, account...) `Ignored`. Signature: lowercase
 //!   hex HMAC-SHA256 of the raw body with `PROVIDER_BPN_WEBHOOK_SECRET`, in header
 //!   [`DEFAULT_SIGNATURE_HEADER`] (`PROVIDER_BPN_WEBHOOK_SIGNATURE_HEADER`); the scheme has no
@@ -79,6 +105,19 @@ pub const DEFAULT_SIGNATURE_HEADER: &str = "X-BPN-Signature";
 pub const LIST_PAGE_SIZE: u32 = 100;
 /// Pages scanned before a list lookup gives up with `Unknown`.
 pub const MAX_LIST_PAGES: u32 = 20;
+/// Default refund body field of the amount ("refund by amount"; BPN names no field: ours).
+pub const DEFAULT_REFUND_AMOUNT_FIELD: &str = "amount";
+/// Default refund body field of the pay-in ("refund by transaction reference"; ours too).
+pub const DEFAULT_REFUND_TRANSACTION_FIELD: &str = "transactionReference";
+/// The command's `metadata` key naming the pay-in to refund by transaction reference.
+pub const PAY_IN_METADATA_KEY: &str = "bpnPayInReference";
+/// Default path of "resend fail webhook" (BPN's menu names the call, not its path: ours,
+/// `PROVIDER_BPN_RESEND_WEBHOOK_PATH`, `off` disables it).
+pub const DEFAULT_RESEND_WEBHOOK_PATH: &str = "/v1/webhook/resend";
+/// Default body of "resend fail webhook" (`PROVIDER_BPN_RESEND_WEBHOOK_BODY`, a JSON template:
+/// `"{sinceMs}"`/`"{untilMs}"` become the window in ms since the epoch, `"{since}"`/`"{until}"`
+/// RFC 3339 text). Our guess, like the path.
+pub const DEFAULT_RESEND_WEBHOOK_BODY: &str = r#"{"startTime":"{sinceMs}","endTime":"{untilMs}"}"#;
 /// Hint attached to every credential error.
 const CREDENTIALS_HINT: &str = "check PROVIDER_BPN_API_KEY and PROVIDER_BPN_API_SECRET";
 
@@ -116,11 +155,106 @@ pub fn signature(secret: &[u8], content: SignedContent<'_>, timestamp_ms: &str) 
     hmac_sha256_hex(secret, &[content, b"&", timestamp_ms.as_bytes()])
 }
 
-/// The refund body: the order id only (BPN refunds whole orders).
-pub fn refund_body(order_id: &str) -> Vec<u8> {
-    // Serialising a map of one string cannot fail; fall back to the same JSON by hand.
-    serde_json::to_vec(&json!({ "orderId": order_id }))
+/// The refund body's field names that BPN's page leaves open: the one place they live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundFields {
+    /// Field of the amount ("refund by amount").
+    pub amount: String,
+    /// Field of the pay-in reference ("refund by transaction reference").
+    pub transaction: String,
+}
+
+impl Default for RefundFields {
+    fn default() -> Self {
+        Self {
+            amount: DEFAULT_REFUND_AMOUNT_FIELD.into(),
+            transaction: DEFAULT_REFUND_TRANSACTION_FIELD.into(),
+        }
+    }
+}
+
+impl RefundFields {
+    /// The configured names, or the defaults.
+    pub fn from_settings(settings: &ProviderSettings) -> Self {
+        let pick = |v: &Option<String>, default: &str| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+                .unwrap_or(default)
+                .to_owned()
+        };
+        Self {
+            amount: pick(&settings.refund_amount_field, DEFAULT_REFUND_AMOUNT_FIELD),
+            transaction: pick(
+                &settings.refund_transaction_field,
+                DEFAULT_REFUND_TRANSACTION_FIELD,
+            ),
+        }
+    }
+}
+
+/// Which of BPN's two documented ways a refund takes (decided by [`plan_refund`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundBy {
+    /// The whole amount of an order with no refund yet: the documented `{"orderId"}`.
+    WholeOrder,
+    /// "Refund by amount": part (or the rest) of the order.
+    Amount(Decimal),
+    /// "Refund by transaction reference": one pay-in of the order, with the amount.
+    PayIn {
+        /// The pay-in's reference at BPN.
+        reference: String,
+        /// The amount.
+        amount: Decimal,
+    },
+}
+
+fn amount_json(amount: Decimal) -> Value {
+    // arbitrary_precision keeps the digits exactly (25.17 stays 25.17, 50.00 stays 50.00).
+    let text = amount.to_string();
+    match text.parse::<serde_json::Number>() {
+        Ok(n) => Value::Number(n),
+        Err(_) => Value::String(text),
+    }
+}
+
+/// The refund body.
+pub fn refund_body(order_id: &str, by: &RefundBy, fields: &RefundFields) -> Vec<u8> {
+    let mut body = serde_json::Map::new();
+    body.insert("orderId".into(), Value::String(order_id.to_owned()));
+    match by {
+        RefundBy::WholeOrder => {}
+        RefundBy::Amount(amount) => {
+            body.insert(fields.amount.clone(), amount_json(*amount));
+        }
+        RefundBy::PayIn { reference, amount } => {
+            body.insert(fields.transaction.clone(), Value::String(reference.clone()));
+            body.insert(fields.amount.clone(), amount_json(*amount));
+        }
+    }
+    // Serialising a map of strings and numbers cannot fail; fall back to the bare order.
+    serde_json::to_vec(&Value::Object(body))
         .unwrap_or_else(|_| format!("{{\"orderId\":{order_id:?}}}").into_bytes())
+}
+
+/// The pay-in a command names for "refund by transaction reference": `Ok(None)` when it
+/// names none, `Err` when `metadata.bpnPayInReference` is there but not a non-empty string
+/// (refunding by amount instead would not be what was asked).
+pub fn pay_in_reference(refund: &RefundRequest) -> Result<Option<String>, FailureReason> {
+    let Some(value) = refund
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get(PAY_IN_METADATA_KEY))
+    else {
+        return Ok(None);
+    };
+    match value.as_str().map(str::trim) {
+        Some(r) if !r.is_empty() => Ok(Some(r.to_owned())),
+        _ => Err(FailureReason::new(
+            FailureCode::InvalidCommand,
+            format!("metadata.{PAY_IN_METADATA_KEY} must be a non-empty string (the BPN pay-in to refund)"),
+        )),
+    }
 }
 
 /// BPN's response envelope.
@@ -171,6 +305,9 @@ pub struct BpnOrder {
     pub status: Option<String>,
     /// The order's refund state, e.g. `REFUNDING`, `REFUNDED`, `REFUND_FAILED`.
     pub refund_status: Option<String>,
+    /// What its refunds (in progress or done) add up to; our assumption, for partial refunds.
+    #[serde(default)]
+    pub refunded_amount: Option<Value>,
 }
 
 /// How a refund-state word reads.
@@ -225,12 +362,40 @@ impl BpnOrder {
         }
     }
 
+    /// What the order's refunds add up to, when it shows a readable `refundedAmount`.
+    pub fn refunded_amount(&self) -> Option<Decimal> {
+        self.refunded_amount
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .and_then(|v| crate::domain::parse_amount(v).ok())
+    }
+
     /// The order's amount, exactly.
     pub fn amount(&self) -> Option<Decimal> {
         self.amount
             .as_ref()
             .and_then(|v| crate::domain::parse_amount(v).ok())
     }
+}
+
+/// The status answer for our refund of `amount`: the order's refund state, when it can be
+/// ours (see the module comment), else unknown.
+pub fn refund_outcome_for(order: &BpnOrder, order_id: &str, amount: Decimal) -> ProviderOutcome {
+    if let Some(refunded) = order.refunded_amount() {
+        let (word, text) = order.refund_state();
+        let ours = match word {
+            RefundWord::None | RefundWord::Failed => refunded.is_zero(),
+            RefundWord::Pending | RefundWord::Refunded => refunded == amount,
+        };
+        if !ours {
+            return ProviderOutcome::Unknown {
+                reason: format!(
+                    "BPN order {order_id} shows refund state {text} with {refunded} refunded; our refund is {amount}, so that state may be another refund's"
+                ),
+            };
+        }
+    }
+    refund_outcome(order, order_id)
 }
 
 /// The status answer for an order: its refund state as an outcome.
@@ -256,14 +421,17 @@ pub fn refund_outcome(order: &BpnOrder, order_id: &str) -> ProviderOutcome {
     }
 }
 
-/// Checks, before any refund call, that the command refunds exactly this whole paid order.
-pub fn check_refundable(order: &BpnOrder, refund: &RefundRequest) -> Result<(), FailureReason> {
+/// Decides, before any refund call, whether and how the command refunds this order: a paid
+/// order in the command's currency with at least the amount left.
+pub fn plan_refund(order: &BpnOrder, refund: &RefundRequest) -> Result<RefundBy, FailureReason> {
     let id = &refund.transaction_reference;
     let (word, text) = order.refund_state();
-    if matches!(word, RefundWord::Pending | RefundWord::Refunded) {
+    let refunded = order.refunded_amount();
+    let has_refund = matches!(word, RefundWord::Pending | RefundWord::Refunded);
+    if has_refund && refunded.is_none() {
         return Err(FailureReason::new(
             FailureCode::NotRefundable,
-            format!("BPN order {id} already has a refund ({text}); it is not refunded twice"),
+            format!("BPN order {id} already has a refund ({text}) and does not show how much is refunded; it is not refunded again"),
         ));
     }
     let status = order.status.clone().unwrap_or_else(|| "UNKNOWN".into());
@@ -290,25 +458,33 @@ pub fn check_refundable(order: &BpnOrder, refund: &RefundRequest) -> Result<(), 
             format!("BPN order {id} shows no readable amount; refusing to refund it blind"),
         ));
     };
-    if refund.amount > amount {
+    let refunded = refunded.unwrap_or(Decimal::ZERO);
+    let left = amount - refunded;
+    if left <= Decimal::ZERO {
+        return Err(FailureReason::new(
+            FailureCode::NotRefundable,
+            format!("BPN order {id} is refunded in full ({refunded} of {amount})"),
+        ));
+    }
+    if refund.amount > left {
         return Err(FailureReason::new(
             FailureCode::AmountExceedsRefundable,
             format!(
-                "amount {} exceeds BPN order {id}'s refundable amount {amount}",
+                "amount {} exceeds what is left of BPN order {id}: {left} of {amount}",
                 refund.amount
             ),
         ));
     }
-    if refund.amount < amount {
-        return Err(FailureReason::new(
-            FailureCode::InvalidCommand,
-            format!(
-                "BPN refunds whole orders only: amount {} differs from order {id}'s amount {amount}; send the full amount",
-                refund.amount
-            ),
-        ));
+    if let Some(reference) = pay_in_reference(refund)? {
+        return Ok(RefundBy::PayIn {
+            reference,
+            amount: refund.amount,
+        });
     }
-    Ok(())
+    if refund.amount == amount && refunded.is_zero() {
+        return Ok(RefundBy::WholeOrder);
+    }
+    Ok(RefundBy::Amount(refund.amount))
 }
 
 /// Maps a BPN error (`status != 0`) to an outcome, by code first, then by message words.
@@ -657,13 +833,19 @@ fn before_refund(outcome: ProviderOutcome) -> ProviderOutcome {
 pub struct Bpn {
     settings: ProviderSettings,
     client: reqwest::Client,
+    fields: RefundFields,
 }
 
 impl Bpn {
     /// Creates the adapter.
     pub fn new(settings: ProviderSettings) -> Result<Self, crate::config::ConfigError> {
         let client = http_client(&settings)?;
-        Ok(Self { settings, client })
+        let fields = RefundFields::from_settings(&settings);
+        Ok(Self {
+            settings,
+            client,
+            fields,
+        })
     }
 
     fn url(&self, path: &str, params: &[(String, String)]) -> reqwest::Url {
@@ -833,11 +1015,15 @@ pub fn parse_notification(body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookEr
                 currency: None,
                 status: None,
                 refund_status: Some(word),
+                refunded_amount: None,
             };
             return Ok(vec![ProviderWebhook {
                 event_id,
                 kind: WebhookKind::Refund {
                     refund_reference: None,
+                    // Every refund of the order has the order id as our provider reference:
+                    // the consumer takes the one still pending (partial refunds), else the
+                    // oldest; by the order as the payment when none was accepted yet.
                     provider_reference: Some(order_id.clone()),
                     transaction_reference: Some(order_id.clone()),
                     outcome: refund_outcome(&order, &order_id),
@@ -880,12 +1066,11 @@ impl Provider for Bpn {
 
     async fn submit(&self, refund: &RefundRequest) -> ProviderOutcome {
         let order_id = refund.transaction_reference.as_str();
-        match self.find_order(order_id).await {
-            Lookup::Order(order) => {
-                if let Err(reason) = check_refundable(&order, refund) {
-                    return ProviderOutcome::Failed(reason);
-                }
-            }
+        let by = match self.find_order(order_id).await {
+            Lookup::Order(order) => match plan_refund(&order, refund) {
+                Ok(by) => by,
+                Err(reason) => return ProviderOutcome::Failed(reason),
+            },
             Lookup::NoSuchOrder => {
                 return ProviderOutcome::Failed(FailureReason::new(
                     FailureCode::NotRefundable,
@@ -898,8 +1083,8 @@ impl Provider for Bpn {
                 })
             }
             Lookup::Failed(outcome) => return before_refund(outcome),
-        }
-        let body = refund_body(order_id);
+        };
+        let body = refund_body(order_id, &by, &self.fields);
         let url = self.url(REFUND_PATH, &[]);
         let request = match self.signed(
             self.client
@@ -926,7 +1111,10 @@ impl Provider for Bpn {
 
     async fn status(&self, refund: &RefundRequest) -> ProviderOutcome {
         let order_id = refund.transaction_reference.as_str();
-        status_of(self.find_order(order_id).await, order_id)
+        match self.find_order(order_id).await {
+            Lookup::Order(order) => refund_outcome_for(&order, order_id, refund.amount),
+            other => status_of(other, order_id),
+        }
     }
 
     fn verify_webhook(
@@ -950,6 +1138,106 @@ impl Provider for Bpn {
 
     fn webhook_ack(&self) -> Value {
         json!({ "status": 0, "message": "success" })
+    }
+
+    async fn resend_webhooks(
+        &self,
+        window: &super::resend::ResendWindow,
+        dry_run: bool,
+    ) -> super::resend::WebhookResend {
+        use super::resend::{fill_template, ResendRequest, WebhookResend};
+        let path = self
+            .settings
+            .resend_webhook_path
+            .as_deref()
+            .unwrap_or(DEFAULT_RESEND_WEBHOOK_PATH);
+        if super::is_disabled(path) {
+            return WebhookResend::Disabled;
+        }
+        let template = self
+            .settings
+            .resend_webhook_body
+            .as_deref()
+            .unwrap_or(DEFAULT_RESEND_WEBHOOK_BODY);
+        let vars = [
+            ("sinceMs", json!(window.since.timestamp_millis())),
+            ("untilMs", json!(window.until.timestamp_millis())),
+            ("since", json!(window.since.to_rfc3339())),
+            ("until", json!(window.until.to_rfc3339())),
+        ];
+        let request = |detail: String, ok: Option<bool>, body: &str| ResendRequest {
+            request: format!("POST {path} {body}"),
+            ok,
+            detail,
+        };
+        let body = match fill_template(template, &vars) {
+            Ok(b) => b.to_string(),
+            Err(e) => {
+                let detail = format!("PROVIDER_BPN_RESEND_WEBHOOK_BODY: {e}");
+                return WebhookResend::Requests {
+                    requests: vec![request(detail, Some(false), template)],
+                };
+            }
+        };
+        if dry_run {
+            return WebhookResend::Requests {
+                requests: vec![request("dry run: not sent".into(), None, &body)],
+            };
+        }
+        let (ok, detail) = self.send_resend(path, body.as_bytes()).await;
+        WebhookResend::Requests {
+            requests: vec![request(detail, Some(ok), &body)],
+        }
+    }
+}
+
+impl Bpn {
+    /// The signed "resend fail webhook" call: whether BPN accepted it, and its answer.
+    async fn send_resend(&self, path: &str, body: &[u8]) -> (bool, String) {
+        let url = self.url(path, &[]);
+        let request = match self.signed(
+            self.client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json"),
+            SignedContent::Body(body),
+        ) {
+            Ok(r) => r,
+            Err(outcome) => return (false, outcome_text(&outcome)),
+        };
+        let response = match request.body(body.to_vec()).send().await {
+            Ok(r) => r,
+            Err(e) => return (false, outcome_text(&classify_send_error(&e))),
+        };
+        let status = response.status();
+        if let Some(outcome) = classify_status(status, response.headers()) {
+            return (false, outcome_text(&outcome));
+        }
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => return (false, outcome_text(&classify_send_error(&e))),
+        };
+        match read_envelope(status, &bytes) {
+            Ok(envelope) => (
+                true,
+                format!(
+                    "BPN accepted: {} (traceId {})",
+                    envelope.message(),
+                    envelope.trace()
+                ),
+            ),
+            Err(outcome) => (false, outcome_text(&outcome)),
+        }
+    }
+}
+
+/// An outcome's reason, for reports.
+fn outcome_text(outcome: &ProviderOutcome) -> String {
+    match outcome {
+        ProviderOutcome::Retryable { reason, .. } | ProviderOutcome::Unknown { reason } => {
+            reason.clone()
+        }
+        ProviderOutcome::Failed(f) => format!("{}: {}", f.code.as_str(), f.message),
+        other => format!("{other:?}"),
     }
 }
 
@@ -979,7 +1267,11 @@ mod tests {
 
     #[test]
     fn signatures_match_openssl() {
-        let body = refund_body("VA-ORDER-1001");
+        let body = refund_body(
+            "VA-ORDER-1001",
+            &RefundBy::WholeOrder,
+            &RefundFields::default(),
+        );
         assert_eq!(
             signature(
                 b"bpn-test-secret",
@@ -1023,9 +1315,17 @@ mod tests {
     #[test]
     fn refund_body_has_the_documented_shape() {
         let documented: Value = serde_json::from_str(DOC_REQUEST).unwrap();
-        let ours: Value = serde_json::from_slice(&refund_body("string")).unwrap();
+        let ours: Value = serde_json::from_slice(&refund_body(
+            "string",
+            &RefundBy::WholeOrder,
+            &RefundFields::default(),
+        ))
+        .unwrap();
         assert_eq!(ours, documented);
-        assert_eq!(refund_body("o-1"), br#"{"orderId":"o-1"}"#);
+        assert_eq!(
+            refund_body("o-1", &RefundBy::WholeOrder, &RefundFields::default()),
+            br#"{"orderId":"o-1"}"#
+        );
     }
 
     #[test]
@@ -1336,42 +1636,150 @@ mod tests {
         }
     }
 
+    fn with_refunded(mut order: BpnOrder, refunded: &str) -> BpnOrder {
+        order.refunded_amount = Some(serde_json::from_str(refunded).unwrap());
+        order
+    }
+
     #[test]
-    fn only_the_whole_paid_unrefunded_order_is_refunded() {
+    fn a_paid_order_is_refunded_whole_or_in_part_never_beyond_what_is_left() {
         let paid = order("25.17", "SUCCESS", None);
-        assert_eq!(check_refundable(&paid, &request("25.17", "USD")), Ok(()));
-        assert_eq!(check_refundable(&paid, &request("25.170", "usd")), Ok(()));
-        let more = check_refundable(&paid, &request("25.18", "USD")).unwrap_err();
+        let plan = |o: &BpnOrder, r: &RefundRequest| plan_refund(o, r);
+        assert_eq!(
+            plan(&paid, &request("25.17", "USD")),
+            Ok(RefundBy::WholeOrder)
+        );
+        assert_eq!(
+            plan(&paid, &request("25.170", "usd")),
+            Ok(RefundBy::WholeOrder)
+        );
+        let more = plan(&paid, &request("25.18", "USD")).unwrap_err();
         assert_eq!(more.code, FailureCode::AmountExceedsRefundable);
         assert!(more.message.contains("25.17"), "{}", more.message);
-        let part = check_refundable(&paid, &request("10.00", "USD")).unwrap_err();
-        assert_eq!(part.code, FailureCode::InvalidCommand);
-        assert!(
-            part.message.contains("whole orders only"),
-            "{}",
-            part.message
+        // Refund by amount: a part of the order.
+        assert_eq!(
+            plan(&paid, &request("10.00", "USD")),
+            Ok(RefundBy::Amount(Decimal::new(1000, 2)))
         );
-        let currency = check_refundable(&paid, &request("25.17", "EUR")).unwrap_err();
+        // Refund by transaction reference, named in the metadata.
+        let mut by_pay_in = request("10.00", "USD");
+        by_pay_in.metadata = Some(json!({ "bpnPayInReference": " payin-7 " }));
+        assert_eq!(
+            plan(&paid, &by_pay_in),
+            Ok(RefundBy::PayIn {
+                reference: "payin-7".into(),
+                amount: Decimal::new(1000, 2)
+            })
+        );
+        by_pay_in.metadata = Some(json!({ "bpnPayInReference": 42 }));
+        assert_eq!(
+            plan(&paid, &by_pay_in).unwrap_err().code,
+            FailureCode::InvalidCommand
+        );
+        let currency = plan(&paid, &request("25.17", "EUR")).unwrap_err();
         assert_eq!(currency.code, FailureCode::InvalidCommand);
+        // A refund shown without a refunded amount: what is left is unknown, so nothing more.
         for refunded in ["REFUNDING", "REFUNDED"] {
-            let e = check_refundable(
+            let e = plan(
                 &order("25.17", "SUCCESS", Some(refunded)),
-                &request("25.17", "USD"),
+                &request("1.00", "USD"),
             )
             .unwrap_err();
             assert_eq!(e.code, FailureCode::NotRefundable);
         }
+        // With the refunded amount shown, what is left may be refunded, not a cent more.
+        let part_refunded = with_refunded(order("25.17", "SUCCESS", Some("REFUNDED")), "10.00");
+        assert_eq!(
+            plan(&part_refunded, &request("15.17", "USD")),
+            Ok(RefundBy::Amount(Decimal::new(1517, 2)))
+        );
+        let over = plan(&part_refunded, &request("15.18", "USD")).unwrap_err();
+        assert_eq!(over.code, FailureCode::AmountExceedsRefundable);
+        assert!(over.message.contains("15.17 of 25.17"), "{}", over.message);
         // After a failed refund the order may be refunded again.
         assert_eq!(
-            check_refundable(
+            plan(
                 &order("25.17", "SUCCESS", Some("REFUND_FAILED")),
                 &request("25.17", "USD")
             ),
-            Ok(())
+            Ok(RefundBy::WholeOrder)
         );
-        let unpaid = check_refundable(&order("25.17", "PENDING", None), &request("25.17", "USD"))
-            .unwrap_err();
+        let unpaid = plan(&order("25.17", "PENDING", None), &request("25.17", "USD")).unwrap_err();
         assert_eq!(unpaid.code, FailureCode::NotRefundable);
+    }
+
+    #[test]
+    fn refund_bodies_use_the_configured_field_names_and_exact_amounts() {
+        let fields = RefundFields::default();
+        let body = |by: &RefundBy, fields: &RefundFields| {
+            String::from_utf8(refund_body("o-1", by, fields)).unwrap()
+        };
+        assert_eq!(body(&RefundBy::WholeOrder, &fields), r#"{"orderId":"o-1"}"#);
+        assert_eq!(
+            body(&RefundBy::Amount(Decimal::new(1250, 2)), &fields),
+            r#"{"amount":12.50,"orderId":"o-1"}"#
+        );
+        let pay_in = RefundBy::PayIn {
+            reference: "p-1".into(),
+            amount: Decimal::new(2517, 2),
+        };
+        assert_eq!(
+            body(&pay_in, &fields),
+            r#"{"amount":25.17,"orderId":"o-1","transactionReference":"p-1"}"#
+        );
+        let custom = RefundFields::from_settings(&settings(&[
+            ("PROVIDER_BPN_BASE_URL", "http://127.0.0.1:1".into()),
+            ("PROVIDER_BPN_API_KEY", "k".into()),
+            ("PROVIDER_BPN_REFUND_AMOUNT_FIELD", "refundAmount".into()),
+            ("PROVIDER_BPN_REFUND_TRANSACTION_FIELD", "payInId".into()),
+        ]));
+        assert_eq!(
+            body(&pay_in, &custom),
+            r#"{"orderId":"o-1","payInId":"p-1","refundAmount":25.17}"#
+        );
+    }
+
+    #[test]
+    fn an_order_state_that_may_be_another_refunds_is_unknown() {
+        let amount = Decimal::new(1000, 2);
+        let state = |refund_status: Option<&str>, refunded: &str| {
+            refund_outcome_for(
+                &with_refunded(order("25.17", "SUCCESS", refund_status), refunded),
+                "o-1",
+                amount,
+            )
+        };
+        // Ours alone on the order: the order's state is ours.
+        assert!(matches!(
+            state(Some("REFUNDED"), "10.00"),
+            ProviderOutcome::Succeeded { .. }
+        ));
+        assert!(matches!(
+            state(Some("REFUNDING"), "10"),
+            ProviderOutcome::Accepted { .. }
+        ));
+        assert_eq!(state(None, "0"), ProviderOutcome::NotFound);
+        assert!(matches!(
+            state(Some("REFUND_FAILED"), "0"),
+            ProviderOutcome::Failed(_)
+        ));
+        // Another refund of the order shows: never a success, failure or "not found".
+        for (word, refunded) in [
+            (Some("REFUNDED"), "15.00"),
+            (Some("REFUNDING"), "25.17"),
+            (Some("REFUND_FAILED"), "15.00"),
+            (None, "15.00"),
+        ] {
+            assert!(
+                matches!(state(word, refunded), ProviderOutcome::Unknown { .. }),
+                "{word:?} {refunded}"
+            );
+        }
+        // Without refundedAmount, the order's state is the answer (whole-order refunds).
+        assert!(matches!(
+            refund_outcome_for(&order("25.17", "SUCCESS", Some("REFUNDED")), "o-1", amount),
+            ProviderOutcome::Succeeded { .. }
+        ));
     }
 
     #[test]
@@ -1618,13 +2026,60 @@ mod tests {
             failure(bpn.submit(&request("30", "USD")).await).code,
             FailureCode::AmountExceedsRefundable
         );
+        let ledger = sandbox.ledger();
+        assert_eq!((ledger.submit_calls, ledger.details_calls), (0, 1));
+        assert!(ledger.refunds.is_empty());
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn partial_refunds_by_amount_and_by_pay_in_against_the_sandbox() {
+        let (bpn, sandbox, stop) = against_sandbox(quick(), &[]).await;
+        usd_order(&sandbox, "o-1", "25.17");
+        let first = request("10.00", "USD");
+        assert!(matches!(
+            bpn.submit(&first).await,
+            ProviderOutcome::Accepted { .. }
+        ));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Alone on the order: its state is ours.
+        assert!(matches!(
+            bpn.status(&first).await,
+            ProviderOutcome::Succeeded { .. }
+        ));
+        // 15.17 is left: 15.18 is refused before any refund call.
+        let calls = sandbox.ledger().submit_calls;
         assert_eq!(
-            failure(bpn.submit(&request("5", "USD")).await).code,
-            FailureCode::InvalidCommand
+            failure(bpn.submit(&request("15.18", "USD")).await).code,
+            FailureCode::AmountExceedsRefundable
+        );
+        assert_eq!(sandbox.ledger().submit_calls, calls);
+        let mut second = request("15.17", "USD");
+        second.refund_reference = "r-2".into();
+        second.metadata = Some(json!({ "bpnPayInReference": "payin-2" }));
+        assert!(matches!(
+            bpn.submit(&second).await,
+            ProviderOutcome::Accepted { .. }
+        ));
+        // Two refunds on the order: its one state cannot be told apart, so it is unknown.
+        assert!(matches!(
+            bpn.status(&second).await,
+            ProviderOutcome::Unknown { .. }
+        ));
+        // Nothing is left.
+        assert_eq!(
+            failure(bpn.submit(&request("0.01", "USD")).await).code,
+            FailureCode::NotRefundable
         );
         let ledger = sandbox.ledger();
-        assert_eq!((ledger.submit_calls, ledger.details_calls), (0, 2));
-        assert!(ledger.refunds.is_empty());
+        assert_eq!(
+            ledger.refund("o-1").unwrap().request_body,
+            r#"{"amount":10.00,"orderId":"o-1"}"#
+        );
+        assert_eq!(
+            ledger.refund("o-1#2").unwrap().request_body,
+            r#"{"amount":15.17,"orderId":"o-1","transactionReference":"payin-2"}"#
+        );
         stop.cancel();
     }
 

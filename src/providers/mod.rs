@@ -14,6 +14,7 @@ pub mod binance_pay;
 pub mod bpn;
 pub mod bvnk;
 mod http;
+pub mod resend;
 pub mod signing;
 pub mod va_services;
 
@@ -149,6 +150,16 @@ pub trait Provider: Send + Sync + 'static {
     /// The JSON body the provider expects in our 2xx answer to its webhook.
     fn webhook_ack(&self) -> serde_json::Value {
         serde_json::json!({ "status": "ok" })
+    }
+    /// Asks the provider to send its webhooks for `window` again (after our ingress was
+    /// down), where its docs describe a way; `dry_run` only lists the requests. The default:
+    /// not documented for this provider.
+    async fn resend_webhooks(
+        &self,
+        _window: &resend::ResendWindow,
+        _dry_run: bool,
+    ) -> resend::WebhookResend {
+        resend::WebhookResend::NotDocumented
     }
 }
 

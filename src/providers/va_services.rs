@@ -32,6 +32,12 @@
 //!   refund webhook exists: refunds are polled. The signature scheme is not documented: we
 //!   verify hex HMAC-SHA256 of the raw body with `PROVIDER_VA_SERVICES_WEBHOOK_SECRET` in
 //!   header `X-VA-Signature` (name configurable with `_WEBHOOK_SIGNATURE_HEADER`).
+//! - "Send Notification" (used by `recover`): documented as a POST with a
+//!   `transactionReference` that makes VA resend a notification, without its path. Ours is
+//!   [`DEFAULT_SEND_NOTIFICATION_PATH`] (`PROVIDER_VA_SERVICES_SEND_NOTIFICATION_PATH`, `off`
+//!   disables it) with body [`DEFAULT_SEND_NOTIFICATION_BODY`]
+//!   (`PROVIDER_VA_SERVICES_SEND_NOTIFICATION_BODY`), once per payment of the window (at most
+//!   [`MAX_SEND_NOTIFICATIONS`]); accepted when VA answers its success envelope.
 //! - Status words: `COMPLETED` is success; `FAILED`-like words are final failures; anything
 //!   else (`PENDING`, unknown words) is still in progress. Compared case-insensitively.
 
@@ -57,6 +63,17 @@ pub const DEFAULT_STATUS_PATH: &str = "/va/refunds/{refundReference}";
 
 /// Default "Refund Details" path (`PROVIDER_VA_SERVICES_DETAILS_PATH`, `off` disables it).
 pub const DEFAULT_DETAILS_PATH: &str = "/va/refunds/details/{transactionReference}";
+
+/// Default path of "Send Notification" (VA documents the call, a POST with a
+/// `transactionReference`, not its path: ours, `PROVIDER_VA_SERVICES_SEND_NOTIFICATION_PATH`,
+/// `off` disables it).
+pub const DEFAULT_SEND_NOTIFICATION_PATH: &str = "/va/notifications/send";
+/// Default body of "Send Notification" (`PROVIDER_VA_SERVICES_SEND_NOTIFICATION_BODY`, a JSON
+/// template: `"{transactionReference}"` becomes the payment's reference).
+pub const DEFAULT_SEND_NOTIFICATION_BODY: &str =
+    r#"{"transactionReference":"{transactionReference}"}"#;
+/// Most "Send Notification" calls one recovery makes (one per payment).
+pub const MAX_SEND_NOTIFICATIONS: usize = 1000;
 
 /// What to check when VA refuses our credentials.
 const CREDENTIALS_HINT: &str = "check PROVIDER_VA_SERVICES_API_KEY";
@@ -661,6 +678,77 @@ impl Provider for VaServices {
 
     fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderWebhook>, WebhookError> {
         parse_notification(body)
+    }
+
+    /// "Send Notification" once per payment of the window (VA resends per transaction).
+    async fn resend_webhooks(
+        &self,
+        window: &super::resend::ResendWindow,
+        dry_run: bool,
+    ) -> super::resend::WebhookResend {
+        use super::resend::{fill_template, ResendRequest, WebhookResend};
+        let path = self
+            .settings
+            .send_notification_path
+            .as_deref()
+            .unwrap_or(DEFAULT_SEND_NOTIFICATION_PATH);
+        if is_disabled(path) {
+            return WebhookResend::Disabled;
+        }
+        let template = self
+            .settings
+            .send_notification_body
+            .as_deref()
+            .unwrap_or(DEFAULT_SEND_NOTIFICATION_BODY);
+        let mut requests = Vec::new();
+        for reference in window
+            .transaction_references
+            .iter()
+            .take(MAX_SEND_NOTIFICATIONS)
+        {
+            let vars = [("transactionReference", json!(reference))];
+            let body = match fill_template(template, &vars) {
+                Ok(b) => b,
+                Err(e) => {
+                    requests.push(ResendRequest {
+                        request: format!("POST {path} {template}"),
+                        ok: Some(false),
+                        detail: format!("PROVIDER_VA_SERVICES_SEND_NOTIFICATION_BODY: {e}"),
+                    });
+                    break;
+                }
+            };
+            let request = format!("POST {path} {body}");
+            if dry_run {
+                requests.push(ResendRequest {
+                    request,
+                    ok: None,
+                    detail: "dry run: not sent".into(),
+                });
+                continue;
+            }
+            let url = templated_url(&self.settings.base_url, path, &[]);
+            let (ok, detail) = match self.fetch_raw(self.client.post(url).json(&body)).await {
+                Err(outcome) => (false, format!("{outcome:?}")),
+                Ok((status, _, bytes)) => match read_envelope(&bytes) {
+                    Some(e) if is_success(status, &e) => (
+                        true,
+                        format!("VA accepted: {}", describe_envelope(status, &e)),
+                    ),
+                    Some(e) => (
+                        false,
+                        format!("VA refused: {}", describe_envelope(status, &e)),
+                    ),
+                    None => (false, format!("HTTP {status} without VA's envelope")),
+                },
+            };
+            requests.push(ResendRequest {
+                request,
+                ok: Some(ok),
+                detail,
+            });
+        }
+        WebhookResend::Requests { requests }
     }
 }
 

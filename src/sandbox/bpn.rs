@@ -2,7 +2,13 @@
 //! the refund (shared/providers/bpn-refund-virtual-account-order.txt), with the gaps filled
 //! the way shared/providers/README.md and `providers/bpn.rs` decide them:
 //!
-//! - `POST /v1/virtual-account/order/refund` with `{"orderId"}` refunds the whole order.
+//! - `POST /v1/virtual-account/order/refund` with `{"orderId"}` refunds the whole order;
+//!   with an amount ([`REFUND_AMOUNT_FIELD`]) it refunds that much of it ("refund by amount":
+//!   partial or full), with a pay-in reference ([`REFUND_TRANSACTION_FIELD`], kept in the
+//!   ledger's request body) that pay-in ("refund by transaction reference"). The field names are
+//!   the same guesses the adapter makes by default, written here again on purpose (the
+//!   sandbox never imports the adapter's choices). BPN has no idempotency key, so the same
+//!   partial refund sent twice is made twice, as it would be at BPN.
 //!   Answers are BPN's envelope `{"status", "message", "data", "traceId"}` (status 0 = ok).
 //! - Auth: `API-KEY`, `API-TIMESTAMP` (ms, at most 5 minutes from our clock) and
 //!   `API-SIGNATURE` = lowercase hex HMAC-SHA256 with `SandboxConfig::bpn_api_secret` over
@@ -13,14 +19,17 @@
 //! - Order lookups (paths ours, the adapter's defaults): `GET /v1/virtual-account/order/detail
 //!   ?orderId=` and `GET /v1/virtual-account/order/list?pageNum=&pageSize=` (pageNum from 1,
 //!   default size 10, at most 100). An order shows `orderId, amount, currency, status
-//!   ("SUCCESS"), refundStatus` (null, REFUNDING, REFUNDED or REFUND_FAILED).
+//!   ("SUCCESS"), refundStatus` (its latest refund's: null, REFUNDING, REFUNDED or
+//!   REFUND_FAILED) and `refundedAmount` (every refund not failed, in progress included).
 //! - Orders are the shared `Payment`s (orderId = transactionReference); an order never told
 //!   about reads as a paid order of `default_payment_amount` and is stored once refunded.
-//! - An order is refunded at most once: a second refund is `status 20002 "order already
-//!   refunded"` (still counted in the refund's `submit_count`). After a REFUND_FAILED a new
-//!   refund may be made; it replaces the failed one in the ledger.
-//! - The ledger's `refundReference` is the order id (BPN never sees ours) and `refundAmount`
-//!   the order amount.
+//! - An order is refunded up to its amount: a whole-order refund of an order with any refund
+//!   left standing, or an amount when nothing is left, is `status 20002 "order already
+//!   refunded"` (still counted in the latest refund's `submit_count`); an amount above what is
+//!   left `status 20004`. A new refund replaces the order's failed ones in the ledger.
+//! - The ledger's `refundReference` is the order id for an order's first refund (BPN never
+//!   sees ours) and `orderId#n` for its n-th; `refundAmount` is the amount refunded. A forced
+//!   outcome applies to every refund of the order.
 //!
 //! Order of checks: auth (401, counted only in `rejectedAuth`), count, injected HTTP error
 //! (`failNext`, then `error_rate`; HTTP status with status 50000), body validation (400, status
@@ -45,6 +54,15 @@ use super::{
     LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig, State,
 };
 
+/// The refund body's amount field ("refund by amount"; BPN's page names no field).
+pub const REFUND_AMOUNT_FIELD: &str = "amount";
+/// The refund body's pay-in field ("refund by transaction reference"; not named either).
+pub const REFUND_TRANSACTION_FIELD: &str = "transactionReference";
+/// "resend fail webhook": the path and the window's fields (ms since the epoch), the same
+/// guesses as the adapter's defaults, written here again. Not served with `--strict`.
+pub const RESEND_WEBHOOK_PATH: &str = "/v1/webhook/resend";
+const RESEND_START_FIELD: &str = "startTime";
+const RESEND_END_FIELD: &str = "endTime";
 const DEFAULT_PAGE_SIZE: usize = 10;
 const MAX_PAGE_SIZE: usize = 100;
 /// How far `API-TIMESTAMP` may be from our clock.
@@ -56,20 +74,21 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/v1/virtual-account/order/refund", post(refund))
         .route("/v1/virtual-account/order/detail", get(detail))
         .route("/v1/virtual-account/order/list", get(list))
+        .route(RESEND_WEBHOOK_PATH, post(resend))
         .route(
             "/sandbox/bpn/refunds/{order_id}/outcome",
             post(outcome_route),
         )
 }
 
-/// What BPN knows: orders by id, at most one refund per order, forced outcomes by order id
+/// What BPN knows: orders by id, their refunds in the order made, forced outcomes by order id
 /// (they may precede the refund).
 #[derive(Default)]
 pub(super) struct BpnState {
     payments: BTreeMap<String, Payment>,
-    refunds: HashMap<String, BpnRefund>,
+    refunds: HashMap<String, Vec<BpnRefund>>,
     outcomes: HashMap<String, OutcomeStatus>,
-    /// Last status each order's refund was notified with.
+    /// Last status each refund (by ledger key) was notified with.
     notified: HashMap<String, RefundStatus>,
     /// Orders whose refund may still change into a status not notified yet: added when a
     /// refund is made or its outcome forced, dropped once its final status is notified, so
@@ -79,6 +98,8 @@ pub(super) struct BpnState {
 
 struct BpnRefund {
     order_id: String,
+    /// The ledger key: the order id for its first refund, `orderId#n` for the n-th.
+    key: String,
     amount: Decimal,
     request_body: String,
     submit_count: u32,
@@ -121,6 +142,8 @@ enum BpnError {
     Declined,
     #[error("order already refunded")]
     AlreadyRefunded,
+    #[error("refund amount {0} exceeds the order's refundable amount {1}")]
+    AmountTooLarge(Decimal, Decimal),
 }
 
 impl IntoResponse for BpnError {
@@ -133,6 +156,7 @@ impl IntoResponse for BpnError {
             Self::Invalid(_) => (StatusCode::BAD_REQUEST, 40000),
             Self::Declined => (StatusCode::OK, 20005),
             Self::AlreadyRefunded => (StatusCode::OK, 20002),
+            Self::AmountTooLarge(..) => (StatusCode::OK, 20004),
         };
         envelope(status, code, &self.to_string(), Value::Null)
     }
@@ -159,7 +183,7 @@ impl BpnState {
     }
 
     pub(super) fn set_outcome(&mut self, order_id: &str, status: OutcomeStatus) {
-        // A forced outcome can rewrite a status already notified: watch the refund again.
+        // A forced outcome can rewrite statuses already notified: watch the order again.
         if self.refunds.contains_key(order_id) {
             self.unsettled.insert(order_id.to_owned());
         }
@@ -183,9 +207,9 @@ impl BpnState {
             Some(p) => (p.amount, p.currency.clone()),
             None => (config.default_payment_amount, default_currency()),
         };
-        let refund_status = self
-            .refunds
-            .get(order_id)
+        let refunds = self.refunds.get(order_id).map(Vec::as_slice).unwrap_or(&[]);
+        let refund_status = refunds
+            .last()
             .map(|r| self.status_of(r, config, now).as_str());
         json!({
             "orderId": order_id,
@@ -193,27 +217,34 @@ impl BpnState {
             "currency": currency,
             "status": "SUCCESS",
             "refundStatus": refund_status,
+            "refundedAmount": decimal_to_json(self.refunded(order_id, config, now)),
         })
     }
 
-    /// Records a refund of the whole order, or refuses a second one.
+    /// What the order's refunds not failed add up to (in progress included).
+    fn refunded(&self, order_id: &str, config: &SandboxConfig, now: Instant) -> Decimal {
+        self.refunds
+            .get(order_id)
+            .map(|list| {
+                list.iter()
+                    .filter(|r| self.status_of(r, config, now) != RefundStatus::Failed)
+                    .map(|r| r.amount)
+                    .sum()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Records a refund of `amount` (the whole order when `None`), or refuses one that does
+    /// not fit in what is left of the order.
     fn accept(
         &mut self,
         order_id: String,
+        amount: Option<Decimal>,
         body: String,
         config: &SandboxConfig,
         now: Instant,
     ) -> Result<Response, BpnError> {
-        if let Some(existing) = self.refunds.get(&order_id) {
-            let live = self.status_of(existing, config, now) != RefundStatus::Failed;
-            if live {
-                if let Some(existing) = self.refunds.get_mut(&order_id) {
-                    existing.submit_count += 1;
-                }
-                return Err(BpnError::AlreadyRefunded);
-            }
-        }
-        let amount = self
+        let order_amount = self
             .payments
             .entry(order_id.clone())
             .or_insert_with(|| Payment {
@@ -223,23 +254,71 @@ impl BpnState {
                 currency: default_currency(),
             })
             .amount;
+        let refunded = self.refunded(&order_id, config, now);
+        let left = order_amount - refunded;
+        let too_much = match amount {
+            None => refunded > Decimal::ZERO,
+            Some(a) => a > left,
+        };
+        if too_much {
+            if let Some(a) = amount.filter(|_| left > Decimal::ZERO) {
+                return Err(BpnError::AmountTooLarge(a, left));
+            }
+            if let Some(latest) = self.refunds.get_mut(&order_id).and_then(|l| l.last_mut()) {
+                latest.submit_count += 1;
+            }
+            return Err(BpnError::AlreadyRefunded);
+        }
+        let amount = amount.unwrap_or(order_amount);
+        // Failed refunds make way for the new one (the ledger shows what stands).
+        let failed: Vec<bool> = self
+            .refunds
+            .get(&order_id)
+            .map(|l| {
+                l.iter()
+                    .map(|r| self.status_of(r, config, now) == RefundStatus::Failed)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let list = self.refunds.entry(order_id.clone()).or_default();
+        let mut keep = failed.iter().map(|f| !f);
+        list.retain(|_| keep.next().unwrap_or(true));
+        let key = match list.len() {
+            0 => order_id.clone(),
+            n => format!("{order_id}#{}", n + 1),
+        };
         tracing::info!(order_id = %order_id, amount = %amount, "bpn sandbox: refund accepted");
         self.unsettled.insert(order_id.clone());
-        self.refunds.insert(
-            order_id.clone(),
-            BpnRefund {
-                order_id: order_id.clone(),
-                amount,
-                request_body: body,
-                submit_count: 1,
-                created_at: Utc::now(),
-                accepted: now,
-            },
-        );
+        list.push(BpnRefund {
+            order_id: order_id.clone(),
+            key,
+            amount,
+            request_body: body,
+            submit_count: 1,
+            created_at: Utc::now(),
+            accepted: now,
+        });
         Ok(success(json!({
             "orderId": order_id,
             "status": RefundStatus::Refunding.as_str(),
         })))
+    }
+
+    /// Makes every final refund created in `[start, end)` be notified again; returns how many.
+    fn renotify(&mut self, start: DateTime<Utc>, end: DateTime<Utc>) -> usize {
+        let mut n = 0;
+        for list in self.refunds.values() {
+            for r in list
+                .iter()
+                .filter(|r| r.created_at >= start && r.created_at < end)
+            {
+                if self.notified.remove(&r.key).is_some() {
+                    self.unsettled.insert(r.order_id.clone());
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Refund status notifications (`notifyType: REFUND`, signed with `X-BPN-Signature`,
@@ -253,43 +332,50 @@ impl BpnState {
         let mut sent = Vec::new();
         let mut settled = Vec::new();
         for order_id in &self.unsettled {
-            let Some(refund) = self.refunds.get(order_id) else {
+            let Some(list) = self.refunds.get(order_id) else {
                 settled.push(order_id.clone());
                 continue;
             };
-            let status = self.status_of(refund, config, now);
-            // Refunding turns final with time alone: keep watching it.
-            if status == RefundStatus::Refunding {
-                continue;
+            let statuses: Vec<RefundStatus> = list
+                .iter()
+                .map(|r| self.status_of(r, config, now))
+                .collect();
+            // Refunding turns final with time alone: keep watching the order until every
+            // refund of it is final; only a forced outcome or a new refund changes those, and
+            // both re-add it.
+            if !statuses.contains(&RefundStatus::Refunding) {
+                settled.push(order_id.clone());
             }
-            // Final: only a forced outcome or a new refund changes it, and those re-add it.
-            settled.push(order_id.clone());
-            if self.notified.get(&refund.order_id) == Some(&status) {
-                continue;
+            for (refund, status) in list.iter().zip(statuses) {
+                if status == RefundStatus::Refunding
+                    || self.notified.get(&refund.key) == Some(&status)
+                {
+                    continue;
+                }
+                let currency = self
+                    .payments
+                    .get(&refund.order_id)
+                    .map(|p| p.currency.clone())
+                    .unwrap_or_else(default_currency);
+                let body = json!({
+                    "notifyType": "REFUND",
+                    "notifyId": uuid::Uuid::new_v4().to_string(),
+                    "data": {
+                        "orderId": refund.order_id,
+                        "refundStatus": status.as_str(),
+                        "amount": decimal_to_json(refund.amount),
+                        "currency": currency,
+                    },
+                })
+                .to_string();
+                out.push(super::notify::Outbound::hmac_signed(
+                    Provider::Bpn,
+                    body,
+                    &config.webhook_secret,
+                    "X-BPN-Signature",
+                ));
+                sent.push((refund.key.clone(), status));
             }
-            let currency = self
-                .payments
-                .get(&refund.order_id)
-                .map(|p| p.currency.clone())
-                .unwrap_or_else(default_currency);
-            let body = json!({
-                "notifyType": "REFUND",
-                "notifyId": uuid::Uuid::new_v4().to_string(),
-                "data": {
-                    "orderId": refund.order_id,
-                    "refundStatus": status.as_str(),
-                    "amount": decimal_to_json(refund.amount),
-                    "currency": currency,
-                },
-            })
-            .to_string();
-            out.push(super::notify::Outbound::hmac_signed(
-                Provider::Bpn,
-                body,
-                &config.webhook_secret,
-                "X-BPN-Signature",
-            ));
-            sent.push((refund.order_id.clone(), status));
         }
         self.notified.extend(sent);
         for order_id in settled {
@@ -303,11 +389,12 @@ impl BpnState {
         let refunds = self
             .refunds
             .values()
+            .flatten()
             .map(|r| {
                 let status = self.status_of(r, config, now);
                 LedgerRefund {
                     provider: Provider::Bpn,
-                    refund_reference: r.order_id.clone(),
+                    refund_reference: r.key.clone(),
                     transaction_reference: r.order_id.clone(),
                     refund_amount: r.amount.to_string(),
                     request_body: r.request_body.clone(),
@@ -410,17 +497,39 @@ async fn bpn_call(
     sandbox.deliver(reply).await
 }
 
-/// The order id of a refund body, validated like a strict provider.
-fn parse_refund(body: &[u8]) -> Result<(String, String), String> {
+/// A refund body, validated like a strict provider: the order id, the amount when given
+/// (a JSON number or a decimal string, > 0), and the body as text.
+fn parse_refund(body: &[u8]) -> Result<(String, Option<Decimal>, String), String> {
     let text =
         std::str::from_utf8(body).map_err(|_| "malformed JSON body: not UTF-8".to_owned())?;
     let value: Value =
         serde_json::from_str(text).map_err(|e| format!("malformed JSON body: {e}"))?;
-    match value.get("orderId") {
-        Some(Value::String(s)) if !s.trim().is_empty() => Ok((s.clone(), text.to_owned())),
-        Some(Value::String(_)) | None | Some(Value::Null) => Err("orderId is required".to_owned()),
-        Some(_) => Err("orderId must be a string".to_owned()),
+    let order_id = match value.get("orderId") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err("orderId is required".to_owned())
+        }
+        Some(_) => return Err("orderId must be a string".to_owned()),
+    };
+    let amount = match value.get(REFUND_AMOUNT_FIELD) {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let text = match v {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s.clone(),
+                _ => return Err(format!("{REFUND_AMOUNT_FIELD} must be a number")),
+            };
+            match Decimal::from_str_exact(text.trim()) {
+                Ok(a) if a > Decimal::ZERO => Some(a),
+                _ => return Err(format!("{REFUND_AMOUNT_FIELD} must be a positive amount")),
+            }
+        }
+    };
+    match value.get(REFUND_TRANSACTION_FIELD) {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(_) => return Err(format!("{REFUND_TRANSACTION_FIELD} must be a string")),
     }
+    Ok((order_id, amount, text.to_owned()))
 }
 
 async fn refund(
@@ -434,14 +543,49 @@ async fn refund(
         &body,
         CallKind::Submit,
         |state, config| {
-            let (order_id, text) = parse_refund(&body).map_err(BpnError::Invalid)?;
+            let (order_id, amount, text) = parse_refund(&body).map_err(BpnError::Invalid)?;
             if state.take_reject() {
                 return Err(BpnError::Declined);
             }
-            let response = state.bpn.accept(order_id, text, config, Instant::now())?;
+            let response = state
+                .bpn
+                .accept(order_id, amount, text, config, Instant::now())?;
             // Recorded first, hang after: the "timeout after accept" a worker must resolve.
             let hang = state.take_timeout(config);
             Ok(Reply { response, hang })
+        },
+    )
+    .await
+}
+
+/// `POST /v1/webhook/resend` with `{"startTime", "endTime"}` (ms): the refunds of that window
+/// are notified again. Signed like every BPN call.
+async fn resend(
+    AxumState(sandbox): AxumState<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if sandbox.config().strict {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    bpn_call(
+        &sandbox,
+        &headers,
+        &body,
+        CallKind::Resend,
+        |state, _config| {
+            let value: Value = serde_json::from_slice(&body)
+                .map_err(|e| BpnError::Invalid(format!("malformed JSON body: {e}")))?;
+            let at = |field: &str| {
+                value
+                    .get(field)
+                    .and_then(Value::as_i64)
+                    .and_then(DateTime::<Utc>::from_timestamp_millis)
+                    .ok_or_else(|| BpnError::Invalid(format!("{field} (ms) is required")))
+            };
+            let (start, end) = (at(RESEND_START_FIELD)?, at(RESEND_END_FIELD)?);
+            let resent = state.bpn.renotify(start, end);
+            Ok(Reply::now(success(json!({ "resent": resent }))))
         },
     )
     .await
@@ -705,6 +849,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn partial_refunds_add_up_to_the_order_and_no_further() {
+        let server = start(quick()).await;
+        order(&server, "o-p", "100.00");
+        let (status, e) = refund(&server, r#"{"orderId":"o-p","amount":"30.50"}"#).await;
+        assert_eq!((status, e["status"].clone()), (200, json!(0)));
+        let view = detail(&server, "o-p").await;
+        assert_eq!(view["refundStatus"], "REFUNDING");
+        assert_eq!(view["refundedAmount"].to_string(), "30.50");
+        // By pay-in reference, with an amount as a JSON number.
+        let (_, e) = refund(
+            &server,
+            r#"{"orderId":"o-p","amount":60,"transactionReference":"payin-2"}"#,
+        )
+        .await;
+        assert_eq!(e["status"], json!(0));
+        // 9.50 is left: 10 is refused with what is left, and a whole-order refund too.
+        let (_, e) = refund(&server, r#"{"orderId":"o-p","amount":"10"}"#).await;
+        assert_eq!(e["status"], json!(20004));
+        assert!(e["message"].as_str().unwrap().contains("9.50"), "{e}");
+        let (_, e) = refund(&server, r#"{"orderId":"o-p"}"#).await;
+        assert_eq!(e["status"], json!(20002));
+        let (status, e) = refund(&server, r#"{"orderId":"o-p","amount":"-1"}"#).await;
+        assert_eq!((status, e["status"].clone()), (400, json!(40000)));
+        let (_, e) = refund(&server, r#"{"orderId":"o-p","amount":"9.50"}"#).await;
+        assert_eq!(e["status"], json!(0));
+        assert_eq!(
+            detail(&server, "o-p").await["refundedAmount"].to_string(),
+            "100.00"
+        );
+        let ledger = server.sandbox.ledger();
+        let mut keys: Vec<(String, String)> = ledger
+            .refunds
+            .iter()
+            .map(|r| (r.refund_reference.clone(), r.refund_amount.clone()))
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                ("o-p".to_owned(), "30.50".to_owned()),
+                ("o-p#2".to_owned(), "60".to_owned()),
+                ("o-p#3".to_owned(), "9.50".to_owned())
+            ]
+        );
+        let second = ledger.refund("o-p#2").unwrap();
+        assert!(second.request_body.contains("payin-2"));
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
     async fn faults_fail_reject_and_hang() {
         let server = start(SandboxConfig {
             completion_delay: Duration::from_secs(3),
@@ -841,11 +1035,11 @@ mod webhook_tests {
         let mut due: Vec<String> = state
             .refunds
             .values()
+            .flatten()
             .filter_map(|r| {
                 let status = state.status_of(r, config, now);
-                (status != RefundStatus::Refunding
-                    && state.notified.get(&r.order_id) != Some(&status))
-                .then(|| format!("{}:{}", r.order_id, status.as_str()))
+                (status != RefundStatus::Refunding && state.notified.get(&r.key) != Some(&status))
+                    .then(|| format!("{}:{}", r.order_id, status.as_str()))
             })
             .collect();
         due.sort();
@@ -885,7 +1079,7 @@ mod webhook_tests {
         let mut state = BpnState::default();
         let accept = |state: &mut BpnState, order: &str, at: Instant| {
             state
-                .accept(order.into(), String::new(), &config, at)
+                .accept(order.into(), None, String::new(), &config, at)
                 .unwrap();
         };
         accept(&mut state, "o-1", t0);
@@ -910,5 +1104,24 @@ mod webhook_tests {
         assert_eq!(due(&mut state, &config, t0 + ms(300)), ["o-1:REFUNDED"]);
         assert!(state.unsettled.is_empty());
         assert!(due(&mut state, &config, t0 + ms(400)).is_empty());
+    }
+
+    #[test]
+    fn every_partial_refund_of_an_order_is_notified_once() {
+        let config = SandboxConfig {
+            completion_delay: std::time::Duration::from_millis(100),
+            ..SandboxConfig::default()
+        };
+        let t0 = Instant::now();
+        let mut state = BpnState::default();
+        for amount in ["1.00", "2.00"] {
+            let amount = rust_decimal::Decimal::from_str_exact(amount).ok();
+            state
+                .accept("o-1".into(), amount, String::new(), &config, t0)
+                .unwrap();
+        }
+        let later = t0 + std::time::Duration::from_millis(150);
+        assert_eq!(state.due_webhooks(&config, later).len(), 2);
+        assert!(state.due_webhooks(&config, later).is_empty());
     }
 }

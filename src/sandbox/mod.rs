@@ -357,6 +357,10 @@ pub struct Ledger {
     pub list_calls: u64,
     /// Authenticated refund details queries (by transaction).
     pub details_calls: u64,
+    /// Authenticated webhook re-send requests (BPN's "resend fail webhook", VA's "Send
+    /// Notification"; not served with `--strict`: their paths are our guesses).
+    #[serde(default)]
+    pub resend_calls: u64,
     /// Calls refused for a missing or wrong credential (counted nowhere else).
     pub rejected_auth: u64,
     /// Calls answered with an injected HTTP error (`failNext` or `error_rate`).
@@ -401,6 +405,8 @@ enum CallKind {
     Status,
     List,
     Details,
+    /// A webhook re-send request (BPN's "resend fail webhook", VA's "Send Notification").
+    Resend,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -409,6 +415,7 @@ struct Counters {
     status_calls: u64,
     list_calls: u64,
     details_calls: u64,
+    resend_calls: u64,
     rejected_auth: u64,
     injected_failures: u64,
     injected_rejects: u64,
@@ -435,6 +442,7 @@ impl State {
             CallKind::Status => c.status_calls += 1,
             CallKind::List => c.list_calls += 1,
             CallKind::Details => c.details_calls += 1,
+            CallKind::Resend => c.resend_calls += 1,
         }
     }
 
@@ -677,6 +685,7 @@ impl Sandbox {
             status_calls: c.status_calls,
             list_calls: c.list_calls,
             details_calls: c.details_calls,
+            resend_calls: c.resend_calls,
             rejected_auth: c.rejected_auth,
             injected_failures: c.injected_failures,
             injected_rejects: c.injected_rejects,

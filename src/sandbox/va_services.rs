@@ -45,6 +45,9 @@ use super::{
 
 /// VA's zone-less date format, e.g. `25/01/2024 01:35:27 AM`.
 const DATE_FORMAT: &str = "%d/%m/%Y %I:%M:%S %p";
+/// "Send Notification": our guess of its path, as the adapter's default, written here again.
+/// Not served with `--strict`.
+pub const SEND_NOTIFICATION_PATH: &str = "/va/notifications/send";
 const DEFAULT_PAGE_SIZE: usize = 20;
 const MAX_PAGE_SIZE: usize = 100;
 
@@ -55,6 +58,7 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/va/refunds", get(list))
         .route("/va/refunds/{refund_reference}", get(status))
         .route("/va/refunds/details/{transaction_reference}", get(details))
+        .route(SEND_NOTIFICATION_PATH, post(send_notification))
         .route(
             "/sandbox/va_services/refunds/{refund_reference}/outcome",
             post(outcome_route),
@@ -651,6 +655,33 @@ async fn details(
                 .map(|r| va.view(r, config, now))
                 .collect(),
         })))
+    })
+    .await
+}
+
+/// "Send Notification" (`{"transactionReference"}`): acknowledged and counted. The sandbox
+/// sends no VA pay-in notifications, so there is nothing to send again.
+async fn send_notification(
+    AxumState(sandbox): AxumState<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if sandbox.config().strict {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    va_call(&sandbox, &headers, CallKind::Resend, |_state, _config| {
+        let tx = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("transactionReference")?.as_str().map(str::to_owned))
+            .filter(|t| !t.trim().is_empty());
+        Ok(Reply::now(match tx {
+            Some(tx) => success(serde_json::json!({ "transactionReference": tx })),
+            None => failure(
+                StatusCode::BAD_REQUEST,
+                "400",
+                "transactionReference is required",
+            ),
+        }))
     })
     .await
 }

@@ -304,13 +304,22 @@ struct Candidate {
 }
 
 /// The refund a webhook names, from its candidates: by our reference, then the provider's
-/// (the oldest, should it name several), then the payment (only when exactly one refund of
+/// (the one still pending should it name several, as BPN's order id names every partial
+/// refund of the order; else the oldest), then the payment (only when exactly one refund of
 /// that payment is pending, or exactly one exists). `Err` says why it is ambiguous.
 fn pick(mut candidates: Vec<&Candidate>, payment: Option<&str>) -> Result<Option<String>, String> {
     candidates.sort_by_key(|c| (c.via, c.created_at));
     match candidates.first() {
         None => return Ok(None),
-        Some(c) if c.via < 3 => return Ok(Some(c.refund_reference.clone())),
+        Some(c) if c.via < 3 => {
+            let same: Vec<&&Candidate> = candidates.iter().filter(|x| x.via == c.via).collect();
+            let pending: Vec<&&&Candidate> =
+                same.iter().filter(|x| x.status == "PENDING").collect();
+            return match (same.len(), pending.as_slice()) {
+                (2.., [only]) => Ok(Some(only.refund_reference.clone())),
+                _ => Ok(Some(c.refund_reference.clone())),
+            };
+        }
         Some(_) => {}
     }
     let pending: Vec<&Candidate> = candidates
@@ -937,6 +946,19 @@ mod tests {
         let young = candidate(1, 2, "R-young", "PENDING", 1);
         let old = candidate(1, 2, "R-old", "PENDING", 50);
         assert_eq!(pick(vec![&young, &old], None), Ok(Some("R-old".into())));
+    }
+
+    #[test]
+    fn of_several_provider_matches_the_one_pending_is_taken() {
+        // BPN: every refund of an order has the order id as the provider's reference.
+        let done = candidate(1, 2, "R-first", "COMPLETED", 50);
+        let open = candidate(1, 2, "R-second", "PENDING", 1);
+        assert_eq!(pick(vec![&done, &open], None), Ok(Some("R-second".into())));
+        let also_done = candidate(1, 2, "R-second", "COMPLETED", 1);
+        assert_eq!(
+            pick(vec![&also_done, &done], None),
+            Ok(Some("R-first".into()))
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod inbound;
 pub mod outbox;
+pub mod recovery;
 pub mod refunds;
 pub mod retention;
 pub mod review;

@@ -18,6 +18,8 @@ mod provider_binance_pay;
 mod provider_bpn;
 mod provider_bvnk;
 mod provider_webhooks;
+mod reconcile;
+mod recovery;
 mod resilience;
 mod retention;
 mod review;

@@ -1,8 +1,8 @@
 //! BPN end to end: RabbitMQ command -> PostgreSQL -> the BPN adapter -> the sandbox's BPN.
 //!
-//! BPN refunds whole virtual-account orders by `orderId` (the command's
-//! `transactionReference`) and knows no reference of ours, so the sandbox ledger lists the
-//! refund under the order id.
+//! BPN refunds virtual-account orders by `orderId` (the command's `transactionReference`),
+//! whole or in part, and knows no reference of ours, so the sandbox ledger lists an order's
+//! first refund under the order id (`orderId#n` for the n-th).
 
 use crate::helpers::*;
 use refund_worker::domain::{FailureCode, RefundStatus};
@@ -65,26 +65,49 @@ async fn a_bpn_order_refund_goes_pending_then_completed_once_with_the_exact_amou
 }
 
 #[tokio::test]
-async fn a_partial_or_excessive_bpn_amount_fails_without_a_refund_call() {
-    let mut app = TestApp::spawn().await;
+async fn bpn_partial_refunds_by_amount_and_by_pay_in_complete_and_never_exceed_the_order() {
+    // With the ingress: the second refund of an order is settled by BPN's refund webhook (the
+    // order's one refund state cannot be told apart from the first refund's).
+    let mut app = TestApp::spawn_with(Options {
+        ingress: true,
+        ..Options::default()
+    })
+    .await;
     app.start_worker();
-    let (over, part) = (reference("bpn-over"), reference("bpn-part"));
-    let (o1, o2) = (format!("VA-{over}"), format!("VA-{part}"));
-    order(&app, &o1, "25.17");
-    order(&app, &o2, "25.17");
-    app.publish(&bpn_command(&over, &o1, "25.18")).await;
-    app.publish(&bpn_command(&part, &o2, "10.00")).await;
+    let (part, over, pay_in) = (
+        reference("bpn-part"),
+        reference("bpn-over"),
+        reference("bpn-payin"),
+    );
+    let order_id = format!("VA-{part}");
+    order(&app, &order_id, "25.17");
+    app.publish(&bpn_command(&part, &order_id, "10.00")).await;
+    let done = app.wait_for(&part, RefundStatus::Completed).await;
+    assert_eq!(done.amount.as_deref(), Some("10.00"));
+    // 15.17 is left: 15.18 fails before any refund call.
+    let calls = app.sandbox.ledger().submit_calls;
+    app.publish(&bpn_command(&over, &order_id, "15.18")).await;
     let e = app.wait_for(&over, RefundStatus::RefundFail).await;
     let f = e.failure_reason.unwrap();
     assert_eq!(f.code, FailureCode::AmountExceedsRefundable);
-    assert!(f.message.contains("25.17"), "{}", f.message);
-    let e = app.wait_for(&part, RefundStatus::RefundFail).await;
-    let f = e.failure_reason.unwrap();
-    assert_eq!(f.code, FailureCode::InvalidCommand);
-    assert!(f.message.contains("whole orders only"), "{}", f.message);
+    assert!(f.message.contains("15.17 of 25.17"), "{}", f.message);
+    assert_eq!(app.sandbox.ledger().submit_calls, calls);
+    // The rest, by pay-in reference.
+    let mut cmd = bpn_command(&pay_in, &order_id, "15.17");
+    cmd["metadata"] = json!({ "bpnPayInReference": "PAYIN-2" });
+    app.publish(&cmd).await;
+    app.wait_for(&pay_in, RefundStatus::Completed).await;
     let ledger = app.sandbox.ledger();
-    assert_eq!(ledger.submit_calls, 0);
-    assert!(ledger.refunds.is_empty());
+    assert_eq!(
+        ledger.refund(&order_id).unwrap().request_body,
+        format!(r#"{{"amount":10.00,"orderId":"{order_id}"}}"#)
+    );
+    let second = ledger.refund(&format!("{order_id}#2")).unwrap();
+    assert_eq!(
+        second.request_body,
+        format!(r#"{{"amount":15.17,"orderId":"{order_id}","transactionReference":"PAYIN-2"}}"#)
+    );
+    assert_eq!((second.submit_count, ledger.submit_calls), (1, 2));
     app.cleanup().await;
 }
 
