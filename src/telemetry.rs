@@ -3,8 +3,11 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Default filter for services: our info logs, libraries' warnings.
-pub const SERVICE_FILTER: &str = "info,sqlx=warn,lapin=warn,hyper=warn";
+/// Default filter for services and commands: our info logs, libraries' warnings. lapin is
+/// off: every failure of its I/O loop reaches our code as an error, which is reported once
+/// with the setting and the target; lapin's own ERROR lines said the same again, in Rust
+/// `Debug` text.
+pub const SERVICE_FILTER: &str = "info,sqlx=warn,lapin=off,hyper=warn";
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
