@@ -261,8 +261,20 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    match e.source() {
-        Some(src) => format!("{kind}: {src}"),
-        None => kind.into(),
+    let causes = || std::iter::successors(e.source(), |s| (*s).source());
+    // A name that does not resolve is said as such, not as "client error (Connect)".
+    if let Some(dns) = causes().find_map(|s| s.downcast_ref::<super::ssrf::DnsFailure>()) {
+        return format!("{kind}: {dns}");
     }
+    // Every cause once: hyper's "client error (Connect)" says nothing by itself; the
+    // cause under it does ("tcp connect error: Connection refused").
+    let mut out = kind.to_string();
+    for cause in causes() {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
