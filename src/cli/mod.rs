@@ -5,6 +5,7 @@ mod dlq;
 pub mod exit;
 mod inbox;
 mod refunds;
+pub mod run_args;
 mod sandbox;
 mod submit;
 mod webhooks;
@@ -33,7 +34,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the worker: command consumer, dispatcher, outbox relay and /healthz /readyz.
-    Run,
+    /// Every setting is a flag here, or its environment variable (flags win).
+    Run(run_args::RunArgs),
     /// Create the database if needed and apply migrations.
     Migrate,
     /// Run the provider sandbox (a local simulator of the providers' APIs).
@@ -76,12 +78,20 @@ pub async fn main() -> anyhow::Result<ExitCode> {
         _ => crate::telemetry::SERVICE_FILTER,
     };
     let log_to = match cli.command {
-        Command::Run | Command::Sandbox(_) => LogTo::Stdout,
+        Command::Run(_) | Command::Sandbox(_) => LogTo::Stdout,
         _ => LogTo::Stderr,
     };
-    crate::telemetry::init(default_filter, log_to);
+    let log_json = match &cli.command {
+        Command::Run(args) => args
+            .get("LOG_FORMAT")
+            .map(|f| f.eq_ignore_ascii_case("json")),
+        _ => None,
+    };
+    crate::telemetry::init_as(default_filter, log_to, log_json);
     match cli.command {
-        Command::Run => run(Config::from_env()?).await.map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run(Config::from_lookup(|k| args.get(k))?)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Migrate => {
             let config = Config::from_env()?;
             migrate(&config).await?;

@@ -634,3 +634,35 @@ async fn submit_refuses_flags_it_would_ignore_and_a_currency_it_would_guess() {
     let out = run_cli(&["submit", "--provider", "paypal"], &[]).await;
     assert_usage_error(&out, &["paypal", "va_services"]);
 }
+
+#[tokio::test]
+async fn every_setting_is_a_flag_of_run_listed_with_its_default() {
+    let help = run_cli(
+        &["run", "--help"],
+        &[("ADMIN_TOKEN", "a-secret-admin-token-1")],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&help.stdout).to_string();
+    assert!(help.status.success(), "{help:?}");
+    for needle in [
+        "--database-url",
+        "[env: DATABASE_URL]",
+        "--http-addr",
+        "[default: 127.0.0.1:8080]",
+        "--provider-binance-pay-webhook-secret",
+        "--admin-token",
+        "--log-format",
+    ] {
+        assert!(text.contains(needle), "`{needle}` not in:\n{text}");
+    }
+    assert!(!text.contains("a-secret-admin-token-1"), "{text}");
+    // A flag is used (and wins over the environment).
+    let out = run_cli(
+        &["run", "--database-url", "mysql://root@127.0.0.1/x"],
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")],
+    )
+    .await;
+    assert_exit(&out, 1, &["DATABASE_URL must start with postgres://"]);
+    let out = run_cli(&["run", "--prefetch", "lots"], &[]).await;
+    assert_exit(&out, 1, &["PREFETCH must be a whole number"]);
+}
