@@ -252,7 +252,19 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     }
     .await;
     let _ = connection.close(200, "bye").await;
-    code
+    match code {
+        Err(e) => match e.downcast_ref::<dlq::DlqError>() {
+            Some(dlq::DlqError::NoQueue(queue)) => {
+                eprintln!(
+                    "error: queue `{queue}` does not exist (has a worker run with this \
+                     AMQP_URL and AMQP_NAME_PREFIX? it declares the queues)"
+                );
+                Ok(super::exit::not_found())
+            }
+            _ => Err(e),
+        },
+        ok => ok,
+    }
 }
 
 /// `dlq show` as text: one field a line, then the body.

@@ -346,6 +346,10 @@ async fn an_unreachable_database_or_broker_is_exit_5_naming_the_setting_target_a
     let stderr = assert_exit(&out, 5, &["AMQP_URL", "vhost no-such-vhost not found"]);
     assert_eq!(stderr.matches("not found").count(), 1, "{stderr}");
     assert!(!stderr.contains("Tokio"), "{stderr}");
+    // A dead-letter queue no worker declared (another prefix): not found, with a hint.
+    let prefix = format!("never{}.", uuid::Uuid::new_v4().simple());
+    let out = run_cli(&["dlq", "list"], &[("AMQP_NAME_PREFIX", prefix.as_str())]).await;
+    assert_exit(&out, 4, &["does not exist", "AMQP_NAME_PREFIX"]);
     // A non-PostgreSQL URL is refused as configuration, before any connection.
     let out = run_cli(
         &["refunds", "list"],
