@@ -94,163 +94,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let connection = super::exit::broker(&config, "refund-worker-dlq").await?;
     // The connection is closed on every path, errors included: left open, lapin's I/O
     // loop outlives the runtime and logs "a Tokio 1.x context ... is being shutdown".
-    let code = async {
-        Ok::<_, anyhow::Error>(match command {
-            DlqCommand::List {
-                queue: _,
-                limit,
-                json,
-            } => {
-                let depth = dlq::depth(&connection, &queue).await?;
-                let limit = usize::try_from(limit).context("--limit is too large")?;
-                let items = dlq::list(&connection, &queue, limit).await?;
-                let truncated = items.len() < depth as usize;
-                if json {
-                    let listing = serde_json::json!({
-                        "queue": queue, "depth": depth, "items": items, "truncated": truncated,
-                    });
-                    println!("{}", serde_json::to_string_pretty(&listing)?);
-                } else {
-                    println!("{queue}: {depth} dead letter(s)");
-                    if !items.is_empty() {
-                        println!("{:>4}  {:<36}  {:>8}  REASON", "POS", "ID", "REPLAYED");
-                    }
-                    for d in &items {
-                        println!(
-                            "{:>4}  {:<36}  {:>8}  {}",
-                            d.position,
-                            d.id,
-                            d.replayed,
-                            d.reason.as_deref().unwrap_or("(no reason header)")
-                        );
-                    }
-                    if truncated {
-                        println!(
-                            "(showing {} of {depth}; --limit shows more, up to 1000)",
-                            items.len()
-                        );
-                    }
-                }
-                ExitCode::SUCCESS
-            }
-            DlqCommand::Show {
-                which,
-                queue: _,
-                json,
-            } => {
-                let items = dlq::list(&connection, &queue, usize::MAX).await?;
-                // An id first: a message id may look like a number.
-                let found = match items.iter().position(|d| d.id == which) {
-                    Some(i) => items.into_iter().nth(i),
-                    None => items
-                        .into_iter()
-                        .find(|d| which.parse::<usize>().ok() == Some(d.position)),
-                };
-                match found {
-                    Some(d) if json => {
-                        println!("{}", serde_json::to_string_pretty(&d)?);
-                        ExitCode::SUCCESS
-                    }
-                    Some(d) => {
-                        print!("{}", render(&d));
-                        ExitCode::SUCCESS
-                    }
-                    None => {
-                        eprintln!("no dead letter `{which}` in {queue}");
-                        super::exit::not_found()
-                    }
-                }
-            }
-            DlqCommand::Replay {
-                queue: _,
-                selector,
-                dry_run,
-                yes,
-            } => {
-                let position = selector
-                    .position
-                    .map(usize::try_from)
-                    .transpose()
-                    .context("--position is too large")?;
-                let filter = dlq::ReplayFilter::exactly_one(
-                    selector.id,
-                    position,
-                    selector.reason_contains,
-                    selector.all,
-                    ["--id", "--position", "--reason-contains", "--all"],
-                )
-                .map_err(anyhow::Error::msg)?;
-                let filter = match filter {
-                    dlq::ReplayFilter::Position(p) => {
-                        // Positions shift when messages are replayed or added: show what this
-                        // one picks, and act on its id, so what was shown is what is replayed.
-                        let items = dlq::list(&connection, &queue, p).await?;
-                        let Some(picked) = items.into_iter().find(|d| d.position == p) else {
-                            eprintln!("error: no dead letter at position {p} in {queue}");
-                            return Ok(super::exit::not_found());
-                        };
-                        println!(
-                            "position {p} is {}: {}",
-                            picked.id,
-                            picked.reason.as_deref().unwrap_or("(no reason header)")
-                        );
-                        if !dry_run && !yes {
-                            eprintln!(
-                                "not replayed: check it is the one, then add --yes, or use --id {}",
-                                picked.id
-                            );
-                            return Ok(super::exit::usage());
-                        }
-                        dlq::ReplayFilter::Id(picked.id)
-                    }
-                    other => other,
-                };
-                let bar = ProgressBar::new(0);
-                bar.set_style(
-                    ProgressStyle::with_template("{bar:40} {pos}/{len} examined")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                let report = dlq::replay(
-                    &connection,
-                    &queue,
-                    &filter,
-                    (&exchange, &routing_key),
-                    dry_run,
-                    |done, total| {
-                        bar.set_length(total as u64);
-                        bar.set_position(done as u64);
-                    },
-                )
-                .await?;
-                bar.finish_and_clear();
-                if dry_run {
-                    println!(
-                        "dry run: {} of {} dead letters match and would be replayed",
-                        report.matched, report.examined
-                    );
-                    for d in &report.messages {
-                        println!(
-                            "  {:>4}  {}  {}",
-                            d.position,
-                            d.id,
-                            d.reason.as_deref().unwrap_or("-")
-                        );
-                    }
-                } else {
-                    println!(
-                        "replayed {}, failed {} (of {} matching, {} examined)",
-                        report.replayed, report.failed, report.matched, report.examined
-                    );
-                }
-                if report.failed > 0 {
-                    ExitCode::FAILURE
-                } else {
-                    ExitCode::SUCCESS
-                }
-            }
-        })
-    }
-    .await;
+    let code = act(command, &connection, &queue, &exchange, &routing_key).await;
     let _ = connection.close(200, "bye").await;
     match code {
         Err(e) => match e.downcast_ref::<dlq::DlqError>() {
@@ -265,6 +109,172 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
         },
         ok => ok,
     }
+}
+
+/// One `dlq` command on an open connection (which the caller closes).
+async fn act(
+    command: DlqCommand,
+    connection: &lapin::Connection,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> anyhow::Result<ExitCode> {
+    let queue = queue.to_string();
+    let code = match command {
+        DlqCommand::List {
+            queue: _,
+            limit,
+            json,
+        } => {
+            let depth = dlq::depth(connection, &queue).await?;
+            let limit = usize::try_from(limit).context("--limit is too large")?;
+            let items = dlq::list(connection, &queue, limit).await?;
+            let truncated = items.len() < depth as usize;
+            if json {
+                let listing = serde_json::json!({
+                    "queue": queue, "depth": depth, "items": items, "truncated": truncated,
+                });
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                println!("{queue}: {depth} dead letter(s)");
+                if !items.is_empty() {
+                    println!("{:>4}  {:<36}  {:>8}  REASON", "POS", "ID", "REPLAYED");
+                }
+                for d in &items {
+                    println!(
+                        "{:>4}  {:<36}  {:>8}  {}",
+                        d.position,
+                        d.id,
+                        d.replayed,
+                        d.reason.as_deref().unwrap_or("(no reason header)")
+                    );
+                }
+                if truncated {
+                    println!(
+                        "(showing {} of {depth}; --limit shows more, up to 1000)",
+                        items.len()
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        DlqCommand::Show {
+            which,
+            queue: _,
+            json,
+        } => {
+            let items = dlq::list(connection, &queue, usize::MAX).await?;
+            // An id first: a message id may look like a number.
+            let found = match items.iter().position(|d| d.id == which) {
+                Some(i) => items.into_iter().nth(i),
+                None => items
+                    .into_iter()
+                    .find(|d| which.parse::<usize>().ok() == Some(d.position)),
+            };
+            match found {
+                Some(d) if json => {
+                    println!("{}", serde_json::to_string_pretty(&d)?);
+                    ExitCode::SUCCESS
+                }
+                Some(d) => {
+                    print!("{}", render(&d));
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    eprintln!("no dead letter `{which}` in {queue}");
+                    super::exit::not_found()
+                }
+            }
+        }
+        DlqCommand::Replay {
+            queue: _,
+            selector,
+            dry_run,
+            yes,
+        } => {
+            let position = selector
+                .position
+                .map(usize::try_from)
+                .transpose()
+                .context("--position is too large")?;
+            let filter = dlq::ReplayFilter::exactly_one(
+                selector.id,
+                position,
+                selector.reason_contains,
+                selector.all,
+                ["--id", "--position", "--reason-contains", "--all"],
+            )
+            .map_err(anyhow::Error::msg)?;
+            let filter = match filter {
+                dlq::ReplayFilter::Position(p) => {
+                    // Positions shift when messages are replayed or added: show what this
+                    // one picks, and act on its id, so what was shown is what is replayed.
+                    let items = dlq::list(connection, &queue, p).await?;
+                    let Some(picked) = items.into_iter().find(|d| d.position == p) else {
+                        eprintln!("error: no dead letter at position {p} in {queue}");
+                        return Ok(super::exit::not_found());
+                    };
+                    println!(
+                        "position {p} is {}: {}",
+                        picked.id,
+                        picked.reason.as_deref().unwrap_or("(no reason header)")
+                    );
+                    if !dry_run && !yes {
+                        eprintln!(
+                            "not replayed: check it is the one, then add --yes, or use --id {}",
+                            picked.id
+                        );
+                        return Ok(super::exit::usage());
+                    }
+                    dlq::ReplayFilter::Id(picked.id)
+                }
+                other => other,
+            };
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} examined")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let report = dlq::replay(
+                connection,
+                &queue,
+                &filter,
+                (exchange, routing_key),
+                dry_run,
+                |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )
+            .await?;
+            bar.finish_and_clear();
+            if dry_run {
+                println!(
+                    "dry run: {} of {} dead letters match and would be replayed",
+                    report.matched, report.examined
+                );
+                for d in &report.messages {
+                    println!(
+                        "  {:>4}  {}  {}",
+                        d.position,
+                        d.id,
+                        d.reason.as_deref().unwrap_or("-")
+                    );
+                }
+            } else {
+                println!(
+                    "replayed {}, failed {} (of {} matching, {} examined)",
+                    report.replayed, report.failed, report.matched, report.examined
+                );
+            }
+            if report.failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    };
+    Ok(code)
 }
 
 /// `dlq show` as text: one field a line, then the body.
