@@ -237,13 +237,32 @@ impl Config {
             let timezone = tz_name.parse().map_err(|_| {
                 ConfigError(format!("{prefix}_TIMEZONE `{tz_name}` is not an IANA zone"))
             })?;
+            let webhook_secret = get(&format!("{prefix}_WEBHOOK_SECRET"));
+            // A secret that cannot work stops the start, naming the variable (never the
+            // value): logged and ignored, it refused every webhook while the worker looked
+            // healthy.
+            if let (ProviderName::BinancePay, Some(pem)) = (name, &webhook_secret) {
+                crate::providers::binance_pay::parse_public_key(pem).map_err(|e| {
+                    ConfigError(format!(
+                        "{prefix}_WEBHOOK_SECRET must be Binance Pay's webhook public key in \
+                         PEM (-----BEGIN PUBLIC KEY-----, newlines or \\n escapes): {e}"
+                    ))
+                })?;
+            }
+            if let Some(header) = get(&format!("{prefix}_WEBHOOK_SIGNATURE_HEADER")) {
+                reqwest::header::HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                    ConfigError(format!(
+                        "{prefix}_WEBHOOK_SIGNATURE_HEADER `{header}` is not an HTTP header name"
+                    ))
+                })?;
+            }
             providers.insert(
                 name,
                 ProviderSettings {
                     base_url,
                     api_key: api_key.into(),
                     api_secret: get(&format!("{prefix}_API_SECRET")).map(Into::into),
-                    webhook_secret: get(&format!("{prefix}_WEBHOOK_SECRET")).map(Into::into),
+                    webhook_secret: webhook_secret.map(Into::into),
                     timeout: ms(&format!("{prefix}_TIMEOUT_MS"), 10_000)?,
                     connect_timeout: ms(&format!("{prefix}_CONNECT_TIMEOUT_MS"), 3_000)?,
                     timezone,
@@ -292,14 +311,16 @@ impl Config {
                 .map_err(|e| ConfigError(format!("WEBHOOK_DEFAULT_URL is not a URL: {e}")))?;
         }
         let http_addr = get("HTTP_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into());
+        let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        check_url_scheme("DATABASE_URL", &database_url, &["postgres", "postgresql"])?;
+        let amqp_url = get("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into());
+        check_url_scheme("AMQP_URL", &amqp_url, &["amqp", "amqps"])?;
         let config = Config {
-            database_url: get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            database_url,
             database_max_connections: num("DATABASE_MAX_CONNECTIONS", 10)? as u32,
-            amqp_url: get("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.into()),
+            amqp_url,
             amqp_name_prefix: get("AMQP_NAME_PREFIX").unwrap_or_default(),
-            http_addr: http_addr
-                .parse()
-                .map_err(|_| ConfigError(format!("HTTP_ADDR `{http_addr}` is not host:port")))?,
+            http_addr: resolve_http_addr(&http_addr)?,
             prefetch: u16::try_from(num("PREFETCH", 64)?)
                 .map_err(|_| ConfigError("PREFETCH must be at most 65535".into()))?,
             intake_batch: num("INTAKE_BATCH", 32)? as usize,
@@ -445,6 +466,55 @@ impl Config {
     pub fn provider(&self, name: ProviderName) -> Option<&ProviderSettings> {
         self.providers.get(&name)
     }
+}
+
+/// Refuses a URL of another scheme (a `mysql://` DATABASE_URL used to get as far as a
+/// connection attempt and a confusing driver error), naming the variable, never the URL
+/// (it may hold a password).
+fn check_url_scheme(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let parsed =
+        url::Url::parse(url).map_err(|e| ConfigError(format!("{key} is not a URL ({e})")))?;
+    if schemes.contains(&parsed.scheme()) {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "{key} must start with {}, not `{}:`",
+            schemes
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+            parsed.scheme()
+        )))
+    }
+}
+
+/// `HTTP_ADDR`: an IP address and port (`0.0.0.0:8080`, `[::1]:8080`), or a host name and
+/// port (`localhost:8080`), resolved once here, at start; the first address is used.
+fn resolve_http_addr(text: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(ConfigError(format!(
+            "HTTP_ADDR `{text}` is not host:port (e.g. 127.0.0.1:8080 or localhost:8080)"
+        )));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(ConfigError(format!(
+            "HTTP_ADDR `{text}` is not host:port (e.g. 127.0.0.1:8080 or localhost:8080)"
+        )));
+    }
+    // Resolution at start, once: the listener binds one address.
+    use std::net::ToSocketAddrs;
+    let mut addrs = text.to_socket_addrs().map_err(|e| {
+        ConfigError(format!(
+            "HTTP_ADDR `{text}`: `{host}` does not resolve: {e}"
+        ))
+    })?;
+    addrs
+        .next()
+        .ok_or_else(|| ConfigError(format!("HTTP_ADDR `{text}`: `{host}` has no address")))
 }
 
 /// `url` with its password replaced by `***`, for logs and `Debug`. A URL that does not
@@ -599,6 +669,69 @@ mod tests {
         assert_eq!(
             redact_url("postgres://postgres@127.0.0.1/db"),
             "postgres://postgres@127.0.0.1/db"
+        );
+    }
+
+    #[test]
+    fn unusable_secrets_stop_the_start_naming_the_variable_not_the_value() {
+        let e = from(&[
+            ("PROVIDER_BINANCE_PAY_BASE_URL", "http://127.0.0.1:1"),
+            ("PROVIDER_BINANCE_PAY_API_KEY", "k"),
+            ("PROVIDER_BINANCE_PAY_WEBHOOK_SECRET", "not-a-pem-key-5f3e"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("PROVIDER_BINANCE_PAY_WEBHOOK_SECRET"), "{e}");
+        assert!(e.contains("PEM"), "{e}");
+        assert!(!e.contains("not-a-pem-key-5f3e"), "{e}");
+        let pem = std::fs::read_to_string("fixtures/binance_pay/webhook-test-public-key.pem");
+        if let Ok(pem) = pem {
+            let c = from(&[
+                ("PROVIDER_BINANCE_PAY_BASE_URL", "http://127.0.0.1:1"),
+                ("PROVIDER_BINANCE_PAY_API_KEY", "k"),
+                ("PROVIDER_BINANCE_PAY_WEBHOOK_SECRET", pem.as_str()),
+            ]);
+            assert!(c.is_ok(), "{:?}", c.err());
+        }
+        let e = from(&[("WEBHOOK_SIGNING_SECRET", "hunter2-secret")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("WEBHOOK_SIGNING_SECRET"), "{e}");
+        assert!(e.contains("whsec_"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn http_addr_takes_a_host_name() {
+        let c = from(&[("HTTP_ADDR", "localhost:8089")]).unwrap();
+        assert_eq!(c.http_addr.port(), 8089);
+        assert!(c.http_addr.ip().is_loopback());
+        for bad in [
+            "localhost",
+            "localhost:http",
+            ":8080",
+            "no-such-host.invalid:8080",
+        ] {
+            let e = from(&[("HTTP_ADDR", bad)]).unwrap_err().to_string();
+            assert!(e.contains("HTTP_ADDR"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_database_url_of_another_scheme_is_refused() {
+        let e = from(&[("DATABASE_URL", "mysql://root:pw-77@127.0.0.1/x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("DATABASE_URL must start with postgres://"),
+            "{e}"
+        );
+        assert!(!e.contains("pw-77"), "{e}");
+        assert!(from(&[("DATABASE_URL", "postgresql://u@h/db")]).is_ok());
+        let e = from(&[("AMQP_URL", "http://127.0.0.1:5672")]).unwrap_err();
+        assert!(
+            e.to_string().contains("AMQP_URL must start with amqp://"),
+            "{e}"
         );
     }
 

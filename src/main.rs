@@ -14,9 +14,9 @@ async fn main() -> std::process::ExitCode {
     match refund_worker::cli::main().await {
         Ok(code) => code,
         Err(e) => {
-            // `{:#}` prints the cause chain on one line; causes never carry secrets.
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // The cause chain on one line, each cause once; causes never carry secrets.
+            eprintln!("error: {}", refund_worker::cli::exit::message(&e));
+            refund_worker::cli::exit::code_for(&e)
         }
     }
 }

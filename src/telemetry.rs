@@ -3,8 +3,11 @@
 
 use tracing_subscriber::EnvFilter;
 
-/// Default filter for services: our info logs, libraries' warnings.
-pub const SERVICE_FILTER: &str = "info,sqlx=warn,lapin=warn,hyper=warn";
+/// Default filter for services and commands: our info logs, libraries' warnings. lapin is
+/// off: every failure of its I/O loop reaches our code as an error, which is reported once
+/// with the setting and the target; lapin's own ERROR lines said the same again, in Rust
+/// `Debug` text.
+pub const SERVICE_FILTER: &str = "info,sqlx=warn,lapin=off,hyper=warn";
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,9 +22,17 @@ pub enum LogTo {
 /// Installs the global subscriber (once; later calls are no-ops). `RUST_LOG` overrides
 /// `default_filter`.
 pub fn init(default_filter: &str, to: LogTo) {
+    init_as(default_filter, to, None);
+}
+
+/// [`init`], with JSON output chosen by the caller (`run --log-format`) where it is `Some`,
+/// else by `LOG_FORMAT`.
+pub fn init_as(default_filter: &str, to: LogTo, json: Option<bool>) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let json = json.unwrap_or_else(|| {
+        std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"))
+    });
     // Colours only for a person at a terminal: a log file or a collector gets plain text.
     let ansi = match to {
         LogTo::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),

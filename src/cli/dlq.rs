@@ -1,6 +1,6 @@
 //! `refund-worker dlq`: list, show and replay dead letters.
 
-use crate::broker::{self, dlq, Topology};
+use crate::broker::{dlq, Topology};
 use crate::config::Config;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -91,18 +91,44 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     };
-    let connection = broker::connect(&config.amqp_url, "refund-worker-dlq")
-        .await
-        .context("connecting to RabbitMQ")?;
+    let connection = super::exit::broker(&config, "refund-worker-dlq").await?;
+    // The connection is closed on every path, errors included: left open, lapin's I/O
+    // loop outlives the runtime and logs "a Tokio 1.x context ... is being shutdown".
+    let code = act(command, &connection, &queue, &exchange, &routing_key).await;
+    let _ = connection.close(200, "bye").await;
+    match code {
+        Err(e) => match e.downcast_ref::<dlq::DlqError>() {
+            Some(dlq::DlqError::NoQueue(queue)) => {
+                eprintln!(
+                    "error: queue `{queue}` does not exist (has a worker run with this \
+                     AMQP_URL and AMQP_NAME_PREFIX? it declares the queues)"
+                );
+                Ok(super::exit::not_found())
+            }
+            _ => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+/// One `dlq` command on an open connection (which the caller closes).
+async fn act(
+    command: DlqCommand,
+    connection: &lapin::Connection,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> anyhow::Result<ExitCode> {
+    let queue = queue.to_string();
     let code = match command {
         DlqCommand::List {
             queue: _,
             limit,
             json,
         } => {
-            let depth = dlq::depth(&connection, &queue).await?;
+            let depth = dlq::depth(connection, &queue).await?;
             let limit = usize::try_from(limit).context("--limit is too large")?;
-            let items = dlq::list(&connection, &queue, limit).await?;
+            let items = dlq::list(connection, &queue, limit).await?;
             let truncated = items.len() < depth as usize;
             if json {
                 let listing = serde_json::json!({
@@ -137,7 +163,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
             queue: _,
             json,
         } => {
-            let items = dlq::list(&connection, &queue, usize::MAX).await?;
+            let items = dlq::list(connection, &queue, usize::MAX).await?;
             // An id first: a message id may look like a number.
             let found = match items.iter().position(|d| d.id == which) {
                 Some(i) => items.into_iter().nth(i),
@@ -156,7 +182,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 }
                 None => {
                     eprintln!("no dead letter `{which}` in {queue}");
-                    ExitCode::from(2)
+                    super::exit::not_found()
                 }
             }
         }
@@ -183,11 +209,10 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 dlq::ReplayFilter::Position(p) => {
                     // Positions shift when messages are replayed or added: show what this
                     // one picks, and act on its id, so what was shown is what is replayed.
-                    let items = dlq::list(&connection, &queue, p).await?;
+                    let items = dlq::list(connection, &queue, p).await?;
                     let Some(picked) = items.into_iter().find(|d| d.position == p) else {
                         eprintln!("error: no dead letter at position {p} in {queue}");
-                        let _ = connection.close(200, "bye").await;
-                        return Ok(ExitCode::from(2));
+                        return Ok(super::exit::not_found());
                     };
                     println!(
                         "position {p} is {}: {}",
@@ -199,8 +224,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                             "not replayed: check it is the one, then add --yes, or use --id {}",
                             picked.id
                         );
-                        let _ = connection.close(200, "bye").await;
-                        return Ok(ExitCode::from(2));
+                        return Ok(super::exit::usage());
                     }
                     dlq::ReplayFilter::Id(picked.id)
                 }
@@ -212,10 +236,10 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             let report = dlq::replay(
-                &connection,
+                connection,
                 &queue,
                 &filter,
-                (&exchange, &routing_key),
+                (exchange, routing_key),
                 dry_run,
                 |done, total| {
                     bar.set_length(total as u64);
@@ -250,7 +274,6 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    let _ = connection.close(200, "bye").await;
     Ok(code)
 }
 

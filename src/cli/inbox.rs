@@ -3,7 +3,6 @@
 
 use crate::config::Config;
 use crate::store;
-use anyhow::Context as _;
 use std::process::ExitCode;
 
 /// The states `inbox list` shows.
@@ -57,9 +56,7 @@ pub enum InboxCommand {
 /// Runs `inbox ...`.
 pub async fn run(command: InboxCommand) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
-    let pool = store::connect(&config.database_url, 2)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let pool = super::exit::database(&config, 2).await?;
     match command {
         InboxCommand::List { state, limit, json } => {
             let rows = store::inbound::list_for_operators(&pool, state.as_str(), limit).await?;
@@ -95,7 +92,7 @@ pub async fn run(command: InboxCommand) -> anyhow::Result<ExitCode> {
             let rows = store::inbound::show_for_operators(&pool, &provider, &event_key).await?;
             if rows.is_empty() {
                 eprintln!("no provider webhook {provider}/{event_key} in the inbox");
-                return Ok(ExitCode::from(2));
+                return Ok(super::exit::not_found());
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);

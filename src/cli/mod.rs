@@ -2,10 +2,12 @@
 
 mod demo;
 mod dlq;
+pub mod exit;
 mod inbox;
 mod reconcile;
 mod recover;
 mod refunds;
+pub mod run_args;
 mod sandbox;
 mod submit;
 mod webhooks;
@@ -34,7 +36,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the worker: command consumer, dispatcher, outbox relay and /healthz /readyz.
-    Run,
+    /// Every setting is a flag here, or its environment variable (flags win).
+    Run(run_args::RunArgs),
     /// Create the database if needed and apply migrations.
     Migrate,
     /// Run the provider sandbox (a local simulator of the providers' APIs).
@@ -78,16 +81,24 @@ pub async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     // The demo prints its own narrative; worker logs would drown it (RUST_LOG=info shows them).
     let default_filter = match cli.command {
-        Command::Demo(_) | Command::Bench(_) => "warn",
+        Command::Demo(_) | Command::Bench(_) => "warn,lapin=off",
         _ => crate::telemetry::SERVICE_FILTER,
     };
     let log_to = match cli.command {
-        Command::Run | Command::Sandbox(_) => LogTo::Stdout,
+        Command::Run(_) | Command::Sandbox(_) => LogTo::Stdout,
         _ => LogTo::Stderr,
     };
-    crate::telemetry::init(default_filter, log_to);
+    let log_json = match &cli.command {
+        Command::Run(args) => args
+            .get("LOG_FORMAT")
+            .map(|f| f.eq_ignore_ascii_case("json")),
+        _ => None,
+    };
+    crate::telemetry::init_as(default_filter, log_to, log_json);
     match cli.command {
-        Command::Run => run(Config::from_env()?).await.map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run(Config::from_lookup(|k| args.get(k))?)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Migrate => {
             let config = Config::from_env()?;
             migrate(&config).await?;
@@ -95,7 +106,7 @@ pub async fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sandbox(args) => sandbox::run(args).await.map(|()| ExitCode::SUCCESS),
-        Command::Submit(args) => submit::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Submit(args) => submit::run(args).await,
         Command::Refunds { command } => refunds::run(command).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Webhooks { command } => webhooks::run(command).await,
@@ -111,26 +122,37 @@ pub async fn main() -> anyhow::Result<ExitCode> {
 pub async fn migrate(config: &Config) -> anyhow::Result<sqlx::PgPool> {
     store::ensure_database(&config.database_url)
         .await
-        .context("creating the database")?;
-    let pool = store::connect(&config.database_url, config.database_max_connections)
-        .await
-        .context("connecting to PostgreSQL")?;
+        .map_err(|e| {
+            exit::Unreachable(format!(
+                "creating the database if missing, at DATABASE_URL {}: {}",
+                crate::config::redact_url(&config.database_url),
+                store::describe_connect_error(&e)
+            ))
+        })?;
+    let pool = exit::database(config, config.database_max_connections).await?;
     store::migrate(&pool).await.context("applying migrations")?;
     Ok(pool)
 }
 
 /// `run`: the worker and its HTTP endpoints until SIGTERM or ctrl-c.
 async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "refund-worker starting"
+    );
     let pool = migrate(&config).await?;
+    tracing::info!(
+        database = %crate::config::redact_url(&config.database_url),
+        "migrations applied"
+    );
     let shutdown = CancellationToken::new();
     // The HTTP endpoints stop after the drain, not with it (see below).
     let http_stop = CancellationToken::new();
     let grace = config.shutdown_grace;
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
-    tracing::info!(addr = %config.http_addr, providers = ?config.providers.keys().collect::<Vec<_>>(), "refund-worker starting");
+    let listener = bind_http(config.http_addr).await?;
     let providers = Providers::from_config(&config)?;
+    broker_preflight(&config).await?;
+    log_start(&config);
     let ctx = Context::new(pool.clone(), config, providers);
     let status = Arc::new(worker::Status::default());
 
@@ -157,7 +179,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let work = tokio::spawn(worker::run(ctx, status, shutdown.clone()));
 
     wait_for_signal().await;
-    tracing::info!(?grace, "shutting down: draining in-flight work");
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: draining in-flight work"
+    );
     shutdown.cancel();
     match tokio::time::timeout(grace, work).await {
         Ok(_) => tracing::info!("drained"),
@@ -172,11 +197,91 @@ async fn run(config: Config) -> anyhow::Result<()> {
     http_stop.cancel();
     if tokio::time::timeout(HTTP_DRAIN, server).await.is_err() {
         tracing::warn!(
-            ?HTTP_DRAIN,
+            drain_secs = HTTP_DRAIN.as_secs(),
             "HTTP requests still running at exit were cut off"
         );
     }
     Ok(())
+}
+
+/// Binds `HTTP_ADDR`; a port in use or a forbidden one is named as such.
+async fn bind_http(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "port {} is already in use (another refund-worker, or another program, listens \
+                 there; pick another port in HTTP_ADDR)",
+                addr.port()
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "not allowed to listen on port {} (ports below 1024 need privileges)",
+                addr.port()
+            ),
+            std::io::ErrorKind::AddrNotAvailable => {
+                format!("{} is not an address of this machine", addr.ip())
+            }
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("listening on HTTP_ADDR {addr}: {why}")
+    })
+}
+
+/// Connects to RabbitMQ once before starting: a broker that refuses us for good (a vhost
+/// that does not exist, refused credentials) stops the start with the reason, instead of
+/// an endless reconnect loop. A broker that is merely down is waited for, as before.
+async fn broker_preflight(config: &Config) -> anyhow::Result<()> {
+    match crate::broker::connect(&config.amqp_url, "refund-worker-preflight").await {
+        Ok(connection) => {
+            let _ = connection.close(200, "preflight").await;
+            Ok(())
+        }
+        Err(lapin::Error::ProtocolError(e)) => Err(exit::Unreachable(format!(
+            "connecting to RabbitMQ at AMQP_URL {}: {}",
+            crate::config::redact_url(&config.amqp_url),
+            crate::broker::describe_connect_error(&lapin::Error::ProtocolError(e))
+        ))
+        .into()),
+        Err(e) => {
+            tracing::warn!(
+                amqp = %crate::config::redact_url(&config.amqp_url),
+                error = %crate::broker::describe_connect_error(&e),
+                "RabbitMQ is not reachable yet; the worker keeps trying"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// One line each: where HTTP listens, the admin API, the providers, and a warning for each
+/// provider whose webhooks cannot be verified.
+fn log_start(config: &Config) {
+    tracing::info!(addr = %config.http_addr, "HTTP listening (health, metrics, provider webhooks)");
+    if config.admin_token.is_some() {
+        tracing::info!(addr = %config.http_addr, "admin API on (/v1, bearer ADMIN_TOKEN)");
+    } else {
+        tracing::info!("admin API off (set ADMIN_TOKEN to enable /v1)");
+    }
+    let names: Vec<&str> = config.providers.keys().map(|p| p.as_str()).collect();
+    if names.is_empty() {
+        tracing::warn!(
+            "no provider configured (PROVIDER_<NAME>_BASE_URL): every refund fails INVALID_COMMAND"
+        );
+    } else {
+        tracing::info!(providers = %names.join(","), "providers configured");
+    }
+    for (name, settings) in &config.providers {
+        if settings.webhook_secret.is_none() {
+            let variable = format!(
+                "PROVIDER_{}_WEBHOOK_SECRET",
+                name.as_str().to_ascii_uppercase()
+            );
+            tracing::warn!(
+                provider = name.as_str(),
+                variable = %variable,
+                "no webhook secret: this provider's webhooks are refused (set {variable})"
+            );
+        }
+    }
 }
 
 /// How long `run` lets HTTP requests in flight finish after the drain. With the default

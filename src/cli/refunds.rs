@@ -2,9 +2,15 @@
 //! an operator's recheck and resolution of refunds no machine can settle.
 
 use crate::config::Config;
+use crate::http_validation as validation;
 use crate::store;
-use anyhow::Context as _;
+use clap::builder::PossibleValuesParser;
 use std::process::ExitCode;
+
+/// A time for people and scripts alike: RFC 3339, UTC, milliseconds.
+fn utc(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
 
 /// Subcommands of `refunds`.
 #[derive(Debug, clap::Subcommand)]
@@ -14,6 +20,37 @@ pub enum RefundsCommand {
         /// The refundReference.
         refund_reference: String,
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List refunds, newest first, as `GET /v1/refunds` does (same filters, same paging).
+    List {
+        /// Only this status.
+        #[arg(long, value_parser = PossibleValuesParser::new(validation::status_names()))]
+        status: Option<String>,
+        /// Only this provider.
+        #[arg(long, value_parser = PossibleValuesParser::new(validation::provider_names()))]
+        provider: Option<String>,
+        /// Only refunds accepted at or after this time: RFC 3339 (2026-03-01T12:00:00Z) or a
+        /// date (2026-03-01, midnight UTC).
+        #[arg(long, value_parser = super::parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// ... and before this time (RFC 3339 or a date, as --since).
+        #[arg(long, value_parser = super::parse_time)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only refunds in review (`true`) or not in review (`false`).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        review: Option<bool>,
+        /// At most this many (1 to 500).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=crate::http::REFUNDS_MAX_LIMIT))]
+        limit: i64,
+        /// Only refunds whose refundReference starts with this.
+        #[arg(long)]
+        reference_prefix: Option<String>,
+        /// Continue after this cursor (printed under a page that has more).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print JSON (`items`, `nextCursor`) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -75,11 +112,48 @@ pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
         eprintln!("`refunds at-provider` is deprecated and will be removed: `refund-worker reconcile --provider va_services` compares VA's list with our refunds");
         return at_provider(&config, size, max_pages).await;
     }
-    let pool = store::connect(&config.database_url, 2)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let pool = super::exit::database(&config, 2).await?;
     match command {
         RefundsCommand::AtProvider { .. } => Ok(ExitCode::SUCCESS),
+        RefundsCommand::List {
+            status,
+            provider,
+            since,
+            until,
+            review,
+            limit,
+            reference_prefix,
+            cursor,
+            json,
+        } => {
+            let filter = store::refunds::ListFilter {
+                status,
+                provider,
+                since,
+                until,
+                review,
+                reference_prefix,
+                limit: Some(limit),
+                cursor,
+            };
+            let page = match store::refunds::list(&pool, &filter).await {
+                Ok(page) => page,
+                Err(store::StoreError::Invalid(m)) => {
+                    eprintln!("error: --cursor: {m}");
+                    return Ok(super::exit::usage());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&page)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{}", render_list(&page));
+            if let Some(cursor) = &page.next_cursor {
+                eprintln!("(more refunds than the {limit} shown; next page: --cursor {cursor})");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         RefundsCommand::Review { limit, json } => {
             let rows = store::review::in_review(&pool, limit).await?;
             if json {
@@ -137,7 +211,7 @@ pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
                 }
                 Err(e @ RecheckError::NotFound(_)) => {
                     eprintln!("{e}");
-                    Ok(ExitCode::from(2))
+                    Ok(super::exit::not_found())
                 }
                 Err(e @ (RecheckError::Final { .. } | RecheckError::Busy(_))) => {
                     eprintln!("{e}");
@@ -184,7 +258,7 @@ pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
                 }
                 Err(e @ ResolveError::NotFound(_)) => {
                     eprintln!("{e}");
-                    Ok(ExitCode::from(2))
+                    Ok(super::exit::not_found())
                 }
                 Err(ResolveError::Refused(ResolveRefused::Invalid(m))) => {
                     eprintln!("--reason: {m}");
@@ -203,12 +277,27 @@ pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
         } => {
             let Some(view) = store::refunds::show(&pool, &refund_reference).await? else {
                 eprintln!("no refund with refundReference `{refund_reference}`");
-                return Ok(ExitCode::from(2));
+                return Ok(super::exit::not_found());
             };
+            // As `GET /v1/refunds/{ref}` answers, plus where its webhooks go.
+            let deliveries = store::webhooks::for_refund(&pool, &refund_reference).await?;
+            let callback_url = store::webhooks::callback_url(&pool, &refund_reference).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
+                let mut body = serde_json::to_value(&view)?;
+                body["callbackUrl"] = serde_json::json!(callback_url);
+                body["defaultWebhookUrl"] = serde_json::json!(config.webhooks.default_url);
+                body["deliveries"] = serde_json::to_value(&deliveries)?;
+                println!("{}", serde_json::to_string_pretty(&body)?);
             } else {
                 print!("{}", render(&view));
+                print!(
+                    "{}",
+                    render_deliveries(
+                        callback_url.as_deref(),
+                        config.webhooks.default_url.as_deref(),
+                        &deliveries
+                    )
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -319,34 +408,134 @@ pub fn render(view: &store::RefundView) -> String {
         "attempts     {} submits, {} polls, {} consecutive failures",
         r.attempts, r.polls, r.failures
     );
+    let _ = writeln!(
+        out,
+        "accepted     {}  updated {}  final {}",
+        utc(r.created_at),
+        utc(r.updated_at),
+        r.finished_at.map(utc).unwrap_or_else(|| "-".into())
+    );
     if let Some(next) = r.next_attempt_at {
-        let _ = writeln!(out, "next look    {next}");
+        let _ = writeln!(out, "next look    {}", utc(next));
     }
-    let _ = writeln!(out, "history");
+    let _ = writeln!(out, "history (UTC)");
     for t in &view.transitions {
         let _ = writeln!(
             out,
-            "  {}  {} -> {}  ({}){}",
-            t.occurred_at.format("%H:%M:%S%.3f"),
+            "  {}  {} -> {}  ({}){}  event {}",
+            utc(t.occurred_at),
             t.from_status.as_deref().unwrap_or("-"),
             t.to_status,
             t.cause,
             t.detail
                 .as_deref()
                 .map(|d| format!(": {d}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            t.event_id
+                .map(|id| id.to_string())
+                .unwrap_or_else(|| "-".into())
         );
     }
-    let _ = writeln!(out, "provider calls");
+    let _ = writeln!(out, "provider calls (UTC)");
     for a in &view.attempts {
         let _ = writeln!(
             out,
             "  {}  {:6} {:10} {:>5} ms  {}",
-            a.started_at.format("%H:%M:%S%.3f"),
+            utc(a.started_at),
             a.call,
             a.outcome,
             a.latency_ms,
             a.detail.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// Merchant webhooks of one refund: where they go and each delivery's state.
+fn render_deliveries(
+    callback_url: Option<&str>,
+    default_url: Option<&str>,
+    deliveries: &[store::webhooks::DeliveryRow],
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let target = match (callback_url, default_url) {
+        (Some(url), _) => url.to_string(),
+        (None, Some(url)) => format!("{url} (WEBHOOK_DEFAULT_URL)"),
+        (None, None) => "- (no callbackUrl, no WEBHOOK_DEFAULT_URL)".into(),
+    };
+    let _ = writeln!(out, "callback     {target}");
+    let _ = writeln!(out, "merchant webhooks (UTC)");
+    if deliveries.is_empty() {
+        let _ = writeln!(out, "  none");
+    }
+    for d in deliveries {
+        let when = match (&d.delivered_at, &d.next_attempt_at) {
+            (Some(t), _) => format!("delivered {}", utc(*t)),
+            (None, Some(t)) if d.state == "queued" => format!("next {}", utc(*t)),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  event {}  {:<11} {:<9} {} attempt(s){}{}{}",
+            d.event_id,
+            d.event_status,
+            d.state,
+            d.attempts,
+            d.last_status_code
+                .map(|c| format!(", last HTTP {c}"))
+                .unwrap_or_default(),
+            d.last_error
+                .as_deref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default(),
+            if when.is_empty() {
+                String::new()
+            } else {
+                format!(", {when}")
+            }
+        );
+    }
+    out
+}
+
+/// `refunds list` as a table: a header row, full UTC timestamps.
+fn render_list(page: &store::refunds::RefundPage) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<36} {:<12} {:<12} {:>18} {:<25} {:<25} {:<6} FAILURE",
+        "REFUND REFERENCE",
+        "PROVIDER",
+        "STATUS",
+        "AMOUNT",
+        "ACCEPTED (UTC)",
+        "FINAL (UTC)",
+        "REVIEW"
+    );
+    for r in &page.items {
+        let _ = writeln!(
+            out,
+            "{:<36} {:<12} {:<12} {:>18} {:<25} {:<25} {:<6} {}",
+            r.refund_reference,
+            r.provider.as_deref().unwrap_or("-"),
+            r.status,
+            format!(
+                "{} {}",
+                r.amount
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.currency.as_deref().unwrap_or("")
+            ),
+            utc(r.created_at),
+            r.finished_at.map(utc).unwrap_or_else(|| "-".into()),
+            if r.review_since.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            r.failure_code.as_deref().unwrap_or("")
         );
     }
     out

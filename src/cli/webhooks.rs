@@ -3,7 +3,6 @@
 use crate::config::Config;
 use crate::http_validation as validation;
 use crate::store::{self, webhooks::ResendFilter};
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::builder::PossibleValuesParser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,9 +50,7 @@ pub enum WebhooksCommand {
 /// Runs `webhooks ...`.
 pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
-    let pool = store::connect(&config.database_url, 2)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let pool = super::exit::database(&config, 2).await?;
     match command {
         WebhooksCommand::List {
             failed: _,

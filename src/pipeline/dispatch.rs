@@ -266,7 +266,7 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
                 drop(slots);
                 failures += 1;
                 let delay = ctx.config.retry.delay(failures.min(6), None);
-                tracing::warn!(error = %e, ?delay, "dispatcher claim failed");
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "dispatcher claim failed");
                 tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => {} }
             }
         }
@@ -368,7 +368,7 @@ async fn record_retrying(
         };
         failures += 1;
         let delay = ctx.config.retry.delay(failures.min(6), None);
-        tracing::warn!(error = %e, ?delay, refunds = batch.len(), "recording provider outcomes failed, retrying");
+        tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, refunds = batch.len(), "recording provider outcomes failed, retrying");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => {
@@ -415,7 +415,12 @@ pub(crate) async fn record(ctx: &Context, outcomes: &[Outcome]) -> Result<(), St
         if let Some(event) = event {
             crate::metrics::refund_event(&event);
             o.span.in_scope(|| {
-                tracing::info!(status = %event.status, failure = ?event.failure_reason, "refund finished");
+                tracing::info!(
+                    status = %event.status,
+                    failure_code = event.failure_reason.as_ref().map(|f| f.code.as_str()),
+                    failure_message = event.failure_reason.as_ref().map(|f| f.message.as_str()),
+                    "refund finished"
+                );
             });
             any = true;
         }
@@ -613,9 +618,19 @@ async fn timed(
         outcome,
         ProviderOutcome::Accepted { .. } | ProviderOutcome::Succeeded { .. }
     ) {
-        tracing::debug!(call = ?call, outcome = label, detail = detail.as_deref().unwrap_or(""), "provider call");
+        tracing::debug!(
+            call = call_name,
+            outcome = label,
+            detail = detail.as_deref().unwrap_or(""),
+            "provider call"
+        );
     } else {
-        tracing::info!(call = ?call, outcome = label, detail = detail.as_deref().unwrap_or(""), "provider call");
+        tracing::info!(
+            call = call_name,
+            outcome = label,
+            detail = detail.as_deref().unwrap_or(""),
+            "provider call"
+        );
     }
     calls.push(CallRecord {
         call: call_name,

@@ -368,7 +368,7 @@ async fn settle_command(
     match &outcome {
         IntakeOutcome::Stored(event) => tracing::info!(
             refund_reference = %event.refund_reference, status = %event.status,
-            failure = ?event.failure_reason.as_ref().map(|f| f.code), "command stored"),
+            failure_code = event.failure_reason.as_ref().map(|f| f.code.as_str()), "command stored"),
         IntakeOutcome::Duplicate => tracing::info!("duplicate command acknowledged"),
         IntakeOutcome::DeadLetter(reason) => tracing::warn!(%reason, "command dead-lettered"),
     }

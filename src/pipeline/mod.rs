@@ -152,7 +152,7 @@ where
                     .retry
                     .delay(failures.min(6), None)
                     .max(std::time::Duration::from_millis(100));
-                tracing::warn!(error = %e, ?delay, "{what} failed, retrying");
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "{what} failed, retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => {

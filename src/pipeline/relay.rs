@@ -99,7 +99,7 @@ pub async fn run(
             Err(RelayError::Store(e)) => {
                 failures += 1;
                 let delay = ctx.config.retry.delay(failures.min(6), None);
-                tracing::warn!(error = %e, ?delay, "relay step failed");
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "relay step failed");
                 tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => {} }
             }
         }

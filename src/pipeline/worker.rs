@@ -74,7 +74,7 @@ pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken)
                     .retry
                     .delay(failures.min(5), None)
                     .max(Duration::from_millis(200));
-                tracing::warn!(error = %e, ?delay, "broker session ended; reconnecting");
+                tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "broker session ended; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.cancelled() => {

@@ -835,8 +835,11 @@ impl BinancePay {
             .webhook_secret
             .as_ref()
             .map(|pem| parse_public_key(pem.expose_secret()));
+        // Config refuses an unusable key at start; settings built by hand are checked too.
         if let Some(Err(e)) = &webhook_key {
-            tracing::error!(error = %e, "PROVIDER_BINANCE_PAY_WEBHOOK_SECRET is unusable; Binance Pay webhooks will be refused");
+            return Err(crate::config::ConfigError(format!(
+                "PROVIDER_BINANCE_PAY_WEBHOOK_SECRET must be a PEM public key: {e}"
+            )));
         }
         Ok(Self {
             settings,
@@ -1731,11 +1734,16 @@ mod tests {
             unconfigured.verify_webhook(&headers, WEBHOOK_REFUND.as_bytes(), now),
             Err(WebhookError::NotConfigured(ProviderName::BinancePay))
         );
-        let broken = BinancePay::new(settings(Some("not a key"))).unwrap();
-        assert!(matches!(
-            broken.verify_webhook(&headers, WEBHOOK_REFUND.as_bytes(), now),
-            Err(WebhookError::BadSignature(m)) if m.contains("unusable")
-        ));
+        // An unusable key stops the start (config), naming the variable, not the value;
+        // it used to be logged while every webhook was refused.
+        let mut broken = settings(None);
+        broken.webhook_secret = Some("not a key".to_string().into());
+        let error = BinancePay::new(broken).err().map(|e| e.to_string());
+        let error = error.unwrap_or_default();
+        assert!(
+            error.contains("PROVIDER_BINANCE_PAY_WEBHOOK_SECRET") && !error.contains("not a key"),
+            "{error}"
+        );
         // One-line form with \n escapes, as an environment variable holds it.
         let one_line = TEST_PUBLIC_KEY.trim().replace('\n', "\\n");
         let escaped = BinancePay::new(settings(Some(&one_line))).unwrap();

@@ -87,6 +87,14 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
     if skip_tls(sslmode_given, options.get_host()) {
         options = options.ssl_mode(PgSslMode::Disable);
     }
+    // One connection first, on its own: the pool's first connect retries until its acquire
+    // timeout and then says only "pool timed out", hiding the cause (a closed port, a
+    // missing database, a refused password).
+    {
+        use sqlx::Connection as _;
+        let probe = sqlx::PgConnection::connect_with(&options).await?;
+        let _ = probe.close().await;
+    }
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -95,6 +103,38 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         .test_before_acquire(false)
         .connect_with(options)
         .await?)
+}
+
+/// Why connecting failed, in words for an operator: the server's own message (a missing
+/// database, a refused password), or the network's (connection refused, a name that does
+/// not resolve), without sqlx's wrapping.
+pub fn describe_connect_error(error: &StoreError) -> String {
+    match error {
+        StoreError::Database(sqlx::Error::Io(e)) => describe_io(e),
+        StoreError::Database(sqlx::Error::Database(e)) => e.message().to_string(),
+        StoreError::Database(sqlx::Error::Tls(e)) => format!("TLS: {e}"),
+        StoreError::Database(sqlx::Error::Configuration(e)) => format!("the URL: {e}"),
+        StoreError::Database(sqlx::Error::PoolTimedOut) => {
+            "no connection could be made in time".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// An I/O error as an operator reads it: what happened, not `Connect` or `os error 111`.
+pub fn describe_io(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let text = e.to_string();
+    match e.kind() {
+        ErrorKind::ConnectionRefused => "connection refused (nothing listens on that port)".into(),
+        ErrorKind::TimedOut => "connection timed out".into(),
+        _ if text.contains("failed to lookup address")
+            || text.contains("Name or service not known") =>
+        {
+            format!("the host name does not resolve (DNS): {text}")
+        }
+        _ => text,
+    }
 }
 
 /// Whether to connect without TLS: only when nobody chose an `sslmode` (in the URL or

@@ -175,6 +175,20 @@ pub async fn for_refund(
     .await?)
 }
 
+/// The `callbackUrl` of a refund's command (none when it had none, or the refund is unknown).
+pub async fn callback_url(
+    pool: &PgPool,
+    refund_reference: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar::<_, Option<String>>(
+        "SELECT command->>'callbackUrl' FROM refunds WHERE refund_reference = $1",
+    )
+    .bind(refund_reference)
+    .fetch_optional(pool)
+    .await?
+    .flatten())
+}
+
 /// Failed deliveries, newest first.
 pub async fn list_failed(pool: &PgPool, limit: i64) -> Result<Vec<DeliveryRow>, StoreError> {
     Ok(sqlx::query_as(&format!(

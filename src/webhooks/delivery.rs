@@ -108,8 +108,21 @@ impl Deliverer {
                     },
                     result.latency,
                 );
-                tracing::info!(event_id = %d.event_id, status = ?result.status_code, next = ?result.next,
-                    error = result.error.as_deref().unwrap_or(""), "webhook attempt");
+                tracing::info!(
+                    event_id = %d.event_id,
+                    status = result.status_code.map(u64::from),
+                    next = match result.next {
+                        Next::Delivered => "delivered",
+                        Next::Retry(_) => "retry",
+                        Next::Fail => "failed",
+                    },
+                    retry_in_ms = match result.next {
+                        Next::Retry(d) => Some(d.as_millis() as u64),
+                        _ => None,
+                    },
+                    error = result.error.as_deref().unwrap_or(""),
+                    "webhook attempt"
+                );
                 if let Err(e) = webhooks::record_attempt(&self.pool, &d, &result).await {
                     // The lease expires and the delivery is attempted again: at least once.
                     tracing::warn!(event_id = %d.event_id, error = %e, "recording a webhook attempt failed");
@@ -129,7 +142,7 @@ impl Deliverer {
                 Err(e) => {
                     failures += 1;
                     let delay = Duration::from_millis(200 * u64::from(failures.min(25)));
-                    tracing::warn!(error = %e, ?delay, "webhook delivery step failed");
+                    tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "webhook delivery step failed");
                     tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => {} }
                 }
             }
@@ -248,8 +261,20 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    match e.source() {
-        Some(src) => format!("{kind}: {src}"),
-        None => kind.into(),
+    let causes = || std::iter::successors(e.source(), |s| (*s).source());
+    // A name that does not resolve is said as such, not as "client error (Connect)".
+    if let Some(dns) = causes().find_map(|s| s.downcast_ref::<super::ssrf::DnsFailure>()) {
+        return format!("{kind}: {dns}");
     }
+    // Every cause once: hyper's "client error (Connect)" says nothing by itself; the
+    // cause under it does ("tcp connect error: Connection refused").
+    let mut out = kind.to_string();
+    for cause in causes() {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }

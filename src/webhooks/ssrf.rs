@@ -509,6 +509,12 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
 #[error("{0}")]
 pub struct PolicyRefusal(pub String);
 
+/// The resolver's error when a callback host does not resolve: delivery code names it
+/// instead of the HTTP client's "client error (Connect)".
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct DnsFailure(pub String);
+
 /// A DNS resolver that drops addresses the policy refuses, failing when none is left.
 #[derive(Debug, Clone)]
 pub struct GuardedResolver {
@@ -527,8 +533,10 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| DnsFailure(format!("{host} does not resolve (DNS): {e}")))?
+                .collect();
             let mut refusal = None;
             let allowed: Vec<SocketAddr> = addrs
                 .into_iter()
@@ -545,7 +553,7 @@ impl Resolve for GuardedResolver {
                     Some(why) => {
                         Box::new(PolicyRefusal(why)) as Box<dyn std::error::Error + Send + Sync>
                     }
-                    None => format!("{host} did not resolve").into(),
+                    None => Box::new(DnsFailure(format!("{host} did not resolve to any address"))),
                 });
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)

@@ -228,3 +228,41 @@ async fn failed_deliveries_are_resent_by_id_and_by_window_idempotently() {
         .contains("eventIds or since"));
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_callback_host_that_does_not_resolve_or_a_closed_port_is_said_as_such() {
+    let mut app = TestApp::spawn().await;
+    app.start_worker();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let cases = [
+        (
+            "http://no-such-host.invalid/hook".to_string(),
+            "no-such-host.invalid does not resolve (DNS)",
+        ),
+        (
+            format!("http://127.0.0.1:{closed}/hook"),
+            "Connection refused",
+        ),
+    ];
+    for (i, (url, expected)) in cases.iter().enumerate() {
+        let r = reference(&format!("dns{i}"));
+        let mut cmd = va_command(&r, "1.00");
+        cmd["callbackUrl"] = json!(url);
+        app.publish(&cmd).await;
+        app.eventually("an attempt recorded", || async {
+            app.deliveries(&r)
+                .await
+                .first()
+                .is_some_and(|d| d.attempts > 0)
+        })
+        .await;
+        let d = &app.deliveries(&r).await[0];
+        let error = d.last_error.clone().unwrap_or_default();
+        assert!(error.contains(expected), "{url}: {error}");
+        assert!(!error.ends_with("client error (Connect)"), "{url}: {error}");
+    }
+    app.cleanup().await;
+}
