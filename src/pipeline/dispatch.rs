@@ -467,9 +467,29 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> (i32, Vec<CallRecord>, Sto
         Err(e) => return (0, Vec::new(), fail(e.message())),
     };
     let Some(provider) = ctx.providers.get(cmd.provider) else {
-        // Configuration changed since intake (the refund was never sent).
+        // Configuration changed since intake. Never sent: it can fail. Sent (or maybe
+        // sent): the money may move, so it waits for the provider to be configured again
+        // (and reaches operator review after REVIEW_AFTER), never a false REFUND_FAIL.
         let msg = format!("provider {} is not configured", cmd.provider);
-        return (0, Vec::new(), fail(msg));
+        if c.phase_before == Phase::NotSubmitted {
+            return (0, Vec::new(), fail(msg));
+        }
+        tracing::error!(
+            phase = c.phase_before.as_str(),
+            "{msg}; the refund may exist at the provider, so it waits"
+        );
+        let update = StoreUpdate::Reschedule {
+            phase: c.phase_before,
+            delay: ctx
+                .config
+                .retry
+                .delay(u32::try_from(c.row.failures).unwrap_or(0) + 1, None),
+            failed: true,
+            provider_reference: None,
+            provider_status: None,
+            fee: None,
+        };
+        return (0, Vec::new(), update);
     };
     let request = RefundRequest {
         refund_reference: cmd.refund_reference.clone(),

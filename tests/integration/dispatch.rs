@@ -436,3 +436,36 @@ async fn the_continuous_dispatcher_completes_many_refunds_each_submitted_once() 
     assert_eq!(submits, 200);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_refund_the_provider_may_have_is_never_failed_when_its_provider_is_unconfigured() {
+    // VA Services is not configured in this worker (removed since the refunds were taken).
+    let app = TestApp::spawn_with(Options {
+        env: vec![("PROVIDER_VA_SERVICES_BASE_URL", String::new())],
+        ..Options::default()
+    })
+    .await;
+    due_refund(&app, "unconf-never-sent").await;
+    due_refund(&app, "unconf-accepted").await;
+    sqlx::query("UPDATE refunds SET phase = 'ACCEPTED', attempts = 1 WHERE refund_reference = 'unconf-accepted'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        dispatch::step(&app.ctx).await.unwrap(),
+        DispatchOutcome::Worked(2)
+    );
+    let (status, phase, ..) = row_state(&app, "unconf-never-sent").await;
+    assert_eq!(
+        (status.as_str(), phase.as_str()),
+        ("REFUND_FAIL", "FINAL"),
+        "never sent: it can fail"
+    );
+    let (status, phase, _, failures, ..) = row_state(&app, "unconf-accepted").await;
+    assert_eq!(
+        (status.as_str(), phase.as_str(), failures),
+        ("PENDING", "ACCEPTED", 1),
+        "the provider has it: it waits, never a false REFUND_FAIL"
+    );
+    app.cleanup().await;
+}
