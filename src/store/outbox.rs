@@ -26,17 +26,23 @@ pub struct OutboxRow {
 /// again with the same `event_id`. One statement rather than `SELECT ... FOR UPDATE` and
 /// then `UPDATE`: each row is written once (the update is its lock) and the relay makes
 /// one round trip fewer per batch.
+///
+/// Only events for `exchange` (this worker's): a database shared by workers with other name
+/// prefixes (demos, tests) may hold events for an exchange this broker does not have, and
+/// publishing one of them would fail the whole batch again and again.
 pub async fn take_batch(
     tx: &mut Transaction<'_, Postgres>,
+    exchange: &str,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, StoreError> {
     let mut rows = sqlx::query_as::<_, OutboxRow>(
         "UPDATE outbox SET published_at = now()
-         WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL
+         WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL AND exchange = $2
                       ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
          RETURNING id, event_id, exchange, routing_key, payload",
     )
     .bind(limit)
+    .bind(exchange)
     .fetch_all(&mut **tx)
     .await?;
     // RETURNING follows the join's order, not the subquery's: publish in id order.

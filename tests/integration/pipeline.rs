@@ -264,3 +264,43 @@ async fn a_refund_the_provider_may_have_is_never_failed_for_retries() {
     assert_eq!(app.sandbox.ledger().refund(&r).unwrap().submit_count, 1);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_relay_publishes_only_its_own_exchanges_events() {
+    // A database shared with workers of another name prefix (demos, tests) may hold events
+    // for an exchange this broker lacks; publishing one would fail every batch for ever.
+    let mut app = TestApp::spawn().await;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, exchange, routing_key, payload)
+         VALUES (gen_random_uuid(), 'some-other-prefix.refunds', 'refund.status.pending', '{}')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let r = reference("relay-own");
+    let cmd = serde_json::to_vec(&va_command(&r, "10.00")).unwrap();
+    refund_worker::pipeline::intake::handle(&app.ctx, &cmd)
+        .await
+        .unwrap();
+    let outcome = refund_worker::pipeline::relay::step(&app.ctx, &app.publisher)
+        .await
+        .expect("the foreign event does not break the batch");
+    assert_eq!(
+        outcome,
+        refund_worker::pipeline::relay::RelayOutcome::Published(1)
+    );
+    assert_eq!(
+        app.wait_for(&r, RefundStatus::Pending)
+            .await
+            .refund_reference,
+        r
+    );
+    let foreign: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE exchange = 'some-other-prefix.refunds' AND published_at IS NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(foreign, 1, "left for its own worker");
+    app.cleanup().await;
+}
