@@ -491,17 +491,8 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> (i32, Vec<CallRecord>, Sto
         };
         return (0, Vec::new(), update);
     };
-    let request = RefundRequest {
-        refund_reference: cmd.refund_reference.clone(),
-        transaction_reference: cmd.transaction_reference,
-        amount: cmd.amount,
-        currency: cmd.currency,
-        reason: cmd.reason,
-        customer_note: cmd.customer_note,
-        destination: cmd.destination,
-        provider_reference: c.row.provider_reference.clone(),
-        metadata: cmd.metadata,
-    };
+    let provider_name = cmd.provider.as_str();
+    let request = RefundRequest::from_command(cmd, c.row.provider_reference.clone());
 
     let max = ctx.config.retry.max_attempts;
     let attempts = u32::try_from(c.row.attempts).unwrap_or(0);
@@ -510,7 +501,6 @@ async fn process(ctx: &Context, c: &ClaimedRefund) -> (i32, Vec<CallRecord>, Sto
         Phase::NotSubmitted => CallKind::Submit,
         Phase::Submitting | Phase::Accepted | Phase::Final => CallKind::Status,
     };
-    let provider_name = cmd.provider.as_str();
     let outcome = timed(
         provider.as_ref(),
         &ctx.handoff.limit,

@@ -337,17 +337,10 @@ fn comparable(provider: ProviderName, r: &WindowRefund) -> bool {
 /// The request an adapter looks a stored refund up with, as the dispatcher builds it.
 fn request_of(r: &WindowRefund) -> Result<RefundRequest, String> {
     let cmd = RefundCommand::from_value(r.command.clone()).map_err(|e| e.message())?;
-    Ok(RefundRequest {
-        refund_reference: cmd.refund_reference,
-        transaction_reference: cmd.transaction_reference,
-        amount: cmd.amount,
-        currency: cmd.currency,
-        reason: cmd.reason,
-        customer_note: cmd.customer_note,
-        destination: cmd.destination,
-        provider_reference: r.provider_reference.clone(),
-        metadata: cmd.metadata,
-    })
+    Ok(RefundRequest::from_command(
+        cmd,
+        r.provider_reference.clone(),
+    ))
 }
 
 async fn reconcile_by_status(

@@ -50,6 +50,26 @@ pub struct RefundRequest {
     pub metadata: Option<serde_json::Value>,
 }
 
+impl RefundRequest {
+    /// The request for a stored refund: its command, and the provider's id once known.
+    pub fn from_command(
+        cmd: crate::domain::RefundCommand,
+        provider_reference: Option<String>,
+    ) -> Self {
+        Self {
+            refund_reference: cmd.refund_reference,
+            transaction_reference: cmd.transaction_reference,
+            amount: cmd.amount,
+            currency: cmd.currency,
+            reason: cmd.reason,
+            customer_note: cmd.customer_note,
+            destination: cmd.destination,
+            provider_reference,
+            metadata: cmd.metadata,
+        }
+    }
+}
+
 /// What one inbound provider webhook tells us, in our terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderWebhook {
