@@ -83,6 +83,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         webhook_duplicate_rate: 0.2,
         webhook_reorder_rate: 0.2,
         webhook_bad_signature_rate: 0.1,
+        // Only the endpoints the providers' docs define, as at a real provider: VA's
+        // "HTTP 500 twice, then accepts" finds no Refund Details at our guessed path and
+        // falls back to the documented "not found" before resubmitting.
+        strict: true,
         ..SandboxConfig::default()
     };
     let sandbox = Sandbox::new(sandbox_config.clone());
@@ -123,6 +127,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     .collect();
     // Every provider points at the sandbox, with the sandbox's credentials.
     overrides.extend(sandbox_config.provider_env(addr));
+    // The webhook re-send calls' paths are our guesses (the docs name the endpoints, not
+    // their paths), so a strict provider does not serve them: recovery here relies on the
+    // documented status lookups alone.
+    if sandbox_config.strict {
+        for key in [
+            "PROVIDER_BPN_RESEND_WEBHOOK_PATH",
+            "PROVIDER_VA_SERVICES_SEND_NOTIFICATION_PATH",
+        ] {
+            overrides.insert(key.to_owned(), "off".to_owned());
+        }
+    }
     let config = Config::from_lookup(|k| {
         overrides.get(k).cloned().or_else(|| {
             std::env::var(k)
@@ -131,7 +146,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         })
     })?;
     println!("refund-worker demo (run {run_id})");
-    println!("  provider sandbox  http://{addr}  (VA Services, BPN, Binance Pay, BVNK)");
+    println!(
+        "  provider sandbox  http://{addr}  (VA Services, BPN, Binance Pay, BVNK{})",
+        if sandbox_config.strict {
+            "; strict: only the endpoints their docs define"
+        } else {
+            ""
+        }
+    );
     println!("  webhook ingress   http://{http_addr}/webhooks/<provider>  (the sandbox's providers call it;");
     println!("                    10% of their signatures are forged on purpose: the WARN lines are the ingress refusing them)");
     println!(
