@@ -414,8 +414,13 @@ async fn get_refund(
             )
         })?;
     let deliveries = store::webhooks::for_refund(&state.pool, &reference).await?;
+    let callback_url = store::webhooks::callback_url(&state.pool, &reference).await?;
     let mut body = serde_json::to_value(&view).map_err(ApiError::internal)?;
     body["deliveries"] = serde_json::to_value(deliveries).map_err(ApiError::internal)?;
+    // Where its merchant webhooks go: the command's callbackUrl, else WEBHOOK_DEFAULT_URL
+    // (as `refunds show --json` says it).
+    body["callbackUrl"] = json!(callback_url);
+    body["defaultWebhookUrl"] = json!(state.config.webhooks.default_url);
     Ok(Json(body))
 }
 

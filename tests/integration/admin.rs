@@ -103,6 +103,12 @@ async fn refunds_are_listed_page_by_page_and_shown_with_deliveries() {
         one["deliveries"].as_array().unwrap().is_empty(),
         "no callbackUrl, no default endpoint"
     );
+    // Where its webhooks would go is said, even when nowhere.
+    assert!(one.get("callbackUrl").is_some_and(|v| v.is_null()), "{one}");
+    assert!(
+        one.get("defaultWebhookUrl").is_some_and(|v| v.is_null()),
+        "{one}"
+    );
     assert_eq!(admin.get("/v1/refunds/nope").await.status(), 404);
     app.cleanup().await;
 }
