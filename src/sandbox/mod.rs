@@ -1395,8 +1395,12 @@ mod payin_tests {
     /// An initiate call through the router in-process: no server, so no notify loop drains
     /// the queue before the test looks at it.
     async fn initiate(sandbox: &Sandbox, body: &str) -> u16 {
+        va_post(sandbox, "/va/refunds/initiate-refund", body).await
+    }
+
+    async fn va_post(sandbox: &Sandbox, path: &str, body: &str) -> u16 {
         use tower::ServiceExt;
-        let request = axum::http::Request::post("/va/refunds/initiate-refund")
+        let request = axum::http::Request::post(path)
             .header(
                 "authorization",
                 format!("Bearer {}", sandbox.config().va_api_key),
@@ -1426,5 +1430,26 @@ mod payin_tests {
         assert_eq!(initiate(&sandbox, &second).await, 200);
         assert!(sandbox.due_webhooks().is_empty());
         assert_eq!(sandbox.ledger().refunds.len(), 2);
+
+        // VA's "Send Notification" sends a known payment's notification again.
+        let send = |tx: &str| format!(r#"{{"transactionReference":"{tx}"}}"#);
+        assert_eq!(
+            va_post(&sandbox, "/va/notifications/send", &send("va-new")).await,
+            200
+        );
+        let again = sandbox.due_webhooks();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            read(providers::va_services::parse_notification(&again[0].body).unwrap()).0,
+            "va-new"
+        );
+        assert_eq!(
+            va_post(&sandbox, "/va/notifications/send", &send("nope")).await,
+            200
+        );
+        assert!(
+            sandbox.due_webhooks().is_empty(),
+            "an unknown payment: nothing to send"
+        );
     }
 }

@@ -57,6 +57,18 @@ impl Payments {
         }
     }
 
+    /// Queues the known payment's notification again (VA Services' "Send Notification");
+    /// whether the payment is known.
+    pub(super) fn notify_again(&mut self, reference: &str) -> bool {
+        let Some(payment) = self.known.get(reference) else {
+            return false;
+        };
+        if !self.muted {
+            self.due.push(payment.clone());
+        }
+        true
+    }
+
     /// Queues no notification from now on.
     pub(super) fn mute(&mut self) {
         self.muted = true;

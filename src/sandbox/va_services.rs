@@ -712,13 +712,18 @@ async fn send_notification(
     if sandbox.config().strict {
         return StatusCode::NOT_FOUND.into_response();
     }
-    va_call(&sandbox, &headers, CallKind::Resend, |_state, _config| {
+    va_call(&sandbox, &headers, CallKind::Resend, |state, _config| {
         let tx = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("transactionReference")?.as_str().map(str::to_owned))
             .filter(|t| !t.trim().is_empty());
         Ok(Reply::now(match tx {
-            Some(tx) => success(serde_json::json!({ "transactionReference": tx })),
+            Some(tx) => {
+                // A known payment's pay-in notification is sent again; an unknown one is
+                // acknowledged all the same (the docs show no error for it).
+                state.va.payments.notify_again(&tx);
+                success(serde_json::json!({ "transactionReference": tx }))
+            }
             None => failure(
                 StatusCode::BAD_REQUEST,
                 "400",
