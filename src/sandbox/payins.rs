@@ -4,13 +4,15 @@
 //! (`POST /sandbox/payments`, [`super::Sandbox::add_payment`]) or when a refund call names one
 //! never seen (it then reads as paid with `default_payment_amount`). Either way the provider
 //! queues one pay-in notification for it, status success, with its exact amount and currency;
-//! the notify loop sends it (only when `webhook_url` is set) with the same duplicates,
-//! reordering and forged signatures as the refund notifications. Telling the sandbox the same
-//! payment again queues nothing; telling it a different amount or currency queues the new one.
+//! the notify loop sends it with the same duplicates, reordering and forged signatures as the
+//! refund notifications. Telling the sandbox the same payment again queues nothing; telling it
+//! a different amount or currency queues the new one; VA Services' "Send Notification" queues
+//! a known payment's again. Without `webhook_url` no notify loop runs, and nothing is queued.
 //!
 //! Each provider file writes its own payload and signature from its docs (`payin_outbound`
-//! in `va_services.rs`, `bpn.rs`, `bvnk.rs`; `payin_bodies` in `binance_pay.rs`, RSA-signed
-//! after the lock is released like its refund notifications).
+//! in `va_services.rs`, `bpn.rs`, `bvnk.rs`; `payin_body` in `binance_pay.rs`, RSA-signed
+//! after the lock is released like its refund notifications). None of it comes from the
+//! adapters (`crate::providers`): the unit tests read the notifications back with them.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
