@@ -710,6 +710,8 @@ impl Sandbox {
     }
 
     /// Tells the provider about a payment (replacing an earlier one with the same reference).
+    /// A new or changed payment queues the provider's pay-in notification (see `payins.rs`),
+    /// sent when `webhook_url` is set.
     pub fn add_payment(&self, p: Payment) {
         let mut state = self.lock();
         match p.provider {
