@@ -31,7 +31,7 @@
 //! `rejectNext` (`400605` ORDER_NOT_REFUNDABLE, HTTP 200, nothing recorded), replay,
 //! attempts, balance, record, then the hang (`timeoutAfterAcceptNext`, `timeout_rate`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -76,7 +76,7 @@ pub(super) fn routes() -> Router<Sandbox> {
 /// refund).
 #[derive(Default)]
 pub(super) struct BinanceState {
-    payments: BTreeMap<String, Payment>,
+    pub(super) payments: super::payins::Payments,
     refunds: Indexed<BinanceRefund>,
     outcomes: HashMap<String, OutcomeStatus>,
     /// Last status each refund (by `refundRequestId`) was notified with.
@@ -168,6 +168,29 @@ pub(super) fn signed_outbound(
         signature_header: "BinancePay-Signature".into(),
         resign_with: Some(key.clone()),
     })
+}
+
+/// Binance Pay's payment notification for a paid order: `bizType: "PAY"`, `bizIdStr` the
+/// order's `prepayId`, `bizStatus: "PAY_SUCCESS"`, and `data` as a JSON *string* carrying
+/// `merchantTradeNo` (the sandbox has no merchant order number: the prepayId), `totalFee`
+/// (the order amount, an exact JSON number), `currency`, `transactTime` (ms) and
+/// `tradeType`/`transactionId` (ours), the fields of Binance's PAY notification.
+pub(super) fn payin_body(payment: &Payment, at: DateTime<Utc>) -> String {
+    let data = json!({
+        "merchantTradeNo": payment.transaction_reference,
+        "totalFee": super::decimal_to_json(payment.amount),
+        "currency": payment.currency,
+        "transactTime": at.timestamp_millis(),
+        "tradeType": "WEB",
+        "transactionId": format!("M_R_{}", payment.transaction_reference),
+    });
+    json!({
+        "bizType": "PAY",
+        "bizIdStr": payment.transaction_reference,
+        "bizStatus": "PAY_SUCCESS",
+        "data": data.to_string(),
+    })
+    .to_string()
 }
 
 struct BinanceRefund {
@@ -269,8 +292,7 @@ fn key_of(key: &str) -> String {
 
 impl BinanceState {
     pub(super) fn add_payment(&mut self, payment: Payment) {
-        self.payments
-            .insert(payment.transaction_reference.clone(), payment);
+        self.payments.insert(payment);
     }
 
     pub(super) fn set_outcome(&mut self, key: &str, status: OutcomeStatus) {
@@ -369,8 +391,7 @@ impl BinanceState {
         }
 
         self.payments
-            .entry(request.prepay_id.clone())
-            .or_insert_with(|| Payment {
+            .get_or_insert_with(&request.prepay_id, || Payment {
                 provider: Provider::BinancePay,
                 transaction_reference: request.prepay_id.clone(),
                 amount: config.default_payment_amount,
@@ -414,15 +435,8 @@ impl BinanceState {
         Ok(success(self.view(refund, config, now, false, false)))
     }
 
-    /// `PAY_REFUND` notifications for every refund that became final, signed like Binance
-    /// Pay's: base64 RSA-SHA256 over "timestamp\nnonce\nbody\n" with the TEST-ONLY key in
-    /// `fixtures/binance_pay/` (its public half is what `provider_env` configures). Only the
-    /// bodies are built here, under the lock; [`UnsignedWebhooks::sign`] signs them after.
-    pub(super) fn due_webhooks(
-        &mut self,
-        config: &SandboxConfig,
-        now: Instant,
-    ) -> Option<UnsignedWebhooks> {
+    /// The webhook signing key, parsed on first use.
+    fn signing_key(&mut self) -> Option<Arc<RsaKeyPair>> {
         if self.signing_key.is_none() {
             match parse_signing_key(super::BINANCE_WEBHOOK_TEST_PRIVATE_KEY) {
                 Ok(key) => self.signing_key = Some(Arc::new(key)),
@@ -432,7 +446,32 @@ impl BinanceState {
                 }
             }
         }
-        let key = Arc::clone(self.signing_key.as_ref()?);
+        self.signing_key.clone()
+    }
+
+    /// `PAY` notifications for the orders that became known since the last call, to be
+    /// signed after the lock is released like the `PAY_REFUND` ones (see [`payin_body`]).
+    pub(super) fn due_payins(&mut self) -> Option<UnsignedWebhooks> {
+        let due = self.payments.take_due();
+        if due.is_empty() {
+            return None;
+        }
+        let key = self.signing_key()?;
+        let at = Utc::now();
+        let bodies = due.iter().map(|p| payin_body(p, at)).collect();
+        Some(UnsignedWebhooks { key, bodies })
+    }
+
+    /// `PAY_REFUND` notifications for every refund that became final, signed like Binance
+    /// Pay's: base64 RSA-SHA256 over "timestamp\nnonce\nbody\n" with the TEST-ONLY key in
+    /// `fixtures/binance_pay/` (its public half is what `provider_env` configures). Only the
+    /// bodies are built here, under the lock; [`UnsignedWebhooks::sign`] signs them after.
+    pub(super) fn due_webhooks(
+        &mut self,
+        config: &SandboxConfig,
+        now: Instant,
+    ) -> Option<UnsignedWebhooks> {
+        let key = self.signing_key()?;
         let mut bodies = Vec::new();
         let mut settled = Vec::new();
         for &index in &self.unsettled {

@@ -36,7 +36,7 @@
 //! 40000), `rejectNext` (200, status 20005), the already-refunded check, record, then the hang
 //! (`timeoutAfterAcceptNext`, then `timeout_rate`). All decided under the sandbox lock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State as AxumState};
@@ -81,11 +81,40 @@ pub(super) fn routes() -> Router<Sandbox> {
         )
 }
 
+/// The header BPN's notifications carry their signature in (hex HMAC-SHA256 of the raw body;
+/// the README leaves it open, this is the adapter's default, written here again).
+pub const SIGNATURE_HEADER: &str = "X-BPN-Signature";
+
+/// BPN's virtual-account payment status notification for a paid order. BPN's page names the
+/// notification, not its payload: `notifyType` `VA_PAYMENT_STATUS`, a `notifyId`, and `data`
+/// with the order (`orderId`, `amount` as an exact JSON number, `currency`,
+/// `status: "SUCCESS"`, `refundStatus: null`), as the order lookups show it.
+pub(super) fn payin_outbound(config: &SandboxConfig, payment: &Payment) -> super::notify::Outbound {
+    let body = json!({
+        "notifyType": "VA_PAYMENT_STATUS",
+        "notifyId": uuid::Uuid::new_v4().to_string(),
+        "data": {
+            "orderId": payment.transaction_reference,
+            "amount": decimal_to_json(payment.amount),
+            "currency": payment.currency,
+            "status": "SUCCESS",
+            "refundStatus": null,
+        },
+    })
+    .to_string();
+    super::notify::Outbound::hmac_signed(
+        Provider::Bpn,
+        body,
+        &config.webhook_secret,
+        SIGNATURE_HEADER,
+    )
+}
+
 /// What BPN knows: orders by id, their refunds in the order made, forced outcomes by order id
 /// (they may precede the refund).
 #[derive(Default)]
 pub(super) struct BpnState {
-    payments: BTreeMap<String, Payment>,
+    pub(super) payments: super::payins::Payments,
     refunds: HashMap<String, Vec<BpnRefund>>,
     outcomes: HashMap<String, OutcomeStatus>,
     /// Last status each refund (by ledger key) was notified with.
@@ -178,8 +207,13 @@ fn success(data: Value) -> Response {
 
 impl BpnState {
     pub(super) fn add_payment(&mut self, payment: Payment) {
-        self.payments
-            .insert(payment.transaction_reference.clone(), payment);
+        self.payments.insert(payment);
+    }
+
+    /// Pay-in notifications for the orders that became known since the last call.
+    pub(super) fn due_payins(&mut self, config: &SandboxConfig) -> Vec<super::notify::Outbound> {
+        let due = self.payments.take_due();
+        due.iter().map(|p| payin_outbound(config, p)).collect()
     }
 
     pub(super) fn set_outcome(&mut self, order_id: &str, status: OutcomeStatus) {
@@ -246,8 +280,7 @@ impl BpnState {
     ) -> Result<Response, BpnError> {
         let order_amount = self
             .payments
-            .entry(order_id.clone())
-            .or_insert_with(|| Payment {
+            .get_or_insert_with(&order_id, || Payment {
                 provider: Provider::Bpn,
                 transaction_reference: order_id.clone(),
                 amount: config.default_payment_amount,
@@ -372,7 +405,7 @@ impl BpnState {
                     Provider::Bpn,
                     body,
                     &config.webhook_secret,
-                    "X-BPN-Signature",
+                    SIGNATURE_HEADER,
                 ));
                 sent.push((refund.key.clone(), status));
             }

@@ -34,7 +34,7 @@
 //! record, and only then a hang (`timeoutAfterAcceptNext`, `timeout_rate`). All of that is
 //! decided under the sandbox lock; the hang and the latency come after it is released.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,6 +54,40 @@ use super::{
     admin_error, decimal_and_text, decimal_to_json, parse_admin, CallKind, ForcedOutcome, Indexed,
     LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig, State,
 };
+
+/// The header BVNK's webhooks carry their signature in (hex HMAC-SHA256 of the raw body).
+pub const SIGNATURE_HEADER: &str = "x-signature";
+
+/// BVNK's pay-in status-change webhook for a completed pay-in: `event`
+/// `bvnk:payment:payin:status-change`, an `eventId`, the signed `timestamp` (RFC 3339, as in
+/// their payout webhook) and `data` with `transactionReference`, `status: "COMPLETED"` and
+/// `amount` as BVNK writes money, `{value, currency}` (the value an exact JSON number).
+pub(super) fn payin_outbound(
+    config: &SandboxConfig,
+    payment: &Payment,
+    at: DateTime<Utc>,
+) -> super::notify::Outbound {
+    let body = json!({
+        "event": "bvnk:payment:payin:status-change",
+        "eventId": uuid::Uuid::new_v4().to_string(),
+        "timestamp": at.to_rfc3339(),
+        "data": {
+            "transactionReference": payment.transaction_reference,
+            "status": "COMPLETED",
+            "amount": {
+                "value": decimal_to_json(payment.amount),
+                "currency": payment.currency,
+            },
+        },
+    })
+    .to_string();
+    super::notify::Outbound::hmac_signed(
+        Provider::Bvnk,
+        body,
+        &config.webhook_secret,
+        SIGNATURE_HEADER,
+    )
+}
 
 /// How far a Hawk timestamp may be from our clock (Hawk's usual 60 s).
 const HAWK_SKEW: Duration = Duration::from_secs(60);
@@ -77,7 +111,7 @@ pub(super) fn routes() -> Router<Sandbox> {
 
 /// What BVNK knows.
 pub(super) struct BvnkState {
-    payments: BTreeMap<String, Payment>,
+    pub(super) payments: super::payins::Payments,
     /// Refunds in creation order, by idempotency key and by pay-in.
     refunds: Indexed<BvnkRefund>,
     /// Positions of the refunds per `customerReference`, ascending: several refunds may
@@ -105,7 +139,7 @@ pub(super) struct BvnkState {
 impl Default for BvnkState {
     fn default() -> Self {
         Self {
-            payments: BTreeMap::new(),
+            payments: super::payins::Payments::default(),
             refunds: Indexed::default(),
             by_customer_reference: HashMap::new(),
             outcomes: HashMap::new(),
@@ -209,9 +243,15 @@ fn money(value: Decimal, currency: &str) -> Value {
 }
 
 impl BvnkState {
+    /// Pay-in notifications for the pay-ins that became known since the last call.
+    pub(super) fn due_payins(&mut self, config: &SandboxConfig) -> Vec<super::notify::Outbound> {
+        let now = Utc::now();
+        let due = self.payments.take_due();
+        due.iter().map(|p| payin_outbound(config, p, now)).collect()
+    }
+
     pub(super) fn add_payment(&mut self, payment: Payment) {
-        self.payments
-            .insert(payment.transaction_reference.clone(), payment);
+        self.payments.insert(payment);
     }
 
     pub(super) fn set_outcome(&mut self, key: &str, status: OutcomeStatus) {
@@ -343,8 +383,7 @@ impl BvnkState {
 
         let payment = self
             .payments
-            .entry(request.transaction_reference.clone())
-            .or_insert_with(|| Payment {
+            .get_or_insert_with(&request.transaction_reference, || Payment {
                 provider: Provider::Bvnk,
                 transaction_reference: request.transaction_reference.clone(),
                 amount: config.default_payment_amount,
@@ -485,7 +524,7 @@ impl BvnkState {
                 Provider::Bvnk,
                 body,
                 &config.webhook_secret,
-                "x-signature",
+                SIGNATURE_HEADER,
             ));
             sent.push((refund.id.clone(), status));
         }

@@ -27,6 +27,7 @@ mod bpn;
 mod bvnk;
 mod docs;
 mod notify;
+mod payins;
 mod va_services;
 
 pub use notify::WebhookCounters;
@@ -594,10 +595,18 @@ impl Reply {
 impl Sandbox {
     /// A sandbox with empty state.
     pub fn new(config: SandboxConfig) -> Self {
+        let mut state = State::default();
+        if config.webhook_url.is_none() {
+            // No notify loop will run: pay-in notifications are not even queued.
+            state.va.payments.mute();
+            state.bpn.payments.mute();
+            state.binance.payments.mute();
+            state.bvnk.payments.mute();
+        }
         Self {
             inner: Arc::new(Inner {
                 config,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(state),
                 shutdown: Notify::new(),
             }),
         }
@@ -701,6 +710,8 @@ impl Sandbox {
     }
 
     /// Tells the provider about a payment (replacing an earlier one with the same reference).
+    /// A new or changed payment queues the provider's pay-in notification (see `payins.rs`),
+    /// sent when `webhook_url` is set.
     pub fn add_payment(&self, p: Payment) {
         let mut state = self.lock();
         match p.provider {
@@ -728,20 +739,27 @@ impl Sandbox {
         &self.inner.config
     }
 
-    /// Notifications the providers want to send now, each handed out once.
+    /// Notifications the providers want to send now, each handed out once: the pay-in
+    /// notifications of payments that became known (see `payins.rs`), then refund ones.
     fn due_webhooks(&self) -> Vec<notify::Outbound> {
         let now = tokio::time::Instant::now();
         let config = &self.inner.config;
-        let (mut due, binance, bvnk) = {
+        let (mut due, binance_payins, binance, bvnk) = {
             let mut state = self.lock();
+            // Pay-ins first: a payment is told before any refund of it.
+            let mut due = state.va.due_payins(config);
+            due.extend(state.bpn.due_payins(config));
+            due.extend(state.bvnk.due_payins(config));
+            due.extend(state.bpn.due_webhooks(config, now));
             (
-                state.bpn.due_webhooks(config, now),
+                due,
+                state.binance.due_payins(),
                 state.binance.due_webhooks(config, now),
                 state.bvnk.due_webhooks(config, now),
             )
         };
         // Binance Pay's RSA signatures are made here, with the lock released.
-        if let Some(binance) = binance {
+        for binance in [binance_payins, binance].into_iter().flatten() {
             due.extend(binance.sign());
         }
         due.extend(bvnk);
@@ -1172,5 +1190,268 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(300));
         assert!(server.sandbox.ledger().refunds.is_empty());
         server.stop(Duration::from_secs(2)).await;
+    }
+}
+
+/// Pay-in notifications: what is queued when a payment becomes known, read back with the
+/// adapters' own parsers (test code only) and signatures checked independently.
+#[cfg(test)]
+mod payin_tests {
+    use super::notify::Outbound;
+    use super::*;
+    use crate::providers::{self, ProviderWebhook, WebhookKind};
+    use hmac::{Hmac, Mac};
+    use serde_json::Value;
+
+    fn notifying() -> SandboxConfig {
+        SandboxConfig {
+            // Never served: the notify loop runs only in `spawn`; this test drains the queue.
+            webhook_url: Some("http://127.0.0.1:9".into()),
+            ..SandboxConfig::default()
+        }
+    }
+
+    fn payment(provider: Provider, reference: &str, amount: &str, currency: &str) -> Payment {
+        Payment {
+            provider,
+            transaction_reference: reference.into(),
+            amount: Decimal::from_str_exact(amount).unwrap(),
+            currency: currency.into(),
+        }
+    }
+
+    fn header<'a>(out: &'a Outbound, name: &str) -> &'a str {
+        out.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} header"))
+    }
+
+    /// Hex HMAC-SHA256 of the body, computed here rather than with `docs::webhook_signature`.
+    fn hmac_hex(secret: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// The one payment the adapter reads from a notification.
+    fn read(parsed: Vec<ProviderWebhook>) -> (String, Option<Decimal>, Option<String>, bool) {
+        assert_eq!(parsed.len(), 1);
+        match parsed.into_iter().next().map(|w| w.kind) {
+            Some(WebhookKind::Payment {
+                transaction_reference,
+                amount,
+                currency,
+                succeeded,
+                ..
+            }) => (transaction_reference, amount, currency, succeeded),
+            other => panic!("not a payment: {other:?}"),
+        }
+    }
+
+    fn dec(text: &str) -> Option<Decimal> {
+        Decimal::from_str_exact(text).ok()
+    }
+
+    #[test]
+    fn each_provider_sends_its_documented_payin_notification_once_per_payment() {
+        let config = notifying();
+        let secret = config.webhook_secret.clone();
+        let sandbox = Sandbox::new(config);
+        sandbox.add_payment(payment(Provider::VaServices, "va-1", "250.50", "NGN"));
+        sandbox.add_payment(payment(Provider::Bpn, "VA-ORDER-1", "25.17", "USD"));
+        sandbox.add_payment(payment(
+            Provider::BinancePay,
+            "29383937493038367292",
+            "0.88000000",
+            "USDT",
+        ));
+        sandbox.add_payment(payment(Provider::Bvnk, "bvnk-1", "150.10", "EUR"));
+        let due = sandbox.due_webhooks();
+        assert_eq!(due.len(), 4, "one notification per payment");
+        assert!(sandbox.due_webhooks().is_empty(), "each handed out once");
+
+        let by = |p: Provider| due.iter().find(|o| o.provider == p).unwrap();
+
+        // VA Services: the documented fields, amount an exact number, VA's date format.
+        let va = by(Provider::VaServices);
+        let text = std::str::from_utf8(&va.body).unwrap();
+        assert!(text.contains(r#""amount":250.50"#), "{text}");
+        assert_eq!(header(va, "X-VA-Signature"), hmac_hex(&secret, &va.body));
+        assert_eq!(va.signature_header, "X-VA-Signature");
+        let body: Value = serde_json::from_slice(&va.body).unwrap();
+        let mut fields: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "accountID",
+                "amount",
+                "classificationCode",
+                "narration",
+                "success",
+                "traceID",
+                "transactionReference",
+                "transactionTime",
+                "transactionType"
+            ]
+        );
+        assert_eq!(body["success"], Value::Bool(true));
+        let time = body["transactionTime"].as_str().unwrap();
+        assert!(
+            chrono::NaiveDateTime::parse_from_str(time, "%d/%m/%Y %I:%M:%S %p").is_ok(),
+            "{time}"
+        );
+        assert_eq!(
+            read(providers::va_services::parse_notification(&va.body).unwrap()),
+            ("va-1".into(), dec("250.50"), None, true)
+        );
+
+        // BPN: virtual-account payment status, HMAC in its header.
+        let bpn = by(Provider::Bpn);
+        assert!(std::str::from_utf8(&bpn.body)
+            .unwrap()
+            .contains(r#""amount":25.17"#));
+        assert_eq!(header(bpn, "X-BPN-Signature"), hmac_hex(&secret, &bpn.body));
+        let body: Value = serde_json::from_slice(&bpn.body).unwrap();
+        assert_eq!(body["notifyType"], "VA_PAYMENT_STATUS");
+        assert_eq!(body["data"]["status"], "SUCCESS");
+        assert_eq!(
+            read(providers::bpn::parse_notification(&bpn.body).unwrap()),
+            ("VA-ORDER-1".into(), dec("25.17"), Some("USD".into()), true)
+        );
+
+        // Binance Pay: PAY with `data` a JSON string, RSA-signed like PAY_REFUND.
+        let binance = by(Provider::BinancePay);
+        let public =
+            providers::binance_pay::parse_public_key(BINANCE_WEBHOOK_TEST_PUBLIC_KEY).unwrap();
+        assert!(providers::binance_pay::verify_webhook_signature(
+            &public,
+            header(binance, "BinancePay-Timestamp"),
+            header(binance, "BinancePay-Nonce"),
+            &binance.body,
+            header(binance, "BinancePay-Signature"),
+        ));
+        assert!(binance.resign_with.is_some(), "a duplicate is signed anew");
+        let body: Value = serde_json::from_slice(&binance.body).unwrap();
+        assert_eq!(body["bizType"], "PAY");
+        assert_eq!(body["bizStatus"], "PAY_SUCCESS");
+        let data = body["data"].as_str().expect("data is a JSON string");
+        assert!(data.contains(r#""totalFee":0.88000000"#), "{data}");
+        assert_eq!(
+            read(providers::binance_pay::parse_notification(&binance.body).unwrap()),
+            (
+                "29383937493038367292".into(),
+                dec("0.88000000"),
+                Some("USDT".into()),
+                true
+            )
+        );
+
+        // BVNK: pay-in status change, `x-signature`.
+        let bvnk = by(Provider::Bvnk);
+        assert_eq!(header(bvnk, "x-signature"), hmac_hex(&secret, &bvnk.body));
+        let body: Value = serde_json::from_slice(&bvnk.body).unwrap();
+        assert_eq!(body["event"], "bvnk:payment:payin:status-change");
+        assert!(body["eventId"].as_str().is_some_and(|id| !id.is_empty()));
+        assert_eq!(body["data"]["status"], "COMPLETED");
+        assert!(std::str::from_utf8(&bvnk.body)
+            .unwrap()
+            .contains(r#""value":150.10"#));
+        assert_eq!(
+            read(providers::bvnk::parse_notification(&bvnk.body).unwrap()),
+            ("bvnk-1".into(), dec("150.10"), Some("EUR".into()), true)
+        );
+    }
+
+    #[test]
+    fn a_payment_told_again_is_notified_only_when_it_changed() {
+        let sandbox = Sandbox::new(notifying());
+        let p = payment(Provider::Bvnk, "bvnk-2", "10.00", "EUR");
+        sandbox.add_payment(p.clone());
+        sandbox.add_payment(p.clone());
+        assert_eq!(sandbox.due_webhooks().len(), 1);
+        sandbox.add_payment(p.clone());
+        assert!(sandbox.due_webhooks().is_empty(), "the same payment again");
+        sandbox.add_payment(payment(Provider::Bvnk, "bvnk-2", "12.00", "EUR"));
+        let due = sandbox.due_webhooks();
+        assert_eq!(due.len(), 1, "a changed amount is told");
+        assert!(std::str::from_utf8(&due[0].body)
+            .unwrap()
+            .contains(r#""value":12.00"#));
+    }
+
+    #[test]
+    fn without_a_webhook_url_nothing_is_queued() {
+        let sandbox = Sandbox::new(SandboxConfig::default());
+        sandbox.add_payment(payment(Provider::VaServices, "va-9", "1.00", "NGN"));
+        assert!(sandbox.due_webhooks().is_empty());
+    }
+
+    /// An initiate call through the router in-process: no server, so no notify loop drains
+    /// the queue before the test looks at it.
+    async fn initiate(sandbox: &Sandbox, body: &str) -> u16 {
+        va_post(sandbox, "/va/refunds/initiate-refund", body).await
+    }
+
+    async fn va_post(sandbox: &Sandbox, path: &str, body: &str) -> u16 {
+        use tower::ServiceExt;
+        let request = axum::http::Request::post(path)
+            .header(
+                "authorization",
+                format!("Bearer {}", sandbox.config().va_api_key),
+            )
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        let response = sandbox.router().oneshot(request).await.unwrap();
+        response.status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn a_payment_first_seen_in_a_refund_call_is_notified_with_the_default_amount() {
+        let sandbox = Sandbox::new(notifying());
+        let body = test_support::refund_body("va-new", "r-new", "1.00");
+        assert_eq!(initiate(&sandbox, &body).await, 200);
+        let due = sandbox.due_webhooks();
+        assert_eq!(due.len(), 1);
+        let (reference, amount, _, succeeded) =
+            read(providers::va_services::parse_notification(&due[0].body).unwrap());
+        assert_eq!(reference, "va-new");
+        assert_eq!(amount, Some(sandbox.config().default_payment_amount));
+        assert!(succeeded);
+        // The replay of that refund, and a second refund, know the payment already.
+        assert_eq!(initiate(&sandbox, &body).await, 200);
+        let second = test_support::refund_body("va-new", "r-new-2", "1.00");
+        assert_eq!(initiate(&sandbox, &second).await, 200);
+        assert!(sandbox.due_webhooks().is_empty());
+        assert_eq!(sandbox.ledger().refunds.len(), 2);
+
+        // VA's "Send Notification" sends a known payment's notification again.
+        let send = |tx: &str| format!(r#"{{"transactionReference":"{tx}"}}"#);
+        assert_eq!(
+            va_post(&sandbox, "/va/notifications/send", &send("va-new")).await,
+            200
+        );
+        let again = sandbox.due_webhooks();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            read(providers::va_services::parse_notification(&again[0].body).unwrap()).0,
+            "va-new"
+        );
+        assert_eq!(
+            va_post(&sandbox, "/va/notifications/send", &send("nope")).await,
+            200
+        );
+        assert!(
+            sandbox.due_webhooks().is_empty(),
+            "an unknown payment: nothing to send"
+        );
     }
 }

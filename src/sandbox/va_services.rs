@@ -23,7 +23,7 @@
 //! All of that is decided under the sandbox lock in one synchronous closure; the async
 //! handlers add the hang and the latency afterwards.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxumState};
@@ -42,6 +42,10 @@ use super::{
     ForcedOutcome, Indexed, LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox,
     SandboxConfig, State,
 };
+
+/// The header VA Services' notifications carry their signature in (hex HMAC-SHA256 of the
+/// raw body with the webhook secret; the README leaves the scheme open, this is ours).
+pub const SIGNATURE_HEADER: &str = "X-VA-Signature";
 
 /// VA's zone-less date format, e.g. `25/01/2024 01:35:27 AM`.
 const DATE_FORMAT: &str = "%d/%m/%Y %I:%M:%S %p";
@@ -70,7 +74,7 @@ pub(super) fn routes() -> Router<Sandbox> {
 /// they may precede the refund).
 #[derive(Default)]
 pub(super) struct VaState {
-    payments: BTreeMap<String, Payment>,
+    pub(super) payments: super::payins::Payments,
     refunds: Indexed<VaRefund>,
     outcomes: HashMap<String, OutcomeStatus>,
 }
@@ -253,10 +257,50 @@ fn format_date(at: DateTime<Utc>, zone: chrono_tz::Tz) -> String {
     at.with_timezone(&zone).format(DATE_FORMAT).to_string()
 }
 
+/// VA Services' transaction (pay-in) notification for a payment, with the fields the docs
+/// list: `transactionType`, `amount` (an exact JSON number), `narration`,
+/// `classificationCode`, `success`, `traceID`, `transactionReference`, `accountID` and
+/// `transactionTime` (VA's `dd/MM/yyyy hh:mm:ss a`, in the configured zone). The values of
+/// `transactionType`, `narration`, `classificationCode` and `accountID` are ours: the docs
+/// name the fields only.
+pub(super) fn payin_outbound(
+    config: &SandboxConfig,
+    payment: &Payment,
+    at: DateTime<Utc>,
+) -> super::notify::Outbound {
+    let body = serde_json::json!({
+        "transactionType": "CREDIT",
+        "amount": decimal_to_json(payment.amount),
+        "narration": format!("Payment {}", payment.transaction_reference),
+        "classificationCode": "INFLOW",
+        "success": true,
+        "traceID": uuid::Uuid::new_v4().to_string(),
+        "transactionReference": payment.transaction_reference,
+        "accountID": "VA-SANDBOX-0001",
+        "transactionTime": format_date(at, config.zone),
+    })
+    .to_string();
+    super::notify::Outbound::hmac_signed(
+        Provider::VaServices,
+        body,
+        &config.webhook_secret,
+        SIGNATURE_HEADER,
+    )
+}
+
 impl VaState {
     pub(super) fn add_payment(&mut self, payment: Payment) {
+        self.payments.insert(payment);
+    }
+
+    /// Pay-in notifications for the payments that became known since the last call.
+    pub(super) fn due_payins(&mut self, config: &SandboxConfig) -> Vec<super::notify::Outbound> {
+        let now = Utc::now();
         self.payments
-            .insert(payment.transaction_reference.clone(), payment);
+            .take_due()
+            .iter()
+            .map(|p| payin_outbound(config, p, now))
+            .collect()
     }
 
     pub(super) fn set_outcome(&mut self, refund_reference: &str, status: OutcomeStatus) {
@@ -365,8 +409,7 @@ impl VaState {
 
         let payment_amount = self
             .payments
-            .entry(request.transaction_reference.clone())
-            .or_insert_with(|| Payment {
+            .get_or_insert_with(&request.transaction_reference, || Payment {
                 provider: Provider::VaServices,
                 transaction_reference: request.transaction_reference.clone(),
                 amount: config.default_payment_amount,
@@ -669,13 +712,18 @@ async fn send_notification(
     if sandbox.config().strict {
         return StatusCode::NOT_FOUND.into_response();
     }
-    va_call(&sandbox, &headers, CallKind::Resend, |_state, _config| {
+    va_call(&sandbox, &headers, CallKind::Resend, |state, _config| {
         let tx = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("transactionReference")?.as_str().map(str::to_owned))
             .filter(|t| !t.trim().is_empty());
         Ok(Reply::now(match tx {
-            Some(tx) => success(serde_json::json!({ "transactionReference": tx })),
+            Some(tx) => {
+                // A known payment's pay-in notification is sent again; an unknown one is
+                // acknowledged all the same (the docs show no error for it).
+                state.va.payments.notify_again(&tx);
+                success(serde_json::json!({ "transactionReference": tx }))
+            }
             None => failure(
                 StatusCode::BAD_REQUEST,
                 "400",

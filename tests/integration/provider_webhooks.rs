@@ -106,7 +106,9 @@ async fn every_providers_refund_webhook_completes_its_refund_exactly_once() {
     // Let duplicates and late copies arrive, then check what the ingress and inbox did.
     app.eventually("every notification delivered", || async {
         let w = app.sandbox.ledger().webhooks;
-        w.delivered >= 3 + w.duplicates && w.abandoned == 0
+        // Three refund notifications and three pay-in ones (BPN's order was told, the
+        // other two payments were first seen in their refund calls).
+        w.delivered >= 6 + w.duplicates && w.abandoned == 0
     })
     .await;
     let w = app.sandbox.ledger().webhooks;
@@ -115,7 +117,8 @@ async fn every_providers_refund_webhook_completes_its_refund_exactly_once() {
         "every forged signature is refused"
     );
     let applied: Vec<(String, String)> = sqlx::query_as(
-        "SELECT provider, state FROM provider_webhook_inbox WHERE state = 'APPLIED' ORDER BY provider",
+        "SELECT provider, state FROM provider_webhook_inbox
+         WHERE state = 'APPLIED' AND refund_reference IS NOT NULL ORDER BY provider",
     )
     .fetch_all(&app.pool)
     .await
@@ -140,6 +143,11 @@ async fn every_providers_refund_webhook_completes_its_refund_exactly_once() {
     }
     app.cleanup().await;
 }
+
+/// The state of BVNK's refund (payout) notification, not of the pay-in one the sandbox sends
+/// when the refund call names a pay-in it has never seen.
+const PAYOUT_STATE: &str = "SELECT state FROM provider_webhook_inbox
+     WHERE provider = 'bvnk' AND convert_from(body, 'UTF8') LIKE '%payout:status-change%'";
 
 #[tokio::test]
 async fn a_webhook_that_arrives_before_its_refund_is_parked_then_applied() {
@@ -170,11 +178,10 @@ async fn a_webhook_that_arrives_before_its_refund_is_parked_then_applied() {
         .unwrap();
     assert_eq!(answer.status(), 200);
     app.eventually("the webhook is parked", || async {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM provider_webhook_inbox WHERE provider = 'bvnk'")
-                .fetch_optional(&app.pool)
-                .await
-                .unwrap();
+        let state: Option<String> = sqlx::query_scalar(PAYOUT_STATE)
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap();
         state.as_deref() == Some("PARKED")
     })
     .await;
@@ -191,11 +198,112 @@ async fn a_webhook_that_arrives_before_its_refund_is_parked_then_applied() {
         causes(&app, &r).await.last().map(|(_, c)| c.clone()),
         Some("provider webhook".to_string())
     );
-    let state: String =
-        sqlx::query_scalar("SELECT state FROM provider_webhook_inbox WHERE provider = 'bvnk'")
-            .fetch_one(&app.pool)
+    let state: String = sqlx::query_scalar(PAYOUT_STATE)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "APPLIED");
+    app.cleanup().await;
+}
+
+/// Each provider's pay-in notification, sent by the sandbox when it is told about a payment
+/// (signed its way, some twice, some late, some first forged), reaches the pay-ins ledger
+/// with its exact amount; a refund command without `paymentAmount` is then guarded by it.
+#[tokio::test]
+async fn each_providers_payin_notification_feeds_the_ledger_the_guard_reads() {
+    let mut app =
+        TestApp::spawn_with(webhook_driven(0.5, 0.5, 0.5, Duration::from_millis(150))).await;
+    app.start_worker();
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    // (provider, name, transaction, paid, currency, refund amount)
+    let payins = [
+        (
+            Provider::VaServices,
+            "va_services",
+            format!("txn-{tag}"),
+            "250.50",
+            "NGN",
+            "100.00",
+        ),
+        (
+            Provider::Bpn,
+            "bpn",
+            format!("ORDER-{tag}"),
+            "25.17",
+            "USD",
+            "25.17",
+        ),
+        (
+            Provider::BinancePay,
+            "binance_pay",
+            digits(),
+            "0.88000000",
+            "USDT",
+            "0.50",
+        ),
+        (
+            Provider::Bvnk,
+            "bvnk",
+            format!("payin-{tag}"),
+            "150.10",
+            "EUR",
+            "150.10",
+        ),
+    ];
+    for (provider, _, transaction, paid, currency, _) in &payins {
+        app.sandbox.add_payment(Payment {
+            provider: *provider,
+            transaction_reference: transaction.clone(),
+            amount: paid.parse().unwrap(),
+            currency: (*currency).into(),
+        });
+    }
+    for (_, name, transaction, paid, _, _) in &payins {
+        app.eventually(&format!("{name}'s pay-in in the ledger"), || async {
+            let amount: Option<String> = sqlx::query_scalar(
+                "SELECT amount::text FROM pay_ins
+                 WHERE provider = $1 AND transaction_reference = $2 AND succeeded",
+            )
+            .bind(name)
+            .bind(transaction)
+            .fetch_optional(&app.pool)
             .await
             .unwrap();
-    assert_eq!(state, "APPLIED");
+            // Exactly as paid: 0.88000000 stays 0.88000000, 250.50 stays 250.50.
+            amount.as_deref() == Some(*paid)
+        })
+        .await;
+    }
+    for (_, name, transaction, _, currency, amount) in &payins {
+        let r = reference(&format!("payin-{name}"));
+        let mut command = json!({
+            "refundReference": r, "provider": name, "transactionReference": transaction,
+            "amount": amount, "currency": currency, "reason": "Order cancelled!",
+        });
+        if *name == "va_services" {
+            command["destination"] = json!({"accountNumber": "0040088210", "bankCode": "000012"});
+        }
+        app.publish(&command).await;
+        let guard = || async {
+            let source: Option<Option<String>> =
+                sqlx::query_scalar("SELECT guard_source FROM refunds WHERE refund_reference = $1")
+                    .bind(&r)
+                    .fetch_optional(&app.pool)
+                    .await
+                    .unwrap();
+            source.flatten()
+        };
+        app.eventually(&format!("{name}'s refund stored"), || async {
+            guard().await.is_some()
+        })
+        .await;
+        assert_eq!(
+            guard().await.as_deref(),
+            Some("ledger"),
+            "{name}: a command without paymentAmount is guarded by the pay-ins ledger"
+        );
+    }
+    let w = app.sandbox.ledger().webhooks;
+    assert_eq!(w.bad_signatures_accepted, 0, "no forged pay-in is accepted");
     app.cleanup().await;
 }
