@@ -396,6 +396,8 @@ async fn measure(
     let sandbox = Sandbox::new(SandboxConfig {
         completion_delay: Duration::ZERO,
         webhook_url: Some(format!("http://{http_addr}")),
+        // Refund notifications only, as in every earlier session's figures.
+        payin_notifications: false,
         latency: plan.provider_latency.map(|l| l.p50).unwrap_or_default(),
         latency_p99: plan.provider_latency.and_then(|l| l.p99),
         ..SandboxConfig::default()

@@ -75,6 +75,10 @@ pub struct SandboxConfig {
     /// Base URL of refund-worker's HTTP server; when set, the providers send their
     /// notifications to `{webhook_url}/webhooks/{provider}`.
     pub webhook_url: Option<String>,
+    /// Whether the providers also send their pay-in (payment status) notifications, not
+    /// only refund ones (with `webhook_url`). The bench turns them off: its figures measure
+    /// refunds, comparable across sessions.
+    pub payin_notifications: bool,
     /// Share (0..1) of notifications sent twice.
     pub webhook_duplicate_rate: f64,
     /// Share (0..1) of notifications first sent with a corrupted signature.
@@ -118,6 +122,7 @@ impl Default for SandboxConfig {
             bvnk_hawk_key: "sandbox-bvnk-key".to_owned(),
             webhook_secret: "sandbox-webhook-secret".to_owned(),
             webhook_url: None,
+            payin_notifications: true,
             webhook_duplicate_rate: 0.0,
             webhook_bad_signature_rate: 0.0,
             webhook_reorder_rate: 0.0,
@@ -147,6 +152,7 @@ impl fmt::Debug for SandboxConfig {
             .field("bvnk_hawk_key", &"<redacted>")
             .field("webhook_secret", &"<redacted>")
             .field("webhook_url", &self.webhook_url)
+            .field("payin_notifications", &self.payin_notifications)
             .field("webhook_duplicate_rate", &self.webhook_duplicate_rate)
             .field(
                 "webhook_bad_signature_rate",
@@ -596,8 +602,8 @@ impl Sandbox {
     /// A sandbox with empty state.
     pub fn new(config: SandboxConfig) -> Self {
         let mut state = State::default();
-        if config.webhook_url.is_none() {
-            // No notify loop will run: pay-in notifications are not even queued.
+        if config.webhook_url.is_none() || !config.payin_notifications {
+            // No notify loop will run, or pay-ins are off: they are not even queued.
             state.va.payments.mute();
             state.bpn.payments.mute();
             state.binance.payments.mute();
@@ -1392,6 +1398,20 @@ mod payin_tests {
         let sandbox = Sandbox::new(SandboxConfig::default());
         sandbox.add_payment(payment(Provider::VaServices, "va-9", "1.00", "NGN"));
         assert!(sandbox.due_webhooks().is_empty());
+        // Pay-ins off (the bench): a webhook URL alone queues none either.
+        let off = Sandbox::new(SandboxConfig {
+            webhook_url: Some("http://127.0.0.1:9".into()),
+            payin_notifications: false,
+            ..SandboxConfig::default()
+        });
+        off.add_payment(payment(Provider::VaServices, "va-9", "1.00", "NGN"));
+        assert!(off.due_webhooks().is_empty());
+        let on = Sandbox::new(SandboxConfig {
+            webhook_url: Some("http://127.0.0.1:9".into()),
+            ..SandboxConfig::default()
+        });
+        on.add_payment(payment(Provider::VaServices, "va-9", "1.00", "NGN"));
+        assert_eq!(on.due_webhooks().len(), 1);
     }
 
     /// An initiate call through the router in-process: no server, so no notify loop drains
