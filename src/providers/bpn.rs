@@ -1145,20 +1145,15 @@ impl Provider for Bpn {
         window: &super::resend::ResendWindow,
         dry_run: bool,
     ) -> super::resend::WebhookResend {
-        use super::resend::{fill_template, ResendRequest, WebhookResend};
-        let path = self
-            .settings
-            .resend_webhook_path
-            .as_deref()
-            .unwrap_or(DEFAULT_RESEND_WEBHOOK_PATH);
-        if super::is_disabled(path) {
+        use super::resend::{configured, fill_template, ResendRequest, WebhookResend};
+        let Some((path, template)) = configured(
+            self.settings.resend_webhook_path.as_deref(),
+            DEFAULT_RESEND_WEBHOOK_PATH,
+            self.settings.resend_webhook_body.as_deref(),
+            DEFAULT_RESEND_WEBHOOK_BODY,
+        ) else {
             return WebhookResend::Disabled;
-        }
-        let template = self
-            .settings
-            .resend_webhook_body
-            .as_deref()
-            .unwrap_or(DEFAULT_RESEND_WEBHOOK_BODY);
+        };
         let vars = [
             ("sinceMs", json!(window.since.timestamp_millis())),
             ("untilMs", json!(window.until.timestamp_millis())),

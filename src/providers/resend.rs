@@ -50,6 +50,18 @@ pub enum WebhookResend {
     },
 }
 
+/// A re-send call's configured path and body template (each a setting, else the
+/// adapter's default); `None` when the path is turned off (`off`/`none`).
+pub fn configured<'a>(
+    path: Option<&'a str>,
+    default_path: &'a str,
+    body: Option<&'a str>,
+    default_body: &'a str,
+) -> Option<(&'a str, &'a str)> {
+    let path = path.unwrap_or(default_path);
+    (!super::is_disabled(path)).then(|| (path, body.unwrap_or(default_body)))
+}
+
 /// Fills a JSON body template: every string that is exactly `{name}` becomes `vars[name]`
 /// (a typed JSON value); anything else stays as written. `Err` when the template is not JSON.
 pub fn fill_template(template: &str, vars: &[(&str, Value)]) -> Result<Value, String> {

@@ -686,20 +686,15 @@ impl Provider for VaServices {
         window: &super::resend::ResendWindow,
         dry_run: bool,
     ) -> super::resend::WebhookResend {
-        use super::resend::{fill_template, ResendRequest, WebhookResend};
-        let path = self
-            .settings
-            .send_notification_path
-            .as_deref()
-            .unwrap_or(DEFAULT_SEND_NOTIFICATION_PATH);
-        if is_disabled(path) {
+        use super::resend::{configured, fill_template, ResendRequest, WebhookResend};
+        let Some((path, template)) = configured(
+            self.settings.send_notification_path.as_deref(),
+            DEFAULT_SEND_NOTIFICATION_PATH,
+            self.settings.send_notification_body.as_deref(),
+            DEFAULT_SEND_NOTIFICATION_BODY,
+        ) else {
             return WebhookResend::Disabled;
-        }
-        let template = self
-            .settings
-            .send_notification_body
-            .as_deref()
-            .unwrap_or(DEFAULT_SEND_NOTIFICATION_BODY);
+        };
         let mut requests = Vec::new();
         for reference in window
             .transaction_references
