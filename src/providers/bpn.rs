@@ -44,6 +44,12 @@
 //!   `PROVIDER_BPN_REFUND_AMOUNT_FIELD`) and [`DEFAULT_REFUND_TRANSACTION_FIELD`]
 //!   (`transactionReference`, `PROVIDER_BPN_REFUND_TRANSACTION_FIELD`), used in
 //!   [`RefundFields`] only. The amount is a JSON number with the command's exact digits.
+//!   The lookups are never load-bearing: when neither exists (HTTP 404/405 without BPN's
+//!   envelope) or both paths are `off`, the refund is sent by amount ([`plan_without_lookup`],
+//!   never the bare `{"orderId"}`), BPN's own answer accepts or refuses it, and `status()` is
+//!   `Unknown`: the refund stays pending until BPN's Transaction Status Notification settles
+//!   it, or REVIEW_AFTER hands it to an operator. It is never resubmitted (no lookup can say
+//!   "not found").
 //!   A failed lookup is retryable and certain not to have refunded anything. Since the
 //!   refund carries no key of ours, a resubmit only ever follows a `status()` that said
 //!   `NotFound`.
@@ -81,8 +87,8 @@
 
 use super::signing::hmac_sha256_hex;
 use super::{
-    classify_send_error, classify_status, http_client, Provider, ProviderWebhook, RefundRequest,
-    WebhookError, WebhookKind,
+    classify_send_error, classify_status, http_client, is_disabled, Provider, ProviderWebhook,
+    RefundRequest, WebhookError, WebhookKind,
 };
 use crate::config::ProviderSettings;
 use crate::domain::{FailureCode, FailureReason, ProviderName, ProviderOutcome};
@@ -421,6 +427,21 @@ pub fn refund_outcome(order: &BpnOrder, order_id: &str) -> ProviderOutcome {
     }
 }
 
+/// How the command refunds an order nobody can look up (both lookup endpoints missing or
+/// `off`): always with the amount ("refund by amount"; the bare `{"orderId"}` could refund
+/// more than asked, since whether the amount is the whole order cannot be known), by the
+/// pay-in when the command names one. The over-refund guard has already checked the amount
+/// against the payment as we know it; BPN's answer checks it against the order.
+pub fn plan_without_lookup(refund: &RefundRequest) -> Result<RefundBy, FailureReason> {
+    Ok(match pay_in_reference(refund)? {
+        Some(reference) => RefundBy::PayIn {
+            reference,
+            amount: refund.amount,
+        },
+        None => RefundBy::Amount(refund.amount),
+    })
+}
+
 /// Decides, before any refund call, whether and how the command refunds this order: a paid
 /// order in the command's currency with at least the amount left.
 pub fn plan_refund(order: &BpnOrder, refund: &RefundRequest) -> Result<RefundBy, FailureReason> {
@@ -745,7 +766,9 @@ pub fn status_of(lookup: Lookup, order_id: &str) -> ProviderOutcome {
         Lookup::Order(order) => refund_outcome(&order, order_id),
         Lookup::NoSuchOrder => ProviderOutcome::NotFound,
         Lookup::EndpointMissing => ProviderOutcome::Unknown {
-            reason: "BPN order lookup endpoint missing".into(),
+            reason: "BPN has no order lookup here (order detail and list missing or off): \
+                     the refund waits for BPN's notification or an operator"
+                .into(),
         },
         Lookup::Failed(ProviderOutcome::Failed(reason)) => ProviderOutcome::Unknown {
             reason: format!(
@@ -903,13 +926,17 @@ impl Bpn {
         Ok((status, bytes.to_vec()))
     }
 
-    /// Finds the order: detail first, the list when the detail endpoint is missing.
+    /// Finds the order: detail first, the list when the detail endpoint is missing (or set
+    /// `off`); [`Lookup::EndpointMissing`] when neither exists (or both are `off`).
     pub async fn find_order(&self, order_id: &str) -> Lookup {
         let path = self
             .settings
             .order_detail_path
             .as_deref()
             .unwrap_or(DEFAULT_ORDER_DETAIL_PATH);
+        if is_disabled(path) {
+            return self.scan_list(order_id).await;
+        }
         let params = vec![("orderId".to_owned(), order_id.to_owned())];
         match self.get(path, params).await {
             Err(outcome) => Lookup::Failed(outcome),
@@ -926,12 +953,18 @@ impl Bpn {
             .order_list_path
             .as_deref()
             .unwrap_or(DEFAULT_ORDER_LIST_PATH);
+        if is_disabled(path) {
+            return Lookup::EndpointMissing;
+        }
         for page in 1..=MAX_LIST_PAGES {
             let params = vec![
                 ("pageNum".to_owned(), page.to_string()),
                 ("pageSize".to_owned(), LIST_PAGE_SIZE.to_string()),
             ];
             let listed = match self.get(path, params).await {
+                Ok((status, body)) if page == 1 && is_missing_endpoint(status, &body) => {
+                    return Lookup::EndpointMissing
+                }
                 Ok((status, body)) => interpret_list(status, &body),
                 Err(outcome) => Err(outcome),
             };
@@ -1077,11 +1110,13 @@ impl Provider for Bpn {
                     format!("BPN has no virtual-account order {order_id}"),
                 ))
             }
-            Lookup::EndpointMissing => {
-                return before_refund(ProviderOutcome::Unknown {
-                    reason: "BPN order lookup endpoint missing".into(),
-                })
-            }
+            // Neither lookup exists here (or both are `off`): what the docs define decides.
+            // The refund goes by amount, BPN's own answer accepts or refuses it, and its
+            // Transaction Status Notification (or an operator) settles it.
+            Lookup::EndpointMissing => match plan_without_lookup(refund) {
+                Ok(by) => by,
+                Err(reason) => return ProviderOutcome::Failed(reason),
+            },
             Lookup::Failed(outcome) => return before_refund(outcome),
         };
         let body = refund_body(order_id, &by, &self.fields);
@@ -1629,6 +1664,34 @@ mod tests {
             provider_reference: None,
             metadata: None,
         }
+    }
+
+    #[test]
+    fn without_a_lookup_the_refund_always_names_its_amount() {
+        // Whole or part cannot be told without the order: never the bare {"orderId"}.
+        assert_eq!(
+            plan_without_lookup(&request("25.17", "USD")),
+            Ok(RefundBy::Amount(Decimal::new(2517, 2)))
+        );
+        let mut by_pay_in = request("10.00", "USD");
+        by_pay_in.metadata = Some(json!({ "bpnPayInReference": "payin-7" }));
+        assert_eq!(
+            plan_without_lookup(&by_pay_in),
+            Ok(RefundBy::PayIn {
+                reference: "payin-7".into(),
+                amount: Decimal::new(1000, 2)
+            })
+        );
+        by_pay_in.metadata = Some(json!({ "bpnPayInReference": 7 }));
+        assert_eq!(
+            plan_without_lookup(&by_pay_in).unwrap_err().code,
+            FailureCode::InvalidCommand
+        );
+        // And the status is unknown, never "not found" (which would allow a resubmit).
+        assert!(matches!(
+            status_of(Lookup::EndpointMissing, "o-1"),
+            ProviderOutcome::Unknown { .. }
+        ));
     }
 
     fn with_refunded(mut order: BpnOrder, refunded: &str) -> BpnOrder {

@@ -635,6 +635,11 @@ async fn detail(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    // BPN's page names the order lookups but shows neither path: ours are guesses, so a
+    // strict BPN answers them like any unknown path.
+    if sandbox.config().strict {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let content = query_content(query.as_deref());
     let order_id = params(query.as_deref()).remove("orderId");
     bpn_call(
@@ -658,6 +663,11 @@ async fn list(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    // BPN's page names the order lookups but shows neither path: ours are guesses, so a
+    // strict BPN answers them like any unknown path.
+    if sandbox.config().strict {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let content = query_content(query.as_deref());
     let p = params(query.as_deref());
     let page_num = p
@@ -928,6 +938,25 @@ mod tests {
         );
         let second = ledger.refund("o-p#2").unwrap();
         assert!(second.request_body.contains("payin-2"));
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn a_strict_bpn_serves_the_refund_but_not_the_order_lookups_it_does_not_document() {
+        let server = start(SandboxConfig {
+            strict: true,
+            ..quick()
+        })
+        .await;
+        for path in [
+            "/v1/virtual-account/order/detail?orderId=o-1",
+            "/v1/virtual-account/order/list?pageNum=1&pageSize=10",
+        ] {
+            let response = server.client.get(server.url(path)).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 404, "{path}");
+        }
+        let (status, answer) = refund(&server, r#"{"orderId":"o-1","amount":10.00}"#).await;
+        assert_eq!((status, answer["status"].clone()), (200, json!(0)));
         server.stop(Duration::from_secs(2)).await;
     }
 

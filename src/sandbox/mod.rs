@@ -105,8 +105,9 @@ pub struct SandboxConfig {
     /// Zone of VA Services' zone-less dates (their docs leave it open).
     pub zone: chrono_tz::Tz,
     /// Serve only what the providers' docs define: no endpoint whose path is our guess
-    /// for an extra (VA Services' "Refund Details"). Adapters must still finish every
-    /// refund, falling back to the documented endpoints.
+    /// for an extra (VA Services' "Refund Details", BPN's order detail and order list, the
+    /// re-send calls). Adapters must still finish every refund, falling back to the
+    /// documented endpoints and notifications.
     pub strict: bool,
 }
 

@@ -481,3 +481,94 @@ async fn bvnk_estimate_carries_its_own_key_and_the_refund_path_is_configurable()
     assert_ne!(estimate_idempotency_key(&r), idempotency_key(&r));
     app.cleanup().await;
 }
+
+/// BPN as its page defines it: the refund endpoint, and nothing else (no order detail, no
+/// order list; wiremock's bare 404 for both). The lookups are assumptions, so their absence
+/// must not stop a refund: it goes by amount, BPN's documented answer accepts it, status
+/// lookups are unknown (never "not found", so no second refund), and BPN's refund
+/// notification settles it.
+#[tokio::test]
+async fn bpn_without_order_lookups_refunds_by_amount_once_and_its_notification_settles_it() {
+    use refund_worker::domain::RefundStatus;
+    use refund_worker::providers::signing::hmac_sha256_hex;
+    const BPN_SECRET: &str = "bpn-docs-webhook-secret";
+    let server = MockServer::start().await;
+    let mut app = TestApp::spawn_with(Options {
+        env: vec![
+            ("PROVIDER_BPN_BASE_URL", server.uri()),
+            ("PROVIDER_BPN_WEBHOOK_SECRET", BPN_SECRET.into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    app.start_worker();
+    let base = app.serve_http().await;
+    let r = reference("docs-bpn-blind");
+    let order = format!("VA-{r}");
+    Mock::given(method("POST"))
+        .and(path("/v1/virtual-account/order/refund"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "status": 0, "message": "success",
+            "data": {"orderId": order, "status": "PROCESSING"},
+            "traceId": "8f1c0a"
+        })))
+        .mount(&server)
+        .await;
+    app.publish(
+        &json!({"refundReference": r, "provider": "bpn", "transactionReference": order,
+        "amount": "25.17", "currency": "USD", "reason": "Order cancelled!"}),
+    )
+    .await;
+    app.wait_for(&r, RefundStatus::Pending).await;
+    app.eventually("the refund was sent and its status asked twice", || async {
+        let requests = server.received_requests().await.unwrap_or_default();
+        requests
+            .iter()
+            .filter(|q| q.url.path().ends_with("/order/list"))
+            .count()
+            >= 2
+    })
+    .await;
+    let requests = server.received_requests().await.expect("recording");
+    let refunds: Vec<Value> = requests
+        .iter()
+        .filter(|q| q.url.path() == "/v1/virtual-account/order/refund")
+        .map(|q| serde_json::from_slice(&q.body).expect("JSON body"))
+        .collect();
+    assert_eq!(refunds.len(), 1, "sent once, never resubmitted blind");
+    assert_eq!(refunds[0]["orderId"], json!(order));
+    assert_eq!(
+        refunds[0]["amount"].to_string(),
+        "25.17",
+        "by amount, exact, never the bare orderId that could refund the whole order"
+    );
+    assert_eq!(app.db_status(&r).await.as_deref(), Some("PENDING"));
+
+    // BPN's refund notification (signed HMAC-SHA256 of the raw body, our assumed header).
+    let body = json!({"notifyType": "REFUND", "notifyId": format!("n-{r}"),
+        "data": {"orderId": order, "refundStatus": "REFUNDED", "amount": 25.17, "currency": "USD"}})
+    .to_string();
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/webhooks/bpn"))
+        .header("content-type", "application/json")
+        .header(
+            "X-BPN-Signature",
+            hmac_sha256_hex(BPN_SECRET.as_bytes(), &[body.as_bytes()]),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("ingress");
+    assert_eq!(answer.status(), 200);
+    let done = app.wait_for(&r, RefundStatus::Completed).await;
+    assert_eq!(done.amount.as_deref(), Some("25.17"));
+    let posts = server
+        .received_requests()
+        .await
+        .expect("recording")
+        .iter()
+        .filter(|q| q.method.as_str() == "POST")
+        .count();
+    assert_eq!(posts, 1);
+    app.cleanup().await;
+}
