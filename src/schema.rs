@@ -146,7 +146,9 @@ pub mod api {
             .schema_type(Type::String)
             .min_length(Some(1))
             .max_length(Some(crate::domain::review::MAX_REASON_CHARS))
-            .description(Some("kept in the refund's history and the event's resolution"))
+            .description(Some(
+                "kept in the refund's history and the event's resolution",
+            ))
             .build()
     }
 

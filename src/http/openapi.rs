@@ -138,7 +138,10 @@ impl Modify for Tidy {
                         parameter.required = utoipa::openapi::Required::True;
                     }
                 }
-                let contents = operation.request_body.iter_mut().flat_map(|b| b.content.values_mut());
+                let contents = operation
+                    .request_body
+                    .iter_mut()
+                    .flat_map(|b| b.content.values_mut());
                 for content in contents {
                     if let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema {
                         let body = one_of.items.iter().find(|s| matches!(s, RefOr::Ref(_)));
@@ -211,9 +214,8 @@ fn point_refs_to_components(value: &mut Value) {
 /// The document as served and as `docs/openapi.json` holds it: pretty-printed, one newline
 /// at the end.
 pub fn json() -> &'static str {
-    static JSON: LazyLock<String> = LazyLock::new(|| {
-        serde_json::to_string_pretty(&document()).unwrap_or_default() + "\n"
-    });
+    static JSON: LazyLock<String> =
+        LazyLock::new(|| serde_json::to_string_pretty(&document()).unwrap_or_default() + "\n");
     &JSON
 }
 
@@ -280,7 +282,10 @@ mod tests {
             let op = &doc["paths"][path][method];
             assert_eq!(op["security"][0]["bearer"], serde_json::json!([]), "{path}");
             for status in ["400", "401", "429"] {
-                assert!(op["responses"][status].is_object(), "{method} {path}: no {status}");
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path}: no {status}"
+                );
             }
             // Admin bodies refuse unknown fields (http_validation::StrictJson); the document
             // says so.
