@@ -671,19 +671,45 @@ async fn resolve_refund(
 }
 
 /// The query of `GET /v1/provider-webhooks`.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
+#[derive(Debug, serde::Deserialize)]
 struct InboxQuery {
-    /// Which webhooks (any case).
-    #[param(schema_with = crate::schema::api::operator_state)]
     state: String,
-    /// How many at most.
-    #[param(schema_with = inbox_limit)]
     limit: Option<i64>,
 }
 
-fn inbox_limit() -> utoipa::openapi::Object {
-    crate::schema::api::limit(INBOX_MAX_LIMIT, LIST_DEFAULT_LIMIT)
+// Written out rather than derived: utoipa's derive leaves a parameter optional when its
+// schema comes from a function, and `state` is required. A test checks the names against
+// the fields.
+impl utoipa::IntoParams for InboxQuery {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::Required;
+        let query = |name: &str, required, description: &str, schema: utoipa::openapi::Object| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(required)
+                .description(Some(description))
+                .schema(Some(schema))
+                .build()
+        };
+        vec![
+            query(
+                "state",
+                Required::True,
+                "which webhooks (any case)",
+                crate::schema::api::operator_state(),
+            ),
+            query(
+                "limit",
+                Required::False,
+                "how many at most",
+                crate::schema::api::limit(INBOX_MAX_LIMIT, LIST_DEFAULT_LIMIT),
+            ),
+        ]
+    }
 }
 
 /// The answer of `GET /v1/provider-webhooks`.
@@ -1131,5 +1157,43 @@ mod tests {
             ["status", "reason", "providerReference"]
         );
         assert_eq!(fields_of::<InboxQuery>(), ["state", "limit"]);
+    }
+
+    #[test]
+    fn the_documented_query_parameters_are_the_query_types_fields() {
+        use crate::http_validation::fields_of;
+        let doc = openapi::document();
+        let documented = |route: &str| -> Vec<String> {
+            doc["paths"][route]["get"]["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .map(|p| {
+                    let name = p["name"].as_str().unwrap_or("").to_owned();
+                    let required = p["required"] == true;
+                    format!("{name}{}", if required { "" } else { "?" })
+                })
+                .collect()
+        };
+        assert_eq!(
+            documented("/v1/provider-webhooks"),
+            ["state", "limit?"],
+            "InboxQuery"
+        );
+        for (route, fields) in [
+            ("/v1/refunds", fields_of::<store::refunds::ListFilter>()),
+            ("/v1/provider-webhooks", fields_of::<InboxQuery>()),
+            ("/v1/webhooks/failed", fields_of::<LimitQuery>()),
+            ("/v1/dlq/{queue}", fields_of::<LimitQuery>()),
+            ("/v1/refunds/{refundReference}", fields_of::<NoQuery>()),
+            ("/v1/recover/{id}", fields_of::<NoQuery>()),
+        ] {
+            let names: Vec<String> = documented(route)
+                .into_iter()
+                .map(|n| n.trim_end_matches('?').to_owned())
+                .collect();
+            assert_eq!(names, fields, "{route}");
+        }
     }
 }
