@@ -42,7 +42,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 /// needs no token itself. Served with Content-Security-Policy (same-origin script, style and
 /// connections only; no inline script), X-Content-Type-Options: nosniff, Referrer-Policy:
 /// no-referrer, Cache-Control: no-store.
-#[utoipa::path(get, path = "/console", tag = "console", responses(
+#[utoipa::path(get, path = "/console", tag = "console", operation_id = "console_page", responses(
     (status = 200, description = "The operations console (HTML page)", body = String, content_type = "text/html"),
     (status = 404, description = "ADMIN_TOKEN is not set"),
 ))]
@@ -56,7 +56,7 @@ pub(crate) async fn page() -> Response {
 /// itself. Served with Content-Security-Policy (same-origin script, style and connections
 /// only; no inline script), X-Content-Type-Options: nosniff, Referrer-Policy: no-referrer,
 /// Cache-Control: no-store.
-#[utoipa::path(get, path = "/console/console.js", tag = "console", responses(
+#[utoipa::path(get, path = "/console/console.js", tag = "console", operation_id = "console_script", responses(
     (status = 200, description = "The operations console's script (ES module)", body = String, content_type = "text/javascript"),
     (status = 404, description = "ADMIN_TOKEN is not set"),
 ))]
@@ -70,7 +70,7 @@ pub(crate) async fn script() -> Response {
 /// itself. Served with Content-Security-Policy (same-origin script, style and connections
 /// only; no inline script), X-Content-Type-Options: nosniff, Referrer-Policy: no-referrer,
 /// Cache-Control: no-store.
-#[utoipa::path(get, path = "/console/console.css", tag = "console", responses(
+#[utoipa::path(get, path = "/console/console.css", tag = "console", operation_id = "console_stylesheet", responses(
     (status = 200, description = "The operations console's stylesheet", body = String, content_type = "text/css"),
     (status = 404, description = "ADMIN_TOKEN is not set"),
 ))]

@@ -220,7 +220,7 @@ pub fn json() -> &'static str {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "health", responses(
+#[utoipa::path(get, path = "/openapi.json", tag = "health", operation_id = "openapi_document", responses(
     (status = 200, description = "the OpenAPI document", body = serde_json::Value),
 ))]
 pub(super) async fn serve() -> impl IntoResponse {

@@ -200,7 +200,7 @@ pub struct IngressPath {
 /// WEBHOOK_INGRESS_MAX_BYTES, default 256 KiB) and checked with the provider's scheme before
 /// anything else. 2xx only after the broker confirmed; 503 when the broker cannot take it, so
 /// the provider retries.
-#[utoipa::path(post, path = "/webhooks/{provider}", tag = "ingress",
+#[utoipa::path(post, path = "/webhooks/{provider}", tag = "ingress", operation_id = "receive_provider_webhook",
     params(IngressPath),
     request_body(content = serde_json::Value, content_type = "application/json",
         description = "The provider's own webhook body, unchanged."),
