@@ -9,6 +9,7 @@
 use crate::broker::{self, dlq, Topology};
 use crate::config::Config;
 use crate::http_validation::{self as validation, NoQuery, StrictJson, StrictQuery};
+use crate::pipeline::recover;
 use crate::pipeline::worker::Status;
 use crate::store::{self, webhooks::ResendFilter, StoreError};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -18,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::sync::atomic::Ordering;
@@ -26,13 +26,11 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 mod limits;
+pub mod openapi;
 mod serve;
 
 use limits::{AuthFailures, IngressLimit};
 pub use serve::{serve, ServeLimits};
-
-/// The OpenAPI document of these routes (kept in the repository at `docs/openapi.json`).
-pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 
 /// Every route, as (method, path) in OpenAPI notation; a test checks the document covers them.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -59,9 +57,13 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Largest `limit` of `GET /v1/refunds` (as docs/openapi.json says).
-pub const REFUNDS_MAX_LIMIT: i64 = 500;
+pub const REFUNDS_MAX_LIMIT: i64 = store::refunds::MAX_PAGE;
 /// Largest `limit` of the other admin lists (failed webhooks, dead letters).
 pub const LIST_MAX_LIMIT: i64 = 1000;
+/// Their `limit` when none is given.
+const LIST_DEFAULT_LIMIT: i64 = 100;
+/// Largest `limit` of `GET /v1/provider-webhooks`.
+const INBOX_MAX_LIMIT: i64 = 500;
 
 /// Largest admin request body.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
@@ -102,21 +104,10 @@ impl AppState {
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let public = Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    crate::metrics::render(),
-                )
-            }),
-        )
-        .route(
-            "/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
-        );
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve));
     let admin = Router::new()
         .route("/v1/refunds", get(list_refunds))
         .route("/v1/refunds/{refundReference}", get(get_refund))
@@ -260,13 +251,34 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer (`{"error": {"code", "message"}}`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    // What went wrong (no doc comment: it would wrap the inline schema in a `oneOf`).
+    #[schema(inline)]
+    pub error: ErrorDetail,
+}
+
+/// An error's code and message.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `bad_request`, `unknown_field`, `not_found`, `conflict`,
+    /// `unauthorized`, `rate_limited`, `broker_unavailable`, `internal`, ...
+    pub code: &'static str,
+    /// For people: names the field or the problem, never internals.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -388,7 +400,53 @@ async fn require_token(
     }
 }
 
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// The answer of `GET /healthz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(schema_with = ok_only)]
+    pub status: &'static str,
+}
+
+fn ok_only() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["ok"]))
+        .build()
+}
+
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "alive", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "metrics", body = String, content_type = "text/plain")))]
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+}
+
+/// The answer of `GET /readyz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// The database answered.
+    pub database: bool,
+    /// The worker is connected to the broker.
+    pub broker: bool,
+}
+
+/// Readiness: database reachable and broker connected.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "ready", body = Readiness),
+    (status = 503, description = "not ready", body = Readiness),
+))]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let database = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
     let broker = state.status.broker_ready.load(Ordering::SeqCst);
     let code = if database && broker {
@@ -396,14 +454,40 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(json!({"database": database, "broker": broker})))
+    (code, Json(Readiness { database, broker }))
 }
 
+/// One refund with its history, provider calls and merchant webhook deliveries (the answer of
+/// `GET /v1/refunds/{refundReference}`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefundDetail {
+    /// The refund.
+    pub refund: store::refunds::RefundRow,
+    /// Its status history.
+    pub transitions: Vec<store::refunds::TransitionRow>,
+    /// Its provider calls.
+    pub attempts: Vec<store::refunds::AttemptRow>,
+    /// Its merchant webhook deliveries, oldest first.
+    pub deliveries: Vec<store::webhooks::DeliveryRow>,
+    /// The command's callbackUrl, where its merchant webhooks go.
+    pub callback_url: Option<String>,
+    /// WEBHOOK_DEFAULT_URL, used when the command has no callbackUrl.
+    pub default_webhook_url: Option<String>,
+}
+
+/// One refund: state, history, provider calls, webhook deliveries.
+#[utoipa::path(get, path = "/v1/refunds/{refundReference}", tag = "refunds",
+    params(("refundReference" = String, Path, description = "the refund's reference")),
+    responses(
+        (status = 200, description = "the refund", body = RefundDetail),
+        (status = 404, description = "no refund with this refundReference", body = ErrorBody),
+    ))]
 async fn get_refund(
     State(state): State<AppState>,
     Path(reference): Path<String>,
     _: StrictQuery<NoQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RefundDetail>, ApiError> {
     let view = store::refunds::show(&state.pool, &reference)
         .await?
         .ok_or_else(|| {
@@ -414,16 +498,23 @@ async fn get_refund(
             )
         })?;
     let deliveries = store::webhooks::for_refund(&state.pool, &reference).await?;
-    let callback_url = store::webhooks::callback_url(&state.pool, &reference).await?;
-    let mut body = serde_json::to_value(&view).map_err(ApiError::internal)?;
-    body["deliveries"] = serde_json::to_value(deliveries).map_err(ApiError::internal)?;
     // Where its merchant webhooks go: the command's callbackUrl, else WEBHOOK_DEFAULT_URL
     // (as `refunds show --json` says it).
-    body["callbackUrl"] = json!(callback_url);
-    body["defaultWebhookUrl"] = json!(state.config.webhooks.default_url);
-    Ok(Json(body))
+    let callback_url = store::webhooks::callback_url(&state.pool, &reference).await?;
+    Ok(Json(RefundDetail {
+        refund: view.refund,
+        transitions: view.transitions,
+        attempts: view.attempts,
+        deliveries,
+        callback_url,
+        default_webhook_url: state.config.webhooks.default_url.clone(),
+    }))
 }
 
+/// List refunds, newest first (keyset pagination).
+#[utoipa::path(get, path = "/v1/refunds", tag = "refunds",
+    params(store::refunds::ListFilter),
+    responses((status = 200, description = "a page", body = store::refunds::RefundPage)))]
 async fn list_refunds(
     State(state): State<AppState>,
     StrictQuery(filter): StrictQuery<store::refunds::ListFilter>,
@@ -436,21 +527,34 @@ async fn list_refunds(
     Ok(Json(store::refunds::list(&state.pool, &filter).await?))
 }
 
-/// `POST /v1/refunds/{ref}/recheck`: optional body `{"reason": "..."}`.
-#[derive(Debug, Default, serde::Deserialize)]
+/// The optional body of `POST /v1/refunds/{refundReference}/recheck`.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = RecheckRequest)]
 struct RecheckBody {
+    /// Kept in the refund's history.
     #[serde(default)]
     reason: Option<String>,
 }
 
+/// Ask the provider about a refund now and apply the answer as the dispatcher would (a status
+/// lookup; a submit if the provider certainly does not have it yet).
+#[utoipa::path(post, path = "/v1/refunds/{refundReference}/recheck", tag = "refunds",
+    params(("refundReference" = String, Path, description = "the refund's reference")),
+    request_body = Option<RecheckBody>,
+    responses(
+        (status = 200, description = "the refund after the recheck (as GET /v1/refunds/{refundReference}, without deliveries)",
+            body = store::refunds::RefundView),
+        (status = 404, description = "no refund with this refundReference", body = ErrorBody),
+        (status = 409, description = "the refund is final, or a dispatcher is working on it right now", body = ErrorBody),
+    ))]
 async fn recheck_refund(
     State(state): State<AppState>,
     Path(reference): Path<String>,
     _: StrictQuery<NoQuery>,
     // Optional, so a bare POST works; unknown fields are refused by serde, naming `reason`.
     body: Option<Json<RecheckBody>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<store::refunds::RefundView>, ApiError> {
     use crate::pipeline::review::RecheckError;
     let reason = body.and_then(|Json(b)| b.reason);
     let view = crate::pipeline::review::recheck(&state.context, &reference, reason.as_deref())
@@ -464,27 +568,57 @@ async fn recheck_refund(
             }
             RecheckError::Store(e) => e.into(),
         })?;
-    Ok(Json(
-        serde_json::to_value(&view).map_err(ApiError::internal)?,
-    ))
+    Ok(Json(view))
 }
 
-/// `POST /v1/refunds/{ref}/resolve`.
-#[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The body of `POST /v1/refunds/{refundReference}/resolve`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = ResolveRequest)]
 struct ResolveBody {
+    /// The final status the operator settles it at.
+    #[schema(schema_with = crate::schema::api::final_status)]
     status: String,
+    /// Why (kept in the refund's history and the event's resolution).
+    #[schema(schema_with = crate::schema::api::resolve_reason)]
     reason: String,
+    /// The provider's id for the refund, if the operator knows it.
     #[serde(default)]
     provider_reference: Option<String>,
 }
 
+/// The answer of `POST /v1/refunds/{refundReference}/resolve`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ResolveAnswer {
+    /// Always true.
+    pub resolved: bool,
+    /// True when the refund was already final and flagged: the flag was cleared, no event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<bool>,
+    /// The final event published, with `resolution: {by: operator, reason}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::schema::api::refund_event)]
+    pub event: Option<crate::domain::RefundEvent>,
+}
+
+/// Settle a refund in review by hand: publishes its final event with resolution {by:
+/// operator, reason}. A final refund is never moved; a pending refund not in review is
+/// refused (the worker may still finish it).
+#[utoipa::path(post, path = "/v1/refunds/{refundReference}/resolve", tag = "refunds",
+    params(("refundReference" = String, Path, description = "the refund's reference")),
+    request_body = ResolveBody,
+    responses(
+        (status = 200, description = "resolved (`event`), or a flagged final status acknowledged (`acknowledged: true`)",
+            body = ResolveAnswer),
+        (status = 404, description = "no refund with this refundReference", body = ErrorBody),
+        (status = 409, description = "already final, or not in review", body = ErrorBody),
+    ))]
 async fn resolve_refund(
     State(state): State<AppState>,
     Path(reference): Path<String>,
     _: StrictQuery<NoQuery>,
     StrictJson(body): StrictJson<ResolveBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ResolveAnswer>, ApiError> {
     use crate::domain::review::{ResolveRefused, ResolveRequest};
     use crate::store::review::{ResolveError, Resolved};
     let status = crate::domain::RefundStatus::parse(&body.status)
@@ -521,23 +655,81 @@ async fn resolve_refund(
             crate::metrics::refund_event(&event);
             tracing::warn!(refund_reference = %reference, status = %event.status,
                 "refund resolved by an operator");
-            json!({"resolved": true, "event": event})
+            ResolveAnswer {
+                resolved: true,
+                acknowledged: None,
+                event: Some(event),
+            }
         }
-        Resolved::Acknowledged => json!({"resolved": true, "acknowledged": true}),
+        Resolved::Acknowledged => ResolveAnswer {
+            resolved: true,
+            acknowledged: Some(true),
+            event: None,
+        },
     };
     Ok(Json(answer))
 }
 
+/// The query of `GET /v1/provider-webhooks`.
 #[derive(Debug, serde::Deserialize)]
 struct InboxQuery {
     state: String,
     limit: Option<i64>,
 }
 
+// Written out rather than derived: utoipa's derive leaves a parameter optional when its
+// schema comes from a function, and `state` is required. A test checks the names against
+// the fields.
+impl utoipa::IntoParams for InboxQuery {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::Required;
+        let query = |name: &str, required, description: &str, schema: utoipa::openapi::Object| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(required)
+                .description(Some(description))
+                .schema(Some(schema))
+                .build()
+        };
+        vec![
+            query(
+                "state",
+                Required::True,
+                "which webhooks (any case)",
+                crate::schema::api::operator_state(),
+            ),
+            query(
+                "limit",
+                Required::False,
+                "how many at most",
+                crate::schema::api::limit(INBOX_MAX_LIMIT, LIST_DEFAULT_LIMIT),
+            ),
+        ]
+    }
+}
+
+/// The answer of `GET /v1/provider-webhooks`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ProviderWebhookList {
+    /// The state asked for, in lower case.
+    pub state: String,
+    /// The webhooks, oldest first.
+    pub items: Vec<store::inbound::InboxRow>,
+}
+
+/// Provider webhooks an operator must look at: parked, unmatched or contradicting, oldest
+/// first.
+#[utoipa::path(get, path = "/v1/provider-webhooks", tag = "webhooks",
+    params(InboxQuery),
+    responses((status = 200, description = "the webhooks", body = ProviderWebhookList)))]
 async fn list_provider_webhooks(
     State(state): State<AppState>,
     StrictQuery(q): StrictQuery<InboxQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ProviderWebhookList>, ApiError> {
     let wanted = q.state.to_ascii_lowercase();
     if !store::inbound::OPERATOR_STATES.contains(&wanted.as_str()) {
         return Err(ApiError::new(
@@ -550,31 +742,79 @@ async fn list_provider_webhooks(
             ),
         ));
     }
-    validation::limit_in_range(q.limit, 500)?;
-    let limit = q.limit.unwrap_or(100);
+    validation::limit_in_range(q.limit, INBOX_MAX_LIMIT)?;
+    let limit = q.limit.unwrap_or(LIST_DEFAULT_LIMIT);
     let items = store::inbound::list_for_operators(&state.pool, &wanted, limit).await?;
-    Ok(Json(json!({"state": wanted, "items": items})))
+    Ok(Json(ProviderWebhookList {
+        state: wanted,
+        items,
+    }))
 }
 
-/// `POST /v1/webhooks/resend`. The fields are inline (not a flattened [`ResendFilter`]) so
-/// [`StrictJson`] knows them all and refuses a misspelt `dry_run` instead of resending.
-#[derive(Debug, serde::Deserialize)]
+// The fields are inline (not a flattened [`ResendFilter`]) so [`StrictJson`] knows them all
+// and refuses a misspelt `dry_run` instead of resending.
+/// The body of `POST /v1/webhooks/resend`: either eventIds, or a window (since, optional
+/// until) with optional provider and status filters.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = ResendRequest)]
 struct ResendBody {
+    /// Exactly these events.
     event_ids: Option<Vec<uuid::Uuid>>,
+    /// Events queued at or after this time.
     since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Events queued before this time.
     until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only this provider's.
+    #[schema(schema_with = crate::schema::api::provider)]
     provider: Option<String>,
+    /// Only events with this status.
+    #[schema(schema_with = crate::schema::api::refund_status)]
     status: Option<String>,
+    /// Count what would be queued; queue nothing.
     #[serde(default)]
     dry_run: bool,
 }
 
+/// The answer of `POST /v1/webhooks/resend`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ResendAnswer {
+    /// What a dry run would queue.
+    DryRun(ResendDryRun),
+    /// What was queued.
+    Queued(ResendQueued),
+}
+
+/// A dry run of `POST /v1/webhooks/resend`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResendDryRun {
+    /// Always true.
+    pub dry_run: bool,
+    /// Failed deliveries that would be queued.
+    pub would_queue: i64,
+}
+
+/// Deliveries queued again by `POST /v1/webhooks/resend`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResendQueued {
+    /// How many.
+    pub queued: usize,
+    /// Their events.
+    pub event_ids: Vec<uuid::Uuid>,
+}
+
+/// Re-queue failed webhook deliveries (idempotent: only failed ones are queued).
+#[utoipa::path(post, path = "/v1/webhooks/resend", tag = "webhooks",
+    request_body = ResendBody,
+    responses((status = 200, description = "how many were queued (or would be, with dryRun)", body = ResendAnswer)))]
 async fn resend_webhooks(
     State(state): State<AppState>,
     _: StrictQuery<NoQuery>,
     StrictJson(body): StrictJson<ResendBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ResendAnswer>, ApiError> {
     // `"provider": "paypal"` used to answer "0 would be queued"; it is a mistake, not a filter.
     validation::check_status(body.status.as_deref())?;
     validation::check_provider(body.provider.as_deref())?;
@@ -590,7 +830,10 @@ async fn resend_webhooks(
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m))?;
     if body.dry_run {
         let n = store::webhooks::count_resendable(&state.pool, &filter).await?;
-        return Ok(Json(json!({"dryRun": true, "wouldQueue": n})));
+        return Ok(Json(ResendAnswer::DryRun(ResendDryRun {
+            dry_run: true,
+            would_queue: n,
+        })));
     }
     let mut queued = Vec::new();
     loop {
@@ -601,26 +844,53 @@ async fn resend_webhooks(
             break;
         }
     }
-    Ok(Json(json!({"queued": queued.len(), "eventIds": queued})))
+    Ok(Json(ResendAnswer::Queued(ResendQueued {
+        queued: queued.len(),
+        event_ids: queued,
+    })))
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// The query of the lists of failed webhooks and dead letters.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LimitQuery {
+    /// How many at most.
+    #[param(schema_with = list_limit)]
     limit: Option<i64>,
 }
 
+fn list_limit() -> utoipa::openapi::Object {
+    crate::schema::api::limit(LIST_MAX_LIMIT, LIST_DEFAULT_LIMIT)
+}
+
+/// The answer of `GET /v1/webhooks/failed`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct FailedWebhooks {
+    /// The failed deliveries, newest first.
+    pub items: Vec<store::webhooks::DeliveryRow>,
+    /// There are more than `limit` (raise limit, up to 1000).
+    pub truncated: bool,
+}
+
+/// Failed webhook deliveries, newest first.
+#[utoipa::path(get, path = "/v1/webhooks/failed", tag = "webhooks",
+    params(LimitQuery),
+    responses((status = 200, description = "failed deliveries", body = FailedWebhooks)))]
 async fn failed_webhooks(
     State(state): State<AppState>,
     StrictQuery(q): StrictQuery<LimitQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FailedWebhooks>, ApiError> {
     validation::limit_in_range(q.limit, LIST_MAX_LIMIT)?;
-    let limit = q.limit.unwrap_or(100);
+    let limit = q.limit.unwrap_or(LIST_DEFAULT_LIMIT);
     // One more than asked, to say whether there are more than shown.
     let mut rows = store::webhooks::list_failed(&state.pool, limit + 1).await?;
     let truncated = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok(Json(json!({"items": rows, "truncated": truncated})))
+    Ok(Json(FailedWebhooks {
+        items: rows,
+        truncated,
+    }))
 }
 
 /// The dead-letter queues operators may touch, with where their messages go back to.
@@ -650,11 +920,32 @@ async fn broker_connection(state: &AppState) -> Result<lapin::Connection, ApiErr
         })
 }
 
+/// The answer of `GET /v1/dlq/{queue}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeadLetterList {
+    /// The queue.
+    pub queue: String,
+    /// Messages in it.
+    pub depth: u32,
+    /// The first `limit` of them, without removing them.
+    pub items: Vec<dlq::DeadLetter>,
+    /// There are more than `limit` (raise limit, up to 1000).
+    pub truncated: bool,
+}
+
+/// List dead letters (without removing them).
+#[utoipa::path(get, path = "/v1/dlq/{queue}", tag = "dead letters",
+    params(("queue" = String, Path, description = DLQ_PARAM, example = "refund.commands.dlq"), LimitQuery),
+    responses(
+        (status = 200, description = "dead letters", body = DeadLetterList),
+        (status = 404, description = "not a dead-letter queue of this worker, or it does not exist", body = ErrorBody),
+        (status = 503, description = "the broker is not reachable (`broker_unavailable`)", body = ErrorBody),
+    ))]
 async fn list_dlq(
     State(state): State<AppState>,
     Path(queue): Path<String>,
     StrictQuery(q): StrictQuery<LimitQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLetterList>, ApiError> {
     dlq_target(&state, &queue)?;
     validation::limit_in_range(q.limit, LIST_MAX_LIMIT)?;
     let connection = broker_connection(&state).await?;
@@ -662,30 +953,60 @@ async fn list_dlq(
     let items = dlq::list(
         &connection,
         &queue,
-        q.limit.unwrap_or(100).clamp(1, 1000) as usize,
+        q.limit
+            .unwrap_or(LIST_DEFAULT_LIMIT)
+            .clamp(1, LIST_MAX_LIMIT) as usize,
     )
     .await
     .map_err(dlq_error)?;
     let _ = connection.close(200, "done").await;
     let truncated = items.len() < depth as usize;
-    Ok(Json(
-        json!({"queue": queue, "depth": depth, "items": items, "truncated": truncated}),
-    ))
+    Ok(Json(DeadLetterList {
+        queue,
+        depth,
+        items,
+        truncated,
+    }))
 }
 
-/// `POST /v1/dlq/{queue}/replay`. Inline fields, for the same reason as [`ResendBody`].
-#[derive(Debug, serde::Deserialize)]
+/// The `queue` of the dead-letter routes.
+const DLQ_PARAM: &str = "a dead-letter queue of this worker: refund.commands.dlq or \
+    provider.webhooks.dlq (with AMQP_NAME_PREFIX); any other queue is 404";
+
+// Inline fields, for the same reason as [`ResendBody`].
+/// The body of `POST /v1/dlq/{queue}/replay`: exactly one selector, messageId, position (from
+/// 1), reasonContains, or all: true (400 for none or several). Unknown fields are refused
+/// (400), so a misspelt dryRun never replays for real.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = ReplayRequest)]
 struct ReplayBody {
+    /// A dead letter's `id` as listed (the AMQP message id, or the derived `sha256:...` one).
     message_id: Option<String>,
+    /// The message at this place now; the answer's `messages` says which one it was (its
+    /// `id`). Prefer messageId: positions shift.
+    #[schema(minimum = 1)]
     position: Option<usize>,
+    /// Messages whose reason contains this text.
     reason_contains: Option<String>,
+    /// Every message in the queue.
     #[serde(default)]
     all: bool,
+    /// Say what would be replayed; republish and remove nothing.
     #[serde(default)]
     dry_run: bool,
 }
 
+/// Republish dead letters to where they came from; each is removed only after the broker
+/// confirmed the copy.
+#[utoipa::path(post, path = "/v1/dlq/{queue}/replay", tag = "dead letters",
+    params(("queue" = String, Path, description = DLQ_PARAM, example = "refund.commands.dlq")),
+    request_body = ReplayBody,
+    responses(
+        (status = 200, description = "what was replayed", body = dlq::ReplayReport),
+        (status = 404, description = "not a dead-letter queue of this worker, or it does not exist", body = ErrorBody),
+        (status = 503, description = "the broker is not reachable (`broker_unavailable`)", body = ErrorBody),
+    ))]
 async fn replay_dlq(
     State(state): State<AppState>,
     Path(queue): Path<String>,
@@ -734,27 +1055,41 @@ fn dlq_error(e: dlq::DlqError) -> ApiError {
     }
 }
 
-/// `POST /v1/recover`.
-#[derive(Debug, serde::Deserialize)]
+/// The body of `POST /v1/recover`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = RecoverRequest)]
 struct RecoverBody {
+    /// RFC 3339 time or a date YYYY-MM-DD (midnight UTC).
     since: String,
+    /// RFC 3339 time or a date (that whole day included); default now.
     #[serde(default)]
     until: Option<String>,
+    /// Only this provider's refunds.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::api::provider)]
     provider: Option<String>,
+    /// List what would be checked and asked; change nothing.
     #[serde(default)]
     dry_run: bool,
 }
 
-/// Starts a recovery in the background of this worker process (see
-/// [`crate::pipeline::recover`]); 202 with the job, to be followed at `GET /v1/recover/{id}`.
+/// Start a recovery after an outage, in the background of this worker process: every PENDING
+/// refund created in the window is rechecked (at most 8 at once) and providers that document
+/// a webhook re-send (BPN, VA Services) are asked to re-send.
+///
+/// 202 with the job, to be followed at `GET /v1/recover/{id}`.
+#[utoipa::path(post, path = "/v1/recover", tag = "recovery",
+    request_body = RecoverBody,
+    responses(
+        (status = 202, description = "started; follow it at the Location header (GET /v1/recover/{id}) on the same pod",
+            body = recover::JobView, headers(("Location" = String, description = "/v1/recover/{id}"))),
+    ))]
 async fn start_recovery(
     State(state): State<AppState>,
     _: StrictQuery<NoQuery>,
     StrictJson(body): StrictJson<RecoverBody>,
 ) -> Result<Response, ApiError> {
-    use crate::pipeline::recover;
     validation::check_provider(body.provider.as_deref())?;
     let window = recover::Window::parse(
         &body.since,
@@ -774,11 +1109,18 @@ async fn start_recovery(
         .into_response())
 }
 
-/// `GET /v1/recover/{id}`: a recovery's progress, and its summary once done.
+/// A recovery's progress, and its summary once done (jobs are kept in memory by the process
+/// that started them: 404 elsewhere or after a restart).
+#[utoipa::path(get, path = "/v1/recover/{id}", tag = "recovery",
+    params(("id" = uuid::Uuid, Path, description = "the job's id")),
+    responses(
+        (status = 200, description = "the job", body = recover::JobView),
+        (status = 404, description = "no such job in this process", body = ErrorBody),
+    ))]
 async fn get_recovery(
     Path(id): Path<String>,
     _: StrictQuery<NoQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<recover::JobView>, ApiError> {
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -818,46 +1160,40 @@ mod tests {
     }
 
     #[test]
-    fn the_openapi_document_covers_every_route() {
-        let doc: Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
-        assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3."));
-        for (method, path) in ROUTES {
-            assert!(
-                doc["paths"][path][method].is_object(),
-                "{method} {path} missing from docs/openapi.json"
-            );
-        }
-        let documented: usize = doc["paths"]
-            .as_object()
-            .map(|p| {
-                p.values()
-                    .map(|m| m.as_object().map_or(0, |o| o.len()))
-                    .sum()
-            })
-            .unwrap_or(0);
+    fn the_documented_query_parameters_are_the_query_types_fields() {
+        use crate::http_validation::fields_of;
+        let doc = openapi::document();
+        let documented = |route: &str| -> Vec<String> {
+            doc["paths"][route]["get"]["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .map(|p| {
+                    let name = p["name"].as_str().unwrap_or("").to_owned();
+                    let required = p["required"] == true;
+                    format!("{name}{}", if required { "" } else { "?" })
+                })
+                .collect()
+        };
         assert_eq!(
-            documented,
-            ROUTES.len(),
-            "docs/openapi.json documents routes the server does not have"
+            documented("/v1/provider-webhooks"),
+            ["state", "limit?"],
+            "InboxQuery"
         );
-        // Admin bodies refuse unknown fields (http_validation::StrictJson); the document
-        // says so, and documents the 400 that says which field.
-        for (method, path) in ROUTES.iter().filter(|(_, p)| p.starts_with("/v1/")) {
-            let op = &doc["paths"][path][method];
-            if let Some(schema) = op["requestBody"]["content"]["application/json"]["schema"]
-                .get("$ref")
-                .and_then(Value::as_str)
-            {
-                let name = schema.trim_start_matches("#/components/schemas/");
-                assert_eq!(
-                    doc["components"]["schemas"][name]["additionalProperties"], false,
-                    "{name} (body of {method} {path}) must set additionalProperties: false"
-                );
-                assert!(
-                    op["responses"]["400"].is_object(),
-                    "{method} {path}: no 400"
-                );
-            }
+        for (route, fields) in [
+            ("/v1/refunds", fields_of::<store::refunds::ListFilter>()),
+            ("/v1/provider-webhooks", fields_of::<InboxQuery>()),
+            ("/v1/webhooks/failed", fields_of::<LimitQuery>()),
+            ("/v1/dlq/{queue}", fields_of::<LimitQuery>()),
+            ("/v1/refunds/{refundReference}", fields_of::<NoQuery>()),
+            ("/v1/recover/{id}", fields_of::<NoQuery>()),
+        ] {
+            let names: Vec<String> = documented(route)
+                .into_iter()
+                .map(|n| n.trim_end_matches('?').to_owned())
+                .collect();
+            assert_eq!(names, fields, "{route}");
         }
     }
 }

@@ -34,10 +34,12 @@
 //!   recover (after an outage: a window's pending refunds asked about, webhooks re-sent) and
 //!   reconcile (a provider's view against ours).
 //! - [`retry`]: the one retry policy (exponential backoff, full jitter, `Retry-After` ceiling).
-//! - [`http`]: health, readiness, metrics, the admin API and the ingress's routes.
+//! - [`http`]: health, readiness, metrics, the admin API and the ingress's routes, and their
+//!   OpenAPI document, generated from the handlers' types ([`http::openapi`]).
 //! - [`console`]: the operations console, a static page over the admin API (`/console`).
 //! - [`metrics`]: Prometheus metrics.
-//! - [`schema`]: JSON Schemas of the command and the event.
+//! - [`schema`]: JSON Schemas of the command and the event, and of the admin API's
+//!   enum-like fields.
 //! - [`config`], [`error`], [`telemetry`]: settings, error classes, logging.
 //! - [`sandbox`]: a local simulator of the providers' APIs, for the demo, the bench and the
 //!   chaos suite (written from the providers' docs, not from the adapters).

@@ -18,14 +18,15 @@ use sha2::{Digest, Sha256};
 pub const REPLAYED_HEADER: &str = "x-refund-worker-replayed";
 
 /// One dead letter.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     /// Stable id: the AMQP `message_id`, or `sha256:` and 16 hex digits of a hash of the
-    /// message when it has none (see [`stable_id`]). Positions shift when messages are
-    /// replayed; this does not.
+    /// message's headers and body when it has none. Positions shift as messages are replayed
+    /// (and as listings return them); ids do not.
+    #[schema(example = "sha256:3f2a9c0d1e4b5a67")]
     pub id: String,
-    /// Position in the queue when listed (1-based).
+    /// Position in the queue when listed (1-based); it shifts, so select by id.
     pub position: usize,
     /// AMQP `message_id`, if the publisher set one.
     pub message_id: Option<String>,
@@ -111,7 +112,7 @@ impl ReplayFilter {
 }
 
 /// What a replay did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplayReport {
     /// Messages looked at.

@@ -29,18 +29,53 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 /// The console's routes; merged by `http::router` only when the admin API exists.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route(
-            "/console",
-            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
-        )
-        .route(
-            "/console/console.js",
-            get(|| async { asset("text/javascript; charset=utf-8", CONSOLE_JS) }),
-        )
-        .route(
-            "/console/console.css",
-            get(|| async { asset("text/css; charset=utf-8", CONSOLE_CSS) }),
-        )
+        .route("/console", get(page))
+        .route("/console/console.js", get(script))
+        .route("/console/console.css", get(stylesheet))
+}
+
+/// The operations console (HTML page).
+///
+/// A browser page over this admin API: refunds, review queue and actions, dead letters,
+/// merchant and provider webhooks, an overview from /metrics. It asks for the admin token and
+/// keeps it in the tab's sessionStorage. Exists only when ADMIN_TOKEN is set (404 otherwise);
+/// needs no token itself. Served with Content-Security-Policy (same-origin script, style and
+/// connections only; no inline script), X-Content-Type-Options: nosniff, Referrer-Policy:
+/// no-referrer, Cache-Control: no-store.
+#[utoipa::path(get, path = "/console", tag = "console", operation_id = "console_page", responses(
+    (status = 200, description = "The operations console (HTML page)", body = String, content_type = "text/html"),
+    (status = 404, description = "ADMIN_TOKEN is not set"),
+))]
+pub(crate) async fn page() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+/// The operations console's script (ES module).
+///
+/// Loaded by /console. Exists only when ADMIN_TOKEN is set (404 otherwise); needs no token
+/// itself. Served with Content-Security-Policy (same-origin script, style and connections
+/// only; no inline script), X-Content-Type-Options: nosniff, Referrer-Policy: no-referrer,
+/// Cache-Control: no-store.
+#[utoipa::path(get, path = "/console/console.js", tag = "console", operation_id = "console_script", responses(
+    (status = 200, description = "The operations console's script (ES module)", body = String, content_type = "text/javascript"),
+    (status = 404, description = "ADMIN_TOKEN is not set"),
+))]
+pub(crate) async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", CONSOLE_JS)
+}
+
+/// The operations console's stylesheet.
+///
+/// Loaded by /console. Exists only when ADMIN_TOKEN is set (404 otherwise); needs no token
+/// itself. Served with Content-Security-Policy (same-origin script, style and connections
+/// only; no inline script), X-Content-Type-Options: nosniff, Referrer-Policy: no-referrer,
+/// Cache-Control: no-store.
+#[utoipa::path(get, path = "/console/console.css", tag = "console", operation_id = "console_stylesheet", responses(
+    (status = 200, description = "The operations console's stylesheet", body = String, content_type = "text/css"),
+    (status = 404, description = "ADMIN_TOKEN is not set"),
+))]
+pub(crate) async fn stylesheet() -> Response {
+    asset("text/css; charset=utf-8", CONSOLE_CSS)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

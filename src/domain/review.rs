@@ -142,6 +142,9 @@ pub enum ResolveRefused {
     NotInReview,
 }
 
+/// Longest reason an operator may give for a resolution.
+pub const MAX_REASON_CHARS: usize = 500;
+
 /// Decides an operator's resolution of a refund in `current` status (`in_review`: whether
 /// it is flagged). Forward only, through [`transition`].
 pub fn plan_resolution(
@@ -154,10 +157,10 @@ pub fn plan_resolution(
             "reason is required: say why the refund is resolved by hand".into(),
         ));
     }
-    if request.reason.chars().count() > 500 {
-        return Err(ResolveRefused::Invalid(
-            "reason is longer than 500 characters".into(),
-        ));
+    if request.reason.chars().count() > MAX_REASON_CHARS {
+        return Err(ResolveRefused::Invalid(format!(
+            "reason is longer than {MAX_REASON_CHARS} characters"
+        )));
     }
     if !request.status.is_final() {
         return Err(ResolveRefused::Invalid(format!(

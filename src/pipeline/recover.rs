@@ -40,14 +40,16 @@ pub const RECHECK_REASON: &str = "recovery after an outage";
 const MAX_ERRORS_KEPT: usize = 50;
 
 /// The refunds recovery looks at.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = RecoveryWindow)]
 pub struct Window {
     /// Created at or after.
     pub since: DateTime<Utc>,
     /// Created before.
     pub until: DateTime<Utc>,
     /// Only this provider's.
+    #[schema(schema_with = crate::schema::api::provider_or_null)]
     pub provider: Option<ProviderName>,
 }
 
@@ -121,9 +123,10 @@ pub struct Progress {
     error_messages: Mutex<Vec<String>>,
 }
 
-/// A snapshot of [`Progress`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// A recovery's counters at one moment (a snapshot of `Progress`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = RecoveryCounts)]
 pub struct Counts {
     /// Pending refunds in the window.
     pub total: u64,
@@ -174,8 +177,9 @@ impl Progress {
 }
 
 /// One refund a dry run would check.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = RecoveryCandidate)]
 pub struct Candidate {
     /// Our reference.
     pub refund_reference: String,
@@ -188,10 +192,11 @@ pub struct Candidate {
 }
 
 /// What one provider was asked to re-send.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderResend {
     /// The provider.
+    #[schema(schema_with = crate::schema::api::provider)]
     pub provider: ProviderName,
     /// What it offers and what was asked.
     pub resend: WebhookResend,
@@ -208,8 +213,9 @@ impl ProviderResend {
 }
 
 /// What a recovery did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = RecoverySummary)]
 pub struct Summary {
     /// The window.
     pub window: Window,
@@ -414,25 +420,50 @@ pub fn job(id: uuid::Uuid) -> Option<std::sync::Arc<Job>> {
         .and_then(|jobs| jobs.iter().find(|j| j.id == id).cloned())
 }
 
+/// A recovery job as the admin API shows it (`POST /v1/recover`, `GET /v1/recover/{id}`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = RecoveryJob)]
+pub struct JobView {
+    /// Its id.
+    pub id: uuid::Uuid,
+    /// `running`, `done` or `failed`.
+    #[schema(schema_with = crate::schema::api::job_status)]
+    pub status: &'static str,
+    /// Its window.
+    pub window: Window,
+    /// Dry run: list what would be checked and asked; change nothing.
+    pub dry_run: bool,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// The counters so far.
+    pub progress: Counts,
+    /// Once done: the counts, what a dry run would check, the webhook re-sends per
+    /// provider, the first error messages.
+    pub summary: Option<Summary>,
+    /// Why it stopped, when it failed.
+    pub error: Option<String>,
+}
+
 impl Job {
     /// The job as the admin API shows it.
-    pub fn view(&self) -> serde_json::Value {
+    pub fn view(&self) -> JobView {
         let result = self.result.lock().ok().and_then(|r| r.clone());
         let (status, summary, error) = match result {
             None => ("running", None, None),
             Some(Ok(summary)) => ("done", Some(summary), None),
             Some(Err(e)) => ("failed", None, Some(e)),
         };
-        serde_json::json!({
-            "id": self.id,
-            "status": status,
-            "window": self.window,
-            "dryRun": self.dry_run,
-            "startedAt": self.started_at,
-            "progress": self.progress.counts(),
-            "summary": summary,
-            "error": error,
-        })
+        JobView {
+            id: self.id,
+            status,
+            window: self.window.clone(),
+            dry_run: self.dry_run,
+            started_at: self.started_at,
+            progress: self.progress.counts(),
+            summary,
+            error,
+        }
     }
 }
 

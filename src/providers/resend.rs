@@ -24,19 +24,20 @@ pub struct ResendWindow {
 }
 
 /// One resend request: what was (or, on a dry run, would be) sent and how it went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = ProviderResendRequest)]
 pub struct ResendRequest {
     /// `POST /path` and the body.
     pub request: String,
-    /// Whether the provider accepted it (`None` on a dry run).
+    /// Whether the provider accepted it (null on a dry run).
     pub ok: Option<bool>,
     /// The provider's answer, or why it failed (never a secret).
     pub detail: String,
 }
 
 /// What a provider offers for re-sending webhooks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum WebhookResend {
     /// The provider's docs describe no way to re-send its webhooks.

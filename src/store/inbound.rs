@@ -752,8 +752,9 @@ fn refund_result(applied: Applied, outcome: &ProviderOutcome) -> Decided {
 pub const OPERATOR_STATES: [&str; 3] = ["parked", "unmatched", "contradiction"];
 
 /// A provider webhook as an operator sees it.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = ProviderWebhook)]
 pub struct InboxRow {
     /// Provider wire name.
     pub provider: String,
@@ -761,7 +762,8 @@ pub struct InboxRow {
     pub event_key: String,
     /// Which notification of the body.
     pub part: i32,
-    /// PARKED, UNMATCHED, CONTRADICTION, ...
+    /// PARKED, UNMATCHED or CONTRADICTION (the states an operator lists).
+    #[schema(schema_with = crate::schema::api::inbox_state)]
     pub state: String,
     /// The refund it concerns, when known.
     pub refund_reference: Option<String>,

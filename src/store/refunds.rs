@@ -32,8 +32,9 @@ pub enum Intake {
 }
 
 /// A refund row as stored.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Refund)]
 pub struct RefundRow {
     /// Reference.
     pub refund_reference: String,
@@ -47,8 +48,10 @@ pub struct RefundRow {
     /// Currency.
     pub currency: Option<String>,
     /// PENDING, COMPLETED, REFUND_FAIL.
+    #[schema(schema_with = crate::schema::api::refund_status)]
     pub status: String,
     /// What we know of the provider's side.
+    #[schema(schema_with = crate::schema::api::phase)]
     pub phase: String,
     /// Provider's id.
     pub provider_reference: Option<String>,
@@ -57,7 +60,7 @@ pub struct RefundRow {
     /// The provider's fee for the refund, where it reports one (BVNK).
     #[serde(with = "rust_decimal::serde::str_option")]
     pub provider_fee: Option<Decimal>,
-    /// Currency of `provider_fee`.
+    /// Currency of `providerFee`.
     pub provider_fee_currency: Option<String>,
     /// Failure code, when failed.
     pub failure_code: Option<String>,
@@ -83,12 +86,14 @@ pub struct RefundRow {
     pub review_since: Option<DateTime<Utc>>,
     /// What the over-refund guard judged it against: `command`, `ledger`, `provider`,
     /// `none` (null for refunds stored before this was recorded, and invalid commands).
+    #[schema(schema_with = crate::schema::api::guard_source_or_null)]
     pub guard_source: Option<String>,
 }
 
 /// One row of a refund's transition history.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Transition)]
 pub struct TransitionRow {
     /// Previous status (none for the first).
     pub from_status: Option<String>,
@@ -105,10 +110,12 @@ pub struct TransitionRow {
 }
 
 /// One provider call as recorded.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = ProviderAttempt)]
 pub struct AttemptRow {
     /// `submit` or `status`.
+    #[schema(schema_with = crate::schema::api::attempt_call)]
     pub call: String,
     /// Classified outcome.
     pub outcome: String,
@@ -121,7 +128,7 @@ pub struct AttemptRow {
 }
 
 /// Everything an operator wants to see about one refund.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RefundView {
     /// The refund.
@@ -1457,13 +1464,21 @@ pub async fn show(pool: &PgPool, refund_reference: &str) -> Result<Option<Refund
     }))
 }
 
-/// Which refunds to list.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+/// Largest page of [`list`] (a larger `limit` is refused by the admin API).
+pub const MAX_PAGE: i64 = 500;
+/// The page size when none is asked for.
+pub const DEFAULT_PAGE: i64 = 50;
+
+/// Which refunds to list (the query of `GET /v1/refunds`).
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct ListFilter {
     /// Only this status.
+    #[param(schema_with = crate::schema::api::refund_status)]
     pub status: Option<String>,
     /// Only this provider.
+    #[param(schema_with = crate::schema::api::provider)]
     pub provider: Option<String>,
     /// Only refunds created at or after this time.
     pub since: Option<DateTime<Utc>>,
@@ -1475,13 +1490,18 @@ pub struct ListFilter {
     /// wildcards).
     pub reference_prefix: Option<String>,
     /// Page size (1 to 500, default 50).
+    #[param(schema_with = page_size)]
     pub limit: Option<i64>,
     /// Continue after this cursor (from the previous page's `nextCursor`).
     pub cursor: Option<String>,
 }
 
+fn page_size() -> utoipa::openapi::Object {
+    crate::schema::api::limit(MAX_PAGE, DEFAULT_PAGE)
+}
+
 /// A page of refunds, newest first.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RefundPage {
     /// The refunds.
@@ -1508,7 +1528,7 @@ fn like_literal(text: &str) -> String {
 pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<RefundPage, StoreError> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let limit = f.limit.unwrap_or(50).clamp(1, 500);
+    let limit = f.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let after: Option<(DateTime<Utc>, String)> = match &f.cursor {
         None => None,
         Some(c) => {

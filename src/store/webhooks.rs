@@ -129,8 +129,9 @@ pub async fn record_attempt(
 }
 
 /// A delivery as operators see it.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Delivery)]
 pub struct DeliveryRow {
     /// The event's id.
     pub event_id: Uuid,
@@ -143,6 +144,7 @@ pub struct DeliveryRow {
     /// Target URL.
     pub url: String,
     /// queued, delivered or failed.
+    #[schema(schema_with = crate::schema::api::delivery_state)]
     pub state: String,
     /// Attempts in all.
     pub attempts: i32,

@@ -184,10 +184,46 @@ pub fn content_type_problem(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-/// `POST /webhooks/{provider}`.
+/// The path of `POST /webhooks/{provider}`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct IngressPath {
+    /// The provider sending the webhook.
+    #[param(schema_with = crate::schema::api::provider)]
+    provider: String,
+}
+
+/// Provider webhook ingress: verify the signature over the raw body, queue it to
+/// `provider.webhooks` with a publisher confirm, then answer.
+///
+/// Public (no admin token): providers call it. The body is read raw (limit
+/// WEBHOOK_INGRESS_MAX_BYTES, default 256 KiB) and checked with the provider's scheme before
+/// anything else. 2xx only after the broker confirmed; 503 when the broker cannot take it, so
+/// the provider retries.
+#[utoipa::path(post, path = "/webhooks/{provider}", tag = "ingress", operation_id = "receive_provider_webhook",
+    params(IngressPath),
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "The provider's own webhook body, unchanged."),
+    responses(
+        (status = 200, description = "queued; the body is what the provider expects (e.g. Binance Pay `{\"returnCode\":\"SUCCESS\",\"returnMessage\":null}`)",
+            body = serde_json::Value),
+        (status = 400, description = "the body could not be read (`unreadable_body`)", body = crate::http::ErrorBody),
+        (status = 401, description = "bad or missing signature, a timestamp outside the tolerance, or a Binance Pay nonce already taken within it (`bad_signature`, `stale_timestamp`, `replayed`); nothing queued",
+            body = crate::http::ErrorBody),
+        (status = 404, description = "unknown provider, or provider not configured (`unknown_provider`, `not_configured`)", body = crate::http::ErrorBody),
+        (status = 408, description = "the body did not arrive within WEBHOOK_INGRESS_TIMEOUT_MS (`timeout`)", body = crate::http::ErrorBody),
+        (status = 413, description = "body larger than WEBHOOK_INGRESS_MAX_BYTES, with or without a Content-Length (`payload_too_large`); nothing queued",
+            body = crate::http::ErrorBody),
+        (status = 415, description = "a declared content-type that is not JSON (`unsupported_media_type`); no content-type is accepted; nothing queued",
+            body = crate::http::ErrorBody),
+        (status = 429, description = "more than WEBHOOK_INGRESS_RATE_PER_SEC (burst WEBHOOK_INGRESS_BURST) from this source address (`rate_limited`); `Retry-After` says when to retry",
+            body = crate::http::ErrorBody),
+        (status = 503, description = "broker unavailable (`unavailable`), or no webhook secret configured for the provider (`verification_not_configured`); the provider should retry",
+            body = crate::http::ErrorBody),
+    ))]
 pub async fn receive(
     State(ingress): State<Ingress>,
-    Path(provider): Path<String>,
+    Path(IngressPath { provider }): Path<IngressPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {

@@ -584,3 +584,443 @@ async fn a_partial_listing_leaves_every_message_visible_to_the_next_operation() 
     }
     app.cleanup().await;
 }
+
+/// Checks `body` against the schema the OpenAPI document declares for `method route`
+/// answering `status`, its `$ref`s resolved in the document's components (formats such as
+/// `date-time` and `uuid` checked too). Every object the document describes is taken as
+/// closed: the document leaves answers open (clients should ignore fields they do not
+/// know), but a field the server sends and the document does not name is drift.
+fn conforms(
+    doc: &Value,
+    method: &str,
+    route: &str,
+    status: u16,
+    body: &Value,
+) -> Result<(), String> {
+    let mut response = &doc["paths"][route][method]["responses"][status.to_string()];
+    if let Some(target) = response["$ref"].as_str() {
+        response = doc
+            .pointer(target.trim_start_matches('#'))
+            .ok_or_else(|| format!("{target} points nowhere"))?;
+    }
+    let schema = &response["content"]["application/json"]["schema"];
+    if !schema.is_object() {
+        return Err(format!(
+            "{method} {route} documents no JSON answer for {status}"
+        ));
+    }
+    let mut root = schema.clone();
+    root["components"] = doc["components"].clone();
+    close_objects(&mut root);
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .should_validate_formats(true)
+        .build(&root)
+        .map_err(|e| format!("{method} {route} {status}: the schema does not build: {e}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{e} (at `{}`)", e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{method} {route} {status} does not match the document: {}\nbody: {body}",
+            errors.join("; ")
+        ))
+    }
+}
+
+/// Sets `additionalProperties: false` on every schema that lists properties and says nothing
+/// of others (the document composes objects only with `oneOf`/`anyOf` of whole objects, where
+/// this holds).
+fn close_objects(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.get("properties").is_some_and(Value::is_object)
+                && !map.contains_key("additionalProperties")
+            {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            map.values_mut().for_each(close_objects);
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
+#[test]
+fn a_body_the_document_does_not_allow_is_caught() {
+    let doc = refund_worker::http::openapi::document();
+    let refund = json!({
+        "refundReference": "r-1", "provider": "va_services", "transactionReference": "t-1",
+        "amount": "10.00", "currency": "NGN", "status": "PENDING", "phase": "NOT_SUBMITTED",
+        "providerReference": null, "providerStatus": null, "providerFee": null,
+        "providerFeeCurrency": null, "failureCode": null, "failureMessage": null,
+        "attempts": 0, "failures": 0, "polls": 0, "nextAttemptAt": "2026-12-07T10:00:00Z",
+        "createdAt": "2026-12-07T10:00:00Z", "updatedAt": "2026-12-07T10:00:00Z",
+        "finishedAt": null, "reviewReason": null, "reviewSince": null, "guardSource": "none"
+    });
+    let page = json!({"items": [refund], "nextCursor": null});
+    let check = |body: &Value| conforms(&doc, "get", "/v1/refunds", 200, body);
+    check(&page).expect("a right page passes");
+    let broken = |edit: &dyn Fn(&mut Value)| {
+        let mut body = page.clone();
+        edit(&mut body);
+        check(&body).expect_err(&format!("{body} passed"))
+    };
+    let missing = broken(&|b| drop(b["items"][0].as_object_mut().unwrap().remove("status")));
+    assert!(missing.contains("status"), "{missing}");
+    broken(&|b| drop(b.as_object_mut().unwrap().remove("items")));
+    broken(&|b| b["items"][0]["status"] = json!("DONE"));
+    broken(&|b| b["items"][0]["guardSource"] = json!("guessed"));
+    broken(&|b| b["items"][0]["attempts"] = json!("1"));
+    broken(&|b| b["items"][0]["createdAt"] = json!("yesterday"));
+    broken(&|b| b["items"][0]["amount"] = json!(10));
+    // A field the document does not name.
+    let extra = broken(&|b| b["items"][0]["secret"] = json!("x"));
+    assert!(extra.contains("secret"), "{extra}");
+    // The error envelope, through the shared response of the admin routes.
+    let error = |body: Value| conforms(&doc, "get", "/v1/refunds", 400, &body);
+    error(json!({"error": {"code": "bad_request", "message": "no"}})).expect("an error passes");
+    error(json!({"error": {"code": "bad_request"}})).expect_err("an error without a message");
+    error(json!({"message": "no"})).expect_err("an error outside the envelope");
+    // A status the route does not document has nothing to pass.
+    conforms(&doc, "get", "/v1/refunds", 418, &json!({})).expect_err("418");
+}
+
+/// An admin client that checks every answer against the served OpenAPI document.
+struct Checked {
+    admin: Admin,
+    doc: Value,
+    /// The (method, route, status) answers checked.
+    seen: std::cell::RefCell<Vec<(String, String, u16)>>,
+}
+
+impl Checked {
+    /// `GET path` (or `POST path` with `body`), expecting `status` with a body that matches
+    /// what the document says `route` answers with it.
+    async fn call(&self, route: &str, path: &str, body: Option<Value>, status: u16) -> Value {
+        let (method, answer) = match &body {
+            Some(body) => ("post", self.admin.post(path, body).await),
+            None => ("get", self.admin.get(path).await),
+        };
+        assert_eq!(answer.status(), status, "{method} {path}");
+        let json: Value = answer.json().await.expect("a JSON answer");
+        if let Err(e) = conforms(&self.doc, method, route, status, &json) {
+            panic!("{e}");
+        }
+        self.seen
+            .borrow_mut()
+            .push((method.into(), route.into(), status));
+        json
+    }
+}
+
+#[tokio::test]
+async fn admin_answers_match_the_openapi_document() {
+    let app = TestApp::spawn_with(Options {
+        // So resolved refunds have a merchant webhook delivery to show (none is attempted:
+        // no worker runs).
+        env: vec![("WEBHOOK_DEFAULT_URL", "http://127.0.0.1:9/hook".into())],
+        ..Options::default()
+    })
+    .await;
+    let admin = app.admin().await;
+    let client = reqwest::Client::new();
+    let served = client
+        .get(format!("{}/openapi.json", admin.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let file =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")).unwrap();
+    assert!(
+        served == file,
+        "GET /openapi.json differs from docs/openapi.json; regenerate it with \
+         `UPDATE_OPENAPI=1 cargo test --lib http::openapi`"
+    );
+    let api = Checked {
+        doc: serde_json::from_str(&served).unwrap(),
+        admin,
+        seen: Default::default(),
+    };
+
+    // Refunds: one flagged for review and resolved, one pending.
+    let (flagged, pending) = (reference("doc-flagged"), reference("doc-pending"));
+    for r in [&flagged, &pending] {
+        intake::handle(&app.ctx, va_command(r, "10.00").to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "UPDATE refunds SET review_reason = 'no final answer', review_since = now()
+         WHERE refund_reference = $1",
+    )
+    .bind(&flagged)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let page = api
+        .call("/v1/refunds", "/v1/refunds?limit=1", None, 200)
+        .await;
+    assert!(page["nextCursor"].is_string(), "{page}");
+    api.call(
+        "/v1/refunds",
+        "/v1/refunds?review=true&provider=bvnk",
+        None,
+        200,
+    )
+    .await;
+    api.call("/v1/refunds", "/v1/refunds?limt=5", None, 400)
+        .await;
+    let resolve = "/v1/refunds/{refundReference}/resolve";
+    let body = json!({"status": "REFUND_FAIL", "reason": "the provider's support says it failed"});
+    let resolved = api
+        .call(
+            resolve,
+            &format!("/v1/refunds/{flagged}/resolve"),
+            Some(body.clone()),
+            200,
+        )
+        .await;
+    assert_eq!(
+        resolved["event"]["failureReason"]["code"],
+        "RESOLVED_BY_OPERATOR"
+    );
+    api.call(
+        resolve,
+        &format!("/v1/refunds/{flagged}/resolve"),
+        Some(body.clone()),
+        409,
+    )
+    .await;
+    api.call(
+        resolve,
+        &format!("/v1/refunds/{pending}/resolve"),
+        Some(body.clone()),
+        409,
+    )
+    .await;
+    api.call(
+        resolve,
+        "/v1/refunds/no-such-refund/resolve",
+        Some(body),
+        404,
+    )
+    .await;
+    let shown = api
+        .call(
+            "/v1/refunds/{refundReference}",
+            &format!("/v1/refunds/{flagged}"),
+            None,
+            200,
+        )
+        .await;
+    // The PENDING and the REFUND_FAIL event's.
+    assert_eq!(
+        shown["deliveries"].as_array().map(Vec::len),
+        Some(2),
+        "{shown}"
+    );
+    api.call(
+        "/v1/refunds/{refundReference}",
+        "/v1/refunds/nope",
+        None,
+        404,
+    )
+    .await;
+    let recheck = "/v1/refunds/{refundReference}/recheck";
+    let why = json!({"reason": "checking the document"});
+    api.call(
+        recheck,
+        &format!("/v1/refunds/{flagged}/recheck"),
+        Some(why.clone()),
+        409,
+    )
+    .await;
+    api.call(recheck, "/v1/refunds/nope/recheck", Some(why.clone()), 404)
+        .await;
+    // The pending one is submitted to the sandbox by the recheck.
+    api.call(
+        recheck,
+        &format!("/v1/refunds/{pending}/recheck"),
+        Some(why),
+        200,
+    )
+    .await;
+
+    // Merchant webhooks: the final event's delivery, failed, then resent.
+    sqlx::query(
+        "UPDATE webhook_deliveries SET state = 'failed', next_attempt_at = NULL,
+             last_status_code = 502, last_error = 'bad gateway'
+         WHERE refund_reference = $1 AND event_status = 'REFUND_FAIL'",
+    )
+    .bind(&flagged)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let failed = api
+        .call(
+            "/v1/webhooks/failed",
+            "/v1/webhooks/failed?limit=10",
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        failed["items"].as_array().map(Vec::len),
+        Some(1),
+        "{failed}"
+    );
+    let event_id = failed["items"][0]["eventId"].clone();
+    let resend = "/v1/webhooks/resend";
+    let dry = api
+        .call(
+            resend,
+            resend,
+            Some(json!({"eventIds": [event_id], "dryRun": true})),
+            200,
+        )
+        .await;
+    assert_eq!(dry["wouldQueue"], 1, "{dry}");
+    let queued = api
+        .call(resend, resend, Some(json!({"eventIds": [event_id]})), 200)
+        .await;
+    assert_eq!(queued["queued"], 1, "{queued}");
+    api.call(
+        resend,
+        resend,
+        Some(json!({"eventIds": [event_id], "dry_run": true})),
+        400,
+    )
+    .await;
+
+    // Provider webhooks an operator must look at.
+    sqlx::query(
+        "INSERT INTO provider_webhook_inbox (provider, event_key, body, state, detail)
+         VALUES ('va_services', 'id:doc-1', convert_to('{\"event\": 1}', 'UTF8'), 'PARKED',
+                 'its refund is not known yet')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let inbox = "/v1/provider-webhooks";
+    let parked = api
+        .call(inbox, "/v1/provider-webhooks?state=PARKED", None, 200)
+        .await;
+    assert_eq!(
+        parked["items"].as_array().map(Vec::len),
+        Some(1),
+        "{parked}"
+    );
+    api.call(inbox, "/v1/provider-webhooks?state=applied", None, 400)
+        .await;
+
+    // Dead letters.
+    dead_letter(
+        &app,
+        Some("doc-dead"),
+        b"{\"not\": \"a command\"}",
+        "invalid command",
+    )
+    .await;
+    let queue = app.topology.commands_dlq.clone();
+    let listed = api
+        .call("/v1/dlq/{queue}", &format!("/v1/dlq/{queue}"), None, 200)
+        .await;
+    assert_eq!(listed["depth"], 1, "{listed}");
+    api.call("/v1/dlq/{queue}", "/v1/dlq/refund.commands", None, 404)
+        .await;
+    let replay = "/v1/dlq/{queue}/replay";
+    let report = api
+        .call(
+            replay,
+            &format!("/v1/dlq/{queue}/replay"),
+            Some(json!({"messageId": "doc-dead", "dryRun": true})),
+            200,
+        )
+        .await;
+    assert_eq!(report["matched"], 1, "{report}");
+    api.call(
+        replay,
+        &format!("/v1/dlq/{queue}/replay"),
+        Some(json!({})),
+        400,
+    )
+    .await;
+
+    // A dry-run recovery, followed to its summary.
+    let job = api
+        .call(
+            "/v1/recover",
+            "/v1/recover",
+            Some(json!({"since": "2020-01-01", "dryRun": true})),
+            202,
+        )
+        .await;
+    let path = format!("/v1/recover/{}", job["id"].as_str().unwrap());
+    let mut done = Value::Null;
+    for _ in 0..100 {
+        done = api.call("/v1/recover/{id}", &path, None, 200).await;
+        if done["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(done["status"], "done", "{done}");
+    assert!(done["summary"]["webhookResends"].is_array(), "{done}");
+    api.call("/v1/recover/{id}", "/v1/recover/not-a-job", None, 404)
+        .await;
+
+    // Every admin route was checked with a success.
+    let seen = api.seen.borrow().clone();
+    for (method, route) in refund_worker::http::ROUTES
+        .iter()
+        .filter(|(_, r)| r.starts_with("/v1/"))
+    {
+        assert!(
+            seen.iter()
+                .any(|(m, r, s)| m == method && r == route && *s < 300),
+            "{method} {route}: no success checked"
+        );
+    }
+
+    // Without the token, and the public routes.
+    let base = &api.admin.base;
+    let doc = &api.doc;
+    let check = |route: &str, status: u16, body: &Value| {
+        let method = if route.starts_with("/webhooks/") {
+            "post"
+        } else {
+            "get"
+        };
+        conforms(doc, method, route, status, body).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let answer = client
+        .get(format!("{base}/v1/refunds"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    check("/v1/refunds", 401, &answer.json().await.unwrap());
+    let answer = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    check("/healthz", 200, &answer.json().await.unwrap());
+    // The test's server has no broker connection of its own: not ready.
+    let answer = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(answer.status(), 503);
+    check("/readyz", 503, &answer.json().await.unwrap());
+    let answer = client
+        .post(format!("{base}/webhooks/paypal"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    check("/webhooks/{provider}", 404, &answer.json().await.unwrap());
+    app.cleanup().await;
+}
