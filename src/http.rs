@@ -666,7 +666,7 @@ async fn list_dlq(
     )
     .await
     .map_err(dlq_error)?;
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     let truncated = items.len() < depth as usize;
     Ok(Json(
         json!({"queue": queue, "depth": depth, "items": items, "truncated": truncated}),
@@ -712,7 +712,7 @@ async fn replay_dlq(
     )
     .await
     .map_err(dlq_error)?;
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     Ok(Json(report))
 }
 
