@@ -448,6 +448,15 @@ impl Config {
         if self.retry.max_attempts == 0 {
             return Err(ConfigError("MAX_SUBMIT_ATTEMPTS must be at least 1".into()));
         }
+        // AMQP names are at most 255 bytes, and lapin panics on a longer one; the longest
+        // name the prefix goes in front of is `provider.webhooks.dlq`.
+        let max_prefix = 255 - "provider.webhooks.dlq".len();
+        if self.amqp_name_prefix.len() > max_prefix {
+            return Err(ConfigError(format!(
+                "AMQP_NAME_PREFIX must be at most {max_prefix} bytes, got {}",
+                self.amqp_name_prefix.len()
+            )));
+        }
         for (name, p) in &self.providers {
             // A lease shorter than a call would let a second worker claim the refund
             // while the first is still waiting for the provider.
@@ -699,6 +708,16 @@ mod tests {
         assert!(e.contains("WEBHOOK_SIGNING_SECRET"), "{e}");
         assert!(e.contains("whsec_"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_name_prefix_leaves_every_amqp_name_within_255_bytes() {
+        let longest = "p".repeat(234);
+        let c = from(&[("AMQP_NAME_PREFIX", longest.as_str())]).unwrap();
+        let t = crate::broker::Topology::with_prefix(&c.amqp_name_prefix);
+        assert_eq!(t.webhooks_dlq.len(), 255);
+        let e = from(&[("AMQP_NAME_PREFIX", &format!("{longest}p"))]).unwrap_err();
+        assert!(e.to_string().contains("AMQP_NAME_PREFIX"), "{e}");
     }
 
     #[test]

@@ -390,11 +390,18 @@ pub fn dead_letter(data: &[u8]) {
     let (head, body) = (&data[..split], data.get(split + 2..).unwrap_or_default());
     let mut table = FieldTable::default();
     let mut props = lapin::BasicProperties::default();
+    // What a broker can deliver: short strings of at most 255 bytes (lapin panics on more).
+    let short = |s: &str| {
+        let end = (0..=s.len().min(255))
+            .rev()
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
+        ShortString::from(&s[..end])
+    };
     for line in head.split(|b| *b == b'\n') {
         let text = String::from_utf8_lossy(line);
         if let Some(id) = text.strip_prefix('#') {
-            props =
-                props.with_message_id(ShortString::from(id.chars().take(255).collect::<String>()));
+            props = props.with_message_id(short(id));
         } else if let Some(reason) = text.strip_prefix('!') {
             let mut death = FieldTable::default();
             death.insert(
@@ -406,12 +413,11 @@ pub fn dead_letter(data: &[u8]) {
                 AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
             );
         } else if let Some((k, v)) = text.split_once('=') {
-            let k: String = k.chars().take(200).collect();
             let value = match v.parse::<i64>() {
                 Ok(n) => AMQPValue::LongLongInt(n),
                 Err(_) => AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
             };
-            table.insert(ShortString::from(k), value);
+            table.insert(short(k), value);
         }
     }
     let props = props.with_headers(table);

@@ -959,7 +959,7 @@ async fn list_dlq(
     )
     .await
     .map_err(dlq_error)?;
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     let truncated = items.len() < depth as usize;
     Ok(Json(DeadLetterList {
         queue,
@@ -1033,7 +1033,7 @@ async fn replay_dlq(
     )
     .await
     .map_err(dlq_error)?;
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     Ok(Json(report))
 }
 

@@ -247,7 +247,7 @@ async fn nothing_is_lost_or_doubled_under_chaos() {
         }
         references.push(reference);
     }
-    let _ = connection.close(200, "published").await;
+    let _ = connection.close(200, "published".into()).await;
     println!("published {n} commands ({} duplicates)", n.div_ceil(20));
 
     // Chaos.
@@ -335,8 +335,8 @@ async fn nothing_is_lost_or_doubled_under_chaos() {
     let mut received: Vec<RefundEvent> = Vec::new();
     let mut consumer = channel
         .basic_consume(
-            &events_queue,
-            "chaos-check",
+            events_queue.as_str().into(),
+            "chaos-check".into(),
             lapin::options::BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -348,7 +348,10 @@ async fn nothing_is_lost_or_doubled_under_chaos() {
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
     let dlq_left = channel
-        .basic_get(&topology.commands_dlq, BasicGetOptions::default())
+        .basic_get(
+            topology.commands_dlq.as_str().into(),
+            BasicGetOptions::default(),
+        )
         .await
         .unwrap()
         .is_some();
@@ -543,10 +546,13 @@ async fn nothing_is_lost_or_doubled_under_chaos() {
     );
 
     let _ = channel
-        .queue_delete(&events_queue, lapin::options::QueueDeleteOptions::default())
+        .queue_delete(
+            events_queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
         .await;
     let _ = topology.delete(&channel).await;
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     pool.close().await;
     if let Ok(admin) = sqlx::PgPool::connect(&format!("{PG_SERVER}/postgres")).await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))

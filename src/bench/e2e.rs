@@ -937,7 +937,7 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     let events_queue = format!("bench-{}.events", settings.run_id);
     channel
         .queue_declare(
-            &events_queue,
+            events_queue.as_str().into(),
             QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
@@ -948,17 +948,17 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
         .await?;
     channel
         .queue_bind(
-            &events_queue,
-            &settings.topology.exchange,
-            topology::STATUS_BINDING,
+            events_queue.as_str().into(),
+            settings.topology.exchange.as_str().into(),
+            topology::STATUS_BINDING.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
     let consumer = channel
         .basic_consume(
-            &events_queue,
-            "refund-worker-bench",
+            events_queue.as_str().into(),
+            "refund-worker-bench".into(),
             BasicConsumeOptions {
                 no_ack: true,
                 ..Default::default()
@@ -1052,9 +1052,9 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
         Ok(r) => r?,
         Err(e) => anyhow::bail!("the event subscriber panicked: {e}"),
     }
-    let _ = publisher.channel().close(200, "bench done").await;
-    let _ = commands_conn.close(200, "bench done").await;
-    let _ = events_conn.close(200, "bench done").await;
+    let _ = publisher.channel().close(200, "bench done".into()).await;
+    let _ = commands_conn.close(200, "bench done".into()).await;
+    let _ = events_conn.close(200, "bench done".into()).await;
 
     let mut counted = count(&pool).await?;
     counted.events_received = shared.received.load(Ordering::Relaxed);

@@ -228,8 +228,9 @@ impl Cleanup {
                         // A failed delete closes the channel: one channel per deletion.
                         let deleted = async {
                             let ch = conn.create_channel().await?;
-                            ch.queue_delete(&q, Default::default()).await?;
-                            ch.close(200, "deleted").await
+                            ch.queue_delete(q.as_str().into(), Default::default())
+                                .await?;
+                            ch.close(200, "deleted".into()).await
                         };
                         if let Err(e) = deleted.await {
                             problems.push(format!("queue {q}: {e}"));
@@ -239,13 +240,13 @@ impl Cleanup {
                         let deleted = async {
                             let ch = conn.create_channel().await?;
                             t.delete(&ch).await?;
-                            ch.close(200, "deleted").await
+                            ch.close(200, "deleted".into()).await
                         };
                         if let Err(e) = deleted.await {
                             problems.push(format!("exchanges/queues {}*: {e}", t.exchange));
                         }
                     }
-                    let _ = conn.close(200, "bench cleanup").await;
+                    let _ = conn.close(200, "bench cleanup".into()).await;
                 }
                 Err(e) => problems.push(format!("RabbitMQ: {e}")),
             }

@@ -91,7 +91,7 @@ pub async fn broker(
     cleanup.queues.push(queue.to_owned());
     channel
         .queue_declare(
-            queue,
+            queue.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -105,8 +105,8 @@ pub async fn broker(
         .await?;
     let mut deliveries = channel
         .basic_consume(
-            queue,
-            "refund-worker-bench-raw",
+            queue.into(),
+            "refund-worker-bench-raw".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -170,18 +170,18 @@ pub async fn broker(
     );
     progress.finish();
     // Consumer first (closing its channel cancels it), then the queue, then the rest.
-    let _ = channel.close(200, "raw done").await;
-    let _ = consumer_conn.close(200, "raw done").await;
+    let _ = channel.close(200, "raw done".into()).await;
+    let _ = consumer_conn.close(200, "raw done".into()).await;
     let deleted = async {
         let ch = producer.create_channel().await?;
-        ch.queue_delete(queue, Default::default()).await?;
-        ch.close(200, "deleted").await
+        ch.queue_delete(queue.into(), Default::default()).await?;
+        ch.close(200, "deleted".into()).await
     };
     if deleted.await.is_ok() {
         cleanup.queues.retain(|q| q != queue);
     }
-    let _ = publisher.channel().close(200, "raw done").await;
-    let _ = producer.close(200, "raw done").await;
+    let _ = publisher.channel().close(200, "raw done".into()).await;
+    let _ = producer.close(200, "raw done".into()).await;
     let secs = total.as_secs_f64();
     Ok(BrokerBound {
         messages,

@@ -15,9 +15,9 @@
 //! multiple ack never follows a higher one (the broker would close the channel for an
 //! unknown tag).
 
-use lapin::acker::Acker;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
+use lapin::{Acker, ChannelState, ErrorKind};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -50,7 +50,7 @@ impl AckWindow {
         let acker = ack.then(|| delivery.acker.clone());
         let to_send = self.lock().settle(delivery.delivery_tag, acker);
         match to_send {
-            Some(acker) => acker.ack(BasicAckOptions { multiple: true }).await,
+            Some(acker) => sent(acker.ack(BasicAckOptions { multiple: true }).await?),
             None => Ok(()),
         }
     }
@@ -60,6 +60,22 @@ impl AckWindow {
         self.window
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// An ack or nack's answer as an error when it was not sent. lapin answers `Ok(false)`
+/// when the delivery's channel closed or failed first (or its acker was used), where lapin 2
+/// answered an error: callers that count on it having left (the ack window, a replay
+/// removing a dead letter) must not take that for success.
+pub fn sent(sent: bool) -> Result<(), lapin::Error> {
+    if sent {
+        Ok(())
+    } else {
+        Err(ErrorKind::InvalidChannelState(
+            ChannelState::Closed,
+            "not sent: the delivery's channel closed or failed",
+        )
+        .into())
     }
 }
 

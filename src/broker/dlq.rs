@@ -10,7 +10,7 @@ use super::publisher::{Outgoing, Publisher};
 use super::topology::header_str;
 use super::ERROR_HEADER;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Connection};
 use sha2::{Digest, Sha256};
 
@@ -145,7 +145,7 @@ pub async fn depth(connection: &Connection, queue: &str) -> Result<u32, DlqError
     let channel = connection.create_channel().await?;
     let depth = depth_on(&channel, queue).await;
     // A passive declare of a missing queue closes the channel; closing it again is harmless.
-    let _ = channel.close(200, "depth").await;
+    let _ = channel.close(200, "depth".into()).await;
     depth
 }
 
@@ -156,10 +156,16 @@ pub async fn depth_on(channel: &lapin::Channel, queue: &str) -> Result<u32, DlqE
         ..Default::default()
     };
     let q = channel
-        .queue_declare(queue, options, FieldTable::default())
+        .queue_declare(queue_name(queue)?, options, FieldTable::default())
         .await
         .map_err(|_| DlqError::NoQueue(queue.to_owned()))?;
     Ok(q.message_count())
+}
+
+/// A queue's name as AMQP sends it: at most 255 bytes (lapin panics on a longer one), so a
+/// longer name is a queue that cannot exist.
+fn queue_name(queue: &str) -> Result<ShortString, DlqError> {
+    ShortString::try_new(queue).map_err(|_| DlqError::NoQueue(queue.to_owned()))
 }
 
 /// Reads up to `limit` dead letters without removing them.
@@ -172,7 +178,8 @@ pub async fn list(
     let channel = connection.create_channel().await?;
     let mut out = Vec::new();
     for position in 1..=total.min(limit) {
-        let Some(msg) = channel.basic_get(queue, BasicGetOptions::default()).await? else {
+        let get = channel.basic_get(queue_name(queue)?, BasicGetOptions::default());
+        let Some(msg) = get.await? else {
             break;
         };
         out.push(describe(
@@ -185,7 +192,7 @@ pub async fn list(
     // whole queue, not just for as many as were read: the unread ones are counted at once,
     // so "at least as many as read" held before anything came back, and a replay right
     // after a partial listing (`--position N --yes`) missed the message it was to replay.
-    let _ = channel.close(200, "listed").await;
+    let _ = channel.close(200, "listed".into()).await;
     settle_depth(connection, queue, total).await;
     Ok(out)
 }
@@ -223,7 +230,8 @@ pub async fn replay(
     };
     let mut keep = Vec::new();
     for position in 1..=total {
-        let Some(msg) = channel.basic_get(queue, BasicGetOptions::default()).await? else {
+        let get = channel.basic_get(queue_name(queue)?, BasicGetOptions::default());
+        let Some(msg) = get.await? else {
             break;
         };
         report.examined += 1;
@@ -259,7 +267,7 @@ pub async fn replay(
         match sent {
             Ok(()) => {
                 // Removed only now that the broker confirmed the republished copy.
-                msg.delivery.ack(BasicAckOptions::default()).await?;
+                super::acks::sent(msg.delivery.ack(BasicAckOptions::default()).await?)?;
                 report.replayed += 1;
             }
             Err(e) => {
@@ -270,15 +278,14 @@ pub async fn replay(
         }
     }
     for delivery in keep {
-        delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await?;
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        super::acks::sent(delivery.nack(requeue).await?)?;
     }
-    let _ = channel.close(200, "replayed").await;
-    let _ = publisher.channel().close(200, "replayed").await;
+    let _ = channel.close(200, "replayed".into()).await;
+    let _ = publisher.channel().close(200, "replayed".into()).await;
     settle_depth(connection, queue, total.saturating_sub(report.replayed)).await;
     Ok(report)
 }

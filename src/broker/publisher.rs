@@ -3,9 +3,8 @@
 
 use super::ERROR_HEADER;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, PublisherConfirm};
 
 /// Why a publish did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +61,16 @@ impl Publisher {
             mandatory: true,
             ..Default::default()
         };
+        // AMQP names are at most 255 bytes, and lapin panics on a longer one; a dead letter
+        // being replayed names its own, so they are checked here. No queue is bound for
+        // such a name: the message is unroutable.
+        let name =
+            |s: &str| ShortString::try_new(s).map_err(|e| PublishError::Unroutable(e.to_string()));
         Ok(self
             .channel
             .basic_publish(
-                msg.exchange,
-                msg.routing_key,
+                name(msg.exchange)?,
+                name(msg.routing_key)?,
                 options,
                 msg.payload,
                 msg.properties,

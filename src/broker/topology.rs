@@ -81,7 +81,7 @@ impl Topology {
         };
         channel
             .exchange_declare(
-                &self.unrouted,
+                self.unrouted.as_str().into(),
                 ExchangeKind::Fanout,
                 durable,
                 FieldTable::default(),
@@ -91,9 +91,9 @@ impl Topology {
             .await?;
         channel
             .queue_bind(
-                &self.unrouted,
-                &self.unrouted,
-                "",
+                self.unrouted.as_str().into(),
+                self.unrouted.as_str().into(),
+                "".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -102,11 +102,16 @@ impl Topology {
         let mut args = FieldTable::default();
         args.insert("alternate-exchange".into(), long_string(&self.unrouted));
         channel
-            .exchange_declare(&self.exchange, ExchangeKind::Topic, durable, args)
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                args,
+            )
             .await?;
         channel
             .exchange_declare(
-                &self.dlx,
+                self.dlx.as_str().into(),
                 ExchangeKind::Direct,
                 durable,
                 FieldTable::default(),
@@ -125,7 +130,7 @@ impl Topology {
         // Inbound provider webhooks: same dead-letter exchange and delivery limit.
         channel
             .exchange_declare(
-                &self.webhooks_exchange,
+                self.webhooks_exchange.as_str().into(),
                 ExchangeKind::Topic,
                 durable,
                 FieldTable::default(),
@@ -155,9 +160,9 @@ impl Topology {
             .await?;
         channel
             .queue_bind(
-                dlq,
-                &self.dlx,
-                dlq,
+                dlq.into(),
+                self.dlx.as_str().into(),
+                dlq.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -172,9 +177,9 @@ impl Topology {
         self.quorum_queue(channel, queue, args).await?;
         channel
             .queue_bind(
-                queue,
-                exchange,
-                binding,
+                queue.into(),
+                exchange.into(),
+                binding.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -206,7 +211,7 @@ impl Topology {
             &self.webhooks_dlq,
         ] {
             channel
-                .queue_delete(q, QueueDeleteOptions::default())
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await?;
         }
         for e in [
@@ -216,7 +221,7 @@ impl Topology {
             &self.webhooks_exchange,
         ] {
             channel
-                .exchange_delete(e, ExchangeDeleteOptions::default())
+                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
                 .await?;
         }
         Ok(())
@@ -233,7 +238,10 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
-        channel.queue_declare(name, options, args).await.map(|_| ())
+        channel
+            .queue_declare(name.into(), options, args)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -271,12 +279,12 @@ pub async fn subscribe_status_events(
     if durable {
         args.insert("x-queue-type".into(), long_string("quorum"));
     }
-    channel.queue_declare(queue, options, args).await?;
+    channel.queue_declare(queue.into(), options, args).await?;
     channel
         .queue_bind(
-            queue,
-            exchange,
-            STATUS_BINDING,
+            queue.into(),
+            exchange.into(),
+            STATUS_BINDING.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

@@ -206,8 +206,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     topology::subscribe_status_events(&channel, &topology.exchange, &events_queue, false).await?;
     let mut events = channel
         .basic_consume(
-            &events_queue,
-            "demo",
+            events_queue.as_str().into(),
+            "demo".into(),
             BasicConsumeOptions {
                 no_ack: true,
                 ..Default::default()
@@ -426,7 +426,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     merchant.stop.cancel();
     let _ = topology.delete(&channel).await;
-    let _ = connection.close(200, "demo done").await;
+    let _ = connection.close(200, "demo done".into()).await;
     sandbox_stop.cancel();
 
     if !args.keep {
@@ -509,7 +509,10 @@ async fn dead_letter(
     let channel = connection.create_channel().await?;
     for _ in 0..50 {
         if let Some(msg) = channel
-            .basic_get(&topology.commands_dlq, BasicGetOptions::default())
+            .basic_get(
+                topology.commands_dlq.as_str().into(),
+                BasicGetOptions::default(),
+            )
             .await?
         {
             msg.delivery.ack(BasicAckOptions::default()).await?;

@@ -95,7 +95,7 @@ pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     // The connection is closed on every path, errors included: left open, lapin's I/O
     // loop outlives the runtime and logs "a Tokio 1.x context ... is being shutdown".
     let code = act(command, &connection, &queue, &exchange, &routing_key).await;
-    let _ = connection.close(200, "bye").await;
+    let _ = connection.close(200, "bye".into()).await;
     match code {
         Err(e) => match e.downcast_ref::<dlq::DlqError>() {
             Some(dlq::DlqError::NoQueue(queue)) => {

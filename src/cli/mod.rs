@@ -232,13 +232,13 @@ async fn bind_http(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::Tcp
 async fn broker_preflight(config: &Config) -> anyhow::Result<()> {
     match crate::broker::connect(&config.amqp_url, "refund-worker-preflight").await {
         Ok(connection) => {
-            let _ = connection.close(200, "preflight").await;
+            let _ = connection.close(200, "preflight".into()).await;
             Ok(())
         }
-        Err(lapin::Error::ProtocolError(e)) => Err(exit::Unreachable(format!(
+        Err(e) if e.is_amqp_error() => Err(exit::Unreachable(format!(
             "connecting to RabbitMQ at AMQP_URL {}: {}",
             crate::config::redact_url(&config.amqp_url),
-            crate::broker::describe_connect_error(&lapin::Error::ProtocolError(e))
+            crate::broker::describe_connect_error(&e)
         ))
         .into()),
         Err(e) => {

@@ -104,7 +104,7 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     .await;
     // Closed on every path: left open, lapin's I/O loop outlives the runtime.
-    let _ = connection.close(200, "bye").await;
+    let _ = connection.close(200, "bye".into()).await;
     published?;
     println!("{body}");
     eprintln!(

@@ -250,8 +250,8 @@ impl QueueConsumer {
         let publisher = crate::broker::Publisher::open(connection).await?;
         let consumer = channel
             .basic_consume(
-                queue,
-                &format!("{tag}-{}", uuid::Uuid::new_v4()),
+                queue.into(),
+                format!("{tag}-{}", uuid::Uuid::new_v4()).into(),
                 lapin::options::BasicConsumeOptions::default(),
                 lapin::types::FieldTable::default(),
             )
@@ -264,14 +264,20 @@ impl QueueConsumer {
         })
     }
 
-    /// The error for a delivery stream that ended: its channel is no longer open.
+    /// The error for a delivery stream that ended: its channel is no longer open (lapin 4
+    /// does not say in which state it left).
     pub(crate) fn ended(&self) -> lapin::Error {
-        lapin::Error::InvalidChannelState(self.channel.status().state())
+        let state = lapin::ChannelState::Closed;
+        lapin::ErrorKind::InvalidChannelState(state, "the delivery stream ended").into()
     }
 
     /// Closes both channels (after the loop drained its work).
     pub(crate) async fn close(&self) {
-        let _ = self.channel.close(200, "shutting down").await;
-        let _ = self.publisher.channel().close(200, "shutting down").await;
+        let _ = self.channel.close(200, "shutting down".into()).await;
+        let _ = self
+            .publisher
+            .channel()
+            .close(200, "shutting down".into())
+            .await;
     }
 }

@@ -108,7 +108,7 @@ async fn session(
     {
         let channel = connection.create_channel().await?;
         ctx.topology.declare(&channel).await?;
-        let _ = channel.close(200, "declared").await;
+        let _ = channel.close(200, "declared".into()).await;
     }
     let publisher = Publisher::open(&connection).await?;
     status.broker_ready.store(true, Ordering::SeqCst);
@@ -166,6 +166,6 @@ async fn session(
             Err(e) => Err(e.into()),
         },
     };
-    let _ = connection.close(200, "bye").await;
+    let _ = connection.close(200, "bye".into()).await;
     result
 }

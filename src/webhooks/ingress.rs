@@ -79,7 +79,7 @@ impl Ingress {
         let connection = broker::connect(&self.amqp_url, "refund-worker-ingress").await?;
         let channel = connection.create_channel().await?;
         self.topology.declare(&channel).await?;
-        let _ = channel.close(200, "declared").await;
+        let _ = channel.close(200, "declared".into()).await;
         let publisher = Publisher::open(&connection).await?;
         *link = Some(Link {
             connection,

@@ -173,8 +173,8 @@ impl TestApp {
             .expect("events queue");
         let events = channel
             .basic_consume(
-                &events_queue,
-                "tests",
+                events_queue.as_str().into(),
+                "tests".into(),
                 BasicConsumeOptions {
                     no_ack: true,
                     ..Default::default()
@@ -350,7 +350,10 @@ impl TestApp {
         let channel = self.connection.create_channel().await.expect("channel");
         for _ in 0..100 {
             if let Some(msg) = channel
-                .basic_get(&self.topology.commands_dlq, BasicGetOptions::default())
+                .basic_get(
+                    self.topology.commands_dlq.as_str().into(),
+                    BasicGetOptions::default(),
+                )
                 .await
                 .expect("basic_get")
             {
@@ -372,7 +375,7 @@ impl TestApp {
         let channel = self.connection.create_channel().await.expect("channel");
         let q = channel
             .queue_declare(
-                queue,
+                queue.into(),
                 lapin::options::QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -381,7 +384,7 @@ impl TestApp {
             )
             .await
             .expect("queue exists");
-        let _ = channel.close(200, "done").await;
+        let _ = channel.close(200, "done".into()).await;
         q.message_count()
     }
 
@@ -464,7 +467,7 @@ impl TestApp {
         if let Ok(channel) = self.connection.create_channel().await {
             let _ = self.topology.delete(&channel).await;
         }
-        let _ = self.connection.close(200, "done").await;
+        let _ = self.connection.close(200, "done".into()).await;
         self.pool.close().await;
         if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_server())).await {
             let _ = sqlx::query(&format!(

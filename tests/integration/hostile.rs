@@ -707,7 +707,10 @@ async fn webhook_dlq_get(app: &TestApp) -> Option<(Vec<u8>, String)> {
     let channel = app.connection.create_channel().await.expect("channel");
     for _ in 0..200 {
         if let Some(msg) = channel
-            .basic_get(&app.topology.webhooks_dlq, BasicGetOptions::default())
+            .basic_get(
+                app.topology.webhooks_dlq.as_str().into(),
+                BasicGetOptions::default(),
+            )
             .await
             .expect("basic_get")
         {

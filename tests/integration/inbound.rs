@@ -165,7 +165,7 @@ async fn next_dead_letter(app: &TestApp) -> (Vec<u8>, String) {
     for _ in 0..100 {
         if let Some(msg) = channel
             .basic_get(
-                &app.topology.webhooks_dlq,
+                app.topology.webhooks_dlq.as_str().into(),
                 lapin::options::BasicGetOptions { no_ack: true },
             )
             .await
