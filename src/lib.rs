@@ -6,6 +6,8 @@
 //! ```text
 //!  cli ─ run, demo, bench, operator commands (one binary)
 //!   │
+//!  app ─ the application wired once (`run`, the demo and the tests start it): migrate,
+//!   │     bind HTTP, providers, broker check; HTTP, metrics and the worker; drain in order
 //!  http ─ health, metrics, admin API (+ http_validation, console), provider webhook ingress
 //!   │
 //!  pipeline ─ intake, provider webhooks in, dispatch, relay, review, retention:
@@ -43,9 +45,12 @@
 //! - [`config`], [`error`], [`telemetry`]: settings, error classes, logging.
 //! - [`sandbox`]: a local simulator of the providers' APIs, for the demo, the bench and the
 //!   chaos suite (written from the providers' docs, not from the adapters).
+//! - [`app`]: the application wired once: [`app::App::build`] then [`app::App::start`], and
+//!   [`app::RunningApp::stopped`] drains in order; `run`, the demo and the tests use it.
 //! - [`cli`]: the `refund-worker` command line.
 //! - [`bench`]: the benchmark (`refund-worker bench`).
 
+pub mod app;
 pub mod bench;
 pub mod broker;
 pub mod cli;

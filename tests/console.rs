@@ -276,6 +276,8 @@ async fn an_operator_works_through_the_console_in_a_browser() {
             ("POLL_INITIAL_MS", "2000".into()),
             ("POLL_MAX_MS", "60000".into()),
         ],
+        // The gauges the overview shows, sampled often.
+        metrics_every: Duration::from_millis(500),
         ..Options::default()
     })
     .await;
@@ -329,14 +331,6 @@ async fn an_operator_works_through_the_console_in_a_browser() {
         app.queue_depth(&dlq).await == 1
     })
     .await;
-
-    // The gauges the overview shows, sampled as `run` does.
-    let sampling = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(refund_worker::metrics::sample(
-        app.pool.clone(),
-        Duration::from_millis(500),
-        sampling.clone(),
-    ));
 
     let driver = Driver::start().await;
     let profile = std::env::temp_dir().join(format!("console-test-{tag}"));
@@ -496,7 +490,6 @@ async fn an_operator_works_through_the_console_in_a_browser() {
     // Close the browser and clean up whatever happened, then report.
     let result = std::panic::AssertUnwindSafe(outcome).catch_unwind().await;
     let _ = c.close().await;
-    sampling.cancel();
     drop(driver);
     let _ = std::fs::remove_dir_all(&profile);
     app.cleanup().await;

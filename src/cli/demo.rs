@@ -8,11 +8,12 @@
 //! and a summary, cleans up, and exits non-zero if any refund ended unexpectedly, so the
 //! demo doubles as a smoke test.
 
+use crate::app::{App, RunningApp};
 use crate::broker::publisher::json_properties;
 use crate::broker::{self, topology, Publisher, Topology, ERROR_HEADER};
 use crate::config::Config;
 use crate::domain::{FailureCode, RefundEvent, RefundStatus};
-use crate::pipeline::{worker, Context};
+use crate::pipeline::Context;
 use crate::providers::Providers;
 use crate::sandbox::{
     Faults, ForcedOutcome, OutcomeStatus, Provider as SandboxProvider, Sandbox, SandboxConfig,
@@ -144,6 +145,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         // The merchant endpoint is on loopback, which callbacks may not reach by default.
         ("WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8".into()),
         ("ADMIN_TOKEN", admin_token.clone()),
+        // Stopping the worker (the outage, ctrl-c after --keep) waits at most this long.
+        ("SHUTDOWN_GRACE_SECS", "10".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -190,13 +193,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         redact_url(&config.amqp_url)
     );
 
-    let pool = super::migrate(&config).await?;
-    let ctx = Context::new(
-        pool.clone(),
-        config.clone(),
-        Providers::from_config(&config)?,
-    );
-    let topology = ctx.topology.clone();
+    // Built as `run` builds it, on the listener the sandbox already knows; the gauges that
+    // /metrics (and the console's overview) show are sampled often, the demo is short.
+    let app = App::builder(config.clone())
+        .listener(http_listener)
+        .metrics_every(Duration::from_secs(2))
+        .build()
+        .await?;
+    let pool = app.context().pool.clone();
+    let topology = app.context().topology.clone();
     let connection = broker::connect(&config.amqp_url, "refund-worker-demo")
         .await
         .context("connecting to RabbitMQ (is it running? see README)")?;
@@ -218,32 +223,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let publisher = Publisher::open(&connection).await?;
 
     let worker_stop = CancellationToken::new();
-    let status = Arc::new(worker::Status::default());
-    {
-        let app = crate::http::router(crate::http::AppState {
-            pool: pool.clone(),
-            status: status.clone(),
-            config: ctx.config.clone(),
-            topology: ctx.topology.clone(),
-            providers: ctx.providers.clone(),
-            context: ctx.clone(),
-        });
-        let stop = worker_stop.clone();
-        tokio::spawn(async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
-    }
-    // The gauges /metrics (and the console's overview) show.
-    crate::metrics::handle();
-    tokio::spawn(crate::metrics::sample(
-        pool.clone(),
-        Duration::from_secs(2),
-        worker_stop.clone(),
-    ));
-    let worker_task = tokio::spawn(worker::run(ctx, status, worker_stop.clone()));
-
+    let running = app.start(worker_stop.clone());
     let mut rows = Vec::new();
     let mut seen: Vec<RefundEvent> = Vec::new();
     let wait = Duration::from_secs(args.timeout_secs);
@@ -404,7 +384,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         tokio::signal::ctrl_c().await?;
         println!();
         worker_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), worker_task).await;
+        running.stopped().await;
     } else {
         // An outage (the worker and its ingress down), recovery, and a reconciliation; it
         // stops the worker.
@@ -416,7 +396,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 publisher: &publisher,
                 topology: &topology,
                 worker_stop: &worker_stop,
-                worker_task,
+                running,
                 pool: &pool,
                 config: &config,
                 wait,
@@ -527,14 +507,14 @@ async fn dead_letter(
 }
 
 /// What the outage part of the demo needs.
-struct OutageDemo<'a, T> {
+struct OutageDemo<'a> {
     run: &'a str,
     since: chrono::DateTime<chrono::Utc>,
     sandbox: &'a Sandbox,
     publisher: &'a Publisher,
     topology: &'a Topology,
     worker_stop: &'a CancellationToken,
-    worker_task: tokio::task::JoinHandle<T>,
+    running: RunningApp,
     pool: &'a sqlx::PgPool,
     config: &'a Config,
     wait: Duration,
@@ -545,7 +525,7 @@ struct OutageDemo<'a, T> {
 /// nobody listening (and no poll runs); `recover` asks BVNK and the refund completes. Then a
 /// reconciliation finds one planted mismatch: Binance Pay is made to report a refund we
 /// completed as failed. Stops the worker.
-async fn outage_recovery_and_reconcile<T>(d: OutageDemo<'_, T>) -> anyhow::Result<Vec<Row>> {
+async fn outage_recovery_and_reconcile(d: OutageDemo<'_>) -> anyhow::Result<Vec<Row>> {
     use crate::pipeline::{reconcile, recover};
     let mut rows = Vec::new();
     let reference = format!("demo-{}-outage", d.run);
@@ -581,7 +561,7 @@ async fn outage_recovery_and_reconcile<T>(d: OutageDemo<'_, T>) -> anyhow::Resul
         started.elapsed().as_millis()
     );
     d.worker_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), d.worker_task).await;
+    d.running.stopped().await;
     println!(
         "      {:>6} ms  the worker and its webhook ingress are down",
         started.elapsed().as_millis()

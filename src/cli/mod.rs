@@ -12,15 +12,11 @@ mod sandbox;
 mod submit;
 mod webhooks;
 
+use crate::app::App;
 use crate::config::Config;
-use crate::pipeline::{worker, Context};
-use crate::providers::Providers;
 use crate::telemetry::LogTo;
-use crate::{http, store};
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Moves refunds through payment providers: RabbitMQ commands in, provider calls out,
@@ -118,175 +114,17 @@ pub async fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Creates the database if it is missing, connects, and migrates.
-pub async fn migrate(config: &Config) -> anyhow::Result<sqlx::PgPool> {
-    store::ensure_database(&config.database_url)
-        .await
-        .map_err(|e| {
-            exit::Unreachable(format!(
-                "creating the database if missing, at DATABASE_URL {}: {}",
-                crate::config::redact_url(&config.database_url),
-                store::describe_connect_error(&e)
-            ))
-        })?;
-    let pool = exit::database(config, config.database_max_connections).await?;
-    store::migrate(&pool).await.context("applying migrations")?;
-    Ok(pool)
-}
+pub use crate::app::migrate;
 
 /// `run`: the worker and its HTTP endpoints until SIGTERM or ctrl-c.
 async fn run(config: Config) -> anyhow::Result<()> {
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        "refund-worker starting"
-    );
-    let pool = migrate(&config).await?;
-    tracing::info!(
-        database = %crate::config::redact_url(&config.database_url),
-        "migrations applied"
-    );
     let shutdown = CancellationToken::new();
-    // The HTTP endpoints stop after the drain, not with it (see below).
-    let http_stop = CancellationToken::new();
-    let grace = config.shutdown_grace;
-    let listener = bind_http(config.http_addr).await?;
-    let providers = Providers::from_config(&config)?;
-    broker_preflight(&config).await?;
-    log_start(&config);
-    let ctx = Context::new(pool.clone(), config, providers);
-    let status = Arc::new(worker::Status::default());
-
-    let server = {
-        let app = http::router(http::AppState {
-            pool,
-            status: status.clone(),
-            config: ctx.config.clone(),
-            topology: ctx.topology.clone(),
-            providers: ctx.providers.clone(),
-            context: ctx.clone(),
-        });
-        // Header-read timeout and connection cap (HTTP_HEADER_TIMEOUT_MS,
-        // HTTP_MAX_CONNECTIONS); requests carry the peer address for the rate limits.
-        let limits = http::ServeLimits::from_config(&ctx.config);
-        tokio::spawn(http::serve(listener, app, limits, http_stop.clone()))
-    };
-    crate::metrics::handle();
-    tokio::spawn(crate::metrics::sample(
-        ctx.pool.clone(),
-        std::time::Duration::from_secs(15),
-        shutdown.clone(),
-    ));
-    let work = tokio::spawn(worker::run(ctx, status, shutdown.clone()));
-
+    let app = App::build(config).await?.start(shutdown.clone());
     wait_for_signal().await;
-    tracing::info!(
-        grace_secs = grace.as_secs(),
-        "shutting down: draining in-flight work"
-    );
     shutdown.cancel();
-    match tokio::time::timeout(grace, work).await {
-        Ok(_) => tracing::info!("drained"),
-        Err(_) => tracing::warn!(
-            "drain took longer than SHUTDOWN_GRACE_SECS; unacked commands will be redelivered"
-        ),
-    }
-    // The HTTP endpoints served through the drain: a provider webhook routed here while the
-    // pod's removal from the Service propagates is still taken (it only goes to the queue,
-    // where the other pods apply it). Requests still running get HTTP_DRAIN, not the admin
-    // API's own timeout, so the process ends within SHUTDOWN_GRACE_SECS + HTTP_DRAIN.
-    http_stop.cancel();
-    if tokio::time::timeout(HTTP_DRAIN, server).await.is_err() {
-        tracing::warn!(
-            drain_secs = HTTP_DRAIN.as_secs(),
-            "HTTP requests still running at exit were cut off"
-        );
-    }
+    app.stopped().await;
     Ok(())
 }
-
-/// Binds `HTTP_ADDR`; a port in use or a forbidden one is named as such.
-async fn bind_http(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        let why = match e.kind() {
-            std::io::ErrorKind::AddrInUse => format!(
-                "port {} is already in use (another refund-worker, or another program, listens \
-                 there; pick another port in HTTP_ADDR)",
-                addr.port()
-            ),
-            std::io::ErrorKind::PermissionDenied => format!(
-                "not allowed to listen on port {} (ports below 1024 need privileges)",
-                addr.port()
-            ),
-            std::io::ErrorKind::AddrNotAvailable => {
-                format!("{} is not an address of this machine", addr.ip())
-            }
-            _ => e.to_string(),
-        };
-        anyhow::anyhow!("listening on HTTP_ADDR {addr}: {why}")
-    })
-}
-
-/// Connects to RabbitMQ once before starting: a broker that refuses us for good (a vhost
-/// that does not exist, refused credentials) stops the start with the reason, instead of
-/// an endless reconnect loop. A broker that is merely down is waited for, as before.
-async fn broker_preflight(config: &Config) -> anyhow::Result<()> {
-    match crate::broker::connect(&config.amqp_url, "refund-worker-preflight").await {
-        Ok(connection) => {
-            let _ = connection.close(200, "preflight".into()).await;
-            Ok(())
-        }
-        Err(e) if e.is_amqp_error() => Err(exit::Unreachable(format!(
-            "connecting to RabbitMQ at AMQP_URL {}: {}",
-            crate::config::redact_url(&config.amqp_url),
-            crate::broker::describe_connect_error(&e)
-        ))
-        .into()),
-        Err(e) => {
-            tracing::warn!(
-                amqp = %crate::config::redact_url(&config.amqp_url),
-                error = %crate::broker::describe_connect_error(&e),
-                "RabbitMQ is not reachable yet; the worker keeps trying"
-            );
-            Ok(())
-        }
-    }
-}
-
-/// One line each: where HTTP listens, the admin API, the providers, and a warning for each
-/// provider whose webhooks cannot be verified.
-fn log_start(config: &Config) {
-    tracing::info!(addr = %config.http_addr, "HTTP listening (health, metrics, provider webhooks)");
-    if config.admin_token.is_some() {
-        tracing::info!(addr = %config.http_addr, "admin API on (/v1, bearer ADMIN_TOKEN)");
-    } else {
-        tracing::info!("admin API off (set ADMIN_TOKEN to enable /v1)");
-    }
-    let names: Vec<&str> = config.providers.keys().map(|p| p.as_str()).collect();
-    if names.is_empty() {
-        tracing::warn!(
-            "no provider configured (PROVIDER_<NAME>_BASE_URL): every refund fails INVALID_COMMAND"
-        );
-    } else {
-        tracing::info!(providers = %names.join(","), "providers configured");
-    }
-    for (name, settings) in &config.providers {
-        if settings.webhook_secret.is_none() {
-            let variable = format!(
-                "PROVIDER_{}_WEBHOOK_SECRET",
-                name.as_str().to_ascii_uppercase()
-            );
-            tracing::warn!(
-                provider = name.as_str(),
-                variable = %variable,
-                "no webhook secret: this provider's webhooks are refused (set {variable})"
-            );
-        }
-    }
-}
-
-/// How long `run` lets HTTP requests in flight finish after the drain. With the default
-/// SHUTDOWN_GRACE_SECS (25) it keeps the whole shutdown inside Kubernetes' 30 s.
-const HTTP_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Resolves on ctrl-c or SIGTERM.
 pub async fn wait_for_signal() {

@@ -8,10 +8,13 @@
 //!
 //! [`run`] keeps up to the adaptive limit of refunds in flight ([`super::limit`]: from
 //! `DISPATCH_CONCURRENCY` up to `DISPATCH_CONCURRENCY_MAX` as the providers' latency asks),
-//! claiming more as slots free up rather than waiting for the slowest of a batch, and one recorder writes finished
-//! steps in batches ([`store::refunds::record_steps`]: one transaction for whatever is
-//! ready). Until it is recorded, an outcome lives only in memory: if it is lost (crash,
-//! or the database down for longer than the claim's lease) the lease expires, the refund is
+//! claiming more as slots free up rather than waiting for the slowest of a batch, and one
+//! recorder writes finished steps in batches ([`store::refunds::record_steps`]: one
+//! transaction for whatever is ready). [`step`] is one claim of that loop, drained: the same
+//! claim, step tasks and recorder, one round at a time (tests drive it).
+//!
+//! Until it is recorded, an outcome lives only in memory: if it is lost (crash, or the
+//! database down for longer than the claim's lease) the lease expires, the refund is
 //! claimed again, and its phase (moved to `SUBMITTING` by the claim itself) makes that step
 //! ask the provider before submitting again.
 
@@ -24,7 +27,6 @@ use crate::domain::{
 use crate::providers::{Provider, RefundRequest};
 use crate::store::{self, CallRecord, ClaimedRefund, StepRecord, StoreError, StoreUpdate};
 use chrono::Utc;
-use futures::StreamExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -127,7 +129,7 @@ impl Handoff {
     }
 }
 
-/// Most step outcomes recorded in one transaction by [`run`]'s recorder.
+/// Most step outcomes recorded in one transaction by the recorder.
 const RECORD_BATCH: usize = 64;
 
 /// One claimed refund's step, done and waiting to be recorded.
@@ -143,25 +145,22 @@ pub(crate) struct Outcome {
     lease_ends: Instant,
 }
 
-/// Claims one batch of due refunds, moves them concurrently, and records all of their
-/// outcomes in one transaction. [`run`] does the same continuously; tests drive this.
+/// One round of [`run`], drained: claims as many due refunds as there are free slots (up to
+/// `DISPATCH_BATCH`), moves them concurrently, and returns once their outcomes are recorded.
+/// [`run`] does the same claim continuously, recording while it claims; tests drive this.
 pub async fn step(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
-    let claimed = claim(ctx, ctx.config.dispatch_batch).await?;
-    if claimed.is_empty() {
-        return Ok(DispatchOutcome::Idle);
-    }
-    let n = claimed.len();
-    let outcomes: Vec<Outcome> = futures::stream::iter(claimed)
-        .map(|(c, lease_ends)| process_in_span(ctx, c, lease_ends))
-        .buffer_unordered(ctx.config.dispatch_concurrency.max(1))
-        .collect()
+    let (outcomes, recorded) = mpsc::channel(ctx.handoff.limit.ceiling());
+    let mut in_flight = InFlight::new(ctx, outcomes);
+    let claimed = in_flight
+        .claim(ctx.handoff.free().min(batch_size(ctx)))
         .await;
-    if let Err(e) = record(ctx, &outcomes).await {
-        // The claims' leases expire and the refunds are picked up again; their phase says
-        // whether the provider must be asked first.
-        tracing::warn!(error = %e, refunds = n, "recording provider outcomes failed");
+    // No shutdown here: the recorder stops once the steps' outcomes are all recorded.
+    let no_shutdown = CancellationToken::new();
+    tokio::join!(in_flight.finish(), recorder(ctx, recorded, &no_shutdown));
+    match claimed?.claimed {
+        0 => Ok(DispatchOutcome::Idle),
+        n => Ok(DispatchOutcome::Worked(n)),
     }
-    Ok(DispatchOutcome::Worked(n))
 }
 
 /// Dispatches until shutdown: keeps up to `dispatch_concurrency` refunds in flight, claiming
@@ -177,46 +176,104 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) {
     );
 }
 
-/// The claiming half of [`run`]. Each claimed refund's step runs as its own task (so calls
-/// progress while this loop waits on the database) and hands its outcome to the recorder.
-async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::Sender<Outcome>) {
-    let shared = Arc::new(ctx.clone());
-    // Claim again once a quarter of the slots are free: a claim per finished call would
-    // cost a round trip per refund, waiting for all of them is waiting for the slowest.
-    let refill = || (ctx.handoff.limit.current() / 4).max(1);
-    // Whether the last claim came back full: more was due than the slots could take.
-    let mut more_due = false;
-    let batch = usize::try_from(ctx.config.dispatch_batch)
-        .unwrap_or(1)
-        .max(1);
-    let handoff = &ctx.handoff;
-    // One dispatcher per context takes the hand-off; another one (if any) only claims.
-    let mut handed = handoff.receiver.lock().ok().and_then(|mut r| r.take());
-    if handed.is_some() {
-        handoff.open.store(true, Ordering::Release);
+/// The refunds a dispatcher has in flight, each step its own task holding one slot (so calls
+/// progress while the dispatcher waits on the database) and handing its outcome to the
+/// recorder.
+struct InFlight {
+    ctx: Arc<Context>,
+    tasks: JoinSet<()>,
+    outcomes: mpsc::Sender<Outcome>,
+}
+
+/// What one claim took.
+struct Claimed {
+    /// Refunds claimed and started.
+    claimed: usize,
+    /// Refunds asked for (the slots there were).
+    asked: usize,
+}
+
+impl InFlight {
+    fn new(ctx: &Context, outcomes: mpsc::Sender<Outcome>) -> Self {
+        Self {
+            ctx: Arc::new(ctx.clone()),
+            tasks: JoinSet::new(),
+            outcomes,
+        }
     }
-    let mut in_flight: JoinSet<()> = JoinSet::new();
-    let spawn = |in_flight: &mut JoinSet<()>, h: Handed| {
-        let (ctx, outcomes) = (shared.clone(), outcomes.clone());
-        in_flight.spawn(async move {
+
+    /// Starts a claimed refund's step; its slot is freed once the outcome is handed over.
+    fn start(&mut self, h: Handed) {
+        let (ctx, outcomes) = (self.ctx.clone(), self.outcomes.clone());
+        self.tasks.spawn(async move {
             let outcome = process_in_span(&ctx, h.claimed, h.lease_ends).await;
             // The recorder outlives every sender, so this fails only if `run` itself was
             // dropped; the claim's lease expiry covers that.
             let _ = outcomes.send(outcome).await;
             drop(h.slot);
         });
-    };
+    }
+
+    /// Claims up to `wanted` due refunds, as many as it gets free slots for, and starts
+    /// their steps.
+    async fn claim(&mut self, wanted: usize) -> Result<Claimed, StoreError> {
+        // On an error the slots are released as this returns.
+        let slots = self.ctx.handoff.take_slots(wanted);
+        let asked = slots.len();
+        let claimed = claim(&self.ctx, i64::try_from(asked).unwrap_or(1)).await?;
+        let n = claimed.len();
+        for ((claimed, lease_ends), slot) in claimed.into_iter().zip(slots) {
+            self.start(Handed {
+                claimed,
+                lease_ends,
+                slot,
+            });
+        }
+        Ok(Claimed { claimed: n, asked })
+    }
+
+    /// Lets the steps in flight finish; the recorder stops once they and this are gone.
+    async fn finish(mut self) {
+        while let Some(done) = self.tasks.join_next().await {
+            reaped(done);
+        }
+    }
+}
+
+/// Most refunds claimed at once (`DISPATCH_BATCH`).
+fn batch_size(ctx: &Context) -> usize {
+    usize::try_from(ctx.config.dispatch_batch)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The claiming half of [`run`]: claims again as slots free up, takes the refunds intake
+/// hands over, and starts each step as it comes ([`InFlight`]).
+async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::Sender<Outcome>) {
+    let mut in_flight = InFlight::new(ctx, outcomes);
+    // Claim again once a quarter of the slots are free: a claim per finished call would
+    // cost a round trip per refund, waiting for all of them is waiting for the slowest.
+    let refill = || (ctx.handoff.limit.current() / 4).max(1);
+    // Whether the last claim came back full: more was due than the slots could take.
+    let mut more_due = false;
+    let batch = batch_size(ctx);
+    let handoff = &ctx.handoff;
+    // One dispatcher per context takes the hand-off; another one (if any) only claims.
+    let mut handed = handoff.receiver.lock().ok().and_then(|mut r| r.take());
+    if handed.is_some() {
+        handoff.open.store(true, Ordering::Release);
+    }
     let mut failures = 0u32;
     // When to look for due refunds next: at once while claims come back full (more may be
     // due), else when woken or after the idle poll. A finished call is no reason to look:
     // it rescheduled its refund for later, if at all, and looking costs a query.
     let mut look_at = Instant::now();
     while !shutdown.is_cancelled() {
-        while let Some(done) = in_flight.try_join_next() {
+        while let Some(done) = in_flight.tasks.try_join_next() {
             reaped(done);
         }
         while let Some(h) = handed.as_mut().and_then(|r| r.try_recv().ok()) {
-            spawn(&mut in_flight, h);
+            in_flight.start(h);
         }
         let free = handoff.free();
         let busy = free < refill();
@@ -234,36 +291,25 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
                 look_at
             };
             tokio::select! {
-                done = in_flight.join_next(), if !in_flight.is_empty() => if let Some(done) = done { reaped(done) },
-                h = next_handed(&mut handed) => if let Some(h) = h { spawn(&mut in_flight, h) },
+                done = in_flight.tasks.join_next(), if !in_flight.tasks.is_empty() => if let Some(done) = done { reaped(done) },
+                h = next_handed(&mut handed) => if let Some(h) = h { in_flight.start(h) },
                 _ = ctx.dispatch_wakeup.notified() => look_at = Instant::now(),
                 _ = tokio::time::sleep_until(until.into()) => {}
                 _ = shutdown.cancelled() => {}
             }
             continue;
         }
-        let slots = handoff.take_slots(free.min(batch));
-        let limit = slots.len();
-        match claim(ctx, i64::try_from(limit).unwrap_or(1)).await {
-            Ok(claimed) => {
+        match in_flight.claim(free.min(batch)).await {
+            Ok(Claimed { claimed, asked }) => {
                 failures = 0;
-                more_due = claimed.len() >= limit;
+                more_due = claimed >= asked;
                 // Fewer than asked for: nothing else is due now.
-                look_at = match claimed.len() < limit {
+                look_at = match claimed < asked {
                     true => Instant::now() + ctx.config.idle_poll,
                     false => Instant::now(),
                 };
-                for ((claimed, lease_ends), slot) in claimed.into_iter().zip(slots) {
-                    let h = Handed {
-                        claimed,
-                        lease_ends,
-                        slot,
-                    };
-                    spawn(&mut in_flight, h);
-                }
             }
             Err(e) => {
-                drop(slots);
                 failures += 1;
                 let delay = ctx.config.retry.delay(failures.min(6), None);
                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "dispatcher claim failed");
@@ -275,7 +321,7 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
     handoff.open.store(false, Ordering::Release);
     if let Some(mut receiver) = handed {
         while let Ok(h) = receiver.try_recv() {
-            spawn(&mut in_flight, h);
+            in_flight.start(h);
         }
         // Give the receiver back for a dispatcher started later on this context: a refund
         // handed over in the instant before `open` turned false waits there for it (or for
@@ -286,9 +332,7 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
     }
     // Let the steps in flight finish; they hand their outcomes to the recorder, which
     // stops once this sender and theirs are gone.
-    while let Some(done) = in_flight.join_next().await {
-        reaped(done);
-    }
+    in_flight.finish().await;
 }
 
 /// The next refund handed over; never, when this dispatcher has no hand-off.

@@ -1,16 +1,16 @@
-//! Test harness: spawns an isolated app (database, topology, sandbox, worker).
+//! Test harness: spawns an isolated app (database, topology, sandbox, worker), built and
+//! served by `refund_worker::app` as `run` builds and serves it.
 
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions};
 use lapin::types::FieldTable;
+use refund_worker::app::{App, RunningApp};
 use refund_worker::broker::publisher::json_properties;
 use refund_worker::broker::{self, topology, Publisher, Topology, ERROR_HEADER};
 use refund_worker::config::Config;
 use refund_worker::domain::{RefundEvent, RefundStatus};
 use refund_worker::pipeline::{worker, Context};
-use refund_worker::providers::Providers;
 use refund_worker::sandbox::{Faults, Sandbox, SandboxConfig};
-use refund_worker::store;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -44,8 +44,8 @@ pub struct TestApp {
     pub ctx: Context,
     pub pool: PgPool,
     pub sandbox: Sandbox,
-    /// Base URL of the HTTP API, when started with `Options::ingress`.
-    pub http_base: Option<String>,
+    /// Base URL of the app's HTTP API (health, metrics, admin, the webhook ingress).
+    pub http_base: String,
     pub topology: Topology,
     pub connection: lapin::Connection,
     pub publisher: Publisher,
@@ -54,6 +54,9 @@ pub struct TestApp {
     pub seen: Vec<RefundEvent>,
     db_name: String,
     sandbox_stop: CancellationToken,
+    /// HTTP and the metrics sampler, until `app_stop`; workers come and go separately.
+    app: RunningApp,
+    app_stop: CancellationToken,
     worker: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
@@ -61,9 +64,11 @@ pub struct TestApp {
 pub struct Options {
     pub sandbox: SandboxConfig,
     pub env: Vec<(&'static str, String)>,
-    /// Serve refund-worker's HTTP API (webhook ingress included) and let the sandbox's
-    /// providers send their notifications to it.
+    /// Let the sandbox's providers send their notifications to refund-worker's webhook
+    /// ingress.
     pub ingress: bool,
+    /// How often the `/metrics` gauges are sampled.
+    pub metrics_every: Duration,
 }
 
 impl Default for Options {
@@ -76,6 +81,7 @@ impl Default for Options {
             },
             env: Vec::new(),
             ingress: false,
+            metrics_every: Duration::from_secs(15),
         }
     }
 }
@@ -86,29 +92,24 @@ impl TestApp {
         Self::spawn_with(Options::default()).await
     }
 
-    /// Creates a database and topology, starts the sandbox; the worker is not started.
+    /// Creates a database and topology, starts the sandbox and the app's HTTP API; the
+    /// worker is not started (tests drive the steps, or call `start_worker`).
     pub async fn spawn_with(options: Options) -> Self {
         let _ = tracing_subscriber_init();
-        refund_worker::metrics::handle();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("rw_test_{}", &id[..16]);
         let database_url = format!("{}/{db_name}", pg_server());
-        store::ensure_database(&database_url)
-            .await
-            .expect("create test database");
 
         let sandbox_stop = CancellationToken::new();
         let mut sandbox_config = options.sandbox;
-        let http_listener = if options.ingress {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            sandbox_config.webhook_url = Some(format!("http://{addr}"));
-            Some(listener)
-        } else {
-            None
-        };
+        // Bound first: the sandbox's providers must know where the ingress is.
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let http_base = format!("http://{}", http_listener.local_addr().expect("addr"));
+        if options.ingress {
+            sandbox_config.webhook_url = Some(http_base.clone());
+        }
         let sandbox_env = sandbox_config.clone();
         let sandbox = Sandbox::new(sandbox_config);
         let stop = sandbox_stop.clone();
@@ -153,12 +154,16 @@ impl TestApp {
             }
         }
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("test config");
-        let pool = store::connect(&config.database_url, 10)
+        let app_stop = CancellationToken::new();
+        let app = App::builder(config)
+            .listener(http_listener)
+            .metrics_every(options.metrics_every)
+            .build()
             .await
-            .expect("connect");
-        store::migrate(&pool).await.expect("migrate");
-        let providers = Providers::from_config(&config).expect("providers");
-        let ctx = Context::new(pool.clone(), config, providers);
+            .expect("the app builds")
+            .serve(app_stop.clone());
+        let ctx = app.context().clone();
+        let pool = ctx.pool.clone();
         let topology = ctx.topology.clone();
 
         let connection = broker::connect(&amqp_url(), "refund-worker-tests")
@@ -184,25 +189,6 @@ impl TestApp {
             .await
             .expect("consume events");
         let publisher = Publisher::open(&connection).await.expect("publisher");
-        let http_base = http_listener.map(|listener| {
-            let base = format!("http://{}", listener.local_addr().expect("addr"));
-            let router = refund_worker::http::router(refund_worker::http::AppState {
-                pool: pool.clone(),
-                status: Arc::new(worker::Status::default()),
-                config: ctx.config.clone(),
-                topology: topology.clone(),
-                providers: ctx.providers.clone(),
-                context: ctx.clone(),
-            });
-            let limits = refund_worker::http::ServeLimits::from_config(&ctx.config);
-            tokio::spawn(refund_worker::http::serve(
-                listener,
-                router,
-                limits,
-                CancellationToken::new(),
-            ));
-            base
-        });
         Self {
             ctx,
             pool,
@@ -214,20 +200,18 @@ impl TestApp {
             seen: Vec::new(),
             db_name,
             sandbox_stop,
+            app,
+            app_stop,
             worker: None,
             http_base,
         }
     }
 
-    /// Starts the worker (consumer, dispatcher, relay) in-process.
+    /// Starts the worker (consumer, dispatcher, relay) in-process, as `run` starts it.
     pub fn start_worker(&mut self) {
         assert!(self.worker.is_none(), "worker already running");
         let stop = CancellationToken::new();
-        let handle = tokio::spawn(worker::run(
-            self.ctx.clone(),
-            Arc::new(worker::Status::default()),
-            stop.clone(),
-        ));
+        let handle = self.app.spawn_worker(stop.clone());
         self.worker = Some((stop, handle));
     }
 
@@ -418,31 +402,12 @@ impl TestApp {
         panic!("timed out waiting for: {what}");
     }
 
-    /// Serves the HTTP API (health and admin) on a free port; returns its base URL.
+    /// The base URL of the app's HTTP API (health and admin), served as `run` serves it.
     pub async fn serve_http(&self) -> String {
-        let router = refund_worker::http::router(refund_worker::http::AppState {
-            pool: self.pool.clone(),
-            status: Arc::new(worker::Status::default()),
-            config: self.ctx.config.clone(),
-            topology: self.topology.clone(),
-            providers: self.ctx.providers.clone(),
-            context: self.ctx.clone(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        // Served as `run` serves it (limits, and the peer address for the rate limits).
-        tokio::spawn(refund_worker::http::serve(
-            listener,
-            router,
-            refund_worker::http::ServeLimits::from_config(&self.ctx.config),
-            CancellationToken::new(),
-        ));
-        format!("http://{addr}")
+        self.http_base.clone()
     }
 
-    /// Serves the HTTP API and returns a client of its admin routes, with the token.
+    /// A client of the app's admin routes, with the token.
     pub async fn admin(&self) -> Admin {
         Admin {
             base: self.serve_http().await,
@@ -463,6 +428,8 @@ impl TestApp {
     /// Stops everything and drops the database and topology.
     pub async fn cleanup(mut self) {
         self.stop_worker().await;
+        self.app_stop.cancel();
+        self.app.stopped().await;
         self.sandbox_stop.cancel();
         if let Ok(channel) = self.connection.create_channel().await {
             let _ = self.topology.delete(&channel).await;

@@ -28,6 +28,7 @@ fn webhook_driven(duplicates: f64, reorder: f64, forged: f64, completion: Durati
             ("PARKED_RETRY_MS", "200".into()),
         ],
         ingress: true,
+        ..Options::default()
     }
 }
 
@@ -155,7 +156,7 @@ async fn a_webhook_that_arrives_before_its_refund_is_parked_then_applied() {
     let mut app =
         TestApp::spawn_with(webhook_driven(0.0, 0.0, 0.0, Duration::from_secs(3600))).await;
     app.start_worker();
-    let base = app.http_base.clone().expect("ingress");
+    let base = app.http_base.clone();
     let r = reference("early-bvnk");
     let body = json!({
         "event": "bvnk:payment:payout:status-change",

@@ -3,9 +3,7 @@
 use crate::helpers::*;
 use refund_worker::domain::RefundStatus;
 use refund_worker::pipeline::intake::{self, IntakeOutcome};
-use refund_worker::pipeline::worker;
 use refund_worker::sandbox::Faults;
-use std::sync::Arc;
 
 #[tokio::test]
 async fn an_event_committed_before_a_crash_is_published_after_restart() {
@@ -201,31 +199,19 @@ async fn the_database_refuses_to_move_a_final_refund() {
 
 #[tokio::test]
 async fn readiness_follows_the_broker_connection() {
-    let app = TestApp::spawn().await;
-    let status = Arc::new(worker::Status::default());
-    let router = refund_worker::http::router(refund_worker::http::AppState {
-        pool: app.pool.clone(),
-        status: status.clone(),
-        config: app.ctx.config.clone(),
-        topology: app.topology.clone(),
-        providers: app.ctx.providers.clone(),
-        context: app.ctx.clone(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    // The app's own HTTP server and worker, sharing its readiness as `run` wires them.
+    let mut app = TestApp::spawn().await;
     let client = reqwest::Client::new();
-    let get = |path: &'static str| client.get(format!("http://{addr}{path}")).send();
+    let base = app.http_base.clone();
+    let get = |path: &'static str| client.get(format!("{base}{path}")).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 503);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let handle = tokio::spawn(worker::run(app.ctx.clone(), status.clone(), stop.clone()));
+    app.start_worker();
     app.eventually("ready", || async {
         get("/readyz").await.unwrap().status() == 200
     })
     .await;
-    stop.cancel();
-    handle.await.unwrap();
+    app.stop_worker().await;
     assert_eq!(get("/readyz").await.unwrap().status(), 503);
     app.cleanup().await;
 }
