@@ -51,6 +51,7 @@
 //! - [`bench`]: the benchmark (`refund-worker bench`).
 
 pub mod app;
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod broker;
 pub mod cli;
@@ -66,6 +67,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod providers;
 pub mod retry;
+#[cfg(any(test, feature = "tools"))]
 pub mod sandbox;
 pub mod schema;
 pub mod store;
