@@ -451,7 +451,7 @@ pub async fn record_steps(
     sink: &store::EventSink,
 ) -> Result<Vec<Option<crate::domain::RefundEvent>>, StoreError> {
     let mut tx = pool.begin().await?;
-    let events = store::refunds::record_steps(&mut *tx, steps, sink).await?;
+    let events = store::refunds::record_steps(&mut tx, steps, sink).await?;
     tx.commit().await?;
     Ok(events)
 }

@@ -70,7 +70,7 @@ pub async fn receive_batch(
     sink: &EventSink,
 ) -> Result<Vec<Applied>, StoreError> {
     let mut tx = pool.begin().await?;
-    let applied = inbound::receive_batch(&mut *tx, items, sink).await?;
+    let applied = inbound::receive_batch(&mut tx, items, sink).await?;
     tx.commit().await?;
     Ok(applied)
 }
@@ -224,7 +224,7 @@ pub async fn sweep_parked(ctx: &Context) -> Result<usize, StoreError> {
         let give_up = age.to_std().unwrap_or_default() > ctx.config.parked_max_age;
         let mut tx = ctx.pool.begin().await?;
         let applied = inbound::retry_parked(
-            &mut *tx,
+            &mut tx,
             adapter.name(),
             &parked.event_key,
             &webhook,

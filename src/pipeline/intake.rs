@@ -260,7 +260,7 @@ pub async fn store_batch(
     // and the rounds after it read them.
     for round in 0..=INTAKE_ROUNDS {
         let mut tx = pool.begin().await?;
-        match store_round(&mut *tx, items, sink, preclaim, round > 0).await? {
+        match store_round(&mut tx, items, sink, preclaim, round > 0).await? {
             Some(done) => {
                 tx.commit().await?;
                 return Ok(done);
@@ -354,7 +354,7 @@ async fn store_invalid(
     sink: &EventSink,
 ) -> Result<Intake, StoreError> {
     let mut tx = pool.begin().await?;
-    let intake = refunds::intake_invalid(&mut *tx, reference, raw, hash, message, sink).await?;
+    let intake = refunds::intake_invalid(&mut tx, reference, raw, hash, message, sink).await?;
     tx.commit().await?;
     Ok(intake)
 }

@@ -43,7 +43,7 @@ pub enum RelayOutcome {
 /// Publishes one batch of outbox events.
 pub async fn step(ctx: &Context, publisher: &Publisher) -> Result<RelayOutcome, RelayError> {
     let mut tx = ctx.pool.begin().await?;
-    let rows = outbox::take_batch(&mut *tx, &ctx.sink.exchange, BATCH).await?;
+    let rows = outbox::take_batch(&mut tx, &ctx.sink.exchange, BATCH).await?;
     if rows.is_empty() {
         tx.commit().await?;
         return Ok(RelayOutcome::Idle);

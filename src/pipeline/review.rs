@@ -25,7 +25,7 @@ pub async fn sweep(ctx: &Context) -> Result<usize, StoreError> {
         let mut tx = ctx.pool.begin().await?;
         let review_after = ctx.config.review_after;
         let events =
-            store::review::flag_overdue(&mut *tx, review_after, SWEEP_BATCH, &ctx.sink).await?;
+            store::review::flag_overdue(&mut tx, review_after, SWEEP_BATCH, &ctx.sink).await?;
         tx.commit().await?;
         for e in &events {
             tracing::warn!(refund_reference = %e.refund_reference,
@@ -102,7 +102,7 @@ pub async fn recheck(
         Err(ClaimOne::Busy) => return Err(RecheckError::Busy(reference.to_owned())),
     };
     let mut tx = ctx.pool.begin().await.map_err(StoreError::from)?;
-    store::review::note_action(&mut *tx, reference, store::review::CAUSE_RECHECK, reason).await?;
+    store::review::note_action(&mut tx, reference, store::review::CAUSE_RECHECK, reason).await?;
     tx.commit().await.map_err(StoreError::from)?;
     let lease_ends = Instant::now() + ctx.config.claim_lease;
     let outcome = dispatch::process_in_span(ctx, claimed, lease_ends).await;
@@ -110,6 +110,21 @@ pub async fn recheck(
     store::refunds::show(&ctx.pool, reference)
         .await?
         .ok_or_else(|| RecheckError::NotFound(reference.to_owned()))
+}
+
+/// Applies an operator's resolution of `reference` ([`store::review::resolve`]) in a
+/// transaction of its own, committed only when it was applied (the admin API and the
+/// command line).
+pub async fn resolve(
+    pool: &sqlx::PgPool,
+    reference: &str,
+    request: &ResolveRequest,
+    sink: &store::EventSink,
+) -> Result<Resolved, ResolveError> {
+    let mut tx = pool.begin().await?;
+    let resolved = store::review::resolve(&mut tx, reference, request, sink).await?;
+    tx.commit().await?;
+    Ok(resolved)
 }
 
 #[cfg(test)]
@@ -125,19 +140,4 @@ mod tests {
             Duration::from_secs(60)
         );
     }
-}
-
-/// Applies an operator's resolution of `reference` ([`store::review::resolve`]) in a
-/// transaction of its own, committed only when it was applied (the admin API and the
-/// command line).
-pub async fn resolve(
-    pool: &sqlx::PgPool,
-    reference: &str,
-    request: &ResolveRequest,
-    sink: &store::EventSink,
-) -> Result<Resolved, ResolveError> {
-    let mut tx = pool.begin().await?;
-    let resolved = store::review::resolve(&mut *tx, reference, request, sink).await?;
-    tx.commit().await?;
-    Ok(resolved)
 }

@@ -6,7 +6,7 @@
 //! (short transaction), calls the provider, then records the result (short transaction).
 //!
 //! The transactions are the callers' (zero2prod's `try_processing` shape): a function here
-//! that writes more than one statement takes `&mut PgConnection` (callers pass `&mut *tx`)
+//! that writes more than one statement takes `&mut PgConnection` (callers pass `&mut tx`, a `Transaction` derefs to one)
 //! and only reads and writes; the caller ([`crate::pipeline`]) begins, commits or rolls
 //! back, and the decisions between the reads and the writes are [`crate::domain`]'s. A
 //! single statement (a claim, an operator's read) takes the pool.

@@ -287,7 +287,7 @@ async fn record_attempt(
     r: &AttemptResult,
 ) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
-    let recorded = webhooks::record_attempt(&mut *tx, d, r).await?;
+    let recorded = webhooks::record_attempt(&mut tx, d, r).await?;
     tx.commit().await?;
     Ok(recorded)
 }

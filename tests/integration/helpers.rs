@@ -580,7 +580,7 @@ pub async fn receive_webhook(
 ) -> Result<refund_worker::store::inbound::Applied, refund_worker::store::StoreError> {
     let mut tx = pool.begin().await?;
     let applied =
-        refund_worker::store::inbound::receive(&mut *tx, provider, body, part, webhook, sink)
+        refund_worker::store::inbound::receive(&mut tx, provider, body, part, webhook, sink)
             .await?;
     tx.commit().await?;
     Ok(applied)
@@ -596,10 +596,9 @@ pub async fn retry_parked(
     sink: &refund_worker::store::EventSink,
 ) -> Result<refund_worker::store::inbound::Applied, refund_worker::store::StoreError> {
     let mut tx = pool.begin().await?;
-    let applied = refund_worker::store::inbound::retry_parked(
-        &mut *tx, provider, key, webhook, give_up, sink,
-    )
-    .await?;
+    let applied =
+        refund_worker::store::inbound::retry_parked(&mut tx, provider, key, webhook, give_up, sink)
+            .await?;
     tx.commit().await?;
     Ok(applied)
 }

@@ -9,7 +9,7 @@
 //!
 //! Here: the row types they share, the lock every multi-refund change takes first, and the
 //! event of a row. Every function that writes takes the caller's transaction
-//! (`&mut PgConnection`, callers pass `&mut *tx`): the caller decides when it commits, and
+//! (`&mut PgConnection`, callers pass `&mut tx`, a `Transaction` derefs to one): the caller decides when it commits, and
 //! what to do between the reads and the writes.
 
 pub mod claims;
