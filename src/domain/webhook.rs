@@ -416,6 +416,42 @@ mod tests {
         assert_eq!(ignored.detail.as_deref(), Some("kind"));
     }
 
+    #[test]
+    fn the_inbox_row_says_which_refund_and_what_happened() {
+        let unchanged = refund_result(
+            Applied::Unchanged {
+                refund_reference: "R-1".into(),
+            },
+            &succeeded(),
+        );
+        assert_eq!(unchanged.refund_reference.as_deref(), Some("R-1"));
+        assert_eq!(unchanged.detail.as_deref(), Some("succeeded: SUCCESS"));
+        assert_eq!(unchanged.applied.inbox_state(), "UNCHANGED");
+        let raised = refund_result(
+            Applied::Contradiction {
+                refund_reference: "R-2".into(),
+                ours: RefundStatus::Completed,
+                theirs: RefundStatus::RefundFail,
+            },
+            &succeeded(),
+        );
+        assert_eq!(raised.refund_reference.as_deref(), Some("R-2"));
+        assert_eq!(
+            raised.detail.as_deref(),
+            Some("provider says REFUND_FAIL, refund is COMPLETED")
+        );
+        let unmatched = refund_result(
+            Applied::Unmatched {
+                reason: "two match".into(),
+            },
+            &succeeded(),
+        );
+        assert_eq!(
+            (unmatched.refund_reference, unmatched.detail.as_deref()),
+            (None, Some("two match"))
+        );
+    }
+
     fn succeeded() -> ProviderOutcome {
         ProviderOutcome::Succeeded {
             provider_reference: Some("PR-1".into()),
