@@ -511,20 +511,15 @@ impl ProviderError for BvnkError {
     }
 }
 
-struct CallInfo<'a> {
-    method: &'a Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-}
-
+/// Runs one BVNK call through the fault gate, authenticated by Hawk over the request line.
 async fn bvnk_call(
     sandbox: &Sandbox,
-    call: CallInfo<'_>,
+    (method, uri, headers): (&Method, &Uri, &HeaderMap),
     kind: CallKind,
     decide: impl FnOnce(&mut State, &SandboxConfig) -> Result<Reply, BvnkError>,
 ) -> Response {
     let authenticate = |state: &mut State, config: &SandboxConfig| {
-        hawk_ok(&mut state.bvnk, config, call.method, call.uri, call.headers)
+        hawk_ok(&mut state.bvnk, config, method, uri, headers)
             .then_some(())
             .ok_or(BvnkError::Unauthorized)
     };
@@ -539,11 +534,7 @@ async fn estimate(
     Path(transaction_reference): Path<String>,
     body: Bytes,
 ) -> Response {
-    let call = CallInfo {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-    };
+    let call = (&method, &uri, &headers);
     bvnk_call(&sandbox, call, CallKind::Details, |state, config| {
         // The documented GET carries the refund body; its currency names an unseen pay-in's.
         let asked_currency = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
@@ -580,11 +571,7 @@ async fn refund(
     Path(transaction_reference): Path<String>,
     body: Bytes,
 ) -> Response {
-    let call = CallInfo {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-    };
+    let call = (&method, &uri, &headers);
     bvnk_call(&sandbox, call, CallKind::Submit, |state, config| {
         let request = RefundCall::parse(&headers, &transaction_reference, &body)
             .map_err(BvnkError::Invalid)?;
@@ -604,11 +591,7 @@ async fn status(
     headers: HeaderMap,
     Path(transaction_reference): Path<String>,
 ) -> Response {
-    let call = CallInfo {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-    };
+    let call = (&method, &uri, &headers);
     bvnk_call(&sandbox, call, CallKind::Status, |state, config| {
         let bvnk = &state.bvnk;
         let now = Instant::now();

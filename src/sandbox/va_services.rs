@@ -578,8 +578,8 @@ async fn details(
     .await
 }
 
-/// "Send Notification" (`{"transactionReference"}`): acknowledged and counted. The sandbox
-/// sends no VA pay-in notifications, so there is nothing to send again.
+/// "Send Notification" (`{"transactionReference"}`): acknowledged and counted; a known
+/// payment's pay-in notification is queued again.
 async fn send_notification(
     AxumState(sandbox): AxumState<Sandbox>,
     headers: HeaderMap,
