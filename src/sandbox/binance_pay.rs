@@ -239,15 +239,7 @@ fn success(data: Value) -> Response {
 }
 
 impl Simulator for BinanceState {
-    type Detail = ();
-
-    fn book(&self) -> &Book<()> {
-        &self.book
-    }
-
-    fn book_mut(&mut self) -> &mut Book<()> {
-        &mut self.book
-    }
+    book_field!(());
 
     /// Our long references map to their derived id (our naming convention, README, not
     /// Binance's): tests may address a refund either way.

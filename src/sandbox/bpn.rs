@@ -183,15 +183,7 @@ fn success(data: Value) -> Response {
 }
 
 impl Simulator for BpnState {
-    type Detail = ();
-
-    fn book(&self) -> &Book<()> {
-        &self.book
-    }
-
-    fn book_mut(&mut self) -> &mut Book<()> {
-        &mut self.book
-    }
+    book_field!(());
 
     fn payin_notice(
         &self,

@@ -187,15 +187,7 @@ fn money(value: Decimal, currency: &str) -> Value {
 }
 
 impl Simulator for BvnkState {
-    type Detail = BvnkDetail;
-
-    fn book(&self) -> &Book<BvnkDetail> {
-        &self.book
-    }
-
-    fn book_mut(&mut self) -> &mut Book<BvnkDetail> {
-        &mut self.book
-    }
+    book_field!(BvnkDetail);
 
     fn payin_notice(
         &self,

@@ -30,6 +30,23 @@
 //! lock is never held across an `.await` and replays racing each other see one consistent
 //! order.
 
+// Defined before the provider modules, which use it (macros are scoped by text order).
+/// The [`Simulator`] items every simulator writes the same way: its refunds' `Detail`, and
+/// its book in the field `book`.
+macro_rules! book_field {
+    ($detail:ty) => {
+        type Detail = $detail;
+
+        fn book(&self) -> &Book<$detail> {
+            &self.book
+        }
+
+        fn book_mut(&mut self) -> &mut Book<$detail> {
+            &mut self.book
+        }
+    };
+}
+
 mod binance_pay;
 mod book;
 mod bpn;

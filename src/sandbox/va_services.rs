@@ -274,15 +274,7 @@ fn payin_notice(config: &SandboxConfig, payment: &Payment, at: DateTime<Utc>) ->
 }
 
 impl Simulator for VaState {
-    type Detail = VaDetail;
-
-    fn book(&self) -> &Book<VaDetail> {
-        &self.book
-    }
-
-    fn book_mut(&mut self) -> &mut Book<VaDetail> {
-        &mut self.book
-    }
+    book_field!(VaDetail);
 
     fn payin_notice(
         &self,
