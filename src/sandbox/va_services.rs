@@ -1024,6 +1024,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_strict_va_serves_only_its_documented_paths() {
+        let server = start(SandboxConfig {
+            strict: true,
+            ..SandboxConfig::default()
+        })
+        .await;
+        let (status, _, _) = server.initiate(&refund_body("tx-1", "r-1", "5")).await;
+        assert_eq!(status, 200);
+        assert_eq!(server.get("/va/refunds/r-1").await.0, 200);
+        assert_eq!(server.get("/va/refunds").await.0, 200);
+        let details = server
+            .client
+            .get(server.url("/va/refunds/details/tx-1"))
+            .bearer_auth(&server.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(details.status().as_u16(), 404);
+        let send = server
+            .client
+            .post(server.url(super::SEND_NOTIFICATION_PATH))
+            .bearer_auth(&server.key)
+            .body(r#"{"transactionReference":"tx-1"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(send.status().as_u16(), 404);
+        let ledger = server.sandbox.ledger();
+        assert_eq!((ledger.details_calls, ledger.resend_calls), (0, 0));
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
     async fn unknown_refund_is_404() {
         let server = start(SandboxConfig::default()).await;
         let (status, envelope) = server.get("/va/refunds/nope").await;
