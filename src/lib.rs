@@ -48,16 +48,16 @@
 //! - [`schema`]: JSON Schemas of the command and the event, and of the admin API's
 //!   enum-like fields.
 //! - [`config`], [`error`], [`telemetry`]: settings, error classes, logging.
-//! - [`sandbox`]: a local simulator of the providers' APIs, for the demo, the bench and the
-//!   chaos suite (written from the providers' docs, not from the adapters).
 //! - [`app`]: the application wired once: [`app::App::build`] then [`app::App::start`], and
 //!   [`app::RunningApp::stopped`] drains in order; `run`, the demo and the tests use it.
-//! - [`cli`]: the `refund-worker` command line.
-//! - [`bench`]: the benchmark (`refund-worker bench`).
+//! - [`cli`]: the `refund-worker` command line; with the cargo feature `tools` (default) also
+//!   `sandbox`, `demo` and `bench`.
+//!
+//! Beside this crate, in the same workspace: `crates/sandbox` (`refund-sandbox`, a local
+//! simulator of the providers' APIs written from their docs, importing nothing of this
+//! crate) and `crates/bench` (`refund-bench`, the load tool).
 
 pub mod app;
-#[cfg(feature = "tools")]
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
@@ -72,8 +72,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod providers;
 pub mod retry;
-#[cfg(any(test, feature = "tools"))]
-pub mod sandbox;
 pub mod schema;
 pub mod store;
 pub mod telemetry;

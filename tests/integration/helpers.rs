@@ -4,13 +4,13 @@
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions};
 use lapin::types::FieldTable;
+use refund_sandbox::{Faults, Sandbox, SandboxConfig};
 use refund_worker::app::{App, RunningApp};
 use refund_worker::broker::publisher::json_properties;
 use refund_worker::broker::{self, topology, Publisher, Topology, ERROR_HEADER};
 use refund_worker::config::Config;
 use refund_worker::domain::{RefundEvent, RefundStatus};
 use refund_worker::pipeline::{worker, Context};
-use refund_worker::sandbox::{Faults, Sandbox, SandboxConfig};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::collections::HashMap;

@@ -6,9 +6,9 @@
 //! captured output must not contain any secret, account number or customer note.
 
 use crate::helpers::{amqp_url, pg_server};
+use refund_sandbox::{Sandbox, SandboxConfig};
 use refund_worker::broker::publisher::json_properties;
 use refund_worker::broker::{self, topology, Publisher, Topology};
-use refund_worker::sandbox::{Sandbox, SandboxConfig};
 use refund_worker::store;
 use serde_json::json;
 use std::process::Stdio;

@@ -681,14 +681,14 @@ async fn reject_route(AxumState(sandbox): AxumState<Sandbox>, Path(key): Path<St
 mod tests {
     use super::super::test_support::{start, TestServer};
     use super::super::{Faults, ForcedOutcome, OutcomeStatus, Payment, Provider, SandboxConfig};
-    use crate::providers::bvnk::{hawk_header, idempotency_key};
+    use refund_worker::providers::bvnk::{hawk_header, idempotency_key};
     use rust_decimal::Decimal;
     use serde_json::{json, Value};
     use std::str::FromStr;
     use std::time::{Duration, SystemTime};
 
     const TX: &str = "018e5e83-ac50-4df0-a7e4-c9f15d493f90";
-    const DOC_REQUEST: &str = include_str!("../../fixtures/bvnk/refund-request.json");
+    const DOC_REQUEST: &str = include_str!("../../../fixtures/bvnk/refund-request.json");
 
     struct Call {
         status: u16,
@@ -906,9 +906,10 @@ mod tests {
             e.body["maxAvailableToRefund"]["value"].to_string(),
             "150.00"
         );
-        let documented: Value =
-            serde_json::from_str(include_str!("../../fixtures/bvnk/estimate-response.json"))
-                .unwrap();
+        let documented: Value = serde_json::from_str(include_str!(
+            "../../../fixtures/bvnk/estimate-response.json"
+        ))
+        .unwrap();
         assert_eq!(
             e.body, documented,
             "the docs' example, byte for byte in value"
@@ -1152,16 +1153,16 @@ mod tests {
 mod adapter_tests {
     use super::super::test_support::{start, TestServer};
     use super::super::{Payment, Provider as SandboxProvider, SandboxConfig};
-    use crate::domain::{FailureCode, Fee, ProviderName, ProviderOutcome};
-    use crate::providers::bvnk::Bvnk;
-    use crate::providers::{Provider, RefundRequest};
+    use refund_worker::domain::{FailureCode, Fee, ProviderName, ProviderOutcome};
+    use refund_worker::providers::bvnk::Bvnk;
+    use refund_worker::providers::{Provider, RefundRequest};
     use rust_decimal::Decimal;
     use std::time::Duration;
 
     fn adapter(server: &TestServer, secret: &str) -> Bvnk {
         let base = server.base.clone();
         let secret = secret.to_owned();
-        let config = crate::config::Config::from_lookup(|k| match k {
+        let config = refund_worker::config::Config::from_lookup(|k| match k {
             "PROVIDER_BVNK_BASE_URL" => Some(base.clone()),
             "PROVIDER_BVNK_API_KEY" => Some("sandbox-bvnk-id".into()),
             "PROVIDER_BVNK_API_SECRET" => Some(secret.clone()),

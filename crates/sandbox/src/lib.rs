@@ -220,10 +220,10 @@ pub fn sample_latency(p50: Duration, p99: Option<Duration>) -> Duration {
 
 /// TEST-ONLY RSA key the simulated Binance Pay signs its webhooks with (never a real key).
 pub(crate) const BINANCE_WEBHOOK_TEST_PRIVATE_KEY: &str =
-    include_str!("../../fixtures/binance_pay/webhook-test-private-key.pem");
+    include_str!("../../../fixtures/binance_pay/webhook-test-private-key.pem");
 /// Its public half, which refund-worker is configured with to verify them.
 pub const BINANCE_WEBHOOK_TEST_PUBLIC_KEY: &str =
-    include_str!("../../fixtures/binance_pay/webhook-test-public-key.pem");
+    include_str!("../../../fixtures/binance_pay/webhook-test-public-key.pem");
 
 /// Which simulated provider a payment or refund belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1110,8 +1110,8 @@ mod tests {
 mod payin_tests {
     use super::notify::Outbound;
     use super::*;
-    use crate::providers::{self, ProviderWebhook, WebhookKind};
     use hmac::{Hmac, Mac};
+    use refund_worker::providers::{self, ProviderWebhook, WebhookKind};
     use serde_json::Value;
 
     fn notifying() -> SandboxConfig {

@@ -568,7 +568,7 @@ mod tests {
     use super::super::test_support::{start, TestServer};
     use super::super::{Faults, ForcedOutcome, OutcomeStatus, Payment, Provider, SandboxConfig};
     use super::MAX_REFUND_ATTEMPTS;
-    use crate::providers::binance_pay as api;
+    use refund_worker::providers::binance_pay as api;
     use rust_decimal::Decimal;
     use serde_json::{json, Value};
     use std::time::Duration;
@@ -714,7 +714,7 @@ mod tests {
         server
             .sandbox
             .add_payment(order("383729303729303", "100.11"));
-        let doc = include_str!("../../fixtures/binance_pay/refund-request.json");
+        let doc = include_str!("../../../fixtures/binance_pay/refund-request.json");
         // The docs' first refund on this order: 25.17 of 100.11.
         let (status, answer) = refund(&server, doc).await;
         assert_eq!(status, 200);
@@ -970,7 +970,7 @@ mod webhook_tests {
     use super::super::test_support::refund_notices;
     use super::super::{OutcomeStatus, SandboxConfig, Simulated, BINANCE_WEBHOOK_TEST_PUBLIC_KEY};
     use super::{parse_signing_key, sign_webhook, word, BinanceState, RefundCall};
-    use crate::providers::binance_pay as api;
+    use refund_worker::providers::binance_pay as api;
     use rust_decimal::Decimal;
     use serde_json::Value;
     use std::time::Duration;
@@ -1000,7 +1000,7 @@ mod webhook_tests {
     fn ring_signs_the_same_bytes_as_the_rsa_crate_and_openssl() {
         let key = parse_signing_key(PRIVATE_KEY).unwrap();
         let public = api::parse_public_key(BINANCE_WEBHOOK_TEST_PUBLIC_KEY).unwrap();
-        let fixture = include_str!("../../fixtures/binance_pay/webhook-pay-refund.json");
+        let fixture = include_str!("../../../fixtures/binance_pay/webhook-pay-refund.json");
         // `$(cat ...)` drops trailing newlines.
         let fixture = fixture.trim_end_matches('\n');
         let (ts, nonce) = ("1700000000000", "5RhaTrZPhknNv0kDSA2UQ67cPMVNS4sA");

@@ -975,7 +975,7 @@ mod tests {
         parse_va_date(created_on.as_str().unwrap());
         // The docs' example response, createdOn aside.
         let mut expected: Value = serde_json::from_str(include_str!(
-            "../../fixtures/va_services/initiate-refund-response.json"
+            "../../../fixtures/va_services/initiate-refund-response.json"
         ))
         .unwrap();
         expected["responseBody"]["createdOn"] = Value::Null;

@@ -537,7 +537,7 @@ async fn list(
 mod tests {
     use super::super::test_support::{start, TestServer};
     use super::super::{Faults, Payment, Provider, SandboxConfig};
-    use crate::providers::bpn::{signature, SignedContent};
+    use refund_worker::providers::bpn::{signature, SignedContent};
     use rust_decimal::Decimal;
     use serde_json::{json, Value};
     use std::time::Duration;

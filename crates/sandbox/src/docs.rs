@@ -1,5 +1,5 @@
 //! What the providers' docs say about signing, paths and limits, written here from the docs
-//! themselves for the simulator. Never imported from the adapters (`crate::providers`): the
+//! themselves for the simulator. Never imported from the adapters (`refund_worker::providers`): the
 //! simulator is a second reading of the docs, so a misreading the adapters share with it
 //! cannot pass both (`../shared/providers/README.md` quotes each scheme).
 
