@@ -8,15 +8,17 @@
 //!   │
 //!  app ─ the application wired once (`run`, the demo and the tests start it): migrate,
 //!   │     bind HTTP, providers, broker check; HTTP, metrics and the worker; drain in order
-//!  http ─ health, metrics, admin API (+ http_validation, console), provider webhook ingress
+//!  http ─ health, metrics, admin API (+ its validation, console), the provider webhook route
 //!   │
-//!  pipeline ─ intake, provider webhooks in, dispatch, relay, review, retention:
+//!  provider_webhooks ─ provider webhooks in: verified with the adapter, queued with a confirm
+//!   │
+//!  pipeline ─ intake, provider webhooks applied, dispatch, relay, review, retention:
 //!   │          each a step function (tests drive it) inside a thin loop (production runs it);
 //!   │          recover and reconcile, an operator's one-off runs
-//!   ├── providers ─ one adapter per provider: signing, requests, classification
-//!   ├── broker ─── RabbitMQ topology, consuming with an ack window, publishing with confirms
-//!   ├── webhooks ─ merchant webhooks out: signing, delivery, network policy
-//!   └── store ──── PostgreSQL: reads and writes inside one transaction per change
+//!   ├── providers ────────── one adapter per provider: signing, requests, classification
+//!   ├── broker ───────────── RabbitMQ topology, consuming with an ack window, publishing with confirms
+//!   ├── merchant_webhooks ── merchant webhooks out: signing, delivery, network policy
+//!   └── store ────────────── PostgreSQL: reads and writes inside one transaction per change
 //!        │
 //!  domain ─ pure rules: money, commands, the state machine, the retry decision, the guard,
 //!           review and resolution; no I/O, unit-tested without a database
@@ -25,18 +27,20 @@
 //! - [`domain`]: pure rules: exact money, command validation, the refund state machine
 //!   ([`domain::transition`], [`domain::decide`]), the over-refund guard, operator review.
 //! - [`store`]: PostgreSQL, the source of truth: refunds, history, attempts, the outbox, the
-//!   provider webhook inbox, review flags, retention.
+//!   provider webhook inbox, merchant webhook deliveries, review flags, retention.
 //! - [`broker`]: RabbitMQ topology, the consumers' ack window, publishing with confirms.
 //! - [`providers`]: one adapter per payment provider behind the [`providers::Provider`] trait.
-//! - [`webhooks`]: merchant webhooks out (signing, delivery, network policy) and the provider
-//!   webhook ingress in.
+//! - [`merchant_webhooks`]: merchant webhooks out: signing, delivery, network policy (their
+//!   rows are [`store::merchant_webhooks`]).
+//! - `provider_webhooks`: provider webhooks in: the ingress verifies and queues them (the
+//!   inbox is [`store::inbound`], applying them [`pipeline::inbound`]).
 //! - [`pipeline`]: the loops that move work: intake (command -> row), inbound (provider
 //!   webhook -> row), dispatch (row -> provider -> row), relay (outbox -> broker), review
 //!   (open too long -> operator), retention (old operational rows -> gone); and an operator's
 //!   recover (after an outage: a window's pending refunds asked about, webhooks re-sent) and
 //!   reconcile (a provider's view against ours).
 //! - [`retry`]: the one retry policy (exponential backoff, full jitter, `Retry-After` ceiling).
-//! - [`http`]: health, readiness, metrics, the admin API and the ingress's routes, and their
+//! - [`http`]: health, readiness, metrics, the admin API and the provider webhook route, and their
 //!   OpenAPI document, generated from the handlers' types ([`http::openapi`]).
 //! - [`console`]: the operations console, a static page over the admin API (`/console`).
 //! - [`metrics`]: Prometheus metrics.
@@ -61,13 +65,13 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
-pub mod http_validation;
+pub mod merchant_webhooks;
 pub mod metrics;
 pub mod pipeline;
+pub(crate) mod provider_webhooks;
 pub mod providers;
 pub mod retry;
 pub mod sandbox;
 pub mod schema;
 pub mod store;
 pub mod telemetry;
-pub mod webhooks;

@@ -101,7 +101,7 @@ pub struct ProviderLatency {
 }
 
 fn parse_latency(text: &str) -> Result<ProviderLatency, String> {
-    let one = |t: &str| crate::webhooks::schedule::parse_duration(t.trim());
+    let one = |t: &str| crate::merchant_webhooks::schedule::parse_duration(t.trim());
     match text.split_once(',') {
         None => Ok(ProviderLatency {
             p50: one(text)?,
