@@ -64,7 +64,7 @@ async fn limit_ingress(
 /// The path of `POST /webhooks/{provider}`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
-pub struct IngressPath {
+pub(crate) struct IngressPath {
     /// The provider sending the webhook.
     #[param(schema_with = crate::schema::api::provider)]
     provider: String,
