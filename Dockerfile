@@ -1,10 +1,17 @@
 # syntax=docker/dockerfile:1
 #
-# refund-worker image: one binary for every role (`run`, `migrate`, `sandbox`, `submit`,
-# `refunds show`, `demo`); the role is the command, `run` by default.
+# refund-worker image: one binary for every role (`run`, `migrate`, `submit`, `refunds`,
+# `dlq`, ...); the role is the command, `run` by default.
 #
 #   docker build -t refund-worker:local .
 #   docker run --rm refund-worker:local --help
+#
+# The production image (the last stage, built by default) is built without the cargo feature
+# `tools`: its binary has no provider sandbox, no demo, no bench and no test signing key
+# (.ci/run checks a binary built the same way). The `tools` stage is the same binary with
+# them, for the local stack (docker-compose.yml's sandbox):
+#
+#   docker build --target tools -t refund-worker-tools:local .
 #
 # Needs BuildKit (the default builder since Docker 23) for the cache mounts below.
 
@@ -38,8 +45,19 @@ RUN --mount=type=cache,id=refund-worker-cargo-registry,target=/usr/local/cargo/r
     --mount=type=cache,id=refund-worker-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=refund-worker-target,target=/src/target,sharing=locked \
     touch src/lib.rs \
+ && cargo build --release --locked --no-default-features \
+ && install -D -m 0755 target/release/refund-worker /out/refund-worker \
  && cargo build --release --locked \
- && install -D -m 0755 target/release/refund-worker /out/refund-worker
+ && install -D -m 0755 target/release/refund-worker /out/tools/refund-worker
+
+# ---- tools -------------------------------------------------------------------------------
+# The binary with the sandbox, the demo and the bench (cargo feature `tools`): for the local
+# stack and for trying the product, never for production.
+FROM gcr.io/distroless/cc-debian12:nonroot AS tools
+COPY --from=builder /out/tools/refund-worker /usr/local/bin/refund-worker
+USER 65532:65532
+ENTRYPOINT ["refund-worker"]
+CMD ["--help"]
 
 # ---- runtime -----------------------------------------------------------------------------
 # distroless/cc: glibc, libgcc and CA certificates, no shell and no package manager. That is

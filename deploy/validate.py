@@ -71,7 +71,7 @@ HTTP_DRAIN = 3  # src/cli/mod.rs: after the drain, HTTP requests in flight get t
 DEFAULT_CLAIM_LEASE = 60  # src/config.rs
 DEFAULT_PROVIDER_TIMEOUT_MS = 10_000  # src/config.rs
 DEFAULT_DB_MAX_CONNECTIONS = 10  # src/config.rs
-SANDBOX_DEFAULT_KEY = "sandbox-va-key"  # src/cli/sandbox.rs
+SANDBOX_DEFAULT_KEY = "sandbox-va-key"  # src/cli/tools/sandbox.rs
 
 
 class Report:
@@ -141,7 +141,7 @@ def code_facts(rep: Report) -> dict:
         suffixes = set(re.findall(r'format!\("\{prefix\}_([A-Z_]+)"\)', config))
         for p in facts["providers"]:
             env |= {f"PROVIDER_{p}_{s}" for s in suffixes}
-        for rel in ("src/telemetry.rs", "src/cli/sandbox.rs", "src/main.rs", "src/lib.rs"):
+        for rel in ("src/telemetry.rs", "src/cli/tools/sandbox.rs", "src/main.rs", "src/lib.rs"):
             text = read_src(rel) or ""
             env |= set(re.findall(r'env::var\("([A-Z][A-Z0-9_]+)"\)', text))
             env |= set(re.findall(r'env\s*=\s*"([A-Z][A-Z0-9_]+)"', text))
@@ -602,6 +602,7 @@ def check_compose(facts: dict, use_tools: bool, rep: Report) -> None:
 
     sb_cmd = [str(x) for x in sb.get("command") or []]
     rep.check(sb_cmd[:1] == ["sandbox"], "sandbox: command starts with `sandbox`", f"got {sb_cmd}")
+    rep.check(dig(sb, "build", "target") == "tools", "sandbox: built from the Dockerfile's `tools` stage (the production image has no sandbox)", f"got {dig(sb, 'build', 'target')!r}")
     bind = sb_cmd[sb_cmd.index("--bind") + 1] if "--bind" in sb_cmd[:-1] else env_dict(sb).get("SANDBOX_BIND")
     rep.check(bind == "0.0.0.0", "sandbox: binds 0.0.0.0 (127.0.0.1 is unreachable from the worker's container)", f"got {bind!r}")
     sb_port = sb_cmd[sb_cmd.index("--port") + 1] if "--port" in sb_cmd[:-1] else (env_dict(sb).get("SANDBOX_PORT") or "8090")
@@ -647,6 +648,8 @@ def check_dockerfile(rep: Report) -> None:
     runs = " ".join(a for i, a in instr if i == "RUN")
     rep.check("cargo build --release --locked" in runs, "builds with cargo build --release --locked")
     rep.check("type=cache" in runs, "uses BuildKit cache mounts")
+    rep.check("--no-default-features" in runs, "the production binary is built without the `tools` feature (no sandbox, demo, bench or test key)")
+    rep.check(any(i == "FROM" and re.search(r"\bAS\s+tools\b", a, re.I) for i, a in instr), "a `tools` stage for the sandbox, demo and bench")
     last_stage = instr[max(i for i, (k, _) in enumerate(instr) if k == "FROM"):]
     users = [a for i, a in last_stage if i == "USER"]
     rep.check(bool(users) and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1].strip()) is not None, "runtime USER is a numeric non-root UID (runAsNonRoot can verify it)", f"got {users}")

@@ -35,6 +35,11 @@ pub const TARGETS: &[&str] = &[
     "dead_letter",
 ];
 
+/// The public half of the test key the simulated Binance Pay signs with (never a real key):
+/// the Binance Pay verification harness is configured with it.
+const BINANCE_WEBHOOK_TEST_PUBLIC_KEY: &str =
+    include_str!("../fixtures/binance_pay/webhook-test-public-key.pem");
+
 /// The HMAC webhook secret the verification harnesses are configured with.
 pub const WEBHOOK_SECRET: &str = "fuzz-webhook-secret";
 
@@ -117,7 +122,7 @@ fn providers() -> &'static Providers {
                 "API_KEY" => Some("fuzz-key".into()),
                 "API_SECRET" => Some("fuzz-secret".into()),
                 "WEBHOOK_SECRET" if name == "BINANCE_PAY" => {
-                    Some(crate::sandbox::BINANCE_WEBHOOK_TEST_PUBLIC_KEY.to_owned())
+                    Some(BINANCE_WEBHOOK_TEST_PUBLIC_KEY.to_owned())
                 }
                 "WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.into()),
                 _ => None,
@@ -189,9 +194,7 @@ pub fn verify_webhook(provider: ProviderName, data: &[u8]) {
         let result = adapter.verify_webhook(&headers, body, now);
         // The primitive itself, also on text the headers could not carry; whatever the
         // adapter accepts, the primitive must accept too.
-        if let Ok(key) =
-            binance_pay::parse_public_key(crate::sandbox::BINANCE_WEBHOOK_TEST_PUBLIC_KEY)
-        {
+        if let Ok(key) = binance_pay::parse_public_key(BINANCE_WEBHOOK_TEST_PUBLIC_KEY) {
             let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
             let primitive = binance_pay::verify_webhook_signature(
                 &key,

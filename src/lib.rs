@@ -14,20 +14,25 @@
 //!   │
 //!  pipeline ─ intake, provider webhooks applied, dispatch, relay, review, retention:
 //!   │          each a step function (tests drive it) inside a thin loop (production runs it);
-//!   │          recover and reconcile, an operator's one-off runs
+//!   │          recover and reconcile, an operator's one-off runs; owns the transactions
 //!   ├── providers ────────── one adapter per provider: signing, requests, classification
 //!   ├── broker ───────────── RabbitMQ topology, consuming with an ack window, publishing with confirms
 //!   ├── merchant_webhooks ── merchant webhooks out: signing, delivery, network policy
-//!   └── store ────────────── PostgreSQL: reads and writes inside one transaction per change
+//!   └── store ────────────── PostgreSQL: reads and writes inside the caller's transaction
 //!        │
-//!  domain ─ pure rules: money, commands, the state machine, the retry decision, the guard,
-//!           review and resolution; no I/O, unit-tested without a database
+//!  domain ─ pure rules and every decision: money, commands, the state machine, the retry
+//!           decision, intake judging and the guard, the provider-webhook decision, a status
+//!           change's fan-out, review and resolution; no I/O, unit-tested without a database
 //! ```
 //!
 //! - [`domain`]: pure rules: exact money, command validation, the refund state machine
-//!   ([`domain::transition`], [`domain::decide`]), the over-refund guard, operator review.
+//!   ([`domain::transition`], [`domain::decide`]), intake judging and the over-refund guard
+//!   ([`domain::intake`]), the provider-webhook decision ([`domain::webhook`]), what a status
+//!   change writes ([`domain::fanout`]), operator review.
 //! - [`store`]: PostgreSQL, the source of truth: refunds, history, attempts, the outbox, the
-//!   provider webhook inbox, merchant webhook deliveries, review flags, retention.
+//!   provider webhook inbox, merchant webhook deliveries, review flags, retention. Its functions that change several rows
+//!   take the caller's transaction (`&mut PgConnection`): the pipeline (or the admin API,
+//!   through it) begins and commits, and decides between the reads and the writes.
 //! - [`broker`]: RabbitMQ topology, the consumers' ack window, publishing with confirms.
 //! - [`providers`]: one adapter per payment provider behind the [`providers::Provider`] trait.
 //! - [`merchant_webhooks`]: merchant webhooks out: signing, delivery, network policy (their
@@ -55,6 +60,7 @@
 //! - [`bench`]: the benchmark (`refund-worker bench`).
 
 pub mod app;
+#[cfg(feature = "tools")]
 pub mod bench;
 pub mod broker;
 pub mod cli;
@@ -71,6 +77,7 @@ pub mod pipeline;
 pub(crate) mod provider_webhooks;
 pub mod providers;
 pub mod retry;
+#[cfg(any(test, feature = "tools"))]
 pub mod sandbox;
 pub mod schema;
 pub mod store;

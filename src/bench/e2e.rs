@@ -6,13 +6,11 @@
 //! this process (one monotonic clock); afterwards the database's own timestamps (intake
 //! transaction, provider calls, outbox relay) split those latencies into stages.
 
+use super::amqp::{self, Publisher};
 use super::raw::micros;
 use super::sys::{self, CpuSnapshot, CpuUse};
+use super::target::Names;
 use super::{Cleanup, Progress};
-use crate::broker::publisher::{json_properties, Outgoing, Publisher};
-use crate::broker::{self, topology, Topology};
-use crate::domain::ProviderName;
-use crate::store::refunds::{CAUSE_PROVIDER_CONFIRMED, CAUSE_PROVIDER_OUTCOME};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -68,7 +66,9 @@ pub struct Settings {
     /// Run id: names the database, the exchanges and queues, and every refund.
     pub run_id: String,
     /// Exchange and queue names of the worker under test.
-    pub topology: Topology,
+    pub names: Names,
+    /// The worker's executable.
+    pub exe: PathBuf,
     /// RabbitMQ.
     pub amqp_url: String,
     /// The bench database (fresh).
@@ -561,6 +561,46 @@ impl Shared {
 }
 
 /// The providers of `--providers` when it is not given: a quarter of the refunds each.
+/// A provider, by its wire name in the command's `provider` field (the command contract,
+/// README "Refund commands"), as an upstream publisher names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProviderName {
+    /// `va_services`.
+    VaServices,
+    /// `bpn`.
+    Bpn,
+    /// `binance_pay`.
+    BinancePay,
+    /// `bvnk`.
+    Bvnk,
+}
+
+impl ProviderName {
+    /// Every provider, in the worker's order.
+    pub const ALL: [ProviderName; 4] = [Self::VaServices, Self::Bpn, Self::BinancePay, Self::Bvnk];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VaServices => "va_services",
+            Self::Bpn => "bpn",
+            Self::BinancePay => "binance_pay",
+            Self::Bvnk => "bvnk",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ProviderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 pub const DEFAULT_PROVIDERS: [ProviderName; 4] = [
     ProviderName::VaServices,
     ProviderName::Bvnk,
@@ -651,7 +691,7 @@ async fn publish(
     shared: Arc<Shared>,
     phase: Phase,
     publisher: Publisher,
-    exchange: String,
+    names: Names,
     pace: Pace,
     window: usize,
 ) -> anyhow::Result<Published> {
@@ -685,12 +725,12 @@ async fn publish(
         let slot = usize::try_from(i).unwrap_or(usize::MAX);
         track.published[slot].store(shared.clock.now_ns(), Ordering::Release);
         let confirm = publisher
-            .send(Outgoing {
-                exchange: &exchange,
-                routing_key: topology::COMMAND_ROUTING_KEY,
-                payload: &body,
-                properties: json_properties(&message_id),
-            })
+            .send(
+                &names.exchange,
+                &names.command_routing_key,
+                &body,
+                &message_id,
+            )
             .await
             .context("publishing a command")?;
         confirms.push_back(confirm);
@@ -748,7 +788,7 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `<this executable> run` with `env` on top of the inherited environment.
     fn spawn(settings: &Settings) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("locating the refund-worker executable")?;
+        let exe = &settings.exe;
         let log = std::fs::File::create(&settings.worker_log).with_context(|| {
             format!("creating the worker log {}", settings.worker_log.display())
         })?;
@@ -913,27 +953,38 @@ pub fn free_local_addr() -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-/// Runs the end-to-end part: warm-up, throughput phase, steady phase.
-pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<Figures> {
-    cleanup.databases.push(settings.database_url.clone());
-    crate::store::ensure_database(&settings.database_url)
+/// `<worker> migrate` against the bench database: creates it and applies the migrations.
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let mut command = tokio::process::Command::new(&settings.exe);
+    command
+        .arg("migrate")
+        .envs(&settings.child_env)
+        .stdin(Stdio::null());
+    for k in &settings.child_env_remove {
+        command.env_remove(k);
+    }
+    let out = command
+        .output()
         .await
-        .context("creating the bench database")?;
-    let pool = crate::store::connect(&settings.database_url, 2)
-        .await
-        .context("connecting to the bench database")?;
-    crate::store::migrate(&pool).await?;
+        .with_context(|| format!("starting {} migrate", settings.exe.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`{} migrate` failed ({}): {}",
+            settings.exe.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
 
-    // Two connections, as two separate clients would have: commands out, events in.
-    let commands_conn = broker::connect(&settings.amqp_url, "refund-worker-bench-publisher")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let events_conn = broker::connect(&settings.amqp_url, "refund-worker-bench-subscriber")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let channel = events_conn.create_channel().await?;
-    cleanup.topology = Some(settings.topology.clone());
-    settings.topology.declare(&channel).await?;
+/// A throw-away queue bound to every status event of the worker's exchange, consumed
+/// without acks, as any downstream consumer would be.
+async fn subscription(
+    conn: &lapin::Connection,
+    settings: &Settings,
+) -> anyhow::Result<lapin::Consumer> {
+    let channel = conn.create_channel().await?;
     let events_queue = format!("bench-{}.events", settings.run_id);
     channel
         .queue_declare(
@@ -949,13 +1000,13 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     channel
         .queue_bind(
             events_queue.as_str().into(),
-            settings.topology.exchange.as_str().into(),
-            topology::STATUS_BINDING.into(),
+            settings.names.exchange.as_str().into(),
+            settings.names.status_binding.as_str().into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    let consumer = channel
+    Ok(channel
         .basic_consume(
             events_queue.as_str().into(),
             "refund-worker-bench".into(),
@@ -965,7 +1016,23 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
             },
             FieldTable::default(),
         )
-        .await?;
+        .await?)
+}
+
+/// Runs the end-to-end part: warm-up, throughput phase, steady phase.
+pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<Figures> {
+    cleanup.databases.push(settings.database_url.clone());
+    // The worker creates its database and applies its migrations, as an operator would.
+    migrate(settings).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&settings.database_url)
+        .await
+        .context("connecting to the bench database")?;
+
+    // Two connections, as two separate clients would have: commands out, events in.
+    let commands_conn = amqp::connect(&settings.amqp_url, "refund-worker-bench-publisher").await?;
+    let events_conn = amqp::connect(&settings.amqp_url, "refund-worker-bench-subscriber").await?;
     let publisher = Publisher::open(&commands_conn).await?;
 
     let steady_n = if settings.rate > 0.0 {
@@ -990,24 +1057,27 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     let stop_subscriber = CancellationToken::new();
     // On an early return (an error, ctrl-c) the subscription ends with this function.
     let _stop_on_return = stop_subscriber.clone().drop_guard();
-    let subscriber = tokio::spawn(subscribe(shared.clone(), consumer, stop_subscriber.clone()));
 
     let xact_before = xact_commit(&settings.database_url).await;
+    // The worker declares its exchanges and queues as it starts; they are deleted after
+    // the run, whatever happens.
+    cleanup.names = Some(settings.names.clone());
     let mut worker = WorkerProcess::spawn(settings)?;
     let pid = worker.pid();
     worker
         .wait_ready(settings.http_addr, Duration::from_secs(60))
         .await?;
+    let consumer = subscription(&events_conn, settings).await?;
+    let subscriber = tokio::spawn(subscribe(shared.clone(), consumer, stop_subscriber.clone()));
     let ticks = sys::clock_ticks_per_sec();
     let cpus = sys::Machine::read().cpus;
 
-    let exchange = settings.topology.exchange.clone();
     let phase = |phase, pace| PhaseRun {
         shared: shared.clone(),
         phase,
         pace,
         publisher: publisher.clone(),
-        exchange: exchange.clone(),
+        names: settings.names.clone(),
         window: settings.confirm_window,
         stall: settings.stall,
     };
@@ -1113,7 +1183,7 @@ struct PhaseRun {
     phase: Phase,
     pace: Pace,
     publisher: Publisher,
-    exchange: String,
+    names: Names,
     window: usize,
     stall: Duration,
 }
@@ -1127,7 +1197,7 @@ impl PhaseRun {
             self.shared.clone(),
             self.phase,
             self.publisher.clone(),
-            self.exchange.clone(),
+            self.names.clone(),
             self.pace,
             self.window,
         ));
@@ -1442,8 +1512,10 @@ struct Spans {
     relay: Span,
 }
 
-/// History causes of the finishes `store::refunds::record_steps` writes.
-const RECORD_CAUSES: [&str; 2] = [CAUSE_PROVIDER_CONFIRMED, CAUSE_PROVIDER_OUTCOME];
+/// History causes of the finishes the worker records from a provider's answer (its
+/// `store::refunds::CAUSE_PROVIDER_CONFIRMED` and `CAUSE_PROVIDER_OUTCOME`: a test of the
+/// worker's crate keeps the two in step).
+pub const RECORD_CAUSES: [&str; 2] = ["provider confirmed the refund", "provider outcome"];
 
 /// Counts rows of the bench database.
 async fn count(pool: &PgPool) -> anyhow::Result<Counted> {
@@ -1593,19 +1665,6 @@ mod tests {
         assert_eq!(s.duplicates.load(Ordering::Relaxed), 1);
         assert_eq!(s.unknown.load(Ordering::Relaxed), 1);
         assert_eq!(t.in_flight.as_ref().map(|w| w.available_permits()), Some(2));
-    }
-
-    #[test]
-    fn commands_are_valid_for_every_provider() {
-        for (n, provider) in DEFAULT_PROVIDERS.into_iter().enumerate() {
-            let n = n as u64;
-            let c = command(&format!("bench-abc-t{n}"), n, &DEFAULT_PROVIDERS);
-            let parsed = crate::domain::RefundCommand::from_value(c);
-            assert!(
-                parsed.as_ref().is_ok_and(|c| c.provider == provider),
-                "{provider}: {parsed:?}"
-            );
-        }
     }
 
     #[test]

@@ -19,14 +19,16 @@
 //! assumed. The run cleans up after itself: the worker is stopped, the queues and exchanges
 //! deleted, the databases dropped (also on ctrl-c and on errors).
 
+mod amqp;
 mod e2e;
 mod raw;
 mod report;
 mod sys;
+mod target;
 
-use crate::broker::{self, Topology};
-use crate::config::{Config, DEFAULT_DATABASE_URL};
-use crate::domain::ProviderName;
+pub use e2e::{command, ProviderName, DEFAULT_PROVIDERS, RECORD_CAUSES};
+pub use target::{Lookup, Names, Settings, Worker, WorkerSettings};
+
 use crate::sandbox::{Sandbox, SandboxConfig};
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -101,7 +103,8 @@ pub struct ProviderLatency {
 }
 
 fn parse_latency(text: &str) -> Result<ProviderLatency, String> {
-    let one = |t: &str| crate::merchant_webhooks::schedule::parse_duration(t.trim());
+    let one =
+        |t: &str| humantime::parse_duration(t.trim()).map_err(|e| format!("`{}`: {e}", t.trim()));
     match text.split_once(',') {
         None => Ok(ProviderLatency {
             p50: one(text)?,
@@ -127,6 +130,9 @@ fn parse_provider(name: &str) -> Result<ProviderName, String> {
         format!("unknown provider `{name}`; valid: {}", valid.join(", "))
     })
 }
+
+/// The worker's database server when `DATABASE_URL` is unset (its documented default).
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/refund_worker";
 
 /// Unconfirmed publishes allowed at once, in the raw test and for commands.
 const CONFIRM_WINDOW: usize = 256;
@@ -212,7 +218,7 @@ pub struct Cleanup {
     /// Throw-away queues.
     pub queues: Vec<String>,
     /// The worker's exchanges and queues.
-    pub topology: Option<Topology>,
+    pub names: Option<Names>,
     /// Throw-away databases (full URLs).
     pub databases: Vec<String>,
 }
@@ -221,34 +227,38 @@ impl Cleanup {
     /// Deletes everything recorded; returns what could not be deleted.
     async fn run(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
-        if !self.queues.is_empty() || self.topology.is_some() {
-            match broker::connect(&self.amqp_url, "refund-worker-bench-cleanup").await {
+        let (mut queues, mut exchanges) = (std::mem::take(&mut self.queues), Vec::new());
+        if let Some(names) = self.names.take() {
+            queues.extend(names.queues);
+            exchanges = names.exchanges;
+        }
+        if !queues.is_empty() || !exchanges.is_empty() {
+            match amqp::connect(&self.amqp_url, "refund-worker-bench-cleanup").await {
                 Ok(conn) => {
-                    for q in self.queues.drain(..) {
-                        // A failed delete closes the channel: one channel per deletion.
+                    // A failed delete closes the channel: one channel per deletion.
+                    for (kind, name) in queues
+                        .iter()
+                        .map(|q| ("queue", q))
+                        .chain(exchanges.iter().map(|e| ("exchange", e)))
+                    {
                         let deleted = async {
                             let ch = conn.create_channel().await?;
-                            ch.queue_delete(q.as_str().into(), Default::default())
-                                .await?;
+                            if kind == "queue" {
+                                ch.queue_delete(name.as_str().into(), Default::default())
+                                    .await?;
+                            } else {
+                                ch.exchange_delete(name.as_str().into(), Default::default())
+                                    .await?;
+                            }
                             ch.close(200, "deleted".into()).await
                         };
                         if let Err(e) = deleted.await {
-                            problems.push(format!("queue {q}: {e}"));
-                        }
-                    }
-                    if let Some(t) = self.topology.take() {
-                        let deleted = async {
-                            let ch = conn.create_channel().await?;
-                            t.delete(&ch).await?;
-                            ch.close(200, "deleted".into()).await
-                        };
-                        if let Err(e) = deleted.await {
-                            problems.push(format!("exchanges/queues {}*: {e}", t.exchange));
+                            problems.push(format!("{kind} {name}: {e}"));
                         }
                     }
                     let _ = conn.close(200, "bench cleanup".into()).await;
                 }
-                Err(e) => problems.push(format!("RabbitMQ: {e}")),
+                Err(e) => problems.push(format!("RabbitMQ: {e:#}")),
             }
         }
         for url in self.databases.drain(..) {
@@ -275,16 +285,39 @@ fn with_database(database_url: &str, name: &str) -> anyhow::Result<String> {
     Ok(url.to_string())
 }
 
-/// Drops a database this run created (the name is ours: lowercase letters, digits, `_`).
-async fn drop_database(database_url: &str) -> anyhow::Result<()> {
+/// Creates a database for this run (the name is ours, see [`drop_database`]).
+async fn create_database(database_url: &str) -> anyhow::Result<()> {
     let (admin, name) = admin_url(database_url)?;
+    bench_database_name(&name)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin)
+        .await
+        .with_context(|| format!("connecting to create database {name}"))?;
+    let created = sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&pool)
+        .await
+        .with_context(|| format!("creating database {name}"));
+    pool.close().await;
+    created.map(|_| ())
+}
+
+/// Refuses a database name the bench did not make: lowercase letters, digits, `_`.
+fn bench_database_name(name: &str) -> anyhow::Result<()> {
     if name.is_empty()
         || !name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     {
-        anyhow::bail!("refusing to drop database `{name}`: not a bench database name");
+        anyhow::bail!("refusing database `{name}`: not a bench database name");
     }
+    Ok(())
+}
+
+/// Drops a database this run created (the name is ours: lowercase letters, digits, `_`).
+async fn drop_database(database_url: &str) -> anyhow::Result<()> {
+    let (admin, name) = admin_url(database_url)?;
+    bench_database_name(&name)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&admin)
@@ -353,14 +386,14 @@ const WORKER_DEFAULTS: [(&str, &str); 2] = [
     ("WEBHOOK_INGRESS_BURST", "1000000"),
 ];
 
-/// Runs the benchmark.
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+/// Runs the benchmark against `worker`.
+pub async fn run(args: BenchArgs, worker: Worker) -> anyhow::Result<ExitCode> {
     let plan = Plan::new(&args)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let mut cleanup = Cleanup::default();
     let sandbox_stop = CancellationToken::new();
     let result = tokio::select! {
-        r = measure(&plan, &run_id, &mut cleanup, &sandbox_stop) => r,
+        r = measure(&plan, &worker, &run_id, &mut cleanup, &sandbox_stop) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     sandbox_stop.cancel();
@@ -387,6 +420,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// Everything but the cleanup.
 async fn measure(
     plan: &Plan,
+    worker: &Worker,
     run_id: &str,
     cleanup: &mut Cleanup,
     sandbox_stop: &CancellationToken,
@@ -431,7 +465,7 @@ async fn measure(
         .filter_map(|(k, _)| k.into_string().ok())
         .filter(|k| k.starts_with("PROVIDER_") && !child_env.contains_key(k))
         .collect();
-    let config = Config::from_lookup(|k| {
+    let config = (worker.settings)(&|k: &str| {
         child_env.get(k).cloned().or_else(|| {
             if k.starts_with("PROVIDER_") {
                 None
@@ -442,7 +476,6 @@ async fn measure(
     })
     .context("the worker's configuration")?;
     cleanup.amqp_url = config.amqp_url.clone();
-    let topology = Topology::with_prefix(&config.amqp_name_prefix);
 
     // A command as large as the ones the end-to-end part sends.
     let sample = e2e::command(
@@ -457,7 +490,7 @@ async fn measure(
         &format!("bench-{run_id}.raw"),
         &body,
         plan.raw_messages,
-        config.prefetch,
+        config.shaping.prefetch,
         CONFIRM_WINDOW,
         cleanup,
     )
@@ -468,7 +501,7 @@ async fn measure(
         &raw_database_url,
         &sample,
         plan.raw_commits,
-        config.database_max_connections,
+        config.shaping.database_max_connections,
     )
     .await
     .context("raw database test")?;
@@ -478,7 +511,8 @@ async fn measure(
 
     let settings = e2e::Settings {
         run_id: run_id.to_owned(),
-        topology,
+        names: config.names.clone(),
+        exe: worker.exe.clone(),
         amqp_url: config.amqp_url.clone(),
         database_url,
         child_env,
@@ -504,7 +538,7 @@ async fn measure(
         in_flight: plan.in_flight,
         providers: &plan.providers,
         machine,
-        config: &config,
+        worker: &config.shaping,
         broker,
         postgres,
         end_to_end,

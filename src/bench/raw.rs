@@ -7,10 +7,9 @@
 //! - Database: single-row committed `INSERT`s of the command JSON into a throw-away table of
 //!   a throw-away database, from as many connections as the worker's pool.
 
+use super::amqp::{self, Publisher};
 use super::sys::{self, CpuSnapshot, CpuUse};
 use super::{Cleanup, Progress};
-use crate::broker::publisher::{json_properties, Outgoing, Publisher};
-use crate::broker::{self};
 use anyhow::Context as _;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -76,12 +75,8 @@ pub async fn broker(
     window: usize,
     cleanup: &mut Cleanup,
 ) -> anyhow::Result<BrokerBound> {
-    let producer = broker::connect(amqp_url, "refund-worker-bench-raw-publisher")
-        .await
-        .context("connecting to RabbitMQ")?;
-    let consumer_conn = broker::connect(amqp_url, "refund-worker-bench-raw-consumer")
-        .await
-        .context("connecting to RabbitMQ")?;
+    let producer = amqp::connect(amqp_url, "refund-worker-bench-raw-publisher").await?;
+    let consumer_conn = amqp::connect(amqp_url, "refund-worker-bench-raw-consumer").await?;
     let channel = consumer_conn.create_channel().await?;
     let mut args = FieldTable::default();
     args.insert(
@@ -144,14 +139,7 @@ pub async fn broker(
                     Publisher::confirmed(c).await?;
                 }
             }
-            let confirm = publisher
-                .send(Outgoing {
-                    exchange: "",
-                    routing_key: queue,
-                    payload: body,
-                    properties: json_properties(&format!("raw-{i}")),
-                })
-                .await?;
+            let confirm = publisher.send("", queue, body, &format!("raw-{i}")).await?;
             confirms.push_back(confirm);
         }
         for c in confirms {
@@ -202,7 +190,7 @@ pub async fn postgres(
     commits: u64,
     connections: u32,
 ) -> anyhow::Result<PostgresBound> {
-    crate::store::ensure_database(database_url)
+    super::create_database(database_url)
         .await
         .context("creating the raw database")?;
     let pool = sqlx::postgres::PgPoolOptions::new()

@@ -1,11 +1,11 @@
 //! The figures of one run: the cost model, the bound, the targets, and their text and
 //! JSON forms.
 
+use super::e2e::ProviderName;
 use super::e2e::{self, Latency, PhaseFigures};
 use super::raw::{BrokerBound, PostgresBound};
 use super::sys::{CpuUse, Machine};
-use crate::config::Config;
-use crate::domain::ProviderName;
+use super::target::WorkerSettings;
 use serde::Serialize;
 
 /// Appends one formatted line to a `String`.
@@ -181,8 +181,8 @@ pub struct Inputs<'a> {
     pub providers: &'a [ProviderName],
     /// The machine.
     pub machine: Machine,
-    /// The worker's configuration.
-    pub config: &'a Config,
+    /// The worker's settings.
+    pub worker: &'a WorkerSettings,
     /// Raw broker figures.
     pub broker: BrokerBound,
     /// Raw database figures.
@@ -195,30 +195,6 @@ pub struct Inputs<'a> {
     pub sandbox_status_calls: u64,
     /// Peak RSS of the bench process.
     pub bench_peak_rss_kib: Option<u64>,
-}
-
-/// The worker settings that shape the figures.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerSettings {
-    /// `PREFETCH`.
-    pub prefetch: u16,
-    /// `DATABASE_MAX_CONNECTIONS`.
-    pub database_max_connections: u32,
-    /// `INTAKE_BATCH`.
-    pub intake_batch: usize,
-    /// `WEBHOOK_LANES`.
-    pub webhook_lanes: usize,
-    /// `DISPATCH_BATCH`.
-    pub dispatch_batch: i64,
-    /// `DISPATCH_CONCURRENCY`.
-    pub dispatch_concurrency: usize,
-    /// `IDLE_POLL_MS`.
-    pub idle_poll_ms: u128,
-    /// `POLL_INITIAL_MS`.
-    pub poll_initial_ms: u128,
-    /// `RUST_LOG` of the worker (unset: the service default, info).
-    pub log_filter: String,
 }
 
 /// The figures of one run.
@@ -320,23 +296,7 @@ impl Report {
         } else {
             0.0
         };
-        let config = inputs.config;
-        let worker_settings = WorkerSettings {
-            prefetch: config.prefetch,
-            database_max_connections: config.database_max_connections,
-            intake_batch: config.intake_batch,
-            webhook_lanes: config.webhook_lanes,
-            dispatch_batch: config.dispatch_batch,
-            dispatch_concurrency: config.dispatch_concurrency,
-            idle_poll_ms: config.idle_poll.as_millis(),
-            poll_initial_ms: config.poll.initial.as_millis(),
-            log_filter: std::env::var("RUST_LOG")
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| {
-                    format!("{} (service default)", crate::telemetry::SERVICE_FILTER)
-                }),
-        };
+        let worker_settings = inputs.worker.clone();
         let mut report = Self {
             run_id: inputs.run_id,
             quick: inputs.quick,

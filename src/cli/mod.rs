@@ -1,15 +1,15 @@
 //! The `refund-worker` command line: one binary for every role.
 
-mod demo;
 mod dlq;
 pub mod exit;
 mod inbox;
-mod reconcile;
-mod recover;
+pub(crate) mod reconcile;
+pub(crate) mod recover;
 mod refunds;
 pub mod run_args;
-mod sandbox;
 mod submit;
+#[cfg(feature = "tools")]
+mod tools;
 mod webhooks;
 
 use crate::app::App;
@@ -36,8 +36,6 @@ enum Command {
     Run(run_args::RunArgs),
     /// Create the database if needed and apply migrations.
     Migrate,
-    /// Run the provider sandbox (a local simulator of the providers' APIs).
-    Sandbox(sandbox::SandboxArgs),
     /// Publish a refund command (from a JSON file or flags) with publisher confirms.
     Submit(submit::SubmitArgs),
     /// Inspect refunds; the review queue; recheck and resolve refunds in review.
@@ -50,8 +48,6 @@ enum Command {
     Recover(recover::RecoverArgs),
     /// Compare a provider's view of our refunds with our database; exit 3 on mismatches.
     Reconcile(reconcile::ReconcileArgs),
-    /// Measure throughput and latency: the raw broker/database bound and the worker end to end.
-    Bench(crate::bench::BenchArgs),
     /// Merchant webhooks: list failed deliveries, resend them.
     Webhooks {
         #[command(subcommand)]
@@ -67,22 +63,22 @@ enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
-    /// Start the sandbox and a worker in-process, push refunds through them, print their
-    /// journeys and a summary, and exit (non-zero if any refund ended unexpectedly).
-    Demo(demo::DemoArgs),
+    /// The tools (cargo feature `tools`, on by default; the production image is built
+    /// without it): the provider sandbox, the demo and the bench.
+    #[cfg(feature = "tools")]
+    #[command(flatten)]
+    Tool(tools::Tool),
 }
 
 /// Parses the command line and runs the chosen command.
 pub async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     // The demo prints its own narrative; worker logs would drown it (RUST_LOG=info shows them).
-    let default_filter = match cli.command {
-        Command::Demo(_) | Command::Bench(_) => "warn,lapin=off",
-        _ => crate::telemetry::SERVICE_FILTER,
-    };
-    let log_to = match cli.command {
-        Command::Run(_) | Command::Sandbox(_) => LogTo::Stdout,
-        _ => LogTo::Stderr,
+    let (default_filter, log_to) = match &cli.command {
+        Command::Run(_) => (crate::telemetry::SERVICE_FILTER, LogTo::Stdout),
+        #[cfg(feature = "tools")]
+        Command::Tool(tool) => tool.logging(),
+        _ => (crate::telemetry::SERVICE_FILTER, LogTo::Stderr),
     };
     let log_json = match &cli.command {
         Command::Run(args) => args
@@ -101,16 +97,15 @@ pub async fn main() -> anyhow::Result<ExitCode> {
             println!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sandbox(args) => sandbox::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Submit(args) => submit::run(args).await,
         Command::Refunds { command } => refunds::run(command).await,
-        Command::Demo(args) => demo::run(args).await,
         Command::Webhooks { command } => webhooks::run(command).await,
         Command::Dlq { command } => dlq::run(command).await,
         Command::Inbox { command } => inbox::run(command).await,
         Command::Recover(args) => recover::run(args).await,
         Command::Reconcile(args) => reconcile::run(args).await,
-        Command::Bench(args) => crate::bench::run(args).await,
+        #[cfg(feature = "tools")]
+        Command::Tool(tool) => tool.run().await,
     }
 }
 

@@ -229,7 +229,8 @@ pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
         } => {
             use crate::domain::review::{ResolveRefused, ResolveRequest};
             use crate::domain::RefundStatus;
-            use crate::store::review::{resolve, ResolveError, Resolved};
+            use crate::pipeline::review::resolve;
+            use crate::store::review::{ResolveError, Resolved};
             let request = ResolveRequest {
                 status: if completed {
                     RefundStatus::Completed

@@ -1,15 +1,29 @@
-//! The refund domain: money, commands, the refund state machine and status events.
+//! The refund domain: money, commands, the refund state machine and status events, and
+//! every business decision the pipeline takes.
 //!
 //! Everything here is pure (no I/O, no clock reads except where a timestamp is passed in),
 //! so the rules that matter most for a payment system (exact money, forward-only
-//! transitions, the retry decision) are unit-tested without a database or broker.
+//! transitions, the retry decision) are unit-tested without a database or broker. The
+//! store reads what a decision needs inside the caller's transaction, asks the function
+//! here, and writes what it answers:
+//!
+//! - [`intake`]: a command is new, a repeat or a conflict; the [`guard`] accepts or refuses
+//!   a new one against its payment.
+//! - [`refund::decide`]: what a dispatcher step does with the provider's answer.
+//! - [`webhook`]: which refund a provider webhook names and what it does to it.
+//! - [`fanout`]: what a status change writes besides the refund (history, outbox, merchant
+//!   webhook).
+//! - [`review`]: when a refund needs an operator, and what an operator's resolution does.
 
 pub mod command;
 pub mod event;
+pub mod fanout;
 pub mod guard;
+pub mod intake;
 pub mod money;
 pub mod refund;
 pub mod review;
+pub mod webhook;
 
 pub use command::{CommandError, Destination, ProviderName, RefundCommand};
 pub use event::RefundEvent;

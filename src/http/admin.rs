@@ -303,7 +303,8 @@ async fn resolve_refund(
         reason: body.reason,
         provider_reference: body.provider_reference.filter(|r| !r.trim().is_empty()),
     };
-    let resolved = store::review::resolve(&state.pool, &reference, &request, &state.context.sink)
+    let sink = &state.context.sink;
+    let resolved = crate::pipeline::review::resolve(&state.pool, &reference, &request, sink)
         .await
         .map_err(|e| match e {
             ResolveError::NotFound(_) => {

@@ -124,7 +124,7 @@ impl Deliverer {
                     error = result.error.as_deref().unwrap_or(""),
                     "webhook attempt"
                 );
-                if let Err(e) = merchant_webhooks::record_attempt(&self.pool, &d, &result).await {
+                if let Err(e) = record_attempt(&self.pool, &d, &result).await {
                     // The lease expires and the delivery is attempted again: at least once.
                     tracing::warn!(event_id = %d.event_id, error = %e, "recording a webhook attempt failed");
                 }
@@ -278,4 +278,17 @@ fn describe(e: &reqwest::Error) -> String {
         }
     }
     out
+}
+
+/// Records an attempt ([`merchant_webhooks::record_attempt`]) in a transaction of its own; `false`
+/// when the claim was lost (nothing written).
+async fn record_attempt(
+    pool: &PgPool,
+    d: &ClaimedDelivery,
+    r: &AttemptResult,
+) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await?;
+    let recorded = merchant_webhooks::record_attempt(&mut tx, d, r).await?;
+    tx.commit().await?;
+    Ok(recorded)
 }

@@ -45,7 +45,7 @@ pub enum DispatchOutcome {
 }
 
 /// New refunds that intake claimed in its own transaction and hands straight to this
-/// worker's dispatcher ([`store::refunds::intake_batch_claiming`]), skipping a claim's
+/// worker's dispatcher ([`super::intake::store_batch`]), skipping a claim's
 /// update and the wait for the next claim. Also the dispatcher's slot count: every refund
 /// in flight, claimed here or handed over, holds one of `DISPATCH_CONCURRENCY` slots.
 ///
@@ -442,6 +442,20 @@ async fn claim(ctx: &Context, limit: i64) -> Result<Vec<(ClaimedRefund, Instant)
     Ok(claimed.into_iter().map(|c| (c, lease_ends)).collect())
 }
 
+/// Records dispatcher steps in one transaction ([`store::refunds::record_steps`]): their
+/// new schedules or final statuses, provider calls and fan-out. Answers, in `steps` order,
+/// each step's event (`None` for a reschedule or a lost claim).
+pub async fn record_steps(
+    pool: &sqlx::PgPool,
+    steps: &[StepRecord<'_>],
+    sink: &store::EventSink,
+) -> Result<Vec<Option<crate::domain::RefundEvent>>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let events = store::refunds::record_steps(&mut tx, steps, sink).await?;
+    tx.commit().await?;
+    Ok(events)
+}
+
 /// Records step outcomes in one transaction, then counts, logs and announces their events.
 pub(crate) async fn record(ctx: &Context, outcomes: &[Outcome]) -> Result<(), StoreError> {
     let steps: Vec<StepRecord<'_>> = outcomes
@@ -453,7 +467,7 @@ pub(crate) async fn record(ctx: &Context, outcomes: &[Outcome]) -> Result<(), St
             update: &o.update,
         })
         .collect();
-    let events = store::refunds::record_steps(&ctx.pool, &steps, &ctx.sink).await?;
+    let events = record_steps(&ctx.pool, &steps, &ctx.sink).await?;
     let mut any = false;
     for (o, event) in outcomes.iter().zip(events) {
         if let Some(event) = event {

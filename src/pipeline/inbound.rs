@@ -5,8 +5,10 @@
 //!
 //! Messages are spread over ordered lanes (`WEBHOOK_LANES`) by the refund or payment they
 //! are about; a lane applies whatever is waiting in it (up to `LANE_BATCH` messages) in one
-//! transaction ([`inbound::receive_batch`]), judged as if they had come one at a time. A
-//! message the database refuses is retried alone, so only it is dead-lettered.
+//! transaction ([`receive_batch`]), judged as if they had come one at a time. A message the
+//! database refuses is retried alone, so only it is dead-lettered. The transactions are
+//! this module's; the store reads and writes inside them, and what a webhook does is
+//! [`crate::domain::webhook`]'s decision.
 //!
 //! The ingress verified the signature before publishing; the queue is inside our trust
 //! boundary, so the consumer only parses. A message that cannot be parsed, names an unknown
@@ -19,10 +21,11 @@ use crate::broker::AckWindow;
 use crate::domain::ProviderName;
 use crate::providers::{ProviderWebhook, WebhookKind};
 use crate::store::inbound::{self, Applied};
-use crate::store::StoreError;
+use crate::store::{EventSink, StoreError};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::Connection;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// AMQP header naming the provider (set by the ingress; survives dead-lettering and replay,
@@ -57,6 +60,19 @@ fn parse(ctx: &Context, provider: &str, body: &[u8]) -> Parsed {
         .parse_webhook(body)
         .map(|webhooks| (name, webhooks))
         .map_err(|e| e.to_string())
+}
+
+/// Records parsed webhooks in the inbox and applies them ([`inbound::receive_batch`]), in
+/// one transaction. Answers in `items` order.
+pub async fn receive_batch(
+    pool: &PgPool,
+    items: &[inbound::Incoming<'_>],
+    sink: &EventSink,
+) -> Result<Vec<Applied>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let applied = inbound::receive_batch(&mut tx, items, sink).await?;
+    tx.commit().await?;
+    Ok(applied)
 }
 
 /// Processes one webhook message. Errors are infrastructure errors (database down); the
@@ -98,7 +114,7 @@ async fn store(
         .collect();
     let all: Vec<inbound::Incoming<'_>> = per_message.iter().flatten().copied().collect();
     let mut applied: Vec<Result<Vec<Applied>, String>> = Vec::with_capacity(messages.len());
-    match inbound::receive_batch(&ctx.pool, &all, &ctx.sink).await {
+    match receive_batch(&ctx.pool, &all, &ctx.sink).await {
         Ok(answers) => {
             let mut answers = answers.into_iter();
             for items in &per_message {
@@ -119,13 +135,11 @@ async fn store(
         }
         Err(_) => {
             for items in &per_message {
-                applied.push(
-                    match inbound::receive_batch(&ctx.pool, items, &ctx.sink).await {
-                        Ok(answers) => Ok(answers),
-                        Err(e) if e.is_retryable() => return Err(e),
-                        Err(e) => Err(format!("the database refused this webhook: {e}")),
-                    },
-                );
+                applied.push(match receive_batch(&ctx.pool, items, &ctx.sink).await {
+                    Ok(answers) => Ok(answers),
+                    Err(e) if e.is_retryable() => return Err(e),
+                    Err(e) => Err(format!("the database refused this webhook: {e}")),
+                });
             }
         }
     }
@@ -208,8 +222,9 @@ pub async fn sweep_parked(ctx: &Context) -> Result<usize, StoreError> {
         };
         let age = chrono::Utc::now() - parked.received_at;
         let give_up = age.to_std().unwrap_or_default() > ctx.config.parked_max_age;
+        let mut tx = ctx.pool.begin().await?;
         let applied = inbound::retry_parked(
-            &ctx.pool,
+            &mut tx,
             adapter.name(),
             &parked.event_key,
             &webhook,
@@ -217,6 +232,7 @@ pub async fn sweep_parked(ctx: &Context) -> Result<usize, StoreError> {
             &ctx.sink,
         )
         .await?;
+        tx.commit().await?;
         if applied != Applied::Parked && applied != Applied::Duplicate {
             report(ctx, adapter.name(), &applied);
             resolved += 1;

@@ -5,24 +5,34 @@
 //! `refundReference` primary key makes a redelivery a no-op.
 //!
 //! Under load, the commands that are waiting when a batch starts (up to `INTAKE_BATCH`) are
-//! stored in one transaction ([`store::refunds::intake_batch`]): the per-transaction cost
-//! (begin, commit, the WAL flush, round trips) is shared, while each command is judged as
-//! if it had come alone. A lone command is a batch of one, so nothing waits to fill a batch.
+//! stored in one transaction ([`store_batch`]): the per-transaction cost (begin, commit, the
+//! WAL flush, round trips) is shared, while each command is judged as if it had come alone.
+//! A lone command is a batch of one, so nothing waits to fill a batch.
+//!
+//! The transaction is this module's: the store reads (the payments' locks, the stored
+//! references), [`crate::domain::intake::judge`] decides, and the store writes what it
+//! decided (the refunds, their fan-out), all inside it.
 
 use super::{ConsumeError, Context};
 use crate::broker::publisher::Publisher;
 use crate::broker::AckWindow;
+use crate::domain::fanout::StatusChange;
+use crate::domain::intake::judge;
 use crate::domain::{command, CommandError, RefundCommand};
-use crate::store::{self, Intake, IntakeItem, StoreError};
+use crate::store::refunds::{self, Preclaim};
+use crate::store::{self, ClaimedRefund, EventSink, Intake, IntakeItem, RefundRow, StoreError};
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::Connection;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Largest command body accepted; larger ones are dead-lettered unread.
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
@@ -159,8 +169,7 @@ async fn store(ctx: &Context, prepared: &[Prepared]) -> Result<Vec<IntakeOutcome
                 hash,
                 message,
             } => (
-                store::refunds::intake_invalid(&ctx.pool, reference, raw, hash, message, &ctx.sink)
-                    .await,
+                store_invalid(&ctx.pool, reference, raw, hash, message, &ctx.sink).await,
                 raw,
             ),
             Prepared::Valid { raw, .. } => {
@@ -212,8 +221,7 @@ async fn store_items(ctx: &Context, items: &[IntakeItem<'_>]) -> Result<Vec<Inta
         limit: slots.len(),
         lease,
     };
-    let (answers, claimed) =
-        store::refunds::intake_batch_claiming(&ctx.pool, items, &ctx.sink, preclaim).await?;
+    let (answers, claimed) = store_batch(&ctx.pool, items, &ctx.sink, preclaim).await?;
     let created = answers
         .iter()
         .filter(|a| matches!(a, Intake::Created(e) if !e.status.is_final()))
@@ -224,6 +232,131 @@ async fn store_items(ctx: &Context, items: &[IntakeItem<'_>]) -> Result<Vec<Inta
     }
     ctx.handoff.hand(claimed, lease_ends, slots);
     Ok(answers)
+}
+
+/// How often a batch is judged again after a concurrent writer inserted one of its
+/// references, before giving up for now (the caller retries later).
+const INTAKE_ROUNDS: usize = 5;
+
+/// Stores validated commands, in one transaction: each becomes a new `PENDING` refund, or
+/// a `REFUND_FAIL` when the over-refund guard or configuration refuses it, or is recognised
+/// as a repeat. Idempotent per `refundReference`; the answers are in `items` order. Up to
+/// `preclaim.limit` of the new `PENDING` refunds are claimed for this worker's dispatcher
+/// in the same transaction, and returned.
+///
+/// The guard locks the batch's payment rows (in key order, so concurrent batches cannot
+/// deadlock), then judges the commands one after the other against committed refunds and
+/// the batch's own earlier ones. One transaction and about six statements serve the whole
+/// batch, instead of a transaction of eight per command.
+pub async fn store_batch(
+    pool: &PgPool,
+    items: &[IntakeItem<'_>],
+    sink: &EventSink,
+    preclaim: Preclaim,
+) -> Result<(Vec<Intake>, Vec<ClaimedRefund>), StoreError> {
+    // The first round assumes every reference is new and skips reading the stored ones: a
+    // batch of new commands (nearly all of them) saves a round trip. A reference already
+    // stored makes its insert come back short, exactly as one inserted concurrently does,
+    // and the rounds after it read them.
+    for round in 0..=INTAKE_ROUNDS {
+        let mut tx = pool.begin().await?;
+        match store_round(&mut tx, items, sink, preclaim, round > 0).await? {
+            Some(done) => {
+                tx.commit().await?;
+                return Ok(done);
+            }
+            // The payments' learned amounts and locks go with it: the next round
+            // judges from scratch.
+            None => tx.rollback().await?,
+        }
+    }
+    Err(StoreError::Contended(
+        "refund references of this batch kept being inserted by concurrent writers".into(),
+    ))
+}
+
+/// One judging of a batch in `tx`. `None` when a reference judged new turned out to be
+/// stored (before, or concurrently): the caller rolls back and judges the batch again.
+/// `read_stored` reads the batch's stored references first, to judge them as repeats or
+/// conflicts.
+async fn store_round(
+    tx: &mut PgConnection,
+    items: &[IntakeItem<'_>],
+    sink: &EventSink,
+    preclaim: Preclaim,
+    read_stored: bool,
+) -> Result<Option<(Vec<Intake>, Vec<ClaimedRefund>)>, StoreError> {
+    let mut payments = refunds::lock_payments(tx, items).await?;
+    let stored = match read_stored {
+        true => refunds::stored(tx, items).await?,
+        false => HashMap::new(),
+    };
+    let judged = judge(items, &stored, &mut payments, preclaim.limit)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    refunds::save_learned_amounts(tx, &payments).await?;
+    let mut answers = judged.answers;
+    if judged.fresh.is_empty() {
+        return Ok(Some((answers.into_iter().flatten().collect(), Vec::new())));
+    }
+    let token = Uuid::new_v4();
+    let rows = refunds::insert_new(tx, items, &judged.fresh, preclaim.lease, token).await?;
+    if rows.len() != judged.fresh.len() {
+        return Ok(None);
+    }
+    let mut created: HashMap<String, RefundRow> = rows
+        .into_iter()
+        .map(|r| (r.refund_reference.clone(), r))
+        .collect();
+    let mut events = Vec::with_capacity(judged.fresh.len());
+    let mut claimed = Vec::new();
+    for new in &judged.fresh {
+        let item = &items[new.at];
+        let row = created.remove(&item.cmd.refund_reference).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "refund {} not returned by its insert",
+                item.cmd.refund_reference
+            ))
+        })?;
+        events.push((new.at, new.event(item.cmd, row.created_at)));
+        if new.claim {
+            claimed.push(ClaimedRefund {
+                row,
+                phase_before: crate::domain::Phase::NotSubmitted,
+                command: item.raw.clone(),
+                token,
+            });
+        }
+    }
+    let changes: Vec<StatusChange<'_>> = events
+        .iter()
+        .map(|(_, event)| StatusChange {
+            from: None,
+            event,
+            cause: "command received",
+            detail: None,
+        })
+        .collect();
+    refunds::record_transitions(tx, &changes, sink).await?;
+    for (at, event) in events {
+        answers[at] = Some(Intake::Created(event));
+    }
+    Ok(Some((answers.into_iter().flatten().collect(), claimed)))
+}
+
+/// Stores a command that failed validation (as a refused refund), in a transaction of its
+/// own.
+async fn store_invalid(
+    pool: &PgPool,
+    reference: &str,
+    raw: &Value,
+    hash: &str,
+    message: &str,
+    sink: &EventSink,
+) -> Result<Intake, StoreError> {
+    let mut tx = pool.begin().await?;
+    let intake = refunds::intake_invalid(&mut tx, reference, raw, hash, message, sink).await?;
+    tx.commit().await?;
+    Ok(intake)
 }
 
 /// The one answer of a batch of one.

@@ -2,13 +2,19 @@
 //! tests drive one step at a time) wrapped in a thin loop that sleeps when idle, wakes
 //! early when another part has work for it, and stops when shutdown is requested.
 //!
+//! The transactions are begun and committed here: the store reads and writes inside them
+//! (`&mut PgConnection`) and the decisions are [`crate::domain`]'s, so whether a batch
+//! commits, rolls back or is judged again is visible where the work is driven.
+//!
 //! - [`intake`]: one command message -> a refund row (or a dead letter).
+//! - [`inbound`]: provider webhook messages -> applied through the inbox (or parked, or
+//!   dead-lettered).
 //! - [`dispatch`]: due refunds -> provider calls -> recorded outcomes, as many calls in
 //!   flight as [`limit`] allows (it follows the providers' latency).
 //! - [`relay`]: outbox rows -> published events (with confirms).
 //! - [`retention`]: removes operational rows past `RETENTION` (refunds and history stay).
 //! - [`review`]: refunds still open after `REVIEW_AFTER` -> flagged for an operator; an
-//!   operator's recheck, through the dispatcher's own step.
+//!   operator's recheck, through the dispatcher's own step; an operator's resolution.
 //! - [`recover`]: after an outage, every pending refund of a window asked about at once, and
 //!   the providers' webhooks re-sent where they document a way.
 //! - [`reconcile`]: a provider's view of our refunds against our database (operators).

@@ -1,12 +1,16 @@
-//! Review: flags the refunds no machine can settle for an operator, and runs an operator's
-//! recheck through the dispatcher's own step.
+//! Review: flags the refunds no machine can settle for an operator, runs an operator's
+//! recheck through the dispatcher's own step, and applies an operator's resolution; each in
+//! a transaction of its own (the store reads and writes inside it, the rules are
+//! [`crate::domain::review`]'s).
 //!
 //! [`sweep`] is a step function (tests drive it); [`run`] loops it until shutdown. The
 //! flag changes no status and stops nothing: the dispatcher keeps asking the provider (on
 //! the `REVIEW_POLL` schedule) and a final answer still finishes the refund.
 
 use super::{dispatch, Context};
+use crate::domain::review::ResolveRequest;
 use crate::store::refunds::{claim_one, ClaimOne};
+use crate::store::review::{ResolveError, Resolved};
 use crate::store::{self, RefundView, StoreError};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -18,9 +22,11 @@ const SWEEP_BATCH: i64 = 100;
 pub async fn sweep(ctx: &Context) -> Result<usize, StoreError> {
     let mut flagged = 0;
     loop {
+        let mut tx = ctx.pool.begin().await?;
+        let review_after = ctx.config.review_after;
         let events =
-            store::review::flag_overdue(&ctx.pool, ctx.config.review_after, SWEEP_BATCH, &ctx.sink)
-                .await?;
+            store::review::flag_overdue(&mut tx, review_after, SWEEP_BATCH, &ctx.sink).await?;
+        tx.commit().await?;
         for e in &events {
             tracing::warn!(refund_reference = %e.refund_reference,
                 reason = e.review.as_ref().map(|r| r.reason.as_str()).unwrap_or(""),
@@ -95,13 +101,30 @@ pub async fn recheck(
         }
         Err(ClaimOne::Busy) => return Err(RecheckError::Busy(reference.to_owned())),
     };
-    store::review::note_action(&ctx.pool, reference, store::review::CAUSE_RECHECK, reason).await?;
+    let mut tx = ctx.pool.begin().await.map_err(StoreError::from)?;
+    store::review::note_action(&mut tx, reference, store::review::CAUSE_RECHECK, reason).await?;
+    tx.commit().await.map_err(StoreError::from)?;
     let lease_ends = Instant::now() + ctx.config.claim_lease;
     let outcome = dispatch::process_in_span(ctx, claimed, lease_ends).await;
     dispatch::record(ctx, std::slice::from_ref(&outcome)).await?;
     store::refunds::show(&ctx.pool, reference)
         .await?
         .ok_or_else(|| RecheckError::NotFound(reference.to_owned()))
+}
+
+/// Applies an operator's resolution of `reference` ([`store::review::resolve`]) in a
+/// transaction of its own, committed only when it was applied (the admin API and the
+/// command line).
+pub async fn resolve(
+    pool: &sqlx::PgPool,
+    reference: &str,
+    request: &ResolveRequest,
+    sink: &store::EventSink,
+) -> Result<Resolved, ResolveError> {
+    let mut tx = pool.begin().await?;
+    let resolved = store::review::resolve(&mut tx, reference, request, sink).await?;
+    tx.commit().await?;
+    Ok(resolved)
 }
 
 #[cfg(test)]

@@ -3,86 +3,22 @@
 //!
 //! Everything a webhook changes commits in one transaction with its inbox row (and, for a
 //! status change, the history row and the outbox event), so a redelivered or replayed
-//! webhook finds its inbox row and changes nothing.
+//! webhook finds its inbox row and changes nothing. The transaction is the caller's
+//! ([`crate::pipeline::inbound`]); the decisions (which refund a webhook names, what it
+//! does to it) are [`crate::domain::webhook`]'s, and these functions read and write around
+//! them.
 
-use super::refunds::{
-    event_for, finish_many, lock_in_order, record_transitions, FinishArrays, TransitionWrite,
-};
+use super::refunds::{event_for, finish_many, lock_in_order, record_transitions, FinishArrays};
 use super::{EventSink, StoreError};
-use crate::domain::{
-    transition, FailureReason, Fee, ProviderName, ProviderOutcome, RefundEvent, RefundStatus,
-    Transition,
-};
+use crate::domain::fanout::StatusChange;
+use crate::domain::webhook::{decide, pick, refund_result, Candidate, Changes, Decided};
+use crate::domain::{ProviderName, RefundStatus};
 use crate::providers::{ProviderWebhook, WebhookKind};
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
 
-/// What applying one provider webhook did.
-// The event is the answer's whole point and is moved once; boxing it would cost an
-// allocation per refund on the hot path to save stack space nobody runs short of.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
-pub enum Applied {
-    /// Seen before (same provider and event key): nothing changed.
-    Duplicate,
-    /// The refund became final; its event is in the outbox.
-    Transitioned(RefundEvent),
-    /// Known, and nothing to change: a repeat of the final status, a late non-final status
-    /// after a final one, or a still-pending status (provider status word updated).
-    Unchanged {
-        /// The refund.
-        refund_reference: String,
-    },
-    /// A final status contradicting the refund's final status: recorded, raised, not applied.
-    Contradiction {
-        /// The refund.
-        refund_reference: String,
-        /// Our status.
-        ours: RefundStatus,
-        /// What the provider now says.
-        theirs: RefundStatus,
-    },
-    /// No refund matches yet (the webhook raced the provider's HTTP answer): kept, and
-    /// applied when the refund appears.
-    Parked,
-    /// Several refunds could match (only the payment was named): kept for an operator.
-    Unmatched {
-        /// Why.
-        reason: String,
-    },
-    /// A payment status, kept in the pay-ins ledger.
-    PayIn,
-    /// A notification refund-worker has no use for.
-    Ignored,
-}
-
-impl Applied {
-    /// Inbox state and metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Duplicate => "duplicate",
-            Self::Transitioned(_) => "applied",
-            Self::Unchanged { .. } => "unchanged",
-            Self::Contradiction { .. } => "contradiction",
-            Self::Parked => "parked",
-            Self::Unmatched { .. } => "unmatched",
-            Self::PayIn => "pay_in",
-            Self::Ignored => "ignored",
-        }
-    }
-
-    fn inbox_state(&self) -> &'static str {
-        match self {
-            Self::Duplicate | Self::Unchanged { .. } => "UNCHANGED",
-            Self::Transitioned(_) | Self::PayIn => "APPLIED",
-            Self::Contradiction { .. } => "CONTRADICTION",
-            Self::Parked => "PARKED",
-            Self::Unmatched { .. } => "UNMATCHED",
-            Self::Ignored => "IGNORED",
-        }
-    }
-}
+pub use crate::domain::webhook::Applied;
 
 /// The inbox key of a webhook: the provider's event id, else a hash of the raw body.
 pub fn event_key(webhook: &ProviderWebhook, body: &[u8]) -> String {
@@ -121,10 +57,10 @@ impl Incoming<'_> {
     }
 }
 
-/// Records one parsed webhook in the inbox and applies it, in one transaction.
+/// Records one parsed webhook in the inbox and applies it, in the caller's transaction.
 /// `part` is its index among the notifications parsed from `body`.
 pub async fn receive(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     provider: ProviderName,
     body: &[u8],
     part: usize,
@@ -137,14 +73,15 @@ pub async fn receive(
         part,
         webhook,
     };
-    receive_batch(pool, &[incoming], sink)
+    receive_batch(tx, &[incoming], sink)
         .await?
         .pop()
         .ok_or_else(|| StoreError::Corrupt("webhook batch answered nothing".into()))
 }
 
-/// Records parsed webhooks in the inbox and applies them, all in one transaction, as if
-/// they had come one at a time in `items` order. Answers in `items` order.
+/// Records parsed webhooks in the inbox and applies them, all in the caller's transaction,
+/// as if they had come one at a time in `items` order. Answers in `items` order. When all
+/// are duplicates nothing is written (the inbox insert found every key).
 ///
 /// About eight set-based statements per batch however many webhooks it holds: the inbox
 /// insert (which finds the duplicates), one look-up of the refunds they name, one lock of
@@ -152,7 +89,7 @@ pub async fn receive(
 /// one [`record_transitions`](super::refunds) and the inbox's final states. A payment
 /// status is one ledger upsert each.
 pub async fn receive_batch(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     items: &[Incoming<'_>],
     sink: &EventSink,
 ) -> Result<Vec<Applied>, StoreError> {
@@ -160,7 +97,6 @@ pub async fn receive_batch(
         return Ok(Vec::new());
     }
     let keys: Vec<String> = items.iter().map(Incoming::key).collect();
-    let mut tx = pool.begin().await?;
     let inserted: Vec<(String, String, String)> = sqlx::query_as(
         "INSERT INTO provider_webhook_inbox (provider, event_key, part, body, state)
          SELECT provider, event_key, part, body, 'PARKED'
@@ -199,7 +135,6 @@ pub async fn receive_batch(
         })
         .collect();
     if fresh.is_empty() {
-        tx.rollback().await?;
         return Ok(vec![Applied::Duplicate; items.len()]);
     }
     let todo: Vec<Pending<'_>> = fresh
@@ -211,9 +146,8 @@ pub async fn receive_batch(
             webhook: items[*i].webhook,
         })
         .collect();
-    let results = apply_all(&mut tx, &todo, sink).await?;
-    write_inbox(&mut tx, &todo, &results, false).await?;
-    tx.commit().await?;
+    let results = apply_all(tx, &todo, sink).await?;
+    write_inbox(tx, &todo, &results, false).await?;
     let mut applied = vec![Applied::Duplicate; items.len()];
     for ((i, _), result) in fresh.into_iter().zip(results) {
         applied[i] = result.applied;
@@ -233,17 +167,9 @@ struct Pending<'a> {
     webhook: &'a ProviderWebhook,
 }
 
-/// What applying a webhook did, and what its inbox row says about it.
-#[derive(Debug, Clone)]
-struct Decided {
-    applied: Applied,
-    refund_reference: Option<String>,
-    detail: Option<String>,
-}
-
 /// Writes each webhook's final inbox state (and, for a parked retry, counts the try).
 async fn write_inbox(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     todo: &[Pending<'_>],
     results: &[Decided],
     count_try: bool,
@@ -278,7 +204,7 @@ async fn write_inbox(
             .collect::<Vec<_>>(),
     )
     .bind(i32::from(count_try))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
@@ -291,88 +217,14 @@ struct RefundKeys<'a> {
     transaction_reference: Option<&'a str>,
 }
 
-/// A refund that one of a webhook's keys names, as [`apply_all`] looks them up.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-struct Candidate {
-    /// Which webhook (its index among the batch's refund webhooks).
-    n: i64,
-    /// 1: by our reference, 2: by the provider's, 3: by the payment.
-    via: i32,
-    refund_reference: String,
-    status: String,
-    created_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// The refund a webhook names, from its candidates: by our reference, then the provider's
-/// (the one still pending should it name several, as BPN's order id names every partial
-/// refund of the order; else the oldest), then the payment (only when exactly one refund of
-/// that payment is pending, or exactly one exists). `Err` says why it is ambiguous.
-fn pick(mut candidates: Vec<&Candidate>, payment: Option<&str>) -> Result<Option<String>, String> {
-    candidates.sort_by_key(|c| (c.via, c.created_at));
-    match candidates.first() {
-        None => return Ok(None),
-        Some(c) if c.via < 3 => {
-            let same: Vec<&&Candidate> = candidates.iter().filter(|x| x.via == c.via).collect();
-            let pending: Vec<&&&Candidate> =
-                same.iter().filter(|x| x.status == "PENDING").collect();
-            return match (same.len(), pending.as_slice()) {
-                (2.., [only]) => Ok(Some(only.refund_reference.clone())),
-                _ => Ok(Some(c.refund_reference.clone())),
-            };
-        }
-        Some(_) => {}
-    }
-    let pending: Vec<&Candidate> = candidates
-        .iter()
-        .copied()
-        .filter(|c| c.status == "PENDING")
-        .collect();
-    match (candidates.as_slice(), pending.as_slice()) {
-        ([only], _) | (_, [only]) => Ok(Some(only.refund_reference.clone())),
-        (all, _) => Err(format!(
-            "{} refunds of payment {} could match; the webhook names no refund",
-            all.len(),
-            payment.unwrap_or_default()
-        )),
-    }
-}
-
-/// What a batch's refund webhooks do to the refunds, decided under their locks.
-#[derive(Default)]
-struct Changes<'a> {
-    /// In-progress statuses, one per refund (later ones merged into earlier ones).
-    progress: Vec<Progress<'a>>,
-    /// Final statuses, at most one per refund (the state machine sees to it).
-    finishes: Vec<FinishPlan<'a>>,
-}
-
-/// What the provider says of a refund still in progress at its end.
-#[derive(Debug, Clone, PartialEq)]
-struct Progress<'a> {
-    reference: String,
-    provider_reference: Option<&'a str>,
-    provider_status: &'a str,
-    fee: Option<&'a Fee>,
-}
-
-/// One refund a webhook makes final.
-struct FinishPlan<'a> {
-    at: usize,
-    from: RefundStatus,
-    reference: String,
-    status: RefundStatus,
-    failure: Option<&'a FailureReason>,
-    provider_reference: Option<&'a str>,
-    provider_status: Option<&'a str>,
-    fee: Option<&'a Fee>,
-}
-
 /// Applies webhooks that hold their inbox rows, in order, in `tx`: refunds are found in one
-/// statement and locked in key order (so two batches sharing refunds cannot deadlock), the
-/// state machine decides each webhook against the status its predecessors left, and the
-/// changes are written in a few set-based statements.
+/// statement ([`pick`] chooses among the candidates) and locked in key order (so two
+/// batches sharing refunds cannot deadlock), [`decide`] judges each webhook against the
+/// status its predecessors left, and the plan it makes is written in a few set-based
+/// statements. The decisions sit between this function's reads and writes, which is why it
+/// asks them here rather than leaving its caller to: the batch's statements stay as few.
 async fn apply_all(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     todo: &[Pending<'_>],
     sink: &EventSink,
 ) -> Result<Vec<Decided>, StoreError> {
@@ -414,7 +266,10 @@ async fn apply_all(
             theirs.push(keys.provider_reference);
             payments.push(keys.transaction_reference);
         }
-        let candidates: Vec<Candidate> = sqlx::query_as(
+        // Which webhook (its 1-based index among the batch's refund webhooks), and the
+        // candidate's via, reference, status and age.
+        type CandidateRow = (i64, i32, String, String, chrono::DateTime<chrono::Utc>);
+        let candidates: Vec<CandidateRow> = sqlx::query_as(
             "SELECT u.n, m.via, m.refund_reference, m.status, m.created_at
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])
                  WITH ORDINALITY AS u(prov, rr, pr, tr, n)
@@ -434,12 +289,25 @@ async fn apply_all(
         .bind(&ours)
         .bind(&theirs)
         .bind(&payments)
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await?;
+        let candidates: Vec<(i64, Candidate)> = candidates
+            .into_iter()
+            .map(|(n, via, refund_reference, status, created_at)| {
+                let candidate = Candidate {
+                    via,
+                    refund_reference,
+                    status,
+                    created_at,
+                };
+                (n, candidate)
+            })
+            .collect();
         for (n, (i, keys)) in refund_keys.iter().enumerate() {
             let mine: Vec<&Candidate> = candidates
                 .iter()
-                .filter(|c| usize::try_from(c.n - 1).ok() == Some(n))
+                .filter(|(k, _)| usize::try_from(k - 1).ok() == Some(n))
+                .map(|(_, c)| c)
                 .collect();
             found[*i] = Some(pick(mine, keys.transaction_reference));
         }
@@ -503,7 +371,7 @@ async fn apply_all(
                 .bind(status)
                 .bind(succeeded)
                 .bind(p.key)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await?;
                 Some(Decided {
                     applied: Applied::PayIn,
@@ -550,7 +418,7 @@ async fn apply_all(
                 .collect::<Vec<_>>(),
         )
         .bind(vec![RefundStatus::Pending.as_str(); progress.len()])
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     }
 
@@ -578,9 +446,9 @@ async fn apply_all(
             };
             events.push((f, event_for(&row.row, f.status, f.failure.cloned())?));
         }
-        let writes: Vec<TransitionWrite<'_>> = events
+        let writes: Vec<StatusChange<'_>> = events
             .iter()
-            .map(|(f, event)| TransitionWrite {
+            .map(|(f, event)| StatusChange {
                 from: Some(f.from),
                 event,
                 cause: "provider webhook",
@@ -617,135 +485,6 @@ async fn apply_all(
         .into_iter()
         .map(|r| r.ok_or_else(|| StoreError::Corrupt("a webhook was left undecided".into())))
         .collect()
-}
-
-/// Decides one refund webhook against the refund's status as the batch has left it, and
-/// notes the change to make in `changes`. `None` when it makes the refund final (its event
-/// exists only once the update returned the row).
-fn decide<'a>(
-    found: Result<Option<String>, String>,
-    outcome: &'a ProviderOutcome,
-    current: &mut HashMap<String, RefundStatus>,
-    at: usize,
-    changes: &mut Changes<'a>,
-) -> Option<Applied> {
-    let reference = match found {
-        Ok(Some(reference)) => reference,
-        Ok(None) => return Some(Applied::Parked),
-        Err(reason) => return Some(Applied::Unmatched { reason }),
-    };
-    // Named but not locked: it matched by a key that changed before the lock; try later.
-    let Some(&from) = current.get(&reference) else {
-        return Some(Applied::Parked);
-    };
-    let unchanged = || Applied::Unchanged {
-        refund_reference: reference.clone(),
-    };
-    let (target, failure, provider_reference, provider_status, fee) = match outcome {
-        ProviderOutcome::Succeeded {
-            provider_reference,
-            provider_status,
-            fee,
-        } => (
-            RefundStatus::Completed,
-            None,
-            provider_reference.as_deref(),
-            Some(provider_status.as_str()).filter(|s| !s.is_empty()),
-            fee.as_ref(),
-        ),
-        ProviderOutcome::Failed(reason) => {
-            (RefundStatus::RefundFail, Some(reason), None, None, None)
-        }
-        ProviderOutcome::Accepted {
-            provider_reference,
-            provider_status,
-            fee,
-        } => {
-            if from == RefundStatus::Pending {
-                let now = Progress {
-                    reference: reference.clone(),
-                    provider_reference: provider_reference.as_deref(),
-                    provider_status,
-                    fee: fee.as_ref(),
-                };
-                // One row per refund in the update: a later status merges into an earlier one
-                // as the second of two single updates would have.
-                match changes
-                    .progress
-                    .iter_mut()
-                    .find(|p| p.reference == reference)
-                {
-                    Some(earlier) => {
-                        *earlier = Progress {
-                            provider_reference: now
-                                .provider_reference
-                                .or(earlier.provider_reference),
-                            fee: now.fee.or(earlier.fee),
-                            ..now
-                        }
-                    }
-                    None => changes.progress.push(now),
-                }
-            }
-            return Some(unchanged());
-        }
-        // Parsers classify webhooks as final or in progress; anything else says nothing.
-        ProviderOutcome::Retryable { .. }
-        | ProviderOutcome::Unknown { .. }
-        | ProviderOutcome::NotFound => return Some(unchanged()),
-    };
-    match transition(from, target) {
-        Transition::Apply => {
-            current.insert(reference.clone(), target);
-            changes.finishes.push(FinishPlan {
-                at,
-                from,
-                reference,
-                status: target,
-                failure,
-                provider_reference,
-                provider_status,
-                fee,
-            });
-            None
-        }
-        Transition::Unchanged | Transition::Stale => Some(unchanged()),
-        Transition::Contradiction => Some(Applied::Contradiction {
-            refund_reference: reference,
-            ours: from,
-            theirs: target,
-        }),
-    }
-}
-
-/// The inbox's view of a refund webhook's result: the refund it concerns and a detail.
-fn refund_result(applied: Applied, outcome: &ProviderOutcome) -> Decided {
-    let refund_reference = match &applied {
-        Applied::Transitioned(e) => Some(e.refund_reference.clone()),
-        Applied::Unchanged { refund_reference }
-        | Applied::Contradiction {
-            refund_reference, ..
-        } => Some(refund_reference.clone()),
-        _ => None,
-    };
-    let detail = match &applied {
-        Applied::Contradiction { ours, theirs, .. } => {
-            Some(format!("provider says {theirs}, refund is {ours}"))
-        }
-        Applied::Unmatched { reason } => Some(reason.clone()),
-        _ => {
-            let (label, detail) = outcome.describe();
-            Some(match detail {
-                Some(d) => format!("{label}: {d}"),
-                None => label.to_owned(),
-            })
-        }
-    };
-    Decided {
-        applied,
-        refund_reference,
-        detail,
-    }
 }
 
 /// The inbox states an operator lists (`GET /v1/provider-webhooks?state=`).
@@ -844,17 +583,17 @@ pub async fn parked(pool: &PgPool, limit: i64) -> Result<Vec<ParkedWebhook>, Sto
     .await?)
 }
 
-/// Tries a parked webhook again (re-parsed by the caller). `give_up` turns a still
-/// unmatched one into `UNMATCHED`, for an operator.
+/// Tries a parked webhook again (re-parsed by the caller), in the caller's transaction.
+/// `give_up` turns a still unmatched one into `UNMATCHED`, for an operator. A webhook no
+/// longer parked (or held by another sweep) answers `Duplicate` and writes nothing.
 pub async fn retry_parked(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     provider: ProviderName,
     key: &str,
     webhook: &ProviderWebhook,
     give_up: bool,
     sink: &EventSink,
 ) -> Result<Applied, StoreError> {
-    let mut tx = pool.begin().await?;
     let still_parked: Option<String> = sqlx::query_scalar(
         "SELECT ctid::text FROM provider_webhook_inbox
          WHERE provider = $1 AND event_key = $2 AND state = 'PARKED' FOR UPDATE SKIP LOCKED",
@@ -864,7 +603,6 @@ pub async fn retry_parked(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = still_parked else {
-        tx.rollback().await?;
         return Ok(Applied::Duplicate);
     };
     let todo = [Pending {
@@ -873,16 +611,11 @@ pub async fn retry_parked(
         row,
         webhook,
     }];
-    let mut results = apply_all(&mut tx, &todo, sink).await?;
+    let mut results = apply_all(tx, &todo, sink).await?;
     if give_up {
-        for r in results.iter_mut().filter(|r| r.applied == Applied::Parked) {
-            let reason = "no refund appeared for this webhook".to_owned();
-            r.detail = Some(reason.clone());
-            r.applied = Applied::Unmatched { reason };
-        }
+        results.iter_mut().for_each(Decided::give_up);
     }
-    write_inbox(&mut tx, &todo, &results, true).await?;
-    tx.commit().await?;
+    write_inbox(tx, &todo, &results, true).await?;
     results
         .pop()
         .map(|r| r.applied)
@@ -906,200 +639,4 @@ pub async fn abandon_parked(
     .execute(pool)
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::FailureCode;
-
-    fn candidate(n: i64, via: i32, reference: &str, status: &str, age_secs: i64) -> Candidate {
-        Candidate {
-            n,
-            via,
-            refund_reference: reference.into(),
-            status: status.into(),
-            created_at: chrono::DateTime::UNIX_EPOCH + chrono::Duration::seconds(1000 - age_secs),
-        }
-    }
-
-    #[test]
-    fn pick_prefers_our_reference_then_the_providers_then_the_payment() {
-        let ours = candidate(1, 1, "R-ours", "COMPLETED", 0);
-        let theirs = candidate(1, 2, "R-theirs", "PENDING", 5);
-        let payment = candidate(1, 3, "R-payment", "PENDING", 9);
-        assert_eq!(
-            pick(vec![&payment, &theirs, &ours], Some("P")),
-            Ok(Some("R-ours".into()))
-        );
-        assert_eq!(
-            pick(vec![&payment, &theirs], Some("P")),
-            Ok(Some("R-theirs".into()))
-        );
-        assert_eq!(
-            pick(vec![&payment], Some("P")),
-            Ok(Some("R-payment".into()))
-        );
-        assert_eq!(pick(vec![], Some("P")), Ok(None));
-    }
-
-    #[test]
-    fn pick_takes_the_oldest_of_several_provider_matches() {
-        let young = candidate(1, 2, "R-young", "PENDING", 1);
-        let old = candidate(1, 2, "R-old", "PENDING", 50);
-        assert_eq!(pick(vec![&young, &old], None), Ok(Some("R-old".into())));
-    }
-
-    #[test]
-    fn of_several_provider_matches_the_one_pending_is_taken() {
-        // BPN: every refund of an order has the order id as the provider's reference.
-        let done = candidate(1, 2, "R-first", "COMPLETED", 50);
-        let open = candidate(1, 2, "R-second", "PENDING", 1);
-        assert_eq!(pick(vec![&done, &open], None), Ok(Some("R-second".into())));
-        let also_done = candidate(1, 2, "R-second", "COMPLETED", 1);
-        assert_eq!(
-            pick(vec![&also_done, &done], None),
-            Ok(Some("R-first".into()))
-        );
-    }
-
-    #[test]
-    fn pick_by_payment_needs_one_refund_or_one_pending() {
-        let done = candidate(1, 3, "R-done", "COMPLETED", 9);
-        let pending = candidate(1, 3, "R-pending", "PENDING", 5);
-        let other = candidate(1, 3, "R-other", "PENDING", 1);
-        assert_eq!(
-            pick(vec![&done, &pending], Some("P-1")),
-            Ok(Some("R-pending".into()))
-        );
-        let ambiguous = pick(vec![&done, &pending, &other], Some("P-1"));
-        assert_eq!(
-            ambiguous,
-            Err("3 refunds of payment P-1 could match; the webhook names no refund".into())
-        );
-        let both_final = candidate(1, 3, "R-failed", "REFUND_FAIL", 2);
-        assert!(pick(vec![&done, &both_final], Some("P-1")).is_err());
-    }
-
-    fn succeeded() -> ProviderOutcome {
-        ProviderOutcome::Succeeded {
-            provider_reference: Some("PR-1".into()),
-            provider_status: "SUCCESS".into(),
-            fee: None,
-        }
-    }
-
-    fn accepted(reference: Option<&str>, status: &str) -> ProviderOutcome {
-        ProviderOutcome::Accepted {
-            provider_reference: reference.map(Into::into),
-            provider_status: status.into(),
-            fee: None,
-        }
-    }
-
-    #[test]
-    fn decide_sees_what_earlier_webhooks_of_the_batch_did() {
-        let mut current = HashMap::from([("R-1".to_owned(), RefundStatus::Pending)]);
-        let mut changes = Changes::default();
-        let (done, failed) = (
-            succeeded(),
-            ProviderOutcome::Failed(FailureReason::new(FailureCode::ProviderRejected, "no")),
-        );
-        let found = || Ok(Some("R-1".to_owned()));
-        // The first final status is applied (its event comes from the update) ...
-        assert_eq!(decide(found(), &done, &mut current, 0, &mut changes), None);
-        assert_eq!(current["R-1"], RefundStatus::Completed);
-        // ... a repeat of it changes nothing, a contradicting one is raised, not applied.
-        assert_eq!(
-            decide(found(), &done, &mut current, 1, &mut changes),
-            Some(Applied::Unchanged {
-                refund_reference: "R-1".into()
-            })
-        );
-        assert_eq!(
-            decide(found(), &failed, &mut current, 2, &mut changes),
-            Some(Applied::Contradiction {
-                refund_reference: "R-1".into(),
-                ours: RefundStatus::Completed,
-                theirs: RefundStatus::RefundFail,
-            })
-        );
-        // A late in-progress status after the final one writes nothing.
-        let late = accepted(None, "PROCESSING");
-        decide(found(), &late, &mut current, 3, &mut changes);
-        assert!(changes.progress.is_empty());
-        assert_eq!(changes.finishes.len(), 1);
-        assert_eq!(changes.finishes[0].from, RefundStatus::Pending);
-        assert_eq!(changes.finishes[0].provider_status, Some("SUCCESS"));
-    }
-
-    #[test]
-    fn decide_merges_in_progress_statuses_of_one_refund() {
-        let mut current = HashMap::from([("R-1".to_owned(), RefundStatus::Pending)]);
-        let mut changes = Changes::default();
-        let (first, second) = (
-            accepted(Some("PR-9"), "RECEIVED"),
-            accepted(None, "PROCESSING"),
-        );
-        for (at, outcome) in [&first, &second].into_iter().enumerate() {
-            let applied = decide(
-                Ok(Some("R-1".into())),
-                outcome,
-                &mut current,
-                at,
-                &mut changes,
-            );
-            assert_eq!(
-                applied,
-                Some(Applied::Unchanged {
-                    refund_reference: "R-1".into()
-                })
-            );
-        }
-        assert_eq!(changes.progress.len(), 1);
-        let merged = &changes.progress[0];
-        assert_eq!(
-            (
-                merged.reference.as_str(),
-                merged.provider_reference,
-                merged.provider_status
-            ),
-            ("R-1", Some("PR-9"), "PROCESSING")
-        );
-    }
-
-    #[test]
-    fn decide_parks_what_it_cannot_find_and_keeps_ambiguity_for_an_operator() {
-        let mut current = HashMap::new();
-        let mut changes = Changes::default();
-        let done = succeeded();
-        assert_eq!(
-            decide(Ok(None), &done, &mut current, 0, &mut changes),
-            Some(Applied::Parked)
-        );
-        // Named, but not among the locked rows.
-        assert_eq!(
-            decide(
-                Ok(Some("R-gone".into())),
-                &done,
-                &mut current,
-                0,
-                &mut changes
-            ),
-            Some(Applied::Parked)
-        );
-        assert_eq!(
-            decide(
-                Err("two match".into()),
-                &done,
-                &mut current,
-                0,
-                &mut changes
-            ),
-            Some(Applied::Unmatched {
-                reason: "two match".into()
-            })
-        );
-        assert!(changes.finishes.is_empty() && changes.progress.is_empty());
-    }
 }

@@ -1,10 +1,10 @@
 //! Webhook deliveries: queued in the transaction that produced the event (by
-//! `refunds::record_transition`), claimed with
+//! `refunds::record_transitions`), claimed with
 //! `FOR UPDATE SKIP LOCKED`, one attempt row per HTTP call, re-queued by operators.
 
 use super::StoreError;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -81,13 +81,13 @@ pub(crate) enum Next {
     Fail,
 }
 
-/// Records an attempt and the delivery's new state, under the claim's token.
+/// Records an attempt and the delivery's new state, under the claim's token, in the
+/// caller's transaction. `false` (and nothing written) when the claim was lost.
 pub(crate) async fn record_attempt(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     d: &ClaimedDelivery,
     r: &AttemptResult,
 ) -> Result<bool, StoreError> {
-    let mut tx = pool.begin().await?;
     let (state, delay) = match r.next {
         Next::Delivered => ("delivered", None),
         Next::Retry(delay) => ("queued", Some(delay.as_secs_f64())),
@@ -109,7 +109,6 @@ pub(crate) async fn record_attempt(
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() == 0 {
-        tx.rollback().await?;
         return Ok(false);
     }
     sqlx::query(
@@ -124,7 +123,6 @@ pub(crate) async fn record_attempt(
     .bind(&r.error)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(true)
 }
 

@@ -5,6 +5,12 @@
 //! No transaction is ever held open across a provider call: the dispatcher claims work
 //! (short transaction), calls the provider, then records the result (short transaction).
 //!
+//! The transactions are the callers' (zero2prod's `try_processing` shape): a function here
+//! that writes more than one statement takes `&mut PgConnection` (callers pass `&mut tx`, a `Transaction` derefs to one)
+//! and only reads and writes; the caller ([`crate::pipeline`]) begins, commits or rolls
+//! back, and the decisions between the reads and the writes are [`crate::domain`]'s. A
+//! single statement (a claim, an operator's read) takes the pool.
+//!
 //! # Plans
 //!
 //! sqlx prepares every statement once per connection, and after five executions

@@ -2,7 +2,7 @@
 //! later by the relay with publisher confirms.
 
 use super::StoreError;
-use sqlx::{Postgres, Transaction};
+use sqlx::PgConnection;
 
 /// An event waiting to be published.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -31,7 +31,7 @@ pub struct OutboxRow {
 /// prefixes (demos, tests) may hold events for an exchange this broker does not have, and
 /// publishing one of them would fail the whole batch again and again.
 pub async fn take_batch(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     exchange: &str,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, StoreError> {
@@ -43,7 +43,7 @@ pub async fn take_batch(
     )
     .bind(limit)
     .bind(exchange)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     // RETURNING follows the join's order, not the subquery's: publish in id order.
     rows.sort_unstable_by_key(|r| r.id);

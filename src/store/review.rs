@@ -1,17 +1,17 @@
 //! Operator review in PostgreSQL: flagging refunds for review, an operator's resolution,
 //! and the review queue. The rules are [`crate::domain::review`]'s; these functions read
-//! and write inside one transaction each, with the history row and the outbox event of
-//! every change.
+//! and write inside the caller's transaction (the review sweep, the admin API), with the
+//! history row and the outbox event of every change.
 
-use super::refunds::{event_for, record_transitions, RefundRow, TransitionWrite, ROW_COLUMNS};
+use super::refunds::{event_for, record_transitions, RefundRow, ROW_COLUMNS};
 use super::{EventSink, StoreError};
+use crate::domain::fanout::{review_flags, StatusChange};
 use crate::domain::review::{
     overdue_reason, plan_resolution, ResolvePlan, ResolveRefused, ResolveRequest,
 };
 use crate::domain::{RefundEvent, RefundStatus, Resolution, Review};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
-use uuid::Uuid;
 
 /// History cause of a review flag.
 pub const CAUSE_REVIEW: &str = "flagged for review";
@@ -27,7 +27,7 @@ pub const CAUSE_RECHECK: &str = "recheck requested by operator";
 /// event goes to the broker only: merchants get webhooks for status changes, and a review
 /// changes no status.
 pub(crate) async fn flag(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     flags: &[(String, String)],
     sink: &EventSink,
 ) -> Result<Vec<RefundEvent>, StoreError> {
@@ -43,7 +43,7 @@ pub(crate) async fn flag(
     ))
     .bind(flags.iter().map(|f| f.0.as_str()).collect::<Vec<_>>())
     .bind(flags.iter().map(|f| f.1.as_str()).collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -64,14 +64,13 @@ pub(crate) async fn flag(
 }
 
 /// Flags up to `limit` pending refunds accepted more than `review_after` ago and not
-/// flagged yet. Returns their events.
+/// flagged yet, in the caller's transaction. Returns their events.
 pub async fn flag_overdue(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     review_after: Duration,
     limit: i64,
     sink: &EventSink,
 ) -> Result<Vec<RefundEvent>, StoreError> {
-    let mut tx = pool.begin().await?;
     // By `refunds_by_status (status, created_at)`: the pending refunds older than the
     // limit, which are few. SKIP LOCKED: a refund a dispatcher is recording now is flagged
     // on the next sweep, if it is still open then.
@@ -86,7 +85,6 @@ pub async fn flag_overdue(
     .fetch_all(&mut *tx)
     .await?;
     if overdue.is_empty() {
-        tx.rollback().await?;
         return Ok(Vec::new());
     }
     let flags: Vec<(String, String)> = overdue
@@ -96,9 +94,7 @@ pub async fn flag_overdue(
             (reference, reason)
         })
         .collect();
-    let events = flag(&mut tx, &flags, sink).await?;
-    tx.commit().await?;
-    Ok(events)
+    flag(tx, &flags, sink).await
 }
 
 /// What an operator's resolution did.
@@ -134,14 +130,14 @@ impl From<sqlx::Error> for ResolveError {
 }
 
 /// Applies an operator's resolution of `reference`, under the refund's row lock, with its
-/// history row and (for a final status) its event and merchant webhook.
+/// history row and (for a final status) its event and merchant webhook, in the caller's
+/// transaction (which it leaves unchanged when it answers an error).
 pub async fn resolve(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     reference: &str,
     request: &ResolveRequest,
     sink: &EventSink,
 ) -> Result<Resolved, ResolveError> {
-    let mut tx = pool.begin().await?;
     let current: Option<(String, bool)> = sqlx::query_as(
         "SELECT status, review_since IS NOT NULL FROM refunds
          WHERE refund_reference = $1 FOR UPDATE",
@@ -180,14 +176,13 @@ pub async fn resolve(
                 by: "operator".into(),
                 reason: reason.to_owned(),
             });
-            let write = TransitionWrite {
+            let write = StatusChange {
                 from: Some(current),
                 event: &event,
                 cause: CAUSE_RESOLVED,
                 detail: Some(reason),
             };
-            record_transitions(&mut tx, &[write], sink).await?;
-            tx.commit().await?;
+            record_transitions(tx, &[write], sink).await?;
             Ok(Resolved::Finished(event))
         }
         ResolvePlan::Acknowledge => {
@@ -198,28 +193,20 @@ pub async fn resolve(
             .bind(reference)
             .execute(&mut *tx)
             .await?;
-            note(
-                &mut tx,
-                reference,
-                current,
-                CAUSE_ACKNOWLEDGED,
-                Some(reason),
-            )
-            .await?;
-            tx.commit().await?;
+            note(tx, reference, current, CAUSE_ACKNOWLEDGED, Some(reason)).await?;
             Ok(Resolved::Acknowledged)
         }
     }
 }
 
-/// Adds a history row that changes no status (an operator's action).
+/// Adds a history row that changes no status (an operator's action), in the caller's
+/// transaction. `false` when there is no such refund.
 pub async fn note_action(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     reference: &str,
     cause: &str,
     detail: Option<&str>,
 ) -> Result<bool, StoreError> {
-    let mut tx = pool.begin().await?;
     let status: Option<String> =
         sqlx::query_scalar("SELECT status FROM refunds WHERE refund_reference = $1")
             .bind(reference)
@@ -228,13 +215,12 @@ pub async fn note_action(
     let Some(status) = status.as_deref().and_then(RefundStatus::parse) else {
         return Ok(false);
     };
-    note(&mut tx, reference, status, cause, detail).await?;
-    tx.commit().await?;
+    note(tx, reference, status, cause, detail).await?;
     Ok(true)
 }
 
 async fn note(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     reference: &str,
     status: RefundStatus,
     cause: &str,
@@ -248,7 +234,7 @@ async fn note(
     .bind(status.as_str())
     .bind(cause)
     .bind(detail)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
@@ -273,9 +259,10 @@ pub async fn count_in_review(pool: &PgPool) -> Result<i64, StoreError> {
     )
 }
 
-/// History rows and outbox events for review flags (no merchant webhook).
+/// History rows and outbox events for review flags (no merchant webhook; what to write is
+/// [`review_flags`]'s).
 async fn write_history_and_outbox(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut PgConnection,
     events: &[RefundEvent],
     cause: &str,
     sink: &EventSink,
@@ -283,10 +270,7 @@ async fn write_history_and_outbox(
     if events.is_empty() {
         return Ok(());
     }
-    let payloads = events
-        .iter()
-        .map(serde_json::to_value)
-        .collect::<Result<Vec<_>, _>>()
+    let rows = review_flags(events, cause)
         .map_err(|e| StoreError::Corrupt(format!("event does not serialize: {e}")))?;
     sqlx::query(
         "WITH t AS (
@@ -302,31 +286,16 @@ async fn write_history_and_outbox(
          INSERT INTO outbox (event_id, exchange, routing_key, payload)
          SELECT event_id, $9, routing_key, payload FROM t ORDER BY n",
     )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.refund_reference.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(events.iter().map(|e| e.status.as_str()).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.review.as_ref().map(|r| r.reason.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(events.iter().map(|e| e.event_id).collect::<Vec<Uuid>>())
-    .bind(events.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(RefundEvent::routing_key)
-            .collect::<Vec<_>>(),
-    )
-    .bind(payloads)
+    .bind(&rows.refund_reference)
+    .bind(&rows.to_status)
+    .bind(&rows.detail)
+    .bind(&rows.event_id)
+    .bind(&rows.occurred_at)
+    .bind(&rows.routing_key)
+    .bind(&rows.payload)
     .bind(cause)
     .bind(&sink.exchange)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

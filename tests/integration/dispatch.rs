@@ -142,7 +142,7 @@ async fn record_steps_records_a_batch_in_one_go_and_ignores_a_lost_claim() {
             update: &completed,
         },
     ];
-    let events = store::refunds::record_steps(&app.pool, &steps, &app.ctx.sink)
+    let events = dispatch::record_steps(&app.pool, &steps, &app.ctx.sink)
         .await
         .expect("record_steps");
 
@@ -321,7 +321,7 @@ async fn record_steps_records_a_batch_in_one_go_and_ignores_a_lost_claim() {
     assert!(attempts.iter().all(|a| a.3 == 12));
 
     // Recording the same claims again finds them all lost: nothing changes.
-    let again = store::refunds::record_steps(&app.pool, &steps, &app.ctx.sink)
+    let again = dispatch::record_steps(&app.pool, &steps, &app.ctx.sink)
         .await
         .expect("record_steps again");
     assert_eq!(again, vec![None, None, None, None]);
@@ -339,7 +339,7 @@ async fn record_steps_records_a_batch_in_one_go_and_ignores_a_lost_claim() {
 #[tokio::test]
 async fn record_steps_with_nothing_to_record_is_a_no_op() {
     let app = TestApp::spawn().await;
-    let events = store::refunds::record_steps(&app.pool, &[], &app.ctx.sink)
+    let events = dispatch::record_steps(&app.pool, &[], &app.ctx.sink)
         .await
         .expect("empty batch");
     assert!(events.is_empty());

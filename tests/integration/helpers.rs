@@ -567,3 +567,38 @@ pub fn collect_scans(plan: &Value) -> Vec<(String, Option<String>)> {
     walk(plan, &mut out);
     out
 }
+
+/// Applies one parsed provider webhook in a transaction of its own, as a lane does with a
+/// batch ([`refund_worker::pipeline::inbound::receive_batch`]).
+pub async fn receive_webhook(
+    pool: &PgPool,
+    provider: refund_worker::domain::ProviderName,
+    body: &[u8],
+    part: usize,
+    webhook: &refund_worker::providers::ProviderWebhook,
+    sink: &refund_worker::store::EventSink,
+) -> Result<refund_worker::store::inbound::Applied, refund_worker::store::StoreError> {
+    let mut tx = pool.begin().await?;
+    let applied =
+        refund_worker::store::inbound::receive(&mut tx, provider, body, part, webhook, sink)
+            .await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Tries a parked webhook again in a transaction of its own, as the parked sweep does.
+pub async fn retry_parked(
+    pool: &PgPool,
+    provider: refund_worker::domain::ProviderName,
+    key: &str,
+    webhook: &refund_worker::providers::ProviderWebhook,
+    give_up: bool,
+    sink: &refund_worker::store::EventSink,
+) -> Result<refund_worker::store::inbound::Applied, refund_worker::store::StoreError> {
+    let mut tx = pool.begin().await?;
+    let applied =
+        refund_worker::store::inbound::retry_parked(&mut tx, provider, key, webhook, give_up, sink)
+            .await?;
+    tx.commit().await?;
+    Ok(applied)
+}

@@ -301,7 +301,7 @@ async fn refund_webhooks_are_applied_once_in_order_and_contradictions_are_raised
     let early = refund_webhook(&r, succeeded(), "evt-early");
     let sink = app.ctx.sink.clone();
     let va = ProviderName::VaServices;
-    let parked = inbound::receive(&app.pool, va, b"early", 0, &early, &sink)
+    let parked = receive_webhook(&app.pool, va, b"early", 0, &early, &sink)
         .await
         .unwrap();
     assert_eq!(parked, Applied::Parked);
@@ -315,7 +315,7 @@ async fn refund_webhooks_are_applied_once_in_order_and_contradictions_are_raised
         stored,
         refund_worker::pipeline::intake::IntakeOutcome::Stored(_)
     ));
-    let applied = inbound::retry_parked(&app.pool, va, "id:evt-early", &early, false, &sink)
+    let applied = retry_parked(&app.pool, va, "id:evt-early", &early, false, &sink)
         .await
         .unwrap();
     assert!(
@@ -325,7 +325,7 @@ async fn refund_webhooks_are_applied_once_in_order_and_contradictions_are_raised
     assert_eq!(app.db_status(&r).await.as_deref(), Some("COMPLETED"));
 
     // The same webhook again: a duplicate. A late PENDING: nothing changes.
-    let again = inbound::receive(&app.pool, va, b"early", 0, &early, &sink)
+    let again = receive_webhook(&app.pool, va, b"early", 0, &early, &sink)
         .await
         .unwrap();
     assert_eq!(again, Applied::Duplicate);
@@ -338,7 +338,7 @@ async fn refund_webhooks_are_applied_once_in_order_and_contradictions_are_raised
         },
         "evt-late",
     );
-    let unchanged = inbound::receive(&app.pool, va, b"late", 0, &late, &sink)
+    let unchanged = receive_webhook(&app.pool, va, b"late", 0, &late, &sink)
         .await
         .unwrap();
     assert!(
@@ -355,7 +355,7 @@ async fn refund_webhooks_are_applied_once_in_order_and_contradictions_are_raised
         )),
         "evt-contra",
     );
-    let raised = inbound::receive(&app.pool, va, b"contra", 0, &contra, &sink)
+    let raised = receive_webhook(&app.pool, va, b"contra", 0, &contra, &sink)
         .await
         .unwrap();
     assert!(
@@ -428,7 +428,7 @@ async fn a_batch_of_webhooks_applies_as_if_they_came_one_at_a_time_in_one_transa
     }
     // Stored before the batch: its repeat inside the batch is a duplicate.
     let seen = refund_webhook(&b, succeeded(), "evt-b-seen");
-    inbound::receive(&app.pool, va, b"seen", 0, &seen, &sink)
+    receive_webhook(&app.pool, va, b"seen", 0, &seen, &sink)
         .await
         .unwrap();
     let progress = |id: &str, provider_reference: Option<&str>, status: &str| {
@@ -474,7 +474,7 @@ async fn a_batch_of_webhooks_applies_as_if_they_came_one_at_a_time_in_one_transa
             webhook,
         })
         .collect();
-    let applied = inbound::receive_batch(&app.pool, &items, &sink)
+    let applied = refund_worker::pipeline::inbound::receive_batch(&app.pool, &items, &sink)
         .await
         .unwrap();
     // now() is the transaction's start: one value across the batch's rows, one transaction.

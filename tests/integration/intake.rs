@@ -284,7 +284,7 @@ async fn a_different_payment_amount_for_a_known_payment_is_refused() {
 #[tokio::test]
 async fn a_batch_is_judged_as_if_its_commands_came_one_at_a_time() {
     use refund_worker::domain::RefundCommand;
-    use refund_worker::store::{refunds, Intake, IntakeItem};
+    use refund_worker::store::{Intake, IntakeItem};
     let app = TestApp::spawn().await;
     let on_payment = |reference: &str, amount: &str, payment: &str| {
         let mut c = va_command(reference, amount);
@@ -302,7 +302,7 @@ async fn a_batch_is_judged_as_if_its_commands_came_one_at_a_time() {
         provider_configured: configured,
         fallback: Default::default(),
     };
-    let first = refunds::intake_batch(
+    let first = intake_batch(
         &app.pool,
         &[item(&old_cmd, &old, "h-old", true)],
         &app.ctx.sink,
@@ -330,7 +330,7 @@ async fn a_batch_is_judged_as_if_its_commands_came_one_at_a_time() {
     let items: Vec<IntakeItem<'_>> = (0..raws.len())
         .map(|n| item(&cmds[n], &raws[n], hashes[n], n != 8))
         .collect();
-    let answers = refunds::intake_batch(&app.pool, &items, &app.ctx.sink)
+    let answers = intake_batch(&app.pool, &items, &app.ctx.sink)
         .await
         .unwrap();
     let created = |n: usize| match &answers[n] {
@@ -388,7 +388,7 @@ async fn a_batch_is_judged_as_if_its_commands_came_one_at_a_time() {
     assert_eq!(created_at, 1, "one transaction for the whole batch");
 
     // The same batch again changes nothing: every command is now a repeat or a conflict.
-    let again = refunds::intake_batch(&app.pool, &items, &app.ctx.sink)
+    let again = intake_batch(&app.pool, &items, &app.ctx.sink)
         .await
         .unwrap();
     assert!(
@@ -542,10 +542,9 @@ async fn intake_claims_new_refunds_for_the_dispatcher_as_a_claim_would() {
         limit: 1,
         lease: Duration::from_secs(30),
     };
-    let (answers, claimed) =
-        refunds::intake_batch_claiming(&app.pool, &items, &app.ctx.sink, preclaim)
-            .await
-            .unwrap();
+    let (answers, claimed) = intake::store_batch(&app.pool, &items, &app.ctx.sink, preclaim)
+        .await
+        .unwrap();
     assert!(answers.iter().all(|a| matches!(a, Intake::Created(_))));
     // Only one slot: pc-2 is claimed, pc-3 waits for the dispatcher's own claim.
     assert_eq!(claimed.len(), 1);
@@ -590,7 +589,7 @@ async fn intake_claims_new_refunds_for_the_dispatcher_as_a_claim_would() {
         calls: &[],
         update: &update,
     };
-    let events = refunds::record_steps(&app.pool, &[step], &app.ctx.sink)
+    let events = refund_worker::pipeline::dispatch::record_steps(&app.pool, &[step], &app.ctx.sink)
         .await
         .unwrap();
     assert_eq!(
@@ -598,4 +597,14 @@ async fn intake_claims_new_refunds_for_the_dispatcher_as_a_claim_would() {
         Some(RefundStatus::Completed)
     );
     app.cleanup().await;
+}
+
+/// Stores a batch without claiming any of it (as for a dispatcher with no free slot).
+async fn intake_batch(
+    pool: &sqlx::PgPool,
+    items: &[refund_worker::store::IntakeItem<'_>],
+    sink: &refund_worker::store::EventSink,
+) -> Result<Vec<refund_worker::store::Intake>, refund_worker::store::StoreError> {
+    let none = refund_worker::store::Preclaim::NONE;
+    Ok(intake::store_batch(pool, items, sink, none).await?.0)
 }

@@ -11,7 +11,7 @@ use refund_worker::domain::{
 };
 use refund_worker::pipeline::intake::{self, IntakeOutcome};
 use refund_worker::providers::{ProviderWebhook, WebhookKind};
-use refund_worker::store::inbound::{self, Applied};
+use refund_worker::store::inbound::Applied;
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -221,7 +221,7 @@ async fn a_refund_still_pending_after_review_after_is_flagged_and_an_operator_re
             )),
         },
     };
-    let applied = inbound::receive(
+    let applied = receive_webhook(
         &app.pool,
         ProviderName::VaServices,
         b"{\"contra\":1}",
@@ -412,7 +412,7 @@ async fn reordered_pay_in_notifications_never_hide_a_succeeded_pay_in() {
         (&b"late"[..], va_payment(&txn, "5.00", false, "pay-2")),
         (&b"less"[..], va_payment(&txn, "60.00", true, "pay-3")),
     ] {
-        let applied = inbound::receive(&app.pool, va, body, 0, &webhook, &sink)
+        let applied = receive_webhook(&app.pool, va, body, 0, &webhook, &sink)
             .await
             .unwrap();
         assert_eq!(applied, Applied::PayIn);

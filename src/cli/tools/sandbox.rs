@@ -92,7 +92,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     };
     let sandbox = Sandbox::new(config.clone());
     let (addr, handle) = sandbox
-        .spawn_on((args.bind, args.port).into(), super::wait_for_signal())
+        .spawn_on((args.bind, args.port).into(), crate::cli::wait_for_signal())
         .await?;
     println!(
         "provider sandbox listening on http://{addr} (VA Services, BPN, Binance Pay, BVNK){}",

@@ -612,10 +612,10 @@ async fn outage_recovery_and_reconcile(d: OutageDemo<'_>) -> anyhow::Result<Vec<
         "      refund-worker recover --since {}:",
         d.since.format("%Y-%m-%dT%H:%M:%SZ")
     );
-    for line in super::recover::render(&summary).lines().skip(1) {
+    for line in crate::cli::recover::render(&summary).lines().skip(1) {
         println!("        {line}");
     }
-    let resends_ok = super::recover::exit_code(&summary) == ExitCode::SUCCESS;
+    let resends_ok = crate::cli::recover::exit_code(&summary) == ExitCode::SUCCESS;
     let after = crate::store::refunds::show(d.pool, &reference).await?;
     let status = after
         .as_ref()
@@ -670,7 +670,7 @@ async fn outage_recovery_and_reconcile(d: OutageDemo<'_>) -> anyhow::Result<Vec<
     );
     let report =
         reconcile::run(&ctx, crate::domain::ProviderName::BinancePay, Some(d.since)).await?;
-    print!("{}", super::reconcile::render(&report));
+    print!("{}", crate::cli::reconcile::render(&report));
     let found: Vec<(reconcile::MismatchKind, &str)> = report
         .mismatches
         .iter()
@@ -683,7 +683,7 @@ async fn outage_recovery_and_reconcile(d: OutageDemo<'_>) -> anyhow::Result<Vec<
             "{} mismatch(es) of {} compared (exit code {})",
             report.mismatches.len(),
             report.compared,
-            super::reconcile::EXIT_MISMATCHES
+            crate::cli::reconcile::EXIT_MISMATCHES
         ),
         attempts: "-".into(),
         provider_submits: "-".into(),

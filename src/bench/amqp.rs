@@ -1,0 +1,85 @@
+//! RabbitMQ as any upstream publisher or downstream subscriber sees it: a connection, a
+//! channel in confirm mode, a publish that counts only when the broker acked and routed it.
+//! The bench's own code, not the worker's, so the load tool shares no broker code with what
+//! it measures.
+
+use anyhow::Context as _;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::PublisherConfirm;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+/// Connects, naming the connection (it shows in RabbitMQ's management UI).
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, props)
+        .await
+        .context("connecting to RabbitMQ")
+}
+
+/// A channel in confirm mode.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Opens a channel on `connection` and puts it in confirm mode.
+    pub async fn open(connection: &Connection) -> anyhow::Result<Self> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel })
+    }
+
+    /// The underlying channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes a persistent JSON body (mandatory, so an unroutable one is returned) and
+    /// returns the pending confirmation, so many publishes can be pipelined.
+    pub async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+    ) -> anyhow::Result<PublisherConfirm> {
+        let properties = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(message_id));
+        let name = |s: &str| ShortString::try_new(s).map_err(|e| anyhow::anyhow!("{e}"));
+        Ok(self
+            .channel
+            .basic_publish(
+                name(exchange)?,
+                name(routing_key)?,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await?)
+    }
+
+    /// Waits for one confirmation: acked and routed, or an error saying which it was not.
+    pub async fn confirmed(confirm: PublisherConfirm) -> anyhow::Result<()> {
+        match confirm.await? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => anyhow::bail!(
+                "unroutable: {} (exchange `{}`, routing key `{}`)",
+                returned.reply_text,
+                returned.delivery.exchange,
+                returned.delivery.routing_key
+            ),
+            Confirmation::Nack(_) | Confirmation::NotRequested => {
+                anyhow::bail!("the broker nacked the message")
+            }
+        }
+    }
+}
