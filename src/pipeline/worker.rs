@@ -42,7 +42,7 @@ pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken)
     };
 
     // Webhook delivery needs only the database, like the dispatcher.
-    let deliverer = match crate::webhooks::delivery::Deliverer::new(
+    let deliverer = match crate::merchant_webhooks::delivery::Deliverer::new(
         ctx.pool.clone(),
         &ctx.config.webhooks,
         ctx.config.claim_lease,

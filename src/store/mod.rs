@@ -25,13 +25,13 @@
 //! batch, not per refund.
 
 pub mod inbound;
+pub mod merchant_webhooks;
 pub mod outbox;
 pub mod recovery;
 pub mod refunds;
 pub mod retention;
 pub mod review;
 pub mod stats;
-pub mod webhooks;
 
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};

@@ -419,8 +419,8 @@ impl TestApp {
     pub async fn deliveries(
         &self,
         reference: &str,
-    ) -> Vec<refund_worker::store::webhooks::DeliveryRow> {
-        refund_worker::store::webhooks::for_refund(&self.pool, reference)
+    ) -> Vec<refund_worker::store::merchant_webhooks::DeliveryRow> {
+        refund_worker::store::merchant_webhooks::for_refund(&self.pool, reference)
             .await
             .expect("deliveries")
     }

@@ -121,7 +121,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .await?;
 
     // A merchant endpoint on loopback that checks every webhook's signature.
-    let webhook_secret = crate::webhooks::signing::SigningKey::generate_secret();
+    let webhook_secret = crate::merchant_webhooks::signing::SigningKey::generate_secret();
     let merchant = Merchant::start(&webhook_secret).await?;
     // The demo's own admin token (random, this run only): the admin API and the operations
     // console are served on the HTTP address.
@@ -1009,7 +1009,7 @@ struct MerchantState {
 impl Merchant {
     async fn start(secret: &str) -> anyhow::Result<Self> {
         use axum::http::{HeaderMap, StatusCode};
-        let key = crate::webhooks::signing::SigningKey::from_secret(secret)?;
+        let key = crate::merchant_webhooks::signing::SigningKey::from_secret(secret)?;
         let state = Arc::new(std::sync::Mutex::new(MerchantState::default()));
         let shared = state.clone();
         let app = axum::Router::new().route(
