@@ -38,7 +38,7 @@
 //! - [`merchant_webhooks`]: merchant webhooks out: signing, delivery, network policy (their
 //!   rows are [`store::merchant_webhooks`]).
 //! - `provider_webhooks`: provider webhooks in: the ingress verifies and queues them (the
-//!   inbox is [`store::inbound`], applying them [`pipeline::inbound`]).
+//!   inbox is [`store::provider_webhooks`], applying them [`pipeline::provider_webhooks`]).
 //! - [`pipeline`]: the loops that move work: intake (command -> row), inbound (provider
 //!   webhook -> row), dispatch (row -> provider -> row), relay (outbox -> broker), review
 //!   (open too long -> operator), retention (old operational rows -> gone); and an operator's

@@ -387,7 +387,7 @@ pub(crate) struct ProviderWebhookList {
     /// The state asked for, in lower case.
     pub state: String,
     /// The webhooks, oldest first.
-    pub items: Vec<store::inbound::InboxRow>,
+    pub items: Vec<store::provider_webhooks::InboxRow>,
 }
 
 /// Provider webhooks an operator must look at: parked, unmatched or contradicting, oldest
@@ -400,20 +400,20 @@ async fn list_provider_webhooks(
     StrictQuery(q): StrictQuery<InboxQuery>,
 ) -> Result<Json<ProviderWebhookList>, ApiError> {
     let wanted = q.state.to_ascii_lowercase();
-    if !store::inbound::OPERATOR_STATES.contains(&wanted.as_str()) {
+    if !store::provider_webhooks::OPERATOR_STATES.contains(&wanted.as_str()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!(
                 "state `{}` is not one of {}",
                 q.state,
-                store::inbound::OPERATOR_STATES.join(", ")
+                store::provider_webhooks::OPERATOR_STATES.join(", ")
             ),
         ));
     }
     validation::limit_in_range(q.limit, INBOX_MAX_LIMIT)?;
     let limit = q.limit.unwrap_or(LIST_DEFAULT_LIMIT);
-    let items = store::inbound::list_for_operators(&state.pool, &wanted, limit).await?;
+    let items = store::provider_webhooks::list_for_operators(&state.pool, &wanted, limit).await?;
     Ok(Json(ProviderWebhookList {
         state: wanted,
         items,

@@ -345,7 +345,7 @@ mod tests {
         let values = |o: utoipa::openapi::Object| serde_json::to_value(o).unwrap()["enum"].clone();
         assert_eq!(
             values(crate::schema::api::operator_state()),
-            serde_json::json!(crate::store::inbound::OPERATOR_STATES)
+            serde_json::json!(crate::store::provider_webhooks::OPERATOR_STATES)
         );
         assert_eq!(
             values(crate::schema::api::refund_status()),

@@ -9,9 +9,9 @@
 //! request, hands the body to [`Ingress::take`] and turns a [`Refusal`] into its answer.
 
 use crate::broker::publisher::{Outgoing, Publisher};
+use crate::broker::topology::PROVIDER_HEADER;
 use crate::broker::{self, PublishError, Topology};
 use crate::domain::ProviderName;
-use crate::pipeline::inbound::PROVIDER_HEADER;
 use crate::providers::{Provider, Providers, WebhookError};
 use axum::http::HeaderMap;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};

@@ -24,9 +24,9 @@
 //! indexed column so the planner sees an index look-up. Planning them costs a little CPU per
 //! batch, not per refund.
 
-pub mod inbound;
 pub mod merchant_webhooks;
 pub mod outbox;
+pub mod provider_webhooks;
 pub mod recovery;
 pub mod refunds;
 pub mod retention;
