@@ -67,12 +67,12 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod domain;
-pub mod error;
+pub(crate) mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
 pub mod merchant_webhooks;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod pipeline;
 pub(crate) mod provider_webhooks;
 pub mod providers;
