@@ -109,54 +109,6 @@ fn parse_signing_key(pem: &str) -> Result<RsaKeyPair, String> {
     RsaKeyPair::from_pkcs8(&der).map_err(|e| e.to_string())
 }
 
-/// Binance Pay's webhook signature: base64 RSA-SHA256 (PKCS#1 v1.5) over
-/// `timestamp\nnonce\nbody\n`.
-fn sign_webhook(key: &RsaKeyPair, payload: &[u8]) -> Result<String, ring::error::Unspecified> {
-    let mut signature = vec![0; key.public().modulus_len()];
-    key.sign(
-        &ring::signature::RSA_PKCS1_SHA256,
-        &ring::rand::SystemRandom::new(),
-        payload,
-        &mut signature,
-    )?;
-    Ok(base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        signature,
-    ))
-}
-
-/// One Binance Pay notification of `body`, signed now with a fresh nonce. A copy sent again
-/// (the sandbox's duplicates) is signed anew, as a provider sending it again would: the
-/// ingress refuses the same nonce twice.
-pub(super) fn signed_outbound(
-    key: &Arc<RsaKeyPair>,
-    body: String,
-) -> Option<super::notify::Outbound> {
-    let timestamp = Utc::now().timestamp_millis().to_string();
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    let payload = format!("{timestamp}\n{nonce}\n{body}\n");
-    let signature = match sign_webhook(key, payload.as_bytes()) {
-        Ok(signature) => signature,
-        // ring fails only on a wrong buffer length, which the key itself sizes.
-        Err(e) => {
-            tracing::error!(error = %e, "binance sandbox: webhook signing failed");
-            return None;
-        }
-    };
-    Some(super::notify::Outbound {
-        provider: Provider::BinancePay,
-        body: body.into_bytes(),
-        headers: vec![
-            ("content-type".into(), "application/json".into()),
-            ("BinancePay-Timestamp".into(), timestamp),
-            ("BinancePay-Nonce".into(), nonce),
-            ("BinancePay-Signature".into(), signature),
-        ],
-        signature_header: "BinancePay-Signature".into(),
-        resign_with: Some(key.clone()),
-    })
-}
-
 /// Binance Pay's payment notification for a paid order: `bizType: "PAY"`, `bizIdStr` the
 /// order's `prepayId`, `bizStatus: "PAY_SUCCESS"`, and `data` as a JSON *string* carrying
 /// `merchantTradeNo` (the sandbox has no merchant order number: the prepayId), `totalFee`
@@ -967,9 +919,10 @@ mod tests {
 #[cfg(test)]
 mod webhook_tests {
     use super::super::book::Stage;
+    use super::super::notify::sign_webhook;
     use super::super::test_support::refund_notices;
     use super::super::{OutcomeStatus, SandboxConfig, Simulated, BINANCE_WEBHOOK_TEST_PUBLIC_KEY};
-    use super::{parse_signing_key, sign_webhook, word, BinanceState, RefundCall};
+    use super::{parse_signing_key, word, BinanceState, RefundCall};
     use refund_worker::providers::binance_pay as api;
     use rust_decimal::Decimal;
     use serde_json::Value;

@@ -8,6 +8,7 @@
 //! the correctly signed one, as a provider retrying would not, so nothing is lost).
 
 use super::{roll, Provider, Sandbox, SandboxConfig};
+use chrono::Utc;
 use rand::Rng;
 use ring::signature::RsaKeyPair;
 use serde::{Deserialize, Serialize};
@@ -74,7 +75,7 @@ impl Notice {
                 &config.webhook_secret,
                 header,
             )),
-            Signing::Rsa(key) => super::binance_pay::signed_outbound(&key, self.body),
+            Signing::Rsa(key) => signed_outbound(&key, self.body),
         }
     }
 }
@@ -189,10 +190,9 @@ impl Sandbox {
         };
         for copy in 0..copies {
             let resigned = match (&out.resign_with, copy) {
-                (Some(key), 1..) => super::binance_pay::signed_outbound(
-                    key,
-                    String::from_utf8_lossy(&out.body).into_owned(),
-                ),
+                (Some(key), 1..) => {
+                    signed_outbound(key, String::from_utf8_lossy(&out.body).into_owned())
+                }
                 _ => None,
             };
             let out = resigned.as_ref().unwrap_or(&out);
@@ -231,6 +231,54 @@ async fn post(
         request = request.header(name, value);
     }
     Ok(request.send().await?.status())
+}
+
+/// Binance Pay's webhook signature: base64 RSA-SHA256 (PKCS#1 v1.5) over
+/// `timestamp\nnonce\nbody\n`.
+pub(super) fn sign_webhook(
+    key: &RsaKeyPair,
+    payload: &[u8],
+) -> Result<String, ring::error::Unspecified> {
+    let mut signature = vec![0; key.public().modulus_len()];
+    key.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        payload,
+        &mut signature,
+    )?;
+    Ok(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        signature,
+    ))
+}
+
+/// One Binance Pay notification of `body`, signed now with a fresh nonce. A copy sent again
+/// (the sandbox's duplicates) is signed anew, as a provider sending it again would: the
+/// ingress refuses the same nonce twice.
+pub(super) fn signed_outbound(key: &Arc<RsaKeyPair>, body: String) -> Option<Outbound> {
+    let timestamp = Utc::now().timestamp_millis().to_string();
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let payload = format!("{timestamp}\n{nonce}\n{body}\n");
+    let signature = match sign_webhook(key, payload.as_bytes()) {
+        Ok(signature) => signature,
+        // ring fails only on a wrong buffer length, which the key itself sizes.
+        Err(e) => {
+            tracing::error!(error = %e, "binance sandbox: webhook signing failed");
+            return None;
+        }
+    };
+    Some(Outbound {
+        provider: Provider::BinancePay,
+        body: body.into_bytes(),
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("BinancePay-Timestamp".into(), timestamp),
+            ("BinancePay-Nonce".into(), nonce),
+            ("BinancePay-Signature".into(), signature),
+        ],
+        signature_header: "BinancePay-Signature".into(),
+        resign_with: Some(key.clone()),
+    })
 }
 
 #[cfg(test)]
