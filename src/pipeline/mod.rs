@@ -15,6 +15,8 @@
 //! - [`dispatch`]: due refunds -> provider calls -> recorded outcomes, as many calls in
 //!   flight as [`limit`] allows (it follows the providers' latency).
 //! - [`relay`]: outbox rows -> published events (with confirms).
+//! - [`merchant_webhooks`]: due merchant webhook deliveries -> signed POSTs -> recorded
+//!   attempts (the step is [`crate::merchant_webhooks::delivery`]'s).
 //! - [`retention`]: removes operational rows past `RETENTION` (refunds and history stay).
 //! - [`review`]: refunds still open after `REVIEW_AFTER` -> flagged for an operator; an
 //!   operator's recheck, through the dispatcher's own step; an operator's resolution.
@@ -28,6 +30,7 @@ pub mod consumer;
 pub mod dispatch;
 pub mod intake;
 pub mod limit;
+pub mod merchant_webhooks;
 pub mod provider_webhooks;
 pub mod reconcile;
 pub mod recover;
