@@ -125,7 +125,7 @@ pub(crate) struct Queue<'a> {
 }
 
 /// A worker's end of the hand-over: its own lane, or the pool's shared queue.
-type Inbox<R> = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Message<R>>>>;
+type Inbox<T> = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<T>>>;
 
 /// Consumes `queue` with `handler` until shutdown or until the connection fails. Returns
 /// `Ok` on shutdown (the deliveries taken finished and settled) and `Err` when the broker
@@ -147,7 +147,7 @@ pub(crate) async fn consume<H: Handler>(
     let inboxes: Vec<_> = (0..if by_lane { count } else { 1 })
         .map(|_| mpsc::unbounded_channel::<Message<H::Received>>())
         .collect();
-    let (senders, receivers): (Vec<_>, Vec<Inbox<H::Received>>) = inboxes
+    let (senders, receivers): (Vec<_>, Vec<Inbox<Message<H::Received>>>) = inboxes
         .into_iter()
         .map(|(s, r)| (s, Arc::new(tokio::sync::Mutex::new(r))))
         .unzip();
@@ -231,7 +231,7 @@ async fn tick(sweep: &mut Option<tokio::time::Interval>) {
 
 /// The next batch from a worker's queue: the first message to come, and whatever else is
 /// waiting behind it (up to `batch`); `None` once the queue is dropped and empty.
-async fn next_batch<R>(inbox: &Inbox<R>, batch: usize) -> Option<Vec<Message<R>>> {
+async fn next_batch<T>(inbox: &Inbox<T>, batch: usize) -> Option<Vec<T>> {
     // A pool's workers take turns at the shared queue; the lock is held only while taking.
     let mut inbox = inbox.lock().await;
     let first = inbox.recv().await?;
@@ -428,5 +428,62 @@ impl QueueConsumer {
             .channel()
             .close(200, "shutting down".into())
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbox<T>() -> (mpsc::UnboundedSender<T>, Inbox<T>) {
+        let (send, receive) = mpsc::unbounded_channel();
+        (send, Arc::new(tokio::sync::Mutex::new(receive)))
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_what_is_waiting_up_to_its_size() {
+        let (send, inbox) = inbox();
+        (1..=5).for_each(|i| send.send(i).unwrap());
+        assert_eq!(next_batch(&inbox, 3).await, Some(vec![1, 2, 3]));
+        // A lone message is a batch of one: nothing waits to fill a batch.
+        assert_eq!(next_batch(&inbox, 3).await, Some(vec![4, 5]));
+        send.send(6).unwrap();
+        assert_eq!(next_batch(&inbox, 3).await, Some(vec![6]));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_sender_drains_what_is_queued_then_ends() {
+        let (send, inbox) = inbox();
+        (1..=4).for_each(|i| send.send(i).unwrap());
+        drop(send);
+        assert_eq!(next_batch(&inbox, 3).await, Some(vec![1, 2, 3]));
+        assert_eq!(next_batch(&inbox, 3).await, Some(vec![4]));
+        assert_eq!(next_batch(&inbox, 3).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_pools_workers_share_one_queue_and_each_message_goes_to_one() {
+        let (send, inbox) = inbox();
+        let workers: Vec<_> = (0..3)
+            .map(|_| {
+                let inbox = inbox.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    while let Some(batch) = next_batch(&inbox, 4).await {
+                        got.extend(batch);
+                        tokio::task::yield_now().await;
+                    }
+                    got
+                })
+            })
+            .collect();
+        (0..100).for_each(|i| send.send(i).unwrap());
+        drop(send);
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(w.await.unwrap());
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
     }
 }
