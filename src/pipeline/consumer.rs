@@ -134,9 +134,10 @@ pub(crate) async fn consume<H: Handler>(
     ctx: &Context,
     connection: &lapin::Connection,
     queue: Queue<'_>,
-    handler: Arc<H>,
+    handler: H,
     shutdown: &CancellationToken,
 ) -> Result<(), ConsumeError> {
+    let handler = Arc::new(handler);
     let channel = QueueConsumer::open(ctx, connection, queue.name, queue.tag).await?;
     let mut consumer = channel.consumer.clone();
     let (count, batch, by_lane) = match queue.workers {

@@ -26,7 +26,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -396,14 +395,7 @@ pub async fn consume(
         },
         sweep_every: None,
     };
-    consumer::consume(
-        ctx,
-        connection,
-        queue,
-        Arc::new(Commands(ctx.clone())),
-        shutdown,
-    )
-    .await
+    consumer::consume(ctx, connection, queue, Commands(ctx.clone()), shutdown).await
 }
 
 /// Intake as the consumer's handler: a batch of command messages stored in one go.

@@ -24,7 +24,6 @@ use crate::store::{EventSink, StoreError};
 use lapin::message::Delivery;
 use lapin::Connection;
 use sqlx::PgPool;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// What one consumer step decided for a message.
@@ -266,14 +265,7 @@ pub async fn consume(
         },
         sweep_every: Some(ctx.config.parked_retry),
     };
-    consumer::consume(
-        ctx,
-        connection,
-        queue,
-        Arc::new(Webhooks(ctx.clone())),
-        shutdown,
-    )
-    .await
+    consumer::consume(ctx, connection, queue, Webhooks(ctx.clone()), shutdown).await
 }
 
 /// Applying provider webhooks as the consumer's handler: a lane's batch in one transaction.
