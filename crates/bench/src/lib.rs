@@ -91,6 +91,11 @@ pub struct BenchArgs {
     /// percentile, `300ms,2s` (log-normal) [default: 0].
     #[arg(long, value_name = "P50[,P99]", value_parser = parse_latency)]
     pub provider_latency: Option<ProviderLatency>,
+    /// The refund-worker executable to measure [default: this one]. Another build (an
+    /// earlier commit's, say) measured by the same bench makes a paired comparison; it must
+    /// take the same settings and declare the same names.
+    #[arg(long, value_name = "PATH")]
+    pub worker: Option<std::path::PathBuf>,
 }
 
 /// `--provider-latency`: a median, and optionally a 99th percentile.
@@ -152,6 +157,7 @@ struct Plan {
     keep_log: bool,
     providers: Vec<ProviderName>,
     provider_latency: Option<ProviderLatency>,
+    worker: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -177,6 +183,7 @@ impl Plan {
             keep_log: args.keep_log,
             providers: args.providers.clone(),
             provider_latency: args.provider_latency,
+            worker: args.worker.clone(),
         };
         if plan.providers.is_empty() {
             anyhow::bail!("--providers needs at least one provider");
@@ -285,21 +292,42 @@ fn with_database(database_url: &str, name: &str) -> anyhow::Result<String> {
     Ok(url.to_string())
 }
 
-/// Creates a database for this run (the name is ours, see [`drop_database`]).
+/// Creates a database for this run (the name is ours, see [`bench_database_name`]).
 async fn create_database(database_url: &str) -> anyhow::Result<()> {
+    on_server(database_url, "create", |name| {
+        format!("CREATE DATABASE \"{name}\"")
+    })
+    .await
+}
+
+/// Drops a database this run created.
+async fn drop_database(database_url: &str) -> anyhow::Result<()> {
+    on_server(database_url, "drop", |name| {
+        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")
+    })
+    .await
+}
+
+/// Runs `statement(name)` on the server's `postgres` database for the bench database
+/// `database_url` names (`verb` says what, in errors).
+async fn on_server(
+    database_url: &str,
+    verb: &str,
+    statement: impl FnOnce(&str) -> String,
+) -> anyhow::Result<()> {
     let (admin, name) = admin_url(database_url)?;
     bench_database_name(&name)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&admin)
         .await
-        .with_context(|| format!("connecting to create database {name}"))?;
-    let created = sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .with_context(|| format!("connecting to {verb} database {name}"))?;
+    let done = sqlx::query(&statement(&name))
         .execute(&pool)
         .await
-        .with_context(|| format!("creating database {name}"));
+        .with_context(|| format!("{verb} database {name}: failed"));
     pool.close().await;
-    created.map(|_| ())
+    done.map(|_| ())
 }
 
 /// Refuses a database name the bench did not make: lowercase letters, digits, `_`.
@@ -312,23 +340,6 @@ fn bench_database_name(name: &str) -> anyhow::Result<()> {
         anyhow::bail!("refusing database `{name}`: not a bench database name");
     }
     Ok(())
-}
-
-/// Drops a database this run created (the name is ours: lowercase letters, digits, `_`).
-async fn drop_database(database_url: &str) -> anyhow::Result<()> {
-    let (admin, name) = admin_url(database_url)?;
-    bench_database_name(&name)?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin)
-        .await
-        .with_context(|| format!("connecting to drop database {name}"))?;
-    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&pool)
-        .await
-        .with_context(|| format!("dropping database {name}"));
-    pool.close().await;
-    dropped.map(|_| ())
 }
 
 /// A progress bar on stderr, hidden unless stdout is a terminal.
@@ -512,7 +523,7 @@ async fn measure(
     let settings = e2e::Settings {
         run_id: run_id.to_owned(),
         names: config.names.clone(),
-        exe: worker.exe.clone(),
+        exe: plan.worker.clone().unwrap_or_else(|| worker.exe.clone()),
         amqp_url: config.amqp_url.clone(),
         database_url,
         child_env,
@@ -534,6 +545,7 @@ async fn measure(
     let provider_calls = sandbox.ledger();
     let report = report::Report::new(report::Inputs {
         run_id: run_id.to_owned(),
+        worker_exe: settings.exe.display().to_string(),
         quick: plan.quick,
         in_flight: plan.in_flight,
         providers: &plan.providers,

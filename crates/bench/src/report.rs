@@ -173,6 +173,8 @@ impl RowCommits {
 pub struct Inputs<'a> {
     /// Run id.
     pub run_id: String,
+    /// The worker executable measured.
+    pub worker_exe: String,
     /// `--quick`.
     pub quick: bool,
     /// `--in-flight`.
@@ -203,6 +205,8 @@ pub struct Inputs<'a> {
 pub struct Report {
     /// Run id (names the database, queues and refunds).
     pub run_id: String,
+    /// The worker executable measured (`--worker`).
+    pub worker_exe: String,
     /// `--quick`.
     pub quick: bool,
     /// Refunds in flight at most in the throughput phase.
@@ -299,6 +303,7 @@ impl Report {
         let worker_settings = inputs.worker.clone();
         let mut report = Self {
             run_id: inputs.run_id,
+            worker_exe: inputs.worker_exe,
             quick: inputs.quick,
             in_flight: inputs.in_flight,
             machine: inputs.machine,
@@ -554,7 +559,13 @@ impl Report {
             mib(e.worker.rss_kib_at_end),
             mib(self.bench_peak_rss_kib)
         );
-        say!(out, "worker     {}; log: {}", e.worker.exit, e.worker.log);
+        say!(
+            out,
+            "worker     {}; {}; log: {}",
+            self.worker_exe,
+            e.worker.exit,
+            e.worker.log
+        );
         if e.worker.panics > 0 {
             say!(
                 out,
