@@ -12,12 +12,14 @@
 //!   │
 //!  provider_webhooks ─ provider webhooks in: verified with the adapter, queued with a confirm
 //!   │
-//!  pipeline ─ intake, provider webhooks applied, dispatch, relay, review, retention:
-//!   │          each a step function (tests drive it) inside a thin loop (production runs it);
-//!   │          recover and reconcile, an operator's one-off runs; owns the transactions
+//!  pipeline ─ intake, provider webhooks applied, dispatch, relay, merchant webhook delivery,
+//!   │          review, retention: each a step function (tests drive it) inside a thin loop
+//!   │          (production runs it); one queue consumer (intake and provider webhooks are its
+//!   │          handlers); recover and reconcile, an operator's one-off runs; owns the
+//!   │          transactions
 //!   ├── providers ────────── one adapter per provider: signing, requests, classification
 //!   ├── broker ───────────── RabbitMQ topology, consuming with an ack window, publishing with confirms
-//!   ├── merchant_webhooks ── merchant webhooks out: signing, delivery, network policy
+//!   ├── merchant_webhooks ── merchant webhooks out: signing, the delivery step, network policy
 //!   └── store ────────────── PostgreSQL: reads and writes inside the caller's transaction
 //!        │
 //!  domain ─ pure rules and every decision: money, commands, the state machine, the retry
@@ -40,11 +42,13 @@
 //! - `provider_webhooks`: provider webhooks in: the ingress verifies and queues them (the
 //!   inbox is [`store::provider_webhooks`], applying them [`pipeline::provider_webhooks`]).
 //! - [`pipeline`]: the loops that move work: intake (command -> row), provider_webhooks
-//!   (provider webhook -> row), dispatch (row -> provider -> row), relay (outbox -> broker), review
-//!   (open too long -> operator), retention (old operational rows -> gone); and an operator's
-//!   recover (after an outage: a window's pending refunds asked about, webhooks re-sent) and
+//!   (provider webhook -> row), both handlers of one queue consumer ([`pipeline::consumer`]),
+//!   dispatch (row -> provider -> row), relay (outbox -> broker), merchant webhook delivery,
+//!   review (open too long -> operator), retention (old operational rows -> gone); and an
+//!   operator's recover (after an outage: a window's pending refunds asked about, webhooks re-sent) and
 //!   reconcile (a provider's view against ours).
-//! - [`retry`]: the one retry policy (exponential backoff, full jitter, `Retry-After` ceiling).
+//! - [`retry`]: the one retry policy (exponential backoff, full jitter, `Retry-After` ceiling),
+//!   and [`retry::Backoff`], the back-off of every infrastructure loop.
 //! - [`http`]: health, readiness, metrics, the admin API and the provider webhook route, and their
 //!   OpenAPI document, generated from the handlers' types ([`http::openapi`]).
 //! - [`console`]: the operations console, a static page over the admin API (`/console`).

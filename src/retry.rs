@@ -6,8 +6,12 @@
 //! the `backoff` crate; the policy is evaluated from the stored failure count, so retries
 //! are scheduled in PostgreSQL (`next_attempt_at`) and survive restarts, rather than living
 //! in a sleeping task.
+//!
+//! The same policy paces the infrastructure loops ([`Backoff`]): a broker reconnect, a
+//! claim, a relay step or a delivery step that failed is tried again after the next delay,
+//! and a success starts the count again.
 
-use backoff::backoff::Backoff;
+use backoff::backoff::Backoff as _;
 use backoff::ExponentialBackoffBuilder;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -83,6 +87,72 @@ impl RetryPolicy {
             current = b.next_backoff().unwrap_or(self.max);
         }
         current.min(self.max)
+    }
+}
+
+/// The back-off of an infrastructure loop (broker reconnects, claims, relay, recording,
+/// merchant webhook delivery): the failures since the last success, and the next delay
+/// from the one [`RetryPolicy`], full jitter included. Unlike a refund's retries it lives
+/// in memory: a restarted loop starts from the first delay.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    policy: RetryPolicy,
+    failures: u32,
+    /// The ceiling stops growing after this many failures: an outage's loop keeps looking
+    /// every few seconds instead of the policy's `max`.
+    cap: u32,
+    /// The shortest delay.
+    floor: Duration,
+}
+
+impl Backoff {
+    /// A back-off on `policy` whose ceiling grows for six failures, with no floor.
+    pub fn new(policy: RetryPolicy) -> Self {
+        Self {
+            policy,
+            failures: 0,
+            cap: 6,
+            floor: Duration::ZERO,
+        }
+    }
+
+    /// The ceiling stops growing after `failures` failures.
+    pub fn capped_at(mut self, failures: u32) -> Self {
+        self.cap = failures.max(1);
+        self
+    }
+
+    /// No delay shorter than `floor`.
+    pub fn at_least(mut self, floor: Duration) -> Self {
+        self.floor = floor;
+        self
+    }
+
+    /// Counts a failure and answers how long to wait before the next try.
+    pub fn next_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.policy
+            .delay(self.failures.min(self.cap), None)
+            .max(self.floor)
+    }
+
+    /// A success: the next failure waits the first delay again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Failures since the last success.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Sleeps `delay` unless `shutdown` comes first; `false` when it did (the loop drains
+    /// instead of trying again).
+    pub async fn sleep(delay: Duration, shutdown: &tokio_util::sync::CancellationToken) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = shutdown.cancelled() => false,
+        }
     }
 }
 
@@ -167,5 +237,53 @@ mod tests {
             parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now),
             Some(MAX_RETRY_AFTER)
         );
+    }
+
+    #[test]
+    fn backoff_grows_up_to_its_cap_keeps_its_floor_and_resets() {
+        let mut b = Backoff::new(policy())
+            .capped_at(3)
+            .at_least(Duration::from_millis(50));
+        for failures in 1..=10u32 {
+            let d = b.next_delay();
+            assert_eq!(b.failures(), failures);
+            // Never above the ceiling of min(failures, cap), never below the floor.
+            assert!(
+                d <= policy()
+                    .ceiling(failures.min(3))
+                    .max(Duration::from_millis(50))
+            );
+            assert!(d >= Duration::from_millis(50));
+        }
+        b.reset();
+        assert_eq!(b.failures(), 0);
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_sleeps_its_delay_on_paused_time_and_stops_on_shutdown() {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut b = Backoff::new(policy()).at_least(Duration::from_millis(300));
+        // The first ceiling is 100 ms, so the floor decides: exactly 300 ms.
+        let delay = b.next_delay();
+        assert_eq!(delay, Duration::from_millis(300));
+        let sleeping = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { Backoff::sleep(delay, &shutdown).await }
+        });
+        tokio::time::advance(Duration::from_millis(299)).await;
+        tokio::task::yield_now().await;
+        assert!(!sleeping.is_finished());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(sleeping.await.unwrap(), "slept the whole delay");
+
+        // Shutdown ends the sleep at once, however long it was to be.
+        let long = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { Backoff::sleep(Duration::from_secs(3600), &shutdown).await }
+        });
+        tokio::task::yield_now().await;
+        shutdown.cancel();
+        assert!(!long.await.unwrap(), "cut short by shutdown");
     }
 }

@@ -1,6 +1,6 @@
 //! Delivery of merchant webhooks: claim due deliveries, POST the signed event, record the
-//! attempt, schedule the next one. Written as a step function (`Deliverer::step`) with a
-//! thin loop around it, like the other pipeline loops.
+//! attempt, schedule the next one. This is the step ([`Deliverer::step`]); the loop around
+//! it is the pipeline's (`crate::pipeline::merchant_webhooks`), like the other loops.
 
 use super::schedule::Schedule;
 use super::signing::SigningKey;
@@ -15,8 +15,6 @@ use sqlx::PgPool;
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// Bytes of a merchant's response kept in the attempt log.
 pub(crate) const EXCERPT_BYTES: usize = 512;
@@ -131,23 +129,6 @@ impl Deliverer {
             })
             .await;
         Ok(DeliveryOutcome::Attempted(n))
-    }
-
-    /// Runs [`Deliverer::step`] until shutdown.
-    pub(crate) async fn run(&self, wakeup: &Notify, idle: Duration, shutdown: &CancellationToken) {
-        let mut failures = 0u32;
-        while !shutdown.is_cancelled() {
-            match self.step().await {
-                Ok(DeliveryOutcome::Attempted(_)) => failures = 0,
-                Ok(DeliveryOutcome::Idle) => crate::pipeline::idle(wakeup, idle, shutdown).await,
-                Err(e) => {
-                    failures += 1;
-                    let delay = Duration::from_millis(200 * u64::from(failures.min(25)));
-                    tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "webhook delivery step failed");
-                    tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => {} }
-                }
-            }
-        }
     }
 
     /// One HTTP attempt, classified.

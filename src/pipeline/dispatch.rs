@@ -25,6 +25,7 @@ use crate::domain::{
     RefundStatus, Wait,
 };
 use crate::providers::{Provider, RefundRequest};
+use crate::retry::Backoff;
 use crate::store::{self, CallRecord, ClaimedRefund, StepRecord, StoreError, StoreUpdate};
 use chrono::Utc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -166,6 +167,17 @@ pub async fn step(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
 /// Dispatches until shutdown: keeps up to `dispatch_concurrency` refunds in flight, claiming
 /// more as slots free up, while one recorder records finished steps in batches. Steps in
 /// flight finish and are recorded before this returns.
+///
+/// Why this is not literally `loop { match step(ctx) { Idle => idle(..), Worked(_) => {} } }`:
+/// [`step`] returns only once every refund it claimed is recorded, so such a loop would
+/// claim the next batch only after the slowest provider call of the last one came back,
+/// and would take no refund intake hands over meanwhile. Under load, one slow call (a
+/// provider's timeout is seconds) would idle every other slot: throughput would follow the
+/// slowest call instead of the adaptive limit. So the two share everything but the
+/// waiting: the same claim ([`InFlight::claim`], as many as there are free slots, up to
+/// `DISPATCH_BATCH`), the same step tasks ([`InFlight::start`], [`process_in_span`]) and
+/// the same recorder ([`recorder`], [`record`]); [`step`] drains after one claim, `run`
+/// claims again whenever a quarter of the slots are free.
 pub async fn run(ctx: &Context, shutdown: &CancellationToken) {
     // Bounded: while the recorder is behind (database trouble), finished steps wait to be
     // handed over and keep their slots, so nothing more is claimed meanwhile.
@@ -263,7 +275,7 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
     if handed.is_some() {
         handoff.open.store(true, Ordering::Release);
     }
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(ctx.config.retry);
     // When to look for due refunds next: at once while claims come back full (more may be
     // due), else when woken or after the idle poll. A finished call is no reason to look:
     // it rescheduled its refund for later, if at all, and looking costs a query.
@@ -301,7 +313,7 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
         }
         match in_flight.claim(free.min(batch)).await {
             Ok(Claimed { claimed, asked }) => {
-                failures = 0;
+                backoff.reset();
                 more_due = claimed >= asked;
                 // Fewer than asked for: nothing else is due now.
                 look_at = match claimed < asked {
@@ -310,10 +322,9 @@ async fn dispatch(ctx: &Context, shutdown: &CancellationToken, outcomes: mpsc::S
                 };
             }
             Err(e) => {
-                failures += 1;
-                let delay = ctx.config.retry.delay(failures.min(6), None);
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "dispatcher claim failed");
-                tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => {} }
+                Backoff::sleep(delay, shutdown).await;
             }
         }
     }
@@ -392,7 +403,7 @@ async fn record_retrying(
     batch: &mut Vec<Outcome>,
     shutdown: &CancellationToken,
 ) -> Result<(), StoreError> {
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(ctx.config.retry);
     loop {
         let now = Instant::now();
         let (live, expired): (Vec<Outcome>, Vec<Outcome>) = std::mem::take(batch)
@@ -410,15 +421,11 @@ async fn record_retrying(
             Err(e) if !e.is_retryable() => return Err(e),
             Err(e) => e,
         };
-        failures += 1;
-        let delay = ctx.config.retry.delay(failures.min(6), None);
+        let delay = backoff.next_delay();
         tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, refunds = batch.len(), "recording provider outcomes failed, retrying");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.cancelled() => {
-                given_up(batch, &"shutting down");
-                return Ok(());
-            }
+        if !Backoff::sleep(delay, shutdown).await {
+            given_up(batch, &"shutting down");
+            return Ok(());
         }
     }
 }

@@ -13,24 +13,19 @@
 //! references), [`crate::domain::intake::judge`] decides, and the store writes what it
 //! decided (the refunds, their fan-out), all inside it.
 
-use super::{ConsumeError, Context};
-use crate::broker::publisher::Publisher;
-use crate::broker::AckWindow;
+use super::consumer::{self, ConsumeError, Handler, Message, Queue, Verdict, Workers};
+use super::Context;
 use crate::domain::fanout::StatusChange;
 use crate::domain::intake::judge;
 use crate::domain::{command, CommandError, RefundCommand};
 use crate::store::refunds::{self, Preclaim};
 use crate::store::{self, ClaimedRefund, EventSink, Intake, IntakeItem, RefundRow, StoreError};
-use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::Connection;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -375,7 +370,8 @@ pub async fn handle(ctx: &Context, body: &[u8]) -> Result<IntakeOutcome, StoreEr
         .ok_or_else(|| StoreError::Corrupt("intake answered nothing".into()))
 }
 
-/// Consumes `refund.commands` until shutdown or until the connection fails.
+/// Consumes `refund.commands` until shutdown or until the connection fails
+/// ([`super::consumer`]).
 ///
 /// Messages are stored in batches of whatever is waiting (up to `INTAKE_BATCH`); enough
 /// batches run at once to keep the whole prefetch window busy. Returns `Ok` on shutdown
@@ -386,110 +382,48 @@ pub async fn consume(
     connection: &Connection,
     shutdown: &CancellationToken,
 ) -> Result<(), ConsumeError> {
-    let queue = super::QueueConsumer::open(
-        ctx,
-        connection,
-        &ctx.topology.commands_queue,
-        "refund-worker",
-    )
-    .await?;
-    let (publisher, mut consumer) = (queue.publisher.clone(), queue.consumer.clone());
-    let acks = queue.acks.clone();
-    let batch_size = ctx.config.intake_batch;
-    let batches = usize::from(ctx.config.prefetch).div_ceil(batch_size).max(1);
-    let permits = Arc::new(Semaphore::new(batches));
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    let result = loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            // A batch that panicked holds deliveries no ack may pass: notice it even when
-            // the prefetch window is full and no delivery comes.
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
-                Ok(()) => continue,
-                Err(e) => break Err(super::task_failed(Some(e), "intake batch")),
-            },
-            next = consumer.next() => next,
-        };
-        let first = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => break Err(e.into()),
-            None => break Err(queue.ended().into()),
-        };
-        acks.received(&first);
-        // Move the permit into the task: it returns to the semaphore when the task ends.
-        // While we wait for one, more messages arrive and join the next batch.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break Ok(());
-        };
-        let mut deliveries = vec![first];
-        let mut failed = None;
-        while deliveries.len() < batch_size {
-            match consumer.next().now_or_never() {
-                Some(Some(Ok(d))) => {
-                    acks.received(&d);
-                    deliveries.push(d);
-                }
-                Some(Some(Err(e))) => {
-                    failed = Some(e);
-                    break;
-                }
-                Some(None) => {
-                    failed = Some(queue.ended());
-                    break;
-                }
-                None => break,
-            }
-        }
-        let (ctx, publisher, shutdown) = (ctx.clone(), publisher.clone(), shutdown.clone());
-        let (in_flight, acks) = (in_flight.clone(), acks.clone());
-        let n = deliveries.len();
-        crate::metrics::commands_in_flight(in_flight.fetch_add(n, Ordering::Relaxed) + n);
-        tasks.spawn(async move {
-            process_batch(&ctx, &publisher, &acks, deliveries, &shutdown).await;
-            drop(permit);
-            crate::metrics::commands_in_flight(in_flight.fetch_sub(n, Ordering::Relaxed) - n);
-        });
-        if let Some(e) = failed {
-            break Err(e.into());
-        }
+    let batch = ctx.config.intake_batch.max(1);
+    let queue = Queue {
+        name: &ctx.topology.commands_queue,
+        tag: "refund-worker",
+        dead_letters: &ctx.topology.commands_dlq,
+        what: "intake batch",
+        storing: "intake",
+        workers: Workers::Pool {
+            workers: usize::from(ctx.config.prefetch).div_ceil(batch).max(1),
+            batch,
+        },
+        sweep_every: None,
     };
-    // Drain: let in-flight messages finish and be acknowledged before the channel closes.
-    while tasks.join_next().await.is_some() {}
-    queue.close().await;
-    result
+    consumer::consume(ctx, connection, queue, Commands(ctx.clone()), shutdown).await
 }
 
-/// Handles a batch of deliveries end to end: store, then settle each (dead letters first
-/// go to their queue); the acks go out a run at a time.
-async fn process_batch(
-    ctx: &Context,
-    publisher: &Publisher,
-    acks: &AckWindow,
-    deliveries: Vec<Delivery>,
-    shutdown: &CancellationToken,
-) {
-    let prepared: Vec<Prepared> = deliveries.iter().map(|d| prepare(ctx, &d.data)).collect();
-    let Some(outcomes) = super::until_stored(ctx, acks, &deliveries, shutdown, "intake", || {
-        store(ctx, &prepared)
-    })
-    .await
-    else {
-        return;
-    };
-    for (delivery, outcome) in deliveries.into_iter().zip(outcomes) {
-        settle_command(ctx, publisher, acks, delivery, outcome).await;
+/// Intake as the consumer's handler: a batch of command messages stored in one go.
+struct Commands(Context);
+
+impl Handler for Commands {
+    /// Nothing is read on receipt: a batch's messages are read and validated by its worker.
+    type Received = ();
+
+    fn receive(&self, _delivery: &Delivery) {}
+
+    async fn store(&self, batch: &[Message<()>]) -> Result<Vec<Verdict>, StoreError> {
+        let ctx = &self.0;
+        let prepared: Vec<Prepared> = batch
+            .iter()
+            .map(|m| prepare(ctx, &m.delivery.data))
+            .collect();
+        let outcomes = store(ctx, &prepared).await?;
+        Ok(outcomes.into_iter().map(verdict).collect())
+    }
+
+    fn in_flight(&self, n: usize) {
+        crate::metrics::commands_in_flight(n);
     }
 }
 
-/// Counts, logs and settles one stored (or refused) command.
-async fn settle_command(
-    ctx: &Context,
-    publisher: &Publisher,
-    acks: &AckWindow,
-    delivery: Delivery,
-    outcome: IntakeOutcome,
-) {
+/// Counts and logs one stored (or refused) command, and says how to settle it.
+fn verdict(outcome: IntakeOutcome) -> Verdict {
     crate::metrics::command(match &outcome {
         IntakeOutcome::Stored(e) => {
             crate::metrics::refund_event(e);
@@ -498,18 +432,20 @@ async fn settle_command(
         IntakeOutcome::Duplicate => "duplicate",
         IntakeOutcome::DeadLetter(_) => "dead_letter",
     });
-    match &outcome {
-        IntakeOutcome::Stored(event) => tracing::info!(
-            refund_reference = %event.refund_reference, status = %event.status,
-            failure_code = event.failure_reason.as_ref().map(|f| f.code.as_str()), "command stored"),
-        IntakeOutcome::Duplicate => tracing::info!("duplicate command acknowledged"),
-        IntakeOutcome::DeadLetter(reason) => tracing::warn!(%reason, "command dead-lettered"),
-    }
-    let dead_letter = match &outcome {
-        IntakeOutcome::DeadLetter(reason) => {
-            Some((ctx.topology.commands_dlq.as_str(), reason.as_str()))
+    match outcome {
+        IntakeOutcome::Stored(event) => {
+            tracing::info!(
+                refund_reference = %event.refund_reference, status = %event.status,
+                failure_code = event.failure_reason.as_ref().map(|f| f.code.as_str()), "command stored");
+            Verdict::Ack
         }
-        _ => None,
-    };
-    super::settle(ctx, publisher, acks, delivery, dead_letter).await;
+        IntakeOutcome::Duplicate => {
+            tracing::info!("duplicate command acknowledged");
+            Verdict::Ack
+        }
+        IntakeOutcome::DeadLetter(reason) => {
+            tracing::warn!(%reason, "command dead-lettered");
+            Verdict::DeadLetter(reason)
+        }
+    }
 }

@@ -14,16 +14,13 @@
 //! boundary, so the consumer only parses. A message that cannot be parsed, names an unknown
 //! provider or one that is not configured is dead-lettered with the reason.
 
-use super::{ConsumeError, Context};
-use crate::broker::publisher::Publisher;
-use crate::broker::topology::header_str;
-use crate::broker::topology::PROVIDER_HEADER;
-use crate::broker::AckWindow;
+use super::consumer::{self, ConsumeError, Handler, Message, Queue, Verdict, Workers};
+use super::Context;
+use crate::broker::topology::{header_str, PROVIDER_HEADER};
 use crate::domain::ProviderName;
 use crate::providers::{ProviderWebhook, WebhookKind};
 use crate::store::provider_webhooks::{self as inbox, Applied};
 use crate::store::{EventSink, StoreError};
-use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::Connection;
 use sqlx::PgPool;
@@ -242,15 +239,8 @@ pub async fn sweep_parked(ctx: &Context) -> Result<usize, StoreError> {
 /// (a lone webhook is a batch of one, so nothing waits to fill a batch).
 const LANE_BATCH: usize = 32;
 
-/// A delivery with its provider and what it parsed to.
-struct Received {
-    delivery: Delivery,
-    provider: String,
-    parsed: Parsed,
-}
-
 /// Consumes `provider.webhooks` until shutdown or until the connection fails, and sweeps
-/// parked webhooks meanwhile.
+/// parked webhooks meanwhile ([`super::consumer`]).
 ///
 /// Messages go to `WEBHOOK_LANES` ordered lanes by what they are about. Notifications about
 /// one refund or payment always take the same lane, so they are applied in their queue
@@ -263,82 +253,65 @@ pub async fn consume(
     connection: &Connection,
     shutdown: &CancellationToken,
 ) -> Result<(), ConsumeError> {
-    let queue = super::QueueConsumer::open(
-        ctx,
-        connection,
-        &ctx.topology.webhooks_queue,
-        "refund-worker-webhooks",
-    )
-    .await?;
-    let (publisher, mut consumer) = (queue.publisher.clone(), queue.consumer.clone());
-    let acks = queue.acks.clone();
-    let lane_count = ctx.config.webhook_lanes.max(1);
-    let mut lanes = Vec::with_capacity(lane_count);
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..lane_count {
-        // The prefetch bounds what is in flight; a lane's queue never holds more.
-        let (send, mut receive) = tokio::sync::mpsc::unbounded_channel::<Received>();
-        lanes.push(send);
-        let (ctx, publisher, shutdown) = (ctx.clone(), publisher.clone(), shutdown.clone());
-        let acks = acks.clone();
-        workers.spawn(async move {
-            while let Some(first) = receive.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < LANE_BATCH {
-                    match receive.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                process_batch(&ctx, &publisher, &acks, batch, &shutdown).await;
-            }
-        });
-    }
-    let mut sweep = tokio::time::interval(ctx.config.parked_retry);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result = loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = sweep.tick() => {
-                if let Err(e) = sweep_parked(ctx).await {
-                    tracing::warn!(error = %e, "parked webhook sweep failed");
-                }
-                continue;
-            }
-            // A lane ends only when its sender is dropped after this loop: here it panicked,
-            // holding deliveries no ack may pass.
-            done = workers.join_next(), if !workers.is_empty() => {
-                let cause = done.and_then(Result::err);
-                break Err(super::task_failed(cause, "provider webhook lane"));
-            }
-            next = consumer.next() => next,
-        };
-        let delivery = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => break Err(e.into()),
-            None => break Err(queue.ended().into()),
-        };
-        acks.received(&delivery);
+    let queue = Queue {
+        name: &ctx.topology.webhooks_queue,
+        tag: "refund-worker-webhooks",
+        dead_letters: &ctx.topology.webhooks_dlq,
+        what: "provider webhook lane",
+        storing: "provider webhooks",
+        workers: Workers::Lanes {
+            lanes: ctx.config.webhook_lanes.max(1),
+            batch: LANE_BATCH,
+        },
+        sweep_every: Some(ctx.config.parked_retry),
+    };
+    consumer::consume(ctx, connection, queue, Webhooks(ctx.clone()), shutdown).await
+}
+
+/// Applying provider webhooks as the consumer's handler: a lane's batch in one transaction.
+struct Webhooks(Context);
+
+impl Handler for Webhooks {
+    /// The provider (its header, else the routing key) and what its adapter parsed.
+    type Received = (String, Parsed);
+
+    fn receive(&self, delivery: &Delivery) -> (String, Parsed) {
         let provider = header_str(delivery.properties.headers(), PROVIDER_HEADER)
             .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
-        let parsed = parse(ctx, &provider, &delivery.data);
-        let lane = lane_of(&provider, &parsed) % lane_count;
-        let received = Received {
-            delivery,
-            provider,
-            parsed,
-        };
-        if lanes[lane].send(received).is_err() {
-            // Only if the lane's task ended (it panicked): what it held can never be
-            // settled, so give up the channel; closing it redelivers the messages.
-            break Err(super::task_failed(None, "provider webhook lane"));
+        let parsed = parse(&self.0, &provider, &delivery.data);
+        (provider, parsed)
+    }
+
+    fn lane(&self, (provider, parsed): &(String, Parsed)) -> usize {
+        lane_of(provider, parsed)
+    }
+
+    async fn store(&self, batch: &[Message<(String, Parsed)>]) -> Result<Vec<Verdict>, StoreError> {
+        let messages: Vec<(&[u8], &Parsed)> = batch
+            .iter()
+            .map(|m| (m.delivery.data.as_slice(), &m.received.1))
+            .collect();
+        let outcomes = store(&self.0, &messages).await?;
+        let verdicts = batch
+            .iter()
+            .zip(outcomes)
+            .map(|(m, outcome)| match outcome {
+                InboundOutcome::DeadLetter(reason) => {
+                    let provider = &m.received.0;
+                    crate::metrics::provider_webhook_applied(provider, "dead_letter");
+                    tracing::warn!(%provider, %reason, "provider webhook dead-lettered");
+                    Verdict::DeadLetter(reason)
+                }
+                InboundOutcome::Applied(_) => Verdict::Ack,
+            });
+        Ok(verdicts.collect())
+    }
+
+    async fn sweep(&self) {
+        if let Err(e) = sweep_parked(&self.0).await {
+            tracing::warn!(error = %e, "parked webhook sweep failed");
         }
-    };
-    // Drain: let the lanes finish and acknowledge what they hold before the channel closes.
-    drop(lanes);
-    while workers.join_next().await.is_some() {}
-    queue.close().await;
-    result
+    }
 }
 
 /// The lane a message belongs to: a hash of its provider and what its first notification
@@ -369,50 +342,4 @@ fn lane_of(provider: &str, parsed: &Parsed) -> usize {
     (provider, about).hash(&mut hasher);
     // Truncation is fine: only the remainder modulo the lane count matters.
     hasher.finish() as usize
-}
-
-/// Handles a lane's batch end to end: apply all in one transaction, then ack each (or
-/// dead-letter, then ack).
-async fn process_batch(
-    ctx: &Context,
-    publisher: &Publisher,
-    acks: &AckWindow,
-    batch: Vec<Received>,
-    shutdown: &CancellationToken,
-) {
-    let (mut deliveries, mut described) = (Vec::with_capacity(batch.len()), Vec::new());
-    for r in batch {
-        deliveries.push(r.delivery);
-        described.push((r.provider, r.parsed));
-    }
-    let messages: Vec<(&[u8], &Parsed)> = deliveries
-        .iter()
-        .zip(&described)
-        .map(|(d, (_, parsed))| (d.data.as_slice(), parsed))
-        .collect();
-    let Some(outcomes) = super::until_stored(
-        ctx,
-        acks,
-        &deliveries,
-        shutdown,
-        "provider webhooks",
-        || store(ctx, &messages),
-    )
-    .await
-    else {
-        return;
-    };
-    drop(messages);
-    for ((delivery, (provider, _)), outcome) in deliveries.into_iter().zip(described).zip(outcomes)
-    {
-        let dead_letter = match &outcome {
-            InboundOutcome::DeadLetter(reason) => {
-                crate::metrics::provider_webhook_applied(&provider, "dead_letter");
-                tracing::warn!(%provider, %reason, "provider webhook dead-lettered");
-                Some((ctx.topology.webhooks_dlq.as_str(), reason.as_str()))
-            }
-            InboundOutcome::Applied(_) => None,
-        };
-        super::settle(ctx, publisher, acks, delivery, dead_letter).await;
-    }
 }

@@ -8,6 +8,7 @@
 
 use super::Context;
 use crate::broker::publisher::{json_properties, Outgoing, PublishError, Publisher};
+use crate::retry::Backoff;
 use crate::store::{outbox, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -82,7 +83,7 @@ pub async fn run(
     publisher: &Publisher,
     shutdown: &CancellationToken,
 ) -> Result<(), PublishError> {
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(ctx.config.retry);
     loop {
         if shutdown.is_cancelled() {
             // Flush: publish what the other loops committed while draining.
@@ -90,17 +91,16 @@ pub async fn run(
             return Ok(());
         }
         match step(ctx, publisher).await {
-            Ok(RelayOutcome::Published(_)) => failures = 0,
+            Ok(RelayOutcome::Published(_)) => backoff.reset(),
             Ok(RelayOutcome::Idle) => {
-                failures = 0;
+                backoff.reset();
                 super::idle(&ctx.relay_wakeup, ctx.config.idle_poll, shutdown).await;
             }
             Err(RelayError::Publish(e)) => return Err(e),
             Err(RelayError::Store(e)) => {
-                failures += 1;
-                let delay = ctx.config.retry.delay(failures.min(6), None);
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "relay step failed");
-                tokio::select! { _ = tokio::time::sleep(delay) => {}, _ = shutdown.cancelled() => {} }
+                Backoff::sleep(delay, shutdown).await;
             }
         }
     }

@@ -6,8 +6,11 @@
 //! steps in flight, then let the relay publish everything committed meanwhile, then close
 //! the connection.
 
-use super::{dispatch, intake, provider_webhooks, relay, retention, review, Context};
+use super::{
+    dispatch, intake, merchant_webhooks, provider_webhooks, relay, retention, review, Context,
+};
 use crate::broker::{self, Publisher};
+use crate::retry::Backoff;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,8 +53,7 @@ pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken)
         Some(d) => {
             let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
             Some(tokio::spawn(async move {
-                d.run(&ctx.delivery_wakeup, ctx.config.idle_poll, &shutdown)
-                    .await;
+                merchant_webhooks::run(&ctx, &d, &shutdown).await;
             }))
         }
         None => {
@@ -62,25 +64,19 @@ pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken)
         }
     };
 
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(ctx.config.retry)
+        .capped_at(5)
+        .at_least(Duration::from_millis(200));
     loop {
         match session(&ctx, &status, &shutdown, &dispatch_done).await {
             Ok(()) => break,
             Err(e) => {
                 status.broker_ready.store(false, Ordering::SeqCst);
-                failures += 1;
-                let delay = ctx
-                    .config
-                    .retry
-                    .delay(failures.min(5), None)
-                    .max(Duration::from_millis(200));
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, delay_ms = delay.as_millis() as u64, "broker session ended; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => {
-                        // No broker to drain into: the outbox keeps the events for next time.
-                        break;
-                    }
+                if !Backoff::sleep(delay, &shutdown).await {
+                    // No broker to drain into: the outbox keeps the events for next time.
+                    break;
                 }
             }
         }
