@@ -8,8 +8,9 @@
 
 use super::amqp::{self, Publisher};
 use super::raw::micros;
+use super::scale::{self, ScaleFigures, Sizes};
 use super::sys::{self, CpuSnapshot, CpuUse};
-use super::target::Names;
+use super::target::{HotStatement, Names};
 use super::{Cleanup, Progress};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -97,6 +98,10 @@ pub struct Settings {
     pub worker_log: PathBuf,
     /// Providers the commands rotate through (`--providers`).
     pub providers: Vec<ProviderName>,
+    /// Finished refunds written into the database before the run (`--preload`).
+    pub preload: u64,
+    /// The worker's hot statements, explained after the preload.
+    pub hot_statements: Vec<HotStatement>,
 }
 
 /// A latency distribution, in milliseconds.
@@ -303,6 +308,34 @@ pub struct Counted {
 }
 
 /// `a / b`, or 0 when `b` is 0.
+impl Counted {
+    /// What the database counts now less what it counted at `base` (rows written before
+    /// the run: a preload). Exact for the distinct-time counts too: a preload's times are
+    /// all before the run's.
+    pub fn since(self, base: &Counted) -> Counted {
+        Counted {
+            refunds: self.refunds - base.refunds,
+            completed: self.completed - base.completed,
+            failed: self.failed - base.failed,
+            pending: self.pending - base.pending,
+            provider_calls: self.provider_calls - base.provider_calls,
+            submits: self.submits - base.submits,
+            status_polls: self.status_polls - base.status_polls,
+            events: self.events - base.events,
+            unpublished: self.unpublished - base.unpublished,
+            relay_commits: self.relay_commits - base.relay_commits,
+            intake_commits: self.intake_commits - base.intake_commits,
+            record_commits: self.record_commits - base.record_commits,
+            record_finishes: self.record_finishes - base.record_finishes,
+            other_finishes: self.other_finishes - base.other_finishes,
+            webhook_commits: self.webhook_commits - base.webhook_commits,
+            webhooks: self.webhooks - base.webhooks,
+            transitions: self.transitions - base.transitions,
+            ..self
+        }
+    }
+}
+
 fn ratio(a: i64, b: i64) -> f64 {
     if b > 0 {
         a as f64 / b as f64
@@ -405,6 +438,8 @@ pub struct Figures {
     pub counted: Counted,
     /// The worker process.
     pub worker: WorkerFigures,
+    /// Preload, plans at size, bytes per refund.
+    pub scale: ScaleFigures,
 }
 
 /// Wall-clock mapping of the run's monotonic clock.
@@ -1029,6 +1064,15 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
         .connect(&settings.database_url)
         .await
         .context("connecting to the bench database")?;
+    let mut scale_figures = ScaleFigures::default();
+    if settings.preload > 0 {
+        scale_figures.preload =
+            Some(scale::preload(&pool, settings.preload, &settings.names.exchange).await?);
+        scale_figures.plans = scale::plans(&pool, &settings.hot_statements).await?;
+    }
+    // What was there before the run (the preload) is not the run's.
+    let counted_before = count(&pool).await?;
+    scale_figures.before = Sizes::read(&pool).await?;
 
     // Two connections, as two separate clients would have: commands out, events in.
     let commands_conn = amqp::connect(&settings.amqp_url, "refund-worker-bench-publisher").await?;
@@ -1126,7 +1170,12 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     let _ = commands_conn.close(200, "bench done".into()).await;
     let _ = events_conn.close(200, "bench done".into()).await;
 
-    let mut counted = count(&pool).await?;
+    let mut counted = count(&pool).await?.since(&counted_before);
+    scale_figures.after = Sizes::read(&pool).await?;
+    scale_figures.bytes_per_refund = scale_figures.after.per_refund(
+        &scale_figures.before,
+        u64::try_from(counted.refunds).unwrap_or(0),
+    );
     counted.events_received = shared.received.load(Ordering::Relaxed);
     counted.duplicate_events = shared.duplicates.load(Ordering::Relaxed);
     counted.unknown_events = shared.unknown.load(Ordering::Relaxed);
@@ -1161,6 +1210,7 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     };
 
     Ok(Figures {
+        scale: scale_figures,
         throughput: throughput_figures,
         steady: steady_figures,
         counted,

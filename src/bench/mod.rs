@@ -23,11 +23,12 @@ mod amqp;
 mod e2e;
 mod raw;
 mod report;
+mod scale;
 mod sys;
 mod target;
 
 pub use e2e::{command, ProviderName, DEFAULT_PROVIDERS, RECORD_CAUSES};
-pub use target::{Lookup, Names, Settings, Worker, WorkerSettings};
+pub use target::{HotStatement, Lookup, Names, Settings, Worker, WorkerSettings};
 
 use crate::sandbox::{Sandbox, SandboxConfig};
 use anyhow::Context as _;
@@ -91,6 +92,11 @@ pub struct BenchArgs {
     /// percentile, `300ms,2s` (log-normal) [default: 0].
     #[arg(long, value_name = "P50[,P99]", value_parser = parse_latency)]
     pub provider_latency: Option<ProviderLatency>,
+    /// Before the end-to-end run, fill its database with this many finished refunds and
+    /// their rows (history, published events, provider calls, provider webhooks), then
+    /// `VACUUM ANALYZE` and report the plans of the worker's hot statements at that size.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preload: u64,
 }
 
 /// `--provider-latency`: a median, and optionally a 99th percentile.
@@ -152,6 +158,7 @@ struct Plan {
     keep_log: bool,
     providers: Vec<ProviderName>,
     provider_latency: Option<ProviderLatency>,
+    preload: u64,
 }
 
 impl Plan {
@@ -177,6 +184,7 @@ impl Plan {
             keep_log: args.keep_log,
             providers: args.providers.clone(),
             provider_latency: args.provider_latency,
+            preload: args.preload,
         };
         if plan.providers.is_empty() {
             anyhow::bail!("--providers needs at least one provider");
@@ -191,6 +199,9 @@ impl Plan {
             if n == 0 || n > MAX {
                 anyhow::bail!("{flag} must be between 1 and {MAX}, got {n}");
             }
+        }
+        if plan.preload > 100 * MAX {
+            anyhow::bail!("--preload must be at most {}", 100 * MAX);
         }
         if plan.warmup > MAX {
             anyhow::bail!("--warmup must be at most {MAX}");
@@ -527,6 +538,8 @@ async fn measure(
         stall: plan.stall,
         worker_log: std::env::temp_dir().join(format!("refund-worker-bench-{run_id}.log")),
         providers: plan.providers.clone(),
+        preload: plan.preload,
+        hot_statements: config.hot_statements.clone(),
     };
     let end_to_end = e2e::run(&settings, cleanup)
         .await

@@ -547,6 +547,7 @@ impl Report {
             c.pending,
             c.unpublished
         );
+        super::scale::render(out, &e.scale);
         say!(
             out,
             "\nmemory     worker peak RSS (VmHWM) {}, RSS at the end {}; bench process peak {}",
