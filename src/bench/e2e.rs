@@ -39,16 +39,40 @@ pub enum Phase {
     Throughput,
     /// At a fixed publish rate.
     Steady,
+    /// Published while the worker is stopped (`--backlog`).
+    Backlog,
+    /// Published at `--probe-rate` while the backlog drains.
+    Probe,
 }
 
 impl Phase {
-    const ALL: [Phase; 3] = [Phase::Warmup, Phase::Throughput, Phase::Steady];
+    const ALL: [Phase; 5] = [
+        Phase::Warmup,
+        Phase::Throughput,
+        Phase::Steady,
+        Phase::Backlog,
+        Phase::Probe,
+    ];
 
     fn tag(self) -> char {
         match self {
             Phase::Warmup => 'w',
             Phase::Throughput => 't',
             Phase::Steady => 's',
+            Phase::Backlog => 'b',
+            Phase::Probe => 'p',
+        }
+    }
+
+    /// What a refund's number in its phase adds to make the payment it refunds (the
+    /// command's `n`): the first three phases share payments (three refunds of 25.17 fit a
+    /// payment of 100.00); the backlog's and the probes' are their own, or a fourth refund
+    /// of a payment would be refused as over-refunding it.
+    fn payment_base(self) -> u64 {
+        match self {
+            Phase::Warmup | Phase::Throughput | Phase::Steady => 0,
+            Phase::Backlog => 20_000_000,
+            Phase::Probe => 30_000_000,
         }
     }
 
@@ -57,6 +81,8 @@ impl Phase {
             Phase::Warmup => 0,
             Phase::Throughput => 1,
             Phase::Steady => 2,
+            Phase::Backlog => 3,
+            Phase::Probe => 4,
         }
     }
 }
@@ -102,6 +128,10 @@ pub struct Settings {
     pub preload: u64,
     /// The worker's hot statements, explained after the preload.
     pub hot_statements: Vec<HotStatement>,
+    /// Commands published while the worker is stopped, then drained (`--backlog`).
+    pub backlog: u64,
+    /// Probe commands per second during the drain (`--probe-rate`).
+    pub probe_rate: f64,
 }
 
 /// A latency distribution, in milliseconds.
@@ -440,6 +470,8 @@ pub struct Figures {
     pub worker: WorkerFigures,
     /// Preload, plans at size, bytes per refund.
     pub scale: ScaleFigures,
+    /// The backlog drain, if run.
+    pub backlog: Option<BacklogFigures>,
 }
 
 /// Wall-clock mapping of the run's monotonic clock.
@@ -514,7 +546,7 @@ struct Shared {
     clock: Clock,
     /// `bench-<id>-`: every refund reference starts with it.
     prefix: String,
-    tracks: [Track; 3],
+    tracks: [Track; 5],
     received: AtomicU64,
     duplicates: AtomicU64,
     unknown: AtomicU64,
@@ -755,7 +787,8 @@ async fn publish(
             }
         }
         let reference = shared.reference(phase, i);
-        let body = serde_json::to_vec(&command(&reference, i, &shared.providers))?;
+        let n = phase.payment_base() + i;
+        let body = serde_json::to_vec(&command(&reference, n, &shared.providers))?;
         let message_id = uuid::Uuid::new_v4().to_string();
         let slot = usize::try_from(i).unwrap_or(usize::MAX);
         track.published[slot].store(shared.clock.now_ns(), Ordering::Release);
@@ -1091,6 +1124,15 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
             Track::new(settings.warmup, Some(settings.in_flight)),
             Track::new(settings.refunds, Some(settings.in_flight)),
             Track::new(steady_n, None),
+            Track::new(settings.backlog, None),
+            Track::new(
+                if settings.backlog > 0 {
+                    probe_capacity(settings.probe_rate)
+                } else {
+                    0
+                },
+                None,
+            ),
         ],
         received: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
@@ -1161,6 +1203,15 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     let rss_kib_at_end = sys::rss_kib(pid);
     let exit = worker.stop(Duration::from_secs(30)).await;
     let (panics, first_panic) = worker.panics();
+    let backlog = if settings.backlog > 0 {
+        Some(
+            drain_backlog(settings, &shared, &phase(Phase::Backlog, Pace::Window))
+                .await
+                .context("backlog")?,
+        )
+    } else {
+        None
+    };
     stop_subscriber.cancel();
     match subscriber.await {
         Ok(r) => r?,
@@ -1210,6 +1261,7 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     };
 
     Ok(Figures {
+        backlog,
         scale: scale_figures,
         throughput: throughput_figures,
         steady: steady_figures,
@@ -1225,6 +1277,147 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
             env: settings.child_env.clone(),
         },
     })
+}
+
+/// The backlog drain: commands published while the worker was stopped, drained by a new
+/// worker process while probes arrive at a steady rate.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BacklogFigures {
+    /// Commands queued while the worker was stopped.
+    pub commands: u64,
+    /// Seconds to publish them.
+    pub publish_secs: f64,
+    /// Seconds from the new worker's readiness to the backlog's last final event.
+    pub drain_secs: f64,
+    /// Backlog refunds per second over that time.
+    pub drain_per_sec: f64,
+    /// The draining worker's peak RSS (`VmHWM`), KiB.
+    pub peak_rss_kib: Option<u64>,
+    /// Probe commands published during the drain.
+    pub probes: u64,
+    /// Their rate (`--probe-rate`).
+    pub probe_rate: f64,
+    /// Probe command -> PENDING.
+    pub probe_to_pending: Latency,
+    /// Probe command -> final.
+    pub probe_to_completed: Latency,
+    /// How the draining worker ended.
+    pub exit: String,
+}
+
+/// Probe slots: an hour at the rate at most.
+fn probe_capacity(rate: f64) -> u64 {
+    if rate > 0.0 && rate.is_finite() {
+        (rate * 3600.0).ceil().min(1_000_000.0) as u64
+    } else {
+        0
+    }
+}
+
+/// Publishes the backlog with no worker running, starts one, and measures the drain while
+/// probes arrive at `--probe-rate`.
+async fn drain_backlog(
+    settings: &Settings,
+    shared: &Arc<Shared>,
+    run: &PhaseRun,
+) -> anyhow::Result<BacklogFigures> {
+    let track = shared.track(Phase::Backlog);
+    let started = Instant::now();
+    let published = publish(
+        shared.clone(),
+        Phase::Backlog,
+        run.publisher.clone(),
+        run.names.clone(),
+        Pace::Window,
+        run.window,
+    )
+    .await?;
+    let publish_secs = started.elapsed().as_secs_f64();
+
+    let mut second = settings.clone();
+    second.worker_log = settings.worker_log.with_extension("backlog.log");
+    let mut worker = WorkerProcess::spawn(&second)?;
+    let pid = worker.pid();
+    worker
+        .wait_ready(settings.http_addr, Duration::from_secs(60))
+        .await?;
+    let ready = shared.clock.now_ns();
+    let probes = tokio::spawn(publish(
+        shared.clone(),
+        Phase::Probe,
+        run.publisher.clone(),
+        run.names.clone(),
+        Pace::Rate(settings.probe_rate.max(f64::MIN_POSITIVE)),
+        run.window,
+    ));
+    let done = tokio::spawn(async move { Ok(published) });
+    let progress = Progress::new(track.len(), "backlog");
+    let drained = run.monitor(&mut worker, done, &progress).await;
+    progress.finish();
+    let last_final = (0..track.final_rx.len())
+        .map(|i| track.final_rx[i].load(Ordering::Acquire))
+        .max()
+        .unwrap_or(0);
+    probes.abort();
+    let peak_rss_kib = sys::peak_rss_kib(pid);
+    drained?;
+    // The probes already published get their final events before the worker stops.
+    let probe = shared.track(Phase::Probe);
+    let wait = Instant::now();
+    while probe.finals() < probe.published_count.load(Ordering::Relaxed)
+        && wait.elapsed() < settings.stall
+    {
+        worker.check_alive()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exit = worker.stop(Duration::from_secs(30)).await;
+    let (panics, first) = worker.panics();
+    if panics > 0 {
+        anyhow::bail!(
+            "the draining worker panicked {panics} time(s), first: {}",
+            first.unwrap_or_default()
+        );
+    }
+    let _ = std::fs::remove_file(&second.worker_log);
+    let drain_secs = Duration::from_nanos(last_final.saturating_sub(ready)).as_secs_f64();
+    let (to_pending, to_completed) = latencies(probe)?;
+    Ok(BacklogFigures {
+        commands: track.len(),
+        publish_secs,
+        drain_secs,
+        drain_per_sec: if drain_secs > 0.0 {
+            track.len() as f64 / drain_secs
+        } else {
+            0.0
+        },
+        peak_rss_kib,
+        probes: probe.published_count.load(Ordering::Relaxed),
+        probe_rate: settings.probe_rate,
+        probe_to_pending: Latency::of(&to_pending),
+        probe_to_completed: Latency::of(&to_completed),
+        exit,
+    })
+}
+
+/// Command -> PENDING and command -> final of every refund of a track that has them.
+fn latencies(track: &Track) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
+    let (mut to_pending, mut to_final) = (histogram()?, histogram()?);
+    for i in 0..track.published.len() {
+        let p = track.published[i].load(Ordering::Acquire);
+        if p == 0 {
+            continue;
+        }
+        let pending = track.pending_rx[i].load(Ordering::Acquire);
+        if pending >= p {
+            to_pending.saturating_record(micros(Duration::from_nanos(pending - p)));
+        }
+        let done = track.final_rx[i].load(Ordering::Acquire);
+        if done >= p {
+            to_final.saturating_record(micros(Duration::from_nanos(done - p)));
+        }
+    }
+    Ok((to_pending, to_final))
 }
 
 /// One phase: a publisher task and a monitor that waits for every final event.
@@ -1670,6 +1863,41 @@ async fn wal_diff(pool: &PgPool, later: &str, earlier: &str) -> Option<i64> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_backlog_and_the_probes_refund_payments_of_their_own() {
+        // Refund numbers stay below 10 million per phase (`--refunds`, `--backlog`).
+        let max = 10_000_000;
+        assert!(Phase::Backlog.payment_base() >= max);
+        assert!(Phase::Probe.payment_base() >= Phase::Backlog.payment_base() + max);
+        let binance =
+            |n| command("r", n, &[ProviderName::BinancePay])["transactionReference"].clone();
+        assert_ne!(binance(Phase::Probe.payment_base()), binance(0));
+        assert_eq!(
+            binance(Phase::Probe.payment_base() + max - 1)
+                .as_str()
+                .map(str::len),
+            Some(18)
+        );
+        let tags: Vec<char> = Phase::ALL.iter().map(|p| p.tag()).collect();
+        assert_eq!(tags, ['w', 't', 's', 'b', 'p']);
+        assert!(Phase::ALL.iter().enumerate().all(|(i, p)| p.index() == i));
+    }
+
+    #[test]
+    fn probes_have_an_hour_of_slots_at_most() {
+        assert_eq!(probe_capacity(5.0), 18_000);
+        assert_eq!(probe_capacity(0.0), 0);
+        assert_eq!(probe_capacity(f64::NAN), 0);
+        assert_eq!(probe_capacity(1e9), 1_000_000);
+    }
+
+    #[test]
+    fn a_backlog_refund_is_found_by_its_reference() {
+        let s = shared();
+        s.on_event(br#"{"refundReference":"bench-abc-b1","status":"PENDING"}"#);
+        assert_eq!(s.track(Phase::Backlog).pending.load(Ordering::Relaxed), 1);
+    }
+
     fn shared() -> Shared {
         Shared {
             clock: Clock::new(),
@@ -1677,6 +1905,8 @@ mod tests {
             tracks: [
                 Track::new(1, None),
                 Track::new(3, Some(1)),
+                Track::new(0, None),
+                Track::new(2, None),
                 Track::new(0, None),
             ],
             received: AtomicU64::new(0),

@@ -97,6 +97,13 @@ pub struct BenchArgs {
     /// `VACUUM ANALYZE` and report the plans of the worker's hot statements at that size.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub preload: u64,
+    /// After the steady phase, stop the worker, publish this many commands, start a new
+    /// worker and measure the drain (rate, peak RSS) while probes arrive at --probe-rate.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub backlog: u64,
+    /// Probe commands per second during the backlog drain (their command -> PENDING).
+    #[arg(long, value_name = "R", default_value_t = 5.0)]
+    pub probe_rate: f64,
 }
 
 /// `--provider-latency`: a median, and optionally a 99th percentile.
@@ -159,6 +166,8 @@ struct Plan {
     providers: Vec<ProviderName>,
     provider_latency: Option<ProviderLatency>,
     preload: u64,
+    backlog: u64,
+    probe_rate: f64,
 }
 
 impl Plan {
@@ -185,6 +194,8 @@ impl Plan {
             providers: args.providers.clone(),
             provider_latency: args.provider_latency,
             preload: args.preload,
+            backlog: args.backlog,
+            probe_rate: args.probe_rate,
         };
         if plan.providers.is_empty() {
             anyhow::bail!("--providers needs at least one provider");
@@ -202,6 +213,12 @@ impl Plan {
         }
         if plan.preload > 100 * MAX {
             anyhow::bail!("--preload must be at most {}", 100 * MAX);
+        }
+        if plan.backlog > MAX {
+            anyhow::bail!("--backlog must be at most {MAX}");
+        }
+        if !(plan.probe_rate.is_finite() && (0.1..=1_000.0).contains(&plan.probe_rate)) {
+            anyhow::bail!("--probe-rate must be between 0.1 and 1000 commands/s");
         }
         if plan.warmup > MAX {
             anyhow::bail!("--warmup must be at most {MAX}");
@@ -539,6 +556,8 @@ async fn measure(
         worker_log: std::env::temp_dir().join(format!("refund-worker-bench-{run_id}.log")),
         providers: plan.providers.clone(),
         preload: plan.preload,
+        backlog: plan.backlog,
+        probe_rate: plan.probe_rate,
         hot_statements: config.hot_statements.clone(),
     };
     let end_to_end = e2e::run(&settings, cleanup)

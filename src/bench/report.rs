@@ -548,6 +548,24 @@ impl Report {
             c.unpublished
         );
         super::scale::render(out, &e.scale);
+        if let Some(b) = &e.backlog {
+            say!(
+                out,
+                "backlog    {} commands queued with the worker stopped (published in {:.1} s); a new worker drained them in {:.1} s: {:.0} refunds/s, peak RSS {}; {}",
+                b.commands,
+                b.publish_secs,
+                b.drain_secs,
+                b.drain_per_sec,
+                mib(b.peak_rss_kib),
+                b.exit
+            );
+            latency_line(
+                out,
+                &format!("probes at {}/s ({}) -> PENDING", b.probe_rate, b.probes),
+                &b.probe_to_pending,
+            );
+            latency_line(out, "probes -> final", &b.probe_to_completed);
+        }
         say!(
             out,
             "\nmemory     worker peak RSS (VmHWM) {}, RSS at the end {}; bench process peak {}",
