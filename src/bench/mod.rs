@@ -21,6 +21,7 @@
 
 mod amqp;
 mod e2e;
+mod floor;
 mod raw;
 mod report;
 mod scale;
@@ -104,6 +105,13 @@ pub struct BenchArgs {
     /// Probe commands per second during the backlog drain (their command -> PENDING).
     #[arg(long, value_name = "R", default_value_t = 5.0)]
     pub probe_rate: f64,
+    /// Skip the floor worker (the thinnest worker of the same durable shape, run after the
+    /// end-to-end part with as many refunds): on by default, off with --quick.
+    #[arg(long, conflicts_with = "floor")]
+    pub no_floor: bool,
+    /// Run the floor worker even with --quick.
+    #[arg(long)]
+    pub floor: bool,
 }
 
 /// `--provider-latency`: a median, and optionally a 99th percentile.
@@ -168,6 +176,7 @@ struct Plan {
     preload: u64,
     backlog: u64,
     probe_rate: f64,
+    floor: bool,
 }
 
 impl Plan {
@@ -196,6 +205,7 @@ impl Plan {
             preload: args.preload,
             backlog: args.backlog,
             probe_rate: args.probe_rate,
+            floor: args.floor || !(args.quick || args.no_floor),
         };
         if plan.providers.is_empty() {
             anyhow::bail!("--providers needs at least one provider");
@@ -563,6 +573,30 @@ async fn measure(
     let end_to_end = e2e::run(&settings, cleanup)
         .await
         .context("end-to-end test")?;
+    let floor = if plan.floor {
+        let setting = |k: &str| settings.child_env.get(k).cloned().unwrap_or_default();
+        Some(
+            floor::run(
+                &floor::FloorSettings {
+                    amqp_url: config.amqp_url.clone(),
+                    database_url: with_database(&server, &format!("rw_bench_{run_id}_floor"))?,
+                    queue_prefix: format!("bench-{run_id}.floor."),
+                    va_base_url: setting("PROVIDER_VA_SERVICES_BASE_URL"),
+                    va_api_key: setting("PROVIDER_VA_SERVICES_API_KEY"),
+                    refunds: plan.refunds,
+                    in_flight: plan.in_flight,
+                    prefetch: config.shaping.prefetch,
+                    connections: config.shaping.database_max_connections,
+                    stall: plan.stall,
+                },
+                cleanup,
+            )
+            .await
+            .context("floor worker")?,
+        )
+    } else {
+        None
+    };
     let provider_calls = sandbox.ledger();
     let report = report::Report::new(report::Inputs {
         run_id: run_id.to_owned(),
@@ -577,6 +611,7 @@ async fn measure(
         sandbox_submits: provider_calls.submit_calls,
         sandbox_status_calls: provider_calls.status_calls,
         bench_peak_rss_kib: sys::peak_rss_kib(std::process::id()),
+        floor,
     });
     if report.run_ok() && !plan.keep_log {
         let _ = std::fs::remove_file(&settings.worker_log);
