@@ -13,8 +13,8 @@ use super::e2e::{command, ProviderName};
 use super::{create_database, drop_database, Cleanup, Progress};
 use anyhow::Context as _;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -60,27 +60,6 @@ pub struct FloorFigures {
     pub refunds_per_sec: f64,
     /// Refunds the floor could not move (any step failed; acked and counted).
     pub errors: u64,
-}
-
-/// Declares a durable quorum queue.
-async fn quorum_queue(channel: &lapin::Channel, name: &str) -> anyhow::Result<()> {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
-    );
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .with_context(|| format!("declaring {name}"))?;
-    Ok(())
 }
 
 /// The floor worker's part: everything it holds.
@@ -192,8 +171,8 @@ pub async fn run(s: &FloorSettings, cleanup: &mut Cleanup) -> anyhow::Result<Flo
     let worker_conn = amqp::connect(&s.amqp_url, "refund-worker-bench-floor").await?;
     let load_conn = amqp::connect(&s.amqp_url, "refund-worker-bench-floor-load").await?;
     let consume = worker_conn.create_channel().await?;
-    quorum_queue(&consume, &commands_queue).await?;
-    quorum_queue(&consume, &events_queue).await?;
+    amqp::quorum_queue(&consume, &commands_queue).await?;
+    amqp::quorum_queue(&consume, &events_queue).await?;
     consume
         .basic_qos(s.prefetch, BasicQosOptions::default())
         .await?;

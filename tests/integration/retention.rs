@@ -183,14 +183,7 @@ async fn retention_statements_never_scan_a_whole_table() {
     let app = TestApp::spawn().await;
     let statements = STATEMENTS.map(|s| s.replace("$1", "2592000").replace("$2", "1000"));
     for (statement, plan) in plans_without_seq_scans(&app, statements).await {
-        let scans = collect_scans(&plan);
-        assert!(!scans.is_empty(), "{plan}");
-        for (node, index) in scans {
-            assert!(
-                index.is_some(),
-                "{node} without an index in {statement}: {plan}"
-            );
-        }
+        assert_every_scan_uses_an_index(&statement, &plan);
     }
     app.cleanup().await;
 }
@@ -263,14 +256,7 @@ async fn retention_statements_stay_on_their_indexes_at_size() {
     );
     for statement in STATEMENTS.map(|s| s.replace("$1", "2592000").replace("$2", "1000")) {
         let plan = explain(&mut conn, &statement).await;
-        let scans = collect_scans(&plan);
-        assert!(!scans.is_empty(), "{plan}");
-        for (node, index) in scans {
-            assert!(
-                index.is_some(),
-                "{node} without an index in {statement}: {plan}"
-            );
-        }
+        assert_every_scan_uses_an_index(&statement, &plan);
     }
     drop(conn);
     app.cleanup().await;
@@ -281,4 +267,15 @@ async fn explain(conn: &mut sqlx::PgConnection, sql: &str) -> serde_json::Value 
         .fetch_one(conn)
         .await
         .expect("explain")
+}
+
+fn assert_every_scan_uses_an_index(statement: &str, plan: &serde_json::Value) {
+    let scans = collect_scans(plan);
+    assert!(!scans.is_empty(), "{plan}");
+    for (node, index) in scans {
+        assert!(
+            index.is_some(),
+            "{node} without an index in {statement}: {plan}"
+        );
+    }
 }
