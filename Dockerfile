@@ -26,6 +26,9 @@ WORKDIR /src
 # sqlx's runtime API, so the build needs no database and no `.sqlx/` offline data.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# The workspace's other members (the sandbox and the bench): cargo reads their manifests to
+# load the workspace; only the `tools` stage's build compiles them.
+COPY crates ./crates
 COPY migrations ./migrations
 # Files the code embeds with include_str!: the OpenAPI document served at /openapi.json, and
 # the sandbox's TEST-ONLY Binance Pay webhook key pair (deploy/validate.py checks this list

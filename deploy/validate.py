@@ -683,12 +683,12 @@ def check_dockerfile(rep: Report) -> None:
 
         copies = " ".join(a for i, a in instr if i == "COPY" and "--from" not in a)
         reads = ["build.rs"] if (ROOT / "build.rs").is_file() else []
-        for rs in sorted((ROOT / "src").rglob("*.rs")):
+        for rs in sorted([*(ROOT / "src").rglob("*.rs"), *(ROOT / "crates").glob("*/src/**/*.rs")]):
             text = rs.read_text(encoding="utf-8")
             cut = text.find("#[cfg(test)]")
             for m in re.finditer(r'include_(?:str|bytes)!\("([^"]+)"\)', text if cut < 0 else text[:cut]):
                 target = (rs.parent / m.group(1)).resolve().relative_to(ROOT.resolve()).as_posix()
-                if not target.startswith("src/"):
+                if not target.startswith("src/") and not re.match(r"crates/[^/]+/src/", target):
                     reads.append(target)
         missing = [r for r in reads if ignored(r) or not any(r == c or r.startswith(c.rstrip("/") + "/") or (c.endswith("/") and False) for c in copies.split())]
         rep.check(not missing, f"the Dockerfile copies every file the build reads outside src/ ({len(reads)})", f"missing or ignored: {missing}")

@@ -81,13 +81,13 @@ pub struct WebhookSettings {
     /// `WEBHOOK_DEFAULT_URL`: endpoint for refunds whose command has no `callbackUrl`.
     pub default_url: Option<String>,
     /// `WEBHOOK_SIGNING_SECRET` (`whsec_...`). Without it deliveries stay queued, unsent.
-    pub signing_key: Option<crate::webhooks::signing::SigningKey>,
+    pub signing_key: Option<crate::merchant_webhooks::signing::SigningKey>,
     /// `WEBHOOK_RETRY_SCHEDULE`, e.g. `0s,5s,5m,30m,2h,5h,10h,10h`.
-    pub schedule: crate::webhooks::schedule::Schedule,
+    pub schedule: crate::merchant_webhooks::schedule::Schedule,
     /// `WEBHOOK_TIMEOUT_MS`: one delivery attempt.
     pub timeout: Duration,
     /// `WEBHOOK_ALLOW_NETWORKS`: internal networks callbacks may reach (default none).
-    pub network_policy: crate::webhooks::ssrf::NetworkPolicy,
+    pub network_policy: crate::merchant_webhooks::ssrf::NetworkPolicy,
     /// `WEBHOOK_CONCURRENCY`: deliveries in flight per worker.
     pub concurrency: usize,
 }
@@ -205,7 +205,7 @@ impl Config {
         let ms = |key: &str, default: u64| num(key, default).map(Duration::from_millis);
         let duration = |key: &str, default: &str| -> Result<Duration, ConfigError> {
             let text = get(key).unwrap_or_else(|| default.into());
-            crate::webhooks::schedule::parse_duration(text.trim())
+            crate::merchant_webhooks::schedule::parse_duration(text.trim())
                 .map_err(|e| ConfigError(format!("{key}: {e}")))
         };
         let flag = |key: &str| -> Result<bool, ConfigError> {
@@ -290,17 +290,17 @@ impl Config {
             default_url: get("WEBHOOK_DEFAULT_URL"),
             signing_key: get("WEBHOOK_SIGNING_SECRET")
                 .map(|s| {
-                    crate::webhooks::signing::SigningKey::from_secret(&s)
+                    crate::merchant_webhooks::signing::SigningKey::from_secret(&s)
                         .map_err(|e| ConfigError(format!("WEBHOOK_SIGNING_SECRET: {e}")))
                 })
                 .transpose()?,
-            schedule: crate::webhooks::schedule::Schedule::parse(
+            schedule: crate::merchant_webhooks::schedule::Schedule::parse(
                 &get("WEBHOOK_RETRY_SCHEDULE")
-                    .unwrap_or_else(|| crate::webhooks::schedule::DEFAULT.into()),
+                    .unwrap_or_else(|| crate::merchant_webhooks::schedule::DEFAULT.into()),
             )
             .map_err(|e| ConfigError(format!("WEBHOOK_RETRY_SCHEDULE: {e}")))?,
             timeout: ms("WEBHOOK_TIMEOUT_MS", 10_000)?,
-            network_policy: crate::webhooks::ssrf::NetworkPolicy::parse(
+            network_policy: crate::merchant_webhooks::ssrf::NetworkPolicy::parse(
                 &get("WEBHOOK_ALLOW_NETWORKS").unwrap_or_default(),
             )
             .map_err(|e| ConfigError(format!("WEBHOOK_ALLOW_NETWORKS: {e}")))?,

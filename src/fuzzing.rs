@@ -364,8 +364,8 @@ pub fn ingress_headers(data: &[u8]) {
         };
         headers.append(name, value);
     }
-    let _ = crate::webhooks::ingress::content_type_problem(&headers);
-    let table = crate::webhooks::ingress::kept_headers(ProviderName::Bpn, &headers);
+    let _ = crate::provider_webhooks::ingress::content_type_problem(&headers);
+    let table = crate::provider_webhooks::ingress::kept_headers(ProviderName::Bpn, &headers);
     let mut bytes = 0usize;
     for (key, value) in table.inner() {
         let key = key.as_str();
@@ -379,7 +379,7 @@ pub fn ingress_headers(data: &[u8]) {
         }
     }
     // The provider header comes on top of the bound.
-    assert!(bytes <= crate::webhooks::ingress::KEPT_HEADER_BYTES + 64);
+    assert!(bytes <= crate::provider_webhooks::ingress::KEPT_HEADER_BYTES + 64);
 }
 
 /// What `dlq list` decodes from a dead letter: headers (`name=value` lines, a line `#id`

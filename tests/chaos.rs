@@ -22,10 +22,10 @@
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::FieldTable;
+use refund_sandbox::{Sandbox, SandboxConfig};
 use refund_worker::broker::publisher::json_properties;
 use refund_worker::broker::{self, topology, Publisher, Topology};
 use refund_worker::domain::{RefundEvent, RefundStatus};
-use refund_worker::sandbox::{Sandbox, SandboxConfig};
 use refund_worker::store;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -219,8 +219,8 @@ async fn nothing_is_lost_or_doubled_under_chaos() {
             }),
             _ => {
                 let order = format!("chaos-{id}-order-{i}");
-                sandbox.add_payment(refund_worker::sandbox::Payment {
-                    provider: refund_worker::sandbox::Provider::Bpn,
+                sandbox.add_payment(refund_sandbox::Payment {
+                    provider: refund_sandbox::Provider::Bpn,
                     transaction_reference: order.clone(),
                     amount: Decimal::from(30),
                     currency: "USD".into(),
@@ -380,7 +380,7 @@ async fn nothing_is_lost_or_doubled_under_chaos() {
     for r in &ledger.refunds {
         // BPN's ledger lists an order's n-th refund as `orderId#n`: with one whole-order
         // refund per order here, a second entry of an order is a refund made twice.
-        let key = if r.provider == refund_worker::sandbox::Provider::Bpn {
+        let key = if r.provider == refund_sandbox::Provider::Bpn {
             r.transaction_reference.as_str()
         } else {
             r.refund_reference.as_str()

@@ -268,9 +268,9 @@ async fn an_operator_works_through_the_console_in_a_browser() {
     // Refunds stay PENDING at the provider (the test settles one by hand); polls are spaced
     // out so a refund's timeline stays readable.
     let mut app = TestApp::spawn_with(Options {
-        sandbox: refund_worker::sandbox::SandboxConfig {
+        sandbox: refund_sandbox::SandboxConfig {
             completion_delay: Duration::from_secs(3600),
-            ..refund_worker::sandbox::SandboxConfig::default()
+            ..refund_sandbox::SandboxConfig::default()
         },
         env: vec![
             ("POLL_INITIAL_MS", "2000".into()),

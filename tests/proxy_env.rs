@@ -65,7 +65,8 @@ async fn the_delivery_client_does_not_use_proxies_from_the_environment() {
         Config::from_lookup(|k| (k == "WEBHOOK_ALLOW_NETWORKS").then(|| "127.0.0.0/8".to_string()))
             .unwrap();
     let policy = Arc::new(config.webhooks.network_policy.clone());
-    let client = refund_worker::webhooks::delivery::client(&config.webhooks, policy).unwrap();
+    let client =
+        refund_worker::merchant_webhooks::delivery::client(&config.webhooks, policy).unwrap();
     let answer = client
         .post(format!("{target}/hook"))
         .body("{}")

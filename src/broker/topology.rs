@@ -25,6 +25,9 @@ use lapin::{Channel, ExchangeKind};
 
 /// Routing key of refund commands.
 pub const COMMAND_ROUTING_KEY: &str = "refund.request";
+/// AMQP header naming the provider of a provider webhook message (set by the ingress;
+/// survives dead-lettering and replay, which may lose the routing key).
+pub const PROVIDER_HEADER: &str = "x-provider";
 /// Binding that matches every status event.
 pub const STATUS_BINDING: &str = "refund.status.#";
 /// Deliveries of one command before the broker dead-letters it.

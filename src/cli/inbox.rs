@@ -59,7 +59,8 @@ pub async fn run(command: InboxCommand) -> anyhow::Result<ExitCode> {
     let pool = super::exit::database(&config, 2).await?;
     match command {
         InboxCommand::List { state, limit, json } => {
-            let rows = store::inbound::list_for_operators(&pool, state.as_str(), limit).await?;
+            let rows =
+                store::provider_webhooks::list_for_operators(&pool, state.as_str(), limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
                 return Ok(ExitCode::SUCCESS);
@@ -89,7 +90,8 @@ pub async fn run(command: InboxCommand) -> anyhow::Result<ExitCode> {
             event_key,
             json,
         } => {
-            let rows = store::inbound::show_for_operators(&pool, &provider, &event_key).await?;
+            let rows =
+                store::provider_webhooks::show_for_operators(&pool, &provider, &event_key).await?;
             if rows.is_empty() {
                 eprintln!("no provider webhook {provider}/{event_key} in the inbox");
                 return Ok(super::exit::not_found());

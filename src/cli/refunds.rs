@@ -2,7 +2,7 @@
 //! an operator's recheck and resolution of refunds no machine can settle.
 
 use crate::config::Config;
-use crate::http_validation as validation;
+use crate::http::validation;
 use crate::store;
 use clap::builder::PossibleValuesParser;
 use std::process::ExitCode;
@@ -281,8 +281,9 @@ pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
                 return Ok(super::exit::not_found());
             };
             // As `GET /v1/refunds/{ref}` answers, plus where its webhooks go.
-            let deliveries = store::webhooks::for_refund(&pool, &refund_reference).await?;
-            let callback_url = store::webhooks::callback_url(&pool, &refund_reference).await?;
+            let deliveries = store::merchant_webhooks::for_refund(&pool, &refund_reference).await?;
+            let callback_url =
+                store::merchant_webhooks::callback_url(&pool, &refund_reference).await?;
             if json {
                 let mut body = serde_json::to_value(&view)?;
                 body["callbackUrl"] = serde_json::json!(callback_url);
@@ -456,7 +457,7 @@ pub fn render(view: &store::RefundView) -> String {
 fn render_deliveries(
     callback_url: Option<&str>,
     default_url: Option<&str>,
-    deliveries: &[store::webhooks::DeliveryRow],
+    deliveries: &[store::merchant_webhooks::DeliveryRow],
 ) -> String {
     use std::fmt::Write;
     let mut out = String::new();

@@ -43,7 +43,7 @@ const GLOBAL: &[(&str, &str, &str)] = &[
     ("PARKED_MAX_AGE_SECS", "86400", "when a parked webhook is given up (UNMATCHED)"),
     ("WEBHOOK_SIGNING_SECRET", "unset", "whsec_<base64> secret of merchant webhooks; without it deliveries stay queued (prefer the variable: a flag shows in ps)"),
     ("WEBHOOK_DEFAULT_URL", "unset", "merchant endpoint for refunds without a callbackUrl"),
-    ("WEBHOOK_RETRY_SCHEDULE", crate::webhooks::schedule::DEFAULT, "delays before each merchant webhook attempt"),
+    ("WEBHOOK_RETRY_SCHEDULE", crate::merchant_webhooks::schedule::DEFAULT, "delays before each merchant webhook attempt"),
     ("WEBHOOK_TIMEOUT_MS", "10000", "one merchant webhook attempt"),
     ("WEBHOOK_ALLOW_NETWORKS", "(none)", "internal networks callbacks may reach, comma-separated CIDRs"),
     ("WEBHOOK_CONCURRENCY", "16", "merchant deliveries in flight per worker"),

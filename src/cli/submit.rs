@@ -3,7 +3,7 @@
 use crate::broker::{topology::COMMAND_ROUTING_KEY, Publisher, Topology};
 use crate::config::Config;
 use crate::domain::RefundCommand;
-use crate::http_validation as validation;
+use crate::http::validation;
 use anyhow::Context as _;
 use clap::builder::PossibleValuesParser;
 use serde_json::{json, Value};

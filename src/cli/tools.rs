@@ -16,7 +16,7 @@ pub(crate) enum Tool {
     /// Run the provider sandbox (a local simulator of the providers' APIs).
     Sandbox(sandbox::SandboxArgs),
     /// Measure throughput and latency: the raw broker/database bound and the worker end to end.
-    Bench(crate::bench::BenchArgs),
+    Bench(refund_bench::BenchArgs),
     /// Start the sandbox and a worker in-process, push refunds through them, print their
     /// journeys and a summary, and exit (non-zero if any refund ended unexpectedly).
     Demo(demo::DemoArgs),
@@ -38,7 +38,7 @@ impl Tool {
         match self {
             Tool::Sandbox(args) => sandbox::run(args).await.map(|()| ExitCode::SUCCESS),
             Tool::Demo(args) => demo::run(args).await,
-            Tool::Bench(args) => crate::bench::run(args, bench::worker()?).await,
+            Tool::Bench(args) => refund_bench::run(args, bench::worker()?).await,
         }
     }
 }

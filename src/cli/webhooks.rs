@@ -1,8 +1,8 @@
 //! `refund-worker webhooks`: failed merchant webhooks, and resending them.
 
 use crate::config::Config;
-use crate::http_validation as validation;
-use crate::store::{self, webhooks::ResendFilter};
+use crate::http::validation;
+use crate::store::{self, merchant_webhooks::ResendFilter};
 use chrono::{DateTime, Utc};
 use clap::builder::PossibleValuesParser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -58,7 +58,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
             json,
         } => {
             // One more than asked, to know whether there are more than shown.
-            let mut rows = store::webhooks::list_failed(&pool, limit + 1).await?;
+            let mut rows = store::merchant_webhooks::list_failed(&pool, limit + 1).await?;
             let truncated = rows.len() as i64 > limit;
             rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
             if json {
@@ -109,7 +109,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
                 status,
             };
             filter.validate().map_err(anyhow::Error::msg)?;
-            let total = store::webhooks::count_resendable(&pool, &filter).await?;
+            let total = store::merchant_webhooks::count_resendable(&pool, &filter).await?;
             if dry_run {
                 println!("dry run: {total} failed deliveries would be queued");
                 return Ok(ExitCode::SUCCESS);
@@ -121,7 +121,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
             );
             let mut queued = 0usize;
             loop {
-                let batch = store::webhooks::resend(&pool, &filter, 200).await?;
+                let batch = store::merchant_webhooks::resend(&pool, &filter, 200).await?;
                 queued += batch.len();
                 bar.inc(batch.len() as u64);
                 if batch.len() < 200 {

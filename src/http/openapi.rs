@@ -26,22 +26,22 @@ use utoipa::{Modify, OpenApi};
         description = "Health endpoints, the provider webhook ingress and the operators' admin API of refund-worker. The /v1 routes (and the console) exist only when ADMIN_TOKEN is set and require `Authorization: Bearer <ADMIN_TOKEN>`."
     ),
     paths(
-        super::healthz,
-        super::readyz,
+        super::health::healthz,
+        super::health::readyz,
         serve,
-        super::metrics,
-        crate::webhooks::ingress::receive,
-        super::list_refunds,
-        super::get_refund,
-        super::recheck_refund,
-        super::resolve_refund,
-        super::list_provider_webhooks,
-        super::resend_webhooks,
-        super::failed_webhooks,
-        super::list_dlq,
-        super::replay_dlq,
-        super::start_recovery,
-        super::get_recovery,
+        super::health::metrics,
+        super::ingress::receive,
+        super::admin::list_refunds,
+        super::admin::get_refund,
+        super::admin::recheck_refund,
+        super::admin::resolve_refund,
+        super::admin::list_provider_webhooks,
+        super::admin::resend_webhooks,
+        super::admin::failed_webhooks,
+        super::admin::list_dlq,
+        super::admin::replay_dlq,
+        super::admin::start_recovery,
+        super::admin::get_recovery,
         crate::console::page,
         crate::console::script,
         crate::console::stylesheet,
@@ -61,7 +61,7 @@ struct ApiDoc;
 
 /// What the admin router's layers answer on every `/v1/...` route, whatever the handler: the
 /// bearer token is required (401, and 429 after repeated failures), and an unknown query
-/// parameter or body field is refused (400, [`crate::http_validation`]).
+/// parameter or body field is refused (400, [`super::validation`]).
 struct AdminRoutes;
 
 /// The shared responses, as `#/components/responses/<name>`.
@@ -229,8 +229,8 @@ pub(super) async fn serve() -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ROUTES;
     use super::*;
-    use crate::http::ROUTES;
     use std::path::Path;
 
     #[test]
@@ -287,7 +287,7 @@ mod tests {
                     "{method} {path}: no {status}"
                 );
             }
-            // Admin bodies refuse unknown fields (http_validation::StrictJson); the document
+            // Admin bodies refuse unknown fields (validation::StrictJson); the document
             // says so.
             let body = &op["requestBody"]["content"]["application/json"]["schema"];
             if let Some(name) = body["$ref"].as_str() {
@@ -345,15 +345,57 @@ mod tests {
         let values = |o: utoipa::openapi::Object| serde_json::to_value(o).unwrap()["enum"].clone();
         assert_eq!(
             values(crate::schema::api::operator_state()),
-            serde_json::json!(crate::store::inbound::OPERATOR_STATES)
+            serde_json::json!(crate::store::provider_webhooks::OPERATOR_STATES)
         );
         assert_eq!(
             values(crate::schema::api::refund_status()),
-            serde_json::json!(crate::http_validation::status_names())
+            serde_json::json!(super::super::validation::status_names())
         );
         assert_eq!(
             values(crate::schema::api::provider()),
-            serde_json::json!(crate::http_validation::provider_names())
+            serde_json::json!(super::super::validation::provider_names())
         );
+    }
+
+    #[test]
+    fn the_documented_query_parameters_are_the_query_types_fields() {
+        use super::super::admin::{InboxQuery, LimitQuery};
+        use super::super::validation::{fields_of, NoQuery};
+        let doc = document();
+        let documented = |route: &str| -> Vec<String> {
+            doc["paths"][route]["get"]["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .map(|p| {
+                    let name = p["name"].as_str().unwrap_or("").to_owned();
+                    let required = p["required"] == true;
+                    format!("{name}{}", if required { "" } else { "?" })
+                })
+                .collect()
+        };
+        assert_eq!(
+            documented("/v1/provider-webhooks"),
+            ["state", "limit?"],
+            "InboxQuery"
+        );
+        for (route, fields) in [
+            (
+                "/v1/refunds",
+                fields_of::<crate::store::refunds::ListFilter>(),
+            ),
+            ("/v1/provider-webhooks", fields_of::<InboxQuery>()),
+            ("/v1/webhooks/failed", fields_of::<LimitQuery>()),
+            ("/v1/dlq/{queue}", fields_of::<LimitQuery>()),
+            ("/v1/refunds/{refundReference}", fields_of::<NoQuery>()),
+            ("/v1/recover/{id}", fields_of::<NoQuery>()),
+        ] {
+            let names: Vec<String> = documented(route)
+                .into_iter()
+                .map(|n| n.trim_end_matches('?').to_owned())
+                .collect();
+            assert_eq!(names, fields, "{route}");
+        }
     }
 }

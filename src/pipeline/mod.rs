@@ -7,7 +7,7 @@
 //! commits, rolls back or is judged again is visible where the work is driven.
 //!
 //! - [`intake`]: one command message -> a refund row (or a dead letter).
-//! - [`inbound`]: provider webhook messages -> applied through the inbox (or parked, or
+//! - [`provider_webhooks`]: provider webhook messages -> applied through the inbox (or parked, or
 //!   dead-lettered).
 //! - [`dispatch`]: due refunds -> provider calls -> recorded outcomes, as many calls in
 //!   flight as [`limit`] allows (it follows the providers' latency).
@@ -22,9 +22,9 @@
 //!   shutdown.
 
 pub mod dispatch;
-pub mod inbound;
 pub mod intake;
 pub mod limit;
+pub mod provider_webhooks;
 pub mod reconcile;
 pub mod recover;
 pub mod relay;

@@ -6,7 +6,7 @@
 //! steps in flight, then let the relay publish everything committed meanwhile, then close
 //! the connection.
 
-use super::{dispatch, inbound, intake, relay, retention, review, Context};
+use super::{dispatch, intake, provider_webhooks, relay, retention, review, Context};
 use crate::broker::{self, Publisher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -42,7 +42,7 @@ pub async fn run(ctx: Context, status: Arc<Status>, shutdown: CancellationToken)
     };
 
     // Webhook delivery needs only the database, like the dispatcher.
-    let deliverer = match crate::webhooks::delivery::Deliverer::new(
+    let deliverer = match crate::merchant_webhooks::delivery::Deliverer::new(
         ctx.pool.clone(),
         &ctx.config.webhooks,
         ctx.config.claim_lease,
@@ -146,7 +146,7 @@ async fn session(
     let consume = async {
         tokio::try_join!(
             intake::consume(ctx, &connection, shutdown),
-            inbound::consume(ctx, &connection, shutdown)
+            provider_webhooks::consume(ctx, &connection, shutdown)
         )
         .map(|_| ())
     };

@@ -1537,7 +1537,7 @@ mod tests {
     /// The adapter against the sandbox over HTTP: what it signs is what it sends.
     #[tokio::test]
     async fn adapter_and_sandbox_agree_on_the_wire() {
-        use crate::sandbox::{Sandbox, SandboxConfig};
+        use refund_sandbox::{Sandbox, SandboxConfig};
         let config = SandboxConfig {
             completion_delay: std::time::Duration::from_millis(100),
             ..SandboxConfig::default()

@@ -1274,7 +1274,7 @@ fn outcome_text(outcome: &ProviderOutcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::{Faults, ForcedOutcome, OutcomeStatus, Payment, Sandbox, SandboxConfig};
+    use refund_sandbox::{Faults, ForcedOutcome, OutcomeStatus, Payment, Sandbox, SandboxConfig};
     use std::time::Duration;
 
     /// "refund virtual account order" request and response examples, verbatim from BPN's page.
@@ -2026,7 +2026,7 @@ mod tests {
 
     fn usd_order(sandbox: &Sandbox, id: &str, amount: &str) {
         sandbox.add_payment(Payment {
-            provider: crate::sandbox::Provider::Bpn,
+            provider: refund_sandbox::Provider::Bpn,
             transaction_reference: id.into(),
             amount: Decimal::from_str_exact(amount).unwrap(),
             currency: "USD".into(),
@@ -2216,7 +2216,7 @@ mod tests {
         let (bpn, sandbox, stop) = against_sandbox(quick(), &[]).await;
         usd_order(&sandbox, "o-1", "25.17");
         sandbox.set_outcome(
-            crate::sandbox::Provider::Bpn,
+            refund_sandbox::Provider::Bpn,
             "o-1",
             ForcedOutcome {
                 status: OutcomeStatus::Failed,

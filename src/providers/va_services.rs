@@ -1101,7 +1101,7 @@ mod tests {
 
     #[tokio::test]
     async fn list_all_pages_through_the_sandbox() {
-        use crate::sandbox::{Sandbox, SandboxConfig};
+        use refund_sandbox::{Sandbox, SandboxConfig};
         let sandbox = Sandbox::new(SandboxConfig::default());
         let (addr, _) = sandbox.spawn(0, std::future::pending()).await.unwrap();
         let va = VaServices::new(

@@ -24,14 +24,14 @@
 //! indexed column so the planner sees an index look-up. Planning them costs a little CPU per
 //! batch, not per refund.
 
-pub mod inbound;
+pub mod merchant_webhooks;
 pub mod outbox;
+pub mod provider_webhooks;
 pub mod recovery;
 pub mod refunds;
 pub mod retention;
 pub mod review;
 pub mod stats;
-pub mod webhooks;
 
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};

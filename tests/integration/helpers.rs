@@ -4,13 +4,13 @@
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions};
 use lapin::types::FieldTable;
+use refund_sandbox::{Faults, Sandbox, SandboxConfig};
 use refund_worker::app::{App, RunningApp};
 use refund_worker::broker::publisher::json_properties;
 use refund_worker::broker::{self, topology, Publisher, Topology, ERROR_HEADER};
 use refund_worker::config::Config;
 use refund_worker::domain::{RefundEvent, RefundStatus};
 use refund_worker::pipeline::{worker, Context};
-use refund_worker::sandbox::{Faults, Sandbox, SandboxConfig};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -419,8 +419,8 @@ impl TestApp {
     pub async fn deliveries(
         &self,
         reference: &str,
-    ) -> Vec<refund_worker::store::webhooks::DeliveryRow> {
-        refund_worker::store::webhooks::for_refund(&self.pool, reference)
+    ) -> Vec<refund_worker::store::merchant_webhooks::DeliveryRow> {
+        refund_worker::store::merchant_webhooks::for_refund(&self.pool, reference)
             .await
             .expect("deliveries")
     }
@@ -569,7 +569,7 @@ pub fn collect_scans(plan: &Value) -> Vec<(String, Option<String>)> {
 }
 
 /// Applies one parsed provider webhook in a transaction of its own, as a lane does with a
-/// batch ([`refund_worker::pipeline::inbound::receive_batch`]).
+/// batch ([`refund_worker::pipeline::provider_webhooks::receive_batch`]).
 pub async fn receive_webhook(
     pool: &PgPool,
     provider: refund_worker::domain::ProviderName,
@@ -577,11 +577,12 @@ pub async fn receive_webhook(
     part: usize,
     webhook: &refund_worker::providers::ProviderWebhook,
     sink: &refund_worker::store::EventSink,
-) -> Result<refund_worker::store::inbound::Applied, refund_worker::store::StoreError> {
+) -> Result<refund_worker::store::provider_webhooks::Applied, refund_worker::store::StoreError> {
     let mut tx = pool.begin().await?;
-    let applied =
-        refund_worker::store::inbound::receive(&mut tx, provider, body, part, webhook, sink)
-            .await?;
+    let applied = refund_worker::store::provider_webhooks::receive(
+        &mut tx, provider, body, part, webhook, sink,
+    )
+    .await?;
     tx.commit().await?;
     Ok(applied)
 }
@@ -594,11 +595,12 @@ pub async fn retry_parked(
     webhook: &refund_worker::providers::ProviderWebhook,
     give_up: bool,
     sink: &refund_worker::store::EventSink,
-) -> Result<refund_worker::store::inbound::Applied, refund_worker::store::StoreError> {
+) -> Result<refund_worker::store::provider_webhooks::Applied, refund_worker::store::StoreError> {
     let mut tx = pool.begin().await?;
-    let applied =
-        refund_worker::store::inbound::retry_parked(&mut tx, provider, key, webhook, give_up, sink)
-            .await?;
+    let applied = refund_worker::store::provider_webhooks::retry_parked(
+        &mut tx, provider, key, webhook, give_up, sink,
+    )
+    .await?;
     tx.commit().await?;
     Ok(applied)
 }

@@ -11,7 +11,7 @@ use refund_worker::domain::{
 };
 use refund_worker::providers::signing::hmac_sha256_hex;
 use refund_worker::providers::{ProviderWebhook, WebhookKind};
-use refund_worker::store::inbound::{self, Applied};
+use refund_worker::store::provider_webhooks::{self as inbox, Applied};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -465,18 +465,19 @@ async fn a_batch_of_webhooks_applies_as_if_they_came_one_at_a_time_in_one_transa
         (b"seen", &seen),
         (b"early", &early),
     ];
-    let items: Vec<inbound::Incoming<'_>> = batch
+    let items: Vec<inbox::Incoming<'_>> = batch
         .iter()
-        .map(|(body, webhook)| inbound::Incoming {
+        .map(|(body, webhook)| inbox::Incoming {
             provider: va,
             body,
             part: 0,
             webhook,
         })
         .collect();
-    let applied = refund_worker::pipeline::inbound::receive_batch(&app.pool, &items, &sink)
-        .await
-        .unwrap();
+    let applied =
+        refund_worker::pipeline::provider_webhooks::receive_batch(&app.pool, &items, &sink)
+            .await
+            .unwrap();
     // now() is the transaction's start: one value across the batch's rows, one transaction.
     let moments: i64 = sqlx::query_scalar(
         "SELECT count(DISTINCT updated_at) FROM provider_webhook_inbox

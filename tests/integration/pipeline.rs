@@ -1,8 +1,8 @@
 //! The provider path: submit, poll, retries, final failures, unknown outcomes.
 
 use crate::helpers::*;
+use refund_sandbox::{Faults, ForcedOutcome, OutcomeStatus};
 use refund_worker::domain::{FailureCode, RefundStatus};
-use refund_worker::sandbox::{Faults, ForcedOutcome, OutcomeStatus};
 use refund_worker::store;
 use serde_json::json;
 
@@ -123,8 +123,8 @@ async fn a_final_provider_error_fails_the_refund_with_the_providers_message() {
 async fn the_providers_balance_check_is_a_final_failure() {
     let mut app = TestApp::spawn().await;
     app.start_worker();
-    app.sandbox.add_payment(refund_worker::sandbox::Payment {
-        provider: refund_worker::sandbox::Provider::VaServices,
+    app.sandbox.add_payment(refund_sandbox::Payment {
+        provider: refund_sandbox::Provider::VaServices,
         transaction_reference: "txn-small".into(),
         amount: "5.00".parse().unwrap(),
         currency: "NGN".into(),
@@ -148,7 +148,7 @@ async fn a_refund_that_fails_at_the_bank_becomes_refund_fail() {
     app.start_worker();
     let r = reference("bankfail");
     app.sandbox.set_outcome(
-        refund_worker::sandbox::Provider::VaServices,
+        refund_sandbox::Provider::VaServices,
         &r,
         ForcedOutcome {
             status: OutcomeStatus::Failed,

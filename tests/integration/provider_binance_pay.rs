@@ -2,9 +2,9 @@
 //! requests checked exactly), PostgreSQL state and status events out.
 
 use crate::helpers::*;
+use refund_sandbox::{Faults, Payment, Provider};
 use refund_worker::domain::{FailureCode, RefundStatus};
 use refund_worker::providers::binance_pay::refund_request_id;
-use refund_worker::sandbox::{Faults, Payment, Provider};
 use serde_json::{json, Value};
 
 /// Binance's prepayId of the paid order (at most 19 characters).

@@ -5,8 +5,8 @@
 //! first refund under the order id (`orderId#n` for the n-th).
 
 use crate::helpers::*;
+use refund_sandbox::{Faults, ForcedOutcome, OutcomeStatus, Payment, Provider};
 use refund_worker::domain::{FailureCode, RefundStatus};
-use refund_worker::sandbox::{Faults, ForcedOutcome, OutcomeStatus, Payment, Provider};
 use refund_worker::store;
 use serde_json::{json, Value};
 

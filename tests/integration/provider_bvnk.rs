@@ -2,9 +2,9 @@
 //! sandbox -> PostgreSQL -> status events, including 4-eyes approval and the fee.
 
 use crate::helpers::*;
+use refund_sandbox::{Faults, Payment, Provider};
 use refund_worker::domain::{FailureCode, RefundStatus};
 use refund_worker::providers::bvnk::{idempotency_key, AWAITING_APPROVAL};
-use refund_worker::sandbox::{Faults, Payment, Provider};
 use refund_worker::store;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};

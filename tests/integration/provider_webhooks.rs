@@ -6,9 +6,9 @@
 //! completes here was completed by its provider's webhook.
 
 use crate::helpers::*;
+use refund_sandbox::{Payment, Provider, SandboxConfig};
 use refund_worker::domain::RefundStatus;
 use refund_worker::providers::signing::hmac_sha256_hex;
-use refund_worker::sandbox::{Payment, Provider, SandboxConfig};
 use serde_json::{json, Value};
 use std::time::Duration;
 

@@ -4,9 +4,9 @@
 
 use crate::helpers::*;
 use chrono::{DateTime, TimeDelta, Utc};
+use refund_sandbox::{ForcedOutcome, OutcomeStatus, Provider};
 use refund_worker::domain::ProviderName;
 use refund_worker::pipeline::reconcile::{self, MismatchKind};
-use refund_worker::sandbox::{ForcedOutcome, OutcomeStatus, Provider};
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -291,7 +291,7 @@ async fn bpn_refunds_it_never_accepted_are_not_compared_with_the_orders_state() 
     app.start_worker();
     let (first, second) = (reference("rc-bpn-1"), reference("rc-bpn-2"));
     let order = format!("VA-{first}");
-    app.sandbox.add_payment(refund_worker::sandbox::Payment {
+    app.sandbox.add_payment(refund_sandbox::Payment {
         provider: Provider::Bpn,
         transaction_reference: order.clone(),
         amount: "25.17".parse().expect("amount"),

@@ -595,8 +595,8 @@ async fn against_the_sandbox_bpn_notifies_again_and_va_acknowledges() {
     let since = Utc::now() - TimeDelta::seconds(5);
     let (bpn, va) = (reference("rec-sb-bpn"), reference("rec-sb-va"));
     let order = format!("VA-{bpn}");
-    app.sandbox.add_payment(refund_worker::sandbox::Payment {
-        provider: refund_worker::sandbox::Provider::Bpn,
+    app.sandbox.add_payment(refund_sandbox::Payment {
+        provider: refund_sandbox::Provider::Bpn,
         transaction_reference: order.clone(),
         amount: "25.17".parse().expect("amount"),
         currency: "USD".into(),

@@ -1,9 +1,9 @@
 //! Crashes, restarts and shutdown: nothing lost, nothing applied twice.
 
 use crate::helpers::*;
+use refund_sandbox::Faults;
 use refund_worker::domain::RefundStatus;
 use refund_worker::pipeline::intake::{self, IntakeOutcome};
-use refund_worker::sandbox::Faults;
 
 #[tokio::test]
 async fn an_event_committed_before_a_crash_is_published_after_restart() {

@@ -11,7 +11,7 @@ use refund_worker::domain::{
 };
 use refund_worker::pipeline::intake::{self, IntakeOutcome};
 use refund_worker::providers::{ProviderWebhook, WebhookKind};
-use refund_worker::store::inbound::Applied;
+use refund_worker::store::provider_webhooks::Applied;
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -6,9 +6,9 @@
 //! captured output must not contain any secret, account number or customer note.
 
 use crate::helpers::{amqp_url, pg_server};
+use refund_sandbox::{Sandbox, SandboxConfig};
 use refund_worker::broker::publisher::json_properties;
 use refund_worker::broker::{self, topology, Publisher, Topology};
-use refund_worker::sandbox::{Sandbox, SandboxConfig};
 use refund_worker::store;
 use serde_json::json;
 use std::process::Stdio;
@@ -47,7 +47,7 @@ async fn a_full_run_never_logs_a_secret_an_account_number_or_a_note() {
     let (addr, _) = sandbox.spawn(0, std::future::pending()).await.unwrap();
 
     let admin_token = secret("admin");
-    let signing_secret = refund_worker::webhooks::signing::SigningKey::generate_secret();
+    let signing_secret = refund_worker::merchant_webhooks::signing::SigningKey::generate_secret();
     // VA Services is given a wrong key: every call is refused, and the refusal is logged.
     let wrong_va_key = secret("wrong-va-key");
     let mut secrets: Vec<String> = vec![

@@ -2,7 +2,7 @@
 
 use crate::helpers::*;
 use refund_worker::domain::RefundStatus;
-use refund_worker::webhooks::signing::SigningKey;
+use refund_worker::merchant_webhooks::signing::SigningKey;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use wiremock::matchers::{method, path};
@@ -78,7 +78,7 @@ async fn a_merchant_endpoint_that_is_down_then_up_gets_each_event_once_in_order(
     let deliveries = app.deliveries(&r).await;
     let mut attempts = 0;
     for d in &deliveries {
-        let rows = refund_worker::store::webhooks::attempts(&app.pool, d.event_id)
+        let rows = refund_worker::store::merchant_webhooks::attempts(&app.pool, d.event_id)
             .await
             .unwrap();
         assert_eq!(

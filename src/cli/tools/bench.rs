@@ -2,10 +2,10 @@
 //! worker) what it must know of the worker under test: this executable, the settings it
 //! would run with, and its exchange and queue names.
 
-use crate::bench::{HotStatement, Lookup, Names, Settings, Worker, WorkerSettings};
 use crate::broker::topology::{self, Topology};
 use crate::config::Config;
 use anyhow::Context as _;
+use refund_bench::{HotStatement, Lookup, Names, Settings, Worker, WorkerSettings};
 
 /// This executable as the worker under test.
 pub(crate) fn worker() -> anyhow::Result<Worker> {
@@ -103,9 +103,9 @@ fn hot_statements(config: &Config, exchange: &str) -> Vec<HotStatement> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{command, DEFAULT_PROVIDERS, RECORD_CAUSES};
     use crate::domain::RefundCommand;
     use crate::store::refunds::{CAUSE_PROVIDER_CONFIRMED, CAUSE_PROVIDER_OUTCOME};
+    use refund_bench::{command, DEFAULT_PROVIDERS, RECORD_CAUSES};
 
     #[test]
     fn the_bench_splits_stages_by_the_causes_the_worker_writes() {

@@ -15,13 +15,13 @@ use crate::config::Config;
 use crate::domain::{FailureCode, RefundEvent, RefundStatus};
 use crate::pipeline::Context;
 use crate::providers::Providers;
-use crate::sandbox::{
-    Faults, ForcedOutcome, OutcomeStatus, Provider as SandboxProvider, Sandbox, SandboxConfig,
-};
 use anyhow::Context as _;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions};
 use lapin::types::FieldTable;
+use refund_sandbox::{
+    Faults, ForcedOutcome, OutcomeStatus, Provider as SandboxProvider, Sandbox, SandboxConfig,
+};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -121,7 +121,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .await?;
 
     // A merchant endpoint on loopback that checks every webhook's signature.
-    let webhook_secret = crate::webhooks::signing::SigningKey::generate_secret();
+    let webhook_secret = crate::merchant_webhooks::signing::SigningKey::generate_secret();
     let merchant = Merchant::start(&webhook_secret).await?;
     // The demo's own admin token (random, this run only): the admin API and the operations
     // console are served on the HTTP address.
@@ -888,7 +888,7 @@ fn scenarios(run: &str) -> Vec<Scenario> {
             title: "BPN: whole-order refund, HMAC-signed, completes",
             command: bpn.clone(),
             setup: Some(Box::new(move |s, _| {
-                s.add_payment(crate::sandbox::Payment {
+                s.add_payment(refund_sandbox::Payment {
                     provider: SandboxProvider::Bpn,
                     transaction_reference: bpn_order.clone(),
                     amount: rust_decimal::Decimal::new(2517, 2),
@@ -915,7 +915,7 @@ fn scenarios(run: &str) -> Vec<Scenario> {
             title: "BPN: partial refund by amount, 40.00 of a 100.00 order",
             command: bpn_partial(40, "40.00", None),
             setup: Some(Box::new(move |s, _| {
-                s.add_payment(crate::sandbox::Payment {
+                s.add_payment(refund_sandbox::Payment {
                     provider: SandboxProvider::Bpn,
                     transaction_reference: bpn_order_2.clone(),
                     amount: rust_decimal::Decimal::new(10_000, 2),
@@ -1009,7 +1009,7 @@ struct MerchantState {
 impl Merchant {
     async fn start(secret: &str) -> anyhow::Result<Self> {
         use axum::http::{HeaderMap, StatusCode};
-        let key = crate::webhooks::signing::SigningKey::from_secret(secret)?;
+        let key = crate::merchant_webhooks::signing::SigningKey::from_secret(secret)?;
         let state = Arc::new(std::sync::Mutex::new(MerchantState::default()));
         let shared = state.clone();
         let app = axum::Router::new().route(

@@ -1,6 +1,6 @@
 //! `refund-worker sandbox`: serves the provider simulator until ctrl-c.
 
-use crate::sandbox::{Sandbox, SandboxConfig};
+use refund_sandbox::{Sandbox, SandboxConfig};
 use std::time::Duration;
 
 /// Flags of `sandbox`.

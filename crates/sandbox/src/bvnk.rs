@@ -34,7 +34,7 @@
 //! record, and only then a hang (`timeoutAfterAcceptNext`, `timeout_rate`). All of that is
 //! decided under the sandbox lock; the hang and the latency come after it is released.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,15 +44,18 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::book::{Approval, Book, OutcomeKey, Refund, Stage};
+use super::gate::ProviderError;
+use super::notify::Notice;
 use super::{
-    admin_error, decimal_and_text, decimal_to_json, parse_admin, CallKind, ForcedOutcome, Indexed,
-    LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig, State,
+    admin_error, decimal_and_text, decimal_to_json, parse_admin, CallKind, Payment, Provider,
+    Reply, Sandbox, SandboxConfig, Simulator, State,
 };
 
 /// The header BVNK's webhooks carry their signature in (hex HMAC-SHA256 of the raw body).
@@ -62,11 +65,7 @@ pub const SIGNATURE_HEADER: &str = "x-signature";
 /// `bvnk:payment:payin:status-change`, an `eventId`, the signed `timestamp` (RFC 3339, as in
 /// their payout webhook) and `data` with `transactionReference`, `status: "COMPLETED"` and
 /// `amount` as BVNK writes money, `{value, currency}` (the value an exact JSON number).
-pub(super) fn payin_outbound(
-    config: &SandboxConfig,
-    payment: &Payment,
-    at: DateTime<Utc>,
-) -> super::notify::Outbound {
+fn payin_notice(payment: &Payment, at: DateTime<Utc>) -> Notice {
     let body = json!({
         "event": "bvnk:payment:payin:status-change",
         "eventId": uuid::Uuid::new_v4().to_string(),
@@ -81,12 +80,7 @@ pub(super) fn payin_outbound(
         },
     })
     .to_string();
-    super::notify::Outbound::hmac_signed(
-        Provider::Bvnk,
-        body,
-        &config.webhook_secret,
-        SIGNATURE_HEADER,
-    )
+    Notice::hmac(Provider::Bvnk, body, SIGNATURE_HEADER)
 }
 
 /// How far a Hawk timestamp may be from our clock (Hawk's usual 60 s).
@@ -104,21 +98,15 @@ pub(super) fn routes() -> Router<Sandbox> {
             post(refund).get(status),
         )
         .route("/sandbox/bvnk/settings", post(settings_route))
-        .route("/sandbox/bvnk/refunds/{key}/outcome", post(outcome_route))
         .route("/sandbox/bvnk/refunds/{key}/approve", post(approve_route))
         .route("/sandbox/bvnk/refunds/{key}/reject", post(reject_route))
 }
 
-/// What BVNK knows.
+/// What BVNK knows: pay-ins and their refunds (by idempotency key, by pay-in, and by
+/// `customerReference`, which several refunds may share: a new idempotency key is a new
+/// refund; the admin routes and forced outcomes go by it), the settings, and Hawk nonces.
 pub(super) struct BvnkState {
-    pub(super) payments: super::payins::Payments,
-    /// Refunds in creation order, by idempotency key and by pay-in.
-    refunds: Indexed<BvnkRefund>,
-    /// Positions of the refunds per `customerReference`, ascending: several refunds may
-    /// share one (a new idempotency key is a new refund), and the admin routes and forced
-    /// outcomes go by it.
-    by_customer_reference: HashMap<String, Vec<usize>>,
-    outcomes: HashMap<String, OutcomeStatus>,
+    pub(super) book: Book<BvnkDetail>,
     /// Whether new refunds wait for 4-eyes approval.
     four_eyes: bool,
     /// Flat fee per refund, in the pay-in's currency.
@@ -127,82 +115,38 @@ pub(super) struct BvnkState {
     nonces: VecDeque<(SystemTime, String)>,
     /// The same nonces, for an O(1) replay check (the window holds many thousands under load).
     nonce_set: HashSet<String>,
-    /// Last status each refund (by id) was notified with.
-    notified: HashMap<String, RefundStatus>,
-    /// Positions of the refunds whose status may still change into one not notified yet:
-    /// added when a refund is made, approved or rejected, or its outcome forced; dropped
-    /// once a status that only those can change again is notified, so the notify loop does
-    /// not walk every refund ever made.
-    unsettled: BTreeSet<usize>,
 }
 
 impl Default for BvnkState {
     fn default() -> Self {
         Self {
-            payments: super::payins::Payments::default(),
-            refunds: Indexed::default(),
-            by_customer_reference: HashMap::new(),
-            outcomes: HashMap::new(),
+            book: Book::new(Provider::Bvnk, word, OutcomeKey::Reference),
             four_eyes: false,
             fee: Decimal::new(100, 2),
             nonces: VecDeque::new(),
             nonce_set: HashSet::new(),
-            notified: HashMap::new(),
-            unsettled: BTreeSet::new(),
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Approval {
-    NotRequired,
-    Pending,
-    Approved { at: Instant, wall: DateTime<Utc> },
-    Rejected,
-}
-
-struct BvnkRefund {
+/// What a BVNK refund keeps beside the book's fields.
+pub(super) struct BvnkDetail {
     /// The refund payout's own id.
     id: String,
-    idempotency_key: String,
-    transaction_reference: String,
-    customer_reference: String,
-    amount: Decimal,
-    amount_text: String,
     currency: String,
     fee: Decimal,
     metadata: Value,
-    request_body: String,
-    submit_count: u32,
-    mismatched_replays: u32,
-    approval: Approval,
-    created_at: DateTime<Utc>,
-    accepted: Instant,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RefundStatus {
-    PendingApproval,
-    Processing,
-    Completed,
-    Failed,
-    Cancelled,
-}
+type BvnkRefund = Refund<BvnkDetail>;
 
-impl RefundStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::PendingApproval => "PENDING_APPROVAL",
-            Self::Processing => "PROCESSING",
-            Self::Completed => "COMPLETED",
-            Self::Failed => "FAILED",
-            Self::Cancelled => "CANCELLED",
-        }
-    }
-
-    /// Whether the refund's amount no longer counts against the pay-in.
-    fn releases_balance(self) -> bool {
-        matches!(self, Self::Failed | Self::Cancelled)
+fn word(stage: Stage) -> &'static str {
+    match stage {
+        Stage::AwaitingApproval => "PENDING_APPROVAL",
+        Stage::Pending => "PROCESSING",
+        Stage::Completed => "COMPLETED",
+        Stage::Failed => "FAILED",
+        Stage::Cancelled => "CANCELLED",
     }
 }
 
@@ -242,121 +186,65 @@ fn money(value: Decimal, currency: &str) -> Value {
     json!({ "value": decimal_to_json(value), "currency": currency })
 }
 
-impl BvnkState {
-    /// Pay-in notifications for the pay-ins that became known since the last call.
-    pub(super) fn due_payins(&mut self, config: &SandboxConfig) -> Vec<super::notify::Outbound> {
-        let now = Utc::now();
-        let due = self.payments.take_due();
-        due.iter().map(|p| payin_outbound(config, p, now)).collect()
+impl Simulator for BvnkState {
+    book_field!(BvnkDetail);
+
+    fn payin_notice(
+        &self,
+        _: &SandboxConfig,
+        payment: &Payment,
+        at: DateTime<Utc>,
+    ) -> Option<Notice> {
+        Some(payin_notice(payment, at))
     }
 
-    pub(super) fn add_payment(&mut self, payment: Payment) {
-        self.payments.insert(payment);
-    }
-
-    pub(super) fn set_outcome(&mut self, key: &str, status: OutcomeStatus) {
-        // A forced outcome can rewrite a status already notified: watch its refunds again.
-        if let Some(positions) = self.by_customer_reference.get(key) {
-            self.unsettled.extend(positions.iter().copied());
-        }
-        self.outcomes.insert(key.to_owned(), status);
-    }
-
-    /// Position of the first refund with this `customerReference`.
-    fn position(&self, customer_reference: &str) -> Option<usize> {
-        self.by_customer_reference
-            .get(customer_reference)
-            .and_then(|positions| positions.first().copied())
-    }
-
-    /// When processing started: acceptance, or the approval.
-    fn started(refund: &BvnkRefund) -> Option<(Instant, DateTime<Utc>)> {
-        match refund.approval {
-            Approval::NotRequired => Some((refund.accepted, refund.created_at)),
-            Approval::Approved { at, wall } => Some((at, wall)),
-            Approval::Pending | Approval::Rejected => None,
-        }
-    }
-
-    /// Computed on read, so no background task moves refunds along.
-    fn status_of(&self, refund: &BvnkRefund, config: &SandboxConfig, now: Instant) -> RefundStatus {
-        match refund.approval {
-            Approval::Pending => return RefundStatus::PendingApproval,
-            Approval::Rejected => return RefundStatus::Cancelled,
-            _ => {}
-        }
-        let Some((started, _)) = Self::started(refund) else {
-            return RefundStatus::Processing;
-        };
-        if now.saturating_duration_since(started) < config.completion_delay {
-            RefundStatus::Processing
-        } else if self.outcomes.get(&refund.customer_reference) == Some(&OutcomeStatus::Failed) {
-            RefundStatus::Failed
-        } else {
-            RefundStatus::Completed
-        }
-    }
-
-    fn completed_at(
-        refund: &BvnkRefund,
-        status: RefundStatus,
+    /// Payout status-change notifications (BVNK's documented webhook, signed with
+    /// `x-signature`) for every refund whose status changed to one worth telling: waiting
+    /// for approval, or final.
+    fn refund_notice(
+        &self,
         config: &SandboxConfig,
-    ) -> Option<DateTime<Utc>> {
-        if status != RefundStatus::Completed {
-            return None;
-        }
-        let (_, wall) = Self::started(refund)?;
-        TimeDelta::from_std(config.completion_delay)
-            .ok()
-            .and_then(|delay| wall.checked_add_signed(delay))
+        refund: &BvnkRefund,
+        _: Stage,
+        now: Instant,
+    ) -> Option<Notice> {
+        let body = json!({
+            "event": "bvnk:payment:payout:status-change",
+            "eventId": uuid::Uuid::new_v4().to_string(),
+            "timestamp": Utc::now().to_rfc3339(),
+            "data": self.view(refund, config, now),
+        })
+        .to_string();
+        Some(Notice::hmac(Provider::Bvnk, body, SIGNATURE_HEADER))
     }
+}
 
+impl BvnkState {
     fn view(&self, refund: &BvnkRefund, config: &SandboxConfig, now: Instant) -> Value {
-        let status = self.status_of(refund, config, now);
+        let stage = self.book.stage(refund, config, now);
         let approval_status = match refund.approval {
             Approval::NotRequired => Value::Null,
             Approval::Pending => json!("PENDING"),
             Approval::Approved { .. } => json!("APPROVED"),
             Approval::Rejected => json!("REJECTED"),
         };
-        let reason = match status {
-            RefundStatus::Cancelled => json!("Four-eyes approval rejected"),
-            RefundStatus::Failed => json!("Rejected by the processing partner (forced by sandbox)"),
+        let reason = match stage {
+            Stage::Cancelled => json!("Four-eyes approval rejected"),
+            Stage::Failed => json!("Rejected by the processing partner (forced by sandbox)"),
             _ => Value::Null,
         };
+        let d = &refund.detail;
         json!({
-            "transactionReference": refund.id,
-            "customerReference": refund.customer_reference,
-            "status": status.as_str(),
+            "transactionReference": d.id,
+            "customerReference": refund.reference,
+            "status": word(stage),
             "approvalStatus": approval_status,
             "reason": reason,
-            "amount": { "value": refund.amount_text, "currency": refund.currency },
-            "fee": money(refund.fee, &refund.currency),
-            "metadata": refund.metadata,
+            "amount": { "value": refund.amount_text, "currency": d.currency },
+            "fee": money(d.fee, &d.currency),
+            "metadata": d.metadata,
             "createdAt": refund.created_at.to_rfc3339(),
         })
-    }
-
-    fn payment_amount(&self, transaction_reference: &str, config: &SandboxConfig) -> Decimal {
-        self.payments
-            .get(transaction_reference)
-            .map_or(config.default_payment_amount, |p| p.amount)
-    }
-
-    /// The payment less its refunds that have not failed or been cancelled.
-    fn refundable(
-        &self,
-        transaction_reference: &str,
-        config: &SandboxConfig,
-        now: Instant,
-    ) -> Decimal {
-        let committed: Decimal = self
-            .refunds
-            .in_group(transaction_reference)
-            .filter(|r| !self.status_of(r, config, now).releases_balance())
-            .map(|r| r.amount)
-            .sum();
-        (self.payment_amount(transaction_reference, config) - committed).max(Decimal::ZERO)
     }
 
     /// Replays the refund with this idempotency key, or records a new one.
@@ -366,28 +254,19 @@ impl BvnkState {
         config: &SandboxConfig,
         now: Instant,
     ) -> Result<Response, BvnkError> {
-        if let Some(refund) = self.refunds.get_mut(&request.idempotency_key) {
-            refund.submit_count += 1;
-            if refund.transaction_reference != request.transaction_reference
-                || refund.amount != request.amount
-                || refund.customer_reference != request.customer_reference
-            {
-                refund.mismatched_replays += 1;
-                tracing::warn!(
-                    customer_reference = %refund.customer_reference,
-                    "bvnk sandbox: replay differs from the accepted refund; answering the original"
-                );
-            }
+        let replayed = self.book.replay(&request.idempotency_key, |r| {
+            r.payment != request.transaction_reference
+                || r.amount != request.amount
+                || r.reference != request.customer_reference
+        });
+        if let Some(refund) = replayed.and_then(|i| self.book.at(i)) {
             return Ok(created_answer(refund));
         }
 
         let payment = self
-            .payments
-            .get_or_insert_with(&request.transaction_reference, || Payment {
-                provider: Provider::Bvnk,
-                transaction_reference: request.transaction_reference.clone(),
-                amount: config.default_payment_amount,
-                currency: request.currency.clone(),
+            .book
+            .payment_or_default(&request.transaction_reference, config, || {
+                request.currency.clone()
             });
         if !payment.currency.eq_ignore_ascii_case(&request.currency) {
             return Err(BvnkError::Invalid(format!(
@@ -396,7 +275,9 @@ impl BvnkState {
             )));
         }
         let currency = payment.currency.clone();
-        let refundable = self.refundable(&request.transaction_reference, config, now);
+        let refundable = self
+            .book
+            .refundable(&request.transaction_reference, config, now);
         if request.amount > refundable {
             return Err(BvnkError::InvalidAmount(
                 request.transaction_reference,
@@ -408,47 +289,37 @@ impl BvnkState {
             amount = %request.amount_text,
             "bvnk sandbox: refund accepted"
         );
-        let refund = BvnkRefund {
+        let detail = BvnkDetail {
             id: uuid::Uuid::new_v4().to_string(),
-            idempotency_key: request.idempotency_key,
-            transaction_reference: request.transaction_reference,
-            customer_reference: request.customer_reference,
-            amount: request.amount,
-            amount_text: request.amount_text,
             currency,
             fee: self.fee,
             metadata: request.metadata,
-            request_body: request.body,
-            submit_count: 1,
-            mismatched_replays: 0,
-            approval: if self.four_eyes {
-                Approval::Pending
-            } else {
-                Approval::NotRequired
-            },
-            created_at: Utc::now(),
-            accepted: now,
         };
-        let response = created_answer(&refund);
-        let customer_reference = refund.customer_reference.clone();
-        let (key, group) = (
-            refund.idempotency_key.clone(),
-            refund.transaction_reference.clone(),
+        let mut refund = Refund::new(
+            request.idempotency_key,
+            request.transaction_reference,
+            (request.amount, request.amount_text),
+            request.body,
+            now,
+            detail,
         );
-        let index = self.refunds.push(key, group, refund);
-        self.by_customer_reference
-            .entry(customer_reference)
-            .or_default()
-            .push(index);
-        self.unsettled.insert(index);
+        refund.reference = request.customer_reference;
+        if self.four_eyes {
+            refund.approval = Approval::Pending;
+        }
+        let response = created_answer(&refund);
+        self.book.record(refund);
         Ok(response)
     }
 
     /// Approves or rejects a refund waiting for approval (the portal's buttons).
     fn decide_approval(&mut self, customer_reference: &str, approve: bool) -> Result<(), String> {
         let unknown = || format!("no BVNK refund with customerReference {customer_reference}");
-        let index = self.position(customer_reference).ok_or_else(unknown)?;
-        let refund = self.refunds.at_mut(index).ok_or_else(unknown)?;
+        let index = self
+            .book
+            .first_with_outcome_key(customer_reference)
+            .ok_or_else(unknown)?;
+        let refund = self.book.at_mut(index).ok_or_else(unknown)?;
         if refund.approval != Approval::Pending {
             return Err(format!(
                 "refund {customer_reference} is not waiting for approval"
@@ -462,7 +333,7 @@ impl BvnkState {
         } else {
             Approval::Rejected
         };
-        self.unsettled.insert(index);
+        self.book.watch(index);
         Ok(())
     }
 
@@ -485,87 +356,13 @@ impl BvnkState {
         self.nonces.push_back((ts, key));
         true
     }
-
-    /// Payout status-change notifications (BVNK's documented webhook, signed with
-    /// `x-signature`) for every refund whose status changed to one worth telling: waiting
-    /// for approval, or final.
-    pub(super) fn due_webhooks(
-        &mut self,
-        config: &SandboxConfig,
-        now: Instant,
-    ) -> Vec<super::notify::Outbound> {
-        let mut out = Vec::new();
-        let mut sent = Vec::new();
-        let mut settled = Vec::new();
-        for &index in &self.unsettled {
-            let Some(refund) = self.refunds.at(index) else {
-                settled.push(index);
-                continue;
-            };
-            let status = self.status_of(refund, config, now);
-            // Processing turns final with time alone: keep watching it.
-            if status == RefundStatus::Processing {
-                continue;
-            }
-            // Any other status changes only by an approval decision or a forced outcome,
-            // and those re-add the refund.
-            settled.push(index);
-            if self.notified.get(&refund.id) == Some(&status) {
-                continue;
-            }
-            let body = json!({
-                "event": "bvnk:payment:payout:status-change",
-                "eventId": uuid::Uuid::new_v4().to_string(),
-                "timestamp": Utc::now().to_rfc3339(),
-                "data": self.view(refund, config, now),
-            })
-            .to_string();
-            out.push(super::notify::Outbound::hmac_signed(
-                Provider::Bvnk,
-                body,
-                &config.webhook_secret,
-                SIGNATURE_HEADER,
-            ));
-            sent.push((refund.id.clone(), status));
-        }
-        self.notified.extend(sent);
-        for index in settled {
-            self.unsettled.remove(&index);
-        }
-        out
-    }
-
-    pub(super) fn ledger(&self, config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>) {
-        let now = Instant::now();
-        let refunds = self
-            .refunds
-            .iter()
-            .map(|r| {
-                let status = self.status_of(r, config, now);
-                LedgerRefund {
-                    provider: Provider::Bvnk,
-                    refund_reference: r.customer_reference.clone(),
-                    transaction_reference: r.transaction_reference.clone(),
-                    refund_amount: r.amount_text.clone(),
-                    request_body: r.request_body.clone(),
-                    status: status.as_str().to_owned(),
-                    submit_count: r.submit_count,
-                    mismatched_replays: r.mismatched_replays,
-                    forced_outcome: self.outcomes.get(&r.customer_reference).copied(),
-                    created_at: r.created_at,
-                    completed_at: Self::completed_at(r, status, config),
-                }
-            })
-            .collect();
-        (refunds, self.payments.values().cloned().collect())
-    }
 }
 
 /// The documented refund answer: the pay-in's reference and the fee.
 fn created_answer(refund: &BvnkRefund) -> Response {
     let body = json!({
-        "transactionReference": refund.transaction_reference,
-        "fee": money(refund.fee, &refund.currency),
+        "transactionReference": refund.payment,
+        "fee": money(refund.detail.fee, &refund.detail.currency),
     });
     (StatusCode::OK, Json(body)).into_response()
 }
@@ -700,42 +497,25 @@ fn hawk_ok(
     state.fresh_nonce(ts, format!("{}:{secs}:{nonce}", config.bvnk_hawk_id))
 }
 
-/// Auth, counting and injected HTTP errors, common to every BVNK call.
-fn gate(
-    state: &mut State,
-    config: &SandboxConfig,
-    call: &CallInfo<'_>,
-    kind: CallKind,
-) -> Result<(), BvnkError> {
-    if !hawk_ok(&mut state.bvnk, config, call.method, call.uri, call.headers) {
-        state.counters.rejected_auth += 1;
-        return Err(BvnkError::Unauthorized);
-    }
-    state.count(kind);
-    match state.take_failure(config) {
-        Some(status) => Err(BvnkError::Injected(status)),
-        None => Ok(()),
+impl ProviderError for BvnkError {
+    fn injected(status: StatusCode) -> Self {
+        Self::Injected(status)
     }
 }
 
-struct CallInfo<'a> {
-    method: &'a Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-}
-
+/// Runs one BVNK call through the fault gate, authenticated by Hawk over the request line.
 async fn bvnk_call(
     sandbox: &Sandbox,
-    call: CallInfo<'_>,
+    (method, uri, headers): (&Method, &Uri, &HeaderMap),
     kind: CallKind,
     decide: impl FnOnce(&mut State, &SandboxConfig) -> Result<Reply, BvnkError>,
 ) -> Response {
-    let reply = sandbox.decide(|state, config| {
-        gate(state, config, &call, kind)
-            .and_then(|()| decide(state, config))
-            .unwrap_or_else(|err| Reply::now(err.into_response()))
-    });
-    sandbox.deliver(reply).await
+    let authenticate = |state: &mut State, config: &SandboxConfig| {
+        hawk_ok(&mut state.bvnk, config, method, uri, headers)
+            .then_some(())
+            .ok_or(BvnkError::Unauthorized)
+    };
+    sandbox.call(kind, authenticate, decide).await
 }
 
 async fn estimate(
@@ -746,11 +526,7 @@ async fn estimate(
     Path(transaction_reference): Path<String>,
     body: Bytes,
 ) -> Response {
-    let call = CallInfo {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-    };
+    let call = (&method, &uri, &headers);
     bvnk_call(&sandbox, call, CallKind::Details, |state, config| {
         // The documented GET carries the refund body; its currency names an unseen pay-in's.
         let asked_currency = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
@@ -761,12 +537,15 @@ async fn estimate(
         });
         let bvnk = &state.bvnk;
         let currency = bvnk
+            .book
             .payments
             .get(&transaction_reference)
             .map(|p| p.currency.clone())
             .or(asked_currency)
             .unwrap_or_else(|| "EUR".to_owned());
-        let available = bvnk.refundable(&transaction_reference, config, Instant::now());
+        let available = bvnk
+            .book
+            .refundable(&transaction_reference, config, Instant::now());
         let answer = json!({
             "fee": money(bvnk.fee, &currency),
             "maxAvailableToRefund": money(available, &currency),
@@ -784,21 +563,15 @@ async fn refund(
     Path(transaction_reference): Path<String>,
     body: Bytes,
 ) -> Response {
-    let call = CallInfo {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-    };
+    let call = (&method, &uri, &headers);
     bvnk_call(&sandbox, call, CallKind::Submit, |state, config| {
         let request = RefundCall::parse(&headers, &transaction_reference, &body)
             .map_err(BvnkError::Invalid)?;
-        if state.take_reject() {
-            return Err(BvnkError::NotRefundable(transaction_reference.clone()));
-        }
-        let response = state.bvnk.accept(request, config, Instant::now())?;
-        // Recorded first, hang after: the "timeout after accept" a worker must resolve.
-        let hang = state.take_timeout(config);
-        Ok(Reply { response, hang })
+        state.submit(
+            config,
+            || BvnkError::NotRefundable(transaction_reference.clone()),
+            |state| state.bvnk.accept(request, config, Instant::now()),
+        )
     })
     .await
 }
@@ -810,20 +583,16 @@ async fn status(
     headers: HeaderMap,
     Path(transaction_reference): Path<String>,
 ) -> Response {
-    let call = CallInfo {
-        method: &method,
-        uri: &uri,
-        headers: &headers,
-    };
+    let call = (&method, &uri, &headers);
     bvnk_call(&sandbox, call, CallKind::Status, |state, config| {
         let bvnk = &state.bvnk;
         let now = Instant::now();
         let refunds: Vec<Value> = bvnk
-            .refunds
+            .book
             .in_group(&transaction_reference)
             .map(|r| bvnk.view(r, config, now))
             .collect();
-        if refunds.is_empty() && !bvnk.payments.contains_key(&transaction_reference) {
+        if refunds.is_empty() && !bvnk.book.payments.contains_key(&transaction_reference) {
             return Err(BvnkError::NotFound(transaction_reference.clone()));
         }
         Ok(Reply::now((StatusCode::OK, Json(refunds)).into_response()))
@@ -882,24 +651,6 @@ async fn settings_route(AxumState(sandbox): AxumState<Sandbox>, body: Bytes) -> 
     .into_response()
 }
 
-async fn outcome_route(
-    AxumState(sandbox): AxumState<Sandbox>,
-    Path(key): Path<String>,
-    body: Bytes,
-) -> Response {
-    let outcome: ForcedOutcome = match parse_admin(&body) {
-        Ok(outcome) => outcome,
-        Err(message) => return admin_error(StatusCode::BAD_REQUEST, message),
-    };
-    let known = {
-        let mut state = sandbox.lock();
-        state.bvnk.set_outcome(&key, outcome.status);
-        state.bvnk.position(&key).is_some()
-    };
-    Json(json!({ "refundReference": key, "status": outcome.status, "refundKnown": known }))
-        .into_response()
-}
-
 async fn approval(sandbox: &Sandbox, key: &str, approve: bool) -> Response {
     let result = sandbox.lock().bvnk.decide_approval(key, approve);
     match result {
@@ -930,14 +681,14 @@ async fn reject_route(AxumState(sandbox): AxumState<Sandbox>, Path(key): Path<St
 mod tests {
     use super::super::test_support::{start, TestServer};
     use super::super::{Faults, ForcedOutcome, OutcomeStatus, Payment, Provider, SandboxConfig};
-    use crate::providers::bvnk::{hawk_header, idempotency_key};
+    use refund_worker::providers::bvnk::{hawk_header, idempotency_key};
     use rust_decimal::Decimal;
     use serde_json::{json, Value};
     use std::str::FromStr;
     use std::time::{Duration, SystemTime};
 
     const TX: &str = "018e5e83-ac50-4df0-a7e4-c9f15d493f90";
-    const DOC_REQUEST: &str = include_str!("../../fixtures/bvnk/refund-request.json");
+    const DOC_REQUEST: &str = include_str!("../../../fixtures/bvnk/refund-request.json");
 
     struct Call {
         status: u16,
@@ -1155,9 +906,10 @@ mod tests {
             e.body["maxAvailableToRefund"]["value"].to_string(),
             "150.00"
         );
-        let documented: Value =
-            serde_json::from_str(include_str!("../../fixtures/bvnk/estimate-response.json"))
-                .unwrap();
+        let documented: Value = serde_json::from_str(include_str!(
+            "../../../fixtures/bvnk/estimate-response.json"
+        ))
+        .unwrap();
         assert_eq!(
             e.body, documented,
             "the docs' example, byte for byte in value"
@@ -1401,16 +1153,16 @@ mod tests {
 mod adapter_tests {
     use super::super::test_support::{start, TestServer};
     use super::super::{Payment, Provider as SandboxProvider, SandboxConfig};
-    use crate::domain::{FailureCode, Fee, ProviderName, ProviderOutcome};
-    use crate::providers::bvnk::Bvnk;
-    use crate::providers::{Provider, RefundRequest};
+    use refund_worker::domain::{FailureCode, Fee, ProviderName, ProviderOutcome};
+    use refund_worker::providers::bvnk::Bvnk;
+    use refund_worker::providers::{Provider, RefundRequest};
     use rust_decimal::Decimal;
     use std::time::Duration;
 
     fn adapter(server: &TestServer, secret: &str) -> Bvnk {
         let base = server.base.clone();
         let secret = secret.to_owned();
-        let config = crate::config::Config::from_lookup(|k| match k {
+        let config = refund_worker::config::Config::from_lookup(|k| match k {
             "PROVIDER_BVNK_BASE_URL" => Some(base.clone()),
             "PROVIDER_BVNK_API_KEY" => Some("sandbox-bvnk-id".into()),
             "PROVIDER_BVNK_API_SECRET" => Some(secret.clone()),
@@ -1526,8 +1278,10 @@ mod adapter_tests {
 /// The notification bookkeeping, driven directly with chosen instants.
 #[cfg(test)]
 mod webhook_tests {
-    use super::super::{OutcomeStatus, SandboxConfig};
-    use super::{BvnkState, RefundCall, RefundStatus};
+    use super::super::book::Stage;
+    use super::super::test_support::refund_notices;
+    use super::super::{OutcomeStatus, SandboxConfig, Simulated};
+    use super::{word, BvnkState, RefundCall};
     use rust_decimal::Decimal;
     use serde_json::{json, Value};
     use std::time::Duration;
@@ -1549,12 +1303,12 @@ mod webhook_tests {
     /// What the notify loop used to compute: a walk over every refund.
     fn full_scan(state: &BvnkState, config: &SandboxConfig, now: Instant) -> Vec<String> {
         state
-            .refunds
+            .book
             .iter()
             .filter_map(|r| {
-                let status = state.status_of(r, config, now);
-                (status != RefundStatus::Processing && state.notified.get(&r.id) != Some(&status))
-                    .then(|| format!("{}:{}", r.customer_reference, status.as_str()))
+                let stage = state.book.stage(r, config, now);
+                (stage != Stage::Pending && state.book.notified(&r.key) != Some(stage))
+                    .then(|| format!("{}:{}", r.reference, word(stage)))
             })
             .collect()
     }
@@ -1562,8 +1316,7 @@ mod webhook_tests {
     /// Due notifications as `customerReference:status`, checked against the full scan.
     fn due(state: &mut BvnkState, config: &SandboxConfig, now: Instant) -> Vec<String> {
         let expected = full_scan(state, config, now);
-        let got: Vec<String> = state
-            .due_webhooks(config, now)
+        let got: Vec<String> = refund_notices(state, config, now)
             .iter()
             .map(|out| {
                 let body: Value = serde_json::from_slice(&out.body).unwrap();
@@ -1607,7 +1360,11 @@ mod webhook_tests {
             due(&mut state, &config, t0 + ms(120)),
             ["c-2:COMPLETED", "c-2:COMPLETED"]
         );
-        assert_eq!(state.unsettled.len(), 0, "c-1 waits for a decision only");
+        assert_eq!(
+            state.book.unsettled_len(),
+            0,
+            "c-1 waits for a decision only"
+        );
         // Forcing by customerReference reaches both of its refunds.
         state.set_outcome("c-2", OutcomeStatus::Failed);
         assert_eq!(
@@ -1617,7 +1374,7 @@ mod webhook_tests {
         state.decide_approval("c-1", true).unwrap();
         let approved = Instant::now();
         assert!(due(&mut state, &config, approved).is_empty());
-        assert_eq!(state.unsettled.len(), 1, "processing after approval");
+        assert_eq!(state.book.unsettled_len(), 1, "processing after approval");
         assert_eq!(
             due(&mut state, &config, approved + ms(120)),
             ["c-1:COMPLETED"]
@@ -1634,7 +1391,7 @@ mod webhook_tests {
             due(&mut state, &config, approved + ms(140)),
             ["c-3:CANCELLED"]
         );
-        assert!(state.unsettled.is_empty());
+        assert_eq!(state.book.unsettled_len(), 0);
         assert!(due(&mut state, &config, approved + ms(500)).is_empty());
     }
 }

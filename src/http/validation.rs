@@ -14,7 +14,7 @@
 //! added to a body is known without a second list to keep in step. The type must be a plain
 //! struct: `#[serde(flatten)]` hides its fields from serde (and is why the bodies used to
 //! accept anything), so a flattened type would refuse every field (add it to the test
-//! `the_strict_bodies_and_queries_expose_their_fields` in `http.rs`).
+//! `the_strict_bodies_and_queries_expose_their_fields` in `http/admin.rs`).
 //!
 //! A route without parameters takes `_: StrictQuery<NoQuery>`, so `POST ...?dryRun=true`
 //! is refused too rather than run for real.
@@ -22,7 +22,7 @@
 //! [`one_of`] checks enum-like values (`status`, `provider`) the same way, naming the valid
 //! values.
 
-use crate::http::ApiError;
+use super::error::ApiError;
 use axum::extract::{FromRequest, FromRequestParts, Json, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -32,7 +32,7 @@ use serde_json::Value;
 /// A JSON request body whose keys must all be fields of `T` (400 `unknown_field` otherwise);
 /// malformed JSON, a wrong content type or an over-large body keep their usual answers.
 #[derive(Debug)]
-pub struct StrictJson<T>(pub T);
+pub(crate) struct StrictJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
     type Rejection = ApiError;
@@ -63,11 +63,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
 /// No parameters: for a route that takes none, so `?dryRun=true` on a POST is refused rather
 /// than ignored (the action would run for real).
 #[derive(Debug, serde::Deserialize)]
-pub struct NoQuery {}
+pub(crate) struct NoQuery {}
 
 /// A query string whose parameters must all be fields of `T` (400 `unknown_field` otherwise).
 #[derive(Debug)]
-pub struct StrictQuery<T>(pub T);
+pub(crate) struct StrictQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for StrictQuery<T> {
     type Rejection = ApiError;
@@ -91,7 +91,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for StrictQuery<T>
 }
 
 /// Refuses the first of `keys` that is not in `known`, naming the closest known field.
-pub fn check_keys<'a>(
+pub(crate) fn check_keys<'a>(
     keys: impl IntoIterator<Item = &'a str>,
     known: &[&str],
 ) -> Result<(), ApiError> {
@@ -124,7 +124,7 @@ pub fn check_keys<'a>(
 
 /// Parses an enum-like value (`status`, `provider`), or answers 400 naming the field and
 /// every valid value (and the closest one, for a near miss such as `completed`).
-pub fn one_of<T>(
+pub(crate) fn one_of<T>(
     field: &str,
     value: &str,
     valid: &[&str],
@@ -142,7 +142,7 @@ pub fn one_of<T>(
 }
 
 /// The statuses a filter may name, in their wire form.
-pub fn status_names() -> Vec<&'static str> {
+pub(crate) fn status_names() -> Vec<&'static str> {
     use crate::domain::RefundStatus;
     [
         RefundStatus::Pending,
@@ -154,14 +154,14 @@ pub fn status_names() -> Vec<&'static str> {
 }
 
 /// The providers a filter may name, in their wire form.
-pub fn provider_names() -> Vec<&'static str> {
+pub(crate) fn provider_names() -> Vec<&'static str> {
     crate::domain::ProviderName::ALL
         .map(crate::domain::ProviderName::as_str)
         .to_vec()
 }
 
 /// Checks an optional `status` filter (`PENDING`, `COMPLETED`, `REFUND_FAIL`).
-pub fn check_status(value: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn check_status(value: Option<&str>) -> Result<(), ApiError> {
     match value {
         Some(v) => one_of(
             "status",
@@ -175,7 +175,7 @@ pub fn check_status(value: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// Checks an optional `provider` filter (`va_services`, `bpn`, `binance_pay`, `bvnk`).
-pub fn check_provider(value: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn check_provider(value: Option<&str>) -> Result<(), ApiError> {
     match value {
         Some(v) => one_of(
             "provider",
@@ -189,7 +189,7 @@ pub fn check_provider(value: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// Checks `limit` is within `1..=max` (the range the OpenAPI document gives).
-pub fn limit_in_range(limit: Option<i64>, max: i64) -> Result<(), ApiError> {
+pub(crate) fn limit_in_range(limit: Option<i64>, max: i64) -> Result<(), ApiError> {
     match limit {
         Some(n) if !(1..=max).contains(&n) => Err(bad_request(format!(
             "`limit` must be between 1 and {max}, not {n}"
@@ -205,7 +205,7 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 /// The known name closest to `given`: the same up to case, `_` and `-` (`dry_run` for
 /// `dryRun`), or within a small edit distance (a third of its length, at least 2, and less
 /// than the whole of it). `None` when nothing is near enough to be a plausible typo.
-pub fn closest<'a>(given: &str, known: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(given: &str, known: &[&'a str]) -> Option<&'a str> {
     let norm = |s: &str| -> Vec<char> {
         s.chars()
             .filter(|c| *c != '_' && *c != '-')
@@ -240,7 +240,7 @@ fn levenshtein(a: &[char], b: &[char]) -> usize {
 /// The field names (as they appear in JSON, after `rename_all`) of the struct `T`, read from
 /// its `Deserialize` impl: serde hands them to `deserialize_struct`, which this deserializer
 /// records before giving up. Empty for anything that is not a plain struct.
-pub fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+pub(crate) fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
     let mut fields: &'static [&'static str] = &[];
     let _ = T::deserialize(FieldNames(&mut fields));
     fields

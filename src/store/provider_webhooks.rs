@@ -4,7 +4,7 @@
 //! Everything a webhook changes commits in one transaction with its inbox row (and, for a
 //! status change, the history row and the outbox event), so a redelivered or replayed
 //! webhook finds its inbox row and changes nothing. The transaction is the caller's
-//! ([`crate::pipeline::inbound`]); the decisions (which refund a webhook names, what it
+//! ([`crate::pipeline::provider_webhooks`]); the decisions (which refund a webhook names, what it
 //! does to it) are [`crate::domain::webhook`]'s, and these functions read and write around
 //! them.
 

@@ -12,7 +12,7 @@
 //! Each provider file writes its own payload and signature from its docs (`payin_outbound`
 //! in `va_services.rs`, `bpn.rs`, `bvnk.rs`; `payin_body` in `binance_pay.rs`, RSA-signed
 //! after the lock is released like its refund notifications). None of it comes from the
-//! adapters (`crate::providers`): the unit tests read the notifications back with them.
+//! adapters (`refund_worker::providers`): the unit tests read the notifications back with them.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;

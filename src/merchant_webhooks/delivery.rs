@@ -6,7 +6,7 @@ use super::schedule::Schedule;
 use super::signing::SigningKey;
 use super::ssrf::{GuardedResolver, NetworkPolicy, PolicyRefusal};
 use crate::config::WebhookSettings;
-use crate::store::webhooks::{self, AttemptResult, ClaimedDelivery, Next};
+use crate::store::merchant_webhooks::{self, AttemptResult, ClaimedDelivery, Next};
 use crate::store::StoreError;
 use chrono::Utc;
 use futures::StreamExt;
@@ -19,11 +19,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Bytes of a merchant's response kept in the attempt log.
-pub const EXCERPT_BYTES: usize = 512;
+pub(crate) const EXCERPT_BYTES: usize = 512;
 
 /// What one delivery step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryOutcome {
+pub(crate) enum DeliveryOutcome {
     /// Deliveries were attempted.
     Attempted(usize),
     /// Nothing was due.
@@ -55,7 +55,7 @@ pub fn client(
 }
 
 /// Sends webhooks.
-pub struct Deliverer {
+pub(crate) struct Deliverer {
     pool: PgPool,
     client: reqwest::Client,
     key: SigningKey,
@@ -68,7 +68,7 @@ pub struct Deliverer {
 impl Deliverer {
     /// A deliverer, or `None` when no signing secret is configured (deliveries then stay
     /// queued until one is: nothing is sent unsigned, nothing is dropped).
-    pub fn new(pool: PgPool, settings: &WebhookSettings, lease: Duration) -> Option<Self> {
+    pub(crate) fn new(pool: PgPool, settings: &WebhookSettings, lease: Duration) -> Option<Self> {
         let key = settings.signing_key.clone()?;
         let policy = Arc::new(settings.network_policy.clone());
         let client = match client(settings, policy.clone()) {
@@ -90,9 +90,10 @@ impl Deliverer {
     }
 
     /// Claims due deliveries and attempts each once.
-    pub async fn step(&self) -> Result<DeliveryOutcome, StoreError> {
+    pub(crate) async fn step(&self) -> Result<DeliveryOutcome, StoreError> {
         let claimed =
-            webhooks::claim_due(&self.pool, self.concurrency as i64 * 2, self.lease).await?;
+            merchant_webhooks::claim_due(&self.pool, self.concurrency as i64 * 2, self.lease)
+                .await?;
         if claimed.is_empty() {
             return Ok(DeliveryOutcome::Idle);
         }
@@ -133,7 +134,7 @@ impl Deliverer {
     }
 
     /// Runs [`Deliverer::step`] until shutdown.
-    pub async fn run(&self, wakeup: &Notify, idle: Duration, shutdown: &CancellationToken) {
+    pub(crate) async fn run(&self, wakeup: &Notify, idle: Duration, shutdown: &CancellationToken) {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             match self.step().await {
@@ -279,7 +280,7 @@ fn describe(e: &reqwest::Error) -> String {
     out
 }
 
-/// Records an attempt ([`webhooks::record_attempt`]) in a transaction of its own; `false`
+/// Records an attempt ([`merchant_webhooks::record_attempt`]) in a transaction of its own; `false`
 /// when the claim was lost (nothing written).
 async fn record_attempt(
     pool: &PgPool,
@@ -287,7 +288,7 @@ async fn record_attempt(
     r: &AttemptResult,
 ) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
-    let recorded = webhooks::record_attempt(&mut tx, d, r).await?;
+    let recorded = merchant_webhooks::record_attempt(&mut tx, d, r).await?;
     tx.commit().await?;
     Ok(recorded)
 }

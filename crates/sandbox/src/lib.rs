@@ -7,32 +7,63 @@
 //! the failure modes that make that hard: errors before acceptance, timeouts *after*
 //! acceptance, business rejections and replays.
 //!
-//! Layout: this file holds what every provider shares (config, the one state mutex, fault
-//! injection, latency, the `/sandbox/*` admin API, serving). Each provider lives in a sibling
-//! file that owns its sub-state in `State` and adds its own routes; `va_services.rs` is the
-//! first; `bpn.rs`, `binance_pay.rs` and `bvnk.rs` follow the same pattern.
+//! Layout: this file holds what every provider shares (config, the one state mutex, latency,
+//! the `/sandbox/*` admin API, serving) and the [`Simulator`] trait each provider implements.
+//! The shared core: `gate.rs`, the fault gate every provider call goes through (auth,
+//! counting, injected errors, declines, hangs); `book.rs`, the refund book each provider
+//! keeps (payments, refundable amounts, idempotent refund records, forced outcomes, which
+//! refunds owe a notification); `notify.rs`, the one notify loop; `payins.rs`, the payments
+//! and their pay-in notifications; `docs.rs`, signing and limits as the providers' docs give
+//! them. Each provider lives in a sibling file (`va_services.rs`, `bpn.rs`, `binance_pay.rs`,
+//! `bvnk.rs`) that owns its sub-state in `State`, its routes, its validation, its answers and
+//! its notifications' wording.
 //!
 //! Admin API (JSON, camelCase, never subject to faults or latency): `GET /sandbox/health`,
 //! `GET /sandbox/ledger` ([`Ledger`]), `POST /sandbox/faults` ([`Faults`], answers the pending
-//! faults), `POST /sandbox/payments` ([`Payment`]) and
-//! `POST /sandbox/va_services/refunds/{refundReference}/outcome` ([`ForcedOutcome`]).
+//! faults), `POST /sandbox/payments` ([`Payment`]) and, for each provider,
+//! `POST /sandbox/{provider}/refunds/{key}/outcome` ([`ForcedOutcome`]; `provider` is
+//! `va_services`, `bpn`, `binance_pay` or `bvnk`, `key` as [`Sandbox::set_outcome`] takes it).
+//! BVNK adds its settings and approval routes (`bvnk.rs`).
 //!
 //! Concurrency: one `std::sync::Mutex` guards all state. Handlers decide everything under the
 //! lock in one synchronous step, release it, and only then sleep (latency, hangs), so the
 //! lock is never held across an `.await` and replays racing each other see one consistent
 //! order.
 
+// Defined before the provider modules, which use it (macros are scoped by text order).
+/// The [`Simulator`] items every simulator writes the same way: its refunds' `Detail`, and
+/// its book in the field `book`.
+macro_rules! book_field {
+    ($detail:ty) => {
+        type Detail = $detail;
+
+        fn book(&self) -> &Book<$detail> {
+            &self.book
+        }
+
+        fn book_mut(&mut self) -> &mut Book<$detail> {
+            &mut self.book
+        }
+    };
+}
+
 mod binance_pay;
+mod book;
 mod bpn;
 mod bvnk;
 mod docs;
+mod gate;
 mod notify;
 mod payins;
 mod va_services;
 
+pub use gate::Faults;
 pub use notify::WebhookCounters;
 
-use std::collections::HashMap;
+use book::{Book, Refund, Stage};
+use gate::{roll, CallKind, Counters, Reply};
+use notify::Notice;
+
 use std::fmt;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -40,13 +71,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State as AxumState;
+use axum::extract::{Path, State as AxumState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -190,10 +220,10 @@ pub fn sample_latency(p50: Duration, p99: Option<Duration>) -> Duration {
 
 /// TEST-ONLY RSA key the simulated Binance Pay signs its webhooks with (never a real key).
 pub(crate) const BINANCE_WEBHOOK_TEST_PRIVATE_KEY: &str =
-    include_str!("../../fixtures/binance_pay/webhook-test-private-key.pem");
+    include_str!("../../../fixtures/binance_pay/webhook-test-private-key.pem");
 /// Its public half, which refund-worker is configured with to verify them.
 pub const BINANCE_WEBHOOK_TEST_PUBLIC_KEY: &str =
-    include_str!("../../fixtures/binance_pay/webhook-test-public-key.pem");
+    include_str!("../../../fixtures/binance_pay/webhook-test-public-key.pem");
 
 /// Which simulated provider a payment or refund belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +237,34 @@ pub enum Provider {
     BinancePay,
     /// BVNK, served under `/payment/v1/...`.
     Bvnk,
+}
+
+impl Provider {
+    const ALL: [Provider; 4] = [
+        Provider::VaServices,
+        Provider::Bpn,
+        Provider::BinancePay,
+        Provider::Bvnk,
+    ];
+
+    /// The provider's name in paths: `/webhooks/{it}` and `/sandbox/{it}/...`.
+    fn segment(self) -> &'static str {
+        match self {
+            Provider::VaServices => "va_services",
+            Provider::Bpn => "bpn",
+            Provider::BinancePay => "binance_pay",
+            Provider::Bvnk => "bvnk",
+        }
+    }
+
+    /// What the provider's outcome route calls the key it was given.
+    fn outcome_key_field(self) -> &'static str {
+        match self {
+            Provider::VaServices | Provider::Bvnk => "refundReference",
+            Provider::Bpn => "orderId",
+            Provider::BinancePay => "refundRequestId",
+        }
+    }
 }
 
 impl SandboxConfig {
@@ -239,42 +297,6 @@ impl SandboxConfig {
             env.push((format!("PROVIDER_{prefix}_WEBHOOK_SECRET"), webhook_secret));
         }
         env
-    }
-}
-
-/// Deterministic faults, consumed one per matching provider call. They are added to what is
-/// already pending, so two tests' worth of faults queue up instead of overwriting each other.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
-pub struct Faults {
-    /// The next N provider calls (any endpoint) answer HTTP `failStatus` with the provider's
-    /// error envelope, before any work: nothing is recorded.
-    pub fail_next: u32,
-    /// Status for `failNext` answers; 500 when unset (or not an HTTP status). Replaces the
-    /// pending value when given.
-    pub fail_status: Option<u16>,
-    /// The next N successful initiate calls record the refund, then hang for `hang`.
-    pub timeout_after_accept_next: u32,
-    /// The next N valid initiate calls are declined (HTTP 200, `requestSuccessful: false`,
-    /// code "99") without recording anything.
-    pub reject_next: u32,
-    /// Overrides the configured latency (ms) from now on; replaces the pending value.
-    pub latency_ms: Option<u64>,
-}
-
-impl Faults {
-    fn add(&mut self, more: Faults) {
-        self.fail_next = self.fail_next.saturating_add(more.fail_next);
-        self.timeout_after_accept_next = self
-            .timeout_after_accept_next
-            .saturating_add(more.timeout_after_accept_next);
-        self.reject_next = self.reject_next.saturating_add(more.reject_next);
-        if more.fail_status.is_some() {
-            self.fail_status = more.fail_status;
-        }
-        if more.latency_ms.is_some() {
-            self.latency_ms = more.latency_ms;
-        }
     }
 }
 
@@ -406,30 +428,6 @@ struct Inner {
     shutdown: Notify,
 }
 
-/// Kinds of provider calls, for the counters.
-#[derive(Debug, Clone, Copy)]
-enum CallKind {
-    Submit,
-    Status,
-    List,
-    Details,
-    /// A webhook re-send request (BPN's "resend fail webhook", VA's "Send Notification").
-    Resend,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Counters {
-    submit_calls: u64,
-    status_calls: u64,
-    list_calls: u64,
-    details_calls: u64,
-    resend_calls: u64,
-    rejected_auth: u64,
-    injected_failures: u64,
-    injected_rejects: u64,
-    injected_timeouts: u64,
-}
-
 /// Everything behind the mutex: shared counters and faults, plus one sub-state per provider.
 #[derive(Default)]
 struct State {
@@ -442,159 +440,106 @@ struct State {
     bvnk: bvnk::BvnkState,
 }
 
-impl State {
-    fn count(&mut self, kind: CallKind) {
-        let c = &mut self.counters;
-        match kind {
-            CallKind::Submit => c.submit_calls += 1,
-            CallKind::Status => c.status_calls += 1,
-            CallKind::List => c.list_calls += 1,
-            CallKind::Details => c.details_calls += 1,
-            CallKind::Resend => c.resend_calls += 1,
-        }
+/// What the shared core needs of a simulated provider beside the fault gate: its book, and
+/// how it words its notifications (each from its own docs).
+trait Simulator {
+    type Detail;
+
+    fn book(&self) -> &Book<Self::Detail>;
+
+    fn book_mut(&mut self) -> &mut Book<Self::Detail>;
+
+    /// The book's key for a key a test forces an outcome with.
+    fn outcome_key(&self, key: &str) -> String {
+        key.to_owned()
     }
 
-    /// An injected HTTP error for this call, if one is due: deterministic first, then random.
-    fn take_failure(&mut self, config: &SandboxConfig) -> Option<StatusCode> {
-        let status = if self.faults.fail_next > 0 {
-            self.faults.fail_next -= 1;
-            self.faults
-                .fail_status
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-        } else if roll(config.error_rate) {
-            StatusCode::INTERNAL_SERVER_ERROR
-        } else {
-            return None;
-        };
-        self.counters.injected_failures += 1;
-        Some(status)
-    }
+    /// Its pay-in notification for a payment that became known.
+    fn payin_notice(
+        &self,
+        config: &SandboxConfig,
+        payment: &Payment,
+        at: DateTime<Utc>,
+    ) -> Option<Notice>;
 
-    /// Whether this valid initiate call is to be declined.
-    fn take_reject(&mut self) -> bool {
-        if self.faults.reject_next == 0 {
-            return false;
-        }
-        self.faults.reject_next -= 1;
-        self.counters.injected_rejects += 1;
-        true
-    }
-
-    /// How long this accepted initiate call hangs before answering, if it does.
-    fn take_timeout(&mut self, config: &SandboxConfig) -> Option<Duration> {
-        if self.faults.timeout_after_accept_next > 0 {
-            self.faults.timeout_after_accept_next -= 1;
-        } else if !roll(config.timeout_rate) {
-            return None;
-        }
-        self.counters.injected_timeouts += 1;
-        Some(config.hang)
+    /// Its notification of a refund's new stage, if it sends one.
+    fn refund_notice(
+        &self,
+        _config: &SandboxConfig,
+        _refund: &Refund<Self::Detail>,
+        _stage: Stage,
+        _now: tokio::time::Instant,
+    ) -> Option<Notice> {
+        None
     }
 }
 
-/// True with probability `p`. Written without `gen_bool`, which panics outside 0..=1 (and on
-/// NaN); a misconfigured rate here just means "never" or "always".
-fn roll(p: f64) -> bool {
-    p > 0.0 && rand::thread_rng().gen::<f64>() < p
+/// A simulator as the sandbox reaches it by provider name.
+trait Simulated {
+    fn add_payment(&mut self, payment: Payment);
+    /// Forces an outcome; the key as the provider knows it, and whether a refund has it.
+    fn set_outcome(&mut self, key: &str, status: OutcomeStatus) -> (String, bool);
+    fn ledger(&self, config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>);
+    /// Queues no pay-in notification from now on.
+    fn mute(&mut self);
+    /// The pay-in and refund notifications due now, each handed out once.
+    fn notices(
+        &mut self,
+        config: &SandboxConfig,
+        now: tokio::time::Instant,
+    ) -> (Vec<Notice>, Vec<Notice>);
 }
 
-/// Records kept in arrival order, each also found in O(1) by its unique key (our reference
-/// or idempotency key) and by the group it belongs to (its payment).
-///
-/// The simulators keep every refund ever made and look one up on nearly every API call; a
-/// linear scan of a `Vec` made each call cost more the longer a run went on. Iteration
-/// (ledgers, lists, pages) stays in arrival order, exactly as the `Vec` alone gave it.
-pub(super) struct Indexed<T> {
-    items: Vec<T>,
-    by_key: HashMap<String, usize>,
-    /// Positions per group, ascending (arrival order).
-    by_group: HashMap<String, Vec<usize>>,
-}
-
-impl<T> Default for Indexed<T> {
-    fn default() -> Self {
-        Self {
-            items: Vec::new(),
-            by_key: HashMap::new(),
-            by_group: HashMap::new(),
-        }
-    }
-}
-
-impl<T> Indexed<T> {
-    /// Appends `item` under `key` and `group`; returns its position. Callers check for the
-    /// key first (a replay); should one repeat anyway, the key keeps finding the earlier
-    /// record, as the first-match scan this replaces did.
-    pub(super) fn push(&mut self, key: String, group: String, item: T) -> usize {
-        let index = self.items.len();
-        self.items.push(item);
-        self.by_key.entry(key).or_insert(index);
-        self.by_group.entry(group).or_default().push(index);
-        index
+impl<S: Simulator> Simulated for S {
+    fn add_payment(&mut self, payment: Payment) {
+        self.book_mut().payments.insert(payment);
     }
 
-    /// Position of the record with this key.
-    pub(super) fn position(&self, key: &str) -> Option<usize> {
-        self.by_key.get(key).copied()
+    fn set_outcome(&mut self, key: &str, status: OutcomeStatus) -> (String, bool) {
+        let key = self.outcome_key(key);
+        let known = self.book_mut().set_outcome(&key, status);
+        (key, known)
     }
 
-    /// The record with this key.
-    pub(super) fn get(&self, key: &str) -> Option<&T> {
-        self.position(key).and_then(|i| self.items.get(i))
+    fn ledger(&self, config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>) {
+        self.book().ledger(config)
     }
 
-    /// The record with this key, mutably.
-    pub(super) fn get_mut(&mut self, key: &str) -> Option<&mut T> {
-        self.position(key).and_then(|i| self.items.get_mut(i))
+    fn mute(&mut self) {
+        self.book_mut().payments.mute();
     }
 
-    /// The record at a position `push` or `position` gave.
-    pub(super) fn at(&self, index: usize) -> Option<&T> {
-        self.items.get(index)
-    }
-
-    /// The record at a position `push` or `position` gave, mutably.
-    pub(super) fn at_mut(&mut self, index: usize) -> Option<&mut T> {
-        self.items.get_mut(index)
-    }
-
-    /// The group's records in arrival order.
-    pub(super) fn in_group<'a>(&'a self, group: &str) -> impl Iterator<Item = &'a T> + 'a {
-        self.by_group
-            .get(group)
-            .map_or(&[][..], Vec::as_slice)
+    fn notices(
+        &mut self,
+        config: &SandboxConfig,
+        now: tokio::time::Instant,
+    ) -> (Vec<Notice>, Vec<Notice>) {
+        let at = Utc::now();
+        let payins = self.book_mut().payments.take_due();
+        let payins = payins
             .iter()
-            .filter_map(|&i| self.items.get(i))
-    }
-
-    /// How many records the group has.
-    pub(super) fn group_len(&self, group: &str) -> usize {
-        self.by_group.get(group).map_or(0, Vec::len)
-    }
-
-    /// Every record in arrival order.
-    pub(super) fn iter(&self) -> std::slice::Iter<'_, T> {
-        self.items.iter()
-    }
-
-    /// How many records there are.
-    pub(super) fn len(&self) -> usize {
-        self.items.len()
+            .filter_map(|p| self.payin_notice(config, p, at))
+            .collect();
+        let due = self.book_mut().take_due(config, now);
+        let refunds = due
+            .into_iter()
+            .filter_map(|(index, stage)| {
+                let refund = self.book().at(index)?;
+                self.refund_notice(config, refund, stage, now)
+            })
+            .collect();
+        (payins, refunds)
     }
 }
 
-/// A provider's answer, decided under the lock, plus how long to hang before sending it.
-struct Reply {
-    response: Response,
-    hang: Option<Duration>,
-}
-
-impl Reply {
-    fn now(response: Response) -> Self {
-        Self {
-            response,
-            hang: None,
+impl State {
+    /// The provider's simulator.
+    fn simulator(&mut self, provider: Provider) -> &mut dyn Simulated {
+        match provider {
+            Provider::VaServices => &mut self.va,
+            Provider::Bpn => &mut self.bpn,
+            Provider::BinancePay => &mut self.binance,
+            Provider::Bvnk => &mut self.bvnk,
         }
     }
 }
@@ -605,10 +550,9 @@ impl Sandbox {
         let mut state = State::default();
         if config.webhook_url.is_none() || !config.payin_notifications {
             // No notify loop will run, or pay-ins are off: they are not even queued.
-            state.va.payments.mute();
-            state.bpn.payments.mute();
-            state.binance.payments.mute();
-            state.bvnk.payments.mute();
+            for provider in Provider::ALL {
+                state.simulator(provider).mute();
+            }
         }
         Self {
             inner: Arc::new(Inner {
@@ -626,8 +570,9 @@ impl Sandbox {
             .route("/sandbox/ledger", get(ledger_route))
             .route("/sandbox/faults", post(faults_route))
             .route("/sandbox/payments", post(payments_route))
-            .merge(va_services::routes())
-            .merge(bpn::routes())
+            .merge(outcome_routes())
+            .merge(va_services::routes(self.config().strict))
+            .merge(bpn::routes(self.config().strict))
             .merge(binance_pay::routes())
             .merge(bvnk::routes())
             .with_state(self.clone())
@@ -680,16 +625,12 @@ impl Sandbox {
     /// Snapshot of what the providers saw, for in-process tests.
     pub fn ledger(&self) -> Ledger {
         let config = &self.inner.config;
-        let state = self.lock();
+        let mut state = self.lock();
         let c = state.counters;
         let mut refunds = Vec::new();
         let mut payments = Vec::new();
-        for (r, p) in [
-            state.va.ledger(config),
-            state.bpn.ledger(config),
-            state.binance.ledger(config),
-            state.bvnk.ledger(config),
-        ] {
+        for provider in Provider::ALL {
+            let (r, p) = state.simulator(provider).ledger(config);
             refunds.extend(r);
             payments.extend(p);
         }
@@ -720,26 +661,17 @@ impl Sandbox {
     /// A new or changed payment queues the provider's pay-in notification (see `payins.rs`),
     /// sent when `webhook_url` is set.
     pub fn add_payment(&self, p: Payment) {
-        let mut state = self.lock();
-        match p.provider {
-            Provider::VaServices => state.va.add_payment(p),
-            Provider::Bpn => state.bpn.add_payment(p),
-            Provider::BinancePay => state.binance.add_payment(p),
-            Provider::Bvnk => state.bvnk.add_payment(p),
-        }
+        self.lock().simulator(p.provider).add_payment(p);
     }
 
     /// Makes a refund end COMPLETED or FAILED (see [`ForcedOutcome`]). `key` is what the
     /// provider knows the refund by: our `refundReference` (VA Services, Binance Pay, BVNK)
     /// or the order id (BPN, whose refund call carries no reference of ours).
+    /// Binance Pay takes our `refundReference` too (a long one is keyed by its derived id).
     pub fn set_outcome(&self, provider: Provider, key: &str, outcome: ForcedOutcome) {
-        let mut state = self.lock();
-        match provider {
-            Provider::VaServices => state.va.set_outcome(key, outcome.status),
-            Provider::Bpn => state.bpn.set_outcome(key, outcome.status),
-            Provider::BinancePay => state.binance.set_outcome(key, outcome.status),
-            Provider::Bvnk => state.bvnk.set_outcome(key, outcome.status),
-        }
+        self.lock()
+            .simulator(provider)
+            .set_outcome(key, outcome.status);
     }
 
     fn config(&self) -> &SandboxConfig {
@@ -751,26 +683,22 @@ impl Sandbox {
     fn due_webhooks(&self) -> Vec<notify::Outbound> {
         let now = tokio::time::Instant::now();
         let config = &self.inner.config;
-        let (mut due, binance_payins, binance, bvnk) = {
+        let mut due = Vec::new();
+        {
             let mut state = self.lock();
-            // Pay-ins first: a payment is told before any refund of it.
-            let mut due = state.va.due_payins(config);
-            due.extend(state.bpn.due_payins(config));
-            due.extend(state.bvnk.due_payins(config));
-            due.extend(state.bpn.due_webhooks(config, now));
-            (
-                due,
-                state.binance.due_payins(),
-                state.binance.due_webhooks(config, now),
-                state.bvnk.due_webhooks(config, now),
-            )
-        };
-        // Binance Pay's RSA signatures are made here, with the lock released.
-        for binance in [binance_payins, binance].into_iter().flatten() {
-            due.extend(binance.sign());
+            let mut refunds = Vec::new();
+            for provider in Provider::ALL {
+                let (payins, more) = state.simulator(provider).notices(config, now);
+                // Pay-ins first: a payment is told before any refund of it.
+                due.extend(payins);
+                refunds.extend(more);
+            }
+            due.extend(refunds);
         }
-        due.extend(bvnk);
-        due
+        // Signed with the lock released (Binance Pay's RSA signatures are costly).
+        due.into_iter()
+            .filter_map(|notice| notice.sign(config))
+            .collect()
     }
 
     // A panic while holding the lock cannot leave the state half-written in a way that
@@ -780,27 +708,6 @@ impl Sandbox {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs one provider call's decision under the lock.
-    fn decide(&self, f: impl FnOnce(&mut State, &SandboxConfig) -> Reply) -> Reply {
-        let mut state = self.lock();
-        f(&mut state, &self.inner.config)
-    }
-
-    /// Sends a decided reply after its hang and the latency, with the lock released.
-    async fn deliver(&self, reply: Reply) -> Response {
-        if let Some(hang) = reply.hang {
-            self.pause(hang).await;
-        }
-        let latency = match self.lock().faults.latency_ms {
-            Some(ms) => Duration::from_millis(ms),
-            None => sample_latency(self.config().latency, self.config().latency_p99),
-        };
-        if !latency.is_zero() {
-            self.pause(latency).await;
-        }
-        reply.response
     }
 
     /// Sleeps, cut short when a spawned server shuts down.
@@ -897,10 +804,56 @@ async fn payments_route(AxumState(sandbox): AxumState<Sandbox>, body: Bytes) -> 
     Json(payment).into_response()
 }
 
+/// `POST /sandbox/{provider}/refunds/{key}/outcome` with `{"status": ...}` for each provider
+/// ([`Sandbox::set_outcome`]); the refund need not exist yet.
+fn outcome_routes() -> Router<Sandbox> {
+    Provider::ALL
+        .into_iter()
+        .fold(Router::new(), |router, provider| {
+            let path = format!("/sandbox/{}/refunds/{{key}}/outcome", provider.segment());
+            let handler = move |AxumState(sandbox): AxumState<Sandbox>,
+                                Path(key): Path<String>,
+                                body: Bytes| async move {
+                outcome_route(&sandbox, provider, &key, &body)
+            };
+            router.route(&path, post(handler))
+        })
+}
+
+fn outcome_route(sandbox: &Sandbox, provider: Provider, key: &str, body: &Bytes) -> Response {
+    let outcome: ForcedOutcome = match parse_admin(body) {
+        Ok(outcome) => outcome,
+        Err(message) => return admin_error(StatusCode::BAD_REQUEST, message),
+    };
+    let (key, known) = sandbox
+        .lock()
+        .simulator(provider)
+        .set_outcome(key, outcome.status);
+    let mut answer = serde_json::Map::new();
+    answer.insert(provider.outcome_key_field().to_owned(), key.into());
+    answer.insert("status".to_owned(), serde_json::json!(outcome.status));
+    answer.insert("refundKnown".to_owned(), known.into());
+    Json(answer).into_response()
+}
+
 /// Shared by the tests of this module and of each provider file.
 #[cfg(test)]
 mod test_support {
-    use super::{Sandbox, SandboxConfig};
+    use super::notify::Outbound;
+    use super::{Sandbox, SandboxConfig, Simulated};
+
+    /// The simulator's refund notifications due at `now`, signed.
+    pub(super) fn refund_notices(
+        simulator: &mut impl Simulated,
+        config: &SandboxConfig,
+        now: tokio::time::Instant,
+    ) -> Vec<Outbound> {
+        let (_, refunds) = simulator.notices(config, now);
+        refunds
+            .into_iter()
+            .filter_map(|notice| notice.sign(config))
+            .collect()
+    }
     use serde_json::Value;
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;
@@ -1020,25 +973,6 @@ mod tests {
     use std::time::Instant;
 
     #[test]
-    fn faults_add_up_and_overrides_replace() {
-        let mut pending = Faults {
-            fail_next: 1,
-            fail_status: Some(503),
-            ..Faults::default()
-        };
-        pending.add(Faults {
-            fail_next: 2,
-            reject_next: 1,
-            latency_ms: Some(5),
-            ..Faults::default()
-        });
-        assert_eq!(pending.fail_next, 3);
-        assert_eq!(pending.fail_status, Some(503));
-        assert_eq!(pending.reject_next, 1);
-        assert_eq!(pending.latency_ms, Some(5));
-    }
-
-    #[test]
     fn decimals_round_trip_exactly() {
         let value: serde_json::Value = serde_json::from_str(r#"{"a": 25.170}"#).unwrap();
         let (d, text) = decimal_and_text(&value["a"]).unwrap();
@@ -1046,36 +980,6 @@ mod tests {
         assert_eq!(decimal_to_json(d).to_string(), "25.170");
         assert_eq!(parse_decimal_text("1e3"), Some(Decimal::from(1000)));
         assert_eq!(parse_decimal_text("abc"), None);
-        assert!(!roll(f64::NAN) && !roll(-1.0) && roll(2.0));
-    }
-
-    #[test]
-    fn indexed_finds_by_key_and_group_in_arrival_order() {
-        let mut refunds = Indexed::default();
-        assert_eq!(refunds.push("r-1".into(), "tx-a".into(), 1), 0);
-        assert_eq!(refunds.push("r-2".into(), "tx-b".into(), 2), 1);
-        assert_eq!(refunds.push("r-3".into(), "tx-a".into(), 3), 2);
-        // A repeated key keeps finding the first record, as a first-match scan did.
-        assert_eq!(refunds.push("r-1".into(), "tx-a".into(), 4), 3);
-        assert_eq!(refunds.get("r-1"), Some(&1));
-        assert_eq!(refunds.position("r-3"), Some(2));
-        assert_eq!(refunds.get("nope"), None);
-        if let Some(r) = refunds.get_mut("r-2") {
-            *r = 20;
-        }
-        if let Some(r) = refunds.at_mut(2) {
-            *r = 30;
-        }
-        assert_eq!(refunds.at(1), Some(&20));
-        assert_eq!(refunds.at(9), None);
-        let group: Vec<_> = refunds.in_group("tx-a").copied().collect();
-        assert_eq!(group, [1, 30, 4]);
-        assert_eq!(refunds.group_len("tx-a"), 3);
-        assert_eq!(refunds.in_group("tx-z").count(), 0);
-        assert_eq!(refunds.group_len("tx-z"), 0);
-        let all: Vec<_> = refunds.iter().copied().collect();
-        assert_eq!(all, [1, 20, 30, 4]);
-        assert_eq!(refunds.len(), 4);
     }
 
     #[test]
@@ -1206,8 +1110,8 @@ mod tests {
 mod payin_tests {
     use super::notify::Outbound;
     use super::*;
-    use crate::providers::{self, ProviderWebhook, WebhookKind};
     use hmac::{Hmac, Mac};
+    use refund_worker::providers::{self, ProviderWebhook, WebhookKind};
     use serde_json::Value;
 
     fn notifying() -> SandboxConfig {

@@ -31,23 +31,24 @@
 //! `rejectNext` (`400605` ORDER_NOT_REFUNDABLE, HTTP 200, nothing recorded), replay,
 //! attempts, balance, record, then the hang (`timeoutAfterAcceptNext`, `timeout_rate`).
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State as AxumState};
+use axum::extract::State as AxumState;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::book::{Book, OutcomeKey, Refund, Stage};
+use super::gate::ProviderError;
+use super::notify::Notice;
 use super::{
-    admin_error, decimal_and_text, parse_admin, CallKind, ForcedOutcome, Indexed, LedgerRefund,
-    OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig, State,
+    decimal_and_text, CallKind, Payment, Provider, Reply, Sandbox, SandboxConfig, Simulator, State,
 };
 // Paths, headers, limits and the signature as Binance Pay's docs give them, from the
 // simulator's own reading (never the adapter's).
@@ -65,29 +66,33 @@ pub(super) fn routes() -> Router<Sandbox> {
     Router::new()
         .route(api::REFUND_PATH, post(refund))
         .route(api::QUERY_PATH, post(query))
-        .route(
-            "/sandbox/binance_pay/refunds/{key}/outcome",
-            post(outcome_route),
-        )
 }
 
 /// What Binance Pay knows: orders by prepayId, refunds in creation order (by
 /// refundRequestId and by order), forced outcomes by refundRequestId (they may precede the
 /// refund).
-#[derive(Default)]
 pub(super) struct BinanceState {
-    pub(super) payments: super::payins::Payments,
-    refunds: Indexed<BinanceRefund>,
-    outcomes: HashMap<String, OutcomeStatus>,
-    /// Last status each refund (by `refundRequestId`) was notified with.
-    notified: HashMap<String, RefundStatus>,
-    /// Positions of the refunds whose status may still change into one not notified yet:
-    /// added when a refund is made or its outcome is forced, dropped once its final status
-    /// is notified, so the notify loop does not walk every refund ever made.
-    unsettled: BTreeSet<usize>,
+    pub(super) book: Book<()>,
     /// The webhook signing key, parsed on first use (shared with the signing done after
     /// the lock is released).
-    signing_key: Option<Arc<RsaKeyPair>>,
+    signing_key: OnceLock<Option<Arc<RsaKeyPair>>>,
+}
+
+impl Default for BinanceState {
+    fn default() -> Self {
+        Self {
+            book: Book::new(Provider::BinancePay, word, OutcomeKey::Reference),
+            signing_key: OnceLock::new(),
+        }
+    }
+}
+
+fn word(stage: Stage) -> &'static str {
+    match stage {
+        Stage::AwaitingApproval | Stage::Pending => "REFUND_PENDING",
+        Stage::Completed => "REFUND_SUCCESS",
+        Stage::Failed | Stage::Cancelled => "REFUND_FAIL",
+    }
 }
 
 /// ring's RSA key pair: PKCS#1 v1.5 signing several times faster than the `rsa` crate's
@@ -118,24 +123,6 @@ fn sign_webhook(key: &RsaKeyPair, payload: &[u8]) -> Result<String, ring::error:
         &base64::engine::general_purpose::STANDARD,
         signature,
     ))
-}
-
-/// `PAY_REFUND` notifications decided under the sandbox lock, to be signed after it is
-/// released: an RSA signature costs far more than everything else the notify loop does,
-/// and provider calls wait on that lock.
-pub(super) struct UnsignedWebhooks {
-    key: Arc<RsaKeyPair>,
-    bodies: Vec<String>,
-}
-
-impl UnsignedWebhooks {
-    /// Signs each body with a fresh timestamp and nonce, like Binance Pay does.
-    pub(super) fn sign(self) -> Vec<super::notify::Outbound> {
-        self.bodies
-            .into_iter()
-            .filter_map(|body| signed_outbound(&self.key, body))
-            .collect()
-    }
 }
 
 /// One Binance Pay notification of `body`, signed now with a fresh nonce. A copy sent again
@@ -191,38 +178,6 @@ pub(super) fn payin_body(payment: &Payment, at: DateTime<Utc>) -> String {
         "data": data.to_string(),
     })
     .to_string()
-}
-
-struct BinanceRefund {
-    refund_request_id: String,
-    prepay_id: String,
-    /// What was refunded (the whole remainder on an order's last attempt).
-    amount: Decimal,
-    /// The requested amount's text as received, for the ledger.
-    amount_text: String,
-    request_body: String,
-    submit_count: u32,
-    mismatched_replays: u32,
-    created_at: DateTime<Utc>,
-    /// Monotonic twin of `created_at` for the completion delay.
-    accepted: Instant,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RefundStatus {
-    Pending,
-    Success,
-    Fail,
-}
-
-impl RefundStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "REFUND_PENDING",
-            Self::Success => "REFUND_SUCCESS",
-            Self::Fail => "REFUND_FAIL",
-        }
-    }
 }
 
 /// Every Binance error answer: HTTP status, code and message chosen here, in one place.
@@ -283,88 +238,84 @@ fn success(data: Value) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-/// A refund's `refundRequestId` from a test's key: our long references map to their
-/// derived id, anything else is used as is.
-fn key_of(key: &str) -> String {
-    // Our naming convention (README), not Binance's: how tests address a refund.
-    crate::providers::binance_pay::refund_request_id(key)
+impl Simulator for BinanceState {
+    book_field!(());
+
+    /// Our long references map to their derived id (our naming convention, README, not
+    /// Binance's): tests may address a refund either way.
+    fn outcome_key(&self, key: &str) -> String {
+        api::refund_request_id(key)
+    }
+
+    /// `PAY` notifications, signed like the `PAY_REFUND` ones (see [`payin_body`]).
+    fn payin_notice(
+        &self,
+        _: &SandboxConfig,
+        payment: &Payment,
+        at: DateTime<Utc>,
+    ) -> Option<Notice> {
+        Some(Notice::rsa(payin_body(payment, at), self.signing_key()?))
+    }
+
+    /// `PAY_REFUND` notifications for every refund that became final, signed like Binance
+    /// Pay's: base64 RSA-SHA256 over "timestamp\nnonce\nbody\n" with the TEST-ONLY key in
+    /// `fixtures/binance_pay/` (its public half is what `provider_env` configures).
+    fn refund_notice(
+        &self,
+        _: &SandboxConfig,
+        refund: &Refund<()>,
+        stage: Stage,
+        _: Instant,
+    ) -> Option<Notice> {
+        let data = json!({
+            "merchantTradeNo": refund.payment,
+            "refundInfo": {
+                "refundRequestId": refund.key,
+                "prepayId": refund.payment,
+                "refundAmount": refund.amount.to_string(),
+                "duplicateRequest": "N",
+            },
+        });
+        let body = json!({
+            "bizType": "PAY_REFUND",
+            "bizIdStr": refund.payment,
+            "bizStatus": word(stage),
+            "data": data.to_string(),
+        })
+        .to_string();
+        Some(Notice::rsa(body, self.signing_key()?))
+    }
 }
 
 impl BinanceState {
-    pub(super) fn add_payment(&mut self, payment: Payment) {
-        self.payments.insert(payment);
-    }
-
-    pub(super) fn set_outcome(&mut self, key: &str, status: OutcomeStatus) {
-        let id = key_of(key);
-        // A forced outcome can rewrite a status already notified: watch the refund again.
-        if let Some(index) = self.refunds.position(&id) {
-            self.unsettled.insert(index);
-        }
-        self.outcomes.insert(id, status);
-    }
-
-    fn find(&self, refund_request_id: &str) -> Option<&BinanceRefund> {
-        self.refunds.get(refund_request_id)
-    }
-
-    fn status_of(
-        &self,
-        refund: &BinanceRefund,
-        config: &SandboxConfig,
-        now: Instant,
-    ) -> RefundStatus {
-        if now.saturating_duration_since(refund.accepted) < config.completion_delay {
-            RefundStatus::Pending
-        } else if self.outcomes.get(&refund.refund_request_id) == Some(&OutcomeStatus::Failed) {
-            RefundStatus::Fail
-        } else {
-            RefundStatus::Success
-        }
-    }
-
-    fn order_amount(&self, prepay_id: &str, config: &SandboxConfig) -> Decimal {
-        self.payments
-            .get(prepay_id)
-            .map_or(config.default_payment_amount, |p| p.amount)
-    }
-
-    /// Refunded on the order so far: refunds that have not failed.
-    fn refunded(&self, prepay_id: &str, config: &SandboxConfig, now: Instant) -> Decimal {
-        self.refunds
-            .in_group(prepay_id)
-            .filter(|r| self.status_of(r, config, now) != RefundStatus::Fail)
-            .map(|r| r.amount)
-            .sum()
-    }
-
     /// Refunds left on the order (failed refunds used their attempt too).
     fn remaining_attempts(&self, prepay_id: &str) -> u64 {
-        let used = self.refunds.group_len(prepay_id);
+        let used = self.book.group_len(prepay_id);
         MAX_REFUND_ATTEMPTS.saturating_sub(u64::try_from(used).unwrap_or(u64::MAX))
     }
 
     /// The `RefundResult` Binance answers; `refundStatus` only on queries.
     fn view(
         &self,
-        refund: &BinanceRefund,
+        refund: &Refund<()>,
         config: &SandboxConfig,
         now: Instant,
         duplicate: bool,
         with_status: bool,
     ) -> Value {
         let mut data = json!({
-            "refundRequestId": refund.refund_request_id,
-            "prepayId": refund.prepay_id,
-            "orderAmount": self.order_amount(&refund.prepay_id, config).to_string(),
-            "refundedAmount": self.refunded(&refund.prepay_id, config, now).to_string(),
+            "refundRequestId": refund.key,
+            "prepayId": refund.payment,
+            "orderAmount": self.book.payment_amount(&refund.payment, config).to_string(),
+            // Refunds that have not failed.
+            "refundedAmount": self.book.committed(&refund.payment, config, now).to_string(),
             "refundAmount": refund.amount.to_string(),
-            "remainingAttempts": self.remaining_attempts(&refund.prepay_id),
+            "remainingAttempts": self.remaining_attempts(&refund.payment),
             "payerOpenId": "dde730c2e0ea1f1780cf26343b98fd3b",
             "duplicateRequest": if duplicate { "Y" } else { "N" },
         });
         if with_status {
-            data["refundStatus"] = json!(self.status_of(refund, config, now).as_str());
+            data["refundStatus"] = json!(word(self.book.stage(refund, config, now)));
         }
         data
     }
@@ -376,34 +327,20 @@ impl BinanceState {
         config: &SandboxConfig,
         now: Instant,
     ) -> Result<Response, BinanceError> {
-        if let Some(refund) = self.refunds.get_mut(&request.refund_request_id) {
-            refund.submit_count += 1;
-            if refund.prepay_id != request.prepay_id || refund.amount_text != request.amount_text {
-                refund.mismatched_replays += 1;
-                tracing::warn!(
-                    refund_request_id = %refund.refund_request_id,
-                    "binance sandbox: replay differs from the accepted refund; answering the original"
-                );
-            }
-        }
-        if let Some(refund) = self.refunds.get(&request.refund_request_id) {
+        let replayed = self.book.replay(&request.refund_request_id, |r| {
+            r.payment != request.prepay_id || r.amount_text != request.amount_text
+        });
+        if let Some(refund) = replayed.and_then(|i| self.book.at(i)) {
             return Ok(success(self.view(refund, config, now, true, false)));
         }
 
-        self.payments
-            .get_or_insert_with(&request.prepay_id, || Payment {
-                provider: Provider::BinancePay,
-                transaction_reference: request.prepay_id.clone(),
-                amount: config.default_payment_amount,
-                currency: "USDT".to_owned(),
-            });
+        self.book
+            .payment_or_default(&request.prepay_id, config, || "USDT".to_owned());
         let remaining = self.remaining_attempts(&request.prepay_id);
         if remaining == 0 {
             return Err(BinanceError::AttemptsExhausted);
         }
-        let refundable = (self.order_amount(&request.prepay_id, config)
-            - self.refunded(&request.prepay_id, config, now))
-        .max(Decimal::ZERO);
+        let refundable = self.book.refundable(&request.prepay_id, config, now);
         // Binance: on the last attempt the amount is ignored and the remainder refunded.
         let amount = if remaining == 1 && refundable > Decimal::ZERO {
             refundable
@@ -417,130 +354,32 @@ impl BinanceState {
             amount = %amount,
             "binance sandbox: refund accepted"
         );
-        let refund = BinanceRefund {
-            refund_request_id: request.refund_request_id,
-            prepay_id: request.prepay_id,
-            amount,
-            amount_text: request.amount_text,
-            request_body: request.body,
-            submit_count: 1,
-            mismatched_replays: 0,
-            created_at: Utc::now(),
-            accepted: now,
-        };
-        let (key, group) = (refund.refund_request_id.clone(), refund.prepay_id.clone());
-        let index = self.refunds.push(key, group, refund);
-        self.unsettled.insert(index);
-        let refund = self.refunds.at(index).ok_or(BinanceError::RefundNotFound)?;
+        let refund = Refund::new(
+            request.refund_request_id,
+            request.prepay_id,
+            (amount, request.amount_text),
+            request.body,
+            now,
+            (),
+        );
+        let index = self.book.record(refund);
+        let refund = self.book.at(index).ok_or(BinanceError::RefundNotFound)?;
         Ok(success(self.view(refund, config, now, false, false)))
     }
 
     /// The webhook signing key, parsed on first use.
-    fn signing_key(&mut self) -> Option<Arc<RsaKeyPair>> {
-        if self.signing_key.is_none() {
-            match parse_signing_key(super::BINANCE_WEBHOOK_TEST_PRIVATE_KEY) {
-                Ok(key) => self.signing_key = Some(Arc::new(key)),
-                Err(e) => {
-                    tracing::error!(error = %e, "binance sandbox: test signing key unreadable");
-                    return None;
-                }
-            }
-        }
-        self.signing_key.clone()
-    }
-
-    /// `PAY` notifications for the orders that became known since the last call, to be
-    /// signed after the lock is released like the `PAY_REFUND` ones (see [`payin_body`]).
-    pub(super) fn due_payins(&mut self) -> Option<UnsignedWebhooks> {
-        let due = self.payments.take_due();
-        if due.is_empty() {
-            return None;
-        }
-        let key = self.signing_key()?;
-        let at = Utc::now();
-        let bodies = due.iter().map(|p| payin_body(p, at)).collect();
-        Some(UnsignedWebhooks { key, bodies })
-    }
-
-    /// `PAY_REFUND` notifications for every refund that became final, signed like Binance
-    /// Pay's: base64 RSA-SHA256 over "timestamp\nnonce\nbody\n" with the TEST-ONLY key in
-    /// `fixtures/binance_pay/` (its public half is what `provider_env` configures). Only the
-    /// bodies are built here, under the lock; [`UnsignedWebhooks::sign`] signs them after.
-    pub(super) fn due_webhooks(
-        &mut self,
-        config: &SandboxConfig,
-        now: Instant,
-    ) -> Option<UnsignedWebhooks> {
-        let key = self.signing_key()?;
-        let mut bodies = Vec::new();
-        let mut settled = Vec::new();
-        for &index in &self.unsettled {
-            let Some(refund) = self.refunds.at(index) else {
-                settled.push(index);
-                continue;
-            };
-            let status = self.status_of(refund, config, now);
-            // Pending turns final with time alone: keep watching it.
-            if status == RefundStatus::Pending {
-                continue;
-            }
-            // Final: only a forced outcome can change it again, and that re-adds it.
-            settled.push(index);
-            if self.notified.get(&refund.refund_request_id) == Some(&status) {
-                continue;
-            }
-            let data = json!({
-                "merchantTradeNo": refund.prepay_id,
-                "refundInfo": {
-                    "refundRequestId": refund.refund_request_id,
-                    "prepayId": refund.prepay_id,
-                    "refundAmount": refund.amount.to_string(),
-                    "duplicateRequest": "N",
+    fn signing_key(&self) -> Option<Arc<RsaKeyPair>> {
+        self.signing_key
+            .get_or_init(
+                || match parse_signing_key(super::BINANCE_WEBHOOK_TEST_PRIVATE_KEY) {
+                    Ok(key) => Some(Arc::new(key)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "binance sandbox: test signing key unreadable");
+                        None
+                    }
                 },
-            });
-            let body = json!({
-                "bizType": "PAY_REFUND",
-                "bizIdStr": refund.prepay_id,
-                "bizStatus": status.as_str(),
-                "data": data.to_string(),
-            })
-            .to_string();
-            bodies.push(body);
-            self.notified
-                .insert(refund.refund_request_id.clone(), status);
-        }
-        for index in settled {
-            self.unsettled.remove(&index);
-        }
-        Some(UnsignedWebhooks { key, bodies })
-    }
-
-    pub(super) fn ledger(&self, config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>) {
-        let now = Instant::now();
-        let refunds = self
-            .refunds
-            .iter()
-            .map(|r| {
-                let status = self.status_of(r, config, now);
-                LedgerRefund {
-                    provider: Provider::BinancePay,
-                    refund_reference: r.refund_request_id.clone(),
-                    transaction_reference: r.prepay_id.clone(),
-                    refund_amount: r.amount_text.clone(),
-                    request_body: r.request_body.clone(),
-                    status: status.as_str().to_owned(),
-                    submit_count: r.submit_count,
-                    mismatched_replays: r.mismatched_replays,
-                    forced_outcome: self.outcomes.get(&r.refund_request_id).copied(),
-                    created_at: r.created_at,
-                    completed_at: (status == RefundStatus::Success)
-                        .then(|| TimeDelta::from_std(config.completion_delay).ok())
-                        .flatten()
-                        .and_then(|d| r.created_at.checked_add_signed(d)),
-                }
-            })
-            .collect();
-        (refunds, self.payments.values().cloned().collect())
+            )
+            .clone()
     }
 }
 
@@ -656,24 +495,13 @@ fn authenticate(
     Ok(())
 }
 
-fn gate(
-    state: &mut State,
-    config: &SandboxConfig,
-    headers: &HeaderMap,
-    body: &[u8],
-    kind: CallKind,
-) -> Result<(), BinanceError> {
-    if let Err(e) = authenticate(config, headers, body) {
-        state.counters.rejected_auth += 1;
-        return Err(e);
-    }
-    state.count(kind);
-    match state.take_failure(config) {
-        Some(status) => Err(BinanceError::Injected(status)),
-        None => Ok(()),
+impl ProviderError for BinanceError {
+    fn injected(status: StatusCode) -> Self {
+        Self::Injected(status)
     }
 }
 
+/// Runs one Binance Pay call through the fault gate, authenticated over `body`.
 async fn binance_call(
     sandbox: &Sandbox,
     headers: &HeaderMap,
@@ -681,12 +509,8 @@ async fn binance_call(
     kind: CallKind,
     decide: impl FnOnce(&mut State, &SandboxConfig) -> Result<Reply, BinanceError>,
 ) -> Response {
-    let reply = sandbox.decide(|state, config| {
-        gate(state, config, headers, body, kind)
-            .and_then(|()| decide(state, config))
-            .unwrap_or_else(|err| Reply::now(err.into_response()))
-    });
-    sandbox.deliver(reply).await
+    let authenticate = |_: &mut State, config: &SandboxConfig| authenticate(config, headers, body);
+    sandbox.call(kind, authenticate, decide).await
 }
 
 async fn refund(
@@ -701,13 +525,11 @@ async fn refund(
         CallKind::Submit,
         |state, config| {
             let request = RefundCall::parse(&body).map_err(BinanceError::Invalid)?;
-            if state.take_reject() {
-                return Err(BinanceError::Declined);
-            }
-            let response = state.binance.accept(request, config, Instant::now())?;
-            // Recorded first, hang after: the "timeout after accept" a worker must resolve.
-            let hang = state.take_timeout(config);
-            Ok(Reply { response, hang })
+            state.submit(
+                config,
+                || BinanceError::Declined,
+                |state| state.binance.accept(request, config, Instant::now()),
+            )
         },
     )
     .await
@@ -729,7 +551,8 @@ async fn query(
                 .map_err(BinanceError::Invalid)?;
             let refund = state
                 .binance
-                .find(&id)
+                .book
+                .get(&id)
                 .ok_or(BinanceError::RefundNotFound)?;
             let view = state
                 .binance
@@ -740,37 +563,12 @@ async fn query(
     .await
 }
 
-/// `POST /sandbox/binance_pay/refunds/{key}/outcome` with `{"status": ...}`; `key` is the
-/// refundRequestId or our refundReference; the refund need not exist yet.
-async fn outcome_route(
-    AxumState(sandbox): AxumState<Sandbox>,
-    Path(key): Path<String>,
-    body: Bytes,
-) -> Response {
-    let outcome: ForcedOutcome = match parse_admin(&body) {
-        Ok(outcome) => outcome,
-        Err(message) => return admin_error(StatusCode::BAD_REQUEST, message),
-    };
-    let id = key_of(&key);
-    let known = {
-        let mut state = sandbox.lock();
-        state.binance.set_outcome(&key, outcome.status);
-        state.binance.find(&id).is_some()
-    };
-    Json(json!({
-        "refundRequestId": id,
-        "status": outcome.status,
-        "refundKnown": known,
-    }))
-    .into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{start, TestServer};
     use super::super::{Faults, ForcedOutcome, OutcomeStatus, Payment, Provider, SandboxConfig};
     use super::MAX_REFUND_ATTEMPTS;
-    use crate::providers::binance_pay as api;
+    use refund_worker::providers::binance_pay as api;
     use rust_decimal::Decimal;
     use serde_json::{json, Value};
     use std::time::Duration;
@@ -916,7 +714,7 @@ mod tests {
         server
             .sandbox
             .add_payment(order("383729303729303", "100.11"));
-        let doc = include_str!("../../fixtures/binance_pay/refund-request.json");
+        let doc = include_str!("../../../fixtures/binance_pay/refund-request.json");
         // The docs' first refund on this order: 25.17 of 100.11.
         let (status, answer) = refund(&server, doc).await;
         assert_eq!(status, 200);
@@ -1168,9 +966,11 @@ mod tests {
 /// The signing key and the notification bookkeeping, driven directly with chosen instants.
 #[cfg(test)]
 mod webhook_tests {
-    use super::super::{OutcomeStatus, SandboxConfig, BINANCE_WEBHOOK_TEST_PUBLIC_KEY};
-    use super::{parse_signing_key, sign_webhook, BinanceState, RefundCall, RefundStatus};
-    use crate::providers::binance_pay as api;
+    use super::super::book::Stage;
+    use super::super::test_support::refund_notices;
+    use super::super::{OutcomeStatus, SandboxConfig, Simulated, BINANCE_WEBHOOK_TEST_PUBLIC_KEY};
+    use super::{parse_signing_key, sign_webhook, word, BinanceState, RefundCall};
+    use refund_worker::providers::binance_pay as api;
     use rust_decimal::Decimal;
     use serde_json::Value;
     use std::time::Duration;
@@ -1200,7 +1000,7 @@ mod webhook_tests {
     fn ring_signs_the_same_bytes_as_the_rsa_crate_and_openssl() {
         let key = parse_signing_key(PRIVATE_KEY).unwrap();
         let public = api::parse_public_key(BINANCE_WEBHOOK_TEST_PUBLIC_KEY).unwrap();
-        let fixture = include_str!("../../fixtures/binance_pay/webhook-pay-refund.json");
+        let fixture = include_str!("../../../fixtures/binance_pay/webhook-pay-refund.json");
         // `$(cat ...)` drops trailing newlines.
         let fixture = fixture.trim_end_matches('\n');
         let (ts, nonce) = ("1700000000000", "5RhaTrZPhknNv0kDSA2UQ67cPMVNS4sA");
@@ -1241,13 +1041,12 @@ mod webhook_tests {
     /// What the notify loop used to compute: a walk over every refund.
     fn full_scan(state: &BinanceState, config: &SandboxConfig, now: Instant) -> Vec<String> {
         state
-            .refunds
+            .book
             .iter()
             .filter_map(|r| {
-                let status = state.status_of(r, config, now);
-                (status != RefundStatus::Pending
-                    && state.notified.get(&r.refund_request_id) != Some(&status))
-                .then(|| format!("{}:{}", r.refund_request_id, status.as_str()))
+                let stage = state.book.stage(r, config, now);
+                (stage != Stage::Pending && state.book.notified(&r.key) != Some(stage))
+                    .then(|| format!("{}:{}", r.key, word(stage)))
             })
             .collect()
     }
@@ -1255,7 +1054,7 @@ mod webhook_tests {
     /// Due notifications as `id:status`, checked against the full scan and the signature.
     fn due(state: &mut BinanceState, config: &SandboxConfig, now: Instant) -> Vec<String> {
         let expected = full_scan(state, config, now);
-        let signed = state.due_webhooks(config, now).unwrap().sign();
+        let signed = refund_notices(state, config, now);
         let public = api::parse_public_key(BINANCE_WEBHOOK_TEST_PUBLIC_KEY).unwrap();
         let got: Vec<String> = signed
             .iter()
@@ -1303,19 +1102,19 @@ mod webhook_tests {
             due(&mut state, &config, t0 + ms(120)),
             ["r-1:REFUND_SUCCESS", "r-2:REFUND_FAIL"]
         );
-        assert_eq!(state.unsettled.len(), 1, "r-3 is still pending");
+        assert_eq!(state.book.unsettled_len(), 1, "r-3 is still pending");
         assert!(due(&mut state, &config, t0 + ms(130)).is_empty());
         assert_eq!(
             due(&mut state, &config, t0 + ms(200)),
             ["r-3:REFUND_SUCCESS"]
         );
-        assert!(state.unsettled.is_empty());
+        assert_eq!(state.book.unsettled_len(), 0);
         // A late reversal is notified; forcing what was notified sends nothing.
         state.set_outcome("r-1", OutcomeStatus::Failed);
         state.set_outcome("r-3", OutcomeStatus::Completed);
         state.set_outcome("r-9", OutcomeStatus::Failed);
         assert_eq!(due(&mut state, &config, t0 + ms(300)), ["r-1:REFUND_FAIL"]);
-        assert!(state.unsettled.is_empty());
+        assert_eq!(state.book.unsettled_len(), 0);
         assert!(due(&mut state, &config, t0 + ms(400)).is_empty());
     }
 }

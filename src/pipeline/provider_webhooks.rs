@@ -17,20 +17,17 @@
 use super::{ConsumeError, Context};
 use crate::broker::publisher::Publisher;
 use crate::broker::topology::header_str;
+use crate::broker::topology::PROVIDER_HEADER;
 use crate::broker::AckWindow;
 use crate::domain::ProviderName;
 use crate::providers::{ProviderWebhook, WebhookKind};
-use crate::store::inbound::{self, Applied};
+use crate::store::provider_webhooks::{self as inbox, Applied};
 use crate::store::{EventSink, StoreError};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::Connection;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-
-/// AMQP header naming the provider (set by the ingress; survives dead-lettering and replay,
-/// which may lose the routing key).
-pub const PROVIDER_HEADER: &str = "x-provider";
 
 /// What one consumer step decided for a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,15 +59,15 @@ fn parse(ctx: &Context, provider: &str, body: &[u8]) -> Parsed {
         .map_err(|e| e.to_string())
 }
 
-/// Records parsed webhooks in the inbox and applies them ([`inbound::receive_batch`]), in
+/// Records parsed webhooks in the inbox and applies them ([`inbox::receive_batch`]), in
 /// one transaction. Answers in `items` order.
 pub async fn receive_batch(
     pool: &PgPool,
-    items: &[inbound::Incoming<'_>],
+    items: &[inbox::Incoming<'_>],
     sink: &EventSink,
 ) -> Result<Vec<Applied>, StoreError> {
     let mut tx = pool.begin().await?;
-    let applied = inbound::receive_batch(&mut tx, items, sink).await?;
+    let applied = inbox::receive_batch(&mut tx, items, sink).await?;
     tx.commit().await?;
     Ok(applied)
 }
@@ -96,13 +93,13 @@ async fn store(
     ctx: &Context,
     messages: &[(&[u8], &Parsed)],
 ) -> Result<Vec<InboundOutcome>, StoreError> {
-    let per_message: Vec<Vec<inbound::Incoming<'_>>> = messages
+    let per_message: Vec<Vec<inbox::Incoming<'_>>> = messages
         .iter()
         .map(|(body, parsed)| match parsed {
             Ok((provider, webhooks)) => webhooks
                 .iter()
                 .enumerate()
-                .map(|(part, webhook)| inbound::Incoming {
+                .map(|(part, webhook)| inbox::Incoming {
                     provider: *provider,
                     body,
                     part,
@@ -112,7 +109,7 @@ async fn store(
             Err(_) => Vec::new(),
         })
         .collect();
-    let all: Vec<inbound::Incoming<'_>> = per_message.iter().flatten().copied().collect();
+    let all: Vec<inbox::Incoming<'_>> = per_message.iter().flatten().copied().collect();
     let mut applied: Vec<Result<Vec<Applied>, String>> = Vec::with_capacity(messages.len());
     match receive_batch(&ctx.pool, &all, &ctx.sink).await {
         Ok(answers) => {
@@ -191,10 +188,10 @@ fn report(ctx: &Context, provider: ProviderName, applied: &Applied) {
 /// Tries parked webhooks again; returns how many were resolved (applied or given up).
 pub async fn sweep_parked(ctx: &Context) -> Result<usize, StoreError> {
     let mut resolved = 0;
-    for parked in inbound::parked(&ctx.pool, 100).await? {
+    for parked in inbox::parked(&ctx.pool, 100).await? {
         let adapter = ProviderName::parse(&parked.provider).and_then(|p| ctx.providers.get(p));
         let Some(adapter) = adapter else {
-            inbound::abandon_parked(
+            inbox::abandon_parked(
                 &ctx.pool,
                 &parked.provider,
                 &parked.event_key,
@@ -210,7 +207,7 @@ pub async fn sweep_parked(ctx: &Context) -> Result<usize, StoreError> {
                 .and_then(|i| w.into_iter().nth(i))
         });
         let Some(webhook) = webhook else {
-            inbound::abandon_parked(
+            inbox::abandon_parked(
                 &ctx.pool,
                 &parked.provider,
                 &parked.event_key,
@@ -223,7 +220,7 @@ pub async fn sweep_parked(ctx: &Context) -> Result<usize, StoreError> {
         let age = chrono::Utc::now() - parked.received_at;
         let give_up = age.to_std().unwrap_or_default() > ctx.config.parked_max_age;
         let mut tx = ctx.pool.begin().await?;
-        let applied = inbound::retry_parked(
+        let applied = inbox::retry_parked(
             &mut tx,
             adapter.name(),
             &parked.event_key,

@@ -31,9 +31,9 @@ mod target;
 pub use e2e::{command, ProviderName, DEFAULT_PROVIDERS, RECORD_CAUSES};
 pub use target::{HotStatement, Lookup, Names, Settings, Worker, WorkerSettings};
 
-use crate::sandbox::{Sandbox, SandboxConfig};
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
+use refund_sandbox::{Sandbox, SandboxConfig};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -7,9 +7,11 @@
 //! or sent with a corrupted signature (which the ingress must refuse; the sandbox then sends
 //! the correctly signed one, as a provider retrying would not, so nothing is lost).
 
-use super::{roll, Provider, Sandbox};
+use super::{roll, Provider, Sandbox, SandboxConfig};
 use rand::Rng;
+use ring::signature::RsaKeyPair;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One notification a simulated provider wants to send.
@@ -24,18 +26,63 @@ pub(super) struct Outbound {
     /// Name of the header whose value a "bad signature" corrupts.
     pub signature_header: String,
     /// Binance Pay's key: a copy sent again is signed again (fresh timestamp and nonce).
-    pub resign_with: Option<std::sync::Arc<ring::signature::RsaKeyPair>>,
+    pub resign_with: Option<Arc<RsaKeyPair>>,
+}
+
+/// A notification decided under the sandbox lock, signed after it is released: Binance
+/// Pay's RSA signature costs far more than everything else the notify loop does, and
+/// provider calls wait on that lock.
+pub(super) struct Notice {
+    provider: Provider,
+    body: String,
+    signing: Signing,
+}
+
+enum Signing {
+    /// Hex HMAC-SHA256 of the body with the webhook secret, in this header (VA Services,
+    /// BPN, BVNK).
+    Hmac(&'static str),
+    /// Binance Pay's RSA signature with this key.
+    Rsa(Arc<RsaKeyPair>),
+}
+
+impl Notice {
+    /// A JSON notification signed the way VA Services, BPN and BVNK sign theirs.
+    pub(super) fn hmac(provider: Provider, body: String, signature_header: &'static str) -> Self {
+        Self {
+            provider,
+            body,
+            signing: Signing::Hmac(signature_header),
+        }
+    }
+
+    /// A Binance Pay notification, signed with `key`.
+    pub(super) fn rsa(body: String, key: Arc<RsaKeyPair>) -> Self {
+        Self {
+            provider: Provider::BinancePay,
+            body,
+            signing: Signing::Rsa(key),
+        }
+    }
+
+    /// The notification as sent, signed now.
+    pub(super) fn sign(self, config: &SandboxConfig) -> Option<Outbound> {
+        match self.signing {
+            Signing::Hmac(header) => Some(Outbound::hmac_signed(
+                self.provider,
+                self.body,
+                &config.webhook_secret,
+                header,
+            )),
+            Signing::Rsa(key) => super::binance_pay::signed_outbound(&key, self.body),
+        }
+    }
 }
 
 impl Outbound {
     /// A JSON notification signed the way VA Services, BPN and BVNK sign theirs: hex
     /// HMAC-SHA256 of the body with the webhook secret, in `signature_header`.
-    pub(super) fn hmac_signed(
-        provider: Provider,
-        body: String,
-        secret: &str,
-        signature_header: &str,
-    ) -> Self {
+    fn hmac_signed(provider: Provider, body: String, secret: &str, signature_header: &str) -> Self {
         let signature = super::docs::webhook_signature(secret.as_bytes(), body.as_bytes());
         Self {
             provider,
@@ -70,15 +117,6 @@ pub struct WebhookCounters {
     pub reordered: u64,
     /// Notifications given up after every retry.
     pub abandoned: u64,
-}
-
-fn path_segment(provider: Provider) -> &'static str {
-    match provider {
-        Provider::VaServices => "va_services",
-        Provider::Bpn => "bpn",
-        Provider::BinancePay => "binance_pay",
-        Provider::Bvnk => "bvnk",
-    }
 }
 
 /// Corrupts a signature so it no longer verifies, keeping its length and alphabet.
@@ -125,7 +163,7 @@ impl Sandbox {
             let hold = rand::thread_rng().gen_range(100..600);
             self.pause(Duration::from_millis(hold)).await;
         }
-        let url = format!("{base}/webhooks/{}", path_segment(out.provider));
+        let url = format!("{base}/webhooks/{}", out.provider.segment());
         if roll(config.webhook_bad_signature_rate) {
             self.lock().webhooks.bad_signatures += 1;
             let mut forged = out.clone();

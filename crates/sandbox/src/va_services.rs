@@ -31,16 +31,18 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::book::{Book, OutcomeKey, Refund, Stage};
+use super::gate::ProviderError;
+use super::notify::Notice;
 use super::{
-    admin_error, decimal_and_text, decimal_to_json, default_currency, parse_admin, CallKind,
-    ForcedOutcome, Indexed, LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox,
-    SandboxConfig, State,
+    decimal_and_text, decimal_to_json, default_currency, CallKind, Payment, Provider, Reply,
+    Sandbox, SandboxConfig, Simulator, State,
 };
 
 /// The header VA Services' notifications carry their signature in (hex HMAC-SHA256 of the
@@ -55,70 +57,62 @@ pub const SEND_NOTIFICATION_PATH: &str = "/va/notifications/send";
 const DEFAULT_PAGE_SIZE: usize = 20;
 const MAX_PAGE_SIZE: usize = 100;
 
-/// VA routes plus this provider's own admin route.
-pub(super) fn routes() -> Router<Sandbox> {
-    Router::new()
+/// VA routes. Strict: only what VA's docs define; "Refund Details" and "Send Notification"
+/// are documented pages without a documented path, so a strict VA answers ours like any
+/// unknown path.
+pub(super) fn routes(strict: bool) -> Router<Sandbox> {
+    let documented = Router::new()
         .route("/va/refunds/initiate-refund", post(initiate))
         .route("/va/refunds", get(list))
-        .route("/va/refunds/{refund_reference}", get(status))
+        .route("/va/refunds/{refund_reference}", get(status));
+    if strict {
+        return documented;
+    }
+    documented
         .route("/va/refunds/details/{transaction_reference}", get(details))
         .route(SEND_NOTIFICATION_PATH, post(send_notification))
-        .route(
-            "/sandbox/va_services/refunds/{refund_reference}/outcome",
-            post(outcome_route),
-        )
 }
 
 /// What VA Services knows: payments by reference, refunds in creation order (by refund
 /// reference and by payment), and outcomes forced by tests (keyed by refund reference, so
-/// they may precede the refund).
-#[derive(Default)]
+/// they may precede the refund). VA sends no refund notifications.
 pub(super) struct VaState {
-    pub(super) payments: super::payins::Payments,
-    refunds: Indexed<VaRefund>,
-    outcomes: HashMap<String, OutcomeStatus>,
+    pub(super) book: Book<VaDetail>,
 }
 
-struct VaRefund {
-    transaction_reference: String,
-    refund_reference: String,
-    amount: Decimal,
-    /// The amount's text as received, for the ledger.
-    amount_text: String,
+impl Default for VaState {
+    fn default() -> Self {
+        Self {
+            book: Book::new(Provider::VaServices, word, OutcomeKey::Reference)
+                .without_refund_notifications(),
+        }
+    }
+}
+
+/// What a VA refund keeps beside the book's fields.
+pub(super) struct VaDetail {
     refund_reason: String,
     customer_note: Option<String>,
     /// Fixed at creation, from the payment amount at that time.
     refund_type: &'static str,
-    request_body: String,
-    submit_count: u32,
-    mismatched_replays: u32,
-    created_at: DateTime<Utc>,
-    /// Monotonic twin of `created_at` for the completion delay (follows paused tokio time).
-    accepted: Instant,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RefundStatus {
-    Pending,
-    Completed,
-    Failed,
-}
+type VaRefund = Refund<VaDetail>;
 
-impl RefundStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Completed => "COMPLETED",
-            Self::Failed => "FAILED",
-        }
+/// VA's words; FAILED is not in the docs, it exists here only when a test forces it.
+fn word(stage: Stage) -> &'static str {
+    match stage {
+        Stage::AwaitingApproval | Stage::Pending => "PENDING",
+        Stage::Completed => "COMPLETED",
+        Stage::Failed | Stage::Cancelled => "FAILED",
     }
+}
 
-    fn comment(self) -> &'static str {
-        match self {
-            Self::Pending => "Transaction refund is in progress.",
-            Self::Completed => "Transaction refund completed.",
-            Self::Failed => "Refund failed at the bank.",
-        }
+fn comment(stage: Stage) -> &'static str {
+    match stage {
+        Stage::AwaitingApproval | Stage::Pending => "Transaction refund is in progress.",
+        Stage::Completed => "Transaction refund completed.",
+        Stage::Failed | Stage::Cancelled => "Refund failed at the bank.",
     }
 }
 
@@ -263,11 +257,7 @@ fn format_date(at: DateTime<Utc>, zone: chrono_tz::Tz) -> String {
 /// `transactionTime` (VA's `dd/MM/yyyy hh:mm:ss a`, in the configured zone). The values of
 /// `transactionType`, `narration`, `classificationCode` and `accountID` are ours: the docs
 /// name the fields only.
-pub(super) fn payin_outbound(
-    config: &SandboxConfig,
-    payment: &Payment,
-    at: DateTime<Utc>,
-) -> super::notify::Outbound {
+fn payin_notice(config: &SandboxConfig, payment: &Payment, at: DateTime<Utc>) -> Notice {
     let body = serde_json::json!({
         "transactionType": "CREDIT",
         "amount": decimal_to_json(payment.amount),
@@ -280,107 +270,44 @@ pub(super) fn payin_outbound(
         "transactionTime": format_date(at, config.zone),
     })
     .to_string();
-    super::notify::Outbound::hmac_signed(
-        Provider::VaServices,
-        body,
-        &config.webhook_secret,
-        SIGNATURE_HEADER,
-    )
+    Notice::hmac(Provider::VaServices, body, SIGNATURE_HEADER)
+}
+
+impl Simulator for VaState {
+    book_field!(VaDetail);
+
+    fn payin_notice(
+        &self,
+        config: &SandboxConfig,
+        payment: &Payment,
+        at: DateTime<Utc>,
+    ) -> Option<Notice> {
+        Some(payin_notice(config, payment, at))
+    }
 }
 
 impl VaState {
-    pub(super) fn add_payment(&mut self, payment: Payment) {
-        self.payments.insert(payment);
-    }
-
-    /// Pay-in notifications for the payments that became known since the last call.
-    pub(super) fn due_payins(&mut self, config: &SandboxConfig) -> Vec<super::notify::Outbound> {
-        let now = Utc::now();
-        self.payments
-            .take_due()
-            .iter()
-            .map(|p| payin_outbound(config, p, now))
-            .collect()
-    }
-
-    pub(super) fn set_outcome(&mut self, refund_reference: &str, status: OutcomeStatus) {
-        self.outcomes.insert(refund_reference.to_owned(), status);
-    }
-
-    fn find(&self, refund_reference: &str) -> Option<&VaRefund> {
-        self.refunds.get(refund_reference)
-    }
-
-    /// PENDING for `completion_delay`, then the forced outcome or COMPLETED. Computed on
-    /// read, so no background task is needed to move refunds along.
-    fn status_of(&self, refund: &VaRefund, config: &SandboxConfig, now: Instant) -> RefundStatus {
-        if now.saturating_duration_since(refund.accepted) < config.completion_delay {
-            RefundStatus::Pending
-        } else if self.outcomes.get(&refund.refund_reference) == Some(&OutcomeStatus::Failed) {
-            RefundStatus::Failed
-        } else {
-            RefundStatus::Completed
-        }
-    }
-
-    /// Completion is dated creation + delay, so repeated reads agree on the date.
-    fn completed_at(
-        refund: &VaRefund,
-        status: RefundStatus,
-        config: &SandboxConfig,
-    ) -> Option<DateTime<Utc>> {
-        if status != RefundStatus::Completed {
-            return None;
-        }
-        TimeDelta::from_std(config.completion_delay)
-            .ok()
-            .and_then(|delay| refund.created_at.checked_add_signed(delay))
-    }
-
     fn view<'a>(
         &self,
         refund: &'a VaRefund,
         config: &SandboxConfig,
         now: Instant,
     ) -> RefundView<'a> {
-        let status = self.status_of(refund, config, now);
+        let stage = self.book.stage(refund, config, now);
         RefundView {
-            transaction_reference: &refund.transaction_reference,
-            refund_reference: &refund.refund_reference,
+            transaction_reference: &refund.payment,
+            refund_reference: &refund.key,
             refund_amount: decimal_to_json(refund.amount),
-            refund_reason: &refund.refund_reason,
-            customer_note: refund.customer_note.as_deref(),
-            refund_type: refund.refund_type,
-            refund_status: status.as_str(),
+            refund_reason: &refund.detail.refund_reason,
+            customer_note: refund.detail.customer_note.as_deref(),
+            refund_type: refund.detail.refund_type,
+            refund_status: word(stage),
             refund_strategy: "MERCHANT_WALLET",
-            comment: status.comment(),
-            completed_on: Self::completed_at(refund, status, config)
+            comment: comment(stage),
+            completed_on: Book::completed_at(refund, stage, config)
                 .map(|at| format_date(at, config.zone)),
             created_on: format_date(refund.created_at, config.zone),
         }
-    }
-
-    /// The payment's amount; one never told about has the configured default.
-    fn payment_amount(&self, transaction_reference: &str, config: &SandboxConfig) -> Decimal {
-        self.payments
-            .get(transaction_reference)
-            .map_or(config.default_payment_amount, |p| p.amount)
-    }
-
-    /// What is still refundable: the payment less its refunds that have not failed.
-    fn refundable(
-        &self,
-        transaction_reference: &str,
-        config: &SandboxConfig,
-        now: Instant,
-    ) -> Decimal {
-        let committed: Decimal = self
-            .refunds
-            .in_group(transaction_reference)
-            .filter(|r| self.status_of(r, config, now) != RefundStatus::Failed)
-            .map(|r| r.amount)
-            .sum();
-        (self.payment_amount(transaction_reference, config) - committed).max(Decimal::ZERO)
     }
 
     /// Replays an existing refund or records a new one. `Ok` is a success answer (the call
@@ -391,32 +318,20 @@ impl VaState {
         config: &SandboxConfig,
         now: Instant,
     ) -> Result<Response, VaError> {
-        if let Some(refund) = self.refunds.get_mut(&request.refund_reference) {
-            refund.submit_count += 1;
-            if refund.transaction_reference != request.transaction_reference
-                || refund.amount != request.amount
-            {
-                refund.mismatched_replays += 1;
-                tracing::warn!(
-                    refund_reference = %refund.refund_reference,
-                    "va sandbox: replay differs from the accepted refund; answering the original"
-                );
-            }
-        }
-        if let Some(refund) = self.refunds.get(&request.refund_reference) {
+        let replayed = self.book.replay(&request.refund_reference, |r| {
+            r.payment != request.transaction_reference || r.amount != request.amount
+        });
+        if let Some(refund) = replayed.and_then(|i| self.book.at(i)) {
             return Ok(success(self.view(refund, config, now)));
         }
 
         let payment_amount = self
-            .payments
-            .get_or_insert_with(&request.transaction_reference, || Payment {
-                provider: Provider::VaServices,
-                transaction_reference: request.transaction_reference.clone(),
-                amount: config.default_payment_amount,
-                currency: default_currency(),
-            })
+            .book
+            .payment_or_default(&request.transaction_reference, config, default_currency)
             .amount;
-        let refundable = self.refundable(&request.transaction_reference, config, now);
+        let refundable = self
+            .book
+            .refundable(&request.transaction_reference, config, now);
         if request.amount > refundable {
             return Err(VaError::ExceedsRefundable(refundable));
         }
@@ -426,56 +341,26 @@ impl VaState {
             amount = %request.amount_text,
             "va sandbox: refund accepted"
         );
-        let refund = VaRefund {
+        let detail = VaDetail {
             refund_type: if request.amount < payment_amount {
                 "PARTIAL_REFUND"
             } else {
                 "FULL_REFUND"
             },
-            transaction_reference: request.transaction_reference,
-            refund_reference: request.refund_reference,
-            amount: request.amount,
-            amount_text: request.amount_text,
             refund_reason: request.refund_reason,
             customer_note: request.customer_note,
-            request_body: request.body,
-            submit_count: 1,
-            mismatched_replays: 0,
-            created_at: Utc::now(),
-            accepted: now,
         };
-        let response = success(self.view(&refund, config, now));
-        let (key, group) = (
-            refund.refund_reference.clone(),
-            refund.transaction_reference.clone(),
+        let refund = Refund::new(
+            request.refund_reference,
+            request.transaction_reference,
+            (request.amount, request.amount_text),
+            request.body,
+            now,
+            detail,
         );
-        self.refunds.push(key, group, refund);
-        Ok(response)
-    }
-
-    pub(super) fn ledger(&self, config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>) {
-        let now = Instant::now();
-        let refunds = self
-            .refunds
-            .iter()
-            .map(|r| {
-                let status = self.status_of(r, config, now);
-                LedgerRefund {
-                    provider: Provider::VaServices,
-                    refund_reference: r.refund_reference.clone(),
-                    transaction_reference: r.transaction_reference.clone(),
-                    refund_amount: r.amount_text.clone(),
-                    request_body: r.request_body.clone(),
-                    status: status.as_str().to_owned(),
-                    submit_count: r.submit_count,
-                    mismatched_replays: r.mismatched_replays,
-                    forced_outcome: self.outcomes.get(&r.refund_reference).copied(),
-                    created_at: r.created_at,
-                    completed_at: Self::completed_at(r, status, config),
-                }
-            })
-            .collect();
-        (refunds, self.payments.values().cloned().collect())
+        let index = self.book.record(refund);
+        let refund = self.book.at(index).ok_or(VaError::NotFound)?;
+        Ok(success(self.view(refund, config, now)))
     }
 }
 
@@ -554,39 +439,25 @@ fn authorized(headers: &HeaderMap, key: &str) -> bool {
         && token.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-/// Auth, counting and injected HTTP errors, common to every VA call. A refused credential
-/// is counted only in `rejectedAuth` and consumes no fault.
-fn gate(
-    state: &mut State,
-    config: &SandboxConfig,
-    headers: &HeaderMap,
-    kind: CallKind,
-) -> Result<(), VaError> {
-    if !authorized(headers, &config.va_api_key) {
-        state.counters.rejected_auth += 1;
-        return Err(VaError::Unauthorized);
-    }
-    state.count(kind);
-    match state.take_failure(config) {
-        Some(status) => Err(VaError::Injected(status)),
-        None => Ok(()),
+impl ProviderError for VaError {
+    fn injected(status: StatusCode) -> Self {
+        Self::Injected(status)
     }
 }
 
-/// Runs one VA call: the gate and `decide` under the lock, then the hang and the latency
-/// with the lock released.
+/// Runs one VA call through the fault gate, authenticated by its bearer token.
 async fn va_call(
     sandbox: &Sandbox,
     headers: &HeaderMap,
     kind: CallKind,
     decide: impl FnOnce(&mut State, &SandboxConfig) -> Result<Reply, VaError>,
 ) -> Response {
-    let reply = sandbox.decide(|state, config| {
-        gate(state, config, headers, kind)
-            .and_then(|()| decide(state, config))
-            .unwrap_or_else(|err| Reply::now(err.into_response()))
-    });
-    sandbox.deliver(reply).await
+    let authenticate = |_: &mut State, config: &SandboxConfig| {
+        authorized(headers, &config.va_api_key)
+            .then_some(())
+            .ok_or(VaError::Unauthorized)
+    };
+    sandbox.call(kind, authenticate, decide).await
 }
 
 async fn initiate(
@@ -596,13 +467,11 @@ async fn initiate(
 ) -> Response {
     va_call(&sandbox, &headers, CallKind::Submit, |state, config| {
         let request = InitiateRequest::parse(&body).map_err(VaError::Invalid)?;
-        if state.take_reject() {
-            return Err(VaError::Declined);
-        }
-        let response = state.va.accept(request, config, Instant::now())?;
-        // Recorded first, hang after: the "timeout after accept" a worker must resolve.
-        let hang = state.take_timeout(config);
-        Ok(Reply { response, hang })
+        state.submit(
+            config,
+            || VaError::Declined,
+            |state| state.va.accept(request, config, Instant::now()),
+        )
     })
     .await
 }
@@ -613,7 +482,11 @@ async fn status(
     Path(refund_reference): Path<String>,
 ) -> Response {
     va_call(&sandbox, &headers, CallKind::Status, |state, config| {
-        let refund = state.va.find(&refund_reference).ok_or(VaError::NotFound)?;
+        let refund = state
+            .va
+            .book
+            .get(&refund_reference)
+            .ok_or(VaError::NotFound)?;
         let view = state.va.view(refund, config, Instant::now());
         Ok(Reply::now(success(view)))
     })
@@ -640,13 +513,13 @@ async fn list(
         let va = &state.va;
         let offset = number.saturating_mul(size);
         let contents: Vec<_> = va
-            .refunds
+            .book
             .iter()
             .skip(offset)
             .take(size)
             .map(|r| va.view(r, config, now))
             .collect();
-        let total_elements = va.refunds.len();
+        let total_elements = va.book.len();
         let total_pages = total_elements.div_ceil(size);
         Ok(Reply::now(success(PageView {
             pageable: PageableView {
@@ -678,11 +551,6 @@ async fn details(
     headers: HeaderMap,
     Path(transaction_reference): Path<String>,
 ) -> Response {
-    // Strict: only what VA's docs define. "Refund Details" is a documented page without a
-    // documented path, so a strict VA answers ours like any unknown path.
-    if sandbox.config().strict {
-        return StatusCode::NOT_FOUND.into_response();
-    }
     va_call(&sandbox, &headers, CallKind::Details, |state, config| {
         let now = Instant::now();
         let va = &state.va;
@@ -690,10 +558,10 @@ async fn details(
         // An unknown payment reads as the default one without being stored: reads stay pure.
         Ok(Reply::now(success(DetailsView {
             transaction_reference: tx,
-            payment_amount: decimal_to_json(va.payment_amount(tx, config)),
-            refundable_amount: decimal_to_json(va.refundable(tx, config, now)),
+            payment_amount: decimal_to_json(va.book.payment_amount(tx, config)),
+            refundable_amount: decimal_to_json(va.book.refundable(tx, config, now)),
             refunds_history: va
-                .refunds
+                .book
                 .in_group(tx)
                 .map(|r| va.view(r, config, now))
                 .collect(),
@@ -702,16 +570,13 @@ async fn details(
     .await
 }
 
-/// "Send Notification" (`{"transactionReference"}`): acknowledged and counted. The sandbox
-/// sends no VA pay-in notifications, so there is nothing to send again.
+/// "Send Notification" (`{"transactionReference"}`): acknowledged and counted; a known
+/// payment's pay-in notification is queued again.
 async fn send_notification(
     AxumState(sandbox): AxumState<Sandbox>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if sandbox.config().strict {
-        return StatusCode::NOT_FOUND.into_response();
-    }
     va_call(&sandbox, &headers, CallKind::Resend, |state, _config| {
         let tx = serde_json::from_slice::<Value>(&body)
             .ok()
@@ -721,7 +586,7 @@ async fn send_notification(
             Some(tx) => {
                 // A known payment's pay-in notification is sent again; an unknown one is
                 // acknowledged all the same (the docs show no error for it).
-                state.va.payments.notify_again(&tx);
+                state.va.book.payments.notify_again(&tx);
                 success(serde_json::json!({ "transactionReference": tx }))
             }
             None => failure(
@@ -732,30 +597,6 @@ async fn send_notification(
         }))
     })
     .await
-}
-
-/// `POST /sandbox/va_services/refunds/{refundReference}/outcome` with `{"status": ...}`;
-/// the refund need not exist yet.
-async fn outcome_route(
-    AxumState(sandbox): AxumState<Sandbox>,
-    Path(refund_reference): Path<String>,
-    body: Bytes,
-) -> Response {
-    let outcome: ForcedOutcome = match parse_admin(&body) {
-        Ok(outcome) => outcome,
-        Err(message) => return admin_error(StatusCode::BAD_REQUEST, message),
-    };
-    let known = {
-        let mut state = sandbox.lock();
-        state.va.set_outcome(&refund_reference, outcome.status);
-        state.va.find(&refund_reference).is_some()
-    };
-    Json(serde_json::json!({
-        "refundReference": refund_reference,
-        "status": outcome.status,
-        "refundKnown": known,
-    }))
-    .into_response()
 }
 
 #[cfg(test)]
@@ -1134,7 +975,7 @@ mod tests {
         parse_va_date(created_on.as_str().unwrap());
         // The docs' example response, createdOn aside.
         let mut expected: Value = serde_json::from_str(include_str!(
-            "../../fixtures/va_services/initiate-refund-response.json"
+            "../../../fixtures/va_services/initiate-refund-response.json"
         ))
         .unwrap();
         expected["responseBody"]["createdOn"] = Value::Null;
@@ -1179,6 +1020,39 @@ mod tests {
         let ledger = server.sandbox.ledger();
         assert_eq!(ledger.refunds.len(), 1);
         assert_eq!(ledger.refunds[0].refund_amount, "12.30");
+        server.stop(Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn a_strict_va_serves_only_its_documented_paths() {
+        let server = start(SandboxConfig {
+            strict: true,
+            ..SandboxConfig::default()
+        })
+        .await;
+        let (status, _, _) = server.initiate(&refund_body("tx-1", "r-1", "5")).await;
+        assert_eq!(status, 200);
+        assert_eq!(server.get("/va/refunds/r-1").await.0, 200);
+        assert_eq!(server.get("/va/refunds").await.0, 200);
+        let details = server
+            .client
+            .get(server.url("/va/refunds/details/tx-1"))
+            .bearer_auth(&server.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(details.status().as_u16(), 404);
+        let send = server
+            .client
+            .post(server.url(super::SEND_NOTIFICATION_PATH))
+            .bearer_auth(&server.key)
+            .body(r#"{"transactionReference":"tx-1"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(send.status().as_u16(), 404);
+        let ledger = server.sandbox.ledger();
+        assert_eq!((ledger.details_calls, ledger.resend_calls), (0, 0));
         server.stop(Duration::from_secs(2)).await;
     }
 

@@ -68,7 +68,7 @@ impl SigningKey {
     }
 
     /// The `webhook-signature` header value for a message.
-    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+    pub(crate) fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         let tag = self.mac(id, timestamp, body).finalize().into_bytes();
         format!("v1,{}", STANDARD.encode(tag))
     }

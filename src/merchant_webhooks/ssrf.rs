@@ -30,7 +30,7 @@ pub struct NetworkPolicy {
 
 impl NetworkPolicy {
     /// Parses a comma-separated list of CIDR networks allowed in addition to public ones.
-    pub fn parse(allow: &str) -> Result<Self, String> {
+    pub(crate) fn parse(allow: &str) -> Result<Self, String> {
         let allow = allow
             .split(',')
             .map(str::trim)
@@ -45,7 +45,7 @@ impl NetworkPolicy {
     }
 
     /// Refuses addresses that are not globally reachable, unless explicitly allowed.
-    pub fn check(&self, ip: IpAddr) -> Result<(), String> {
+    pub(crate) fn check(&self, ip: IpAddr) -> Result<(), String> {
         if self.allow.iter().any(|net| net.contains(&ip)) {
             return Ok(());
         }
@@ -60,7 +60,7 @@ impl NetworkPolicy {
 
 /// How a table entry's addresses are judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reach {
+pub(crate) enum Reach {
     /// "Globally Reachable: True": allowed.
     Global,
     /// "False", "N/A" (deprecated blocks), or not unicast at all: refused.
@@ -72,7 +72,7 @@ pub enum Reach {
 
 /// One registry entry: network, prefix length, name, verdict.
 #[derive(Debug, Clone, Copy)]
-pub struct Entry<A> {
+pub(crate) struct Entry<A> {
     /// First address of the block.
     pub base: A,
     /// Prefix length.
@@ -116,7 +116,7 @@ use Reach::{EmbeddedV4, Global, Refused};
 /// The IANA IPv4 Special-Purpose Address Registry (iana-ipv4-special-registry, as updated
 /// 2024/2025), every entry, plus multicast (its own registry). "N/A" (deprecated) counts as
 /// not reachable.
-pub const V4_SPECIAL: &[Entry<Ipv4Addr>] = &[
+pub(crate) const V4_SPECIAL: &[Entry<Ipv4Addr>] = &[
     v4(0, 0, 0, 0, 8, "\"this network\" (RFC 791)", Refused),
     v4(
         0,
@@ -270,7 +270,7 @@ pub const V4_SPECIAL: &[Entry<Ipv4Addr>] = &[
 /// The IANA IPv6 Special-Purpose Address Registry (iana-ipv6-special-registry, as updated
 /// 2024/2025), every entry, plus what the IPv6 Address Space registry does not allocate
 /// for global unicast (everything outside `2000::/3` but the blocks below).
-pub const V6_SPECIAL: &[Entry<Ipv6Addr>] = &[
+pub(crate) const V6_SPECIAL: &[Entry<Ipv6Addr>] = &[
     v6(
         [0, 0, 0, 0, 0, 0, 0, 1],
         128,
@@ -466,14 +466,14 @@ fn lookup<A: Copy>(
 }
 
 /// The V4 table entry deciding for `ip`, if any.
-pub fn v4_entry(ip: Ipv4Addr) -> Option<&'static Entry<Ipv4Addr>> {
+pub(crate) fn v4_entry(ip: Ipv4Addr) -> Option<&'static Entry<Ipv4Addr>> {
     lookup(V4_SPECIAL, u128::from(u32::from(ip)), 32, |a| {
         u128::from(u32::from(a))
     })
 }
 
 /// The V6 table entry deciding for `ip` (the table covers every address).
-pub fn v6_entry(ip: Ipv6Addr) -> Option<&'static Entry<Ipv6Addr>> {
+pub(crate) fn v6_entry(ip: Ipv6Addr) -> Option<&'static Entry<Ipv6Addr>> {
     lookup(V6_SPECIAL, u128::from(ip), 128, u128::from)
 }
 
@@ -507,23 +507,23 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
 /// instead of retrying it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct PolicyRefusal(pub String);
+pub(crate) struct PolicyRefusal(pub(crate) String);
 
 /// The resolver's error when a callback host does not resolve: delivery code names it
 /// instead of the HTTP client's "client error (Connect)".
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct DnsFailure(pub String);
+pub(crate) struct DnsFailure(pub(crate) String);
 
 /// A DNS resolver that drops addresses the policy refuses, failing when none is left.
 #[derive(Debug, Clone)]
-pub struct GuardedResolver {
+pub(crate) struct GuardedResolver {
     policy: Arc<NetworkPolicy>,
 }
 
 impl GuardedResolver {
     /// Wraps the system resolver with `policy`.
-    pub fn new(policy: Arc<NetworkPolicy>) -> Self {
+    pub(crate) fn new(policy: Arc<NetworkPolicy>) -> Self {
         Self { policy }
     }
 }

@@ -36,22 +36,25 @@
 //! 40000), `rejectNext` (200, status 20005), the already-refunded check, record, then the hang
 //! (`timeoutAfterAcceptNext`, then `timeout_rate`). All decided under the sandbox lock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State as AxumState};
+use axum::extract::{RawQuery, State as AxumState};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::book::{Book, OutcomeKey, Refund, Stage};
+use super::gate::ProviderError;
+use super::notify::Notice;
 use super::{
-    admin_error, decimal_to_json, default_currency, parse_admin, CallKind, ForcedOutcome,
-    LedgerRefund, OutcomeStatus, Payment, Provider, Reply, Sandbox, SandboxConfig, State,
+    decimal_to_json, default_currency, CallKind, Payment, Provider, Reply, Sandbox, SandboxConfig,
+    Simulator, State,
 };
 
 /// The refund body's amount field ("refund by amount"; BPN's page names no field).
@@ -68,17 +71,17 @@ const MAX_PAGE_SIZE: usize = 100;
 /// How far `API-TIMESTAMP` may be from our clock.
 const TIMESTAMP_TOLERANCE_MS: i64 = 5 * 60 * 1000;
 
-/// BPN routes plus this provider's own admin route.
-pub(super) fn routes() -> Router<Sandbox> {
-    Router::new()
-        .route("/v1/virtual-account/order/refund", post(refund))
+/// BPN routes. Strict: BPN's page names the order lookups and the re-send but shows none
+/// of their paths; ours are guesses, so a strict BPN answers them like any unknown path.
+pub(super) fn routes(strict: bool) -> Router<Sandbox> {
+    let documented = Router::new().route("/v1/virtual-account/order/refund", post(refund));
+    if strict {
+        return documented;
+    }
+    documented
         .route("/v1/virtual-account/order/detail", get(detail))
         .route("/v1/virtual-account/order/list", get(list))
         .route(RESEND_WEBHOOK_PATH, post(resend))
-        .route(
-            "/sandbox/bpn/refunds/{order_id}/outcome",
-            post(outcome_route),
-        )
 }
 
 /// The header BPN's notifications carry their signature in (hex HMAC-SHA256 of the raw body;
@@ -89,7 +92,7 @@ pub const SIGNATURE_HEADER: &str = "X-BPN-Signature";
 /// notification, not its payload: `notifyType` `VA_PAYMENT_STATUS`, a `notifyId`, and `data`
 /// with the order (`orderId`, `amount` as an exact JSON number, `currency`,
 /// `status: "SUCCESS"`, `refundStatus: null`), as the order lookups show it.
-pub(super) fn payin_outbound(config: &SandboxConfig, payment: &Payment) -> super::notify::Outbound {
+fn payin_notice(payment: &Payment) -> Notice {
     let body = json!({
         "notifyType": "VA_PAYMENT_STATUS",
         "notifyId": uuid::Uuid::new_v4().to_string(),
@@ -102,55 +105,29 @@ pub(super) fn payin_outbound(config: &SandboxConfig, payment: &Payment) -> super
         },
     })
     .to_string();
-    super::notify::Outbound::hmac_signed(
-        Provider::Bpn,
-        body,
-        &config.webhook_secret,
-        SIGNATURE_HEADER,
-    )
+    Notice::hmac(Provider::Bpn, body, SIGNATURE_HEADER)
 }
 
-/// What BPN knows: orders by id, their refunds in the order made, forced outcomes by order id
-/// (they may precede the refund).
-#[derive(Default)]
+/// What BPN knows: orders (the book's payments) and their refunds in the order made, each
+/// keyed by the order id for its first refund and `orderId#n` for the n-th; forced outcomes
+/// by order id (they may precede the refund, and apply to every refund of the order).
 pub(super) struct BpnState {
-    pub(super) payments: super::payins::Payments,
-    refunds: HashMap<String, Vec<BpnRefund>>,
-    outcomes: HashMap<String, OutcomeStatus>,
-    /// Last status each refund (by ledger key) was notified with.
-    notified: HashMap<String, RefundStatus>,
-    /// Orders whose refund may still change into a status not notified yet: added when a
-    /// refund is made or its outcome forced, dropped once its final status is notified, so
-    /// the notify loop does not walk every refund ever made.
-    unsettled: BTreeSet<String>,
+    pub(super) book: Book<()>,
 }
 
-struct BpnRefund {
-    order_id: String,
-    /// The ledger key: the order id for its first refund, `orderId#n` for the n-th.
-    key: String,
-    amount: Decimal,
-    request_body: String,
-    submit_count: u32,
-    created_at: DateTime<Utc>,
-    /// Monotonic twin of `created_at` for the completion delay (follows paused tokio time).
-    accepted: Instant,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RefundStatus {
-    Refunding,
-    Refunded,
-    Failed,
-}
-
-impl RefundStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Refunding => "REFUNDING",
-            Self::Refunded => "REFUNDED",
-            Self::Failed => "REFUND_FAILED",
+impl Default for BpnState {
+    fn default() -> Self {
+        Self {
+            book: Book::new(Provider::Bpn, word, OutcomeKey::Payment),
         }
+    }
+}
+
+fn word(stage: Stage) -> &'static str {
+    match stage {
+        Stage::AwaitingApproval | Stage::Pending => "REFUNDING",
+        Stage::Completed => "REFUNDED",
+        Stage::Failed | Stage::Cancelled => "REFUND_FAILED",
     }
 }
 
@@ -205,67 +182,69 @@ fn success(data: Value) -> Response {
     envelope(StatusCode::OK, 0, "success", data)
 }
 
+impl Simulator for BpnState {
+    book_field!(());
+
+    fn payin_notice(
+        &self,
+        _: &SandboxConfig,
+        payment: &Payment,
+        _: DateTime<Utc>,
+    ) -> Option<Notice> {
+        Some(payin_notice(payment))
+    }
+
+    /// Refund status notifications (`notifyType: REFUND`, signed with `X-BPN-Signature`,
+    /// hex HMAC-SHA256 of the body) for every refund that became final.
+    fn refund_notice(
+        &self,
+        _: &SandboxConfig,
+        refund: &Refund<()>,
+        stage: Stage,
+        _: Instant,
+    ) -> Option<Notice> {
+        let currency = self
+            .book
+            .payments
+            .get(&refund.payment)
+            .map(|p| p.currency.clone())
+            .unwrap_or_else(default_currency);
+        let body = json!({
+            "notifyType": "REFUND",
+            "notifyId": uuid::Uuid::new_v4().to_string(),
+            "data": {
+                "orderId": refund.payment,
+                "refundStatus": word(stage),
+                "amount": decimal_to_json(refund.amount),
+                "currency": currency,
+            },
+        })
+        .to_string();
+        Some(Notice::hmac(Provider::Bpn, body, SIGNATURE_HEADER))
+    }
+}
+
 impl BpnState {
-    pub(super) fn add_payment(&mut self, payment: Payment) {
-        self.payments.insert(payment);
-    }
-
-    /// Pay-in notifications for the orders that became known since the last call.
-    pub(super) fn due_payins(&mut self, config: &SandboxConfig) -> Vec<super::notify::Outbound> {
-        let due = self.payments.take_due();
-        due.iter().map(|p| payin_outbound(config, p)).collect()
-    }
-
-    pub(super) fn set_outcome(&mut self, order_id: &str, status: OutcomeStatus) {
-        // A forced outcome can rewrite statuses already notified: watch the order again.
-        if self.refunds.contains_key(order_id) {
-            self.unsettled.insert(order_id.to_owned());
-        }
-        self.outcomes.insert(order_id.to_owned(), status);
-    }
-
-    /// REFUNDING for `completion_delay`, then the forced outcome or REFUNDED.
-    fn status_of(&self, refund: &BpnRefund, config: &SandboxConfig, now: Instant) -> RefundStatus {
-        if now.saturating_duration_since(refund.accepted) < config.completion_delay {
-            RefundStatus::Refunding
-        } else if self.outcomes.get(&refund.order_id) == Some(&OutcomeStatus::Failed) {
-            RefundStatus::Failed
-        } else {
-            RefundStatus::Refunded
-        }
-    }
-
     /// The order as BPN shows it; one never told about reads as a paid default order.
     fn order_view(&self, order_id: &str, config: &SandboxConfig, now: Instant) -> Value {
-        let (amount, currency) = match self.payments.get(order_id) {
+        let (amount, currency) = match self.book.payments.get(order_id) {
             Some(p) => (p.amount, p.currency.clone()),
             None => (config.default_payment_amount, default_currency()),
         };
-        let refunds = self.refunds.get(order_id).map(Vec::as_slice).unwrap_or(&[]);
-        let refund_status = refunds
+        let refund_status = self
+            .book
+            .in_group(order_id)
             .last()
-            .map(|r| self.status_of(r, config, now).as_str());
+            .map(|r| word(self.book.stage(r, config, now)));
         json!({
             "orderId": order_id,
             "amount": decimal_to_json(amount),
             "currency": currency,
             "status": "SUCCESS",
             "refundStatus": refund_status,
-            "refundedAmount": decimal_to_json(self.refunded(order_id, config, now)),
+            // Every refund not failed, in progress included.
+            "refundedAmount": decimal_to_json(self.book.committed(order_id, config, now)),
         })
-    }
-
-    /// What the order's refunds not failed add up to (in progress included).
-    fn refunded(&self, order_id: &str, config: &SandboxConfig, now: Instant) -> Decimal {
-        self.refunds
-            .get(order_id)
-            .map(|list| {
-                list.iter()
-                    .filter(|r| self.status_of(r, config, now) != RefundStatus::Failed)
-                    .map(|r| r.amount)
-                    .sum()
-            })
-            .unwrap_or_default()
     }
 
     /// Records a refund of `amount` (the whole order when `None`), or refuses one that does
@@ -279,15 +258,10 @@ impl BpnState {
         now: Instant,
     ) -> Result<Response, BpnError> {
         let order_amount = self
-            .payments
-            .get_or_insert_with(&order_id, || Payment {
-                provider: Provider::Bpn,
-                transaction_reference: order_id.clone(),
-                amount: config.default_payment_amount,
-                currency: default_currency(),
-            })
+            .book
+            .payment_or_default(&order_id, config, default_currency)
             .amount;
-        let refunded = self.refunded(&order_id, config, now);
+        let refunded = self.book.committed(&order_id, config, now);
         let left = order_amount - refunded;
         let too_much = match amount {
             None => refunded > Decimal::ZERO,
@@ -297,156 +271,32 @@ impl BpnState {
             if let Some(a) = amount.filter(|_| left > Decimal::ZERO) {
                 return Err(BpnError::AmountTooLarge(a, left));
             }
-            if let Some(latest) = self.refunds.get_mut(&order_id).and_then(|l| l.last_mut()) {
+            if let Some(latest) = self.book.latest_mut(&order_id) {
                 latest.submit_count += 1;
             }
             return Err(BpnError::AlreadyRefunded);
         }
         let amount = amount.unwrap_or(order_amount);
         // Failed refunds make way for the new one (the ledger shows what stands).
-        let failed: Vec<bool> = self
-            .refunds
-            .get(&order_id)
-            .map(|l| {
-                l.iter()
-                    .map(|r| self.status_of(r, config, now) == RefundStatus::Failed)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let list = self.refunds.entry(order_id.clone()).or_default();
-        let mut keep = failed.iter().map(|f| !f);
-        list.retain(|_| keep.next().unwrap_or(true));
-        let key = match list.len() {
+        self.book.drop_released(&order_id, config, now);
+        let key = match self.book.group_len(&order_id) {
             0 => order_id.clone(),
             n => format!("{order_id}#{}", n + 1),
         };
         tracing::info!(order_id = %order_id, amount = %amount, "bpn sandbox: refund accepted");
-        self.unsettled.insert(order_id.clone());
-        list.push(BpnRefund {
-            order_id: order_id.clone(),
+        let refund = Refund::new(
             key,
-            amount,
-            request_body: body,
-            submit_count: 1,
-            created_at: Utc::now(),
-            accepted: now,
-        });
+            order_id.clone(),
+            (amount, amount.to_string()),
+            body,
+            now,
+            (),
+        );
+        self.book.record(refund);
         Ok(success(json!({
             "orderId": order_id,
-            "status": RefundStatus::Refunding.as_str(),
+            "status": word(Stage::Pending),
         })))
-    }
-
-    /// Makes every final refund created in `[start, end)` be notified again; returns how many.
-    fn renotify(&mut self, start: DateTime<Utc>, end: DateTime<Utc>) -> usize {
-        let mut n = 0;
-        for list in self.refunds.values() {
-            for r in list
-                .iter()
-                .filter(|r| r.created_at >= start && r.created_at < end)
-            {
-                if self.notified.remove(&r.key).is_some() {
-                    self.unsettled.insert(r.order_id.clone());
-                    n += 1;
-                }
-            }
-        }
-        n
-    }
-
-    /// Refund status notifications (`notifyType: REFUND`, signed with `X-BPN-Signature`,
-    /// hex HMAC-SHA256 of the body) for every order whose refund became final.
-    pub(super) fn due_webhooks(
-        &mut self,
-        config: &SandboxConfig,
-        now: Instant,
-    ) -> Vec<super::notify::Outbound> {
-        let mut out = Vec::new();
-        let mut sent = Vec::new();
-        let mut settled = Vec::new();
-        for order_id in &self.unsettled {
-            let Some(list) = self.refunds.get(order_id) else {
-                settled.push(order_id.clone());
-                continue;
-            };
-            let statuses: Vec<RefundStatus> = list
-                .iter()
-                .map(|r| self.status_of(r, config, now))
-                .collect();
-            // Refunding turns final with time alone: keep watching the order until every
-            // refund of it is final; only a forced outcome or a new refund changes those, and
-            // both re-add it.
-            if !statuses.contains(&RefundStatus::Refunding) {
-                settled.push(order_id.clone());
-            }
-            for (refund, status) in list.iter().zip(statuses) {
-                if status == RefundStatus::Refunding
-                    || self.notified.get(&refund.key) == Some(&status)
-                {
-                    continue;
-                }
-                let currency = self
-                    .payments
-                    .get(&refund.order_id)
-                    .map(|p| p.currency.clone())
-                    .unwrap_or_else(default_currency);
-                let body = json!({
-                    "notifyType": "REFUND",
-                    "notifyId": uuid::Uuid::new_v4().to_string(),
-                    "data": {
-                        "orderId": refund.order_id,
-                        "refundStatus": status.as_str(),
-                        "amount": decimal_to_json(refund.amount),
-                        "currency": currency,
-                    },
-                })
-                .to_string();
-                out.push(super::notify::Outbound::hmac_signed(
-                    Provider::Bpn,
-                    body,
-                    &config.webhook_secret,
-                    SIGNATURE_HEADER,
-                ));
-                sent.push((refund.key.clone(), status));
-            }
-        }
-        self.notified.extend(sent);
-        for order_id in settled {
-            self.unsettled.remove(&order_id);
-        }
-        out
-    }
-
-    pub(super) fn ledger(&self, config: &SandboxConfig) -> (Vec<LedgerRefund>, Vec<Payment>) {
-        let now = Instant::now();
-        let refunds = self
-            .refunds
-            .values()
-            .flatten()
-            .map(|r| {
-                let status = self.status_of(r, config, now);
-                LedgerRefund {
-                    provider: Provider::Bpn,
-                    refund_reference: r.key.clone(),
-                    transaction_reference: r.order_id.clone(),
-                    refund_amount: r.amount.to_string(),
-                    request_body: r.request_body.clone(),
-                    status: status.as_str().to_owned(),
-                    submit_count: r.submit_count,
-                    mismatched_replays: 0,
-                    forced_outcome: self.outcomes.get(&r.order_id).copied(),
-                    created_at: r.created_at,
-                    completed_at: (status == RefundStatus::Refunded)
-                        .then(|| {
-                            TimeDelta::from_std(config.completion_delay)
-                                .ok()
-                                .and_then(|d| r.created_at.checked_add_signed(d))
-                        })
-                        .flatten(),
-                }
-            })
-            .collect();
-        (refunds, self.payments.values().cloned().collect())
     }
 }
 
@@ -496,25 +346,13 @@ fn authenticate(
     }
 }
 
-/// Auth, counting and injected HTTP errors, common to every BPN call.
-fn gate(
-    state: &mut State,
-    config: &SandboxConfig,
-    headers: &HeaderMap,
-    content: &[u8],
-    kind: CallKind,
-) -> Result<(), BpnError> {
-    if let Err(e) = authenticate(headers, config, content) {
-        state.counters.rejected_auth += 1;
-        return Err(e);
-    }
-    state.count(kind);
-    match state.take_failure(config) {
-        Some(status) => Err(BpnError::Injected(status)),
-        None => Ok(()),
+impl ProviderError for BpnError {
+    fn injected(status: StatusCode) -> Self {
+        Self::Injected(status)
     }
 }
 
+/// Runs one BPN call through the fault gate, authenticated over `content`.
 async fn bpn_call(
     sandbox: &Sandbox,
     headers: &HeaderMap,
@@ -522,12 +360,9 @@ async fn bpn_call(
     kind: CallKind,
     decide: impl FnOnce(&mut State, &SandboxConfig) -> Result<Reply, BpnError>,
 ) -> Response {
-    let reply = sandbox.decide(|state, config| {
-        gate(state, config, headers, content, kind)
-            .and_then(|()| decide(state, config))
-            .unwrap_or_else(|err| Reply::now(err.into_response()))
-    });
-    sandbox.deliver(reply).await
+    let authenticate =
+        |_: &mut State, config: &SandboxConfig| authenticate(headers, config, content);
+    sandbox.call(kind, authenticate, decide).await
 }
 
 /// A refund body, validated like a strict provider: the order id, the amount when given
@@ -577,15 +412,15 @@ async fn refund(
         CallKind::Submit,
         |state, config| {
             let (order_id, amount, text) = parse_refund(&body).map_err(BpnError::Invalid)?;
-            if state.take_reject() {
-                return Err(BpnError::Declined);
-            }
-            let response = state
-                .bpn
-                .accept(order_id, amount, text, config, Instant::now())?;
-            // Recorded first, hang after: the "timeout after accept" a worker must resolve.
-            let hang = state.take_timeout(config);
-            Ok(Reply { response, hang })
+            state.submit(
+                config,
+                || BpnError::Declined,
+                |state| {
+                    state
+                        .bpn
+                        .accept(order_id, amount, text, config, Instant::now())
+                },
+            )
         },
     )
     .await
@@ -598,9 +433,6 @@ async fn resend(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if sandbox.config().strict {
-        return StatusCode::NOT_FOUND.into_response();
-    }
     bpn_call(
         &sandbox,
         &headers,
@@ -617,7 +449,10 @@ async fn resend(
                     .ok_or_else(|| BpnError::Invalid(format!("{field} (ms) is required")))
             };
             let (start, end) = (at(RESEND_START_FIELD)?, at(RESEND_END_FIELD)?);
-            let resent = state.bpn.renotify(start, end);
+            let resent = state
+                .bpn
+                .book
+                .renotify(|r| r.created_at >= start && r.created_at < end);
             Ok(Reply::now(success(json!({ "resent": resent }))))
         },
     )
@@ -635,11 +470,6 @@ async fn detail(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    // BPN's page names the order lookups but shows neither path: ours are guesses, so a
-    // strict BPN answers them like any unknown path.
-    if sandbox.config().strict {
-        return StatusCode::NOT_FOUND.into_response();
-    }
     let content = query_content(query.as_deref());
     let order_id = params(query.as_deref()).remove("orderId");
     bpn_call(
@@ -663,11 +493,6 @@ async fn list(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    // BPN's page names the order lookups but shows neither path: ours are guesses, so a
-    // strict BPN answers them like any unknown path.
-    if sandbox.config().strict {
-        return StatusCode::NOT_FOUND.into_response();
-    }
     let content = query_content(query.as_deref());
     let p = params(query.as_deref());
     let page_num = p
@@ -690,6 +515,7 @@ async fn list(
             let now = Instant::now();
             let bpn = &state.bpn;
             let orders: Vec<Value> = bpn
+                .book
                 .payments
                 .keys()
                 .skip((page_num - 1).saturating_mul(page_size))
@@ -698,7 +524,7 @@ async fn list(
                 .collect();
             Ok(Reply::now(success(json!({
                 "list": orders,
-                "total": bpn.payments.len(),
+                "total": bpn.book.payments.len(),
                 "pageNum": page_num,
                 "pageSize": page_size,
             }))))
@@ -707,35 +533,11 @@ async fn list(
     .await
 }
 
-/// `POST /sandbox/bpn/refunds/{orderId}/outcome` with `{"status": ...}`; the refund need not
-/// exist yet.
-async fn outcome_route(
-    AxumState(sandbox): AxumState<Sandbox>,
-    Path(order_id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let outcome: ForcedOutcome = match parse_admin(&body) {
-        Ok(outcome) => outcome,
-        Err(message) => return admin_error(StatusCode::BAD_REQUEST, message),
-    };
-    let known = {
-        let mut state = sandbox.lock();
-        state.bpn.set_outcome(&order_id, outcome.status);
-        state.bpn.refunds.contains_key(&order_id)
-    };
-    Json(json!({
-        "orderId": order_id,
-        "status": outcome.status,
-        "refundKnown": known,
-    }))
-    .into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{start, TestServer};
     use super::super::{Faults, Payment, Provider, SandboxConfig};
-    use crate::providers::bpn::{signature, SignedContent};
+    use refund_worker::providers::bpn::{signature, SignedContent};
     use rust_decimal::Decimal;
     use serde_json::{json, Value};
     use std::time::Duration;
@@ -1085,8 +887,10 @@ mod tests {
 /// The notification bookkeeping, driven directly with chosen instants.
 #[cfg(test)]
 mod webhook_tests {
-    use super::super::{OutcomeStatus, SandboxConfig};
-    use super::{BpnState, RefundStatus};
+    use super::super::book::Stage;
+    use super::super::test_support::refund_notices;
+    use super::super::{OutcomeStatus, SandboxConfig, Simulated};
+    use super::{word, BpnState};
     use serde_json::Value;
     use std::time::Duration;
     use tokio::time::Instant;
@@ -1095,13 +899,12 @@ mod webhook_tests {
     /// had no order).
     fn full_scan(state: &BpnState, config: &SandboxConfig, now: Instant) -> Vec<String> {
         let mut due: Vec<String> = state
-            .refunds
-            .values()
-            .flatten()
+            .book
+            .iter()
             .filter_map(|r| {
-                let status = state.status_of(r, config, now);
-                (status != RefundStatus::Refunding && state.notified.get(&r.key) != Some(&status))
-                    .then(|| format!("{}:{}", r.order_id, status.as_str()))
+                let stage = state.book.stage(r, config, now);
+                (stage != Stage::Pending && state.book.notified(&r.key) != Some(stage))
+                    .then(|| format!("{}:{}", r.payment, word(stage)))
             })
             .collect();
         due.sort();
@@ -1111,8 +914,7 @@ mod webhook_tests {
     /// Due notifications as `orderId:refundStatus`, checked against the full scan.
     fn due(state: &mut BpnState, config: &SandboxConfig, now: Instant) -> Vec<String> {
         let expected = full_scan(state, config, now);
-        let mut got: Vec<String> = state
-            .due_webhooks(config, now)
+        let mut got: Vec<String> = refund_notices(state, config, now)
             .iter()
             .map(|out| {
                 let body: Value = serde_json::from_slice(&out.body).unwrap();
@@ -1152,7 +954,7 @@ mod webhook_tests {
             due(&mut state, &config, t0 + ms(120)),
             ["o-1:REFUNDED", "o-2:REFUND_FAILED"]
         );
-        assert!(state.unsettled.is_empty());
+        assert_eq!(state.book.unsettled_len(), 0);
         // A failed order may be refunded again; it is notified when that refund ends.
         state.set_outcome("o-2", OutcomeStatus::Completed);
         state.set_outcome("o-1", OutcomeStatus::Failed);
@@ -1164,7 +966,7 @@ mod webhook_tests {
         state.set_outcome("o-1", OutcomeStatus::Completed);
         assert!(due(&mut state, &config, t0 + ms(250)).is_empty());
         assert_eq!(due(&mut state, &config, t0 + ms(300)), ["o-1:REFUNDED"]);
-        assert!(state.unsettled.is_empty());
+        assert_eq!(state.book.unsettled_len(), 0);
         assert!(due(&mut state, &config, t0 + ms(400)).is_empty());
     }
 
@@ -1183,7 +985,7 @@ mod webhook_tests {
                 .unwrap();
         }
         let later = t0 + std::time::Duration::from_millis(150);
-        assert_eq!(state.due_webhooks(&config, later).len(), 2);
-        assert!(state.due_webhooks(&config, later).is_empty());
+        assert_eq!(refund_notices(&mut state, &config, later).len(), 2);
+        assert!(refund_notices(&mut state, &config, later).is_empty());
     }
 }

@@ -1,5 +1,5 @@
 //! What the providers' docs say about signing, paths and limits, written here from the docs
-//! themselves for the simulator. Never imported from the adapters (`crate::providers`): the
+//! themselves for the simulator. Never imported from the adapters (`refund_worker::providers`): the
 //! simulator is a second reading of the docs, so a misreading the adapters share with it
 //! cannot pass both (`../shared/providers/README.md` quotes each scheme).
 
@@ -27,6 +27,25 @@ pub(super) mod binance {
     pub const MAX_REASON_CHARS: usize = 256;
     /// `code` of a successful answer.
     pub const SUCCESS_CODE: &str = "000000";
+    /// Prefix of the ids refund-worker derives from references too long for Binance.
+    const DERIVED_ID_PREFIX: &str = "rw-sha256-";
+
+    /// The `refundRequestId` refund-worker sends for a `refundReference`: the reference when
+    /// it fits Binance's 64 (bytes, as sent), else `rw-sha256-` + the first 54 hex digits of
+    /// its SHA-256. Not Binance's rule but refund-worker's, from its README ("Binance Pay"),
+    /// written here again so the sandbox addresses a refund by our reference either way.
+    pub fn refund_request_id(refund_reference: &str) -> String {
+        use sha2::Digest;
+        if refund_reference.len() <= MAX_REFUND_REQUEST_ID_LEN {
+            return refund_reference.to_owned();
+        }
+        let digest = hex::encode(sha2::Sha256::digest(refund_reference.as_bytes()));
+        let keep = MAX_REFUND_REQUEST_ID_LEN - DERIVED_ID_PREFIX.len();
+        format!(
+            "{DERIVED_ID_PREFIX}{}",
+            digest.get(..keep).unwrap_or_default()
+        )
+    }
 
     /// Whether `given` is `BinancePay-Signature` for the request: uppercase hex
     /// HMAC-SHA512 with the secret over `timestamp + "\n" + nonce + "\n" + body + "\n"`.
@@ -124,6 +143,18 @@ mod tests {
             br#"{"a":1}"#,
             binance
         ));
+        // 'rw-sha256-' + hashlib.sha256(b'x' * 80).hexdigest()[:54]
+        assert_eq!(
+            binance::refund_request_id(&"x".repeat(80)),
+            "rw-sha256-d929cdeea7e6a0f46b59448d36a6fd491df8647cf292040508162e"
+        );
+        // 82 bytes in 42 characters: the length that counts is the bytes'.
+        let accented = format!("R-{}", "\u{e9}".repeat(40));
+        assert_eq!(
+            binance::refund_request_id(&accented),
+            "rw-sha256-514d46e1e90f5d90aefead2896ea3c65e8c80f2e2ae4ca32be5841"
+        );
+        assert_eq!(binance::refund_request_id(&"y".repeat(64)), "y".repeat(64));
         assert!(!binance::signature_ok(
             b"s",
             "1700000000001",

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 /// A delivery claimed for one attempt.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ClaimedDelivery {
+pub(crate) struct ClaimedDelivery {
     /// Row id.
     pub id: i64,
     /// The event's id (`webhook-id`).
@@ -27,7 +27,7 @@ pub struct ClaimedDelivery {
 
 /// Claims due deliveries. A delivery waits while an earlier delivery of the same refund has
 /// not been attempted yet, so a merchant never gets COMPLETED before PENDING was tried.
-pub async fn claim_due(
+pub(crate) async fn claim_due(
     pool: &PgPool,
     limit: i64,
     lease: Duration,
@@ -55,7 +55,7 @@ pub async fn claim_due(
 
 /// The result of one delivery attempt.
 #[derive(Debug, Clone)]
-pub struct AttemptResult {
+pub(crate) struct AttemptResult {
     /// When it started.
     pub attempted_at: DateTime<Utc>,
     /// HTTP status, if a response came.
@@ -72,7 +72,7 @@ pub struct AttemptResult {
 
 /// What happens to a delivery after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Delivered (2xx).
     Delivered,
     /// Try again after this delay.
@@ -83,7 +83,7 @@ pub enum Next {
 
 /// Records an attempt and the delivery's new state, under the claim's token, in the
 /// caller's transaction. `false` (and nothing written) when the claim was lost.
-pub async fn record_attempt(
+pub(crate) async fn record_attempt(
     tx: &mut PgConnection,
     d: &ClaimedDelivery,
     r: &AttemptResult,
@@ -176,7 +176,7 @@ pub async fn for_refund(
 }
 
 /// The `callbackUrl` of a refund's command (none when it had none, or the refund is unknown).
-pub async fn callback_url(
+pub(crate) async fn callback_url(
     pool: &PgPool,
     refund_reference: &str,
 ) -> Result<Option<String>, StoreError> {
@@ -190,7 +190,7 @@ pub async fn callback_url(
 }
 
 /// Failed deliveries, newest first.
-pub async fn list_failed(pool: &PgPool, limit: i64) -> Result<Vec<DeliveryRow>, StoreError> {
+pub(crate) async fn list_failed(pool: &PgPool, limit: i64) -> Result<Vec<DeliveryRow>, StoreError> {
     Ok(sqlx::query_as(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE state = 'failed' ORDER BY created_at DESC LIMIT $1"
     ))
@@ -202,7 +202,7 @@ pub async fn list_failed(pool: &PgPool, limit: i64) -> Result<Vec<DeliveryRow>, 
 /// Which failed deliveries to resend.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ResendFilter {
+pub(crate) struct ResendFilter {
     /// Exactly these events.
     pub event_ids: Option<Vec<Uuid>>,
     /// Events queued at or after this time.
@@ -217,7 +217,7 @@ pub struct ResendFilter {
 
 impl ResendFilter {
     /// A filter must name events or a window; "resend everything" is not a default.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         match (&self.event_ids, &self.since) {
             (Some(ids), _) if ids.is_empty() => Err("eventIds is empty".into()),
             (Some(_), Some(_)) => {
@@ -239,7 +239,7 @@ const RESEND_WHERE: &str = "state = 'failed'
     AND ($5::text IS NULL OR event_status = $5)";
 
 /// Number of failed deliveries the filter matches.
-pub async fn count_resendable(pool: &PgPool, f: &ResendFilter) -> Result<i64, StoreError> {
+pub(crate) async fn count_resendable(pool: &PgPool, f: &ResendFilter) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(&format!(
         "SELECT count(*) FROM webhook_deliveries WHERE {RESEND_WHERE}"
     ))
@@ -255,7 +255,11 @@ pub async fn count_resendable(pool: &PgPool, f: &ResendFilter) -> Result<i64, St
 /// Re-queues up to `limit` failed deliveries matching the filter (a new round of the retry
 /// schedule). Only `failed` ones are touched, so resending is idempotent: a delivery that
 /// is already queued is not queued twice. Returns the event ids re-queued.
-pub async fn resend(pool: &PgPool, f: &ResendFilter, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+pub(crate) async fn resend(
+    pool: &PgPool,
+    f: &ResendFilter,
+    limit: i64,
+) -> Result<Vec<Uuid>, StoreError> {
     Ok(sqlx::query_scalar(&format!(
         "UPDATE webhook_deliveries SET state = 'queued', round_attempts = 0, next_attempt_at = now(), updated_at = now()
          WHERE id IN (SELECT id FROM webhook_deliveries WHERE {RESEND_WHERE} ORDER BY id LIMIT $6 FOR UPDATE SKIP LOCKED)

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 /// The default schedule.
-pub const DEFAULT: &str = "0s,5s,5m,30m,2h,5h,10h,10h";
+pub(crate) const DEFAULT: &str = "0s,5s,5m,30m,2h,5h,10h,10h";
 
 /// Delays before each attempt of a round; attempt 1 waits `delays[0]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +15,7 @@ pub struct Schedule {
 
 impl Schedule {
     /// Parses `0s,5s,5m,30m,2h` (units `ms`, `s`, `m`, `h`).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let delays = text
             .split(',')
             .map(|part| {
@@ -36,13 +36,14 @@ impl Schedule {
     }
 
     /// Attempts in one round.
-    pub fn attempts(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn attempts(&self) -> usize {
         self.delays.len()
     }
 
     /// Delay before attempt `n + 1` once `n` attempts of the round were made, or `None`
     /// when the round is over (the delivery has failed).
-    pub fn next_delay(&self, attempts_made: usize) -> Option<Duration> {
+    pub(crate) fn next_delay(&self, attempts_made: usize) -> Option<Duration> {
         let base = *self.delays.get(attempts_made)?;
         let factor = 0.8 + 0.4 * rand::random::<f64>();
         Some(base.mul_f64(factor))
@@ -51,7 +52,7 @@ impl Schedule {
 
 /// Parses one duration: a whole number with a unit, `ms`, `s`, `m`, `h` or `d` (`90s`,
 /// `24h`, `30d`); a bare number is seconds. Shared by every duration setting.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = digits
         .parse()
@@ -74,7 +75,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Longest delay a schedule may name, in days: the next attempt is stored as a PostgreSQL
 /// interval from now, which a huge value would overflow (and the delivery would never be
 /// recorded again).
-pub const MAX_DELAY_DAYS: u64 = 30;
+pub(crate) const MAX_DELAY_DAYS: u64 = 30;
 const MAX_DELAY: Duration = Duration::from_secs(MAX_DELAY_DAYS * 86_400);
 
 #[cfg(test)]
