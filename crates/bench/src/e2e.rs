@@ -132,6 +132,8 @@ pub struct Settings {
     pub backlog: u64,
     /// Probe commands per second during the drain (`--probe-rate`).
     pub probe_rate: f64,
+    /// Worker processes against the same broker and database (`--workers`, at least 1).
+    pub workers: usize,
 }
 
 /// A latency distribution, in milliseconds.
@@ -454,6 +456,9 @@ pub struct WorkerFigures {
     pub first_panic: Option<String>,
     /// The settings it ran with (bench-owned ones; the rest is inherited).
     pub env: BTreeMap<String, String>,
+    /// With `--workers K`: the other processes' peak RSS (KiB) and how each ended; their CPU
+    /// is not in the worker's CPU figures (it shows under "anything else").
+    pub others: Vec<OtherWorker>,
 }
 
 /// Everything the end-to-end part measured.
@@ -1153,6 +1158,7 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     worker
         .wait_ready(settings.http_addr, Duration::from_secs(60))
         .await?;
+    let others = spawn_others(settings).await?;
     let consumer = subscription(&events_conn, settings).await?;
     let subscriber = tokio::spawn(subscribe(shared.clone(), consumer, stop_subscriber.clone()));
     let ticks = sys::clock_ticks_per_sec();
@@ -1203,6 +1209,7 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     let rss_kib_at_end = sys::rss_kib(pid);
     let exit = worker.stop(Duration::from_secs(30)).await;
     let (panics, first_panic) = worker.panics();
+    let others = stop_others(others).await;
     let backlog = if settings.backlog > 0 {
         Some(
             drain_backlog(settings, &shared, &phase(Phase::Backlog, Pace::Window))
@@ -1275,8 +1282,60 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
             panics,
             first_panic,
             env: settings.child_env.clone(),
+            others,
         },
     })
+}
+
+/// One more worker process of `--workers`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtherWorker {
+    /// Its pid.
+    pub pid: u32,
+    /// Peak resident memory (`VmHWM`), KiB.
+    pub peak_rss_kib: Option<u64>,
+    /// How it ended after SIGTERM.
+    pub exit: String,
+    /// Panics in its log.
+    pub panics: usize,
+}
+
+/// Starts the other worker processes of `--workers`, each on its own HTTP address and log.
+async fn spawn_others(settings: &Settings) -> anyhow::Result<Vec<(WorkerProcess, PathBuf)>> {
+    let mut others = Vec::new();
+    for k in 1..settings.workers {
+        let mut s = settings.clone();
+        s.http_addr = free_local_addr()?;
+        s.child_env
+            .insert("HTTP_ADDR".into(), s.http_addr.to_string());
+        s.worker_log = settings.worker_log.with_extension(format!("{k}.log"));
+        let mut w = WorkerProcess::spawn(&s)?;
+        w.wait_ready(s.http_addr, Duration::from_secs(60)).await?;
+        others.push((w, s.worker_log));
+    }
+    Ok(others)
+}
+
+/// Stops the other worker processes; a clean one's log is deleted.
+async fn stop_others(others: Vec<(WorkerProcess, PathBuf)>) -> Vec<OtherWorker> {
+    let mut out = Vec::new();
+    for (mut w, log) in others {
+        let pid = w.pid();
+        let peak_rss_kib = sys::peak_rss_kib(pid);
+        let exit = w.stop(Duration::from_secs(30)).await;
+        let (panics, _) = w.panics();
+        if panics == 0 {
+            let _ = std::fs::remove_file(&log);
+        }
+        out.push(OtherWorker {
+            pid,
+            peak_rss_kib,
+            exit,
+            panics,
+        });
+    }
+    out
 }
 
 /// The backlog drain: commands published while the worker was stopped, drained by a new

@@ -112,6 +112,10 @@ pub struct BenchArgs {
     /// Run the floor worker even with --quick.
     #[arg(long)]
     pub floor: bool,
+    /// Worker processes against the same broker and database (compare the throughput with
+    /// a run of 1).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub workers: usize,
 }
 
 /// `--provider-latency`: a median, and optionally a 99th percentile.
@@ -177,6 +181,7 @@ struct Plan {
     backlog: u64,
     probe_rate: f64,
     floor: bool,
+    workers: usize,
 }
 
 impl Plan {
@@ -206,6 +211,7 @@ impl Plan {
             backlog: args.backlog,
             probe_rate: args.probe_rate,
             floor: args.floor || !(args.quick || args.no_floor),
+            workers: args.workers,
         };
         if plan.providers.is_empty() {
             anyhow::bail!("--providers needs at least one provider");
@@ -223,6 +229,9 @@ impl Plan {
         }
         if plan.preload > 100 * MAX {
             anyhow::bail!("--preload must be at most {}", 100 * MAX);
+        }
+        if !(1..=8).contains(&plan.workers) {
+            anyhow::bail!("--workers must be between 1 and 8");
         }
         if plan.backlog > MAX {
             anyhow::bail!("--backlog must be at most {MAX}");
@@ -568,6 +577,7 @@ async fn measure(
         preload: plan.preload,
         backlog: plan.backlog,
         probe_rate: plan.probe_rate,
+        workers: plan.workers,
         hot_statements: config.hot_statements.clone(),
     };
     let end_to_end = e2e::run(&settings, cleanup)
@@ -668,6 +678,25 @@ mod tests {
         assert_eq!((quick.refunds, quick.steady), (500, Duration::from_secs(2)));
         let given = plan(&["--quick", "--refunds", "42", "--rate", "0"])?;
         assert_eq!((given.refunds, given.rate), (42, 0.0));
+        Ok(())
+    }
+
+    #[test]
+    fn scale_scenarios_default_off_and_the_floor_follows_quick() -> anyhow::Result<()> {
+        let full = plan(&[])?;
+        assert_eq!((full.preload, full.backlog, full.workers), (0, 0, 1));
+        assert_eq!(full.probe_rate, 5.0);
+        assert!(full.floor);
+        assert!(!plan(&["--quick"])?.floor);
+        assert!(plan(&["--quick", "--floor"])?.floor);
+        assert!(!plan(&["--no-floor"])?.floor);
+        assert!(plan(&["--floor", "--no-floor"]).is_err());
+        let given = plan(&["--preload", "1000", "--backlog", "20", "--workers", "3"])?;
+        assert_eq!((given.preload, given.backlog, given.workers), (1000, 20, 3));
+        assert!(plan(&["--workers", "0"]).is_err());
+        assert!(plan(&["--workers", "9"]).is_err());
+        assert!(plan(&["--probe-rate", "0"]).is_err());
+        assert!(plan(&["--backlog", "10000001"]).is_err());
         Ok(())
     }
 

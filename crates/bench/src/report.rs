@@ -404,6 +404,7 @@ impl Report {
         let e = &self.end_to_end;
         let phase_ok = |p: &PhaseFigures| p.completed == p.refunds && p.failed == 0;
         e.worker.panics == 0
+            && e.worker.others.iter().all(|o| o.panics == 0)
             && phase_ok(&e.throughput)
             && e.steady.as_ref().is_none_or(phase_ok)
             && e.counted.pending == 0
@@ -606,6 +607,16 @@ impl Report {
             mib(self.bench_peak_rss_kib)
         );
         say!(out, "worker     {}; log: {}", e.worker.exit, e.worker.log);
+        for o in &e.worker.others {
+            say!(
+                out,
+                "  another worker (--workers): pid {}, peak RSS {}, {}, {} panics",
+                o.pid,
+                mib(o.peak_rss_kib),
+                o.exit,
+                o.panics
+            );
+        }
         if e.worker.panics > 0 {
             say!(
                 out,
