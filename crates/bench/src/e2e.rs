@@ -43,15 +43,18 @@ pub enum Phase {
     Backlog,
     /// Published at `--probe-rate` while the backlog drains.
     Probe,
+    /// At `--rate` for `--soak`.
+    Soak,
 }
 
 impl Phase {
-    const ALL: [Phase; 5] = [
+    const ALL: [Phase; 6] = [
         Phase::Warmup,
         Phase::Throughput,
         Phase::Steady,
         Phase::Backlog,
         Phase::Probe,
+        Phase::Soak,
     ];
 
     fn tag(self) -> char {
@@ -61,6 +64,7 @@ impl Phase {
             Phase::Steady => 's',
             Phase::Backlog => 'b',
             Phase::Probe => 'p',
+            Phase::Soak => 'k',
         }
     }
 
@@ -73,6 +77,7 @@ impl Phase {
             Phase::Warmup | Phase::Throughput | Phase::Steady => 0,
             Phase::Backlog => 20_000_000,
             Phase::Probe => 30_000_000,
+            Phase::Soak => 40_000_000,
         }
     }
 
@@ -83,6 +88,7 @@ impl Phase {
             Phase::Steady => 2,
             Phase::Backlog => 3,
             Phase::Probe => 4,
+            Phase::Soak => 5,
         }
     }
 }
@@ -134,6 +140,10 @@ pub struct Settings {
     pub probe_rate: f64,
     /// Worker processes against the same broker and database (`--workers`, at least 1).
     pub workers: usize,
+    /// A long phase at `rate` (`--soak`), sampled every `soak_every`.
+    pub soak: Option<Duration>,
+    /// How often the soak is sampled.
+    pub soak_every: Duration,
 }
 
 /// A latency distribution, in milliseconds.
@@ -477,6 +487,8 @@ pub struct Figures {
     pub scale: ScaleFigures,
     /// The backlog drain, if run.
     pub backlog: Option<BacklogFigures>,
+    /// The soak's samples, if run.
+    pub soak: Vec<SoakSample>,
 }
 
 /// Wall-clock mapping of the run's monotonic clock.
@@ -551,7 +563,7 @@ struct Shared {
     clock: Clock,
     /// `bench-<id>-`: every refund reference starts with it.
     prefix: String,
-    tracks: [Track; 5],
+    tracks: [Track; 6],
     received: AtomicU64,
     duplicates: AtomicU64,
     unknown: AtomicU64,
@@ -1117,6 +1129,9 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     let events_conn = amqp::connect(&settings.amqp_url, "refund-worker-bench-subscriber").await?;
     let publisher = Publisher::open(&commands_conn).await?;
 
+    let soak_n = settings
+        .soak
+        .map_or(0, |d| (settings.rate * d.as_secs_f64()).ceil() as u64);
     let steady_n = if settings.rate > 0.0 {
         (settings.rate * settings.steady.as_secs_f64()).ceil() as u64
     } else {
@@ -1138,6 +1153,7 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
                 },
                 None,
             ),
+            Track::new(soak_n, None),
         ],
         received: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
@@ -1205,6 +1221,24 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
         None
     };
 
+    let soak = match settings.soak {
+        Some(_) if soak_n > 0 => {
+            let stop = CancellationToken::new();
+            let sampler = sample_soak(&pool, pid, settings.soak_every, stop.clone());
+            let run = async {
+                let r = phase(Phase::Soak, Pace::Rate(settings.rate))
+                    .run(&mut worker, "soak")
+                    .await;
+                stop.cancel();
+                r
+            };
+            let (published, samples) = tokio::join!(run, sampler);
+            published?;
+            soak_samples(samples?, shared.track(Phase::Soak), &shared.clock)?
+        }
+        _ => Vec::new(),
+    };
+
     let peak_rss_kib = sys::peak_rss_kib(pid);
     let rss_kib_at_end = sys::rss_kib(pid);
     let exit = worker.stop(Duration::from_secs(30)).await;
@@ -1268,6 +1302,7 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     };
 
     Ok(Figures {
+        soak,
         backlog,
         scale: scale_figures,
         throughput: throughput_figures,
@@ -1285,6 +1320,83 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
             others,
         },
     })
+}
+
+/// One sample of the soak.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SoakSample {
+    /// Seconds since the soak started.
+    pub at_secs: f64,
+    /// The database's size and its main tables'.
+    pub sizes: Sizes,
+    /// The worker's RSS, KiB.
+    pub rss_kib: Option<u64>,
+    /// Refunds published since the previous sample that have their PENDING event.
+    pub refunds: u64,
+    /// Their command -> PENDING p99, ms.
+    pub p99_pending_ms: f64,
+}
+
+/// Samples sizes and RSS every `every` until stopped (and once more then).
+async fn sample_soak(
+    pool: &PgPool,
+    pid: u32,
+    every: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<(u64, Sizes, Option<u64>)>> {
+    let clock = Clock::new();
+    let mut out = Vec::new();
+    loop {
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = stop.cancelled() => true,
+        };
+        out.push((clock.now_ns(), Sizes::read(pool).await?, sys::rss_kib(pid)));
+        if stopped {
+            return Ok(out);
+        }
+    }
+}
+
+/// The samples with each window's command -> PENDING p99 (refunds published in it).
+fn soak_samples(
+    samples: Vec<(u64, Sizes, Option<u64>)>,
+    track: &Track,
+    clock: &Clock,
+) -> anyhow::Result<Vec<SoakSample>> {
+    // The sampler's clock started within microseconds of the phase's first publish.
+    let first = (0..track.published.len())
+        .map(|i| track.published[i].load(Ordering::Acquire))
+        .filter(|&p| p > 0)
+        .min()
+        .unwrap_or_else(|| clock.now_ns());
+    let mut out = Vec::new();
+    let mut from = 0u64;
+    for (at, sizes, rss_kib) in samples {
+        // The last sample, taken when the phase ends, may close a window of no length.
+        if at.saturating_sub(from) < 1_000_000_000 && !out.is_empty() {
+            continue;
+        }
+        let mut h = histogram()?;
+        for i in 0..track.published.len() {
+            let p = track.published[i].load(Ordering::Acquire);
+            let pending = track.pending_rx[i].load(Ordering::Acquire);
+            let rel = p.saturating_sub(first);
+            if p > 0 && rel >= from && rel < at && pending >= p {
+                h.saturating_record(micros(Duration::from_nanos(pending - p)));
+            }
+        }
+        out.push(SoakSample {
+            at_secs: Duration::from_nanos(at).as_secs_f64(),
+            sizes,
+            rss_kib,
+            refunds: h.len(),
+            p99_pending_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        });
+        from = at;
+    }
+    Ok(out)
 }
 
 /// One more worker process of `--workers`.
@@ -1938,8 +2050,49 @@ mod tests {
             Some(18)
         );
         let tags: Vec<char> = Phase::ALL.iter().map(|p| p.tag()).collect();
-        assert_eq!(tags, ['w', 't', 's', 'b', 'p']);
+        assert_eq!(tags, ['w', 't', 's', 'b', 'p', 'k']);
         assert!(Phase::ALL.iter().enumerate().all(|(i, p)| p.index() == i));
+    }
+
+    #[test]
+    fn each_soak_sample_has_the_p99_of_the_refunds_published_in_its_window() -> anyhow::Result<()> {
+        let clock = Clock::new();
+        let track = Track::new(4, None);
+        let s = 1_000_000_000u64;
+        // Published at 1 s, 1.5 s (first window), 3 s (second); one never PENDING.
+        for (i, (p, pending)) in [
+            (s, s + 10_000_000),
+            (s + s / 2, s + s / 2 + 30_000_000),
+            (3 * s, 3 * s + 50_000_000),
+            (3 * s + 1, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            track.published[i].store(p, Ordering::Release);
+            track.pending_rx[i].store(pending, Ordering::Release);
+        }
+        let sizes = Sizes::default();
+        let samples = vec![
+            (2 * s, sizes.clone(), Some(1)),
+            (4 * s, sizes.clone(), None),
+            (4 * s + 10, sizes, None),
+        ];
+        let out = soak_samples(samples, &track, &clock)?;
+        assert_eq!(out.len(), 2, "the window of no length is dropped");
+        assert_eq!((out[0].refunds, out[1].refunds), (2, 1));
+        assert!(
+            (out[0].p99_pending_ms - 30.0).abs() < 0.1,
+            "{}",
+            out[0].p99_pending_ms
+        );
+        assert!(
+            (out[1].p99_pending_ms - 50.0).abs() < 0.1,
+            "{}",
+            out[1].p99_pending_ms
+        );
+        assert_eq!(out[1].at_secs, 4.0);
+        Ok(())
     }
 
     #[test]
@@ -1966,6 +2119,7 @@ mod tests {
                 Track::new(3, Some(1)),
                 Track::new(0, None),
                 Track::new(2, None),
+                Track::new(0, None),
                 Track::new(0, None),
             ],
             received: AtomicU64::new(0),

@@ -116,6 +116,13 @@ pub struct BenchArgs {
     /// a run of 1).
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub workers: usize,
+    /// After the steady phase, publish at --rate for this long (`30m`), sampling table
+    /// sizes, the worker's RSS and the p99 command -> PENDING every --soak-every.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub soak: Option<Duration>,
+    /// How often the soak is sampled.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1m")]
+    pub soak_every: Duration,
 }
 
 /// `--provider-latency`: a median, and optionally a 99th percentile.
@@ -182,6 +189,8 @@ struct Plan {
     probe_rate: f64,
     floor: bool,
     workers: usize,
+    soak: Option<Duration>,
+    soak_every: Duration,
 }
 
 impl Plan {
@@ -212,6 +221,8 @@ impl Plan {
             probe_rate: args.probe_rate,
             floor: args.floor || !(args.quick || args.no_floor),
             workers: args.workers,
+            soak: args.soak,
+            soak_every: args.soak_every,
         };
         if plan.providers.is_empty() {
             anyhow::bail!("--providers needs at least one provider");
@@ -229,6 +240,17 @@ impl Plan {
         }
         if plan.preload > 100 * MAX {
             anyhow::bail!("--preload must be at most {}", 100 * MAX);
+        }
+        if let Some(d) = plan.soak {
+            if d > Duration::from_secs(24 * 3600)
+                || plan.rate <= 0.0
+                || plan.rate * d.as_secs_f64() > MAX as f64
+                || plan.soak_every < Duration::from_secs(1)
+            {
+                anyhow::bail!(
+                    "--soak needs --rate above 0, at most 24h, rate x duration at most {MAX}, and --soak-every of 1s or more"
+                );
+            }
         }
         if !(1..=8).contains(&plan.workers) {
             anyhow::bail!("--workers must be between 1 and 8");
@@ -578,6 +600,8 @@ async fn measure(
         backlog: plan.backlog,
         probe_rate: plan.probe_rate,
         workers: plan.workers,
+        soak: plan.soak,
+        soak_every: plan.soak_every,
         hot_statements: config.hot_statements.clone(),
     };
     let end_to_end = e2e::run(&settings, cleanup)
@@ -697,6 +721,11 @@ mod tests {
         assert!(plan(&["--workers", "9"]).is_err());
         assert!(plan(&["--probe-rate", "0"]).is_err());
         assert!(plan(&["--backlog", "10000001"]).is_err());
+        let soak = plan(&["--soak", "30m"])?;
+        assert_eq!(soak.soak, Some(Duration::from_secs(1800)));
+        assert_eq!(soak.soak_every, Duration::from_secs(60));
+        assert!(plan(&["--soak", "30m", "--rate", "0"]).is_err());
+        assert!(plan(&["--soak", "25h"]).is_err());
         Ok(())
     }
 

@@ -581,6 +581,20 @@ impl Report {
                 self.worker_over_floor.map_or("-".into(), |r| format!("{r:.2}"))
             );
         }
+        if !e.soak.is_empty() {
+            say!(out, "soak       every sample: database MiB, worker RSS, refunds published in the window, their p99 command -> PENDING");
+        }
+        for k in &e.soak {
+            say!(
+                out,
+                "  {:>7.0} s  database {:>8.1} MiB  RSS {:>10}  {:>7} refunds  p99 PENDING {:>8.1} ms",
+                k.at_secs,
+                k.sizes.database as f64 / (1024.0 * 1024.0),
+                mib(k.rss_kib),
+                k.refunds,
+                k.p99_pending_ms
+            );
+        }
         if let Some(b) = &e.backlog {
             say!(
                 out,
