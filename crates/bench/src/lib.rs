@@ -356,19 +356,31 @@ fn with_database(database_url: &str, name: &str) -> anyhow::Result<String> {
 
 /// Creates a database for this run (the name is ours, see [`drop_database`]).
 async fn create_database(database_url: &str) -> anyhow::Result<()> {
+    on_server(database_url, "create", |name| {
+        format!("CREATE DATABASE \"{name}\"")
+    })
+    .await
+}
+
+/// Runs `sql(name)` on the server of `database_url`, for the database a bench run named.
+async fn on_server(
+    database_url: &str,
+    verb: &str,
+    sql: impl Fn(&str) -> String,
+) -> anyhow::Result<()> {
     let (admin, name) = admin_url(database_url)?;
     bench_database_name(&name)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&admin)
         .await
-        .with_context(|| format!("connecting to create database {name}"))?;
-    let created = sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .with_context(|| format!("connecting to {verb} database {name}"))?;
+    let done = sqlx::query(&sql(&name))
         .execute(&pool)
         .await
-        .with_context(|| format!("creating database {name}"));
+        .with_context(|| format!("{verb} database {name}"));
     pool.close().await;
-    created.map(|_| ())
+    done.map(|_| ())
 }
 
 /// Refuses a database name the bench did not make: lowercase letters, digits, `_`.
@@ -385,19 +397,10 @@ fn bench_database_name(name: &str) -> anyhow::Result<()> {
 
 /// Drops a database this run created (the name is ours: lowercase letters, digits, `_`).
 async fn drop_database(database_url: &str) -> anyhow::Result<()> {
-    let (admin, name) = admin_url(database_url)?;
-    bench_database_name(&name)?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin)
-        .await
-        .with_context(|| format!("connecting to drop database {name}"))?;
-    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&pool)
-        .await
-        .with_context(|| format!("dropping database {name}"));
-    pool.close().await;
-    dropped.map(|_| ())
+    on_server(database_url, "drop", |name| {
+        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")
+    })
+    .await
 }
 
 /// A progress bar on stderr, hidden unless stdout is a terminal.
