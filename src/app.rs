@@ -9,7 +9,7 @@
 //!
 //! The bench runs `refund-worker run` as a child process, so it goes through here too.
 
-pub mod connect;
+pub(crate) mod connect;
 
 use crate::config::Config;
 use crate::pipeline::{worker, Context};

@@ -10,7 +10,7 @@
 
 /// Whether a database error is transient (connection lost, pool exhausted, serialization
 /// conflict, server shutting down) rather than a fault of the data.
-pub fn sqlx_is_retryable(e: &sqlx::Error) -> bool {
+pub(crate) fn sqlx_is_retryable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut

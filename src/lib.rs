@@ -4,7 +4,7 @@
 //! only the ones below it:
 //!
 //! ```text
-//!  cli ─ run, demo, bench, operator commands (one binary)
+//!  cli ─ run and the operator commands (one binary); sandbox, demo, bench with `tools`
 //!   │
 //!  app ─ the application wired once (`run`, the demo and the tests start it): migrate,
 //!   │     bind HTTP, providers, broker check; HTTP, metrics and the worker; drain in order
@@ -39,8 +39,8 @@
 //!   rows are [`store::merchant_webhooks`]).
 //! - `provider_webhooks`: provider webhooks in: the ingress verifies and queues them (the
 //!   inbox is [`store::provider_webhooks`], applying them [`pipeline::provider_webhooks`]).
-//! - [`pipeline`]: the loops that move work: intake (command -> row), inbound (provider
-//!   webhook -> row), dispatch (row -> provider -> row), relay (outbox -> broker), review
+//! - [`pipeline`]: the loops that move work: intake (command -> row), provider_webhooks
+//!   (provider webhook -> row), dispatch (row -> provider -> row), relay (outbox -> broker), review
 //!   (open too long -> operator), retention (old operational rows -> gone); and an operator's
 //!   recover (after an outage: a window's pending refunds asked about, webhooks re-sent) and
 //!   reconcile (a provider's view against ours).
@@ -67,12 +67,12 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod domain;
-pub mod error;
+pub(crate) mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
 pub mod merchant_webhooks;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod pipeline;
 pub(crate) mod provider_webhooks;
 pub mod providers;

@@ -19,7 +19,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the global recorder once and returns its handle (`None` if another recorder
 /// was installed first, e.g. by an embedding application).
-pub fn handle() -> Option<PrometheusHandle> {
+pub(crate) fn handle() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let latency = [
@@ -37,7 +37,7 @@ pub fn handle() -> Option<PrometheusHandle> {
 }
 
 /// The metrics, for the `/metrics` endpoint.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     handle().map(|h| h.render()).unwrap_or_default()
 }
 
@@ -120,27 +120,27 @@ fn describe() {
 }
 
 /// Counts a provider webhook at the ingress.
-pub fn provider_webhook_received(provider: &str, result: &'static str) {
+pub(crate) fn provider_webhook_received(provider: &str, result: &'static str) {
     counter!("refund_worker_provider_webhooks_received_total", "provider" => provider.to_owned(), "result" => result).increment(1);
 }
 
 /// Counts a consumed provider webhook by what applying it did.
-pub fn provider_webhook_applied(provider: &str, state: &'static str) {
+pub(crate) fn provider_webhook_applied(provider: &str, state: &'static str) {
     counter!("refund_worker_provider_webhooks_applied_total", "provider" => provider.to_owned(), "state" => state).increment(1);
 }
 
 /// Counts a contradicting final status (an alert).
-pub fn provider_webhook_contradiction(provider: &str) {
+pub(crate) fn provider_webhook_contradiction(provider: &str) {
     counter!("refund_worker_provider_webhook_contradictions_total", "provider" => provider.to_owned()).increment(1);
 }
 
 /// Counts a consumed command by outcome.
-pub fn command(outcome: &'static str) {
+pub(crate) fn command(outcome: &'static str) {
     counter!("refund_worker_commands_total", "outcome" => outcome).increment(1);
 }
 
 /// Counts a status change.
-pub fn refund_event(e: &crate::domain::RefundEvent) {
+pub(crate) fn refund_event(e: &crate::domain::RefundEvent) {
     let code = e
         .failure_reason
         .as_ref()
@@ -152,7 +152,12 @@ pub fn refund_event(e: &crate::domain::RefundEvent) {
 }
 
 /// Records one provider call.
-pub fn provider_call(provider: &str, call: &'static str, outcome: &'static str, elapsed: Duration) {
+pub(crate) fn provider_call(
+    provider: &str,
+    call: &'static str,
+    outcome: &'static str,
+    elapsed: Duration,
+) {
     let labels = [
         ("provider", provider.to_owned()),
         ("call", call.to_owned()),
@@ -163,34 +168,38 @@ pub fn provider_call(provider: &str, call: &'static str, outcome: &'static str, 
 }
 
 /// Counts a rescheduled refund.
-pub fn retry_scheduled(provider: &str, kind: &'static str) {
+pub(crate) fn retry_scheduled(provider: &str, kind: &'static str) {
     counter!("refund_worker_retries_scheduled_total", "provider" => provider.to_owned(), "kind" => kind).increment(1);
 }
 
 /// Counts published events.
-pub fn events_published(n: usize) {
+pub(crate) fn events_published(n: usize) {
     counter!("refund_worker_events_published_total").increment(n as u64);
 }
 
 /// Records one webhook attempt.
-pub fn webhook_attempt(result: &'static str, elapsed: Duration) {
+pub(crate) fn webhook_attempt(result: &'static str, elapsed: Duration) {
     counter!("refund_worker_webhook_attempts_total", "result" => result).increment(1);
     histogram!("refund_worker_webhook_attempt_seconds").record(elapsed.as_secs_f64());
 }
 
 /// Sets the number of commands in flight.
-pub fn commands_in_flight(n: usize) {
+pub(crate) fn commands_in_flight(n: usize) {
     gauge!("refund_worker_commands_in_flight").set(n as f64);
 }
 
 /// Sets a queue's depth.
-pub fn queue_depth(queue: &str, depth: u32) {
+pub(crate) fn queue_depth(queue: &str, depth: u32) {
     gauge!("refund_worker_queue_depth", "queue" => queue.to_owned()).set(f64::from(depth));
 }
 
 /// Samples the database gauges and runs the exporter's upkeep, every `every`, until
 /// `shutdown`.
-pub async fn sample(pool: PgPool, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
+pub(crate) async fn sample(
+    pool: PgPool,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     // Providers reported PENDING before: one that drops out of the query's groups is set
     // back to 0 rather than left at its last count.
     let mut seen = BTreeSet::new();

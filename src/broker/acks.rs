@@ -67,7 +67,7 @@ impl AckWindow {
 /// when the delivery's channel closed or failed first (or its acker was used), where lapin 2
 /// answered an error: callers that count on it having left (the ack window, a replay
 /// removing a dead letter) must not take that for success.
-pub fn sent(sent: bool) -> Result<(), lapin::Error> {
+pub(crate) fn sent(sent: bool) -> Result<(), lapin::Error> {
     if sent {
         Ok(())
     } else {

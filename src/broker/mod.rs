@@ -1,6 +1,6 @@
 //! RabbitMQ: topology, publishing with confirms, consuming with manual acks.
 
-pub mod acks;
+pub(crate) mod acks;
 pub mod dlq;
 pub mod publisher;
 pub mod topology;

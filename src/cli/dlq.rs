@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 /// Subcommands of `dlq`.
 #[derive(Debug, clap::Subcommand)]
-pub enum DlqCommand {
+pub(super) enum DlqCommand {
     /// List dead letters (they stay in the queue).
     List {
         /// Dead-letter queue (default: refund.commands.dlq).
@@ -56,7 +56,7 @@ pub enum DlqCommand {
 /// usage error; they used to be ANDed silently).
 #[derive(Debug, clap::Args)]
 #[group(required = true, multiple = false)]
-pub struct Selector {
+pub(super) struct Selector {
     /// Only the message with this id (as `dlq list` shows it: the AMQP message id, or
     /// `sha256:...` for a message without one).
     #[arg(long)]
@@ -73,7 +73,7 @@ pub struct Selector {
 }
 
 /// Runs `dlq ...`.
-pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
     let topology = Topology::with_prefix(&config.amqp_name_prefix);
     // Only the worker's dead-letter queues: `dlq list --queue refunds.unrouted` used to list

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 /// The states `inbox list` shows.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum InboxState {
+pub(super) enum InboxState {
     /// Waiting for a refund we do not know yet.
     Parked,
     /// Given up or ambiguous: an operator must match it.
@@ -28,7 +28,7 @@ impl InboxState {
 
 /// Subcommands of `inbox`.
 #[derive(Debug, clap::Subcommand)]
-pub enum InboxCommand {
+pub(super) enum InboxCommand {
     /// List provider webhooks in one state, oldest first.
     List {
         /// Which ones.
@@ -54,7 +54,7 @@ pub enum InboxCommand {
 }
 
 /// Runs `inbox ...`.
-pub async fn run(command: InboxCommand) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(command: InboxCommand) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
     let pool = super::exit::database(&config, 2).await?;
     match command {

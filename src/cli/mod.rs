@@ -6,7 +6,7 @@ mod inbox;
 pub(crate) mod reconcile;
 pub(crate) mod recover;
 mod refunds;
-pub mod run_args;
+pub(crate) mod run_args;
 mod submit;
 #[cfg(feature = "tools")]
 mod tools;

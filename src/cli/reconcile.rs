@@ -14,11 +14,11 @@ use anyhow::Context as _;
 use std::process::ExitCode;
 
 /// Exit code when mismatches were found.
-pub const EXIT_MISMATCHES: u8 = 3;
+pub(crate) const EXIT_MISMATCHES: u8 = 3;
 
 /// `reconcile` arguments.
 #[derive(Debug, clap::Args)]
-pub struct ReconcileArgs {
+pub(crate) struct ReconcileArgs {
     /// The provider (va_services, bpn, binance_pay, bvnk).
     #[arg(long)]
     provider: String,
@@ -31,7 +31,7 @@ pub struct ReconcileArgs {
 }
 
 /// Runs `reconcile`.
-pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
     let Some(provider) = ProviderName::parse(args.provider.trim()) else {
         eprintln!(
             "provider `{}` is not one of va_services, bpn, binance_pay, bvnk",
@@ -75,7 +75,7 @@ pub async fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// 3 with mismatches, else 1 with errors, else 0.
-pub fn exit_code(report: &Report) -> ExitCode {
+pub(crate) fn exit_code(report: &Report) -> ExitCode {
     if !report.mismatches.is_empty() {
         ExitCode::from(EXIT_MISMATCHES)
     } else if !report.errors.is_empty() {
@@ -86,7 +86,7 @@ pub fn exit_code(report: &Report) -> ExitCode {
 }
 
 /// The human-readable report.
-pub fn render(r: &Report) -> String {
+pub(crate) fn render(r: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(

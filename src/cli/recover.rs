@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 /// `recover` arguments.
 #[derive(Debug, clap::Args)]
-pub struct RecoverArgs {
+pub(crate) struct RecoverArgs {
     /// Refunds created at or after this time: RFC 3339 (2026-12-07T10:00:00Z) or a date
     /// (2026-12-07, midnight UTC).
     #[arg(long)]
@@ -37,7 +37,7 @@ pub struct RecoverArgs {
 }
 
 /// Runs `recover`.
-pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
     let window = match Window::parse(
         &args.since,
         args.until.as_deref(),
@@ -96,7 +96,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// 1 when a recheck failed or a provider refused a re-send request, else 0.
-pub fn exit_code(summary: &Summary) -> ExitCode {
+pub(crate) fn exit_code(summary: &Summary) -> ExitCode {
     let refused = summary.webhook_resends.iter().any(|p| match &p.resend {
         WebhookResend::Requests { requests } => requests.iter().any(|r| r.ok == Some(false)),
         _ => false,
@@ -109,7 +109,7 @@ pub fn exit_code(summary: &Summary) -> ExitCode {
 }
 
 /// The human-readable summary.
-pub fn render(s: &Summary) -> String {
+pub(crate) fn render(s: &Summary) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let w = &s.window;

@@ -14,7 +14,7 @@ fn utc(t: chrono::DateTime<chrono::Utc>) -> String {
 
 /// Subcommands of `refunds`.
 #[derive(Debug, clap::Subcommand)]
-pub enum RefundsCommand {
+pub(super) enum RefundsCommand {
     /// Show one refund: status, phase, attempts, history and provider calls.
     Show {
         /// The refundReference.
@@ -106,7 +106,7 @@ pub enum RefundsCommand {
 }
 
 /// Runs `refunds ...`.
-pub async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(command: RefundsCommand) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
     if let RefundsCommand::AtProvider { size, max_pages } = command {
         eprintln!("`refunds at-provider` is deprecated and will be removed: `refund-worker reconcile --provider va_services` compares VA's list with our refunds");
@@ -360,7 +360,7 @@ fn waited(d: chrono::Duration) -> String {
 }
 
 /// Renders a refund for people.
-pub fn render(view: &store::RefundView) -> String {
+pub(super) fn render(view: &store::RefundView) -> String {
     use std::fmt::Write;
     let r = &view.refund;
     let mut out = String::new();

@@ -154,7 +154,7 @@ const PER_PROVIDER: &[(&str, &str, &str)] = &[
 
 /// One setting: its environment variable, default and meaning.
 #[derive(Debug, Clone)]
-pub struct Setting {
+pub(crate) struct Setting {
     /// The environment variable (also the flag's id).
     pub name: String,
     /// The default as people read it.
@@ -164,7 +164,7 @@ pub struct Setting {
 }
 
 /// Every setting the worker reads, providers' included.
-pub fn settings() -> Vec<Setting> {
+pub(crate) fn settings() -> Vec<Setting> {
     let mut out: Vec<Setting> = GLOBAL
         .iter()
         .map(|(name, default, help)| Setting {
@@ -186,14 +186,14 @@ pub fn settings() -> Vec<Setting> {
 
 /// `run`'s flags, by environment variable name (values from a flag, else the variable).
 #[derive(Debug, Clone, Default)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     values: BTreeMap<String, String>,
 }
 
 impl RunArgs {
     /// The value of setting `name`: its flag, else its environment variable (clap's `env`),
     /// else the environment for a variable without a flag; empty counts as unset.
-    pub fn get(&self, name: &str) -> Option<String> {
+    pub(crate) fn get(&self, name: &str) -> Option<String> {
         self.values
             .get(name)
             .cloned()

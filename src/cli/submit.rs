@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 /// Flags of `submit`.
 #[derive(Debug, clap::Args)]
-pub struct SubmitArgs {
+pub(super) struct SubmitArgs {
     /// Read the command from this JSON file (`-` for standard input). The command's fields
     /// come from the file only: the flags that would build one are refused with it.
     #[arg(long, conflicts_with_all = [
@@ -57,7 +57,7 @@ pub struct SubmitArgs {
 }
 
 /// Runs `submit`.
-pub async fn run(args: SubmitArgs) -> anyhow::Result<std::process::ExitCode> {
+pub(super) async fn run(args: SubmitArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.file.is_none() && args.currency.is_none() && args.provider != "va_services" {
         eprintln!(
             "error: --currency is required with --provider {} (only va_services defaults to NGN)",

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 /// Subcommands of `webhooks`.
 #[derive(Debug, clap::Subcommand)]
-pub enum WebhooksCommand {
+pub(super) enum WebhooksCommand {
     /// List webhook deliveries that failed (retry schedule exhausted, 410 Gone, or refused).
     List {
         /// Only failed deliveries (the only listing for now; kept for clarity in scripts).
@@ -48,7 +48,7 @@ pub enum WebhooksCommand {
 }
 
 /// Runs `webhooks ...`.
-pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
     let config = Config::from_env()?;
     let pool = super::exit::database(&config, 2).await?;
     match command {

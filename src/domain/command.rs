@@ -13,9 +13,9 @@ use std::fmt;
 
 /// Longest `refundReference` we accept. Longer ones go to the dead-letter queue: they cannot
 /// be stored as a key nor sent to any provider.
-pub const MAX_REFERENCE_LEN: usize = 128;
+pub(crate) const MAX_REFERENCE_LEN: usize = 128;
 /// Longest free-text field (`reason`, `customerNote`).
-pub const MAX_TEXT_LEN: usize = 500;
+pub(crate) const MAX_TEXT_LEN: usize = 500;
 
 /// The payment providers refund-worker can drive.
 #[derive(
@@ -112,7 +112,7 @@ impl fmt::Debug for Destination {
 }
 
 /// Masks all but the last four characters (`******7886`).
-pub fn mask(value: &str) -> String {
+pub(crate) fn mask(value: &str) -> String {
     let n = value.chars().count();
     let keep = n.saturating_sub(4);
     value
@@ -201,7 +201,7 @@ impl CommandError {
 }
 
 /// Extracts and validates the `refundReference` of any JSON value.
-pub fn reference_of(raw: &Value) -> Result<String, CommandError> {
+pub(crate) fn reference_of(raw: &Value) -> Result<String, CommandError> {
     let obj = raw
         .as_object()
         .ok_or_else(|| CommandError::NotJson(format!("expected an object, got {}", kind(raw))))?;
@@ -272,7 +272,7 @@ const MAX_DUPLICATES_REPORTED: usize = 10;
 /// `serde_json` keeps the last of duplicate keys silently; for a money command that is
 /// ambiguous (which `"amount"` did the publisher mean?), so duplicates are refused.
 /// Bytes that are not JSON give an empty list (the parse error is reported elsewhere).
-pub fn duplicate_keys(bytes: &[u8]) -> Vec<String> {
+pub(crate) fn duplicate_keys(bytes: &[u8]) -> Vec<String> {
     use serde::de::DeserializeSeed;
     let found = std::cell::RefCell::new(Vec::new());
     let mut de = serde_json::Deserializer::from_slice(bytes);

@@ -29,7 +29,7 @@ pub struct StatusChange<'a> {
 /// What a batch of status changes writes: one entry per change in every column, in the
 /// changes' order.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Fanout<'a> {
+pub(crate) struct Fanout<'a> {
     /// The refund of each change.
     pub refund_reference: Vec<&'a str>,
     /// The history's previous status (none for a refund's first event).
@@ -52,20 +52,8 @@ pub struct Fanout<'a> {
     pub provider: Vec<Option<&'a str>>,
 }
 
-impl Fanout<'_> {
-    /// How many changes it holds.
-    pub fn len(&self) -> usize {
-        self.event_id.len()
-    }
-
-    /// Whether it holds none.
-    pub fn is_empty(&self) -> bool {
-        self.event_id.is_empty()
-    }
-}
-
 /// The rows `changes` write, in order. Fails only if an event does not serialize.
-pub fn fanout<'a>(changes: &[StatusChange<'a>]) -> Result<Fanout<'a>, serde_json::Error> {
+pub(crate) fn fanout<'a>(changes: &[StatusChange<'a>]) -> Result<Fanout<'a>, serde_json::Error> {
     let mut out = Fanout::default();
     for c in changes {
         let e = c.event;
@@ -88,7 +76,7 @@ pub fn fanout<'a>(changes: &[StatusChange<'a>]) -> Result<Fanout<'a>, serde_json
 
 /// The history and outbox rows of review flags: each flagged refund's status unchanged
 /// (`from` = `to`), the flag's reason as the detail, the `review_required` event.
-pub fn review_flags<'a>(
+pub(crate) fn review_flags<'a>(
     events: &'a [RefundEvent],
     cause: &'a str,
 ) -> Result<Fanout<'a>, serde_json::Error> {
@@ -147,7 +135,7 @@ mod tests {
             },
         ];
         let rows = fanout(&changes).unwrap();
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.event_id.len(), 2);
         assert_eq!(rows.refund_reference, ["R-1", "R-2"]);
         assert_eq!(rows.from_status, [None, Some("PENDING")]);
         assert_eq!(rows.to_status, ["PENDING", "REFUND_FAIL"]);
@@ -176,7 +164,7 @@ mod tests {
             fanout(&[change]).unwrap().detail,
             [Some("checked with the bank")]
         );
-        assert!(fanout(&[]).unwrap().is_empty());
+        assert!(fanout(&[]).unwrap().event_id.is_empty());
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub struct IntakeItem<'a> {
 }
 
 /// A payment's key: provider and transaction reference.
-pub type PaymentKey = (String, String);
+pub(crate) type PaymentKey = (String, String);
 
 /// A reference already stored: its command's hash and its status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub struct Stored {
 
 /// A command whose reference is taken: the same command again is a duplicate, another one
 /// a conflict (a reference identifies exactly one refund).
-pub fn repeat(stored_hash: &str, stored_status: &str, command_hash: &str) -> Intake {
+pub(crate) fn repeat(stored_hash: &str, stored_status: &str, command_hash: &str) -> Intake {
     if stored_hash == command_hash {
         Intake::Duplicate
     } else {
@@ -126,7 +126,7 @@ impl NewRefund {
 
 /// A batch judged: an answer for each repeat, and the new refunds to store.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Judged {
+pub(crate) struct Judged {
     /// In batch order: the answer of a repeat, `None` for a new refund (answered
     /// `Created` once it is stored).
     pub answers: Vec<Option<Intake>>,
@@ -137,13 +137,13 @@ pub struct Judged {
 /// A configured command's payment was not among those locked: the caller's bug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("payment {0:?} was not locked")]
-pub struct Unlocked(pub PaymentKey);
+pub(crate) struct Unlocked(pub PaymentKey);
 
 /// Judges a batch in arrival order against the stored references (`stored`, by
 /// reference; empty when the caller assumes all are new) and the locked payments, which
 /// learn amounts and count accepted refunds as it goes. Up to `claim_limit` of the
 /// accepted refunds are marked to be claimed.
-pub fn judge(
+pub(crate) fn judge(
     items: &[IntakeItem<'_>],
     stored: &HashMap<String, Stored>,
     payments: &mut HashMap<PaymentKey, PaymentState>,
@@ -200,7 +200,7 @@ pub fn judge(
 
 /// A command that failed validation, stored as a refused refund with whatever it said.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Invalid {
+pub(crate) struct Invalid {
     /// Its `provider`, as given.
     pub provider: Option<String>,
     /// Its `transactionReference`, as given.
@@ -215,7 +215,7 @@ pub struct Invalid {
 
 impl Invalid {
     /// What is kept of the invalid command `raw`, refused with `message`.
-    pub fn new(raw: &Value, message: &str) -> Self {
+    pub(crate) fn new(raw: &Value, message: &str) -> Self {
         let text = |k: &str| raw.get(k).and_then(Value::as_str).map(str::to_owned);
         Self {
             provider: text("provider"),
@@ -230,7 +230,7 @@ impl Invalid {
     }
 
     /// Its one event: `REFUND_FAIL` at `occurred_at`.
-    pub fn event(&self, refund_reference: &str, occurred_at: DateTime<Utc>) -> RefundEvent {
+    pub(crate) fn event(&self, refund_reference: &str, occurred_at: DateTime<Utc>) -> RefundEvent {
         RefundEvent {
             event_id: Uuid::new_v4(),
             refund_reference: refund_reference.to_owned(),

@@ -15,15 +15,15 @@
 //!   webhook).
 //! - [`review`]: when a refund needs an operator, and what an operator's resolution does.
 
-pub mod command;
-pub mod event;
-pub mod fanout;
-pub mod guard;
-pub mod intake;
-pub mod money;
-pub mod refund;
-pub mod review;
-pub mod webhook;
+pub(crate) mod command;
+pub(crate) mod event;
+pub(crate) mod fanout;
+pub(crate) mod guard;
+pub(crate) mod intake;
+pub(crate) mod money;
+pub(crate) mod refund;
+pub(crate) mod review;
+pub(crate) mod webhook;
 
 pub use command::{CommandError, Destination, ProviderName, RefundCommand};
 pub use event::RefundEvent;

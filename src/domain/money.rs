@@ -32,7 +32,7 @@ pub enum MoneyError {
 }
 
 /// The JSON Schema of an exact amount: a decimal string or a JSON number, never an exponent.
-pub struct DecimalText;
+pub(crate) struct DecimalText;
 
 impl schemars::JsonSchema for DecimalText {
     fn schema_name() -> std::borrow::Cow<'static, str> {
@@ -90,7 +90,7 @@ pub fn parse_amount(value: &serde_json::Value) -> Result<Decimal, MoneyError> {
 }
 
 /// Parses the text of an amount; only plain decimals (`-`? digits, optional `.` digits).
-pub fn parse_amount_text(text: &str) -> Result<Decimal, MoneyError> {
+pub(crate) fn parse_amount_text(text: &str) -> Result<Decimal, MoneyError> {
     let plain = !text.is_empty()
         && text.len() <= 64
         && text
@@ -108,7 +108,7 @@ pub fn parse_amount_text(text: &str) -> Result<Decimal, MoneyError> {
 }
 
 /// Checks that `amount` is positive and fits the currency's decimals.
-pub fn check_amount(amount: Decimal, currency: &str) -> Result<(), MoneyError> {
+pub(crate) fn check_amount(amount: Decimal, currency: &str) -> Result<(), MoneyError> {
     if amount <= Decimal::ZERO {
         return Err(MoneyError::NotPositive(amount));
     }

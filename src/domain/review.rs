@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use std::time::Duration;
 
 /// Routing key of the event that flags a refund for review.
-pub const REVIEW_ROUTING_KEY: &str = "refund.status.review_required";
+pub(crate) const REVIEW_ROUTING_KEY: &str = "refund.status.review_required";
 
 /// Why a refund needs an operator, and since when (the `review` object of its event).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -62,7 +62,7 @@ impl GuardSource {
 }
 
 /// The reason a refund still open after `review_after` is flagged with.
-pub fn overdue_reason(
+pub(crate) fn overdue_reason(
     review_after: Duration,
     phase: &str,
     provider_status: Option<&str>,
@@ -82,7 +82,7 @@ pub fn overdue_reason(
 }
 
 /// The reason a refund whose provider webhooks contradict each other is flagged with.
-pub fn contradiction_reason(ours: RefundStatus, theirs: RefundStatus) -> String {
+pub(crate) fn contradiction_reason(ours: RefundStatus, theirs: RefundStatus) -> String {
     format!("provider webhooks contradict each other: the refund is {ours}, a notification says {theirs}")
 }
 
@@ -110,7 +110,7 @@ pub struct ResolveRequest {
 
 /// What resolving does to the refund.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResolvePlan {
+pub(crate) enum ResolvePlan {
     /// A pending refund in review becomes final, with this failure for `REFUND_FAIL`.
     Finish {
         /// The final status.
@@ -143,11 +143,11 @@ pub enum ResolveRefused {
 }
 
 /// Longest reason an operator may give for a resolution.
-pub const MAX_REASON_CHARS: usize = 500;
+pub(crate) const MAX_REASON_CHARS: usize = 500;
 
 /// Decides an operator's resolution of a refund in `current` status (`in_review`: whether
 /// it is flagged). Forward only, through [`transition`].
-pub fn plan_resolution(
+pub(crate) fn plan_resolution(
     current: RefundStatus,
     in_review: bool,
     request: &ResolveRequest,

@@ -81,7 +81,7 @@ impl Applied {
 
 /// What applying a webhook did, and what its inbox row says about it.
 #[derive(Debug, Clone)]
-pub struct Decided {
+pub(crate) struct Decided {
     /// What it did.
     pub applied: Applied,
     /// The refund it concerns, when known.
@@ -93,7 +93,7 @@ pub struct Decided {
 impl Decided {
     /// Gives a still parked webhook up: no refund appeared for it, so it is kept as
     /// unmatched, for an operator. Anything else is left as it is.
-    pub fn give_up(&mut self) {
+    pub(crate) fn give_up(&mut self) {
         if self.applied == Applied::Parked {
             let reason = "no refund appeared for this webhook".to_owned();
             self.detail = Some(reason.clone());
@@ -104,7 +104,7 @@ impl Decided {
 
 /// A refund that one of a webhook's keys names, as the store looks them up.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     /// 1: by our reference, 2: by the provider's, 3: by the payment.
     pub via: i32,
     /// The refund.
@@ -119,7 +119,7 @@ pub struct Candidate {
 /// (the one still pending should it name several, as BPN's order id names every partial
 /// refund of the order; else the oldest), then the payment (only when exactly one refund of
 /// that payment is pending, or exactly one exists). `Err` says why it is ambiguous.
-pub fn pick(
+pub(crate) fn pick(
     mut candidates: Vec<&Candidate>,
     payment: Option<&str>,
 ) -> Result<Option<String>, String> {
@@ -154,7 +154,7 @@ pub fn pick(
 
 /// What a batch's refund webhooks do to the refunds, decided under their locks.
 #[derive(Default)]
-pub struct Changes<'a> {
+pub(crate) struct Changes<'a> {
     /// In-progress statuses, one per refund (later ones merged into earlier ones).
     pub progress: Vec<Progress<'a>>,
     /// Final statuses, at most one per refund (the state machine sees to it).
@@ -163,7 +163,7 @@ pub struct Changes<'a> {
 
 /// What the provider says of a refund still in progress at its end.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Progress<'a> {
+pub(crate) struct Progress<'a> {
     /// The refund.
     pub reference: String,
     /// The provider's id, when it says one.
@@ -175,7 +175,7 @@ pub struct Progress<'a> {
 }
 
 /// One refund a webhook makes final.
-pub struct FinishPlan<'a> {
+pub(crate) struct FinishPlan<'a> {
     /// Which webhook of the batch makes it final.
     pub at: usize,
     /// The status it had (pending).
@@ -197,7 +197,7 @@ pub struct FinishPlan<'a> {
 /// Decides one refund webhook against the refund's status as the batch has left it, and
 /// notes the change to make in `changes`. `None` when it makes the refund final (its event
 /// exists only once the update returned the row).
-pub fn decide<'a>(
+pub(crate) fn decide<'a>(
     found: Result<Option<String>, String>,
     outcome: &'a ProviderOutcome,
     current: &mut HashMap<String, RefundStatus>,
@@ -294,7 +294,7 @@ pub fn decide<'a>(
 }
 
 /// The inbox's view of a refund webhook's result: the refund it concerns and a detail.
-pub fn refund_result(applied: Applied, outcome: &ProviderOutcome) -> Decided {
+pub(crate) fn refund_result(applied: Applied, outcome: &ProviderOutcome) -> Decided {
     let refund_reference = match &applied {
         Applied::Transitioned(e) => Some(e.refund_reference.clone()),
         Applied::Unchanged { refund_reference }

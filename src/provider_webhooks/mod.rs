@@ -4,4 +4,4 @@
 //! [`crate::store::provider_webhooks`], and [`crate::pipeline::provider_webhooks`] applies them. Merchant webhooks
 //! going out are [`crate::merchant_webhooks`].
 
-pub mod ingress;
+pub(crate) mod ingress;

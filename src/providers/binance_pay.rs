@@ -835,10 +835,13 @@ impl BinancePay {
             .webhook_secret
             .as_ref()
             .map(|pem| parse_public_key(pem.expose_secret()));
-        // Config refuses an unusable key at start; settings built by hand are checked too.
+        // A key that cannot work stops the start (the providers are built there), naming
+        // the variable, never the value: logged and ignored, it would refuse every webhook
+        // while the worker looked healthy.
         if let Some(Err(e)) = &webhook_key {
             return Err(crate::config::ConfigError(format!(
-                "PROVIDER_BINANCE_PAY_WEBHOOK_SECRET must be a PEM public key: {e}"
+                "PROVIDER_BINANCE_PAY_WEBHOOK_SECRET must be Binance Pay's webhook public key \
+                 in PEM (-----BEGIN PUBLIC KEY-----, newlines or \\n escapes): {e}"
             )));
         }
         Ok(Self {
@@ -1532,6 +1535,19 @@ mod tests {
         })
         .unwrap();
         config.providers[&ProviderName::BinancePay].clone()
+    }
+
+    #[test]
+    fn an_unusable_webhook_key_stops_the_start_naming_the_variable_not_the_value() {
+        let Err(e) = BinancePay::new(settings(Some("not-a-pem-key-5f3e"))) else {
+            panic!("a key that is not PEM was accepted");
+        };
+        let e = e.to_string();
+        assert!(e.contains("PROVIDER_BINANCE_PAY_WEBHOOK_SECRET"), "{e}");
+        assert!(e.contains("PEM"), "{e}");
+        assert!(!e.contains("not-a-pem-key-5f3e"), "{e}");
+        let pem = include_str!("../../fixtures/binance_pay/webhook-test-public-key.pem");
+        assert!(BinancePay::new(settings(Some(pem))).is_ok());
     }
 
     /// The adapter against the sandbox over HTTP: what it signs is what it sends.

@@ -25,12 +25,12 @@
 //! batch, not per refund.
 
 pub mod merchant_webhooks;
-pub mod outbox;
+pub(crate) mod outbox;
 pub mod provider_webhooks;
-pub mod recovery;
+pub(crate) mod recovery;
 pub mod refunds;
 pub mod retention;
-pub mod review;
+pub(crate) mod review;
 pub mod stats;
 
 use sqlx::migrate::MigrateDatabase;

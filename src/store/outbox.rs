@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 /// An event waiting to be published.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OutboxRow {
+pub(crate) struct OutboxRow {
     /// Sequence number (publication order).
     pub id: i64,
     /// The event's id, also the AMQP `message_id`.
@@ -36,7 +36,7 @@ pub const TAKE_BATCH: &str = "UPDATE outbox SET published_at = now()
 /// Only events for `exchange` (this worker's): a database shared by workers with other name
 /// prefixes (demos, tests) may hold events for an exchange this broker does not have, and
 /// publishing one of them would fail the whole batch again and again.
-pub async fn take_batch(
+pub(crate) async fn take_batch(
     tx: &mut PgConnection,
     exchange: &str,
     limit: i64,

@@ -8,11 +8,11 @@ use sqlx::PgPool;
 
 /// Most refunds one recovery or reconciliation looks at (a window that large is better
 /// split; the caller says so).
-pub const WINDOW_LIMIT: i64 = 100_000;
+pub(crate) const WINDOW_LIMIT: i64 = 100_000;
 
 /// One refund of a window.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct WindowRefund {
+pub(crate) struct WindowRefund {
     /// Our reference.
     pub refund_reference: String,
     /// Provider wire name.
@@ -21,8 +21,6 @@ pub struct WindowRefund {
     pub transaction_reference: Option<String>,
     /// Exact amount.
     pub amount: Option<Decimal>,
-    /// Currency.
-    pub currency: Option<String>,
     /// PENDING, COMPLETED, REFUND_FAIL.
     pub status: String,
     /// The provider's id, once known.
@@ -36,7 +34,7 @@ pub struct WindowRefund {
 /// Refunds created in `[since, until)` (of `provider` when given), oldest first; `pending_only`
 /// keeps the ones not final. `INVALID_COMMAND` refunds never reached a provider and are left
 /// out.
-pub async fn refunds_in_window(
+pub(crate) async fn refunds_in_window(
     pool: &PgPool,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
@@ -44,7 +42,7 @@ pub async fn refunds_in_window(
     pending_only: bool,
 ) -> Result<Vec<WindowRefund>, StoreError> {
     let rows = sqlx::query_as::<_, WindowRefund>(
-        "SELECT refund_reference, provider, transaction_reference, amount, currency, status,
+        "SELECT refund_reference, provider, transaction_reference, amount, status,
                 provider_reference, created_at, command
          FROM refunds
          WHERE created_at >= $1 AND created_at < $2
@@ -66,13 +64,13 @@ pub async fn refunds_in_window(
 
 /// The refunds of `provider` whose references are in `references` (the ones a provider's
 /// own list names), whenever they were created.
-pub async fn refunds_by_reference(
+pub(crate) async fn refunds_by_reference(
     pool: &PgPool,
     provider: &str,
     references: &[String],
 ) -> Result<Vec<WindowRefund>, StoreError> {
     let rows = sqlx::query_as::<_, WindowRefund>(
-        "SELECT refund_reference, provider, transaction_reference, amount, currency, status,
+        "SELECT refund_reference, provider, transaction_reference, amount, status,
                 provider_reference, created_at, command
          FROM refunds
          WHERE provider = $1 AND refund_reference = ANY($2)",

@@ -14,13 +14,13 @@ use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
 
 /// History cause of a review flag.
-pub const CAUSE_REVIEW: &str = "flagged for review";
+pub(crate) const CAUSE_REVIEW: &str = "flagged for review";
 /// History cause of an operator's resolution.
-pub const CAUSE_RESOLVED: &str = "resolved by operator";
+pub(crate) const CAUSE_RESOLVED: &str = "resolved by operator";
 /// History cause of an operator confirming a flagged final status.
-pub const CAUSE_ACKNOWLEDGED: &str = "review acknowledged by operator";
+pub(crate) const CAUSE_ACKNOWLEDGED: &str = "review acknowledged by operator";
 /// History cause of an operator's recheck.
-pub const CAUSE_RECHECK: &str = "recheck requested by operator";
+pub(crate) const CAUSE_RECHECK: &str = "recheck requested by operator";
 
 /// Flags the named refunds for review (those not flagged already), each with its reason,
 /// and writes a history row and a `refund.status.review_required` event for each. The
@@ -65,7 +65,7 @@ pub(crate) async fn flag(
 
 /// Flags up to `limit` pending refunds accepted more than `review_after` ago and not
 /// flagged yet, in the caller's transaction. Returns their events.
-pub async fn flag_overdue(
+pub(crate) async fn flag_overdue(
     tx: &mut PgConnection,
     review_after: Duration,
     limit: i64,
@@ -132,7 +132,7 @@ impl From<sqlx::Error> for ResolveError {
 /// Applies an operator's resolution of `reference`, under the refund's row lock, with its
 /// history row and (for a final status) its event and merchant webhook, in the caller's
 /// transaction (which it leaves unchanged when it answers an error).
-pub async fn resolve(
+pub(crate) async fn resolve(
     tx: &mut PgConnection,
     reference: &str,
     request: &ResolveRequest,
@@ -201,7 +201,7 @@ pub async fn resolve(
 
 /// Adds a history row that changes no status (an operator's action), in the caller's
 /// transaction. `false` when there is no such refund.
-pub async fn note_action(
+pub(crate) async fn note_action(
     tx: &mut PgConnection,
     reference: &str,
     cause: &str,
@@ -240,7 +240,7 @@ async fn note(
 }
 
 /// Refunds in review, longest waiting first.
-pub async fn in_review(pool: &PgPool, limit: i64) -> Result<Vec<RefundRow>, StoreError> {
+pub(crate) async fn in_review(pool: &PgPool, limit: i64) -> Result<Vec<RefundRow>, StoreError> {
     Ok(sqlx::query_as(&format!(
         "SELECT {ROW_COLUMNS} FROM refunds WHERE review_since IS NOT NULL
          ORDER BY review_since, refund_reference LIMIT $1"
@@ -248,15 +248,6 @@ pub async fn in_review(pool: &PgPool, limit: i64) -> Result<Vec<RefundRow>, Stor
     .bind(limit)
     .fetch_all(pool)
     .await?)
-}
-
-/// How many refunds are in review (through the partial index `refunds_in_review`).
-pub async fn count_in_review(pool: &PgPool) -> Result<i64, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM refunds WHERE review_since IS NOT NULL")
-            .fetch_one(pool)
-            .await?,
-    )
 }
 
 /// History rows and outbox events for review flags (no merchant webhook; what to write is

@@ -140,7 +140,7 @@ async fn binance_order_without_refund_attempts_left_fails_not_refundable() {
     let mut app = TestApp::spawn().await;
     app.sandbox.add_payment(order("100"));
     app.start_worker();
-    // The sandbox's MAX_REFUND_ATTEMPTS (src/sandbox/binance_pay.rs).
+    // The sandbox's MAX_REFUND_ATTEMPTS (crates/sandbox/src/binance_pay.rs).
     let attempts = 10;
     let refs: Vec<String> = (0..attempts)
         .map(|i| reference(&format!("bnb-a{i}")))

@@ -123,6 +123,11 @@ pub struct BenchArgs {
     /// How often the soak is sampled.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1m")]
     pub soak_every: Duration,
+    /// The refund-worker executable to measure [default: this one]. Another build (an
+    /// earlier commit's, say) measured by the same bench makes a paired comparison; it must
+    /// take the same settings and declare the same names.
+    #[arg(long, value_name = "PATH")]
+    pub worker: Option<std::path::PathBuf>,
 }
 
 /// `--provider-latency`: a median, and optionally a 99th percentile.
@@ -191,6 +196,7 @@ struct Plan {
     workers: usize,
     soak: Option<Duration>,
     soak_every: Duration,
+    worker: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -223,6 +229,7 @@ impl Plan {
             workers: args.workers,
             soak: args.soak,
             soak_every: args.soak_every,
+            worker: args.worker.clone(),
         };
         if plan.providers.is_empty() {
             anyhow::bail!("--providers needs at least one provider");
@@ -354,7 +361,7 @@ fn with_database(database_url: &str, name: &str) -> anyhow::Result<String> {
     Ok(url.to_string())
 }
 
-/// Creates a database for this run (the name is ours, see [`drop_database`]).
+/// Creates a database for this run (the name is ours, see [`bench_database_name`]).
 async fn create_database(database_url: &str) -> anyhow::Result<()> {
     on_server(database_url, "create", |name| {
         format!("CREATE DATABASE \"{name}\"")
@@ -362,11 +369,20 @@ async fn create_database(database_url: &str) -> anyhow::Result<()> {
     .await
 }
 
-/// Runs `sql(name)` on the server of `database_url`, for the database a bench run named.
+/// Drops a database this run created.
+async fn drop_database(database_url: &str) -> anyhow::Result<()> {
+    on_server(database_url, "drop", |name| {
+        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")
+    })
+    .await
+}
+
+/// Runs `statement(name)` on the server's `postgres` database for the bench database
+/// `database_url` names (`verb` says what, in errors).
 async fn on_server(
     database_url: &str,
     verb: &str,
-    sql: impl Fn(&str) -> String,
+    statement: impl FnOnce(&str) -> String,
 ) -> anyhow::Result<()> {
     let (admin, name) = admin_url(database_url)?;
     bench_database_name(&name)?;
@@ -375,10 +391,10 @@ async fn on_server(
         .connect(&admin)
         .await
         .with_context(|| format!("connecting to {verb} database {name}"))?;
-    let done = sqlx::query(&sql(&name))
+    let done = sqlx::query(&statement(&name))
         .execute(&pool)
         .await
-        .with_context(|| format!("{verb} database {name}"));
+        .with_context(|| format!("{verb} database {name}: failed"));
     pool.close().await;
     done.map(|_| ())
 }
@@ -393,14 +409,6 @@ fn bench_database_name(name: &str) -> anyhow::Result<()> {
         anyhow::bail!("refusing database `{name}`: not a bench database name");
     }
     Ok(())
-}
-
-/// Drops a database this run created (the name is ours: lowercase letters, digits, `_`).
-async fn drop_database(database_url: &str) -> anyhow::Result<()> {
-    on_server(database_url, "drop", |name| {
-        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")
-    })
-    .await
 }
 
 /// A progress bar on stderr, hidden unless stdout is a terminal.
@@ -584,7 +592,7 @@ async fn measure(
     let settings = e2e::Settings {
         run_id: run_id.to_owned(),
         names: config.names.clone(),
-        exe: worker.exe.clone(),
+        exe: plan.worker.clone().unwrap_or_else(|| worker.exe.clone()),
         amqp_url: config.amqp_url.clone(),
         database_url,
         child_env,
@@ -637,6 +645,7 @@ async fn measure(
     let provider_calls = sandbox.ledger();
     let report = report::Report::new(report::Inputs {
         run_id: run_id.to_owned(),
+        worker_exe: settings.exe.display().to_string(),
         quick: plan.quick,
         in_flight: plan.in_flight,
         providers: &plan.providers,

@@ -175,6 +175,8 @@ impl RowCommits {
 pub struct Inputs<'a> {
     /// Run id.
     pub run_id: String,
+    /// The worker executable measured.
+    pub worker_exe: String,
     /// `--quick`.
     pub quick: bool,
     /// `--in-flight`.
@@ -207,6 +209,8 @@ pub struct Inputs<'a> {
 pub struct Report {
     /// Run id (names the database, queues and refunds).
     pub run_id: String,
+    /// The worker executable measured (`--worker`).
+    pub worker_exe: String,
     /// `--quick`.
     pub quick: bool,
     /// Refunds in flight at most in the throughput phase.
@@ -311,6 +315,7 @@ impl Report {
             .and_then(|f| super::floor::ratio(e.throughput.refunds_per_sec, f));
         let mut report = Self {
             run_id: inputs.run_id,
+            worker_exe: inputs.worker_exe,
             quick: inputs.quick,
             in_flight: inputs.in_flight,
             machine: inputs.machine,
@@ -620,7 +625,13 @@ impl Report {
             mib(e.worker.rss_kib_at_end),
             mib(self.bench_peak_rss_kib)
         );
-        say!(out, "worker     {}; log: {}", e.worker.exit, e.worker.log);
+        say!(
+            out,
+            "worker     {}; {}; log: {}",
+            self.worker_exe,
+            e.worker.exit,
+            e.worker.log
+        );
         for o in &e.worker.others {
             say!(
                 out,

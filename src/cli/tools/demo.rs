@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Flags of `demo`.
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How long to wait for one refund to reach a final status, in seconds.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
@@ -91,7 +91,7 @@ struct Row {
 }
 
 /// Runs the demo.
-pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     // Recovery and reconciliation look at this run's refunds only (the database is shared).
     let demo_started = chrono::Utc::now() - chrono::TimeDelta::seconds(1);

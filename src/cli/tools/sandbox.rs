@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Flags of `sandbox`.
 #[derive(Debug, clap::Args)]
-pub struct SandboxArgs {
+pub(crate) struct SandboxArgs {
     /// Address to listen on (0.0.0.0 in containers).
     #[arg(long, env = "SANDBOX_BIND", default_value = "127.0.0.1")]
     bind: std::net::IpAddr,
@@ -59,7 +59,7 @@ pub struct SandboxArgs {
 }
 
 /// Runs the sandbox until ctrl-c or SIGTERM.
-pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     for (name, rate) in [
         ("--error-rate", args.error_rate),
         ("--timeout-rate", args.timeout_rate),

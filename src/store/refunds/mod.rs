@@ -12,10 +12,10 @@
 //! (`&mut PgConnection`, callers pass `&mut tx`, a `Transaction` derefs to one): the caller decides when it commits, and
 //! what to do between the reads and the writes.
 
-pub mod claims;
-pub mod intake;
-pub mod queries;
-pub mod transitions;
+pub(crate) mod claims;
+pub(crate) mod intake;
+pub(crate) mod queries;
+pub(crate) mod transitions;
 
 pub use crate::domain::intake::{Intake, IntakeItem};
 pub use claims::{
