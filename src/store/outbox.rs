@@ -19,6 +19,12 @@ pub(crate) struct OutboxRow {
     pub payload: serde_json::Value,
 }
 
+/// The relay's statement ([`take_batch`]): `$1` the batch, `$2` the exchange.
+pub const TAKE_BATCH: &str = "UPDATE outbox SET published_at = now()
+     WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL AND exchange = $2
+                  ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+     RETURNING id, event_id, exchange, routing_key, payload";
+
 /// Takes up to `limit` unpublished events, oldest first, skipping rows another relay
 /// holds, and stamps them published in the same statement. The stamp counts only if the
 /// transaction commits, which the relay does after the broker confirmed every event; if it
@@ -35,16 +41,11 @@ pub(crate) async fn take_batch(
     exchange: &str,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, StoreError> {
-    let mut rows = sqlx::query_as::<_, OutboxRow>(
-        "UPDATE outbox SET published_at = now()
-         WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL AND exchange = $2
-                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING id, event_id, exchange, routing_key, payload",
-    )
-    .bind(limit)
-    .bind(exchange)
-    .fetch_all(&mut *tx)
-    .await?;
+    let mut rows = sqlx::query_as::<_, OutboxRow>(TAKE_BATCH)
+        .bind(limit)
+        .bind(exchange)
+        .fetch_all(&mut *tx)
+        .await?;
     // RETURNING follows the join's order, not the subquery's: publish in id order.
     rows.sort_unstable_by_key(|r| r.id);
     Ok(rows)

@@ -11,6 +11,12 @@
 //! - merchant webhook delivery attempts (the delivery row itself stays, so a resend works);
 //! - provider call records of refunds that are final (a pending refund keeps all of its).
 //!
+//! Every statement finds its rows by age through a BRIN index (a few pages for any table
+//! size, nothing added to an insert) and deletes them by `ctid`. While only a small share of a
+//! table is past its retention (a sweep that keeps up), the planner keeps to the index; when
+//! most of it is, a sequential scan with the batch's LIMIT finds a batch in the first pages,
+//! and the planner may rightly take it.
+//!
 //! Each batch takes its rows with `FOR UPDATE SKIP LOCKED`, so workers sweeping at the same
 //! time take different rows instead of waiting for each other.
 
@@ -46,12 +52,16 @@ impl Removed {
     }
 }
 
-/// Published outbox rows older than the retention, oldest (lowest id) first: ids follow
-/// publication closely, so the walk ends where the young rows start.
-const OUTBOX: &str = "DELETE FROM outbox WHERE id IN (
-     SELECT id FROM outbox
-     WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
-     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)";
+/// Published outbox rows older than the retention, found by age through the BRIN index on
+/// `created_at` (a row is published after it is created, so `created_at` older than the
+/// retention is implied, and is what the index can answer); taken by `ctid`, as the inbox's.
+/// Walking the primary key in order instead reads every young row to find none, and on a
+/// big table the planner rightly turns that into a sequential scan.
+const OUTBOX: &str = "DELETE FROM outbox WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM outbox
+     WHERE created_at < now() - make_interval(secs => $1)
+         AND published_at < now() - make_interval(secs => $1)
+     LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
 /// Settled provider webhooks, found by age through the BRIN index on `received_at`.
 const INBOX: &str = "DELETE FROM provider_webhook_inbox WHERE ctid = ANY(ARRAY(
@@ -60,18 +70,19 @@ const INBOX: &str = "DELETE FROM provider_webhook_inbox WHERE ctid = ANY(ARRAY(
          AND state IN ('APPLIED', 'UNCHANGED', 'IGNORED')
      LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
-/// Merchant delivery attempts.
-const WEBHOOK_ATTEMPTS: &str = "DELETE FROM webhook_attempts WHERE id IN (
-     SELECT id FROM webhook_attempts
+/// Merchant delivery attempts, found by age through the BRIN index on `attempted_at`.
+const WEBHOOK_ATTEMPTS: &str = "DELETE FROM webhook_attempts WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM webhook_attempts
      WHERE attempted_at < now() - make_interval(secs => $1)
-     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)";
+     LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
-/// Provider calls of final refunds.
-const PROVIDER_ATTEMPTS: &str = "DELETE FROM provider_attempts WHERE id IN (
-     SELECT a.id FROM provider_attempts a
+/// Provider calls of final refunds, found by age through the BRIN index on `started_at`
+/// (each one's refund through its primary key).
+const PROVIDER_ATTEMPTS: &str = "DELETE FROM provider_attempts WHERE ctid = ANY(ARRAY(
+     SELECT a.ctid FROM provider_attempts a
      JOIN refunds r ON r.refund_reference = a.refund_reference
      WHERE a.started_at < now() - make_interval(secs => $1) AND r.status <> 'PENDING'
-     ORDER BY a.id LIMIT $2 FOR UPDATE OF a SKIP LOCKED)";
+     LIMIT $2 FOR UPDATE OF a SKIP LOCKED))";
 
 /// One batch of at most `batch` rows per table.
 pub async fn sweep_batch(

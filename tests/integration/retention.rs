@@ -183,14 +183,99 @@ async fn retention_statements_never_scan_a_whole_table() {
     let app = TestApp::spawn().await;
     let statements = STATEMENTS.map(|s| s.replace("$1", "2592000").replace("$2", "1000"));
     for (statement, plan) in plans_without_seq_scans(&app, statements).await {
-        let scans = collect_scans(&plan);
-        assert!(!scans.is_empty(), "{plan}");
-        for (node, index) in scans {
-            assert!(
-                index.is_some(),
-                "{node} without an index in {statement}: {plan}"
-            );
-        }
+        assert_every_scan_uses_an_index(&statement, &plan);
     }
     app.cleanup().await;
+}
+
+#[tokio::test]
+async fn retention_statements_stay_on_their_indexes_at_size() {
+    // With enough rows that a whole-table statement plans a sequential scan, and sequential
+    // scans allowed, every sweep statement still reaches its rows through an index: 30 days
+    // of retention over ten days of rows (a sweep that keeps up), as in production.
+    const ROWS: i64 = 200_000;
+    let app = TestApp::spawn().await;
+    let age = |n: &str| format!("now() - interval '10 days' * ({n}::float8 / {ROWS})");
+    for sql in [
+        format!(
+            "INSERT INTO refunds (refund_reference, provider, transaction_reference, amount,
+                 currency, status, phase, finished_at, command, command_hash, created_at)
+             SELECT 'size-' || g, 'va_services', 't-' || g, 10, 'NGN', 'COMPLETED', 'FINAL',
+                 {t}, '{{}}', 'h', {t}
+             FROM generate_series({ROWS}, 1, -1) g",
+            t = age("g")
+        ),
+        format!(
+            "INSERT INTO provider_attempts (refund_reference, call, outcome, started_at, latency_ms)
+             SELECT 'size-' || g, c, 'ok', {t}, 5
+             FROM generate_series({ROWS}, 1, -1) g, (VALUES ('submit'), ('status')) v(c)",
+            t = age("g")
+        ),
+        format!(
+            "INSERT INTO outbox (event_id, exchange, routing_key, payload, created_at, published_at)
+             SELECT gen_random_uuid(), 'x', 'k', '{{}}', {t}, {t}
+             FROM generate_series({ROWS}, 1, -1) g, (VALUES (1), (2)) v(c)",
+            t = age("g")
+        ),
+        format!(
+            "INSERT INTO provider_webhook_inbox (provider, event_key, body, state, received_at)
+             SELECT 'va_services', 'id:' || g, 'x', 'APPLIED', {t}
+             FROM generate_series({ROWS}, 1, -1) g",
+            t = age("g")
+        ),
+        "INSERT INTO webhook_deliveries (event_id, refund_reference, event_status, url, payload, state)
+         VALUES (gen_random_uuid(), 'size-1', 'COMPLETED', 'https://m.example/', '{}', 'delivered')"
+            .to_owned(),
+        format!(
+            "INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, latency_ms)
+             SELECT d.id, {t}, 200, 5 FROM webhook_deliveries d, generate_series({ROWS}, 1, -1) g",
+            t = age("g")
+        ),
+        "ANALYZE".to_owned(),
+    ] {
+        exec(&app, &sql).await;
+    }
+    let mut conn = app.pool.acquire().await.expect("connection");
+    let seqscan: String = sqlx::query_scalar("SHOW enable_seqscan")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("show");
+    assert_eq!(seqscan, "on");
+    // The tables are big enough for the planner to prefer a sequential scan where it has
+    // no index to use.
+    let whole = explain(
+        &mut conn,
+        "SELECT id FROM outbox WHERE published_at IS NOT NULL",
+    )
+    .await;
+    assert!(
+        collect_scans(&whole)
+            .iter()
+            .any(|(node, _)| node == "Seq Scan"),
+        "{whole}"
+    );
+    for statement in STATEMENTS.map(|s| s.replace("$1", "2592000").replace("$2", "1000")) {
+        let plan = explain(&mut conn, &statement).await;
+        assert_every_scan_uses_an_index(&statement, &plan);
+    }
+    drop(conn);
+    app.cleanup().await;
+}
+
+async fn explain(conn: &mut sqlx::PgConnection, sql: &str) -> serde_json::Value {
+    sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {sql}"))
+        .fetch_one(conn)
+        .await
+        .expect("explain")
+}
+
+fn assert_every_scan_uses_an_index(statement: &str, plan: &serde_json::Value) {
+    let scans = collect_scans(plan);
+    assert!(!scans.is_empty(), "{plan}");
+    for (node, index) in scans {
+        assert!(
+            index.is_some(),
+            "{node} without an index in {statement}: {plan}"
+        );
+    }
 }

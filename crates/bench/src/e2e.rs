@@ -8,8 +8,9 @@
 
 use super::amqp::{self, Publisher};
 use super::raw::micros;
+use super::scale::{self, ScaleFigures, Sizes};
 use super::sys::{self, CpuSnapshot, CpuUse};
-use super::target::Names;
+use super::target::{HotStatement, Names};
 use super::{Cleanup, Progress};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -38,16 +39,45 @@ pub enum Phase {
     Throughput,
     /// At a fixed publish rate.
     Steady,
+    /// Published while the worker is stopped (`--backlog`).
+    Backlog,
+    /// Published at `--probe-rate` while the backlog drains.
+    Probe,
+    /// At `--rate` for `--soak`.
+    Soak,
 }
 
 impl Phase {
-    const ALL: [Phase; 3] = [Phase::Warmup, Phase::Throughput, Phase::Steady];
+    const ALL: [Phase; 6] = [
+        Phase::Warmup,
+        Phase::Throughput,
+        Phase::Steady,
+        Phase::Backlog,
+        Phase::Probe,
+        Phase::Soak,
+    ];
 
     fn tag(self) -> char {
         match self {
             Phase::Warmup => 'w',
             Phase::Throughput => 't',
             Phase::Steady => 's',
+            Phase::Backlog => 'b',
+            Phase::Probe => 'p',
+            Phase::Soak => 'k',
+        }
+    }
+
+    /// What a refund's number in its phase adds to make the payment it refunds (the
+    /// command's `n`): the first three phases share payments (three refunds of 25.17 fit a
+    /// payment of 100.00); the backlog's and the probes' are their own, or a fourth refund
+    /// of a payment would be refused as over-refunding it.
+    fn payment_base(self) -> u64 {
+        match self {
+            Phase::Warmup | Phase::Throughput | Phase::Steady => 0,
+            Phase::Backlog => 20_000_000,
+            Phase::Probe => 30_000_000,
+            Phase::Soak => 40_000_000,
         }
     }
 
@@ -56,6 +86,9 @@ impl Phase {
             Phase::Warmup => 0,
             Phase::Throughput => 1,
             Phase::Steady => 2,
+            Phase::Backlog => 3,
+            Phase::Probe => 4,
+            Phase::Soak => 5,
         }
     }
 }
@@ -97,6 +130,20 @@ pub struct Settings {
     pub worker_log: PathBuf,
     /// Providers the commands rotate through (`--providers`).
     pub providers: Vec<ProviderName>,
+    /// Finished refunds written into the database before the run (`--preload`).
+    pub preload: u64,
+    /// The worker's hot statements, explained after the preload.
+    pub hot_statements: Vec<HotStatement>,
+    /// Commands published while the worker is stopped, then drained (`--backlog`).
+    pub backlog: u64,
+    /// Probe commands per second during the drain (`--probe-rate`).
+    pub probe_rate: f64,
+    /// Worker processes against the same broker and database (`--workers`, at least 1).
+    pub workers: usize,
+    /// A long phase at `rate` (`--soak`), sampled every `soak_every`.
+    pub soak: Option<Duration>,
+    /// How often the soak is sampled.
+    pub soak_every: Duration,
 }
 
 /// A latency distribution, in milliseconds.
@@ -303,6 +350,34 @@ pub struct Counted {
 }
 
 /// `a / b`, or 0 when `b` is 0.
+impl Counted {
+    /// What the database counts now less what it counted at `base` (rows written before
+    /// the run: a preload). Exact for the distinct-time counts too: a preload's times are
+    /// all before the run's.
+    pub fn since(self, base: &Counted) -> Counted {
+        Counted {
+            refunds: self.refunds - base.refunds,
+            completed: self.completed - base.completed,
+            failed: self.failed - base.failed,
+            pending: self.pending - base.pending,
+            provider_calls: self.provider_calls - base.provider_calls,
+            submits: self.submits - base.submits,
+            status_polls: self.status_polls - base.status_polls,
+            events: self.events - base.events,
+            unpublished: self.unpublished - base.unpublished,
+            relay_commits: self.relay_commits - base.relay_commits,
+            intake_commits: self.intake_commits - base.intake_commits,
+            record_commits: self.record_commits - base.record_commits,
+            record_finishes: self.record_finishes - base.record_finishes,
+            other_finishes: self.other_finishes - base.other_finishes,
+            webhook_commits: self.webhook_commits - base.webhook_commits,
+            webhooks: self.webhooks - base.webhooks,
+            transitions: self.transitions - base.transitions,
+            ..self
+        }
+    }
+}
+
 fn ratio(a: i64, b: i64) -> f64 {
     if b > 0 {
         a as f64 / b as f64
@@ -391,6 +466,9 @@ pub struct WorkerFigures {
     pub first_panic: Option<String>,
     /// The settings it ran with (bench-owned ones; the rest is inherited).
     pub env: BTreeMap<String, String>,
+    /// With `--workers K`: the other processes' peak RSS (KiB) and how each ended; their CPU
+    /// is not in the worker's CPU figures (it shows under "anything else").
+    pub others: Vec<OtherWorker>,
 }
 
 /// Everything the end-to-end part measured.
@@ -405,6 +483,12 @@ pub struct Figures {
     pub counted: Counted,
     /// The worker process.
     pub worker: WorkerFigures,
+    /// Preload, plans at size, bytes per refund.
+    pub scale: ScaleFigures,
+    /// The backlog drain, if run.
+    pub backlog: Option<BacklogFigures>,
+    /// The soak's samples, if run.
+    pub soak: Vec<SoakSample>,
 }
 
 /// Wall-clock mapping of the run's monotonic clock.
@@ -479,7 +563,7 @@ struct Shared {
     clock: Clock,
     /// `bench-<id>-`: every refund reference starts with it.
     prefix: String,
-    tracks: [Track; 3],
+    tracks: [Track; 6],
     received: AtomicU64,
     duplicates: AtomicU64,
     unknown: AtomicU64,
@@ -720,7 +804,8 @@ async fn publish(
             }
         }
         let reference = shared.reference(phase, i);
-        let body = serde_json::to_vec(&command(&reference, i, &shared.providers))?;
+        let n = phase.payment_base() + i;
+        let body = serde_json::to_vec(&command(&reference, n, &shared.providers))?;
         let message_id = uuid::Uuid::new_v4().to_string();
         let slot = usize::try_from(i).unwrap_or(usize::MAX);
         track.published[slot].store(shared.clock.now_ns(), Ordering::Release);
@@ -1029,12 +1114,24 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
         .connect(&settings.database_url)
         .await
         .context("connecting to the bench database")?;
+    let mut scale_figures = ScaleFigures::default();
+    if settings.preload > 0 {
+        scale_figures.preload =
+            Some(scale::preload(&pool, settings.preload, &settings.names.exchange).await?);
+        scale_figures.plans = scale::plans(&pool, &settings.hot_statements).await?;
+    }
+    // What was there before the run (the preload) is not the run's.
+    let counted_before = count(&pool).await?;
+    scale_figures.before = Sizes::read(&pool).await?;
 
     // Two connections, as two separate clients would have: commands out, events in.
     let commands_conn = amqp::connect(&settings.amqp_url, "refund-worker-bench-publisher").await?;
     let events_conn = amqp::connect(&settings.amqp_url, "refund-worker-bench-subscriber").await?;
     let publisher = Publisher::open(&commands_conn).await?;
 
+    let soak_n = settings
+        .soak
+        .map_or(0, |d| (settings.rate * d.as_secs_f64()).ceil() as u64);
     let steady_n = if settings.rate > 0.0 {
         (settings.rate * settings.steady.as_secs_f64()).ceil() as u64
     } else {
@@ -1047,6 +1144,16 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
             Track::new(settings.warmup, Some(settings.in_flight)),
             Track::new(settings.refunds, Some(settings.in_flight)),
             Track::new(steady_n, None),
+            Track::new(settings.backlog, None),
+            Track::new(
+                if settings.backlog > 0 {
+                    probe_capacity(settings.probe_rate)
+                } else {
+                    0
+                },
+                None,
+            ),
+            Track::new(soak_n, None),
         ],
         received: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
@@ -1067,6 +1174,7 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     worker
         .wait_ready(settings.http_addr, Duration::from_secs(60))
         .await?;
+    let others = spawn_others(settings).await?;
     let consumer = subscription(&events_conn, settings).await?;
     let subscriber = tokio::spawn(subscribe(shared.clone(), consumer, stop_subscriber.clone()));
     let ticks = sys::clock_ticks_per_sec();
@@ -1113,10 +1221,38 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
         None
     };
 
+    let soak = match settings.soak {
+        Some(_) if soak_n > 0 => {
+            let stop = CancellationToken::new();
+            let sampler = sample_soak(&pool, pid, settings.soak_every, stop.clone());
+            let run = async {
+                let r = phase(Phase::Soak, Pace::Rate(settings.rate))
+                    .run(&mut worker, "soak")
+                    .await;
+                stop.cancel();
+                r
+            };
+            let (published, samples) = tokio::join!(run, sampler);
+            published?;
+            soak_samples(samples?, shared.track(Phase::Soak), &shared.clock)?
+        }
+        _ => Vec::new(),
+    };
+
     let peak_rss_kib = sys::peak_rss_kib(pid);
     let rss_kib_at_end = sys::rss_kib(pid);
     let exit = worker.stop(Duration::from_secs(30)).await;
     let (panics, first_panic) = worker.panics();
+    let others = stop_others(others).await;
+    let backlog = if settings.backlog > 0 {
+        Some(
+            drain_backlog(settings, &shared, &phase(Phase::Backlog, Pace::Window))
+                .await
+                .context("backlog")?,
+        )
+    } else {
+        None
+    };
     stop_subscriber.cancel();
     match subscriber.await {
         Ok(r) => r?,
@@ -1126,7 +1262,12 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     let _ = commands_conn.close(200, "bench done".into()).await;
     let _ = events_conn.close(200, "bench done".into()).await;
 
-    let mut counted = count(&pool).await?;
+    let mut counted = count(&pool).await?.since(&counted_before);
+    scale_figures.after = Sizes::read(&pool).await?;
+    scale_figures.bytes_per_refund = scale_figures.after.per_refund(
+        &scale_figures.before,
+        u64::try_from(counted.refunds).unwrap_or(0),
+    );
     counted.events_received = shared.received.load(Ordering::Relaxed);
     counted.duplicate_events = shared.duplicates.load(Ordering::Relaxed);
     counted.unknown_events = shared.unknown.load(Ordering::Relaxed);
@@ -1161,6 +1302,9 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
     };
 
     Ok(Figures {
+        soak,
+        backlog,
+        scale: scale_figures,
         throughput: throughput_figures,
         steady: steady_figures,
         counted,
@@ -1173,8 +1317,278 @@ pub async fn run(settings: &Settings, cleanup: &mut Cleanup) -> anyhow::Result<F
             panics,
             first_panic,
             env: settings.child_env.clone(),
+            others,
         },
     })
+}
+
+/// One sample of the soak.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SoakSample {
+    /// Seconds since the soak started.
+    pub at_secs: f64,
+    /// The database's size and its main tables'.
+    pub sizes: Sizes,
+    /// The worker's RSS, KiB.
+    pub rss_kib: Option<u64>,
+    /// Refunds published since the previous sample that have their PENDING event.
+    pub refunds: u64,
+    /// Their command -> PENDING p99, ms.
+    pub p99_pending_ms: f64,
+}
+
+/// Samples sizes and RSS every `every` until stopped (and once more then).
+async fn sample_soak(
+    pool: &PgPool,
+    pid: u32,
+    every: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<(u64, Sizes, Option<u64>)>> {
+    let clock = Clock::new();
+    let mut out = Vec::new();
+    loop {
+        let stopped = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = stop.cancelled() => true,
+        };
+        out.push((clock.now_ns(), Sizes::read(pool).await?, sys::rss_kib(pid)));
+        if stopped {
+            return Ok(out);
+        }
+    }
+}
+
+/// The samples with each window's command -> PENDING p99 (refunds published in it).
+fn soak_samples(
+    samples: Vec<(u64, Sizes, Option<u64>)>,
+    track: &Track,
+    clock: &Clock,
+) -> anyhow::Result<Vec<SoakSample>> {
+    // The sampler's clock started within microseconds of the phase's first publish.
+    let first = (0..track.published.len())
+        .map(|i| track.published[i].load(Ordering::Acquire))
+        .filter(|&p| p > 0)
+        .min()
+        .unwrap_or_else(|| clock.now_ns());
+    let mut out = Vec::new();
+    let mut from = 0u64;
+    for (at, sizes, rss_kib) in samples {
+        // The last sample, taken when the phase ends, may close a window of no length.
+        if at.saturating_sub(from) < 1_000_000_000 && !out.is_empty() {
+            continue;
+        }
+        let mut h = histogram()?;
+        for i in 0..track.published.len() {
+            let p = track.published[i].load(Ordering::Acquire);
+            let pending = track.pending_rx[i].load(Ordering::Acquire);
+            let rel = p.saturating_sub(first);
+            if p > 0 && rel >= from && rel < at && pending >= p {
+                h.saturating_record(micros(Duration::from_nanos(pending - p)));
+            }
+        }
+        out.push(SoakSample {
+            at_secs: Duration::from_nanos(at).as_secs_f64(),
+            sizes,
+            rss_kib,
+            refunds: h.len(),
+            p99_pending_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        });
+        from = at;
+    }
+    Ok(out)
+}
+
+/// One more worker process of `--workers`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtherWorker {
+    /// Its pid.
+    pub pid: u32,
+    /// Peak resident memory (`VmHWM`), KiB.
+    pub peak_rss_kib: Option<u64>,
+    /// How it ended after SIGTERM.
+    pub exit: String,
+    /// Panics in its log.
+    pub panics: usize,
+}
+
+/// Starts the other worker processes of `--workers`, each on its own HTTP address and log.
+async fn spawn_others(settings: &Settings) -> anyhow::Result<Vec<(WorkerProcess, PathBuf)>> {
+    let mut others = Vec::new();
+    for k in 1..settings.workers {
+        let mut s = settings.clone();
+        s.http_addr = free_local_addr()?;
+        s.child_env
+            .insert("HTTP_ADDR".into(), s.http_addr.to_string());
+        s.worker_log = settings.worker_log.with_extension(format!("{k}.log"));
+        let mut w = WorkerProcess::spawn(&s)?;
+        w.wait_ready(s.http_addr, Duration::from_secs(60)).await?;
+        others.push((w, s.worker_log));
+    }
+    Ok(others)
+}
+
+/// Stops the other worker processes; a clean one's log is deleted.
+async fn stop_others(others: Vec<(WorkerProcess, PathBuf)>) -> Vec<OtherWorker> {
+    let mut out = Vec::new();
+    for (mut w, log) in others {
+        let pid = w.pid();
+        let peak_rss_kib = sys::peak_rss_kib(pid);
+        let exit = w.stop(Duration::from_secs(30)).await;
+        let (panics, _) = w.panics();
+        if panics == 0 {
+            let _ = std::fs::remove_file(&log);
+        }
+        out.push(OtherWorker {
+            pid,
+            peak_rss_kib,
+            exit,
+            panics,
+        });
+    }
+    out
+}
+
+/// The backlog drain: commands published while the worker was stopped, drained by a new
+/// worker process while probes arrive at a steady rate.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BacklogFigures {
+    /// Commands queued while the worker was stopped.
+    pub commands: u64,
+    /// Seconds to publish them.
+    pub publish_secs: f64,
+    /// Seconds from the new worker's readiness to the backlog's last final event.
+    pub drain_secs: f64,
+    /// Backlog refunds per second over that time.
+    pub drain_per_sec: f64,
+    /// The draining worker's peak RSS (`VmHWM`), KiB.
+    pub peak_rss_kib: Option<u64>,
+    /// Probe commands published during the drain.
+    pub probes: u64,
+    /// Their rate (`--probe-rate`).
+    pub probe_rate: f64,
+    /// Probe command -> PENDING.
+    pub probe_to_pending: Latency,
+    /// Probe command -> final.
+    pub probe_to_completed: Latency,
+    /// How the draining worker ended.
+    pub exit: String,
+}
+
+/// Probe slots: an hour at the rate at most.
+fn probe_capacity(rate: f64) -> u64 {
+    if rate > 0.0 && rate.is_finite() {
+        (rate * 3600.0).ceil().min(1_000_000.0) as u64
+    } else {
+        0
+    }
+}
+
+/// Publishes the backlog with no worker running, starts one, and measures the drain while
+/// probes arrive at `--probe-rate`.
+async fn drain_backlog(
+    settings: &Settings,
+    shared: &Arc<Shared>,
+    run: &PhaseRun,
+) -> anyhow::Result<BacklogFigures> {
+    let track = shared.track(Phase::Backlog);
+    let started = Instant::now();
+    let published = publish(
+        shared.clone(),
+        Phase::Backlog,
+        run.publisher.clone(),
+        run.names.clone(),
+        Pace::Window,
+        run.window,
+    )
+    .await?;
+    let publish_secs = started.elapsed().as_secs_f64();
+
+    let mut second = settings.clone();
+    second.worker_log = settings.worker_log.with_extension("backlog.log");
+    let mut worker = WorkerProcess::spawn(&second)?;
+    let pid = worker.pid();
+    worker
+        .wait_ready(settings.http_addr, Duration::from_secs(60))
+        .await?;
+    let ready = shared.clock.now_ns();
+    let probes = tokio::spawn(publish(
+        shared.clone(),
+        Phase::Probe,
+        run.publisher.clone(),
+        run.names.clone(),
+        Pace::Rate(settings.probe_rate.max(f64::MIN_POSITIVE)),
+        run.window,
+    ));
+    let done = tokio::spawn(async move { Ok(published) });
+    let progress = Progress::new(track.len(), "backlog");
+    let drained = run.monitor(&mut worker, done, &progress).await;
+    progress.finish();
+    let last_final = (0..track.final_rx.len())
+        .map(|i| track.final_rx[i].load(Ordering::Acquire))
+        .max()
+        .unwrap_or(0);
+    probes.abort();
+    let peak_rss_kib = sys::peak_rss_kib(pid);
+    drained?;
+    // The probes already published get their final events before the worker stops.
+    let probe = shared.track(Phase::Probe);
+    let wait = Instant::now();
+    while probe.finals() < probe.published_count.load(Ordering::Relaxed)
+        && wait.elapsed() < settings.stall
+    {
+        worker.check_alive()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exit = worker.stop(Duration::from_secs(30)).await;
+    let (panics, first) = worker.panics();
+    if panics > 0 {
+        anyhow::bail!(
+            "the draining worker panicked {panics} time(s), first: {}",
+            first.unwrap_or_default()
+        );
+    }
+    let _ = std::fs::remove_file(&second.worker_log);
+    let drain_secs = Duration::from_nanos(last_final.saturating_sub(ready)).as_secs_f64();
+    let (to_pending, to_completed) = latencies(probe)?;
+    Ok(BacklogFigures {
+        commands: track.len(),
+        publish_secs,
+        drain_secs,
+        drain_per_sec: if drain_secs > 0.0 {
+            track.len() as f64 / drain_secs
+        } else {
+            0.0
+        },
+        peak_rss_kib,
+        probes: probe.published_count.load(Ordering::Relaxed),
+        probe_rate: settings.probe_rate,
+        probe_to_pending: Latency::of(&to_pending),
+        probe_to_completed: Latency::of(&to_completed),
+        exit,
+    })
+}
+
+/// Command -> PENDING and command -> final of every refund of a track that has them.
+fn latencies(track: &Track) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
+    let (mut to_pending, mut to_final) = (histogram()?, histogram()?);
+    for i in 0..track.published.len() {
+        let p = track.published[i].load(Ordering::Acquire);
+        if p == 0 {
+            continue;
+        }
+        let pending = track.pending_rx[i].load(Ordering::Acquire);
+        if pending >= p {
+            to_pending.saturating_record(micros(Duration::from_nanos(pending - p)));
+        }
+        let done = track.final_rx[i].load(Ordering::Acquire);
+        if done >= p {
+            to_final.saturating_record(micros(Duration::from_nanos(done - p)));
+        }
+    }
+    Ok((to_pending, to_final))
 }
 
 /// One phase: a publisher task and a monitor that waits for every final event.
@@ -1620,6 +2034,82 @@ async fn wal_diff(pool: &PgPool, later: &str, earlier: &str) -> Option<i64> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_backlog_and_the_probes_refund_payments_of_their_own() {
+        // Refund numbers stay below 10 million per phase (`--refunds`, `--backlog`).
+        let max = 10_000_000;
+        assert!(Phase::Backlog.payment_base() >= max);
+        assert!(Phase::Probe.payment_base() >= Phase::Backlog.payment_base() + max);
+        let binance =
+            |n| command("r", n, &[ProviderName::BinancePay])["transactionReference"].clone();
+        assert_ne!(binance(Phase::Probe.payment_base()), binance(0));
+        assert_eq!(
+            binance(Phase::Probe.payment_base() + max - 1)
+                .as_str()
+                .map(str::len),
+            Some(18)
+        );
+        let tags: Vec<char> = Phase::ALL.iter().map(|p| p.tag()).collect();
+        assert_eq!(tags, ['w', 't', 's', 'b', 'p', 'k']);
+        assert!(Phase::ALL.iter().enumerate().all(|(i, p)| p.index() == i));
+    }
+
+    #[test]
+    fn each_soak_sample_has_the_p99_of_the_refunds_published_in_its_window() -> anyhow::Result<()> {
+        let clock = Clock::new();
+        let track = Track::new(4, None);
+        let s = 1_000_000_000u64;
+        // Published at 1 s, 1.5 s (first window), 3 s (second); one never PENDING.
+        for (i, (p, pending)) in [
+            (s, s + 10_000_000),
+            (s + s / 2, s + s / 2 + 30_000_000),
+            (3 * s, 3 * s + 50_000_000),
+            (3 * s + 1, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            track.published[i].store(p, Ordering::Release);
+            track.pending_rx[i].store(pending, Ordering::Release);
+        }
+        let sizes = Sizes::default();
+        let samples = vec![
+            (2 * s, sizes.clone(), Some(1)),
+            (4 * s, sizes.clone(), None),
+            (4 * s + 10, sizes, None),
+        ];
+        let out = soak_samples(samples, &track, &clock)?;
+        assert_eq!(out.len(), 2, "the window of no length is dropped");
+        assert_eq!((out[0].refunds, out[1].refunds), (2, 1));
+        assert!(
+            (out[0].p99_pending_ms - 30.0).abs() < 0.1,
+            "{}",
+            out[0].p99_pending_ms
+        );
+        assert!(
+            (out[1].p99_pending_ms - 50.0).abs() < 0.1,
+            "{}",
+            out[1].p99_pending_ms
+        );
+        assert_eq!(out[1].at_secs, 4.0);
+        Ok(())
+    }
+
+    #[test]
+    fn probes_have_an_hour_of_slots_at_most() {
+        assert_eq!(probe_capacity(5.0), 18_000);
+        assert_eq!(probe_capacity(0.0), 0);
+        assert_eq!(probe_capacity(f64::NAN), 0);
+        assert_eq!(probe_capacity(1e9), 1_000_000);
+    }
+
+    #[test]
+    fn a_backlog_refund_is_found_by_its_reference() {
+        let s = shared();
+        s.on_event(br#"{"refundReference":"bench-abc-b1","status":"PENDING"}"#);
+        assert_eq!(s.track(Phase::Backlog).pending.load(Ordering::Relaxed), 1);
+    }
+
     fn shared() -> Shared {
         Shared {
             clock: Clock::new(),
@@ -1627,6 +2117,9 @@ mod tests {
             tracks: [
                 Track::new(1, None),
                 Track::new(3, Some(1)),
+                Track::new(0, None),
+                Track::new(2, None),
+                Track::new(0, None),
                 Track::new(0, None),
             ],
             received: AtomicU64::new(0),

@@ -21,13 +21,15 @@
 
 mod amqp;
 mod e2e;
+mod floor;
 mod raw;
 mod report;
+mod scale;
 mod sys;
 mod target;
 
 pub use e2e::{command, ProviderName, DEFAULT_PROVIDERS, RECORD_CAUSES};
-pub use target::{Lookup, Names, Settings, Worker, WorkerSettings};
+pub use target::{HotStatement, Lookup, Names, Settings, Worker, WorkerSettings};
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -91,6 +93,36 @@ pub struct BenchArgs {
     /// percentile, `300ms,2s` (log-normal) [default: 0].
     #[arg(long, value_name = "P50[,P99]", value_parser = parse_latency)]
     pub provider_latency: Option<ProviderLatency>,
+    /// Before the end-to-end run, fill its database with this many finished refunds and
+    /// their rows (history, published events, provider calls, provider webhooks), then
+    /// `VACUUM ANALYZE` and report the plans of the worker's hot statements at that size.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub preload: u64,
+    /// After the steady phase, stop the worker, publish this many commands, start a new
+    /// worker and measure the drain (rate, peak RSS) while probes arrive at --probe-rate.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub backlog: u64,
+    /// Probe commands per second during the backlog drain (their command -> PENDING).
+    #[arg(long, value_name = "R", default_value_t = 5.0)]
+    pub probe_rate: f64,
+    /// Skip the floor worker (the thinnest worker of the same durable shape, run after the
+    /// end-to-end part with as many refunds): on by default, off with --quick.
+    #[arg(long, conflicts_with = "floor")]
+    pub no_floor: bool,
+    /// Run the floor worker even with --quick.
+    #[arg(long)]
+    pub floor: bool,
+    /// Worker processes against the same broker and database (compare the throughput with
+    /// a run of 1).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub workers: usize,
+    /// After the steady phase, publish at --rate for this long (`30m`), sampling table
+    /// sizes, the worker's RSS and the p99 command -> PENDING every --soak-every.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub soak: Option<Duration>,
+    /// How often the soak is sampled.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1m")]
+    pub soak_every: Duration,
     /// The refund-worker executable to measure [default: this one]. Another build (an
     /// earlier commit's, say) measured by the same bench makes a paired comparison; it must
     /// take the same settings and declare the same names.
@@ -157,6 +189,13 @@ struct Plan {
     keep_log: bool,
     providers: Vec<ProviderName>,
     provider_latency: Option<ProviderLatency>,
+    preload: u64,
+    backlog: u64,
+    probe_rate: f64,
+    floor: bool,
+    workers: usize,
+    soak: Option<Duration>,
+    soak_every: Duration,
     worker: Option<std::path::PathBuf>,
 }
 
@@ -183,6 +222,13 @@ impl Plan {
             keep_log: args.keep_log,
             providers: args.providers.clone(),
             provider_latency: args.provider_latency,
+            preload: args.preload,
+            backlog: args.backlog,
+            probe_rate: args.probe_rate,
+            floor: args.floor || !(args.quick || args.no_floor),
+            workers: args.workers,
+            soak: args.soak,
+            soak_every: args.soak_every,
             worker: args.worker.clone(),
         };
         if plan.providers.is_empty() {
@@ -198,6 +244,29 @@ impl Plan {
             if n == 0 || n > MAX {
                 anyhow::bail!("{flag} must be between 1 and {MAX}, got {n}");
             }
+        }
+        if plan.preload > 100 * MAX {
+            anyhow::bail!("--preload must be at most {}", 100 * MAX);
+        }
+        if let Some(d) = plan.soak {
+            if d > Duration::from_secs(24 * 3600)
+                || plan.rate <= 0.0
+                || plan.rate * d.as_secs_f64() > MAX as f64
+                || plan.soak_every < Duration::from_secs(1)
+            {
+                anyhow::bail!(
+                    "--soak needs --rate above 0, at most 24h, rate x duration at most {MAX}, and --soak-every of 1s or more"
+                );
+            }
+        }
+        if !(1..=8).contains(&plan.workers) {
+            anyhow::bail!("--workers must be between 1 and 8");
+        }
+        if plan.backlog > MAX {
+            anyhow::bail!("--backlog must be at most {MAX}");
+        }
+        if !(plan.probe_rate.is_finite() && (0.1..=1_000.0).contains(&plan.probe_rate)) {
+            anyhow::bail!("--probe-rate must be between 0.1 and 1000 commands/s");
         }
         if plan.warmup > MAX {
             anyhow::bail!("--warmup must be at most {MAX}");
@@ -538,10 +607,41 @@ async fn measure(
         stall: plan.stall,
         worker_log: std::env::temp_dir().join(format!("refund-worker-bench-{run_id}.log")),
         providers: plan.providers.clone(),
+        preload: plan.preload,
+        backlog: plan.backlog,
+        probe_rate: plan.probe_rate,
+        workers: plan.workers,
+        soak: plan.soak,
+        soak_every: plan.soak_every,
+        hot_statements: config.hot_statements.clone(),
     };
     let end_to_end = e2e::run(&settings, cleanup)
         .await
         .context("end-to-end test")?;
+    let floor = if plan.floor {
+        let setting = |k: &str| settings.child_env.get(k).cloned().unwrap_or_default();
+        Some(
+            floor::run(
+                &floor::FloorSettings {
+                    amqp_url: config.amqp_url.clone(),
+                    database_url: with_database(&server, &format!("rw_bench_{run_id}_floor"))?,
+                    queue_prefix: format!("bench-{run_id}.floor."),
+                    va_base_url: setting("PROVIDER_VA_SERVICES_BASE_URL"),
+                    va_api_key: setting("PROVIDER_VA_SERVICES_API_KEY"),
+                    refunds: plan.refunds,
+                    in_flight: plan.in_flight,
+                    prefetch: config.shaping.prefetch,
+                    connections: config.shaping.database_max_connections,
+                    stall: plan.stall,
+                },
+                cleanup,
+            )
+            .await
+            .context("floor worker")?,
+        )
+    } else {
+        None
+    };
     let provider_calls = sandbox.ledger();
     let report = report::Report::new(report::Inputs {
         run_id: run_id.to_owned(),
@@ -557,6 +657,7 @@ async fn measure(
         sandbox_submits: provider_calls.submit_calls,
         sandbox_status_calls: provider_calls.status_calls,
         bench_peak_rss_kib: sys::peak_rss_kib(std::process::id()),
+        floor,
     });
     if report.run_ok() && !plan.keep_log {
         let _ = std::fs::remove_file(&settings.worker_log);
@@ -613,6 +714,30 @@ mod tests {
         assert_eq!((quick.refunds, quick.steady), (500, Duration::from_secs(2)));
         let given = plan(&["--quick", "--refunds", "42", "--rate", "0"])?;
         assert_eq!((given.refunds, given.rate), (42, 0.0));
+        Ok(())
+    }
+
+    #[test]
+    fn scale_scenarios_default_off_and_the_floor_follows_quick() -> anyhow::Result<()> {
+        let full = plan(&[])?;
+        assert_eq!((full.preload, full.backlog, full.workers), (0, 0, 1));
+        assert_eq!(full.probe_rate, 5.0);
+        assert!(full.floor);
+        assert!(!plan(&["--quick"])?.floor);
+        assert!(plan(&["--quick", "--floor"])?.floor);
+        assert!(!plan(&["--no-floor"])?.floor);
+        assert!(plan(&["--floor", "--no-floor"]).is_err());
+        let given = plan(&["--preload", "1000", "--backlog", "20", "--workers", "3"])?;
+        assert_eq!((given.preload, given.backlog, given.workers), (1000, 20, 3));
+        assert!(plan(&["--workers", "0"]).is_err());
+        assert!(plan(&["--workers", "9"]).is_err());
+        assert!(plan(&["--probe-rate", "0"]).is_err());
+        assert!(plan(&["--backlog", "10000001"]).is_err());
+        let soak = plan(&["--soak", "30m"])?;
+        assert_eq!(soak.soak, Some(Duration::from_secs(1800)));
+        assert_eq!(soak.soak_every, Duration::from_secs(60));
+        assert!(plan(&["--soak", "30m", "--rate", "0"]).is_err());
+        assert!(plan(&["--soak", "25h"]).is_err());
         Ok(())
     }
 

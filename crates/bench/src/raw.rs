@@ -13,8 +13,8 @@ use super::{Cleanup, Progress};
 use anyhow::Context as _;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,23 +78,8 @@ pub async fn broker(
     let producer = amqp::connect(amqp_url, "refund-worker-bench-raw-publisher").await?;
     let consumer_conn = amqp::connect(amqp_url, "refund-worker-bench-raw-consumer").await?;
     let channel = consumer_conn.create_channel().await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
-    );
     cleanup.queues.push(queue.to_owned());
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .context("declaring the raw quorum queue")?;
+    amqp::quorum_queue(&channel, queue).await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;

@@ -22,6 +22,8 @@ const TARGET_RATIO: f64 = 0.9;
 const TARGET_STEADY_RATE: f64 = 500.0;
 const TARGET_P99_PENDING_MS: f64 = 50.0;
 const TARGET_RSS_MIB: f64 = 64.0;
+/// refund-worker / the floor worker (issue 25, target 5).
+const TARGET_FLOOR_RATIO: f64 = 0.8;
 
 /// What a refund costs the broker and the database, counted from the code for an
 /// un-batched worker, on purpose: the issue defines the bound this way.
@@ -197,6 +199,8 @@ pub struct Inputs<'a> {
     pub sandbox_status_calls: u64,
     /// Peak RSS of the bench process.
     pub bench_peak_rss_kib: Option<u64>,
+    /// The floor worker's run, if any.
+    pub floor: Option<super::floor::FloorFigures>,
 }
 
 /// The figures of one run.
@@ -239,6 +243,10 @@ pub struct Report {
     pub bench_peak_rss_kib: Option<u64>,
     /// The issue's targets.
     pub targets: Vec<Target>,
+    /// The floor worker's run (the thinnest worker of the same durable shape), if any.
+    pub floor: Option<super::floor::FloorFigures>,
+    /// refund-worker's throughput / the floor's.
+    pub worker_over_floor: Option<f64>,
 }
 
 /// The providers line: the mix, and how the sandbox serves it.
@@ -301,6 +309,10 @@ impl Report {
             0.0
         };
         let worker_settings = inputs.worker.clone();
+        let worker_over_floor = inputs
+            .floor
+            .as_ref()
+            .and_then(|f| super::floor::ratio(e.throughput.refunds_per_sec, f));
         let mut report = Self {
             run_id: inputs.run_id,
             worker_exe: inputs.worker_exe,
@@ -319,6 +331,8 @@ impl Report {
             sandbox_submits: inputs.sandbox_submits,
             sandbox_status_calls: inputs.sandbox_status_calls,
             bench_peak_rss_kib: inputs.bench_peak_rss_kib,
+            worker_over_floor,
+            floor: inputs.floor,
             targets: Vec::new(),
         };
         report.targets = report.evaluate();
@@ -368,6 +382,13 @@ impl Report {
                 pass: None,
             },
         });
+        if let (Some(f), Some(r)) = (&self.floor, self.worker_over_floor) {
+            targets.push(Target {
+                goal: format!(">= {TARGET_FLOOR_RATIO} of the floor worker's throughput"),
+                measured: format!("{r:.2} ({rps:.0} of {:.0} refunds/s)", f.refunds_per_sec),
+                pass: Some(r >= TARGET_FLOOR_RATIO && f.errors == 0),
+            });
+        }
         let rss = e.worker.peak_rss_kib.map(|k| k as f64 / 1024.0);
         targets.push(Target {
             goal: format!("worker peak RSS <= {TARGET_RSS_MIB:.0} MiB"),
@@ -388,6 +409,7 @@ impl Report {
         let e = &self.end_to_end;
         let phase_ok = |p: &PhaseFigures| p.completed == p.refunds && p.failed == 0;
         e.worker.panics == 0
+            && e.worker.others.iter().all(|o| o.panics == 0)
             && phase_ok(&e.throughput)
             && e.steady.as_ref().is_none_or(phase_ok)
             && e.counted.pending == 0
@@ -552,6 +574,50 @@ impl Report {
             c.pending,
             c.unpublished
         );
+        super::scale::render(out, &e.scale);
+        if let Some(f) = &self.floor {
+            say!(
+                out,
+                "floor      the thinnest worker of the same durable shape (in the bench process; VA Services only): {} refunds in {:.2} s, {:.0} refunds/s, {} errors; refund-worker / floor {}",
+                f.refunds,
+                f.secs,
+                f.refunds_per_sec,
+                f.errors,
+                self.worker_over_floor.map_or("-".into(), |r| format!("{r:.2}"))
+            );
+        }
+        if !e.soak.is_empty() {
+            say!(out, "soak       every sample: database MiB, worker RSS, refunds published in the window, their p99 command -> PENDING");
+        }
+        for k in &e.soak {
+            say!(
+                out,
+                "  {:>7.0} s  database {:>8.1} MiB  RSS {:>10}  {:>7} refunds  p99 PENDING {:>8.1} ms",
+                k.at_secs,
+                k.sizes.database as f64 / (1024.0 * 1024.0),
+                mib(k.rss_kib),
+                k.refunds,
+                k.p99_pending_ms
+            );
+        }
+        if let Some(b) = &e.backlog {
+            say!(
+                out,
+                "backlog    {} commands queued with the worker stopped (published in {:.1} s); a new worker drained them in {:.1} s: {:.0} refunds/s, peak RSS {}; {}",
+                b.commands,
+                b.publish_secs,
+                b.drain_secs,
+                b.drain_per_sec,
+                mib(b.peak_rss_kib),
+                b.exit
+            );
+            latency_line(
+                out,
+                &format!("probes at {}/s ({}) -> PENDING", b.probe_rate, b.probes),
+                &b.probe_to_pending,
+            );
+            latency_line(out, "probes -> final", &b.probe_to_completed);
+        }
         say!(
             out,
             "\nmemory     worker peak RSS (VmHWM) {}, RSS at the end {}; bench process peak {}",
@@ -566,6 +632,16 @@ impl Report {
             e.worker.exit,
             e.worker.log
         );
+        for o in &e.worker.others {
+            say!(
+                out,
+                "  another worker (--workers): pid {}, peak RSS {}, {}, {} panics",
+                o.pid,
+                mib(o.peak_rss_kib),
+                o.exit,
+                o.panics
+            );
+        }
         if e.worker.panics > 0 {
             say!(
                 out,

@@ -30,6 +30,18 @@ pub struct Settings {
     pub names: Names,
     /// The settings that shape the figures (also in the report).
     pub shaping: WorkerSettings,
+    /// The statements the worker runs often or on big tables, with their parameters
+    /// written in as literals, for the plan check at size (`--preload`).
+    pub hot_statements: Vec<HotStatement>,
+}
+
+/// One statement of the worker's, ready for `EXPLAIN`.
+#[derive(Debug, Clone)]
+pub struct HotStatement {
+    /// Where it runs (for the report).
+    pub name: String,
+    /// The SQL, parameters written in.
+    pub sql: String,
 }
 
 /// The worker settings that shape the figures.

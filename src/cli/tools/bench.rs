@@ -5,7 +5,7 @@
 use crate::broker::topology::{self, Topology};
 use crate::config::Config;
 use anyhow::Context as _;
-use refund_bench::{Lookup, Names, Settings, Worker, WorkerSettings};
+use refund_bench::{HotStatement, Lookup, Names, Settings, Worker, WorkerSettings};
 
 /// This executable as the worker under test.
 pub(crate) fn worker() -> anyhow::Result<Worker> {
@@ -55,7 +55,49 @@ fn settings(lookup: Lookup<'_>) -> anyhow::Result<Settings> {
                     format!("{} (service default)", crate::telemetry::SERVICE_FILTER)
                 }),
         },
+        hot_statements: hot_statements(&config, &t.exchange),
     })
+}
+
+/// Rows per retention statement (the sweep's batch).
+const RETENTION_BATCH: &str = "1000";
+/// Rows per relay statement.
+const RELAY_BATCH: &str = "256";
+
+/// The statements that run often, or on tables that only grow, with the values this worker
+/// would give their parameters: the relay's take, the metrics sampler's reads, the
+/// retention sweep's deletes.
+fn hot_statements(config: &Config, exchange: &str) -> Vec<HotStatement> {
+    use crate::store::{outbox, retention, stats};
+    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let mut out = vec![HotStatement {
+        name: "relay: take a batch of events".into(),
+        sql: outbox::TAKE_BATCH
+            .replace("$1", RELAY_BATCH)
+            .replace("$2", &literal(exchange)),
+    }];
+    for (n, sql) in stats::STATEMENTS.iter().enumerate() {
+        out.push(HotStatement {
+            name: format!("metrics sampler: in flight #{}", n + 1),
+            sql: (*sql).into(),
+        });
+    }
+    let r = &config.retention;
+    let keep = [
+        ("outbox", r.outbox),
+        ("inbox", r.inbox),
+        ("merchant webhook attempts", r.webhook_attempts),
+        ("provider attempts", r.provider_attempts),
+    ];
+    for ((table, keep), sql) in keep.iter().zip(retention::STATEMENTS) {
+        out.push(HotStatement {
+            name: format!("retention: {table}"),
+            sql: sql
+                .replace("$1", &keep.as_secs().to_string())
+                .replace("$2", RETENTION_BATCH),
+        });
+    }
+    out
 }
 
 #[cfg(test)]
