@@ -281,12 +281,26 @@ impl Settler {
         else {
             return;
         };
-        for (message, verdict) in messages.into_iter().zip(verdicts) {
-            let dead_letter = match &verdict {
-                Verdict::Ack => None,
-                Verdict::DeadLetter(reason) => Some(reason.as_str()),
-            };
-            self.settle(message.delivery, dead_letter).await;
+        if verdicts.len() != messages.len() {
+            // A handler bug: a delivery without a verdict would never be settled and would
+            // hold back every ack behind it. Stored or not, it is redelivered (a stored one
+            // comes back as a duplicate).
+            tracing::error!(
+                messages = messages.len(),
+                verdicts = verdicts.len(),
+                "{} answered a verdict count unlike its batch; the rest are redelivered",
+                self.storing
+            );
+        }
+        let mut verdicts = verdicts.into_iter();
+        for message in messages {
+            match verdicts.next() {
+                Some(Verdict::Ack) => self.settle(message.delivery, None).await,
+                Some(Verdict::DeadLetter(reason)) => {
+                    self.settle(message.delivery, Some(&reason)).await
+                }
+                None => self.requeue(&message.delivery).await,
+            }
         }
     }
 
