@@ -204,27 +204,37 @@ impl Topology {
         }
     }
 
-    /// Deletes everything `declare` made (tests and the demo clean up after themselves).
-    pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        for q in [
+    /// Every queue `declare` makes (`unrouted` is a queue and the exchange it is bound to).
+    pub fn queues(&self) -> [&str; 5] {
+        [
             &self.commands_queue,
             &self.commands_dlq,
             &self.unrouted,
             &self.webhooks_queue,
             &self.webhooks_dlq,
-        ] {
-            channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await?;
-        }
-        for e in [
+        ]
+    }
+
+    /// Every exchange `declare` makes.
+    pub fn exchanges(&self) -> [&str; 4] {
+        [
             &self.exchange,
             &self.dlx,
             &self.unrouted,
             &self.webhooks_exchange,
-        ] {
+        ]
+    }
+
+    /// Deletes everything `declare` made (tests and the demo clean up after themselves).
+    pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        for q in self.queues() {
             channel
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .queue_delete(q.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for e in self.exchanges() {
+            channel
+                .exchange_delete(e.into(), ExchangeDeleteOptions::default())
                 .await?;
         }
         Ok(())

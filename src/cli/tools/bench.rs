@@ -25,20 +25,8 @@ fn settings(lookup: Lookup<'_>) -> anyhow::Result<Settings> {
             exchange: t.exchange.clone(),
             command_routing_key: topology::COMMAND_ROUTING_KEY.into(),
             status_binding: topology::STATUS_BINDING.into(),
-            // `unrouted` is an exchange and the queue bound to it.
-            exchanges: vec![
-                t.exchange.clone(),
-                t.dlx.clone(),
-                t.unrouted.clone(),
-                t.webhooks_exchange.clone(),
-            ],
-            queues: vec![
-                t.commands_queue.clone(),
-                t.commands_dlq.clone(),
-                t.unrouted.clone(),
-                t.webhooks_queue.clone(),
-                t.webhooks_dlq.clone(),
-            ],
+            exchanges: t.exchanges().map(str::to_owned).to_vec(),
+            queues: t.queues().map(str::to_owned).to_vec(),
         },
         shaping: WorkerSettings {
             prefetch: config.prefetch,
