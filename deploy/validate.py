@@ -20,20 +20,30 @@ What is checked (each line printed as `ok` or `FAIL`):
   (BASE_URL) has its API key and a timeout the claim lease covers (the start-up check in
   src/config.rs); every environment variable set is one the code reads; the Service and
   PodDisruptionBudget select the pods; the ScaledObject targets the Deployment by name,
-  scales on queue `refund.commands` (rabbitmq trigger, QueueLength) through an existing
-  TriggerAuthentication, never to zero and with at least 2 pods for the budget, and its
-  maximum fits PostgreSQL's max_connections; the Policy matches refund.commands only and
-  names DLX `refunds.dlx`, routing key `refund.commands.dlq` and delivery-limit 20 (the
-  values in src/broker/topology.rs); the worker's Permission grants configure, write and read
-  on every exchange and queue name in src/broker/topology.rs; the RabbitmqCluster and
-  CloudNativePG Cluster have 3 members.
+  scales on exactly the two command queues `refund.commands` and `refund.commands.backlog`
+  (one rabbitmq trigger each: QueueLength, a positive value, AMQP, the same existing
+  TriggerAuthentication that provides `host`), never to zero and with at least 2 pods for
+  the budget, and its maximum fits PostgreSQL's max_connections; every Policy has its own
+  name in its vhost; for each command queue exactly one Policy of the highest priority
+  matches it, matches no other queue of the worker, applies to (quorum) queues in a rendered
+  Vhost and states the queue's arguments from src/broker/topology.rs: for refund.commands
+  message-ttl = COMMAND_FRESH_FOR in ms (1000), dead-letter-routing-key
+  `refund.commands.backlog`; for refund.commands.backlog dead-letter-routing-key
+  `refund.commands.dlq` and no message-ttl; for both dead-letter-exchange `refunds.dlx`,
+  delivery-limit = DELIVERY_LIMIT (20), dead-letter-strategy `at-least-once` and overflow
+  `reject-publish` (numbers as JSON numbers); the worker's Permission grants configure,
+  write and read on every exchange and queue name in src/broker/topology.rs (the command
+  queues must be among the names read); the RabbitmqCluster and CloudNativePG Cluster have
+  3 members. Names and values are read from src/ where it has them (a note says
+  which were not, and the built-in defaults used instead).
 - Webhook ingress: an Ingress publishes POST /webhooks/ (and only that prefix: the admin
   API, /metrics and /openapi.json share the listener) to the worker Service's port, with TLS.
 - Monitoring (when the overlay includes deploy/components/monitoring): the PodMonitor scrapes
   /metrics on the port the Deployment names `http` and selects the pods; every rule has an
   alert name, an expression and a severity; every metric a rule reads is one src/metrics.rs
-  exports; with promtool installed, `promtool check rules` and the unit tests in
-  rules.test.yaml.
+  exports; some alert's refund_worker_queue_depth selector takes `refund.commands` and some
+  takes `refund.commands.backlog` (commands waiting); with promtool installed, `promtool
+  check rules` and the unit tests in rules.test.yaml.
 - docker-compose.yml: `config -q` with each compose tool found; structurally, the five
   services, an image or build each, healthchecks where depends_on waits for health,
   depends_on targets that exist, a one-shot `migrate`, the worker wired to the sandbox (which
@@ -114,10 +124,21 @@ def code_facts(rep: Report) -> dict:
         "providers": ["VA_SERVICES", "BPN", "BINANCE_PAY", "BVNK"],
         "env": None,  # None: unknown (src/ missing), skip the env-name check
         "queue": "refund.commands",
+        "backlog": "refund.commands.backlog",
         "dlx": "refunds.dlx",
         "dlq": "refund.commands.dlq",
         "delivery_limit": 20,
+        # What each command queue dead-letters into: the fresh queue into the backlog (its
+        # TTL and delivery limit), the backlog into the DLQ.
+        "queue_dead_letters_to": "refund.commands.backlog",
+        "backlog_dead_letters_to": "refund.commands.dlq",
+        "fresh_for_ms": 1000,  # COMMAND_FRESH_FOR, the fresh queue's x-message-ttl
+        "dead_letter_strategy": "at-least-once",
+        "overflow": "reject-publish",
+        "queue_names": ["refund.commands", "refund.commands.backlog", "refund.commands.dlq",
+                        "refunds.unrouted", "provider.webhooks", "provider.webhooks.dlq"],
     }
+    fallback: list[str] = []  # facts the code did not yield (the defaults above are used)
     cmd = read_src("src/domain/command.rs")
     if cmd:
         m = re.search(r"impl ProviderName\s*\{.*?fn as_str\(self\).*?\{(.*?)\n\s*\}\n\s*\}", cmd, re.S)
@@ -126,15 +147,52 @@ def code_facts(rep: Report) -> dict:
             facts["providers"] = [n.upper() for n in names]
     topo = read_src("src/broker/topology.rs")
     if topo:
-        for key, field in (("queue", "commands_queue"), ("dlx", "dlx"), ("dlq", "commands_dlq")):
-            m = re.search(rf'{field}:\s*format!\("\{{prefix\}}([^"]+)"\)', topo)
-            if m:
-                facts[key] = m.group(1)
+        fields = dict(re.findall(r'(\w+):\s*format!\("\{prefix\}([^"]+)"\)', topo))
+        for key, field in (("queue", "commands_queue"), ("backlog", "commands_backlog"), ("dlx", "dlx"), ("dlq", "commands_dlq")):
+            if field in fields:
+                facts[key] = fields[field]
+            else:
+                fallback.append(key)
         m = re.search(r"fn with_prefix.*?\n    \}", topo, re.S)
         facts["topology_names"] = sorted(set(re.findall(r'format!\("\{prefix\}([^"]+)"\)', m.group(0)))) if m else []
+        m = re.search(r"pub fn queues\(&self\).*?\n    \}", topo, re.S)
+        queues = [fields.get(f) for f in re.findall(r"&self\.(\w+)", m.group(0))] if m else []
+        if queues and all(queues):
+            facts["queue_names"] = queues
+        else:
+            fallback.append("queue_names")
         m = re.search(r"pub const DELIVERY_LIMIT:\s*i64\s*=\s*(\d+)", topo)
         if m:
             facts["delivery_limit"] = int(m.group(1))
+        else:
+            fallback.append("delivery_limit")
+        m = re.search(r"pub const COMMAND_FRESH_FOR:\s*Duration\s*=\s*Duration::from_(secs|millis)\((\d+)\)", topo)
+        if m:
+            facts["fresh_for_ms"] = int(m.group(2)) * (1000 if m.group(1) == "secs" else 1)
+        else:
+            fallback.append("fresh_for_ms")
+        # The fresh queue: consumed_queue(channel, &self.commands_queue, <dead-letter target>, ...).
+        m = re.search(r"consumed_queue\(\s*channel,\s*&self\.commands_queue,\s*&self\.(\w+),", topo)
+        if m and m.group(1) in fields:
+            facts["queue_dead_letters_to"] = fields[m.group(1)]
+        else:
+            fallback.append("queue_dead_letters_to")
+        # The backlog: dead_letter_target(channel, &self.commands_backlog, ARGS), where
+        # `let ARGS = self.dead_lettering(..., &self.<target>);`.
+        m = re.search(r"dead_letter_target\(channel,\s*&self\.commands_backlog,\s*(\w+)\)", topo)
+        m = m and re.search(rf"let (?:mut )?{m.group(1)}\s*=\s*self\.dead_lettering\(.*?,\s*&self\.(\w+)\);", topo, re.S)
+        if m and m.group(1) in fields:
+            facts["backlog_dead_letters_to"] = fields[m.group(1)]
+        else:
+            fallback.append("backlog_dead_letters_to")
+        for key, arg in (("dead_letter_strategy", "x-dead-letter-strategy"), ("overflow", "x-overflow")):
+            m = re.search(rf'"{arg}"\.into\(\),\s*long_string\("([^"]+)"\)', topo)
+            if m:
+                facts[key] = m.group(1)
+            else:
+                fallback.append(key)
+    else:
+        fallback.append("everything in src/broker/topology.rs")
     config = read_src("src/config.rs")
     if config:
         env = set(re.findall(r'\b(?:get|num|ms)\("([A-Z][A-Z0-9_]+)"', config))
@@ -150,10 +208,13 @@ def code_facts(rep: Report) -> dict:
         facts["env"] = env
     rep.note(
         "from src/: providers " + ", ".join(facts["providers"])
-        + f"; queue {facts['queue']}, DLX {facts['dlx']}, DLQ {facts['dlq']},"
-        f" delivery limit {facts['delivery_limit']}; "
+        + f"; queue {facts['queue']} (TTL {facts['fresh_for_ms']} ms, dead-letters to {facts['queue_dead_letters_to']}),"
+        f" backlog {facts['backlog']} (dead-letters to {facts['backlog_dead_letters_to']}), DLX {facts['dlx']}, DLQ {facts['dlq']},"
+        f" delivery limit {facts['delivery_limit']}, dead-letter-strategy {facts['dead_letter_strategy']}, overflow {facts['overflow']}; "
         + (f"{len(facts['env'])} known environment variables" if facts["env"] else "src/ not found, env names unchecked")
     )
+    if fallback:
+        rep.note("not read from src/, the built-in values are used: " + ", ".join(fallback))
     return facts
 
 
@@ -416,21 +477,32 @@ def check_kubernetes(docs: list[dict], facts: dict, rep: Report) -> None:
             rep.check(mx >= mn, f"maxReplicaCount ({mx}) >= minReplicaCount ({mn})")
             triggers = dig(s, "spec", "triggers", default=[])
             rabbit = [t for t in triggers if t.get("type") == "rabbitmq"]
-            if rep.check(len(rabbit) >= 1, "a rabbitmq trigger"):
-                t = rabbit[0]
+            # One trigger per command queue: the fresh queue (bursts) and the backlog (what
+            # the pods did not keep up with, moved there after COMMAND_FRESH_FOR).
+            wanted = [facts["queue"], facts["backlog"]]
+            names = [dig(t, "metadata", "queueName") for t in rabbit]
+            for q in wanted:
+                rep.check(names.count(q) == 1, f"one rabbitmq trigger on queue {q}", f"rabbitmq triggers' queueName: {names}")
+            stray = [n for n in names if n not in wanted]
+            rep.check(not stray, f"every rabbitmq trigger is on a command queue ({', '.join(wanted)})", f"also: {stray}")
+            tas = {name_of(a): a for a in by_kind(docs, "TriggerAuthentication")}
+            for t in rabbit:
                 md = t.get("metadata") or {}
-                rep.check(md.get("queueName") == facts["queue"], f"trigger queueName is {facts['queue']}", f"got {md.get('queueName')!r}")
-                rep.check(md.get("mode") == "QueueLength", "trigger mode is QueueLength", f"got {md.get('mode')!r}")
+                q = md.get("queueName")
+                rep.check(md.get("mode") == "QueueLength", f"trigger on {q}: mode is QueueLength", f"got {md.get('mode')!r}")
                 try:
                     value_ok = float(md.get("value")) > 0
                 except (TypeError, ValueError):
                     value_ok = False
-                rep.check(value_ok, "trigger value is a positive number", f"got {md.get('value')!r}")
+                rep.check(value_ok, f"trigger on {q}: value is a positive number", f"got {md.get('value')!r}")
+                rep.check(md.get("protocol", "auto") in ("amqp", "auto"), f"trigger on {q}: protocol amqp (the worker's user has no management tag)", f"got {md.get('protocol')!r}")
                 auth = dig(t, "authenticationRef", "name")
-                tas = {name_of(a): a for a in by_kind(docs, "TriggerAuthentication")}
-                if rep.check(auth in tas, "authenticationRef names a rendered TriggerAuthentication", f"got {auth!r}"):
+                if rep.check(auth in tas, f"trigger on {q}: authenticationRef names a rendered TriggerAuthentication", f"got {auth!r}"):
                     params = [r.get("parameter") for r in dig(tas[auth], "spec", "secretTargetRef", default=[])]
-                    rep.check("host" in params or "host" in md or "hostFromEnv" in md, "the trigger gets its `host` (URL with credentials) from somewhere", f"secretTargetRef parameters {params}")
+                    rep.check("host" in params or "host" in md or "hostFromEnv" in md, f"trigger on {q}: gets its `host` (URL with credentials) from somewhere", f"secretTargetRef parameters {params}")
+            auths = {dig(t, "authenticationRef", "name") for t in rabbit}
+            metrics = {(dig(t, "metadata", "mode"), dig(t, "metadata", "protocol")) for t in rabbit}
+            rep.check(len(auths) <= 1 and len(metrics) <= 1, "the rabbitmq triggers share one authentication and metric type", f"authenticationRefs {sorted(map(str, auths))}, (mode, protocol) {sorted(map(str, metrics))}")
             pool = to_int(env.get("DATABASE_MAX_CONNECTIONS") if isinstance(env.get("DATABASE_MAX_CONNECTIONS"), str) else None, DEFAULT_DB_MAX_CONNECTIONS)
             pg = by_kind(docs, "Cluster")
             maxconn = to_int(dig(pg[0], "spec", "postgresql", "parameters", "max_connections")) if pg else None
@@ -448,32 +520,61 @@ def check_kubernetes(docs: list[dict], facts: dict, rep: Report) -> None:
         for c in clusters:
             rep.check(to_int(dig(c, "spec", "replicas")) == 3, f"RabbitmqCluster {name_of(c)} has 3 replicas", f"got {dig(c, 'spec', 'replicas')!r}")
         vhosts = {dig(v, "spec", "name") for v in by_kind(docs, "Vhost")}
-        matching = []
+        compiled = []
         for p in policies:
             pattern = dig(p, "spec", "pattern", default="")
             try:
-                rx = re.compile(pattern)
+                compiled.append((p, re.compile(pattern)))
             except re.error as e:
                 rep.check(False, f"Policy {name_of(p)} pattern compiles", str(e))
+        # Each Policy object is its own RabbitMQ policy: the topology operator names it
+        # spec.name in its vhost, so two objects sharing one would overwrite each other.
+        keys = [(dig(p, "spec", "vhost", default="/"), dig(p, "spec", "name") or name_of(p)) for p in policies]
+        rep.check(len(keys) == len(set(keys)), "every Policy has its own name in its vhost", f"vhost/name: {keys}")
+        # The two command queues, each with the values the worker declares as arguments
+        # (src/broker/topology.rs). A policy states them for people and covers a queue declared
+        # without them; see policy.yaml for how policy and argument combine.
+        common = {
+            "dead-letter-exchange": facts["dlx"],
+            "delivery-limit": facts["delivery_limit"],
+            "dead-letter-strategy": facts["dead_letter_strategy"],
+            "overflow": facts["overflow"],
+        }
+        expected = {
+            facts["queue"]: {**common, "dead-letter-routing-key": facts["queue_dead_letters_to"], "message-ttl": facts["fresh_for_ms"]},
+            facts["backlog"]: {**common, "dead-letter-routing-key": facts["backlog_dead_letters_to"]},
+        }
+        # Keys that must NOT be in a queue's policy: a TTL on the backlog would dead-letter
+        # waiting commands into the DLQ.
+        forbidden = {facts["backlog"]: ("message-ttl",)}
+        queue_names = facts.get("queue_names") or []
+        for queue, want in expected.items():
+            matching = sorted(((p, rx) for p, rx in compiled if rx.search(queue)), key=lambda pr: -to_int(dig(pr[0], "spec", "priority"), 0))
+            if not rep.check(len(matching) >= 1, f"a Policy matches queue {queue}"):
                 continue
-            if rx.search(facts["queue"]):
-                matching.append((p, rx))
-        if rep.check(len(matching) >= 1, f"a Policy matches queue {facts['queue']}"):
-            matching.sort(key=lambda pr: -to_int(dig(pr[0], "spec", "priority"), 0))
             p, rx = matching[0]
-            d = dig(p, "spec", "definition", default={})
-            rep.check(not rx.search(facts["dlq"]), f"the Policy does not also match the DLQ {facts['dlq']}", f"pattern {rx.pattern!r}")
-            rep.check(d.get("dead-letter-exchange") == facts["dlx"], f"the Policy names the DLX {facts['dlx']}", f"got {d.get('dead-letter-exchange')!r}")
-            rep.check(d.get("dead-letter-routing-key") == facts["dlq"], f"the Policy dead-letters with routing key {facts['dlq']}", f"got {d.get('dead-letter-routing-key')!r}")
-            rep.check(to_int(d.get("delivery-limit")) == facts["delivery_limit"], f"the Policy's delivery-limit is {facts['delivery_limit']}", f"got {d.get('delivery-limit')!r}")
+            top = [name_of(q) for q, _ in matching if to_int(dig(q, "spec", "priority"), 0) == to_int(dig(p, "spec", "priority"), 0)]
+            rep.check(len(top) == 1, f"one Policy of the highest priority matches {queue} (RabbitMQ picks one of equals at random)", f"equal: {top}")
+            label = f"Policy {name_of(p)} ({queue})"
+            others = [n for n in queue_names if n != queue and rx.search(n)]
+            rep.check(not others, f"{label} matches no other queue of the worker", f"pattern {rx.pattern!r} also matches {others}")
+            d = dig(p, "spec", "definition", default={}) or {}
+            for key, value in want.items():
+                got = d.get(key)
+                # A number must be a JSON number: RabbitMQ refuses "1000" (a string) as a TTL.
+                same = (isinstance(got, int) and not isinstance(got, bool) and got == value) if isinstance(value, int) else got == value
+                rep.check(same, f"{label}: {key} is {value}", f"got {got!r}")
+            for key in forbidden.get(queue, ()):
+                rep.check(key not in d, f"{label}: no {key}", f"got {d.get(key)!r}")
             apply_to = dig(p, "spec", "applyTo", default="all")
-            rep.check(apply_to in ("queues", "quorum_queues", "all"), "the Policy applies to (quorum) queues", f"got {apply_to!r}")
+            rep.check(apply_to in ("queues", "quorum_queues", "all"), f"{label} applies to (quorum) queues", f"got {apply_to!r}")
             if vhosts:
-                rep.check(dig(p, "spec", "vhost", default="/") in vhosts, "the Policy's vhost is a rendered Vhost", f"got {dig(p, 'spec', 'vhost')!r}, vhosts {sorted(vhosts)}")
+                rep.check(dig(p, "spec", "vhost", default="/") in vhosts, f"{label}: its vhost is a rendered Vhost", f"got {dig(p, 'spec', 'vhost')!r}, vhosts {sorted(vhosts)}")
         # The worker declares every exchange and queue of its topology at start-up, binds,
         # publishes and consumes: its user needs configure, write and read on all of them.
         names = facts.get("topology_names", [])
-        rep.check(len(names) >= 6, f"topology names read from src/broker/topology.rs ({len(names)})", str(names))
+        needed = [facts["queue"], facts["backlog"], facts["dlq"], facts["dlx"]]
+        rep.check(len(names) >= 6 and set(needed) <= set(names), f"topology names read from src/broker/topology.rs ({len(names)}), the command queues among them", f"{names}, needed {needed}")
         for perm in by_kind(docs, "Permission"):
             for access in ("configure", "write", "read"):
                 pattern = dig(perm, "spec", "permissions", access, default="")
@@ -718,7 +819,30 @@ def check_ingress(docs: list[dict], rep: Report) -> None:
         rep.check(bool(dig(ing, "spec", "tls")), f"Ingress {name_of(ing)} terminates TLS", "no spec.tls")
 
 
-def check_monitoring(docs: list[dict], rep: Report) -> None:
+def depth_selectors(expr: str) -> list[list[tuple[str, str, str]]]:
+    """The label matchers of every refund_worker_queue_depth selector in a PromQL expression."""
+    out = []
+    for m in re.finditer(r"refund_worker_queue_depth\b\s*(?:\{([^}]*)\})?", expr):
+        matchers = re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', m.group(1) or "")
+        out.append([(label, op, re.sub(r"\\(.)", r"\1", value)) for label, op, value in matchers])
+    return out
+
+
+def selects_queue(matchers: list[tuple[str, str, str]], queue: str) -> bool:
+    """Whether a selector with these matchers takes the series of `queue` (PromQL regexes are anchored)."""
+    for label, op, value in matchers:
+        if label != "queue":
+            continue
+        try:
+            hit = re.fullmatch(value, queue) is not None if op in ("=~", "!~") else value == queue
+        except re.error:
+            return False
+        if hit != (op in ("=", "=~")):
+            return False
+    return True
+
+
+def check_monitoring(docs: list[dict], facts: dict, rep: Report) -> None:
     monitors, rules = by_kind(docs, "PodMonitor"), by_kind(docs, "PrometheusRule")
     if not monitors and not rules:
         rep.note("no monitoring component in this overlay")
@@ -748,6 +872,12 @@ def check_monitoring(docs: list[dict], rep: Report) -> None:
                       f"alert {name} has a name, an expression and a severity", str(rule))
             used = set(re.findall(r"refund_worker_[a-z_]+", str(rule.get("expr", ""))))
             rep.check(bool(used) and used <= exported, f"alert {name} reads metrics the worker exports", f"unknown: {sorted(used - exported)}")
+        # Commands waiting: the fresh queue only holds a command for COMMAND_FRESH_FOR, so an
+        # alert on it alone would never see a backlog; both queues' depths must be watched.
+        all_rules = [x for g in groups for x in g.get("rules", []) or []]
+        for q in (facts["queue"], facts["backlog"]):
+            watching = [x.get("alert") for x in all_rules if any(selects_queue(sel, q) for sel in depth_selectors(str(x.get("expr", ""))))]
+            rep.check(bool(watching), f"an alert watches the depth of {q} (refund_worker_queue_depth)", "no rule's selector takes that queue")
         promtool = shutil.which("promtool")
         if not promtool:
             rep.note("promtool not installed: rule syntax and unit tests not run (apt-get install prometheus)")
@@ -780,7 +910,7 @@ def main() -> int:
         rep.start("Webhook ingress")
         check_ingress(docs, rep)
         rep.start("Monitoring")
-        check_monitoring(docs, rep)
+        check_monitoring(docs, facts, rep)
     check_compose(facts, not args.no_compose_tool, rep)
     check_dockerfile(rep)
 

@@ -106,7 +106,8 @@ pub struct Config {
     pub amqp_name_prefix: String,
     /// `HTTP_ADDR`: health endpoints.
     pub http_addr: SocketAddr,
-    /// `PREFETCH`: unacknowledged commands in flight per worker.
+    /// `PREFETCH`: unacknowledged commands in flight per worker and command queue
+    /// (`refund.commands` and `refund.commands.backlog` each).
     pub prefetch: u16,
     /// `INTAKE_BATCH`: most commands stored in one intake transaction.
     pub intake_batch: usize,

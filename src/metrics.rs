@@ -99,7 +99,7 @@ fn describe() {
     );
     describe_gauge!(
         "refund_worker_commands_in_flight",
-        "Commands being processed (bounded by PREFETCH)."
+        "Commands being processed, from refund.commands and refund.commands.backlog (each bounded by PREFETCH)."
     );
     describe_counter!(
         "refund_worker_provider_webhooks_received_total",

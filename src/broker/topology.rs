@@ -1,7 +1,10 @@
 //! Exchange and queue names, and their idempotent declaration at start.
 //!
 //! ```text
-//!  publishers ──refund.request──▶ [refunds] (topic) ──▶ refund.commands (quorum)
+//!  publishers ──refund.request──▶ [refunds] (topic) ──▶ refund.commands (quorum, fresh)
+//!                                    │   │                  │ older than 1 s, or delivered
+//!                                    │   │                  ▼ 20 times (at-least-once)
+//!                                    │   │  [refunds.dlx] ──▶ refund.commands.backlog (quorum)
 //!                                    │   └─refund.status.*──▶ your consumers' queues
 //!                                    └─unroutable──▶ [refunds.unrouted] ──▶ refunds.unrouted
 //!  worker / broker ──dead letters──▶ [refunds.dlx] (direct) ──▶ refund.commands.dlq
@@ -9,10 +12,25 @@
 //!  webhook ingress ──{provider}──▶ [provider.webhooks] (topic) ──▶ provider.webhooks (quorum)
 //! ```
 //!
-//! Every queue is a quorum queue (replicated, `x-delivery-limit` supported). The command
-//! queue dead-letters into `refunds.dlx` once a message has been delivered
-//! `x-delivery-limit` times, so a message that crashes workers cannot loop forever. The
-//! `refunds` exchange has an alternate exchange, so a publish that no queue is bound for
+//! Every queue is a quorum queue (replicated, `x-delivery-limit` supported).
+//!
+//! **Fresh commands first.** `refund.commands` keeps a command for [`COMMAND_FRESH_FOR`]
+//! (`x-message-ttl`); one still waiting then (the worker was down, or is behind) moves to
+//! `refund.commands.backlog`, and the worker consumes both. So after an outage a new command
+//! is not queued behind the whole backlog: it reaches a worker within that second while
+//! the backlog drains beside it. The move is the broker's own at-least-once dead-lettering
+//! (`x-dead-letter-strategy`, which needs `x-overflow: reject-publish`; nothing limits the
+//! queue's length, so nothing is ever rejected), so a command is never lost on the way, and
+//! one moved twice is a duplicate the intake already answers. The order of commands is not
+//! kept across the two queues; it never was across the intake's concurrent batches, and
+//! every decision that orders refunds (the payment's refundable balance) is taken under
+//! the payment's row lock.
+//!
+//! **Poison messages.** A command delivered `x-delivery-limit` times moves the same way:
+//! to the backlog, which dead-letters it into `refund.commands.dlq` after as many
+//! deliveries there, so a message that crashes workers cannot loop forever.
+//!
+//! The `refunds` exchange has an alternate exchange, so a publish that no queue is bound for
 //! (an event nobody subscribed to yet, a command with a mistyped routing key) is kept in
 //! `refunds.unrouted` instead of vanishing.
 
@@ -22,6 +40,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
+use std::time::Duration;
 
 /// Routing key of refund commands.
 pub const COMMAND_ROUTING_KEY: &str = "refund.request";
@@ -32,14 +51,22 @@ pub const PROVIDER_HEADER: &str = "x-provider";
 pub const STATUS_BINDING: &str = "refund.status.#";
 /// Deliveries of one command before the broker dead-letters it.
 pub const DELIVERY_LIMIT: i64 = 20;
+/// How long a command waits in `refund.commands` before the broker moves it to
+/// `refund.commands.backlog` (`x-message-ttl`). A queue argument, so changing it means
+/// redeclaring the queue; a RabbitMQ `message-ttl` policy can lower it at runtime (the
+/// lower of the two applies).
+pub const COMMAND_FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// Names of everything the worker declares. `with_prefix("")` is the production contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     /// Topic exchange for commands and events: `refunds`.
     pub exchange: String,
-    /// Command queue: `refund.commands`.
+    /// Command queue: `refund.commands`. Holds fresh commands (see [`COMMAND_FRESH_FOR`]).
     pub commands_queue: String,
+    /// Commands that waited longer than [`COMMAND_FRESH_FOR`] in `refund.commands`:
+    /// `refund.commands.backlog`. The worker consumes it beside the fresh queue.
+    pub commands_backlog: String,
     /// Dead-letter exchange: `refunds.dlx`.
     pub dlx: String,
     /// Dead-letter queue of commands: `refund.commands.dlq`.
@@ -67,6 +94,7 @@ impl Topology {
         Self {
             exchange: format!("{prefix}refunds"),
             commands_queue: format!("{prefix}refund.commands"),
+            commands_backlog: format!("{prefix}refund.commands.backlog"),
             dlx: format!("{prefix}refunds.dlx"),
             commands_dlq: format!("{prefix}refund.commands.dlq"),
             unrouted: format!("{prefix}refunds.unrouted"),
@@ -121,16 +149,32 @@ impl Topology {
             )
             .await?;
 
+        // Each queue after the one it dead-letters into, so that is bound before the first
+        // message can move: the DLQ, then the backlog (bound to `refunds.dlx` under its own
+        // name, as the fresh queue dead-letters it), then the fresh queue.
+        self.dead_letter_target(channel, &self.commands_dlq, FieldTable::default())
+            .await?;
+        let backlog = self.dead_lettering(at_least_once(FieldTable::default()), &self.commands_dlq);
+        self.dead_letter_target(channel, &self.commands_backlog, backlog)
+            .await?;
+        let mut fresh = at_least_once(FieldTable::default());
+        fresh.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(COMMAND_FRESH_FOR.as_millis() as i64),
+        );
         self.consumed_queue(
             channel,
             &self.commands_queue,
-            &self.commands_dlq,
+            &self.commands_backlog,
             &self.exchange,
             COMMAND_ROUTING_KEY,
+            fresh,
         )
         .await?;
 
         // Inbound provider webhooks: same dead-letter exchange and delivery limit.
+        self.dead_letter_target(channel, &self.webhooks_dlq, FieldTable::default())
+            .await?;
         channel
             .exchange_declare(
                 self.webhooks_exchange.as_str().into(),
@@ -145,22 +189,20 @@ impl Topology {
             &self.webhooks_dlq,
             &self.webhooks_exchange,
             "#",
+            FieldTable::default(),
         )
         .await
     }
 
-    /// A queue the worker consumes, bound to `exchange` with `binding`, that dead-letters
-    /// (through `refunds.dlx`) into `dlq` after `DELIVERY_LIMIT` deliveries; and its `dlq`.
-    async fn consumed_queue(
+    /// `dlq`, a queue bound to `refunds.dlx` under its own name (dead letters, or the
+    /// backlog of commands).
+    async fn dead_letter_target(
         &self,
         channel: &Channel,
-        queue: &str,
         dlq: &str,
-        exchange: &str,
-        binding: &str,
+        args: FieldTable,
     ) -> Result<(), lapin::Error> {
-        self.quorum_queue(channel, dlq, FieldTable::default())
-            .await?;
+        self.quorum_queue(channel, dlq, args).await?;
         channel
             .queue_bind(
                 dlq.into(),
@@ -169,15 +211,34 @@ impl Topology {
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
-        let mut args = FieldTable::default();
+            .await
+    }
+
+    /// `args` with dead-lettering through `refunds.dlx` into `dlq` after `DELIVERY_LIMIT`
+    /// deliveries (and whenever else `args` says, such as a TTL).
+    fn dead_lettering(&self, mut args: FieldTable, dlq: &str) -> FieldTable {
         args.insert("x-dead-letter-exchange".into(), long_string(&self.dlx));
         args.insert("x-dead-letter-routing-key".into(), long_string(dlq));
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
-        self.quorum_queue(channel, queue, args).await?;
+        args
+    }
+
+    /// A queue the worker consumes, bound to `exchange` with `binding`, that dead-letters
+    /// into `dlq` ([`Self::dead_lettering`]). `dlq` must be declared first.
+    async fn consumed_queue(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        dlq: &str,
+        exchange: &str,
+        binding: &str,
+        args: FieldTable,
+    ) -> Result<(), lapin::Error> {
+        self.quorum_queue(channel, queue, self.dead_lettering(args, dlq))
+            .await?;
         channel
             .queue_bind(
                 queue.into(),
@@ -205,9 +266,10 @@ impl Topology {
     }
 
     /// Every queue `declare` makes (`unrouted` is a queue and the exchange it is bound to).
-    pub fn queues(&self) -> [&str; 5] {
+    pub fn queues(&self) -> [&str; 6] {
         [
             &self.commands_queue,
+            &self.commands_backlog,
             &self.commands_dlq,
             &self.unrouted,
             &self.webhooks_queue,
@@ -256,6 +318,21 @@ impl Topology {
             .await
             .map(|_| ())
     }
+}
+
+/// `args` with the broker's at-least-once dead-lettering: a dead-lettered message leaves
+/// its queue only once the queue it moves to has confirmed it (quorum queues, RabbitMQ >=
+/// 3.10). It requires reject-publish overflow, which never applies here (no length limit).
+/// The command queues use it, since a command moves to the backlog in normal operation;
+/// `provider.webhooks` keeps the arguments it was first declared with (changing a queue's
+/// arguments makes every redeclaration fail).
+fn at_least_once(mut args: FieldTable) -> FieldTable {
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
+    args.insert("x-overflow".into(), long_string("reject-publish"));
+    args
 }
 
 fn long_string(s: &str) -> AMQPValue {

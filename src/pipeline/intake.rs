@@ -26,6 +26,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -370,36 +372,58 @@ pub async fn handle(ctx: &Context, body: &[u8]) -> Result<IntakeOutcome, StoreEr
         .ok_or_else(|| StoreError::Corrupt("intake answered nothing".into()))
 }
 
-/// Consumes `refund.commands` until shutdown or until the connection fails
-/// ([`super::consumer`]).
+/// Consumes `refund.commands` and `refund.commands.backlog` until shutdown or until the
+/// connection fails ([`super::consumer`]).
 ///
-/// Messages are stored in batches of whatever is waiting (up to `INTAKE_BATCH`); enough
-/// batches run at once to keep the whole prefetch window busy. Returns `Ok` on shutdown
-/// (in-flight messages finished and acknowledged) and `Err` when the broker connection
-/// failed (the caller reconnects).
+/// The two queues are consumed side by side, each with its own prefetch window and
+/// workers, so a command that arrives while a backlog drains is stored within a batch's
+/// time instead of after the backlog (the broker moves a command that waited longer than
+/// [`crate::broker::topology::COMMAND_FRESH_FOR`] to the backlog). Messages are stored in
+/// batches of whatever is waiting (up to `INTAKE_BATCH`); enough batches run at once to
+/// keep each prefetch window busy. Returns `Ok` on shutdown (in-flight messages finished and
+/// acknowledged) and `Err` when the broker connection failed (the caller reconnects).
 pub async fn consume(
     ctx: &Context,
     connection: &Connection,
     shutdown: &CancellationToken,
 ) -> Result<(), ConsumeError> {
     let batch = ctx.config.intake_batch.max(1);
-    let queue = Queue {
-        name: &ctx.topology.commands_queue,
-        tag: "refund-worker",
+    let workers = Workers::Pool {
+        workers: usize::from(ctx.config.prefetch).div_ceil(batch).max(1),
+        batch,
+    };
+    let queue = |name, tag| Queue {
+        name,
+        tag,
         dead_letters: &ctx.topology.commands_dlq,
         what: "intake batch",
         storing: "intake",
-        workers: Workers::Pool {
-            workers: usize::from(ctx.config.prefetch).div_ceil(batch).max(1),
-            batch,
-        },
+        workers,
         sweep_every: None,
     };
-    consumer::consume(ctx, connection, queue, Commands(ctx.clone()), shutdown).await
+    let fresh = queue(&ctx.topology.commands_queue, "refund-worker");
+    let backlog = queue(&ctx.topology.commands_backlog, "refund-worker-backlog");
+    let in_flight = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let handler = |slot| Commands {
+        ctx: ctx.clone(),
+        slot,
+        in_flight: in_flight.clone(),
+    };
+    tokio::try_join!(
+        consumer::consume(ctx, connection, fresh, handler(0), shutdown),
+        consumer::consume(ctx, connection, backlog, handler(1), shutdown),
+    )
+    .map(|_| ())
 }
 
-/// Intake as the consumer's handler: a batch of command messages stored in one go.
-struct Commands(Context);
+/// Intake as the consumer's handler: a batch of command messages stored in one go. One per
+/// consumed queue; `in_flight` holds each one's count at its `slot`, so the gauge is their
+/// sum.
+struct Commands {
+    ctx: Context,
+    slot: usize,
+    in_flight: Arc<[AtomicUsize; 2]>,
+}
 
 impl Handler for Commands {
     /// Nothing is read on receipt: a batch's messages are read and validated by its worker.
@@ -408,7 +432,7 @@ impl Handler for Commands {
     fn receive(&self, _delivery: &Delivery) {}
 
     async fn store(&self, batch: &[Message<()>]) -> Result<Vec<Verdict>, StoreError> {
-        let ctx = &self.0;
+        let ctx = &self.ctx;
         let prepared: Vec<Prepared> = batch
             .iter()
             .map(|m| prepare(ctx, &m.delivery.data))
@@ -418,7 +442,13 @@ impl Handler for Commands {
     }
 
     fn in_flight(&self, n: usize) {
-        crate::metrics::commands_in_flight(n);
+        self.in_flight[self.slot].store(n, Ordering::Relaxed);
+        let all = self
+            .in_flight
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum();
+        crate::metrics::commands_in_flight(all);
     }
 }
 

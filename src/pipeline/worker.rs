@@ -119,6 +119,7 @@ async fn session(
             loop {
                 for q in [
                     &topology.commands_queue,
+                    &topology.commands_backlog,
                     &topology.commands_dlq,
                     &topology.webhooks_queue,
                     &topology.webhooks_dlq,

@@ -53,17 +53,26 @@ const RETENTION_BATCH: &str = "1000";
 const RELAY_BATCH: &str = "256";
 
 /// The statements that run often, or on tables that only grow, with the values this worker
-/// would give their parameters: the relay's take, the metrics sampler's reads, the
-/// retention sweep's deletes.
+/// would give their parameters: the dispatcher's claim, the relay's take, the metrics
+/// sampler's reads, the retention sweep's deletes.
 fn hot_statements(config: &Config, exchange: &str) -> Vec<HotStatement> {
-    use crate::store::{outbox, retention, stats};
+    use crate::store::{outbox, refunds, retention, stats};
     let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
-    let mut out = vec![HotStatement {
-        name: "relay: take a batch of events".into(),
-        sql: outbox::TAKE_BATCH
-            .replace("$1", RELAY_BATCH)
-            .replace("$2", &literal(exchange)),
-    }];
+    let mut out = vec![
+        HotStatement {
+            name: "dispatcher: claim due refunds".into(),
+            sql: refunds::claim_due_statement()
+                .replace("$1", &config.dispatch_batch.to_string())
+                .replace("$2", &config.claim_lease.as_secs_f64().to_string())
+                .replace("$3", "'00000000-0000-0000-0000-000000000000'::uuid"),
+        },
+        HotStatement {
+            name: "relay: take a batch of events".into(),
+            sql: outbox::TAKE_BATCH
+                .replace("$1", RELAY_BATCH)
+                .replace("$2", &literal(exchange)),
+        },
+    ];
     for (n, sql) in stats::STATEMENTS.iter().enumerate() {
         out.push(HotStatement {
             name: format!("metrics sampler: in flight #{}", n + 1),
@@ -125,6 +134,7 @@ mod tests {
         assert_eq!(s.names.exchange, t.exchange);
         for q in [
             &t.commands_queue,
+            &t.commands_backlog,
             &t.commands_dlq,
             &t.webhooks_queue,
             &t.webhooks_dlq,
@@ -132,7 +142,7 @@ mod tests {
             assert!(s.names.queues.contains(q), "{q}");
         }
         assert!(s.names.exchanges.iter().all(|e| e.starts_with("bench-x.")));
-        assert_eq!(s.names.queues.len() + s.names.exchanges.len(), 9);
+        assert_eq!(s.names.queues.len() + s.names.exchanges.len(), 10);
         Ok(())
     }
 }
