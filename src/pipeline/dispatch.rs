@@ -174,9 +174,9 @@ pub async fn step(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
 /// and would take no refund intake hands over meanwhile. Under load, one slow call (a
 /// provider's timeout is seconds) would idle every other slot: throughput would follow the
 /// slowest call instead of the adaptive limit. So the two share everything but the
-/// waiting: the same claim ([`InFlight::claim`], as many as there are free slots, up to
-/// `DISPATCH_BATCH`), the same step tasks ([`InFlight::start`], [`process_in_span`]) and
-/// the same recorder ([`recorder`], [`record`]); [`step`] drains after one claim, `run`
+/// waiting: the same claim (`InFlight::claim`, as many as there are free slots, up to
+/// `DISPATCH_BATCH`), the same step tasks (`InFlight::start`, `process_in_span`) and
+/// the same recorder (`recorder`, `record`); [`step`] drains after one claim, `run`
 /// claims again whenever a quarter of the slots are free.
 pub async fn run(ctx: &Context, shutdown: &CancellationToken) {
     // Bounded: while the recorder is behind (database trouble), finished steps wait to be

@@ -84,6 +84,29 @@ impl Publisher {
     }
 }
 
+/// Messages ready in `queues` together, each read with a passive declare on a channel of
+/// its own (a queue that does not exist counts as empty: the broker closes only that
+/// channel).
+pub async fn ready_in(connection: &Connection, queues: &[String]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for q in queues {
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let name = ShortString::try_new(q.as_str()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Ok(state) = channel
+            .queue_declare(name, passive, FieldTable::default())
+            .await
+        {
+            total += u64::from(state.message_count());
+            let _ = channel.close(200, "read".into()).await;
+        }
+    }
+    Ok(total)
+}
+
 /// Declares a durable quorum queue (as the worker's are).
 pub async fn quorum_queue(channel: &Channel, name: &str) -> anyhow::Result<()> {
     let mut args = FieldTable::default();

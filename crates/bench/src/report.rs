@@ -603,9 +603,13 @@ impl Report {
         if let Some(b) = &e.backlog {
             say!(
                 out,
-                "backlog    {} commands queued with the worker stopped (published in {:.1} s); a new worker drained them in {:.1} s: {:.0} refunds/s, peak RSS {}; {}",
+                "backlog    {} commands queued with the worker stopped (published in {:.1} s, {}); a new worker drained them in {:.1} s: {:.0} refunds/s, peak RSS {}; {}",
                 b.commands,
                 b.publish_secs,
+                match b.settle_secs {
+                    Some(s) => format!("all ready in the worker's queues {s:.1} s later"),
+                    None => "not all ready in the worker's queues within the stall time".into(),
+                },
                 b.drain_secs,
                 b.drain_per_sec,
                 mib(b.peak_rss_kib),

@@ -105,6 +105,9 @@ pub struct ScaleFigures {
     pub after: Sizes,
     /// Growth per refund.
     pub bytes_per_refund: BytesPerRefund,
+    /// The server's `autovacuum` setting (`on`/`off`): with it off, dead rows and index
+    /// entries stay until someone vacuums, and sizes and queue-like scans grow with them.
+    pub autovacuum: String,
 }
 
 impl Sizes {
@@ -416,6 +419,13 @@ pub fn render(out: &mut String, s: &ScaleFigures) {
             .map(|(t, v)| format!("{t} {v:.0}"))
             .collect();
         let _ = writeln!(out, "  per table (bytes/refund): {}", tables.join(", "));
+        if s.autovacuum == "off" {
+            let _ = writeln!(
+                out,
+                "  !! autovacuum is off on this server: dead rows stay until someone vacuums, \
+                 so sizes, and the relay's and the dispatcher's scans, grow with every update"
+            );
+        }
     }
 }
 

@@ -81,4 +81,7 @@ pub struct Names {
     pub exchanges: Vec<String>,
     /// Every queue it declares (deleted after the run).
     pub queues: Vec<String>,
+    /// The queues commands wait in while no worker consumes them (for a backlog: the bench
+    /// starts the draining worker once they hold every command).
+    pub command_queues: Vec<String>,
 }

@@ -27,6 +27,7 @@ fn settings(lookup: Lookup<'_>) -> anyhow::Result<Settings> {
             status_binding: topology::STATUS_BINDING.into(),
             exchanges: t.exchanges().map(str::to_owned).to_vec(),
             queues: t.queues().map(str::to_owned).to_vec(),
+            command_queues: vec![t.commands_queue.clone(), t.commands_backlog.clone()],
         },
         shaping: WorkerSettings {
             prefetch: config.prefetch,
@@ -143,6 +144,11 @@ mod tests {
         }
         assert!(s.names.exchanges.iter().all(|e| e.starts_with("bench-x.")));
         assert_eq!(s.names.queues.len() + s.names.exchanges.len(), 10);
+        // A backlog is drained once the broker holds it in these two, wherever it put each.
+        assert_eq!(
+            s.names.command_queues,
+            [t.commands_queue.clone(), t.commands_backlog.clone()]
+        );
         Ok(())
     }
 }
