@@ -215,7 +215,7 @@ impl Topology {
     }
 
     /// `args` with dead-lettering through `refunds.dlx` into `dlq` after `DELIVERY_LIMIT`
-    /// deliveries (and whenever else `args` says, such as a TTL).
+    /// deliveries (and whatever else `args` says, such as a TTL).
     fn dead_lettering(&self, mut args: FieldTable, dlq: &str) -> FieldTable {
         args.insert("x-dead-letter-exchange".into(), long_string(&self.dlx));
         args.insert("x-dead-letter-routing-key".into(), long_string(dlq));

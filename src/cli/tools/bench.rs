@@ -62,7 +62,7 @@ fn hot_statements(config: &Config, exchange: &str) -> Vec<HotStatement> {
     let mut out = vec![
         HotStatement {
             name: "dispatcher: claim due refunds".into(),
-            sql: refunds::claim_due_statement()
+            sql: refunds::claims::claim_due_statement()
                 .replace("$1", &config.dispatch_batch.to_string())
                 .replace("$2", &config.claim_lease.as_secs_f64().to_string())
                 .replace("$3", "'00000000-0000-0000-0000-000000000000'::uuid"),

@@ -18,7 +18,6 @@ pub(crate) mod queries;
 pub(crate) mod transitions;
 
 pub use crate::domain::intake::{Intake, IntakeItem};
-pub(crate) use claims::claim_due_statement;
 pub use claims::{
     claim_due, claim_one, record_step, record_steps, ClaimOne, StepRecord,
     CAUSE_PROVIDER_CONFIRMED, CAUSE_PROVIDER_OUTCOME,
