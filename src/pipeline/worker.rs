@@ -117,15 +117,9 @@ async fn session(
         let (topology, stop) = (ctx.topology.clone(), depth_stop.clone());
         tokio::spawn(async move {
             loop {
-                for q in [
-                    &topology.commands_queue,
-                    &topology.commands_backlog,
-                    &topology.commands_dlq,
-                    &topology.webhooks_queue,
-                    &topology.webhooks_dlq,
-                    // Events no subscriber was bound for: kept, so they can grow unseen.
-                    &topology.unrouted,
-                ] {
+                // Every queue the worker declares, `refunds.unrouted` included: events no
+                // subscriber was bound for are kept there, so they can grow unseen.
+                for q in topology.queues() {
                     if let Ok(d) = crate::broker::dlq::depth_on(&channel, q).await {
                         crate::metrics::queue_depth(q, d);
                     }
