@@ -25,8 +25,11 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest AMQP header name (an AMQP short string).
 const MAX_HEADER_NAME_BYTES: usize = 255;
-/// Most header bytes (names and values) kept with a queued webhook, far below a frame.
-const MAX_KEPT_HEADER_BYTES: usize = 32 * 1024;
+/// Most header bytes (names, values and the table's own 6 bytes a field) kept with a queued
+/// webhook: half of the ingress connection's frame, which must hold all of a message's
+/// properties ([`broker::PUBLISHING_FRAME_MAX`]). Real providers send well under 1 KiB of
+/// signature, timestamp and agent headers.
+const MAX_KEPT_HEADER_BYTES: usize = broker::PUBLISHING_FRAME_MAX as usize / 2;
 
 /// Request headers worth keeping with the queued body (signatures and timestamps, for audit
 /// and re-verification); everything else (cookies, authorization) stays behind.
@@ -72,7 +75,8 @@ impl Ingress {
                 return Ok(l.publisher.clone());
             }
         }
-        let connection = broker::connect(&self.amqp_url, "refund-worker-ingress").await?;
+        let connection =
+            broker::connect_publishing(&self.amqp_url, "refund-worker-ingress").await?;
         let channel = connection.create_channel().await?;
         self.topology.declare(&channel).await?;
         let _ = channel.close(200, "declared".into()).await;
@@ -128,11 +132,11 @@ pub(crate) fn kept_headers(provider: ProviderName, headers: &HeaderMap) -> Field
             let key = format!("http-{}", name.as_str());
             let v: String = v.chars().take(2000).collect();
             if key.len() > MAX_HEADER_NAME_BYTES
-                || kept_bytes + key.len() + v.len() > MAX_KEPT_HEADER_BYTES
+                || kept_bytes + FIELD_OVERHEAD + key.len() + v.len() > MAX_KEPT_HEADER_BYTES
             {
                 continue;
             }
-            kept_bytes += key.len() + v.len();
+            kept_bytes += FIELD_OVERHEAD + key.len() + v.len();
             table.insert(
                 ShortString::from(key),
                 AMQPValue::LongString(LongString::from(v.into_bytes())),
@@ -145,6 +149,10 @@ pub(crate) fn kept_headers(provider: ProviderName, headers: &HeaderMap) -> Field
     );
     table
 }
+
+/// What a field table spends on one long-string field besides its name and value: the
+/// name's length byte, the type byte and the value's 4-byte length.
+const FIELD_OVERHEAD: usize = 6;
 
 /// Most header bytes [`kept_headers`] keeps (names and values), for the fuzz harness.
 pub(crate) const KEPT_HEADER_BYTES: usize = MAX_KEPT_HEADER_BYTES;

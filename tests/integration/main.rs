@@ -4,6 +4,7 @@
 //! database and its own prefixed exchanges and queues, so tests run in parallel.
 
 mod admin;
+mod broker;
 mod cli;
 mod dispatch;
 mod docs_providers;
