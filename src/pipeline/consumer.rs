@@ -501,4 +501,157 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, (0..100).collect::<Vec<_>>());
     }
+
+    /// Each stored message's body, and whether it came redelivered.
+    type Stored = Arc<std::sync::Mutex<Vec<(Vec<u8>, bool)>>>;
+
+    /// Panics on its first batch; acknowledges every message after that, counting them and
+    /// whether they came redelivered, and stops the consumer once it has seen `stop_after`.
+    struct PanicsOnce {
+        panicked: Arc<std::sync::atomic::AtomicBool>,
+        stored: Stored,
+        stop_after: usize,
+        stop: CancellationToken,
+    }
+
+    impl Handler for PanicsOnce {
+        type Received = ();
+
+        fn receive(&self, _delivery: &Delivery) {}
+
+        async fn store(&self, batch: &[Message<()>]) -> Result<Vec<Verdict>, StoreError> {
+            if !self.panicked.swap(true, Ordering::SeqCst) {
+                panic!("a handler bug, on purpose");
+            }
+            let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+            for m in batch {
+                stored.push((m.delivery.data.clone(), m.delivery.redelivered));
+            }
+            if stored.len() >= self.stop_after {
+                self.stop.cancel();
+            }
+            Ok(vec![Verdict::Ack; batch.len()])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_worker_gives_up_the_channel_and_its_messages_come_back() {
+        use lapin::options::{
+            BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        };
+        use lapin::types::{AMQPValue, FieldTable};
+        let url = std::env::var("TEST_AMQP_URL")
+            .unwrap_or_else(|_| crate::config::DEFAULT_AMQP_URL.into());
+        let config = crate::config::Config::from_lookup(|k| match k {
+            "AMQP_URL" => Some(url.clone()),
+            _ => None,
+        })
+        .unwrap();
+        // Never connected: nothing here reaches the database.
+        let pool = sqlx::PgPool::connect_lazy(&config.database_url).unwrap();
+        let ctx = Context::new(pool, config, Default::default());
+        let connection = crate::broker::connect(&url, "consumer-panic-test")
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let queue = format!("consumer-panic-test-{}", uuid::Uuid::new_v4());
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                // Not auto-delete (the first consumer's end would take the messages with
+                // it); gone a minute after the test, even one that failed half way.
+                FieldTable::from(std::collections::BTreeMap::from([(
+                    "x-expires".into(),
+                    AMQPValue::LongUInt(60_000),
+                )])),
+            )
+            .await
+            .unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let bodies: Vec<Vec<u8>> = (0..3)
+            .map(|i| format!("message {i}").into_bytes())
+            .collect();
+        for body in &bodies {
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    Default::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let stop = CancellationToken::new();
+        let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stored = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handler = || PanicsOnce {
+            panicked: panicked.clone(),
+            stored: stored.clone(),
+            stop_after: bodies.len(),
+            stop: stop.clone(),
+        };
+        let queue_of = || Queue {
+            name: &queue,
+            tag: "panic-test",
+            dead_letters: "unused",
+            what: "panic test",
+            storing: "storing the test batch",
+            workers: Workers::Pool {
+                workers: 1,
+                batch: 8,
+            },
+            sweep_every: None,
+        };
+        let first = tokio::time::timeout(
+            Duration::from_secs(20),
+            consume(&ctx, &connection, queue_of(), handler(), &stop),
+        )
+        .await
+        .expect("the loop ends when its worker panics");
+        assert!(
+            matches!(first, Err(ConsumeError::TaskPanicked("panic test"))),
+            "{first:?}"
+        );
+        assert!(stored.lock().unwrap().is_empty());
+
+        // Like the worker after the error: consume again. Everything the panicked worker
+        // held is delivered again, none of it lost or acknowledged.
+        let second = tokio::time::timeout(
+            Duration::from_secs(20),
+            consume(&ctx, &connection, queue_of(), handler(), &stop),
+        )
+        .await
+        .expect("every message comes back");
+        assert!(second.is_ok(), "{second:?}");
+        let got = stored.lock().unwrap().clone();
+        let mut bodies_got: Vec<Vec<u8>> = got.iter().map(|(b, _)| b.clone()).collect();
+        bodies_got.sort();
+        assert_eq!(bodies_got, bodies, "each message once");
+        // The first was in the batch that panicked: it can only have come back.
+        assert!(got.iter().any(|(b, again)| b == &bodies[0] && *again));
+        let left = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(left.message_count(), 0, "every message was acknowledged");
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = connection.close(200, "done".into()).await;
+    }
 }
