@@ -6,12 +6,10 @@
 //! second, whatever the machine could do. A fixed large limit would cost memory for nothing
 //! on a fast provider and could overrun a slow one. So the limit starts at
 //! `DISPATCH_CONCURRENCY` and, one round of calls at a time:
-//! - grows while the dispatcher was short of slots, calls take long enough for slots to be
-//!   what limits throughput (10 ms: below that, 32 slots already carry over 3,000 calls a
-//!   second, more than a worker does), and the round's latency stayed near the best seen
-//!   (the provider is not queueing our calls), up to `DISPATCH_CONCURRENCY_MAX`: it doubles
-//!   until the first time it has to shrink (TCP's slow start: from 32 to 512 in four rounds
-//!   of about one call's latency each, not seven), and grows by half after that;
+//! - grows by half while the dispatcher was short of slots, calls take long enough for
+//!   slots to be what limits throughput (10 ms: below that, 32 slots already carry over
+//!   3,000 calls a second, more than a worker does), and the round's latency stayed near the
+//!   best seen (the provider is not queueing our calls), up to `DISPATCH_CONCURRENCY_MAX`;
 //! - shrinks by a quarter when the provider pushed back (429, a timeout, more than a tenth
 //!   of the round's calls failing with 5xx), and by a tenth when latency inflated past twice
 //!   the best (our own calls are queueing somewhere), never below `DISPATCH_CONCURRENCY`.
@@ -44,8 +42,6 @@ pub struct AdaptiveLimit {
     limit: AtomicUsize,
     /// Set by the dispatcher when it had due work but no free slot in this round.
     saturated: AtomicBool,
-    /// Doubling (until the first shrink) rather than growing by half.
-    slow_start: AtomicBool,
     round: Mutex<Round>,
 }
 
@@ -69,7 +65,6 @@ impl AdaptiveLimit {
             ceiling: ceiling.max(floor),
             limit: AtomicUsize::new(floor),
             saturated: AtomicBool::new(false),
-            slow_start: AtomicBool::new(true),
             round: Mutex::new(Round::default()),
         }
     }
@@ -125,17 +120,11 @@ impl AdaptiveLimit {
         // Below a millisecond, latency is noise of this machine, not the provider's queue.
         let inflated = median > best * 2 && median > Duration::from_millis(5);
         let next = if pushed_back > 0 || failed * 10 > latencies.len() {
-            self.slow_start.store(false, Ordering::Relaxed);
             limit - limit / 4
         } else if inflated {
-            self.slow_start.store(false, Ordering::Relaxed);
             limit - limit / 10
         } else if saturated && median >= GROW_MIN_LATENCY {
-            if self.slow_start.load(Ordering::Relaxed) {
-                limit * 2
-            } else {
-                limit + limit.div_ceil(2)
-            }
+            limit + limit.div_ceil(2)
         } else {
             limit
         };
@@ -184,24 +173,6 @@ mod tests {
             false,
         );
         assert_eq!(limit.current(), 32);
-    }
-
-    #[test]
-    fn it_doubles_until_it_first_shrinks_then_grows_by_half() {
-        let limit = AdaptiveLimit::new(32, 4096);
-        let slow = Duration::from_millis(300);
-        let mut seen = vec![limit.current()];
-        for _ in 0..4 {
-            rounds(&limit, 1, slow, CallLoad::Answered, true);
-            seen.push(limit.current());
-        }
-        assert_eq!(seen, [32, 64, 128, 256, 512]);
-        rounds(&limit, 1, slow, CallLoad::PushedBack, true);
-        assert_eq!(limit.current(), 384);
-        rounds(&limit, 1, slow, CallLoad::Answered, true);
-        assert_eq!(limit.current(), 576, "by half once it has had to shrink");
-        rounds(&limit, 1, slow, CallLoad::Answered, true);
-        assert_eq!(limit.current(), 864);
     }
 
     #[test]
