@@ -183,6 +183,11 @@ pub(crate) fn webhook_attempt(result: &'static str, elapsed: Duration) {
     histogram!("refund_worker_webhook_attempt_seconds").record(elapsed.as_secs_f64());
 }
 
+/// Sets the provider calls the adaptive limit allows in flight now.
+pub(crate) fn provider_calls_allowed(n: usize) {
+    gauge!("refund_worker_provider_calls_allowed").set(n as f64);
+}
+
 /// Sets the number of commands in flight.
 pub(crate) fn commands_in_flight(n: usize) {
     gauge!("refund_worker_commands_in_flight").set(n as f64);

@@ -151,6 +151,7 @@ pub(crate) struct Outcome {
 /// [`run`] does the same claim continuously, recording while it claims; tests drive this.
 pub async fn step(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
     let (outcomes, recorded) = mpsc::channel(ctx.handoff.limit.ceiling());
+    crate::metrics::provider_calls_allowed(ctx.handoff.limit.current());
     let mut in_flight = InFlight::new(ctx, outcomes);
     let claimed = in_flight
         .claim(ctx.handoff.free().min(batch_size(ctx)))
@@ -182,6 +183,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) {
     // Bounded: while the recorder is behind (database trouble), finished steps wait to be
     // handed over and keep their slots, so nothing more is claimed meanwhile.
     let (outcomes, recorded) = mpsc::channel(ctx.handoff.limit.ceiling());
+    crate::metrics::provider_calls_allowed(ctx.handoff.limit.current());
     tokio::join!(
         dispatch(ctx, shutdown, outcomes),
         recorder(ctx, recorded, shutdown)
@@ -680,7 +682,9 @@ async fn timed(
         CallKind::Submit => provider.submit(request).await,
         CallKind::Status => provider.status(request).await,
     };
-    limit.record(start.elapsed(), load_of(&outcome));
+    if let Some(allowed) = limit.record(start.elapsed(), load_of(&outcome)) {
+        crate::metrics::provider_calls_allowed(allowed);
+    }
     let (label, detail) = outcome.describe();
     let call_name = match call {
         CallKind::Submit => "submit",

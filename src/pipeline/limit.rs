@@ -85,13 +85,13 @@ impl AdaptiveLimit {
     }
 
     /// Records one finished provider call; at the end of a round (as many calls as the
-    /// limit), adjusts the limit.
-    pub fn record(&self, latency: Duration, load: CallLoad) {
+    /// limit), adjusts the limit and returns it (the caller reports it), else `None`.
+    pub fn record(&self, latency: Duration, load: CallLoad) -> Option<usize> {
         if self.floor == self.ceiling {
-            return;
+            return None;
         }
         let Ok(mut round) = self.round.lock() else {
-            return;
+            return None;
         };
         round.latencies.push(latency);
         match load {
@@ -101,7 +101,7 @@ impl AdaptiveLimit {
         }
         let limit = self.current();
         if round.latencies.len() < limit.min(256) {
-            return;
+            return None;
         }
         let mut latencies = std::mem::take(&mut round.latencies);
         latencies.sort_unstable();
@@ -128,8 +128,9 @@ impl AdaptiveLimit {
         } else {
             limit
         };
-        self.limit
-            .store(next.clamp(self.floor, self.ceiling), Ordering::Relaxed);
+        let next = next.clamp(self.floor, self.ceiling);
+        self.limit.store(next, Ordering::Relaxed);
+        Some(next)
     }
 }
 
@@ -173,6 +174,20 @@ mod tests {
             false,
         );
         assert_eq!(limit.current(), 32);
+    }
+
+    #[test]
+    fn the_limit_is_reported_when_a_round_ends_and_only_then() {
+        let limit = AdaptiveLimit::new(4, 64);
+        let slow = Duration::from_millis(300);
+        limit.note_saturated();
+        for _ in 0..3 {
+            assert_eq!(limit.record(slow, CallLoad::Answered), None);
+        }
+        assert_eq!(limit.record(slow, CallLoad::Answered), Some(6));
+        assert_eq!(limit.current(), 6);
+        let fixed = AdaptiveLimit::new(8, 8);
+        assert_eq!(fixed.record(slow, CallLoad::PushedBack), None);
     }
 
     #[test]

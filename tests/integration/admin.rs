@@ -219,6 +219,15 @@ async fn metrics_are_exposed_for_prometheus() {
     ] {
         assert!(text.contains(expected), "missing {expected} in:\n{text}");
     }
+    // Set when the dispatcher starts, and at the end of every round of calls.
+    let allowed: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("refund_worker_provider_calls_allowed "))
+        .unwrap_or_else(|| panic!("no refund_worker_provider_calls_allowed in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(allowed >= 1.0, "{allowed}");
     app.cleanup().await;
 }
 
