@@ -151,7 +151,6 @@ pub(crate) struct Outcome {
 /// [`run`] does the same claim continuously, recording while it claims; tests drive this.
 pub async fn step(ctx: &Context) -> Result<DispatchOutcome, StoreError> {
     let (outcomes, recorded) = mpsc::channel(ctx.handoff.limit.ceiling());
-    crate::metrics::provider_calls_allowed(ctx.handoff.limit.current());
     let mut in_flight = InFlight::new(ctx, outcomes);
     let claimed = in_flight
         .claim(ctx.handoff.free().min(batch_size(ctx)))

@@ -154,7 +154,8 @@ pub(crate) fn kept_headers(provider: ProviderName, headers: &HeaderMap) -> Field
 /// name's length byte, the type byte and the value's 4-byte length.
 const FIELD_OVERHEAD: usize = 6;
 
-/// Most header bytes [`kept_headers`] keeps (names and values), for the fuzz harness.
+/// Most header bytes [`kept_headers`] keeps (names, values and each field's overhead), for
+/// the fuzz harness.
 pub(crate) const KEPT_HEADER_BYTES: usize = MAX_KEPT_HEADER_BYTES;
 
 /// Whether the declared content type is JSON (`application/json`, `application/*+json`,
